@@ -1,0 +1,90 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Subcommand;
+use semithin_store::channel::{self, MoveKind};
+use semithin_store::{Access, refs};
+
+use super::{open, print_json, time};
+
+#[derive(Subcommand)]
+pub enum ChannelCmd {
+    /// Move a channel to a version (a rollback moves it back). The move is recorded; history is
+    /// never rewritten.
+    Set {
+        name: String,
+        reference: String,
+        /// Why (kept in the channel log).
+        #[arg(long, short, default_value = "")]
+        message: String,
+    },
+    /// Show every move of a channel, oldest first.
+    Log {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List channels and their heads.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(repo: Option<PathBuf>, cmd: ChannelCmd) -> Result<ExitCode> {
+    match cmd {
+        ChannelCmd::Set {
+            name,
+            reference,
+            message,
+        } => {
+            let repo = open(repo, Access::Write)?;
+            let id = refs::resolve(&repo, &reference)?;
+            let m = channel::move_to(&repo, &name, id, MoveKind::Set, &message)?;
+            match m.previous {
+                Some(p) => println!("{name}: {} -> {}", p.0.short(), id.short()),
+                None => println!("{name}: created at {}", id.short()),
+            }
+        }
+        ChannelCmd::Log { name, json } => {
+            let repo = open(repo, Access::Read)?;
+            let moves = channel::history(&repo, &name)?;
+            if json {
+                print_json(&moves)?;
+            } else {
+                for m in &moves {
+                    let kind = serde_json::to_value(m.kind)?;
+                    println!(
+                        "{}  {:<11} {} -> {}  {}",
+                        time(m.time),
+                        kind.as_str().unwrap_or(""),
+                        m.previous.map_or("(new)".to_owned(), |p| p.0.short()),
+                        m.commit.0.short(),
+                        m.note.lines().next().unwrap_or("")
+                    );
+                }
+            }
+        }
+        ChannelCmd::List { json } => {
+            let repo = open(repo, Access::Read)?;
+            let mut out = Vec::new();
+            for name in channel::list(&repo)? {
+                let head = channel::head(&repo, &name)?.map(|h| h.to_hex());
+                out.push(serde_json::json!({"channel": name, "head": head}));
+            }
+            if json {
+                print_json(&out)?;
+            } else {
+                for c in &out {
+                    println!(
+                        "{:<30} {}",
+                        c["channel"].as_str().unwrap_or(""),
+                        c["head"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

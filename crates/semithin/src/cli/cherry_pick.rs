@@ -1,0 +1,37 @@
+use std::process::ExitCode;
+
+use anyhow::Result;
+use semithin_store::{Repo, merge, refs};
+
+use super::print_json;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The version whose changes (against its parent) are applied.
+    reference: String,
+    /// The channel whose head receives them; the result is committed there.
+    #[arg(long)]
+    onto: String,
+    /// Message of the new version (default: "cherry-pick ID: original message").
+    #[arg(long, short)]
+    message: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
+    let id = refs::resolve(repo, &a.reference)?;
+    let r = merge::cherry_pick(repo, id, &a.onto, a.message.as_deref())?;
+    if a.json {
+        print_json(&r)?;
+    } else {
+        println!("{}", r.commit);
+        println!(
+            "{}: applied {} onto {}",
+            r.channel,
+            &r.picked[..12],
+            &r.parent[..12]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,56 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use semithin_store::{Repo, export, refs};
+
+use super::progress::Bar;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    /// A pax tar archive with xattrs, hardlinks and device nodes.
+    Tar,
+    /// A squashfs image (zstd) that the kernel mounts, written by tar2sqfs.
+    Squashfs,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    reference: String,
+    #[arg(long, value_enum)]
+    format: Format,
+    /// The file to write; `-` writes a tar to stdout.
+    out: PathBuf,
+}
+
+pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
+    let id = refs::resolve(repo, &a.reference)?;
+    let bar = Bar::new(a.out.as_os_str() == "-");
+    match a.format {
+        Format::Tar if a.out.as_os_str() == "-" => {
+            export::write_tar(&repo.objects, id, std::io::stdout().lock(), &bar)?;
+        }
+        Format::Tar => {
+            let tmp = a.out.with_extension("partial");
+            let f = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let mut w = std::io::BufWriter::new(f);
+            export::write_tar(&repo.objects, id, &mut w, &bar)?;
+            w.into_inner()?.sync_all()?;
+            std::fs::rename(&tmp, &a.out)
+                .with_context(|| format!("writing {}", a.out.display()))?;
+        }
+        Format::Squashfs => {
+            anyhow::ensure!(
+                a.out.as_os_str() != "-",
+                "a squashfs image needs a file, not stdout"
+            );
+            export::write_squashfs(&repo.objects, id, &a.out, &bar)?;
+        }
+    }
+    bar.finish();
+    if a.out.as_os_str() != "-" {
+        eprintln!("wrote {}", a.out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,33 @@
+use std::process::ExitCode;
+
+use anyhow::Result;
+use semithin_store::{Repo, gc};
+
+use super::progress::Bar;
+use super::{human, print_json};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
+    let bar = Bar::new(a.json);
+    let r = gc::gc(repo, &bar)?;
+    bar.finish();
+    if a.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "removed {} unreachable objects ({} packs removed, {} rewritten), freed {}; {} objects kept; {} unused cache files removed",
+            r.removed_objects,
+            r.removed_packs,
+            r.rewritten_packs,
+            human(r.freed_bytes),
+            r.live_objects,
+            r.removed_cache_files
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,145 @@
+//! The command line: one module per subcommand.
+
+mod channel;
+mod checkout;
+mod cherry_pick;
+mod commit;
+mod diff;
+mod export;
+mod fsck;
+mod gc;
+mod history;
+mod progress;
+mod repo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use semithin_store::{Access, Repo};
+
+/// Keep a fleet of Linux machines on golden images.
+///
+/// semithin stores versions of root filesystems in a content-addressed repository: every file
+/// is split into chunks named by their BLAKE3 hash, so content shared between versions and
+/// channels is stored once, and every read is verified.
+#[derive(Parser)]
+#[command(
+    name = "semithin",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The repository to work on.
+    #[arg(long, global = true, env = "SEMITHIN_REPO", value_name = "PATH")]
+    repo: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a repository.
+    #[command(subcommand)]
+    Repo(repo::RepoCmd),
+    /// Store a root filesystem (a directory or a .tar, .tar.gz, .tar.zst) as a new version.
+    Commit(commit::Args),
+    /// List the versions of a channel (or of every channel).
+    Log(history::LogArgs),
+    /// Show one version: its id, parent, message, size and channels.
+    Show(history::ShowArgs),
+    /// Show what changed between two versions.
+    Diff(diff::Args),
+    /// Write a version into a new or empty directory, identical in content and metadata.
+    Checkout(checkout::Args),
+    /// Move channels and read their history.
+    #[command(subcommand)]
+    Channel(channel::ChannelCmd),
+    /// Apply one version's changes (against its parent) to the head of another channel.
+    CherryPick(cherry_pick::Args),
+    /// Re-hash every object reachable from every channel and report damage.
+    Fsck(fsck::Args),
+    /// Remove objects no channel reaches. Safe to interrupt.
+    Gc(gc::Args),
+    /// Write a version as a tar archive or a squashfs image.
+    Export(export::Args),
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let repo = cli.repo;
+    match cli.command {
+        Command::Repo(c) => repo::run(c),
+        Command::Commit(a) => commit::run(&open(repo, Access::Write)?, a),
+        Command::Log(a) => history::log(&open(repo, Access::Read)?, a),
+        Command::Show(a) => history::show(&open(repo, Access::Read)?, a),
+        Command::Diff(a) => diff::run(&open(repo, Access::Read)?, a),
+        Command::Checkout(a) => checkout::run(&open(repo, Access::Read)?, a),
+        Command::Channel(c) => channel::run(repo, c),
+        Command::CherryPick(a) => cherry_pick::run(&open(repo, Access::Write)?, a),
+        Command::Fsck(a) => fsck::run(&open(repo, Access::Read)?, a),
+        Command::Gc(a) => gc::run(&open(repo, Access::Write)?, a),
+        Command::Export(a) => export::run(&open(repo, Access::Read)?, a),
+    }
+}
+
+fn open(repo: Option<PathBuf>, access: Access) -> Result<Repo> {
+    let path = repo.context("no repository given: pass --repo PATH or set SEMITHIN_REPO")?;
+    Ok(Repo::open(&path, access)?)
+}
+
+/// Prints a value as pretty JSON on stdout.
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Bytes for people: 1.5 MiB.
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A commit time for people, in UTC.
+fn time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_and_sizes() {
+        assert_eq!(super::time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::time(1_795_312_800), "2026-11-22 00:00:00 UTC");
+        assert_eq!(super::human(1536), "1.5 KiB");
+        assert_eq!(super::human(12), "12 B");
+    }
+}

@@ -1,0 +1,285 @@
+//! The object store: typed get and put over pack files, with an in-memory index of every object.
+//!
+//! Reads verify: every object is decompressed and re-hashed against its id before it is returned,
+//! so a flipped bit on disk is an error naming the object, never wrong data.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, CommitId, TreeId};
+use crate::object::{Commit, Tree};
+use crate::pack::{IdxEntry, ObjKind, PackReader, PackWriter, read_index};
+
+/// A pack is closed and a new one started past this size.
+const PACK_TARGET: u64 = 64 << 20;
+
+type Key = (ObjKind, [u8; 32]);
+
+#[derive(Clone, Copy, Debug)]
+struct Loc {
+    pack: usize,
+    entry: IdxEntry,
+}
+
+/// What a put did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// Stored now; the compressed size.
+    New { stored: u64 },
+    /// Already present.
+    Existing,
+}
+
+/// The objects of a repository.
+pub struct ObjectStore {
+    packs_dir: PathBuf,
+    tmp_dir: PathBuf,
+    level: i32,
+    index: RwLock<HashMap<Key, Loc>>,
+    packs: RwLock<Vec<PackReader>>,
+    writer: Mutex<Option<PackWriter>>,
+    damaged: Vec<Error>,
+}
+
+impl ObjectStore {
+    /// Opens the store and reads every pack index. A damaged index is an error naming it.
+    pub fn open(packs_dir: PathBuf, tmp_dir: PathBuf, level: i32) -> Result<Self> {
+        let store = Self {
+            packs_dir,
+            tmp_dir,
+            level,
+            index: RwLock::default(),
+            packs: RwLock::default(),
+            writer: Mutex::default(),
+            damaged: Vec::new(),
+        };
+        let mut damaged = Vec::new();
+        for name in store.pack_names()? {
+            // A damaged pack must not make the rest unreadable: its objects read as missing,
+            // and fsck names the pack.
+            if let Err(e) = store.load_pack(&name) {
+                damaged.push(e);
+            }
+        }
+        Ok(Self { damaged, ..store })
+    }
+
+    /// Packs that could not be opened, with the reason.
+    pub fn damaged_packs(&self) -> &[Error] {
+        &self.damaged
+    }
+
+    pub fn packs_dir(&self) -> &Path {
+        &self.packs_dir
+    }
+
+    /// Names of the packs whose index exists, sorted.
+    pub fn pack_names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let rd =
+            std::fs::read_dir(&self.packs_dir).map_err(Error::io("listing", &self.packs_dir))?;
+        for de in rd {
+            let de = de.map_err(Error::io("listing", &self.packs_dir))?;
+            let n = de.file_name();
+            let n = n.to_string_lossy();
+            if let Some(stem) = n.strip_suffix(".idx") {
+                names.push(stem.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn load_pack(&self, name: &str) -> Result<()> {
+        let entries = read_index(&self.packs_dir.join(format!("{name}.idx")))?;
+        let reader =
+            PackReader::open(self.packs_dir.join(format!("{name}.pack")), name.to_owned())?;
+        self.add_pack(reader, entries);
+        Ok(())
+    }
+
+    fn add_pack(&self, reader: PackReader, entries: Vec<IdxEntry>) {
+        let mut packs = self.packs.write().expect("lock");
+        let pack = packs.len();
+        packs.push(reader);
+        let mut index = self.index.write().expect("lock");
+        for entry in entries {
+            index
+                .entry((entry.kind(), entry.id))
+                .or_insert(Loc { pack, entry });
+        }
+    }
+
+    pub fn contains(&self, kind: ObjKind, id: &[u8; 32]) -> bool {
+        if self.index.read().expect("lock").contains_key(&(kind, *id)) {
+            return true;
+        }
+        let w = self.writer.lock().expect("lock");
+        w.as_ref().is_some_and(|w| {
+            w.entries()
+                .iter()
+                .any(|e| e.kind == kind as u8 && &e.id == id)
+        })
+    }
+
+    /// Every object in the store, with its sizes.
+    pub fn list(&self) -> Vec<(ObjKind, [u8; 32], IdxEntry)> {
+        let index = self.index.read().expect("lock");
+        index.iter().map(|(k, l)| (k.0, k.1, l.entry)).collect()
+    }
+
+    /// Compresses and stores `raw` under `id` unless it is already there.
+    pub fn put(&self, kind: ObjKind, id: [u8; 32], raw: &[u8]) -> Result<Put> {
+        if self.index.read().expect("lock").contains_key(&(kind, id)) {
+            return Ok(Put::Existing);
+        }
+        let frame = zstd::bulk::compress(raw, self.level).map_err(|e| Error::Tool {
+            tool: "zstd",
+            reason: e.to_string(),
+        })?;
+        let raw_len = u32::try_from(raw.len()).map_err(|_| Error::Tool {
+            tool: "store",
+            reason: "object larger than 4 GiB".into(),
+        })?;
+        self.put_frame(kind, id, &frame, raw_len)
+    }
+
+    /// Stores an already compressed frame (used by gc to move objects without recompressing).
+    pub fn put_frame(
+        &self,
+        kind: ObjKind,
+        id: [u8; 32],
+        frame: &[u8],
+        raw_len: u32,
+    ) -> Result<Put> {
+        let mut guard = self.writer.lock().expect("lock");
+        if guard.as_ref().is_some_and(|w| {
+            w.entries()
+                .iter()
+                .any(|e| e.kind == kind as u8 && e.id == id)
+        }) {
+            return Ok(Put::Existing);
+        }
+        if guard.is_none() {
+            *guard = Some(PackWriter::create(&self.tmp_dir)?);
+        }
+        let w = guard.as_mut().expect("just set");
+        w.append(kind, id, frame, raw_len)?;
+        if w.len() >= PACK_TARGET {
+            let w = guard.take().expect("present");
+            self.finish_pack(w)?;
+        }
+        Ok(Put::New {
+            stored: frame.len() as u64,
+        })
+    }
+
+    fn finish_pack(&self, w: PackWriter) -> Result<()> {
+        if w.is_empty() {
+            return Ok(());
+        }
+        let (name, entries) = w.finish(&self.packs_dir, &self.tmp_dir)?;
+        let reader = PackReader::open(self.packs_dir.join(format!("{name}.pack")), name)?;
+        self.add_pack(reader, entries);
+        Ok(())
+    }
+
+    /// Makes everything put so far durable and readable.
+    pub fn flush(&self) -> Result<()> {
+        let w = self.writer.lock().expect("lock").take();
+        match w {
+            Some(w) => self.finish_pack(w),
+            None => Ok(()),
+        }
+    }
+
+    fn locate(&self, kind: ObjKind, id: &[u8; 32]) -> Option<Loc> {
+        self.index.read().expect("lock").get(&(kind, *id)).copied()
+    }
+
+    /// The stored (compressed) frame and raw length of an object, unverified.
+    pub fn get_frame(&self, kind: ObjKind, id: &[u8; 32]) -> Result<(Vec<u8>, u32)> {
+        let loc = self.locate(kind, id).ok_or_else(|| Error::Missing {
+            kind: kind.name(),
+            id: hex::encode(id),
+        })?;
+        let packs = self.packs.read().expect("lock");
+        Ok((packs[loc.pack].read_frame(&loc.entry)?, loc.entry.raw_len))
+    }
+
+    /// Reads, decompresses and verifies an object.
+    pub fn get(&self, kind: ObjKind, id: &[u8; 32]) -> Result<Vec<u8>> {
+        let (frame, raw_len) = self.get_frame(kind, id)?;
+        let corrupt = |reason: String| Error::Corrupt {
+            kind: kind.name(),
+            id: hex::encode(id),
+            reason,
+        };
+        let raw = zstd::bulk::decompress(&frame, raw_len as usize)
+            .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
+        if raw.len() != raw_len as usize {
+            return Err(corrupt(format!(
+                "{} bytes, index says {raw_len}",
+                raw.len()
+            )));
+        }
+        let actual = match kind {
+            ObjKind::Chunk => *ChunkId::of(&raw).as_bytes(),
+            ObjKind::Tree => *TreeId::of(&raw).as_bytes(),
+            ObjKind::Commit => *CommitId::of(&raw).as_bytes(),
+        };
+        if &actual != id {
+            return Err(corrupt(format!(
+                "content hashes to {}",
+                hex::encode(actual)
+            )));
+        }
+        Ok(raw)
+    }
+
+    pub fn get_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.get(ObjKind::Chunk, id.as_bytes())
+    }
+
+    pub fn get_tree(&self, id: &TreeId) -> Result<Tree> {
+        Tree::decode(*id, &self.get(ObjKind::Tree, id.as_bytes())?)
+    }
+
+    pub fn get_commit(&self, id: &CommitId) -> Result<Commit> {
+        Commit::decode(*id, &self.get(ObjKind::Commit, id.as_bytes())?)
+    }
+
+    pub fn put_tree(&self, tree: &Tree) -> Result<(TreeId, Put)> {
+        let bytes = tree.encode();
+        let id = TreeId::of(&bytes);
+        Ok((id, self.put(ObjKind::Tree, *id.as_bytes(), &bytes)?))
+    }
+
+    pub fn put_commit(&self, commit: &Commit) -> Result<(CommitId, Put)> {
+        let bytes = commit.encode();
+        let id = CommitId::of(&bytes);
+        Ok((id, self.put(ObjKind::Commit, *id.as_bytes(), &bytes)?))
+    }
+
+    /// Commit ids starting with `prefix` (lowercase hex).
+    pub fn commits_with_prefix(&self, prefix: &str) -> Vec<CommitId> {
+        let index = self.index.read().expect("lock");
+        index
+            .keys()
+            .filter(|(k, id)| *k == ObjKind::Commit && hex::encode(id).starts_with(prefix))
+            .map(|(_, id)| CommitId::from_bytes(*id))
+            .collect()
+    }
+
+    /// Per pack: its name and entries, for gc.
+    pub fn packs(&self) -> Result<Vec<(String, Vec<IdxEntry>)>> {
+        let mut out = Vec::new();
+        for name in self.pack_names()? {
+            let entries = read_index(&self.packs_dir.join(format!("{name}.idx")))?;
+            out.push((name, entries));
+        }
+        Ok(out)
+    }
+}

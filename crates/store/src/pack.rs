@@ -1,0 +1,207 @@
+//! Pack files: many compressed objects in one file, found through an index file beside it.
+//!
+//! `objects/packs/NAME.pack` holds records `kind u8 | id [32] | stored_len u32le | raw_len u32le |
+//! zstd frame`; `NAME.idx` lists where each object is and ends with the BLAKE3 of everything before
+//! it. A pack counts only once its index exists: both are written under temporary names, synced,
+//! and renamed (pack first, index last), so an interrupted writer leaves nothing that is read.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+
+pub const PACK_MAGIC: &[u8; 8] = b"STPACK01";
+pub const IDX_MAGIC: &[u8; 8] = b"STIDX001";
+/// Bytes before each object's zstd frame in a pack.
+pub const RECORD_HEADER: u64 = 1 + 32 + 4 + 4;
+
+/// The kind of a stored object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum ObjKind {
+    Chunk = 1,
+    Tree = 2,
+    Commit = 3,
+}
+
+impl ObjKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjKind::Chunk => "chunk",
+            ObjKind::Tree => "tree",
+            ObjKind::Commit => "commit",
+        }
+    }
+    fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(ObjKind::Chunk),
+            2 => Some(ObjKind::Tree),
+            3 => Some(ObjKind::Commit),
+            _ => None,
+        }
+    }
+}
+
+/// One index entry: where an object's frame is in its pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdxEntry {
+    pub kind: u8,
+    pub id: [u8; 32],
+    /// Offset of the zstd frame (after the record header).
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+}
+
+impl IdxEntry {
+    pub fn kind(&self) -> ObjKind {
+        // Checked when the index is read.
+        ObjKind::from_u8(self.kind).expect("kind checked on load")
+    }
+}
+
+/// Reads and checks an index file.
+pub fn read_index(path: &Path) -> Result<Vec<IdxEntry>> {
+    let bytes = std::fs::read(path).map_err(Error::io("reading pack index", path))?;
+    let bad = |reason: &str| Error::BadPackIndex {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if bytes.len() < 8 + 32 || &bytes[..8] != IDX_MAGIC {
+        return Err(bad("not a semithin pack index (bad magic or too short)"));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err(bad("checksum mismatch"));
+    }
+    let entries: Vec<IdxEntry> =
+        postcard::from_bytes(&body[8..]).map_err(|e| bad(&format!("cannot decode: {e}")))?;
+    if entries.iter().any(|e| ObjKind::from_u8(e.kind).is_none()) {
+        return Err(bad("unknown object kind"));
+    }
+    Ok(entries)
+}
+
+fn encode_index(entries: &[IdxEntry]) -> Vec<u8> {
+    let mut out = IDX_MAGIC.to_vec();
+    out.extend(postcard::to_stdvec(entries).expect("postcard encodes into a Vec"));
+    let sum = *blake3::hash(&out).as_bytes();
+    out.extend(sum);
+    out
+}
+
+/// A pack being written.
+pub struct PackWriter {
+    tmp_path: PathBuf,
+    out: BufWriter<File>,
+    len: u64,
+    entries: Vec<IdxEntry>,
+}
+
+impl PackWriter {
+    pub fn create(tmp_dir: &Path) -> Result<Self> {
+        let tmp_path = fsutil::unique_tmp(tmp_dir, "pack");
+        let file = File::create_new(&tmp_path).map_err(Error::io("creating", &tmp_path))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(PACK_MAGIC)
+            .map_err(Error::io("writing", &tmp_path))?;
+        Ok(Self {
+            tmp_path,
+            out,
+            len: PACK_MAGIC.len() as u64,
+            entries: Vec::new(),
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn entries(&self) -> &[IdxEntry] {
+        &self.entries
+    }
+
+    /// Appends one compressed object; returns its index entry.
+    pub fn append(
+        &mut self,
+        kind: ObjKind,
+        id: [u8; 32],
+        frame: &[u8],
+        raw_len: u32,
+    ) -> Result<IdxEntry> {
+        let stored_len = u32::try_from(frame.len()).map_err(|_| Error::Tool {
+            tool: "pack",
+            reason: "object larger than 4 GiB".into(),
+        })?;
+        let w = |r: std::io::Result<()>| r.map_err(Error::io("writing", &self.tmp_path));
+        w(self.out.write_all(&[kind as u8]))?;
+        w(self.out.write_all(&id))?;
+        w(self.out.write_all(&stored_len.to_le_bytes()))?;
+        w(self.out.write_all(&raw_len.to_le_bytes()))?;
+        w(self.out.write_all(frame))?;
+        let entry = IdxEntry {
+            kind: kind as u8,
+            id,
+            offset: self.len + RECORD_HEADER,
+            stored_len,
+            raw_len,
+        };
+        self.len += RECORD_HEADER + u64::from(stored_len);
+        self.entries.push(entry);
+        Ok(entry)
+    }
+
+    /// Syncs the pack, writes its index and renames both into `packs_dir`. Returns the pack name.
+    pub fn finish(self, packs_dir: &Path, tmp_dir: &Path) -> Result<(String, Vec<IdxEntry>)> {
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io("writing", &self.tmp_path)(e.into_error()))?;
+        file.sync_all()
+            .map_err(Error::io("syncing", &self.tmp_path))?;
+        drop(file);
+        let idx = encode_index(&self.entries);
+        let name = blake3::hash(&idx).to_hex()[..32].to_string();
+        let idx_tmp = fsutil::unique_tmp(tmp_dir, "idx");
+        fsutil::write_synced(&idx_tmp, &idx)?;
+        let pack_path = packs_dir.join(format!("{name}.pack"));
+        let idx_path = packs_dir.join(format!("{name}.idx"));
+        std::fs::rename(&self.tmp_path, &pack_path)
+            .map_err(Error::io("renaming into", &pack_path))?;
+        std::fs::rename(&idx_tmp, &idx_path).map_err(Error::io("renaming into", &idx_path))?;
+        fsutil::sync_dir(packs_dir)?;
+        Ok((name, self.entries))
+    }
+}
+
+/// An open pack for reading.
+pub struct PackReader {
+    pub name: String,
+    pub path: PathBuf,
+    file: File,
+}
+
+impl PackReader {
+    pub fn open(path: PathBuf, name: String) -> Result<Self> {
+        let file = File::open(&path).map_err(Error::io("opening pack", &path))?;
+        Ok(Self { name, path, file })
+    }
+
+    /// Reads the stored (compressed) bytes of an object.
+    pub fn read_frame(&self, e: &IdxEntry) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; e.stored_len as usize];
+        self.file
+            .read_exact_at(&mut buf, e.offset)
+            .map_err(Error::io("reading pack", &self.path))?;
+        Ok(buf)
+    }
+}

@@ -1,0 +1,281 @@
+//! Reading a tar archive (plain, gzip or zstd) into an import.
+//!
+//! Every path is checked before it is placed: absolute paths, `..`, entries under a symlink and
+//! hardlinks to anything but an earlier file of the same archive are refused with the entry named.
+//! Nothing is written to disk but content-addressed objects, so a bad archive cannot escape.
+
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+
+use tar::EntryType;
+
+use crate::error::{Error, Result};
+use crate::import::{Compression, Importer};
+use crate::memtree::{self, Node, PlaceError};
+use crate::object::{DeviceKind, EntryKind, Meta, Xattr};
+
+/// Entries larger than this are streamed instead of buffered.
+const STREAM_OVER: u64 = 16 << 20;
+
+/// Counts what passes through and remembers whether the end of the stream was reached.
+struct Tracking<R> {
+    inner: R,
+    bytes: u64,
+    hit_eof: bool,
+}
+
+impl<R: Read> Read for Tracking<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.hit_eof = true;
+        }
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Splits an archive path into checked components. Returns an empty list for the root itself.
+pub fn split_path(raw: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
+    if raw.first() == Some(&b'/') {
+        return Err("absolute path".into());
+    }
+    if raw.contains(&0) {
+        return Err("path contains NUL".into());
+    }
+    let mut out = Vec::new();
+    for comp in raw.split(|b| *b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => return Err("path contains ..".into()),
+            c => out.push(c.to_vec()),
+        }
+    }
+    Ok(out)
+}
+
+fn pax_mtime(v: &[u8]) -> Option<(i64, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let mut digits: String = frac.chars().take(9).collect();
+    while digits.len() < 9 {
+        digits.push('0');
+    }
+    let nsec: u32 = digits.parse().ok()?;
+    // A negative time with a fraction counts the fraction towards zero.
+    if secs < 0 && nsec > 0 {
+        Some((secs - 1, 1_000_000_000 - nsec))
+    } else {
+        Some((secs, nsec))
+    }
+}
+
+pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Result<()> {
+    let bad = |reason: String| Error::BadArchive {
+        archive: archive.to_owned(),
+        reason,
+    };
+    let file = std::fs::File::open(archive).map_err(Error::io("opening", archive))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let file = BufReader::with_capacity(1 << 20, file);
+    let reader: Box<dyn Read> = match compression {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(file)
+                .and_then(|mut d| {
+                    d.window_log_max(31)?;
+                    Ok(d)
+                })
+                .map_err(|e| bad(format!("zstd: {e}")))?,
+        ),
+    };
+    imp.progress_phase(
+        "storing",
+        matches!(compression, Compression::None).then_some(size),
+    );
+    let mut ar = tar::Archive::new(Tracking {
+        inner: reader,
+        bytes: 0,
+        hit_eof: false,
+    });
+    let entries = ar.entries().map_err(|e| bad(e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(format!("reading entry: {e}")))?;
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let bad_entry = |reason: String| bad(format!("entry {shown:?}: {reason}"));
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+        if matches!(kind, EntryType::XGlobalHeader) {
+            continue;
+        }
+        let rel = split_path(&raw_path).map_err(&bad_entry)?;
+        // Metadata: header, then pax records.
+        let uid = header.uid().map_err(|e| bad_entry(e.to_string()))?;
+        let gid = header.gid().map_err(|e| bad_entry(e.to_string()))?;
+        let mut meta = Meta {
+            mode: header.mode().map_err(|e| bad_entry(e.to_string()))? & 0o7777,
+            uid: u32::try_from(uid).map_err(|_| bad_entry(format!("uid {uid} out of range")))?,
+            gid: u32::try_from(gid).map_err(|_| bad_entry(format!("gid {gid} out of range")))?,
+            mtime: header.mtime().map_err(|e| bad_entry(e.to_string()))? as i64,
+            mtime_nsec: 0,
+            xattrs: Vec::new(),
+        };
+        if let Some(exts) = entry
+            .pax_extensions()
+            .map_err(|e| bad_entry(e.to_string()))?
+        {
+            for ext in exts {
+                let ext = ext.map_err(|e| bad_entry(format!("pax header: {e}")))?;
+                let key = ext.key_bytes();
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    meta.xattrs.push(Xattr {
+                        name: name.to_vec(),
+                        value: ext.value_bytes().to_vec(),
+                    });
+                } else if key == b"mtime" {
+                    let (s, ns) = pax_mtime(ext.value_bytes())
+                        .ok_or_else(|| bad_entry("pax mtime is not a number".into()))?;
+                    meta.mtime = s;
+                    meta.mtime_nsec = ns;
+                }
+            }
+        }
+        meta.xattrs.sort();
+        meta.xattrs.dedup_by(|a, b| a.name == b.name);
+        if rel.is_empty() {
+            if kind.is_dir() {
+                imp.set_root_meta(meta);
+                continue;
+            }
+            return Err(bad_entry("the archive root is not a directory".into()));
+        }
+        let node = match kind {
+            EntryType::Regular | EntryType::Continuous => {
+                imp.counts.files += 1;
+                let size = entry.size();
+                let content = if size > STREAM_OVER {
+                    imp.add_stream(&mut entry, archive)?
+                } else {
+                    let mut data = Vec::with_capacity(size as usize);
+                    entry
+                        .read_to_end(&mut data)
+                        .map_err(|e| bad_entry(format!("reading content: {e}")))?;
+                    imp.add_bytes(data)?
+                };
+                Node::PendingFile { meta, content }
+            }
+            EntryType::Directory => {
+                imp.counts.dirs += 1;
+                Node::empty_dir(meta)
+            }
+            EntryType::Symlink => {
+                imp.counts.symlinks += 1;
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad_entry("symlink without a target".into()))?;
+                Node::Done {
+                    meta,
+                    kind: EntryKind::Symlink(target.into_owned()),
+                }
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad_entry("hardlink without a target".into()))?;
+                let target_shown = String::from_utf8_lossy(&target).into_owned();
+                let target_rel = split_path(&target)
+                    .map_err(|r| bad_entry(format!("hardlink target {target_shown:?}: {r}")))?;
+                let Some(Node::PendingFile { meta, content }) =
+                    memtree::lookup(&imp.root, &target_rel)
+                else {
+                    return Err(bad_entry(format!(
+                        "hardlink to {target_shown:?}, which is not a file earlier in this archive"
+                    )));
+                };
+                let node = Node::PendingFile {
+                    meta: meta.clone(),
+                    content: *content,
+                };
+                imp.counts.files += 1;
+                imp.links
+                    .entry(target_rel.join(&b'/'))
+                    .or_default()
+                    .push(rel.join(&b'/'));
+                node
+            }
+            EntryType::Char | EntryType::Block => {
+                imp.counts.others += 1;
+                let major = header
+                    .device_major()
+                    .map_err(|e| bad_entry(e.to_string()))?;
+                let minor = header
+                    .device_minor()
+                    .map_err(|e| bad_entry(e.to_string()))?;
+                Node::Done {
+                    meta,
+                    kind: EntryKind::Device {
+                        kind: if kind == EntryType::Char {
+                            DeviceKind::Char
+                        } else {
+                            DeviceKind::Block
+                        },
+                        major: major.unwrap_or(0),
+                        minor: minor.unwrap_or(0),
+                    },
+                }
+            }
+            EntryType::Fifo => {
+                imp.counts.others += 1;
+                Node::Done {
+                    meta,
+                    kind: EntryKind::Fifo,
+                }
+            }
+            other => return Err(bad_entry(format!("unsupported entry type {other:?}"))),
+        };
+        memtree::place(&mut imp.root, &rel, node).map_err(|e| match e {
+            PlaceError::ThroughSymlink(p) => bad_entry(format!("goes through the symlink {p:?}")),
+            PlaceError::NotADir(p) => bad_entry(format!("{p:?} is not a directory")),
+        })?;
+    }
+    let mut tracking = ar.into_inner();
+    if tracking.hit_eof {
+        return Err(bad(
+            "truncated: the archive ends without its end-of-archive marker".into(),
+        ));
+    }
+    // Read what follows the end marker, so a damaged compressed stream is noticed.
+    io::copy(&mut tracking, &mut io::sink())
+        .map_err(|e| bad(format!("after the last entry: {e}")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            split_path(b"./a//b/").unwrap(),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        assert!(split_path(b"./").unwrap().is_empty());
+        assert!(split_path(b"/etc/passwd").is_err());
+        assert!(split_path(b"a/../../x").is_err());
+    }
+
+    #[test]
+    fn pax_mtimes() {
+        assert_eq!(
+            pax_mtime(b"1700000000.5"),
+            Some((1_700_000_000, 500_000_000))
+        );
+        assert_eq!(pax_mtime(b"12"), Some((12, 0)));
+        assert_eq!(pax_mtime(b"-1.25"), Some((-2, 750_000_000)));
+        assert_eq!(pax_mtime(b"x"), None);
+    }
+}
