@@ -30,7 +30,18 @@ fn header(meta: &Meta, kind: EntryType, size: u64) -> Header {
     h
 }
 
-fn pax_records(meta: &Meta) -> Result<Vec<(String, Vec<u8>)>> {
+/// Options of a tar export.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TarOptions {
+    /// Leave out POSIX ACLs (`system.posix_acl_*`), which squashfs cannot hold.
+    pub drop_acls: bool,
+}
+
+fn is_acl(name: &[u8]) -> bool {
+    name.starts_with(b"system.posix_acl_")
+}
+
+fn pax_records(meta: &Meta, opts: TarOptions) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
     if meta.mtime_nsec != 0 || meta.mtime < 0 {
         out.push((
@@ -38,7 +49,11 @@ fn pax_records(meta: &Meta) -> Result<Vec<(String, Vec<u8>)>> {
             format!("{}.{:09}", meta.mtime, meta.mtime_nsec).into_bytes(),
         ));
     }
-    for x in &meta.xattrs {
+    for x in meta
+        .xattrs
+        .iter()
+        .filter(|x| !(opts.drop_acls && is_acl(&x.name)))
+    {
         let name = std::str::from_utf8(&x.name).map_err(|_| Error::Tool {
             tool: "export",
             reason: format!(
@@ -60,8 +75,9 @@ fn emit<W: Write>(
     mut h: Header,
     link: Option<&[u8]>,
     data: &mut dyn std::io::Read,
+    opts: TarOptions,
 ) -> Result<()> {
-    let mut pax = pax_records(meta)?;
+    let mut pax = pax_records(meta, opts)?;
     if path.len() > 100 {
         pax.push(("path".to_owned(), path.to_vec()));
     }
@@ -90,13 +106,15 @@ fn werr(e: std::io::Error) -> Error {
     }
 }
 
-/// Writes `commit` as a tar stream to `out`.
+/// Writes `commit` as a tar stream to `out`. Returns the number of entries whose ACLs were left
+/// out (see [`TarOptions::drop_acls`]).
 pub fn write_tar(
     store: &ObjectStore,
     commit: CommitId,
     out: impl Write,
+    opts: TarOptions,
     progress: &dyn Progress,
-) -> Result<()> {
+) -> Result<u64> {
     let c = store.get_commit(&commit)?;
     progress.phase("exporting", Some(c.bytes));
     let mut b = tar::Builder::new(out);
@@ -108,6 +126,7 @@ pub fn write_tar(
         header(&c.root_meta, EntryType::Directory, 0),
         None,
         none,
+        opts,
     )?;
     // Hardlink groups: the first member met in walk order carries the data.
     let mut group_of: HashMap<Vec<u8>, usize> = HashMap::new();
@@ -117,9 +136,14 @@ pub fn write_tar(
         }
     }
     let mut first_seen: HashMap<usize, Vec<u8>> = HashMap::new();
+    let mut dropped =
+        u64::from(opts.drop_acls && c.root_meta.xattrs.iter().any(|x| is_acl(&x.name)));
     walk(store, c.tree, &mut |path, e| {
         let meta = &e.meta;
         let none = &mut std::io::empty();
+        if opts.drop_acls && meta.xattrs.iter().any(|x| is_acl(&x.name)) {
+            dropped += 1;
+        }
         match &e.kind {
             EntryKind::Dir(_) => {
                 let mut p = path.to_vec();
@@ -131,6 +155,7 @@ pub fn write_tar(
                     header(meta, EntryType::Directory, 0),
                     None,
                     none,
+                    opts,
                 )
             }
             EntryKind::File(content) => {
@@ -143,6 +168,7 @@ pub fn write_tar(
                             header(meta, EntryType::Link, 0),
                             Some(first),
                             none,
+                            opts,
                         );
                     }
                     first_seen.insert(*g, path.to_vec());
@@ -155,7 +181,7 @@ pub fn write_tar(
                     pos: 0,
                 };
                 let h = header(meta, EntryType::Regular, content.size);
-                emit(&mut b, path, meta, h, None, &mut reader)?;
+                emit(&mut b, path, meta, h, None, &mut reader, opts)?;
                 progress.advance(content.size);
                 Ok(())
             }
@@ -166,6 +192,7 @@ pub fn write_tar(
                 header(meta, EntryType::Symlink, 0),
                 Some(target),
                 none,
+                opts,
             ),
             EntryKind::Device { kind, major, minor } => {
                 let t = match kind {
@@ -175,7 +202,7 @@ pub fn write_tar(
                 let mut h = header(meta, t, 0);
                 h.set_device_major(*major).map_err(werr)?;
                 h.set_device_minor(*minor).map_err(werr)?;
-                emit(&mut b, path, meta, h, None, none)
+                emit(&mut b, path, meta, h, None, none, opts)
             }
             EntryKind::Fifo => emit(
                 &mut b,
@@ -184,10 +211,12 @@ pub fn write_tar(
                 header(meta, EntryType::Fifo, 0),
                 None,
                 none,
+                opts,
             ),
         }
     })?;
-    b.into_inner().map_err(werr)?.flush().map_err(werr)
+    b.into_inner().map_err(werr)?.flush().map_err(werr)?;
+    Ok(dropped)
 }
 
 /// Reads a file's content chunk by chunk, each verified.
@@ -216,13 +245,14 @@ impl std::io::Read for ChunkReader<'_> {
     }
 }
 
-/// Writes `commit` as a squashfs image (zstd) at `out`, through `tar2sqfs`.
+/// Writes `commit` as a squashfs image (zstd) at `out`, through `tar2sqfs`. squashfs has no
+/// POSIX ACLs: they are left out, and the number of entries that had some is returned.
 pub fn write_squashfs(
     store: &ObjectStore,
     commit: CommitId,
     out: &Path,
     progress: &dyn Progress,
-) -> Result<()> {
+) -> Result<u64> {
     let tool = |reason: String| Error::Tool {
         tool: "tar2sqfs",
         reason,
@@ -236,7 +266,14 @@ pub fn write_squashfs(
         .spawn()
         .map_err(|e| tool(format!("cannot run it ({e}); install squashfs-tools-ng")))?;
     let stdin = child.stdin.take().expect("piped");
-    let written = write_tar(store, commit, std::io::BufWriter::new(stdin), progress);
+    let opts = TarOptions { drop_acls: true };
+    let written = write_tar(
+        store,
+        commit,
+        std::io::BufWriter::new(stdin),
+        opts,
+        progress,
+    );
     let output = child.wait_with_output().map_err(|e| tool(e.to_string()))?;
     if !output.status.success() {
         let _ = std::fs::remove_file(out);

@@ -139,11 +139,8 @@ impl Repo {
         }
         let config: Config = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let c = config.chunker;
-        if !(c.min.is_power_of_two() && c.avg.is_power_of_two() && c.max.is_power_of_two())
-            || !(c.min < c.avg && c.avg < c.max)
-            || c.min < 64
-            || c.max > 16 << 20
-        {
+        let powers = c.min.is_power_of_two() && c.avg.is_power_of_two() && c.max.is_power_of_two();
+        if !(powers && c.min < c.avg && c.avg < c.max) || c.min < 64 || c.max > 16 << 20 {
             return Err(bad(
                 "chunker sizes must be powers of two with min < avg < max, 64 B..16 MiB".into(),
             ));

@@ -54,6 +54,40 @@ pub fn split_path(raw: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
     Ok(out)
 }
 
+/// Parses pax extended header records (`LEN KEY=VALUE\n`, LEN counting the whole record).
+/// Values are binary (xattr values may hold newlines), so records are cut by their length, not
+/// at newlines.
+/// One pax record: key and value bytes.
+pub type PaxRecord = (Vec<u8>, Vec<u8>);
+
+pub fn parse_pax(mut data: &[u8]) -> std::result::Result<Vec<PaxRecord>, String> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.iter().all(|b| *b == 0) {
+            break;
+        }
+        let sp = data
+            .iter()
+            .position(|b| *b == b' ')
+            .ok_or("pax record without a length")?;
+        let len: usize = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("pax record length is not a number")?;
+        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err(format!("pax record length {len} does not fit the header"));
+        }
+        let rec = &data[sp + 1..len - 1];
+        let eq = rec
+            .iter()
+            .position(|b| *b == b'=')
+            .ok_or("pax record without '='")?;
+        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(out)
+}
+
 fn pax_mtime(v: &[u8]) -> Option<(i64, u32)> {
     let s = std::str::from_utf8(v).ok()?;
     let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
@@ -100,21 +134,97 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
         bytes: 0,
         hit_eof: false,
     });
-    let entries = ar.entries().map_err(|e| bad(e.to_string()))?;
+    // Raw entries: pax and GNU long-name headers are read here, because tar-rs cuts pax
+    // records at newlines and binary xattr values (ACLs, capabilities) can contain them.
+    let entries = ar.entries().map_err(|e| bad(e.to_string()))?.raw(true);
+    let mut pax: Vec<PaxRecord> = Vec::new();
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut long_link: Option<Vec<u8>> = None;
     for entry in entries {
         let mut entry = entry.map_err(|e| bad(format!("reading entry: {e}")))?;
-        let raw_path = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw_path).into_owned();
-        let bad_entry = |reason: String| bad(format!("entry {shown:?}: {reason}"));
         let header = entry.header().clone();
         let kind = header.entry_type();
-        if matches!(kind, EntryType::XGlobalHeader) {
-            continue;
+        let read_all = |entry: &mut tar::Entry<_>, what: &str| -> Result<Vec<u8>> {
+            if entry.size() > 1 << 20 {
+                return Err(bad(format!(
+                    "{what} header of {} bytes is too large",
+                    entry.size()
+                )));
+            }
+            let mut v = Vec::new();
+            entry
+                .read_to_end(&mut v)
+                .map_err(|e| bad(format!("reading {what} header: {e}")))?;
+            Ok(v)
+        };
+        match kind {
+            EntryType::XHeader => {
+                let data = read_all(&mut entry, "pax")?;
+                pax = parse_pax(&data).map_err(|r| bad(format!("pax header: {r}")))?;
+                continue;
+            }
+            EntryType::XGlobalHeader => continue,
+            EntryType::GNULongName => {
+                let mut v = read_all(&mut entry, "long name")?;
+                while v.last() == Some(&0) {
+                    v.pop();
+                }
+                long_name = Some(v);
+                continue;
+            }
+            EntryType::GNULongLink => {
+                let mut v = read_all(&mut entry, "long link")?;
+                while v.last() == Some(&0) {
+                    v.pop();
+                }
+                long_link = Some(v);
+                continue;
+            }
+            _ => {}
         }
+        let records = std::mem::take(&mut pax);
+        let pax_get = |k: &[u8]| {
+            records
+                .iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let raw_path = pax_get(b"path")
+            .or(long_name.take())
+            .unwrap_or_else(|| header.path_bytes().into_owned());
+        let link_name = pax_get(b"linkpath")
+            .or(long_link.take())
+            .or_else(|| header.link_name_bytes().map(|l| l.into_owned()));
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let bad_entry = |reason: String| bad(format!("entry {shown:?}: {reason}"));
         let rel = split_path(&raw_path).map_err(&bad_entry)?;
-        // Metadata: header, then pax records.
-        let uid = header.uid().map_err(|e| bad_entry(e.to_string()))?;
-        let gid = header.gid().map_err(|e| bad_entry(e.to_string()))?;
+        let number = |k: &[u8], header_value: std::io::Result<u64>| -> Result<u64> {
+            match pax_get(k) {
+                Some(v) => std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| {
+                        bad_entry(format!(
+                            "pax {} is not a number",
+                            String::from_utf8_lossy(k)
+                        ))
+                    }),
+                None => header_value.map_err(|e| bad_entry(e.to_string())),
+            }
+        };
+        if let Some(size) = pax_get(b"size")
+            && std::str::from_utf8(&size)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                != Some(entry.size())
+        {
+            return Err(bad_entry(
+                "pax size records larger than the header size are not supported".into(),
+            ));
+        }
+        let uid = number(b"uid", header.uid())?;
+        let gid = number(b"gid", header.gid())?;
         let mut meta = Meta {
             mode: header.mode().map_err(|e| bad_entry(e.to_string()))? & 0o7777,
             uid: u32::try_from(uid).map_err(|_| bad_entry(format!("uid {uid} out of range")))?,
@@ -123,24 +233,17 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
             mtime_nsec: 0,
             xattrs: Vec::new(),
         };
-        if let Some(exts) = entry
-            .pax_extensions()
-            .map_err(|e| bad_entry(e.to_string()))?
-        {
-            for ext in exts {
-                let ext = ext.map_err(|e| bad_entry(format!("pax header: {e}")))?;
-                let key = ext.key_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    meta.xattrs.push(Xattr {
-                        name: name.to_vec(),
-                        value: ext.value_bytes().to_vec(),
-                    });
-                } else if key == b"mtime" {
-                    let (s, ns) = pax_mtime(ext.value_bytes())
-                        .ok_or_else(|| bad_entry("pax mtime is not a number".into()))?;
-                    meta.mtime = s;
-                    meta.mtime_nsec = ns;
-                }
+        for (key, value) in &records {
+            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                meta.xattrs.push(Xattr {
+                    name: name.to_vec(),
+                    value: value.clone(),
+                });
+            } else if key == b"mtime" {
+                let (s, ns) = pax_mtime(value)
+                    .ok_or_else(|| bad_entry("pax mtime is not a number".into()))?;
+                meta.mtime = s;
+                meta.mtime_nsec = ns;
             }
         }
         meta.xattrs.sort();
@@ -173,17 +276,17 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
             }
             EntryType::Symlink => {
                 imp.counts.symlinks += 1;
-                let target = entry
-                    .link_name_bytes()
+                let target = link_name
+                    .clone()
                     .ok_or_else(|| bad_entry("symlink without a target".into()))?;
                 Node::Done {
                     meta,
-                    kind: EntryKind::Symlink(target.into_owned()),
+                    kind: EntryKind::Symlink(target),
                 }
             }
             EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
+                let target = link_name
+                    .clone()
                     .ok_or_else(|| bad_entry("hardlink without a target".into()))?;
                 let target_shown = String::from_utf8_lossy(&target).into_owned();
                 let target_rel = split_path(&target)
@@ -266,6 +369,21 @@ mod tests {
         assert!(split_path(b"./").unwrap().is_empty());
         assert!(split_path(b"/etc/passwd").is_err());
         assert!(split_path(b"a/../../x").is_err());
+    }
+
+    #[test]
+    fn pax_records_may_hold_newlines() {
+        let value = b"a\nb";
+        let rec = format!("{} SCHILY.xattr.user.x=", 2 + 1 + 19 + 1 + 3 + 1);
+        let mut data = rec.into_bytes();
+        data.extend_from_slice(value);
+        data.push(b'\n');
+        data.extend_from_slice(b"12 mtime=12\n");
+        let r = parse_pax(&data).unwrap();
+        assert_eq!(r[0], (b"SCHILY.xattr.user.x".to_vec(), value.to_vec()));
+        assert_eq!(r[1], (b"mtime".to_vec(), b"12".to_vec()));
+        assert!(parse_pax(b"99 x=y\n").is_err());
+        assert!(parse_pax(b"zz x=y\n").is_err());
     }
 
     #[test]

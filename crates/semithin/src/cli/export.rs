@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use semithin_store::export::TarOptions;
 use semithin_store::{Repo, export, refs};
 
 use super::progress::Bar;
@@ -28,14 +29,20 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     let bar = Bar::new(a.out.as_os_str() == "-");
     match a.format {
         Format::Tar if a.out.as_os_str() == "-" => {
-            export::write_tar(&repo.objects, id, std::io::stdout().lock(), &bar)?;
+            export::write_tar(
+                &repo.objects,
+                id,
+                std::io::stdout().lock(),
+                TarOptions::default(),
+                &bar,
+            )?;
         }
         Format::Tar => {
             let tmp = a.out.with_extension("partial");
             let f = std::fs::File::create(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
             let mut w = std::io::BufWriter::new(f);
-            export::write_tar(&repo.objects, id, &mut w, &bar)?;
+            export::write_tar(&repo.objects, id, &mut w, TarOptions::default(), &bar)?;
             w.into_inner()?.sync_all()?;
             std::fs::rename(&tmp, &a.out)
                 .with_context(|| format!("writing {}", a.out.display()))?;
@@ -45,7 +52,12 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
                 a.out.as_os_str() != "-",
                 "a squashfs image needs a file, not stdout"
             );
-            export::write_squashfs(&repo.objects, id, &a.out, &bar)?;
+            let dropped = export::write_squashfs(&repo.objects, id, &a.out, &bar)?;
+            if dropped > 0 {
+                eprintln!(
+                    "warning: squashfs cannot hold POSIX ACLs: left out on {dropped} entries"
+                );
+            }
         }
     }
     bar.finish();

@@ -21,13 +21,8 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
         print_json(&r)?;
     } else {
         for p in &r.problems {
-            println!(
-                "{} {} {}: {}",
-                p.kind,
-                if p.id.is_empty() { "-" } else { &p.id[..12] },
-                "damaged",
-                p.error
-            );
+            let id = if p.id.is_empty() { "-" } else { &p.id[..12] };
+            println!("{} {id} damaged: {}", p.kind, p.error);
             for u in &p.used_by {
                 println!("    used by {u}");
             }

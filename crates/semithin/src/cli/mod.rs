@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn times_and_sizes() {
         assert_eq!(super::time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(super::time(1_795_312_800), "2026-11-22 00:00:00 UTC");
+        assert_eq!(super::time(1_795_305_600), "2026-11-22 00:00:00 UTC");
         assert_eq!(super::human(1536), "1.5 KiB");
         assert_eq!(super::human(12), "12 B");
     }
