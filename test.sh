@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs the whole test suite of semithin, also on a fresh Debian machine:
+#   1. installs what the tests need (Debian packages, cargo-nextest) if it is missing,
+#   2. builds the Debian root filesystem fixture once (cached, see tests/fixtures/debian-root.sh),
+#   3. cargo fmt --check, cargo clippy -D warnings, cargo nextest run.
+# Usage: sudo ./test.sh [EXTRA NEXTEST ARGS...]   (must run as root: chroot, mounts, ownership)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() {
+  printf 'test.sh: error: %s\n' "$*" >&2
+  exit 1
+}
+
+[ "$(id -u)" -eq 0 ] || die "must be run as root (the tests chroot, mount and create files owned by other users)"
+command -v cargo >/dev/null || die "cargo is not installed"
+
+DEB_PACKAGES=(debootstrap squashfs-tools squashfs-tools-ng attr acl libcap2-bin zstd)
+
+step "checking Debian packages: ${DEB_PACKAGES[*]}"
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing missing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "all present" >&2
+fi
+
+step "checking cargo-nextest"
+if ! cargo nextest --version >/dev/null 2>&1; then
+  step "installing cargo-nextest (cargo install --locked cargo-nextest)"
+  cargo install --locked cargo-nextest
+fi
+cargo nextest --version >&2
+
+step "building the Debian root filesystem fixture (cached after the first run)"
+tests/fixtures/debian-root.sh base >/dev/null
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo nextest run --workspace --no-fail-fast${*:+ $*}"
+cargo nextest run --workspace --no-fail-fast "$@"
