@@ -108,12 +108,14 @@ pub fn q(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
-/// Every entry with path, type, owner, mode, mtime (ns), link target and link count, then every
-/// xattr, as the system's `find` and `getfattr` see them.
+/// Every entry with path, type, owner, mode, mtime (ns), link target, link count and size (not for
+/// directories, whose size is the filesystem's business), then every xattr, as the system's
+/// `find` and `getfattr` see them.
 pub fn listing(dir: &Path) -> String {
     let d = q(dir);
     sh(&format!(
-        "cd {d} && find . -printf '%p %y %U %G %m %T@ %l %n %s\\n' | LC_ALL=C sort && \
+        "cd {d} && {{ find . ! -type d -printf '%p %y %U %G %m %T@ %l %n %s\\n'; \
+         find . -type d -printf '%p %y %U %G %m %T@ %l %n\\n'; }} | LC_ALL=C sort && \
          getfattr -R -d -m - -h -e hex --absolute-names . 2>/dev/null; true"
     ))
 }
@@ -145,13 +147,10 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     );
     let (la, lb) = (listing(a), listing(b));
     if la != lb {
-        let fa = a.with_extension("listing");
-        std::fs::write(&fa, &la).ok();
-        let diff = sh(&format!(
-            "diff <(printf '%s' {}) <(printf '%s' {}) | head -40; true",
-            shell_quote(&la),
-            shell_quote(&lb)
-        ));
+        let (fa, fb) = (a.with_extension("listing"), b.with_extension("listing"));
+        std::fs::write(&fa, &la).unwrap();
+        std::fs::write(&fb, &lb).unwrap();
+        let diff = sh(&format!("diff {} {} | head -40; true", q(&fa), q(&fb)));
         panic!(
             "metadata differs between {} and {}:\n{diff}",
             a.display(),
@@ -165,10 +164,6 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         ))
     };
     assert_eq!(devs(a), devs(b), "device numbers differ");
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// A small root filesystem with every kind of entry and metadata semithin must keep.

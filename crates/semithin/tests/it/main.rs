@@ -4,3 +4,4 @@
 
 mod common;
 mod fidelity;
+mod real_root;
