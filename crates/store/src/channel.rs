@@ -152,6 +152,29 @@ pub fn move_to(
     Ok(m)
 }
 
+/// Removes a channel and its history. What only it reached becomes garbage for gc. The caller
+/// holds the write lock.
+pub fn remove(repo: &Repo, name: &str) -> Result<()> {
+    let path = log_path(repo, name)?;
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NoSuchChannel(name.to_owned()));
+        }
+        Err(e) => return Err(Error::io("removing", &path)(e)),
+    }
+    // Parent directories of a nested name go when they become empty.
+    let top = repo.channels_dir();
+    let mut dir = path.parent().map(Path::to_owned);
+    while let Some(d) = dir {
+        if d == top || std::fs::remove_dir(&d).is_err() {
+            break;
+        }
+        dir = d.parent().map(Path::to_owned);
+    }
+    fsutil::sync_dir(&top)
+}
+
 /// Every channel name, sorted.
 pub fn list(repo: &Repo) -> Result<Vec<String>> {
     fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {

@@ -25,6 +25,13 @@ pub enum ChannelCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Delete a channel and its whole history; `gc` then frees what only it reached.
+    Remove {
+        name: String,
+        /// Required: the history cannot be recovered.
+        #[arg(long)]
+        yes: bool,
+    },
     /// List channels and their heads.
     List {
         #[arg(long)]
@@ -65,6 +72,15 @@ pub fn run(repo: Option<PathBuf>, cmd: ChannelCmd) -> Result<ExitCode> {
                     );
                 }
             }
+        }
+        ChannelCmd::Remove { name, yes } => {
+            anyhow::ensure!(
+                yes,
+                "removing channel {name:?} deletes its history for good; pass --yes to confirm"
+            );
+            let repo = open(repo, Access::Write)?;
+            channel::remove(&repo, &name)?;
+            println!("removed channel {name}; run `semithin gc` to free its objects");
         }
         ChannelCmd::List { json } => {
             let repo = open(repo, Access::Read)?;

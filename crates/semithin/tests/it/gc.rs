@@ -1,0 +1,91 @@
+//! gc removes what no channel reaches, keeps everything else, and survives being killed.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+fn pack_bytes(env: &Env) -> u64 {
+    sh(&format!(
+        "du -sb {} | cut -f1",
+        q(&env.repo.join("objects/packs"))
+    ))
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn gc_frees_a_removed_channel_and_keeps_the_rest() {
+    let env = Env::new();
+    let keep = env.path("keep");
+    sample_tree(&keep);
+    env.commit("keep", &keep);
+    let scratch = env.path("scratch");
+    sh(&format!(
+        "mkdir -p {s} && head -c 4000000 /dev/urandom > {s}/only-here",
+        s = q(&scratch)
+    ));
+    env.commit("scratch", &scratch);
+    // Nothing is garbage while the channel exists.
+    let gc = env.json(&["gc"]);
+    assert_eq!(gc["removed_objects"], 0, "{gc:#}");
+    let err = env.fails(&["channel", "remove", "scratch"]);
+    assert!(err.contains("--yes"), "{err}");
+    env.ok(&["channel", "remove", "scratch", "--yes"]);
+    let before = pack_bytes(&env);
+    let gc = env.json(&["gc"]);
+    assert!(gc["removed_objects"].as_u64().unwrap() >= 3, "{gc:#}");
+    assert!(
+        pack_bytes(&env) + 3_900_000 < before,
+        "gc did not free the 4 MB only the removed channel used"
+    );
+    env.fsck_ok();
+    let out = env.path("out");
+    env.ok(&["checkout", "keep", out.to_str().unwrap()]);
+    assert_same_tree(&keep, &out);
+}
+
+#[test]
+fn gc_killed_at_any_moment_leaves_a_valid_repository() {
+    let env = Env::new();
+    let keep = env.path("keep");
+    sample_tree(&keep);
+    // Several packs with live and dead objects mixed, so gc has packs to rewrite.
+    for i in 0..4 {
+        sh(&format!(
+            "head -c 3000000 /dev/urandom > {}",
+            q(&keep.join(format!("var-{i}")))
+        ));
+        env.commit("keep", &keep);
+        let scratch = env.path(&format!("scratch{i}"));
+        sh(&format!(
+            "mkdir -p {s} && head -c 3000000 /dev/urandom > {s}/f",
+            s = q(&scratch)
+        ));
+        env.commit(&format!("scratch/{i}"), &scratch);
+        env.ok(&["channel", "remove", &format!("scratch/{i}"), "--yes"]);
+    }
+    for delay_ms in [1u64, 5, 15, 40] {
+        let mut child = Command::new(BIN)
+            .arg("--repo")
+            .arg(&env.repo)
+            .arg("gc")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        env.fsck_ok();
+    }
+    env.json(&["gc"]);
+    env.fsck_ok();
+    let out = env.path("out");
+    env.ok(&["checkout", "keep", out.to_str().unwrap()]);
+    assert_same_tree(&keep, &out);
+    // Every version of the kept channel is still whole.
+    for back in 1..4 {
+        let dest = env.path(&format!("back{back}"));
+        env.ok(&["checkout", &format!("keep~{back}"), dest.to_str().unwrap()]);
+    }
+}
