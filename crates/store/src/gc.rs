@@ -76,6 +76,8 @@ pub fn gc(repo: &Repo, progress: &dyn Progress) -> Result<GcReport> {
         }
     }
     let dir = store.packs_dir().to_owned();
+    // Measured before the live objects are copied, so the copies count against what is freed.
+    let before = dir_bytes(&dir)?;
     let mut to_remove = Vec::new();
     for (name, entries, n_live) in rewrite {
         report.removed_objects += (entries.len() - n_live) as u64;
@@ -96,7 +98,6 @@ pub fn gc(repo: &Repo, progress: &dyn Progress) -> Result<GcReport> {
     }
     // The copies are durable before any original goes.
     store.flush()?;
-    let before = dir_bytes(&dir)?;
     for name in to_remove {
         remove(&dir.join(format!("{name}.idx")))?;
         remove(&dir.join(format!("{name}.pack")))?;

@@ -164,6 +164,9 @@ pub fn cherry_pick(
         // writer removes.
         return Err(Error::Conflicts(conflicts));
     }
+    // The merged trees are read back below (hardlink groups, sizes): the store reads only
+    // what is flushed.
+    store.flush()?;
     let hardlinks = merged_hardlinks(store, tree, &[(&ours, ours.tree), (&picked, picked.tree)])?;
     let mut entries = 0u64;
     let mut bytes = 0u64;

@@ -155,6 +155,13 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
             entry
                 .read_to_end(&mut v)
                 .map_err(|e| bad(format!("reading {what} header: {e}")))?;
+            if v.len() as u64 != entry.size() {
+                return Err(bad(format!(
+                    "truncated: the archive ends inside a {what} header ({} of {} bytes)",
+                    v.len(),
+                    entry.size()
+                )));
+            }
             Ok(v)
         };
         match kind {
@@ -259,13 +266,32 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
             EntryType::Regular | EntryType::Continuous => {
                 imp.counts.files += 1;
                 let size = entry.size();
+                // A tar entry reader stops quietly where the archive ends: a short read is a
+                // truncated archive, never a shorter file.
+                let short = |got: u64| {
+                    bad_entry(format!(
+                        "truncated: the archive ends inside this file ({got} of {size} bytes)"
+                    ))
+                };
                 let content = if size > STREAM_OVER {
-                    imp.add_stream(&mut entry, archive)?
+                    let mut counted = Tracking {
+                        inner: &mut entry,
+                        bytes: 0,
+                        hit_eof: false,
+                    };
+                    let content = imp.add_stream(&mut counted, archive)?;
+                    if counted.bytes != size {
+                        return Err(short(counted.bytes));
+                    }
+                    content
                 } else {
                     let mut data = Vec::with_capacity(size as usize);
                     entry
                         .read_to_end(&mut data)
                         .map_err(|e| bad_entry(format!("reading content: {e}")))?;
+                    if data.len() as u64 != size {
+                        return Err(short(data.len() as u64));
+                    }
                     imp.add_bytes(data)?
                 };
                 Node::PendingFile { meta, content }
@@ -384,6 +410,45 @@ mod tests {
         assert_eq!(r[1], (b"mtime".to_vec(), b"12".to_vec()));
         assert!(parse_pax(b"99 x=y\n").is_err());
         assert!(parse_pax(b"zz x=y\n").is_err());
+    }
+
+    #[test]
+    fn a_file_cut_short_is_a_truncated_archive() {
+        use crate::import::{CommitOptions, commit};
+        use crate::repo::{Access, Config, Repo};
+        let d = tempfile::tempdir().unwrap();
+        let repo_path = d.path().join("repo");
+        Repo::init(&repo_path, Config::default()).unwrap();
+        let repo = Repo::open(&repo_path, Access::Write).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3000);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, "a", &[7u8; 3000][..]).unwrap();
+        let full = b.into_inner().unwrap();
+        let opts = CommitOptions {
+            channel: "c",
+            message: "",
+            time: None,
+        };
+        for (cut, got) in [(512 + 1000, 1000), (512, 0)] {
+            let archive = d.path().join(format!("cut-{cut}.tar"));
+            std::fs::write(&archive, &full[..cut]).unwrap();
+            let e = commit(&repo, &archive, &opts, &crate::NoProgress)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                e.contains(&format!(
+                    "entry \"a\": truncated: the archive ends inside this file ({got} of 3000 bytes)"
+                )),
+                "{e}"
+            );
+        }
     }
 
     #[test]

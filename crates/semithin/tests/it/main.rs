@@ -1,7 +1,9 @@
 //! Integration tests of the `semithin` command, one binary with modules by theme.
 //! They run as root (ownership, device nodes, chroots) and use real tools: tar, getfattr,
-//! setcap, setfacl, unsquashfs, debootstrap.
+//! setcap, setfacl, unsquashfs, debootstrap, and python3 to write hostile tar archives.
 
+mod bad_input;
+mod channels;
 mod common;
 mod fidelity;
 mod gc;
