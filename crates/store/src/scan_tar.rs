@@ -4,8 +4,10 @@
 //! hardlinks to anything but an earlier file of the same archive are refused with the entry named.
 //! Nothing is written to disk but content-addressed objects, so a bad archive cannot escape.
 
+use std::cell::Cell;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
+use std::rc::Rc;
 
 use tar::EntryType;
 
@@ -18,17 +20,25 @@ use crate::object::{DeviceKind, EntryKind, Meta, Xattr};
 const STREAM_OVER: u64 = 16 << 20;
 
 /// Counts what passes through and remembers whether the end of the stream was reached.
+/// Errors of the decompressor are named as such.
 struct Tracking<R> {
     inner: R,
     bytes: u64,
-    hit_eof: bool,
+    hit_eof: Rc<Cell<bool>>,
+    compression: Compression,
 }
 
 impl<R: Read> Read for Tracking<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).map_err(|e| match self.compression {
+            Compression::None => e,
+            c => io::Error::new(
+                e.kind(),
+                format!("the {c:?} stream is damaged or truncated ({e})"),
+            ),
+        })?;
         if n == 0 && !buf.is_empty() {
-            self.hit_eof = true;
+            self.hit_eof.set(true);
         }
         self.bytes += n as u64;
         Ok(n)
@@ -129,10 +139,12 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
         "storing",
         matches!(compression, Compression::None).then_some(size),
     );
+    let hit_eof = Rc::new(Cell::new(false));
     let mut ar = tar::Archive::new(Tracking {
         inner: reader,
         bytes: 0,
-        hit_eof: false,
+        hit_eof: hit_eof.clone(),
+        compression,
     });
     // Raw entries: pax and GNU long-name headers are read here, because tar-rs cuts pax
     // records at newlines and binary xattr values (ACLs, capabilities) can contain them.
@@ -141,7 +153,15 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
     let mut long_name: Option<Vec<u8>> = None;
     let mut long_link: Option<Vec<u8>> = None;
     for entry in entries {
-        let mut entry = entry.map_err(|e| bad(format!("reading entry: {e}")))?;
+        let mut entry = entry.map_err(|e| {
+            if hit_eof.get() {
+                bad(format!(
+                    "truncated: the archive ends inside an entry header ({e})"
+                ))
+            } else {
+                bad(format!("reading entry: {e}"))
+            }
+        })?;
         let header = entry.header().clone();
         let kind = header.entry_type();
         let read_all = |entry: &mut tar::Entry<_>, what: &str| -> Result<Vec<u8>> {
@@ -277,7 +297,8 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
                     let mut counted = Tracking {
                         inner: &mut entry,
                         bytes: 0,
-                        hit_eof: false,
+                        hit_eof: Rc::default(),
+                        compression: Compression::None,
                     };
                     let content = imp.add_stream(&mut counted, archive)?;
                     if counted.bytes != size {
@@ -371,7 +392,7 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
         })?;
     }
     let mut tracking = ar.into_inner();
-    if tracking.hit_eof {
+    if tracking.hit_eof.get() {
         return Err(bad(
             "truncated: the archive ends without its end-of-archive marker".into(),
         ));

@@ -42,8 +42,13 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
             let f = std::fs::File::create(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
             let mut w = std::io::BufWriter::new(f);
-            export::write_tar(&repo.objects, id, &mut w, TarOptions::default(), &bar)?;
-            w.into_inner()?.sync_all()?;
+            let written = export::write_tar(&repo.objects, id, &mut w, TarOptions::default(), &bar)
+                .map_err(anyhow::Error::from)
+                .and_then(|_| Ok(w.into_inner()?.sync_all()?));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
             std::fs::rename(&tmp, &a.out)
                 .with_context(|| format!("writing {}", a.out.display()))?;
         }

@@ -380,7 +380,9 @@ fn corrupt_archives_are_detected() {
     refused(
         &env,
         &truncated,
-        &[r#"entry "./a": reading content: incomplete deflate stream"#],
+        &[
+            r#"entry "./a": reading content: the Gzip stream is damaged or truncated (incomplete deflate stream)"#,
+        ],
     );
     good_commit_still_works(&env);
 }
@@ -493,6 +495,10 @@ print(pos + 32, len(pack))' {} {}"#,
         "{err}"
     );
     assert!(!tar.exists(), "a failed export left {}", tar.display());
+    assert!(
+        !tar.with_extension("partial").exists(),
+        "a failed export left its partial file"
+    );
 }
 
 #[test]
