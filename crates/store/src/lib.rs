@@ -5,6 +5,7 @@
 //! split into chunks ([`chunker`]) stored in packs ([`objects`]), directories become tree objects
 //! ([`memtree`]), and a commit names the root tree; channels ([`channel`]) name commits.
 
+pub mod acl;
 pub mod channel;
 pub mod checkout;
 pub mod chunker;

@@ -111,6 +111,20 @@ pub fn lookup<'a>(root: &'a Node, path: &[Vec<u8>]) -> Option<&'a Node> {
     Some(cur)
 }
 
+/// The metadata of the node at `path`, to change it.
+pub fn meta_mut<'a>(root: &'a mut Node, path: &[Vec<u8>]) -> Option<&'a mut Meta> {
+    let mut cur = root;
+    for comp in path {
+        match cur {
+            Node::Dir { children, .. } => cur = children.get_mut(comp)?,
+            _ => return None,
+        }
+    }
+    Some(match cur {
+        Node::Dir { meta, .. } | Node::PendingFile { meta, .. } | Node::Done { meta, .. } => meta,
+    })
+}
+
 pub fn join(parts: &[&[u8]]) -> String {
     String::from_utf8_lossy(&parts.join(&b'/')).into_owned()
 }

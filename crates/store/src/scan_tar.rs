@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 use tar::EntryType;
 
+use crate::acl;
 use crate::error::{Error, Result};
 use crate::import::{Compression, Importer};
 use crate::memtree::{self, Node, PlaceError};
@@ -152,6 +153,10 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
     let mut pax: Vec<PaxRecord> = Vec::new();
     let mut long_name: Option<Vec<u8>> = None;
     let mut long_link: Option<Vec<u8>> = None;
+    // ACLs in text form wait for the image's own user and group databases.
+    let mut text_acls: Vec<(Vec<Vec<u8>>, String, &'static str, String)> = Vec::new();
+    let mut passwd: Vec<u8> = Vec::new();
+    let mut group: Vec<u8> = Vec::new();
     for entry in entries {
         let mut entry = entry.map_err(|e| {
             if hit_eof.get() {
@@ -266,6 +271,15 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
                     name: name.to_vec(),
                     value: value.clone(),
                 });
+            } else if let Some(which) = key.strip_prefix(b"SCHILY.acl.") {
+                let name = match which {
+                    b"access" => "system.posix_acl_access",
+                    b"default" => "system.posix_acl_default",
+                    _ => continue,
+                };
+                let text = String::from_utf8(value.clone())
+                    .map_err(|_| bad_entry("ACL text is not UTF-8".into()))?;
+                text_acls.push((rel.clone(), shown.clone(), name, text));
             } else if key == b"mtime" {
                 let (s, ns) = pax_mtime(value)
                     .ok_or_else(|| bad_entry("pax mtime is not a number".into()))?;
@@ -312,6 +326,11 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
                         .map_err(|e| bad_entry(format!("reading content: {e}")))?;
                     if data.len() as u64 != size {
                         return Err(short(data.len() as u64));
+                    }
+                    if rel == [b"etc".to_vec(), b"passwd".to_vec()] {
+                        passwd = data.clone();
+                    } else if rel == [b"etc".to_vec(), b"group".to_vec()] {
+                        group = data.clone();
                     }
                     imp.add_bytes(data)?
                 };
@@ -390,6 +409,33 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
             PlaceError::ThroughSymlink(p) => bad_entry(format!("goes through the symlink {p:?}")),
             PlaceError::NotADir(p) => bad_entry(format!("{p:?} is not a directory")),
         })?;
+    }
+    for (rel, shown, name, text) in text_acls {
+        let user = |n: &str| acl::lookup_id(&passwd, n);
+        let grp = |n: &str| acl::lookup_id(&group, n);
+        let value = acl::text_to_xattr(&text, &user, &grp)
+            .map_err(|r| bad(format!("entry {shown:?}: {r}")))?;
+        let mut paths = vec![rel.clone()];
+        if let Some(others) = imp.links.get(&rel.join(&b'/')) {
+            paths.extend(
+                others
+                    .iter()
+                    .map(|p| p.split(|b| *b == b'/').map(<[u8]>::to_vec).collect()),
+            );
+        }
+        for path in paths {
+            let Some(meta) = memtree::meta_mut(&mut imp.root, &path) else {
+                continue;
+            };
+            // A binary xattr of the same ACL, if the archive has both, wins.
+            if !meta.xattrs.iter().any(|x| x.name == name.as_bytes()) {
+                meta.xattrs.push(Xattr {
+                    name: name.as_bytes().to_vec(),
+                    value: value.clone(),
+                });
+                meta.xattrs.sort();
+            }
+        }
     }
     let mut tracking = ar.into_inner();
     if tracking.hit_eof.get() {

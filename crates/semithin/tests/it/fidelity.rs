@@ -141,3 +141,48 @@ fn second_checkout_shares_files_through_the_cache() {
     let gc = env.json(&["gc"]);
     assert_eq!(gc["removed_cache_files"], 1, "{gc:#}");
 }
+
+#[test]
+fn gnu_tar_acls_in_text_form_are_kept() {
+    let env = Env::new();
+    let src = env.path("src");
+    // GNU tar --acls writes ACLs as text with user and group names, which are the image's own:
+    // `daemon` (1) is looked up in the archive's etc/passwd and etc/group; 4242 stays a number.
+    sh(&format!(
+        "set -e; mkdir -p {s}/etc {s}/d && cd {s}
+         printf 'root:x:0:0::/root:/bin/sh\\ndaemon:x:1:1::/:/bin/false\\n' > etc/passwd
+         printf 'root:x:0:\\ndaemon:x:1:\\n' > etc/group
+         echo x > d/f && setfacl -m u:daemon:rw,u:4242:r,g:daemon:r,g:4343:rw d/f
+         setfacl -d -m u:4242:rx,g:daemon:rwx d && setfacl -m u:daemon:rx d",
+        s = q(&src)
+    ));
+    let archive = env.path("acls.tar");
+    sh(&format!(
+        "tar --format=pax --acls -C {} -cf {} .",
+        q(&src),
+        q(&archive)
+    ));
+    assert!(sh(&format!("strings {} | grep -c SCHILY.acl", q(&archive))).trim() != "0");
+    let id = env.commit("acl", &archive);
+    let out = env.path("out");
+    env.ok(&["checkout", &id, out.to_str().unwrap()]);
+    assert_same_tree(&src, &out);
+    assert!(sh(&format!("getfacl -n {}", q(&out.join("d/f")))).contains("user:4242:r--"));
+
+    // A name the image does not define is refused, naming it.
+    sh(&format!(
+        "printf 'root:x:0:0::/root:/bin/sh\\n' > {}",
+        q(&src.join("etc/passwd"))
+    ));
+    let bad = env.path("bad.tar");
+    sh(&format!(
+        "tar --format=pax --acls -C {} -cf {} .",
+        q(&src),
+        q(&bad)
+    ));
+    let err = env.fails(&["commit", "-c", "acl", bad.to_str().unwrap()]);
+    assert!(
+        err.contains("ACL names user \"daemon\", which the image does not define"),
+        "{err}"
+    );
+}
