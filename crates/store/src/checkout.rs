@@ -15,6 +15,7 @@ use std::io::{BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
@@ -149,10 +150,18 @@ pub fn checkout(
     let written = AtomicU64::new(0);
     let linked_files = AtomicU64::new(0);
     let cache = opts.cache.as_deref();
+    // A cache file serves one path of a checkout: files that are separate in the tree stay
+    // separate inodes even when their content and metadata are equal.
+    let used: Mutex<HashSet<PathBuf>> = Mutex::default();
     files.par_iter().try_for_each(|it| -> Result<()> {
         let EntryKind::File(content) = &it.kind else {
             unreachable!()
         };
+        let cache = cache.filter(|c| {
+            used.lock()
+                .expect("lock")
+                .insert(cache_path(c, content, &it.meta))
+        });
         match cache {
             Some(cache) if link_from_cache(cache, content, &it.meta, &it.path)? => {
                 linked_files.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,8 @@
 //! What changed between two commits: added, removed and modified paths, with the fields that
 //! changed. Unchanged directories are skipped by their tree id without being read.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use crate::error::Result;
@@ -30,7 +32,7 @@ impl ChangeKind {
 }
 
 /// One changed path. `fields` names what changed for a modified entry: `content`, `target`,
-/// `device`, `mode`, `uid`, `gid`, `mtime`, `xattrs`.
+/// `device`, `mode`, `uid`, `gid`, `mtime`, `xattrs`, `hardlinks`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Change {
     pub path: String,
@@ -83,7 +85,43 @@ pub fn diff_commits(store: &ObjectStore, a: CommitId, b: CommitId) -> Result<Vec
         &mut Vec::new(),
         &mut out,
     )?;
+    hardlink_changes(&ca.hardlinks, &cb.hardlinks, &mut out);
     Ok(out)
+}
+
+/// Paths present on both sides whose hardlink group changed (linked, unlinked, or linked to
+/// other paths) get the field `hardlinks`.
+fn hardlink_changes(a: &[Vec<Vec<u8>>], b: &[Vec<Vec<u8>>], out: &mut Vec<Change>) {
+    let groups = |gs: &[Vec<Vec<u8>>]| -> HashMap<String, Vec<String>> {
+        let mut m = HashMap::new();
+        for g in gs {
+            let names: Vec<String> = g.iter().map(|p| lossy(p)).collect();
+            for n in &names {
+                m.insert(n.clone(), names.clone());
+            }
+        }
+        m
+    };
+    let (ga, gb) = (groups(a), groups(b));
+    let mut paths: Vec<&String> = ga.keys().chain(gb.keys()).collect();
+    paths.sort();
+    paths.dedup();
+    for p in paths {
+        if ga.get(p) == gb.get(p) {
+            continue;
+        }
+        match out.iter_mut().find(|c| &c.path == p) {
+            Some(c) if c.change == ChangeKind::Modified => c.fields.push("hardlinks"),
+            // Added, removed or retyped paths say enough.
+            Some(_) => {}
+            None => out.push(Change {
+                path: p.clone(),
+                change: ChangeKind::Modified,
+                entry_type: "file",
+                fields: vec!["hardlinks"],
+            }),
+        }
+    }
 }
 
 fn load(store: &ObjectStore, t: Option<TreeId>) -> Result<Tree> {

@@ -374,3 +374,33 @@ fn commit_reports_what_it_stored() {
     );
     env.fsck_ok();
 }
+
+#[test]
+fn diff_reports_hardlink_changes() {
+    let env = Env::new();
+    let src = env.path("src");
+    sh(&format!(
+        "mkdir -p {s} && cd {s} && echo x > a && echo x > b && touch -d @1600000000 a b && echo y > c && ln c d",
+        s = q(&src)
+    ));
+    env.commit("h", &src);
+    // b becomes a second name of a; d stops being one of c's.
+    sh(&format!(
+        "cd {} && rm b && ln a b && rm d && cp -p c d && touch -d @1600000000 . ",
+        q(&src)
+    ));
+    env.commit("h", &src);
+    let diff = env.json(&["diff", "h~1", "h"]);
+    let with_links: Vec<&str> = diff
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["fields"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "hardlinks"))
+        })
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(with_links, ["a", "b", "c", "d"], "{diff:#}");
+}

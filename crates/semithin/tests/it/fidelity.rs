@@ -111,6 +111,11 @@ fn second_checkout_shares_files_through_the_cache() {
     let env = Env::new();
     let src = env.path("src");
     sample_tree(&src);
+    // Two separate files with equal content and metadata must stay separate inodes.
+    sh(&format!(
+        "cd {} && echo same > etc/twin1 && echo same > etc/twin2 && touch -d @1600000000 etc/twin1 etc/twin2",
+        q(&src)
+    ));
     env.commit("c", &src);
     sh(&format!("echo changed > {}", q(&src.join("etc/motd"))));
     env.commit("c", &src);
@@ -120,20 +125,35 @@ fn second_checkout_shares_files_through_the_cache() {
     assert_eq!(first["linked_files"], 0);
     let second = env.json(&["checkout", "--cache", "c", two.to_str().unwrap()]);
     let files = second["files"].as_u64().unwrap();
-    // Everything but the changed file came from the cache.
+    // Everything came from the cache but the changed file and the second twin.
     assert_eq!(
         second["linked_files"].as_u64().unwrap(),
-        files - 1,
+        files - 2,
         "{second:#}"
     );
-    assert_eq!(
-        sh(&format!("stat -c %i {}", q(&one.join("usr/lib/big.bin")))),
-        sh(&format!("stat -c %i {}", q(&two.join("usr/lib/big.bin"))))
-    );
+    let ino = |d: &std::path::Path, p: &str| sh(&format!("stat -c %i {}", q(&d.join(p))));
+    assert_eq!(ino(&one, "usr/lib/big.bin"), ino(&two, "usr/lib/big.bin"));
+    assert_ne!(ino(&two, "etc/twin1"), ino(&two, "etc/twin2"));
+    // Hardlinks of the tree are still exactly the tree's.
+    assert_eq!(ino(&two, "usr/lib/a"), ino(&two, "etc/c"));
     assert_eq!(
         std::fs::read_to_string(two.join("etc/motd")).unwrap(),
         "changed\n"
     );
+    // Apart from link counts (the cache holds one more link), the checkout is the tree.
+    let strip = |l: String| {
+        l.lines()
+            .map(|x| {
+                let mut f: Vec<&str> = x.split(' ').collect();
+                if f.len() == 9 && f[1] == "f" {
+                    f[7] = "-";
+                }
+                f.join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip(listing(&src)), strip(listing(&two)));
     // gc keeps cache files that checkouts use, and drops them once no checkout does.
     let gc = env.json(&["gc"]);
     assert_eq!(gc["removed_cache_files"], 0);
