@@ -1,0 +1,13 @@
+//! semithin's trust: releases signed as The Update Framework (TUF, specification 1.0) metadata,
+//! and a client that verifies them as the specification's client workflow requires.
+//! No network I/O: the client fetches through the [`client::Fetcher`] trait.
+
+pub mod cjson;
+pub mod client;
+pub mod clock;
+pub mod error;
+pub mod keys;
+pub mod metadata;
+pub mod trusted;
+
+pub use error::{Error, Result};
