@@ -16,7 +16,7 @@ die() {
 [ "$(id -u)" -eq 0 ] || die "must be run as root (the tests chroot, mount and create files owned by other users)"
 command -v cargo >/dev/null || die "cargo is not installed"
 
-DEB_PACKAGES=(debootstrap squashfs-tools squashfs-tools-ng attr acl libcap2-bin zstd)
+DEB_PACKAGES=(debootstrap squashfs-tools squashfs-tools-ng attr acl libcap2-bin zstd python3-venv)
 
 step "checking Debian packages: ${DEB_PACKAGES[*]}"
 missing=()
@@ -43,6 +43,8 @@ cargo nextest --version >&2
 
 step "building the Debian root filesystem fixture (cached after the first run)"
 tests/fixtures/debian-root.sh base >/dev/null
+step "preparing python-tuf, the reference TUF implementation (cached after the first run)"
+tests/fixtures/python-tuf.sh >/dev/null
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
