@@ -10,4 +10,6 @@ pub mod keys;
 pub mod metadata;
 pub mod trusted;
 
+pub use clock::now;
+
 pub use error::{Error, Result};

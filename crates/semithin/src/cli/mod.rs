@@ -11,6 +11,7 @@ mod gc;
 mod history;
 mod progress;
 mod repo;
+mod tuf_client;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +66,9 @@ enum Command {
     Gc(gc::Args),
     /// Write a version as a tar archive or a squashfs image.
     Export(export::Args),
+    /// A TUF client with the command line of the tuf-conformance suite (init, refresh,
+    /// download); exit code 0 on success, 1 on any failure.
+    TufClient(tuf_client::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -81,6 +85,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fsck(a) => fsck::run(&open(repo, Access::Read)?, a),
         Command::Gc(a) => gc::run(&open(repo, Access::Write)?, a),
         Command::Export(a) => export::run(&open(repo, Access::Read)?, a),
+        Command::TufClient(a) => tuf_client::run(a),
     }
 }
 
