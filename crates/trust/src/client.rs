@@ -254,7 +254,11 @@ impl<'a> Client<'a> {
     fn update_root(&mut self) -> Result<()> {
         let original = self.root().signed.clone();
         let start = original.version;
-        for next in start + 1..=start + self.limits.max_root_rotations {
+        for step in 1..=self.limits.max_root_rotations {
+            // An absurdly high trusted version simply has no successor.
+            let Some(next) = start.checked_add(step) else {
+                break;
+            };
             let Some(bytes) = self.fetch(&format!("{next}.root.json"), self.limits.root_max)?
             else {
                 break;

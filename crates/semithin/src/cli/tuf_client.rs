@@ -65,7 +65,11 @@ impl Fetcher for Http {
             url: url.to_owned(),
             reason,
         };
-        let resp = self.client.get(url).send().map_err(|e| fail(e.to_string()))?;
+        let resp = self
+            .client
+            .get(url)
+            .send()
+            .map_err(|e| fail(e.to_string()))?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::FORBIDDEN {
             return Ok(None);
@@ -97,24 +101,39 @@ impl Fetcher for Http {
 pub fn run(a: Args) -> Result<ExitCode> {
     match a.command {
         Cmd::Init { trusted_root } => {
-            let root = std::fs::read(&trusted_root).with_context(|| format!("reading {}", trusted_root.display()))?;
+            let root = std::fs::read(&trusted_root)
+                .with_context(|| format!("reading {}", trusted_root.display()))?;
             client::init(&a.metadata_dir, &root)?;
         }
         Cmd::Refresh => {
             let url = a.metadata_url.context("refresh needs --metadata-url")?;
             let http = Http::new()?;
-            let mut c = Client::new(&a.metadata_dir, &url, &http, Limits::default(), clock::now())?;
+            let mut c = Client::new(
+                &a.metadata_dir,
+                &url,
+                &http,
+                Limits::default(),
+                clock::now(),
+            )?;
             c.refresh()?;
         }
         Cmd::Download => {
             let url = a.metadata_url.context("download needs --metadata-url")?;
-            let base = a.target_base_url.context("download needs --target-base-url")?;
+            let base = a
+                .target_base_url
+                .context("download needs --target-base-url")?;
             let dir = a.target_dir.context("download needs --target-dir")?;
             if a.target_name.is_empty() {
                 bail!("download needs at least one --target-name");
             }
             let http = Http::new()?;
-            let mut c = Client::new(&a.metadata_dir, &url, &http, Limits::default(), clock::now())?;
+            let mut c = Client::new(
+                &a.metadata_dir,
+                &url,
+                &http,
+                Limits::default(),
+                clock::now(),
+            )?;
             c.refresh()?;
             for name in &a.target_name {
                 client::check_target_name(name)?;

@@ -8,3 +8,4 @@ mod common;
 mod fidelity;
 mod gc;
 mod real_root;
+mod tuf_client;

@@ -1,0 +1,524 @@
+//! `semithin tuf-client` against repositories made by python-tuf, the reference implementation,
+//! served over real HTTP on loopback: valid ones are accepted, every kind of broken one refused,
+//! and the trusted state survives damage, clock changes and kill -9.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn python() -> String {
+    sh(&q(&fixtures().join("python-tuf.sh"))).trim().to_owned()
+}
+
+/// A python-tuf repository, served over HTTP, and a semithin client of it.
+struct World {
+    dir: tempfile::TempDir,
+    py: String,
+    server: Child,
+    port: u16,
+}
+
+impl World {
+    fn new(init_args: &[&str]) -> World {
+        let dir = tempfile::Builder::new()
+            .prefix("semithin-tuf")
+            .tempdir()
+            .unwrap();
+        let py = python();
+        let w = |args: &[&str]| {
+            let out = Command::new(&py)
+                .arg(fixtures().join("tuf_sim.py"))
+                .arg(dir.path().join("repo"))
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "tuf_sim {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let mut a = vec!["init"];
+        a.extend(init_args);
+        w(&a);
+        let mut server = Command::new(&py)
+            .arg("-u")
+            .arg(fixtures().join("serve.py"))
+            .arg(dir.path().join("repo"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().strip_prefix("PORT ").unwrap().parse().unwrap();
+        let world = World {
+            dir,
+            py,
+            server,
+            port,
+        };
+        world.client(
+            &[
+                "init",
+                world.path("repo/initial_root.json").to_str().unwrap(),
+            ],
+            None,
+        );
+        world
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Changes the repository with tuf_sim.py.
+    fn sim(&self, args: &[&str]) {
+        let out = Command::new(&self.py)
+            .arg(fixtures().join("tuf_sim.py"))
+            .arg(self.path("repo"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tuf_sim {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self, what: &str) -> String {
+        format!("http://127.0.0.1:{}/{what}", self.port)
+    }
+
+    fn client(&self, args: &[&str], faketime: Option<&str>) -> Output {
+        let mut cmd = match faketime {
+            Some(t) => {
+                let mut c = Command::new("faketime");
+                c.arg(t).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.arg("tuf-client")
+            .arg("--metadata-dir")
+            .arg(self.path("client"));
+        if args[0] != "init" {
+            cmd.arg("--metadata-url").arg(self.url("metadata"));
+        }
+        cmd.args(args).output().unwrap()
+    }
+
+    fn refresh(&self) -> Output {
+        self.client(&["refresh"], None)
+    }
+
+    fn download(&self, name: &str) -> Output {
+        let base = self.url("targets");
+        let dir = self.path("artifacts");
+        self.client(
+            &[
+                "--target-name",
+                name,
+                "--target-base-url",
+                &base,
+                "--target-dir",
+                dir.to_str().unwrap(),
+                "download",
+            ],
+            None,
+        )
+    }
+
+    /// The version of a role the client trusts, or None.
+    fn trusted(&self, role: &str) -> Option<u64> {
+        let bytes = std::fs::read(self.path(&format!("client/{role}.json"))).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        v["signed"]["version"].as_u64()
+    }
+
+    fn requests(&self, path: &str) -> usize {
+        std::fs::read_to_string(self.path("repo/requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(path))
+            .count()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "expected success: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Exit code 1 and an error containing `what`.
+fn refused(out: &Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected exit 1: {err}");
+    assert!(
+        err.contains(what),
+        "the error should mention {what:?}: {err}"
+    );
+}
+
+#[test]
+fn python_tuf_repositories_are_accepted_and_targets_cached() {
+    for consistent in [true, false] {
+        let w = World::new(if consistent {
+            &[]
+        } else {
+            &["--no-consistent"]
+        });
+        w.sim(&["add-target", "dir/file.txt", "hello"]);
+        ok(&w.refresh());
+        assert_eq!(w.trusted("timestamp"), Some(2));
+        assert_eq!(w.trusted("targets"), Some(2));
+        ok(&w.download("dir/file.txt"));
+        let local = w.path("artifacts/dir%2Ffile.txt");
+        assert_eq!(std::fs::read_to_string(&local).unwrap(), "hello");
+        // Downloaded with matching hashes: not fetched again.
+        let fetched = w.requests("file.txt");
+        assert_eq!(fetched, 1);
+        ok(&w.download("dir/file.txt"));
+        assert_eq!(w.requests("file.txt"), fetched);
+        // A new version of the target replaces the file under the same name.
+        w.sim(&["add-target", "dir/file.txt", "hello again"]);
+        ok(&w.download("dir/file.txt"));
+        assert_eq!(std::fs::read_to_string(&local).unwrap(), "hello again");
+        // An unknown target fails.
+        refused(&w.download("nope"), "not listed");
+    }
+}
+
+#[test]
+fn root_rotation_is_followed_and_an_unauthorised_one_refused() {
+    let w = World::new(&[]);
+    ok(&w.refresh());
+    w.sim(&["rotate", "root"]);
+    w.sim(&["rotate", "timestamp"]);
+    ok(&w.refresh());
+    assert_eq!(w.trusted("root"), Some(3));
+    // A root signed by the new key only does not chain to the trusted one.
+    w.sim(&["rotate", "root", "--unsigned-by-old"]);
+    refused(&w.refresh(), "root: 0 valid signature(s)");
+    assert_eq!(w.trusted("root"), Some(3));
+}
+
+#[test]
+fn delegated_targets_are_found() {
+    let w = World::new(&[]);
+    w.sim(&["delegate", "team", "team/*"]);
+    w.sim(&[
+        "add-target",
+        "team/tool",
+        "delegated content",
+        "--role",
+        "team",
+    ]);
+    ok(&w.download("team/tool"));
+    assert_eq!(
+        std::fs::read_to_string(w.path("artifacts/team%2Ftool")).unwrap(),
+        "delegated content"
+    );
+    assert!(w.trusted("team").is_some());
+    // The delegation covers team/* only.
+    w.sim(&["add-target", "other/tool", "x", "--role", "team"]);
+    refused(&w.download("other/tool"), "not listed");
+}
+
+#[test]
+fn broken_repositories_are_refused() {
+    type Case = (
+        &'static str,
+        &'static [&'static [&'static str]],
+        &'static str,
+    );
+    let cases: &[Case] = &[
+        (
+            "expired timestamp",
+            &[
+                &["set", "timestamp", "expires", "-60"],
+                &["set", "timestamp", "version", "4"],
+            ],
+            "timestamp: expired",
+        ),
+        (
+            "expired snapshot",
+            &[
+                &["set", "snapshot", "expires", "-60"],
+                &["set", "snapshot", "version", "4"],
+                &["publish", "timestamp"],
+            ],
+            "snapshot: expired",
+        ),
+        (
+            "snapshot rolled back",
+            &[
+                &["set", "snapshot", "version", "2"],
+                &["publish", "timestamp"],
+            ],
+            "snapshot (in timestamp): version 2 is older than the trusted version 3",
+        ),
+        (
+            "targets rolled back",
+            &[
+                &["set", "targets", "version", "2"],
+                &["publish", "snapshot", "timestamp"],
+            ],
+            "targets.json (in snapshot): version 2 is older than the trusted version 3",
+        ),
+        (
+            "timestamp rolled back",
+            &[&["set", "timestamp", "version", "1"]],
+            "older than the trusted version 3",
+        ),
+        (
+            "unsigned timestamp",
+            &[&["sign", "timestamp", "none"]],
+            "timestamp: 0 valid signature(s)",
+        ),
+        (
+            "timestamp signed by a stranger",
+            &[&["sign", "timestamp", "wrong-key"]],
+            "timestamp: 0 valid signature(s)",
+        ),
+        (
+            "targets below threshold",
+            &[
+                &["threshold", "targets", "2"],
+                &["sign", "targets", "first-only"],
+            ],
+            "targets: 1 valid signature(s) from authorised keys, threshold is 2",
+        ),
+        (
+            "one signature counted twice",
+            &[&["sign", "timestamp", "duplicate"]],
+            "timestamp: 1 valid signature(s)",
+        ),
+        (
+            "one key under two key ids",
+            &[&["sign", "timestamp", "alias"]],
+            "timestamp: 1 valid signature(s)",
+        ),
+        (
+            "version beyond u64",
+            &[&["set", "timestamp", "version", "18446744073709551616"]],
+            "timestamp: cannot parse",
+        ),
+        (
+            "spec version 2",
+            &[&["set", "timestamp", "spec_version", "2.0.0"]],
+            "spec_version 2.0.0 is not 1.x",
+        ),
+    ];
+    for (name, steps, expected) in cases {
+        let w = World::new(&[]);
+        w.sim(&["publish"]);
+        ok(&w.refresh());
+        assert_eq!(w.trusted("timestamp"), Some(2), "{name}");
+        w.sim(&["publish"]);
+        ok(&w.refresh());
+        for step in *steps {
+            w.sim(step);
+        }
+        let out = w.refresh();
+        eprintln!("case: {name}");
+        refused(&out, expected);
+        // Nothing bad was trusted.
+        assert_eq!(w.trusted("targets"), Some(3), "{name}");
+    }
+}
+
+#[test]
+fn mixed_snapshot_is_refused_by_its_hash() {
+    let w = World::new(&[]);
+    w.sim(&["publish"]);
+    // The server swaps in the older snapshot under the new name.
+    w.sim(&[
+        "serve-raw",
+        "2.snapshot.json",
+        w.path("repo/metadata/1.snapshot.json").to_str().unwrap(),
+    ]);
+    refused(&w.refresh(), "snapshot: length or hash does not match");
+    assert_eq!(w.trusted("snapshot"), None);
+}
+
+#[test]
+fn equal_version_with_other_content_keeps_the_trusted_copy() {
+    let w = World::new(&[]);
+    ok(&w.refresh());
+    let before = std::fs::read(w.path("client/timestamp.json")).unwrap();
+    w.sim(&["set", "timestamp", "expires", "7200"]);
+    ok(&w.refresh());
+    assert_eq!(
+        std::fs::read(w.path("client/timestamp.json")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn a_huge_timestamp_stops_at_the_size_limit() {
+    for spec in ["length 10737418240", "chunked"] {
+        let w = World::new(&[]);
+        std::fs::write(w.path("repo/metadata/timestamp.json.huge"), spec).unwrap();
+        let out = Command::new("/usr/bin/time")
+            .args(["-f", "maxrss=%M"])
+            .arg(BIN)
+            .arg("tuf-client")
+            .arg("--metadata-dir")
+            .arg(w.path("client"))
+            .arg("--metadata-url")
+            .arg(w.url("metadata"))
+            .arg("refresh")
+            .output()
+            .unwrap();
+        refused(&out, "more than 16384 bytes");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let rss: u64 = err
+            .rsplit("maxrss=")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(rss < 64 * 1024, "{spec}: the client grew to {rss} KiB");
+    }
+}
+
+#[test]
+fn unsafe_target_names_are_refused() {
+    let w = World::new(&[]);
+    ok(&w.refresh());
+    let outside = w.path("x");
+    for name in ["../x", "/etc/passwd", "a%2F..%2Fx", "a/../../x", ""] {
+        refused(&w.download(name), "not a safe name");
+    }
+    assert!(!outside.exists());
+    assert!(
+        !w.path("artifacts").exists()
+            || std::fs::read_dir(w.path("artifacts"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}
+
+#[test]
+fn damaged_trusted_metadata_fails_closed() {
+    for (file, damage) in [
+        ("root.json", "truncate"),
+        ("timestamp.json", "truncate"),
+        ("snapshot.json", "flip"),
+        ("semithin-state", "garbage"),
+    ] {
+        let w = World::new(&[]);
+        ok(&w.refresh());
+        w.sim(&["publish"]);
+        let p = w.path(&format!("client/{file}"));
+        let mut bytes = std::fs::read(&p).unwrap();
+        match damage {
+            "truncate" => bytes.truncate(bytes.len() / 2),
+            "flip" => {
+                // Change a signed value: the file still parses, the signature no longer holds.
+                let s = String::from_utf8(bytes).unwrap().replacen(
+                    "\"version\": 1",
+                    "\"version\": 7",
+                    1,
+                );
+                bytes = s.into_bytes();
+            }
+            _ => bytes = b"not json".to_vec(),
+        }
+        std::fs::write(&p, &bytes).unwrap();
+        refused(&w.refresh(), "damaged");
+        // Still damaged: nothing was silently replaced or skipped.
+        assert_eq!(std::fs::read(&p).unwrap(), bytes, "{file}");
+    }
+}
+
+#[test]
+fn setting_the_clock_back_does_not_revive_expired_metadata() {
+    let w = World::new(&[]);
+    // A run five days ahead succeeds (everything expires in 30 days).
+    ok(&w.client(&["refresh"], Some("+5 days")));
+    // The repository then serves a timestamp that expires in one day: fine for a client that
+    // believes it is today, expired for one that has seen five days from now.
+    w.sim(&["set", "timestamp", "expires", "86400"]);
+    w.sim(&["set", "timestamp", "version", "9"]);
+    refused(&w.refresh(), "timestamp: expired");
+    // A fresh client with no history accepts it: the difference is the remembered time.
+    let fresh = w.path("fresh");
+    let init = Command::new(BIN)
+        .args(["tuf-client", "--metadata-dir"])
+        .arg(&fresh)
+        .arg("init")
+        .arg(w.path("repo/initial_root.json"))
+        .output()
+        .unwrap();
+    ok(&init);
+    let out = Command::new(BIN)
+        .args(["tuf-client", "--metadata-dir"])
+        .arg(&fresh)
+        .arg("--metadata-url")
+        .arg(w.url("metadata"))
+        .arg("refresh")
+        .output()
+        .unwrap();
+    ok(&out);
+}
+
+#[test]
+fn kill_while_persisting_leaves_old_or_new_state() {
+    let w = World::new(&[]);
+    ok(&w.refresh());
+    for round in 0..12u64 {
+        w.sim(&["publish"]);
+        let before = w.trusted("timestamp").unwrap();
+        let mut child = Command::new(BIN)
+            .arg("tuf-client")
+            .arg("--metadata-dir")
+            .arg(w.path("client"))
+            .arg("--metadata-url")
+            .arg(w.url("metadata"))
+            .arg("refresh")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(round * 4));
+        let _ = child.kill();
+        child.wait().unwrap();
+        // Every trusted file is whole: the version it had or the new one.
+        for role in ["root", "timestamp", "snapshot", "targets"] {
+            if let Some(v) = w.trusted(role) {
+                assert!(v >= 1, "{role}");
+            } else {
+                assert!(role != "root" && role != "timestamp", "{role} vanished");
+            }
+        }
+        let after = w.trusted("timestamp").unwrap();
+        assert!(
+            after == before || after == before + 1,
+            "timestamp {before} -> {after}"
+        );
+        // And the next run completes from there.
+        ok(&w.refresh());
+    }
+}
