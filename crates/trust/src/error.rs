@@ -58,6 +58,8 @@ pub enum Error {
     UnknownTarget(String),
     #[error("key file {path}: {reason}")]
     KeyFile { path: PathBuf, reason: String },
+    #[error("trust repository {path}: {reason}")]
+    TrustRepo { path: PathBuf, reason: String },
 }
 
 impl Error {

@@ -121,17 +121,22 @@ impl KeyPair {
         }
     }
 
-    /// Writes the key to a new file readable by its owner only.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+    /// The content of this key's key file (it holds the private key).
+    pub fn file_bytes(&self) -> Vec<u8> {
         let kf = KeyFile {
             keytype: "ed25519".into(),
             scheme: "ed25519".into(),
             public: self.public.keyval.public.clone(),
             private: hex::encode(self.signing.to_bytes()),
         };
-        let text = serde_json::to_vec_pretty(&kf).expect("key file serialises");
+        serde_json::to_vec_pretty(&kf).expect("key file serialises")
+    }
+
+    /// Writes the key to a new file readable by its owner only.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let text = self.file_bytes();
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

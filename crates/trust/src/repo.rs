@@ -1,0 +1,1645 @@
+//! The repository (publisher) side of TUF: writes root, targets, snapshot and timestamp metadata
+//! with consistent snapshots, signs them with canonical JSON, and keeps the online keys.
+//!
+//! Layout of the trust directory (in a semithin repository: `REPO/trust/`, docs/FORMAT.md):
+//!
+//! ```text
+//! config.toml                      lifetimes of the roles' metadata (optional, defaults below)
+//! metadata/N.root.json             every root ever signed; root.json is a copy of the latest
+//! metadata/timestamp.json          the only file replaced in place
+//! metadata/N.snapshot.json         consistent snapshots: one file per version
+//! metadata/N.targets.json
+//! targets/DIR/SHA256.BASENAME      target files at their consistent-snapshot paths
+//! keys/{targets,snapshot,timestamp}.key   online signing keys (0600); the root key is not here
+//! tmp/                             temporary files of atomic writes
+//! ```
+//!
+//! Every file is written atomically (temporary file, fsync, rename, fsync of the directory), and a
+//! change is written in the order target files, targets, snapshot, timestamp (roots before all of
+//! them), so a reader that starts at the timestamp never meets a file that is not there yet.
+//! Versions only grow, also over files a crash left unreferenced. Everything is built, signed and
+//! checked with the client's own verification in memory before the first byte is written, so a
+//! command that fails on bad input changes nothing.
+//!
+//! The caller serialises writers (semithin holds the repository's write lock).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::cjson;
+use crate::client::check_target_name;
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::keys::{self, KeyPair};
+use crate::metadata::{
+    MetaFile, RoleKeys, RoleMeta, Root, SPEC_VERSION, Signed, Snapshot, TargetFile, Targets,
+    Timestamp, envelope,
+};
+
+/// Name of the trust directory inside a semithin repository.
+pub const DIR_NAME: &str = "trust";
+/// Name of the settings file inside the trust directory.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// The four top-level roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Root,
+    Targets,
+    Snapshot,
+    Timestamp,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Root, Role::Targets, Role::Snapshot, Role::Timestamp];
+    /// The roles whose keys live in the repository, in the order their metadata is written.
+    pub const ONLINE: [Role; 3] = [Role::Targets, Role::Snapshot, Role::Timestamp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Root => "root",
+            Role::Targets => "targets",
+            Role::Snapshot => "snapshot",
+            Role::Timestamp => "timestamp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == s)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How long each role's metadata is valid after it is signed, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetimes {
+    pub root: i64,
+    pub targets: i64,
+    pub snapshot: i64,
+    pub timestamp: i64,
+}
+
+const DAY: i64 = 86_400;
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Self {
+            root: 365 * DAY,
+            targets: 90 * DAY,
+            snapshot: 30 * DAY,
+            timestamp: DAY,
+        }
+    }
+}
+
+impl Lifetimes {
+    pub fn of(&self, role: Role) -> i64 {
+        match role {
+            Role::Root => self.root,
+            Role::Targets => self.targets,
+            Role::Snapshot => self.snapshot,
+            Role::Timestamp => self.timestamp,
+        }
+    }
+}
+
+/// Parses a duration: a whole number and a unit, `s`, `m`, `h` or `d` (`90d`, `12h`).
+pub fn parse_duration(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let unit = match s.chars().last()? {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => DAY,
+        _ => return None,
+    };
+    let digits = &s[..s.len() - 1];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: i64 = digits.parse().ok()?;
+    let secs = n.checked_mul(unit)?;
+    // Up to a hundred years: beyond that, an expiry is not an expiry.
+    (secs > 0 && secs <= 100 * 366 * DAY).then_some(secs)
+}
+
+/// Formats seconds the way [`parse_duration`] reads them, in the largest exact unit.
+pub fn format_duration(secs: i64) -> String {
+    for (unit, n) in [("d", DAY), ("h", 3600), ("m", 60)] {
+        if secs % n == 0 {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    format!("{secs}s")
+}
+
+/// Seconds for people, roughly: `89d`, `23h`, `5m`, `40s`.
+pub fn format_duration_rounded(secs: i64) -> String {
+    for (unit, n) in [("d", DAY), ("h", 3600), ("m", 60)] {
+        if secs >= 2 * n {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    format!("{secs}s")
+}
+
+/// `config.toml` of the trust directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    expires: ExpiresFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpiresFile {
+    root: Option<String>,
+    targets: Option<String>,
+    snapshot: Option<String>,
+    timestamp: Option<String>,
+}
+
+/// The settings of a trust directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub expires: Lifetimes,
+}
+
+impl Config {
+    /// Reads `config.toml` of `dir`; a missing file means the defaults.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(CONFIG_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(Error::io("reading", &path)(e)),
+        };
+        let bad = |reason: String| Error::TrustRepo {
+            path: path.clone(),
+            reason,
+        };
+        let f: ConfigFile = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut expires = Lifetimes::default();
+        for (role, value, slot) in [
+            ("root", &f.expires.root, &mut expires.root),
+            ("targets", &f.expires.targets, &mut expires.targets),
+            ("snapshot", &f.expires.snapshot, &mut expires.snapshot),
+            ("timestamp", &f.expires.timestamp, &mut expires.timestamp),
+        ] {
+            if let Some(v) = value {
+                *slot = parse_duration(v).ok_or_else(|| {
+                    bad(format!(
+                        "expires.{role} = {v:?} is not a duration like \"90d\", \"12h\", \"30m\" \
+                         or \"45s\" (at most 100 years)"
+                    ))
+                })?;
+            }
+        }
+        Ok(Self { expires })
+    }
+
+    /// The text `init` writes: the defaults, explained.
+    fn default_text() -> String {
+        let d = Lifetimes::default();
+        format!(
+            "# semithin trust settings (docs/FORMAT.md, \"Trust metadata\").\n\
+             # How long each role's metadata is valid after it is signed: a whole number and a\n\
+             # unit, s, m, h or d. `semithin trust refresh` renews online roles when less than\n\
+             # half of this is left.\n\
+             [expires]\n\
+             root = \"{}\"\n\
+             targets = \"{}\"\n\
+             snapshot = \"{}\"\n\
+             timestamp = \"{}\"\n",
+            format_duration(d.root),
+            format_duration(d.targets),
+            format_duration(d.snapshot),
+            format_duration(d.timestamp),
+        )
+    }
+}
+
+/// What `init` made.
+#[derive(Clone, Debug, Serialize)]
+pub struct InitReport {
+    pub dir: PathBuf,
+    pub root_keys: Vec<KeyReport>,
+    pub root_threshold: u64,
+    pub online_keys: Vec<KeyReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyReport {
+    pub role: String,
+    pub keyid: String,
+    /// Where the private key is.
+    pub file: PathBuf,
+}
+
+/// One metadata file written.
+#[derive(Clone, Debug, Serialize)]
+pub struct Written {
+    pub role: String,
+    pub version: u64,
+    pub expires: String,
+    pub file: String,
+}
+
+/// What `publish` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PublishReport {
+    pub target: String,
+    pub length: u64,
+    pub sha256: String,
+    /// The target file's path under `targets/`.
+    pub file: String,
+    pub custom: Value,
+    pub written: Vec<Written>,
+}
+
+/// What `rotate` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RotateReport {
+    pub role: String,
+    pub old_keyids: Vec<String>,
+    pub new_keys: Vec<KeyReport>,
+    pub threshold: u64,
+    pub written: Vec<Written>,
+}
+
+/// What `refresh` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RefreshReport {
+    /// Renewed metadata, in the order written; empty when nothing was due.
+    pub written: Vec<Written>,
+    /// Why each renewed role was renewed.
+    pub reasons: BTreeMap<String, String>,
+    /// Problems only the admin can solve (the root key is offline).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RoleStatus {
+    pub version: u64,
+    pub expires: String,
+    /// Seconds left (negative when expired).
+    pub expires_in: i64,
+    /// Whether the metadata carries a threshold of valid signatures of the current root's keys.
+    pub signed: bool,
+    pub keyids: Vec<String>,
+    pub threshold: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetStatus {
+    pub target: String,
+    pub length: u64,
+    pub sha256: String,
+    pub custom: Option<Value>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub consistent_snapshot: bool,
+    pub roles: BTreeMap<String, RoleStatus>,
+    pub targets: Vec<TargetStatus>,
+    pub lifetimes: BTreeMap<String, String>,
+    pub warnings: Vec<String>,
+}
+
+/// A trust directory opened for reading and publishing.
+pub struct TrustRepo {
+    dir: PathBuf,
+    pub config: Config,
+    root: Signed<Root>,
+    targets: Signed<Targets>,
+    snapshot: Signed<Snapshot>,
+    timestamp: Signed<Timestamp>,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// How the snapshot and timestamp roles describe a metadata file: version, length, sha256.
+fn meta_file<T: RoleMeta>(s: &Signed<T>) -> MetaFile {
+    let mut hashes = BTreeMap::new();
+    hashes.insert("sha256".to_owned(), sha256_hex(&s.raw));
+    MetaFile {
+        version: s.signed.version(),
+        length: Some(s.raw.len() as u64),
+        hashes: Some(hashes),
+        extra: Default::default(),
+    }
+}
+
+/// Signs `signed` with every key of `signers`, and parses the result back as a client would.
+fn sign<T: RoleMeta>(role: Role, signed: &T, signers: &[&KeyPair]) -> Result<Signed<T>> {
+    let canonical = cjson::to_vec(signed).map_err(|reason| Error::Parse {
+        role: role.name().into(),
+        reason,
+    })?;
+    let mut seen = BTreeSet::new();
+    let sigs: Vec<_> = signers
+        .iter()
+        .filter(|k| seen.insert(k.id.clone()))
+        .map(|k| k.sign(&canonical))
+        .collect();
+    let bytes = envelope(signed, &sigs)?;
+    let parsed = Signed::<T>::parse(role.name(), &bytes)?;
+    if parsed.canonical != canonical {
+        return Err(Error::invalid(
+            role.name(),
+            "the written metadata does not read back as what was signed",
+        ));
+    }
+    Ok(parsed)
+}
+
+fn role_keys(keyids: Vec<String>, threshold: u64) -> RoleKeys {
+    RoleKeys {
+        keyids,
+        threshold,
+        extra: Default::default(),
+    }
+}
+
+/// Checks metadata the way a client will, against a root.
+fn check_signed<T: RoleMeta>(role: Role, s: &Signed<T>, root: &Root) -> Result<()> {
+    let rk = root
+        .roles
+        .get(role.name())
+        .ok_or_else(|| Error::invalid("root", format!("no {role} role")))?;
+    keys::verify(role.name(), s, &root.keys, rk)
+}
+
+/// Reads a metadata file of the trust directory.
+fn read_meta<T: RoleMeta>(path: &Path, role: Role) -> Result<Signed<T>> {
+    let bytes = std::fs::read(path).map_err(Error::io("reading", path))?;
+    Signed::parse(role.name(), &bytes).map_err(|e| Error::TrustRepo {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Syncs a directory so that renames and new entries in it are durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("syncing directory", dir))
+}
+
+/// Makes `dir` and its missing parents below `top`, syncing each parent that got a new entry.
+fn make_dirs(top: &Path, dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(top);
+    if dir != top {
+        make_dirs(top, parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("creating", dir)(e)),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in `tmp`, fsync, rename, fsync of
+/// the directory. The file gets `mode`.
+fn write_atomic(tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let t = tmp.join(format!("{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&t);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&t)
+        .map_err(Error::io("creating", &t))?;
+    f.write_all(bytes).map_err(Error::io("writing", &t))?;
+    f.sync_all().map_err(Error::io("syncing", &t))?;
+    drop(f);
+    std::fs::rename(&t, path).map_err(Error::io("renaming into", path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The paths of a trust directory.
+struct Layout<'a>(&'a Path);
+
+impl Layout<'_> {
+    fn metadata(&self) -> PathBuf {
+        self.0.join("metadata")
+    }
+    fn targets(&self) -> PathBuf {
+        self.0.join("targets")
+    }
+    fn keys(&self) -> PathBuf {
+        self.0.join("keys")
+    }
+    fn tmp(&self) -> PathBuf {
+        self.0.join("tmp")
+    }
+    fn key(&self, role: Role) -> PathBuf {
+        self.keys().join(format!("{role}.key"))
+    }
+    /// A new key waiting for its root to be written (see [`TrustRepo::rotate`]).
+    fn new_key(&self, role: Role) -> PathBuf {
+        self.keys().join(format!("{role}.key.new"))
+    }
+}
+
+/// The consistent-snapshot path of a target under `targets/`: `DIR/SHA256.BASENAME`.
+pub fn target_file_path(target: &str, sha256: &str) -> String {
+    match target.rsplit_once('/') {
+        Some((dir, base)) => format!("{dir}/{sha256}.{base}"),
+        None => format!("{sha256}.{target}"),
+    }
+}
+
+/// Loads root keys from files and checks they are root keys of `root`, enough of them for its
+/// threshold. Errors name the file.
+fn load_root_keys(root: &Root, paths: &[PathBuf]) -> Result<Vec<KeyPair>> {
+    let rk = &root.roles["root"];
+    let mut out: Vec<KeyPair> = Vec::new();
+    for p in paths {
+        let k = KeyPair::load(p)?;
+        if !rk.keyids.contains(&k.id) {
+            return Err(Error::KeyFile {
+                path: p.clone(),
+                reason: format!(
+                    "key {} is not a root key of this repository (root version {})",
+                    k.id, root.version
+                ),
+            });
+        }
+        if !out.iter().any(|o| o.id == k.id) {
+            out.push(k);
+        }
+    }
+    if (out.len() as u64) < rk.threshold {
+        return Err(Error::invalid(
+            "root",
+            format!(
+                "{} distinct root key(s) given ({}), the root threshold is {}: pass more \
+                 --root-key files",
+                out.len(),
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                rk.threshold
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// Refuses paths where new root key files cannot go.
+fn check_new_key_paths(paths: &[PathBuf]) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for p in paths {
+        if !seen.insert(p) {
+            return Err(Error::KeyFile {
+                path: p.clone(),
+                reason: "given twice".into(),
+            });
+        }
+        if p.symlink_metadata().is_ok() {
+            return Err(Error::KeyFile {
+                path: p.clone(),
+                reason: "already exists; a key file is never overwritten".into(),
+            });
+        }
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(Error::KeyFile {
+                path: p.clone(),
+                reason: format!("directory {} does not exist", parent.display()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes new root keys to the admin's files; on failure removes the ones written.
+fn save_root_keys(keys: &[KeyPair], paths: &[PathBuf]) -> Result<()> {
+    for (i, (k, p)) in keys.iter().zip(paths).enumerate() {
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if let Err(e) = k.save(p).and_then(|()| sync_dir(parent)) {
+            for q in &paths[..i] {
+                let _ = std::fs::remove_file(q);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Makes a new trust directory at `dir`: root keys (written to `root_key_paths`, one key each,
+/// never overwriting), the online keys, the settings file, and version 1 of every role (an empty
+/// targets role). The directory appears at once, complete, or not at all.
+pub fn init(
+    dir: &Path,
+    root_key_paths: &[PathBuf],
+    threshold: u64,
+    now: i64,
+) -> Result<InitReport> {
+    let refuse = |reason: String| Error::TrustRepo {
+        path: dir.to_owned(),
+        reason,
+    };
+    if dir.symlink_metadata().is_ok() {
+        return Err(refuse(
+            "already exists: trust is set up; use `semithin trust rotate` to change keys".into(),
+        ));
+    }
+    if root_key_paths.is_empty() {
+        return Err(refuse("no root key file given".into()));
+    }
+    if threshold == 0 || threshold > root_key_paths.len() as u64 {
+        return Err(refuse(format!(
+            "root threshold {threshold} with {} root key file(s): it must be 1..={0}",
+            root_key_paths.len()
+        )));
+    }
+    check_new_key_paths(root_key_paths)?;
+    let config = Config::default();
+    let root_keys = root_key_paths
+        .iter()
+        .map(|_| KeyPair::generate())
+        .collect::<Result<Vec<_>>>()?;
+    let online: BTreeMap<Role, KeyPair> = Role::ONLINE
+        .into_iter()
+        .map(|r| KeyPair::generate().map(|k| (r, k)))
+        .collect::<Result<_>>()?;
+
+    let mut all_keys = BTreeMap::new();
+    let mut roles = BTreeMap::new();
+    for k in &root_keys {
+        all_keys.insert(k.id.clone(), k.public.clone());
+    }
+    roles.insert(
+        "root".to_owned(),
+        role_keys(root_keys.iter().map(|k| k.id.clone()).collect(), threshold),
+    );
+    for (r, k) in &online {
+        all_keys.insert(k.id.clone(), k.public.clone());
+        roles.insert(r.name().to_owned(), role_keys(vec![k.id.clone()], 1));
+    }
+    let root = Root {
+        kind: "root".into(),
+        spec_version: SPEC_VERSION.into(),
+        consistent_snapshot: true,
+        version: 1,
+        expires: clock::format(now + config.expires.root),
+        keys: all_keys,
+        roles,
+        extra: Default::default(),
+    };
+    let root_signers: Vec<&KeyPair> = root_keys.iter().collect();
+    let root = sign(Role::Root, &root, &root_signers)?;
+    check_signed(Role::Root, &root, &root.signed)?;
+    let targets = Targets {
+        kind: "targets".into(),
+        spec_version: SPEC_VERSION.into(),
+        version: 1,
+        expires: clock::format(now + config.expires.targets),
+        targets: BTreeMap::new(),
+        delegations: None,
+        extra: Default::default(),
+    };
+    let targets = sign(Role::Targets, &targets, &[&online[&Role::Targets]])?;
+    let (snapshot, timestamp) = snapshot_and_timestamp(
+        &config,
+        now,
+        &targets,
+        1,
+        &online[&Role::Snapshot],
+        1,
+        &online[&Role::Timestamp],
+    )?;
+    for (role, ok) in [
+        (
+            Role::Targets,
+            check_signed(Role::Targets, &targets, &root.signed),
+        ),
+        (
+            Role::Snapshot,
+            check_signed(Role::Snapshot, &snapshot, &root.signed),
+        ),
+        (
+            Role::Timestamp,
+            check_signed(Role::Timestamp, &timestamp, &root.signed),
+        ),
+    ] {
+        ok.map_err(|e| Error::invalid(role.name(), format!("self-check failed: {e}")))?;
+    }
+
+    // Build the whole directory under a staging name beside it, then rename it into place.
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let staging = parent.join(format!(
+        ".{}.init.tmp",
+        dir.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    if staging.symlink_metadata().is_ok() {
+        std::fs::remove_dir_all(&staging).map_err(Error::io("removing leftover", &staging))?;
+    }
+    let result = (|| -> Result<()> {
+        let l = Layout(&staging);
+        std::fs::create_dir(&staging).map_err(Error::io("creating", &staging))?;
+        for d in [l.metadata(), l.targets(), l.tmp()] {
+            std::fs::create_dir(&d).map_err(Error::io("creating", &d))?;
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(l.keys())
+            .map_err(Error::io("creating", l.keys()))?;
+        for (r, k) in &online {
+            write_atomic(&l.tmp(), &l.key(*r), &k.file_bytes(), 0o600)?;
+        }
+        write_atomic(
+            &l.tmp(),
+            &staging.join(CONFIG_FILE),
+            Config::default_text().as_bytes(),
+            0o644,
+        )?;
+        let m = l.metadata();
+        write_atomic(&l.tmp(), &m.join("1.root.json"), &root.raw, 0o644)?;
+        write_atomic(&l.tmp(), &m.join("root.json"), &root.raw, 0o644)?;
+        write_atomic(&l.tmp(), &m.join("1.targets.json"), &targets.raw, 0o644)?;
+        write_atomic(&l.tmp(), &m.join("1.snapshot.json"), &snapshot.raw, 0o644)?;
+        write_atomic(&l.tmp(), &m.join("timestamp.json"), &timestamp.raw, 0o644)?;
+        sync_dir(&staging)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    if let Err(e) = save_root_keys(&root_keys, root_key_paths) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    if let Err(e) = std::fs::rename(&staging, dir) {
+        let _ = std::fs::remove_dir_all(&staging);
+        for p in root_key_paths {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(Error::io("renaming into", dir)(e));
+    }
+    sync_dir(parent)?;
+    let l = Layout(dir);
+    Ok(InitReport {
+        dir: dir.to_owned(),
+        root_keys: root_keys
+            .iter()
+            .zip(root_key_paths)
+            .map(|(k, p)| KeyReport {
+                role: "root".into(),
+                keyid: k.id.clone(),
+                file: p.clone(),
+            })
+            .collect(),
+        root_threshold: threshold,
+        online_keys: online
+            .iter()
+            .map(|(r, k)| KeyReport {
+                role: r.name().into(),
+                keyid: k.id.clone(),
+                file: l.key(*r),
+            })
+            .collect(),
+    })
+}
+
+/// A snapshot describing `targets`, and a timestamp describing that snapshot.
+fn snapshot_and_timestamp(
+    config: &Config,
+    now: i64,
+    targets: &Signed<Targets>,
+    snapshot_version: u64,
+    snapshot_key: &KeyPair,
+    timestamp_version: u64,
+    timestamp_key: &KeyPair,
+) -> Result<(Signed<Snapshot>, Signed<Timestamp>)> {
+    let snapshot = new_snapshot(config, now, targets, snapshot_version, snapshot_key)?;
+    let timestamp = new_timestamp(config, now, &snapshot, timestamp_version, timestamp_key)?;
+    Ok((snapshot, timestamp))
+}
+
+fn new_snapshot(
+    config: &Config,
+    now: i64,
+    targets: &Signed<Targets>,
+    version: u64,
+    key: &KeyPair,
+) -> Result<Signed<Snapshot>> {
+    let mut meta = BTreeMap::new();
+    meta.insert("targets.json".to_owned(), meta_file(targets));
+    let snapshot = Snapshot {
+        kind: "snapshot".into(),
+        spec_version: SPEC_VERSION.into(),
+        version,
+        expires: clock::format(now + config.expires.snapshot),
+        meta,
+        extra: Default::default(),
+    };
+    sign(Role::Snapshot, &snapshot, &[key])
+}
+
+fn new_timestamp(
+    config: &Config,
+    now: i64,
+    snapshot: &Signed<Snapshot>,
+    version: u64,
+    key: &KeyPair,
+) -> Result<Signed<Timestamp>> {
+    let mut meta = BTreeMap::new();
+    meta.insert("snapshot.json".to_owned(), meta_file(snapshot));
+    let timestamp = Timestamp {
+        kind: "timestamp".into(),
+        spec_version: SPEC_VERSION.into(),
+        version,
+        expires: clock::format(now + config.expires.timestamp),
+        meta,
+        extra: Default::default(),
+    };
+    sign(Role::Timestamp, &timestamp, &[key])
+}
+
+/// New metadata waiting to be written, in writing order.
+#[derive(Default)]
+struct Pending {
+    root: Option<Signed<Root>>,
+    targets: Option<Signed<Targets>>,
+    snapshot: Option<Signed<Snapshot>>,
+    timestamp: Option<Signed<Timestamp>>,
+}
+
+impl TrustRepo {
+    /// Opens the trust directory `dir`. Reads only; the current state is what the newest root
+    /// and `timestamp.json` describe.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let l = Layout(dir);
+        if !l.metadata().join("root.json").is_file() {
+            return Err(Error::TrustRepo {
+                path: dir.to_owned(),
+                reason: "no trust metadata here: run `semithin trust init` first".into(),
+            });
+        }
+        let config = Config::load(dir)?;
+        let m = l.metadata();
+        let root_version = highest_version(&m, Role::Root)?.unwrap_or(0);
+        let root_path = if root_version == 0 {
+            m.join("root.json")
+        } else {
+            m.join(format!("{root_version}.root.json"))
+        };
+        let root: Signed<Root> = read_meta(&root_path, Role::Root)?;
+        let timestamp: Signed<Timestamp> = read_meta(&m.join("timestamp.json"), Role::Timestamp)?;
+        let sv = timestamp.signed.meta["snapshot.json"].version;
+        let snapshot: Signed<Snapshot> =
+            read_meta(&m.join(format!("{sv}.snapshot.json")), Role::Snapshot)?;
+        let tv = snapshot.signed.meta["targets.json"].version;
+        let targets: Signed<Targets> =
+            read_meta(&m.join(format!("{tv}.targets.json")), Role::Targets)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            config,
+            root,
+            targets,
+            snapshot,
+            timestamp,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn root(&self) -> &Signed<Root> {
+        &self.root
+    }
+
+    pub fn targets(&self) -> &Signed<Targets> {
+        &self.targets
+    }
+
+    pub fn snapshot(&self) -> &Signed<Snapshot> {
+        &self.snapshot
+    }
+
+    pub fn timestamp(&self) -> &Signed<Timestamp> {
+        &self.timestamp
+    }
+
+    fn layout(&self) -> Layout<'_> {
+        Layout(&self.dir)
+    }
+
+    /// The next version of a role: above the current one and above every file on disk.
+    fn next_version(&self, role: Role) -> Result<u64> {
+        let current = match role {
+            Role::Root => self.root.signed.version,
+            Role::Targets => self.targets.signed.version,
+            Role::Snapshot => self.snapshot.signed.version,
+            Role::Timestamp => self.timestamp.signed.version,
+        };
+        let on_disk = if role == Role::Timestamp {
+            0
+        } else {
+            highest_version(&self.layout().metadata(), role)?.unwrap_or(0)
+        };
+        Ok(current.max(on_disk) + 1)
+    }
+
+    /// Loads the key of an online role and checks that the current root authorises it. A new
+    /// key left by an interrupted rotation (`ROLE.key.new`) is taken when the root already
+    /// names it.
+    fn online_key(&self, role: Role) -> Result<(KeyPair, Option<PathBuf>)> {
+        let l = self.layout();
+        let rk = &self.root.signed.roles[role.name()];
+        let path = l.key(role);
+        let k = KeyPair::load(&path)?;
+        if rk.keyids.contains(&k.id) {
+            return Ok((k, None));
+        }
+        let new = l.new_key(role);
+        if new.is_file() {
+            let n = KeyPair::load(&new)?;
+            if rk.keyids.contains(&n.id) {
+                return Ok((n, Some(new)));
+            }
+        }
+        Err(Error::KeyFile {
+            path,
+            reason: format!(
+                "key {} is not the {role} key of root version {} (which names {})",
+                k.id,
+                self.root.signed.version,
+                rk.keyids.join(", ")
+            ),
+        })
+    }
+
+    /// Loads the keys of `roles` before anything is written; promotes a pending new key.
+    fn online_keys(&self, roles: &[Role]) -> Result<BTreeMap<Role, KeyPair>> {
+        let mut out = BTreeMap::new();
+        let mut promote = Vec::new();
+        for &r in roles {
+            let (k, pending) = self.online_key(r)?;
+            if let Some(p) = pending {
+                promote.push((p, self.layout().key(r)));
+            }
+            out.insert(r, k);
+        }
+        for (from, to) in promote {
+            std::fs::rename(&from, &to).map_err(Error::io("renaming into", &to))?;
+            sync_dir(&self.layout().keys())?;
+        }
+        Ok(out)
+    }
+
+    /// Removes temporary files an interrupted writer left; makes `tmp/` if it is missing.
+    fn clean_tmp(&self) -> Result<()> {
+        let tmp = self.layout().tmp();
+        match std::fs::read_dir(&tmp) {
+            Ok(rd) => {
+                for e in rd.flatten() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&tmp).map_err(Error::io("creating", &tmp))
+            }
+            Err(e) => Err(Error::io("listing", &tmp)(e)),
+        }
+    }
+
+    /// Writes pending metadata: roots, then targets, snapshot, timestamp; adopts it.
+    fn write(&mut self, p: Pending) -> Result<Vec<Written>> {
+        let l = self.layout();
+        let (m, tmp) = (l.metadata(), l.tmp());
+        let mut written = Vec::new();
+        let mut note = |role: Role, version: u64, expires: &str, file: String| {
+            written.push(Written {
+                role: role.name().into(),
+                version,
+                expires: expires.to_owned(),
+                file,
+            })
+        };
+        if let Some(r) = &p.root {
+            let name = format!("{}.root.json", r.signed.version);
+            write_atomic(&tmp, &m.join(&name), &r.raw, 0o644)?;
+            write_atomic(&tmp, &m.join("root.json"), &r.raw, 0o644)?;
+            note(Role::Root, r.signed.version, &r.signed.expires, name);
+        }
+        if let Some(t) = &p.targets {
+            let name = format!("{}.targets.json", t.signed.version);
+            write_atomic(&tmp, &m.join(&name), &t.raw, 0o644)?;
+            note(Role::Targets, t.signed.version, &t.signed.expires, name);
+        }
+        if let Some(s) = &p.snapshot {
+            let name = format!("{}.snapshot.json", s.signed.version);
+            write_atomic(&tmp, &m.join(&name), &s.raw, 0o644)?;
+            note(Role::Snapshot, s.signed.version, &s.signed.expires, name);
+        }
+        if let Some(t) = &p.timestamp {
+            write_atomic(&tmp, &m.join("timestamp.json"), &t.raw, 0o644)?;
+            note(
+                Role::Timestamp,
+                t.signed.version,
+                &t.signed.expires,
+                "timestamp.json".into(),
+            );
+        }
+        if let Some(r) = p.root {
+            self.root = r;
+        }
+        if let Some(t) = p.targets {
+            self.targets = t;
+        }
+        if let Some(s) = p.snapshot {
+            self.snapshot = s;
+        }
+        if let Some(t) = p.timestamp {
+            self.timestamp = t;
+        }
+        Ok(written)
+    }
+
+    /// Checks pending metadata against the root it will be read with, as a client would.
+    fn self_check(&self, p: &Pending) -> Result<()> {
+        let root = p.root.as_ref().unwrap_or(&self.root);
+        let wrap = |role: Role, r: Result<()>| {
+            r.map_err(|e| Error::invalid(role.name(), format!("self-check failed: {e}")))
+        };
+        if let Some(t) = &p.targets {
+            wrap(Role::Targets, check_signed(Role::Targets, t, &root.signed))?;
+        }
+        if let Some(s) = &p.snapshot {
+            wrap(
+                Role::Snapshot,
+                check_signed(Role::Snapshot, s, &root.signed),
+            )?;
+        }
+        if let Some(t) = &p.timestamp {
+            wrap(
+                Role::Timestamp,
+                check_signed(Role::Timestamp, t, &root.signed),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites `root.json` when a crash left it behind the newest `N.root.json`.
+    fn repair_root_copy(&self) -> Result<()> {
+        let l = self.layout();
+        let copy = l.metadata().join("root.json");
+        if std::fs::read(&copy).ok().as_deref() != Some(&self.root.raw[..]) {
+            write_atomic(&l.tmp(), &copy, &self.root.raw, 0o644)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `content` as target `name` (a TUF target path, e.g. `channels/lab/stable`)
+    /// with `custom`, keeping every other target: new targets, snapshot and timestamp.
+    pub fn publish(
+        &mut self,
+        name: &str,
+        content: &[u8],
+        custom: Value,
+        now: i64,
+    ) -> Result<PublishReport> {
+        check_target_name(name)?;
+        let keys = self.online_keys(&Role::ONLINE)?;
+        let sha = sha256_hex(content);
+        let mut hashes = BTreeMap::new();
+        hashes.insert("sha256".to_owned(), sha.clone());
+        let mut t = self.targets.signed.clone();
+        t.version = self.next_version(Role::Targets)?;
+        t.expires = clock::format(now + self.config.expires.targets);
+        t.targets.insert(
+            name.to_owned(),
+            TargetFile {
+                length: content.len() as u64,
+                hashes,
+                custom: Some(custom.clone()),
+                extra: Default::default(),
+            },
+        );
+        let targets = sign(Role::Targets, &t, &[&keys[&Role::Targets]])?;
+        let snapshot = new_snapshot(
+            &self.config,
+            now,
+            &targets,
+            self.next_version(Role::Snapshot)?,
+            &keys[&Role::Snapshot],
+        )?;
+        let timestamp = new_timestamp(
+            &self.config,
+            now,
+            &snapshot,
+            self.next_version(Role::Timestamp)?,
+            &keys[&Role::Timestamp],
+        )?;
+        let pending = Pending {
+            root: None,
+            targets: Some(targets),
+            snapshot: Some(snapshot),
+            timestamp: Some(timestamp),
+        };
+        self.self_check(&pending)?;
+
+        self.clean_tmp()?;
+        self.repair_root_copy()?;
+        let l = self.layout();
+        let file = target_file_path(name, &sha);
+        let path = l.targets().join(&file);
+        let present = std::fs::read(&path).is_ok_and(|b| b == content);
+        if !present {
+            make_dirs(&l.targets(), path.parent().unwrap_or(&l.targets()))?;
+            write_atomic(&l.tmp(), &path, content, 0o644)?;
+        }
+        let written = self.write(pending)?;
+        Ok(PublishReport {
+            target: name.to_owned(),
+            length: content.len() as u64,
+            sha256: sha,
+            file,
+            custom,
+            written,
+        })
+    }
+
+    /// Replaces the key(s) of `role` and signs a new root (version N+1) with a threshold of the
+    /// old root keys (`root_key_paths`) and, for a root rotation, of the new ones too.
+    ///
+    /// - `root`: new root keys are written to `new_root_key_paths` (one key each, never
+    ///   overwriting) before the new root is; `threshold` sets the new root threshold (default:
+    ///   the old one).
+    /// - an online role: its key file is replaced, and its metadata and what depends on it are
+    ///   signed again with new versions (targets -> snapshot -> timestamp).
+    pub fn rotate(
+        &mut self,
+        role: Role,
+        root_key_paths: &[PathBuf],
+        new_root_key_paths: &[PathBuf],
+        threshold: Option<u64>,
+        now: i64,
+    ) -> Result<RotateReport> {
+        let old_root = self.root.signed.clone();
+        let old_keys = load_root_keys(&old_root, root_key_paths)?;
+        let usage = |msg: &str| Error::TrustRepo {
+            path: self.dir.clone(),
+            reason: msg.to_owned(),
+        };
+        let old_rk = old_root.roles[role.name()].clone();
+        let mut root = old_root.clone();
+        root.version = self.next_version(Role::Root)?;
+        root.expires = clock::format(now + self.config.expires.root);
+        let new_keys: Vec<KeyPair>;
+        let new_threshold;
+        match role {
+            Role::Root => {
+                if new_root_key_paths.is_empty() {
+                    return Err(usage(
+                        "rotating the root needs --new-root-key FILE for each new root key",
+                    ));
+                }
+                new_threshold = threshold.unwrap_or(old_rk.threshold);
+                if new_threshold == 0 || new_threshold > new_root_key_paths.len() as u64 {
+                    return Err(usage(&format!(
+                        "root threshold {new_threshold} with {} new root key file(s): it must be 1..={0}",
+                        new_root_key_paths.len()
+                    )));
+                }
+                check_new_key_paths(new_root_key_paths)?;
+                new_keys = new_root_key_paths
+                    .iter()
+                    .map(|_| KeyPair::generate())
+                    .collect::<Result<_>>()?;
+            }
+            _ => {
+                if !new_root_key_paths.is_empty() {
+                    return Err(usage(
+                        "--new-root-key is only for `rotate root`; an online role's new key is \
+                         kept in the repository",
+                    ));
+                }
+                if threshold.is_some_and(|t| t != 1) {
+                    return Err(usage("online roles have one key and threshold 1"));
+                }
+                new_threshold = 1;
+                new_keys = vec![KeyPair::generate()?];
+            }
+        }
+        // Swap the role's keys in the root; drop old keys no other role uses.
+        root.roles.insert(
+            role.name().to_owned(),
+            role_keys(
+                new_keys.iter().map(|k| k.id.clone()).collect(),
+                new_threshold,
+            ),
+        );
+        for k in &new_keys {
+            root.keys.insert(k.id.clone(), k.public.clone());
+        }
+        let used: BTreeSet<&String> = root.roles.values().flat_map(|r| &r.keyids).collect();
+        root.keys.retain(|id, _| used.contains(id));
+        // Signed by the old root keys and, when the root role changes, the new ones.
+        let mut signers: Vec<&KeyPair> = old_keys.iter().collect();
+        if role == Role::Root {
+            signers.extend(new_keys.iter());
+        }
+        let new_root = sign(Role::Root, &root, &signers)?;
+        check_signed(Role::Root, &new_root, &old_root)
+            .and_then(|()| check_signed(Role::Root, &new_root, &new_root.signed))
+            .map_err(|e| Error::invalid("root", format!("self-check failed: {e}")))?;
+
+        // Re-sign what depends on the rotated key, with the new key.
+        let mut pending = Pending {
+            root: Some(new_root),
+            ..Default::default()
+        };
+        if role != Role::Root {
+            let others: Vec<Role> = Role::ONLINE.into_iter().filter(|r| *r != role).collect();
+            let others = self.online_keys(&others)?;
+            let mut keys: BTreeMap<Role, &KeyPair> = others.iter().map(|(r, k)| (*r, k)).collect();
+            keys.insert(role, &new_keys[0]);
+            self.renew(&mut pending, role, &keys, now)?;
+        }
+        self.self_check(&pending)?;
+
+        // Write: new keys first (so no root ever names a key we could lose), then metadata.
+        self.clean_tmp()?;
+        self.repair_root_copy()?;
+        let dir = self.dir.clone();
+        let l = Layout(&dir);
+        let pending_key = (role != Role::Root).then(|| l.new_key(role));
+        if role == Role::Root {
+            save_root_keys(&new_keys, new_root_key_paths)?;
+        } else if let Some(p) = &pending_key {
+            write_atomic(&l.tmp(), p, &new_keys[0].file_bytes(), 0o600)?;
+        }
+        let root_only = Pending {
+            root: pending.root.take(),
+            ..Default::default()
+        };
+        let mut written = self.write(root_only)?;
+        if let Some(p) = &pending_key {
+            let dest = l.key(role);
+            std::fs::rename(p, &dest).map_err(Error::io("renaming into", &dest))?;
+            sync_dir(&l.keys())?;
+        }
+        written.extend(self.write(pending)?);
+        let new_key_files: Vec<PathBuf> = if role == Role::Root {
+            new_root_key_paths.to_vec()
+        } else {
+            vec![self.layout().key(role)]
+        };
+        Ok(RotateReport {
+            role: role.name().into(),
+            old_keyids: old_rk.keyids,
+            new_keys: new_keys
+                .iter()
+                .zip(new_key_files)
+                .map(|(k, file)| KeyReport {
+                    role: role.name().into(),
+                    keyid: k.id.clone(),
+                    file,
+                })
+                .collect(),
+            threshold: new_threshold,
+            written,
+        })
+    }
+
+    /// Fills `pending` with new versions of `from` and every online role after it (targets ->
+    /// snapshot -> timestamp), signed with `keys`.
+    fn renew(
+        &self,
+        pending: &mut Pending,
+        from: Role,
+        keys: &BTreeMap<Role, &KeyPair>,
+        now: i64,
+    ) -> Result<()> {
+        let e = &self.config.expires;
+        if from == Role::Targets {
+            let mut t = self.targets.signed.clone();
+            t.version = self.next_version(Role::Targets)?;
+            t.expires = clock::format(now + e.targets);
+            pending.targets = Some(sign(Role::Targets, &t, &[keys[&Role::Targets]])?);
+        }
+        if from <= Role::Snapshot {
+            let targets = pending.targets.as_ref().unwrap_or(&self.targets);
+            pending.snapshot = Some(new_snapshot(
+                &self.config,
+                now,
+                targets,
+                self.next_version(Role::Snapshot)?,
+                keys[&Role::Snapshot],
+            )?);
+        }
+        let snapshot = pending.snapshot.as_ref().unwrap_or(&self.snapshot);
+        pending.timestamp = Some(new_timestamp(
+            &self.config,
+            now,
+            snapshot,
+            self.next_version(Role::Timestamp)?,
+            keys[&Role::Timestamp],
+        )?);
+        Ok(())
+    }
+
+    /// Whether an online role needs new metadata: not validly signed under the current root
+    /// (an interrupted rotation), or less than half its lifetime left.
+    fn due(&self, role: Role, now: i64) -> Option<String> {
+        let (valid, expires_at, expires) = match role {
+            Role::Targets => (
+                check_signed(role, &self.targets, &self.root.signed).is_ok(),
+                self.targets.expires_at(),
+                &self.targets.signed.expires,
+            ),
+            Role::Snapshot => (
+                check_signed(role, &self.snapshot, &self.root.signed).is_ok(),
+                self.snapshot.expires_at(),
+                &self.snapshot.signed.expires,
+            ),
+            Role::Timestamp => (
+                check_signed(role, &self.timestamp, &self.root.signed).is_ok(),
+                self.timestamp.expires_at(),
+                &self.timestamp.signed.expires,
+            ),
+            Role::Root => return None,
+        };
+        if !valid {
+            return Some("not signed by the key the current root names".into());
+        }
+        let lifetime = self.config.expires.of(role);
+        if expires_at - now < lifetime / 2 {
+            return Some(format!(
+                "expires {expires}, less than half of its lifetime ({}) left",
+                format_duration(lifetime)
+            ));
+        }
+        None
+    }
+
+    /// Signs again the online roles that are due (see [`Self::due`]) and what depends on them;
+    /// `force` renews the timestamp in any case. Warns when the root needs the admin.
+    pub fn refresh(&mut self, force: bool, now: i64) -> Result<RefreshReport> {
+        let mut reasons = BTreeMap::new();
+        for r in Role::ONLINE {
+            if let Some(why) = self.due(r, now) {
+                reasons.insert(r.name().to_owned(), why);
+            }
+        }
+        if force && reasons.is_empty() {
+            reasons.insert("timestamp".into(), "forced".into());
+        }
+        let warnings = self.warnings(now);
+        let first = Role::ONLINE
+            .into_iter()
+            .find(|r| reasons.contains_key(r.name()));
+        let Some(first) = first else {
+            return Ok(RefreshReport {
+                written: Vec::new(),
+                reasons,
+                warnings,
+            });
+        };
+        let needed: Vec<Role> = Role::ONLINE.into_iter().filter(|r| *r >= first).collect();
+        let keys = self.online_keys(&needed)?;
+        let keys: BTreeMap<Role, &KeyPair> = keys.iter().map(|(r, k)| (*r, k)).collect();
+        let mut pending = Pending::default();
+        self.renew(&mut pending, first, &keys, now)?;
+        self.self_check(&pending)?;
+        self.clean_tmp()?;
+        self.repair_root_copy()?;
+        let written = self.write(pending)?;
+        Ok(RefreshReport {
+            written,
+            reasons,
+            warnings,
+        })
+    }
+
+    fn warnings(&self, now: i64) -> Vec<String> {
+        let mut w = Vec::new();
+        let left = self.root.expires_at() - now;
+        if left < self.config.expires.root / 2 {
+            w.push(format!(
+                "the root expires {}{}: sign a new root with `semithin trust rotate` (needs the \
+                 root key) before then, or clients stop updating",
+                self.root.signed.expires,
+                if left <= 0 { " (expired)" } else { "" }
+            ));
+        }
+        w
+    }
+
+    /// Versions, expiry and keys of every role, and the published targets.
+    pub fn status(&self, now: i64) -> Status {
+        let root = &self.root.signed;
+        let mut roles = BTreeMap::new();
+        let mut add = |role: Role, version: u64, expires: &str, expires_at: i64, signed: bool| {
+            let rk = &root.roles[role.name()];
+            roles.insert(
+                role.name().to_owned(),
+                RoleStatus {
+                    version,
+                    expires: expires.to_owned(),
+                    expires_in: expires_at - now,
+                    signed,
+                    keyids: rk.keyids.clone(),
+                    threshold: rk.threshold,
+                },
+            );
+        };
+        add(
+            Role::Root,
+            root.version,
+            &root.expires,
+            self.root.expires_at(),
+            check_signed(Role::Root, &self.root, root).is_ok(),
+        );
+        add(
+            Role::Targets,
+            self.targets.signed.version,
+            &self.targets.signed.expires,
+            self.targets.expires_at(),
+            check_signed(Role::Targets, &self.targets, root).is_ok(),
+        );
+        add(
+            Role::Snapshot,
+            self.snapshot.signed.version,
+            &self.snapshot.signed.expires,
+            self.snapshot.expires_at(),
+            check_signed(Role::Snapshot, &self.snapshot, root).is_ok(),
+        );
+        add(
+            Role::Timestamp,
+            self.timestamp.signed.version,
+            &self.timestamp.signed.expires,
+            self.timestamp.expires_at(),
+            check_signed(Role::Timestamp, &self.timestamp, root).is_ok(),
+        );
+        let targets = self
+            .targets
+            .signed
+            .targets
+            .iter()
+            .map(|(name, t)| TargetStatus {
+                target: name.clone(),
+                length: t.length,
+                sha256: t.hashes.get("sha256").cloned().unwrap_or_default(),
+                custom: t.custom.clone(),
+            })
+            .collect();
+        let mut warnings = self.warnings(now);
+        for r in Role::ONLINE {
+            if let Some(why) = self.due(r, now) {
+                warnings.push(format!("{r}: {why}; run `semithin trust refresh`"));
+            }
+        }
+        let e = self.config.expires;
+        Status {
+            consistent_snapshot: root.consistent_snapshot,
+            roles,
+            targets,
+            lifetimes: Role::ALL
+                .into_iter()
+                .map(|r| (r.name().to_owned(), format_duration(e.of(r))))
+                .collect(),
+            warnings,
+        }
+    }
+}
+
+/// The highest N of the files `N.ROLE.json` in `dir`.
+fn highest_version(dir: &Path, role: Role) -> Result<Option<u64>> {
+    let suffix = format!(".{role}.json");
+    let mut best = None;
+    for e in std::fs::read_dir(dir).map_err(Error::io("listing", dir))? {
+        let e = e.map_err(Error::io("listing", dir))?;
+        let name = e.file_name();
+        let Some(n) = name
+            .to_str()
+            .and_then(|s| s.strip_suffix(&suffix))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        best = best.max(Some(n));
+    }
+    Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{self, Client, Fetcher, Limits};
+
+    const NOW: i64 = 1_800_000_000;
+
+    struct Files;
+
+    impl Fetcher for Files {
+        fn fetch(&self, url: &str, _max: u64) -> Result<Option<Vec<u8>>> {
+            let p = url.strip_prefix("file://").unwrap();
+            Ok(std::fs::read(p).ok())
+        }
+    }
+
+    /// A trust directory with one published target, and a client trusting its first root.
+    fn setup() -> (tempfile::TempDir, TrustRepo, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("trust");
+        init(&dir, &[d.path().join("root.key")], 1, NOW).unwrap();
+        let mut t = TrustRepo::open(&dir).unwrap();
+        t.publish("channels/a", b"one", serde_json::json!({"n": 1}), NOW)
+            .unwrap();
+        let cdir = d.path().join("client");
+        client::init(
+            &cdir,
+            &std::fs::read(dir.join("metadata/1.root.json")).unwrap(),
+        )
+        .unwrap();
+        (d, t, cdir)
+    }
+
+    /// What a client finds as target `channels/a`, at time `now`.
+    fn client_sees(t: &TrustRepo, cdir: &Path, now: i64) -> Result<Vec<u8>> {
+        let m = format!("file://{}", t.dir().join("metadata").display());
+        let mut c = Client::new(cdir, &m, &Files, Limits::default(), now)?;
+        c.refresh()?;
+        let info = c.find_target("channels/a")?.expect("published");
+        let base = format!("file://{}", t.dir().join("targets").display());
+        let p = c.download_target("channels/a", &info, &base, &cdir.join("out"))?;
+        Ok(std::fs::read(p).unwrap())
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90d"), Some(90 * DAY));
+        assert_eq!(parse_duration("12h"), Some(12 * 3600));
+        assert_eq!(parse_duration("45s"), Some(45));
+        for bad in ["", "d", "0d", "-1d", "1.5d", "1w", "12", "99999999999999d"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        assert_eq!(format_duration(DAY), "1d");
+        assert_eq!(format_duration(90 * 60), "90m");
+        assert_eq!(parse_duration(&format_duration(3601)), Some(3601));
+    }
+
+    #[test]
+    fn consistent_target_paths() {
+        assert_eq!(
+            target_file_path("channels/lab/stable", "ab"),
+            "channels/lab/ab.stable"
+        );
+        assert_eq!(target_file_path("x", "ab"), "ab.x");
+    }
+
+    #[test]
+    fn versions_skip_files_a_crash_left_behind() {
+        let (_d, mut t, cdir) = setup();
+        // An interrupted publish wrote targets and snapshot but no timestamp.
+        let m = t.dir().join("metadata");
+        std::fs::write(m.join("7.targets.json"), b"partial").unwrap();
+        std::fs::write(m.join("5.snapshot.json"), b"partial").unwrap();
+        let r = t
+            .publish("channels/a", b"two", serde_json::json!({"n": 2}), NOW)
+            .unwrap();
+        let versions: Vec<(String, u64)> = r
+            .written
+            .iter()
+            .map(|w| (w.role.clone(), w.version))
+            .collect();
+        assert_eq!(
+            versions,
+            [
+                ("targets".into(), 8),
+                ("snapshot".into(), 6),
+                ("timestamp".into(), 3)
+            ]
+        );
+        assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"two");
+    }
+
+    #[test]
+    fn an_interrupted_rotation_is_finished_by_the_next_command() {
+        let (d, mut t, cdir) = setup();
+        let root_key = [d.path().join("root.key")];
+        let keys = t.dir().join("keys");
+        let old_key = std::fs::read(keys.join("timestamp.key")).unwrap();
+        let old_ts = std::fs::read(t.dir().join("metadata/timestamp.json")).unwrap();
+        t.rotate(Role::Timestamp, &root_key, &[], None, NOW)
+            .unwrap();
+        // Put back what a crash right after writing the new root would have left: the new key
+        // still pending, the old key and the timestamp it signed.
+        std::fs::rename(keys.join("timestamp.key"), keys.join("timestamp.key.new")).unwrap();
+        std::fs::write(keys.join("timestamp.key"), &old_key).unwrap();
+        std::fs::write(t.dir().join("metadata/timestamp.json"), &old_ts).unwrap();
+        let mut t = TrustRepo::open(t.dir()).unwrap();
+        let s = t.status(NOW);
+        assert!(!s.roles["timestamp"].signed);
+        assert!(s.warnings.iter().any(|w| w.contains("timestamp")), "{s:?}");
+        assert!(client_sees(&t, &cdir, NOW).is_err());
+        // refresh notices, takes the pending key and re-signs.
+        let r = t.refresh(false, NOW).unwrap();
+        assert!(r.reasons["timestamp"].contains("not signed"), "{r:?}");
+        assert!(!keys.join("timestamp.key.new").exists());
+        assert!(t.status(NOW).roles["timestamp"].signed);
+        assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one");
+        // The crashed rotation never wrote its timestamp 3: the repair is version 3.
+        assert_eq!(t.timestamp().signed.version, 3);
+    }
+
+    #[test]
+    fn clients_follow_every_rotation() {
+        let (d, mut t, cdir) = setup();
+        // The client trusts metadata signed with the keys about to be replaced.
+        assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one");
+        let mut root_key = d.path().join("root.key");
+        for (n, role) in [Role::Targets, Role::Snapshot, Role::Timestamp, Role::Root]
+            .into_iter()
+            .enumerate()
+        {
+            let new_key = d.path().join(format!("root{n}.key"));
+            let new: &[PathBuf] = if role == Role::Root {
+                std::slice::from_ref(&new_key)
+            } else {
+                &[]
+            };
+            let r = t
+                .rotate(role, std::slice::from_ref(&root_key), new, None, NOW)
+                .unwrap();
+            assert_ne!(r.old_keyids, [r.new_keys[0].keyid.clone()]);
+            assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one", "after {role}");
+            if role == Role::Root {
+                root_key = new_key;
+            }
+        }
+        assert_eq!(t.root().signed.version, 5);
+        // The old root key no longer signs; the new one does.
+        let old = [d.path().join("root.key")];
+        assert!(matches!(
+            t.rotate(Role::Timestamp, &old, &[], None, NOW),
+            Err(Error::KeyFile { .. })
+        ));
+        t.rotate(Role::Timestamp, &[root_key], &[], None, NOW)
+            .unwrap();
+        assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one");
+    }
+
+    #[test]
+    fn refresh_follows_half_lifetimes() {
+        let (_d, mut t, cdir) = setup();
+        assert!(t.refresh(false, NOW).unwrap().written.is_empty());
+        // 13 hours later, less than half a day is left on the timestamp.
+        let later = NOW + 13 * 3600;
+        let r = t.refresh(false, later).unwrap();
+        assert_eq!(r.written.len(), 1);
+        assert_eq!(r.written[0].role, "timestamp");
+        // 16 days later the snapshot too; 46 the targets; the root warns after half a year.
+        let r = t.refresh(false, NOW + 16 * DAY).unwrap();
+        let roles: Vec<&str> = r.written.iter().map(|w| w.role.as_str()).collect();
+        assert_eq!(roles, ["snapshot", "timestamp"]);
+        let r = t.refresh(false, NOW + 46 * DAY).unwrap();
+        let roles: Vec<&str> = r.written.iter().map(|w| w.role.as_str()).collect();
+        assert_eq!(roles, ["targets", "snapshot", "timestamp"]);
+        assert!(r.warnings.is_empty());
+        assert_eq!(client_sees(&t, &cdir, NOW + 46 * DAY).unwrap(), b"one");
+        let r = t.refresh(false, NOW + 200 * DAY).unwrap();
+        assert!(r.warnings[0].contains("root expires"), "{r:?}");
+    }
+}
