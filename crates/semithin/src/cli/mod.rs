@@ -10,7 +10,9 @@ mod fsck;
 mod gc;
 mod history;
 mod progress;
+mod publish;
 mod repo;
+mod trust;
 mod tuf_client;
 
 use std::path::PathBuf;
@@ -69,6 +71,13 @@ enum Command {
     /// A TUF client with the command line of the tuf-conformance suite (init, refresh,
     /// download); exit code 0 on success, 1 on any failure.
     TufClient(tuf_client::Args),
+    /// Keys and signed metadata of releases (The Update Framework): init, rotate, refresh,
+    /// status.
+    #[command(subcommand)]
+    Trust(trust::TrustCmd),
+    /// Release a version of a channel: sign it as the TUF target `channels/CHANNEL` (new
+    /// targets, snapshot and timestamp metadata). Needs `semithin trust init` first.
+    Publish(publish::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -86,6 +95,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gc(a) => gc::run(&open(repo, Access::Write)?, a),
         Command::Export(a) => export::run(&open(repo, Access::Read)?, a),
         Command::TufClient(a) => tuf_client::run(a),
+        Command::Trust(c) => trust::run(repo, c),
+        Command::Publish(a) => publish::run(&open(repo, Access::Write)?, a),
     }
 }
 

@@ -1,0 +1,240 @@
+//! `semithin trust ...`: the keys and metadata that sign releases, in The Update Framework's
+//! format (docs/FORMAT.md, "Trust metadata").
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Subcommand, ValueEnum};
+use semithin_store::{Access, Repo};
+use semithin_trust::clock;
+use semithin_trust::repo::{self as trust_repo, Role, TrustRepo, Written};
+
+use super::{open, print_json};
+
+#[derive(Subcommand)]
+pub enum TrustCmd {
+    /// Start signing releases: make the root key (written to --root-key, to be kept offline),
+    /// the online targets, snapshot and timestamp keys (kept in REPO/trust/keys), and version 1
+    /// of every role's metadata in REPO/trust/metadata.
+    Init {
+        /// Where to write the new root key; refused if the file exists. Repeat the option for
+        /// several root keys (with --threshold).
+        #[arg(long = "root-key", value_name = "FILE", required = true)]
+        root_keys: Vec<PathBuf>,
+        /// How many root keys must sign a new root.
+        #[arg(long, default_value_t = 1)]
+        threshold: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the key of a role and sign a new root (version N+1) with the old root key(s)
+    /// and, for the root itself, the new one(s). An online role's metadata, and what depends on
+    /// it, is signed again with the new key.
+    Rotate {
+        role: RoleArg,
+        /// The current root key file (repeat up to the root threshold).
+        #[arg(long = "root-key", value_name = "FILE", required = true)]
+        root_keys: Vec<PathBuf>,
+        /// For `rotate root`: where to write each new root key (refused if the file exists).
+        #[arg(long = "new-root-key", value_name = "FILE")]
+        new_root_keys: Vec<PathBuf>,
+        /// For `rotate root`: how many new root keys must sign the next root (default: as
+        /// before).
+        #[arg(long)]
+        threshold: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign the timestamp again when less than half of its lifetime is left (and targets or
+    /// snapshot likewise, and any online role not signed by its current key). Run it
+    /// periodically; clients reject an expired timestamp.
+    Refresh {
+        /// Sign a new timestamp even if the current one is fresh.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each role's version, expiry and keys, and the published channels.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Root,
+    Targets,
+    Snapshot,
+    Timestamp,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Root => Role::Root,
+            RoleArg::Targets => Role::Targets,
+            RoleArg::Snapshot => Role::Snapshot,
+            RoleArg::Timestamp => Role::Timestamp,
+        }
+    }
+}
+
+/// The trust directory of a repository.
+pub fn dir(repo: &Repo) -> PathBuf {
+    repo.path().join(trust_repo::DIR_NAME)
+}
+
+fn print_written(written: &[Written]) {
+    for w in written {
+        println!(
+            "  {:<20} {:<9} version {:<5} expires {}",
+            w.file, w.role, w.version, w.expires
+        );
+    }
+}
+
+pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
+    let now = clock::now();
+    match cmd {
+        TrustCmd::Init {
+            root_keys,
+            threshold,
+            json,
+        } => {
+            let repo = open(repo, Access::Write)?;
+            let r = trust_repo::init(&dir(&repo), &root_keys, threshold, now)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!("trust initialised in {}", r.dir.display());
+                for k in &r.root_keys {
+                    println!("root key {} written to {}", k.keyid, k.file.display());
+                }
+                println!(
+                    "root threshold {}; keep the root key file(s) offline: `semithin trust rotate` \
+                     needs them",
+                    r.root_threshold
+                );
+                for k in &r.online_keys {
+                    println!("{} key {} in {}", k.role, k.keyid, k.file.display());
+                }
+                println!(
+                    "clients start from {}",
+                    dir(&repo).join("metadata/1.root.json").display()
+                );
+            }
+        }
+        TrustCmd::Rotate {
+            role,
+            root_keys,
+            new_root_keys,
+            threshold,
+            json,
+        } => {
+            let repo = open(repo, Access::Write)?;
+            let mut t = TrustRepo::open(&dir(&repo))?;
+            let r = t.rotate(role.into(), &root_keys, &new_root_keys, threshold, now)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{} key rotated: {} -> {} (threshold {})",
+                    r.role,
+                    r.old_keyids.join(", "),
+                    r.new_keys
+                        .iter()
+                        .map(|k| k.keyid.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    r.threshold
+                );
+                for k in &r.new_keys {
+                    println!("new {} key in {}", k.role, k.file.display());
+                }
+                print_written(&r.written);
+            }
+        }
+        TrustCmd::Refresh { force, json } => {
+            let repo = open(repo, Access::Write)?;
+            let mut t = TrustRepo::open(&dir(&repo))?;
+            let r = t.refresh(force, now)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                if r.written.is_empty() {
+                    println!(
+                        "nothing to do: timestamp version {} expires {}",
+                        t.timestamp().signed.version,
+                        t.timestamp().signed.expires
+                    );
+                } else {
+                    for (role, why) in &r.reasons {
+                        println!("{role}: {why}");
+                    }
+                    println!("signed:");
+                    print_written(&r.written);
+                }
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+        }
+        TrustCmd::Status { json } => {
+            let repo = open(repo, Access::Read)?;
+            let t = TrustRepo::open(&dir(&repo))?;
+            let s = t.status(now);
+            if json {
+                print_json(&s)?;
+            } else {
+                print_status(&dir(&repo), &s);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(dir: &Path, s: &trust_repo::Status) {
+    println!("trust metadata in {}", dir.display());
+    for role in Role::ALL {
+        let Some(r) = s.roles.get(role.name()) else {
+            continue;
+        };
+        let left = if r.expires_in <= 0 {
+            "EXPIRED".to_owned()
+        } else {
+            format!("in {}", trust_repo::format_duration_rounded(r.expires_in))
+        };
+        println!(
+            "{:<9} version {:<5} expires {} ({left}){}  keys {} (threshold {})",
+            role.name(),
+            r.version,
+            r.expires,
+            if r.signed { "" } else { "  NOT VALIDLY SIGNED" },
+            r.keyids
+                .iter()
+                .map(|k| &k[..k.len().min(12)])
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.threshold
+        );
+    }
+    if s.targets.is_empty() {
+        println!("no channel published yet: `semithin publish CHANNEL`");
+    }
+    for t in &s.targets {
+        let c = t.custom.as_ref();
+        let commit = c
+            .and_then(|c| c["commit"].as_str())
+            .map_or("-".to_owned(), |h| h[..h.len().min(12)].to_owned());
+        let published = c
+            .and_then(|c| c["published"].as_i64())
+            .map_or("-".to_owned(), super::time);
+        println!("{:<30} {commit}  published {published}", t.target);
+    }
+    for w in &s.warnings {
+        println!("warning: {w}");
+    }
+}
