@@ -9,3 +9,4 @@ mod fidelity;
 mod gc;
 mod real_root;
 mod tuf_client;
+mod tuf_publish;
