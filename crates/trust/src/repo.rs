@@ -1622,6 +1622,44 @@ mod tests {
     }
 
     #[test]
+    fn a_root_threshold_of_two_needs_both_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("trust");
+        let keys = [d.path().join("a.key"), d.path().join("b.key")];
+        assert!(init(&dir, &keys, 3, NOW).is_err());
+        assert!(!dir.exists() && !keys[0].exists());
+        init(&dir, &keys, 2, NOW).unwrap();
+        let mut t = TrustRepo::open(&dir).unwrap();
+        t.publish("channels/a", b"one", serde_json::json!({}), NOW)
+            .unwrap();
+        let cdir = d.path().join("client");
+        client::init(
+            &cdir,
+            &std::fs::read(dir.join("metadata/1.root.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one");
+        let err = t
+            .rotate(Role::Timestamp, &keys[..1], &[], None, NOW)
+            .unwrap_err();
+        assert!(err.to_string().contains("threshold is 2"), "{err}");
+        // The same key twice is still one key.
+        let twice = [keys[0].clone(), keys[0].clone()];
+        assert!(t.rotate(Role::Timestamp, &twice, &[], None, NOW).is_err());
+        assert_eq!(t.root().signed.version, 1);
+        t.rotate(Role::Timestamp, &keys, &[], None, NOW).unwrap();
+        // Down to one new root key: signed by both old keys and the new one.
+        let c = d.path().join("c.key");
+        t.rotate(Role::Root, &keys, std::slice::from_ref(&c), Some(1), NOW)
+            .unwrap();
+        assert_eq!(t.root().signed.roles["root"].threshold, 1);
+        assert_eq!(t.root().signed.version, 3);
+        assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one");
+        t.rotate(Role::Snapshot, &[c], &[], None, NOW).unwrap();
+        assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one");
+    }
+
+    #[test]
     fn refresh_follows_half_lifetimes() {
         let (_d, mut t, cdir) = setup();
         assert!(t.refresh(false, NOW).unwrap().written.is_empty());

@@ -25,6 +25,7 @@ pub enum TrustCmd {
         /// How many root keys must sign a new root.
         #[arg(long, default_value_t = 1)]
         threshold: u64,
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -32,6 +33,7 @@ pub enum TrustCmd {
     /// and, for the root itself, the new one(s). An online role's metadata, and what depends on
     /// it, is signed again with the new key.
     Rotate {
+        /// The role whose key is replaced.
         role: RoleArg,
         /// The current root key file (repeat up to the root threshold).
         #[arg(long = "root-key", value_name = "FILE", required = true)]
@@ -43,6 +45,7 @@ pub enum TrustCmd {
         /// before).
         #[arg(long)]
         threshold: Option<u64>,
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -53,11 +56,13 @@ pub enum TrustCmd {
         /// Sign a new timestamp even if the current one is fresh.
         #[arg(long)]
         force: bool,
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Show each role's version, expiry and keys, and the published channels.
     Status {
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
