@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::id::CommitId;
 use crate::pack::ObjKind;
 use crate::progress::Progress;
 use crate::reach;
@@ -27,8 +28,10 @@ pub struct GcReport {
     pub removed_cache_files: u64,
 }
 
-/// Removes unreachable objects. The caller holds the repository for writing.
-pub fn gc(repo: &Repo, progress: &dyn Progress) -> Result<GcReport> {
+/// Removes objects that neither a channel nor one of `also_keep` (commits a layer above the
+/// store still needs, such as published releases) reaches. The caller holds the repository for
+/// writing.
+pub fn gc(repo: &Repo, also_keep: &[CommitId], progress: &dyn Progress) -> Result<GcReport> {
     let store = &repo.objects;
     if let Some(e) = store.damaged_packs().first() {
         return Err(Error::Tool {
@@ -40,7 +43,7 @@ pub fn gc(repo: &Repo, progress: &dyn Progress) -> Result<GcReport> {
     }
     // Everything reachable; a reachable object that cannot be read stops gc, since what it
     // reaches is unknown.
-    let commits = reach::commits(repo)?;
+    let commits = reach::commits_and(repo, also_keep)?;
     let mut live: HashSet<(ObjKind, [u8; 32])> = HashSet::new();
     let mut roots = Vec::new();
     for (id, _) in &commits {

@@ -11,22 +11,32 @@ use crate::repo::Repo;
 
 /// Every commit named by a channel move, and the ancestors of those.
 pub fn commits(repo: &Repo) -> Result<Vec<(CommitId, String)>> {
+    commits_and(repo, &[])
+}
+
+/// [`commits`], plus `extra` commits (labelled "kept") and their ancestors.
+pub fn commits_and(repo: &Repo, extra: &[CommitId]) -> Result<Vec<(CommitId, String)>> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
+    let mut starts: Vec<(CommitId, String)> = Vec::new();
     for name in channel::list(repo)? {
         for m in channel::history(repo, &name)? {
-            let mut next = Some(m.commit.0);
-            while let Some(id) = next {
-                if !seen.insert(id) {
-                    break;
-                }
-                out.push((id, name.clone()));
-                next = match repo.objects.get_commit(&id) {
-                    Ok(c) => c.parent,
-                    // The caller reads the commit again and reports it.
-                    Err(_) => None,
-                };
+            starts.push((m.commit.0, name.clone()));
+        }
+    }
+    starts.extend(extra.iter().map(|c| (*c, "kept".to_owned())));
+    for (start, name) in starts {
+        let mut next = Some(start);
+        while let Some(id) = next {
+            if !seen.insert(id) {
+                break;
             }
+            out.push((id, name.clone()));
+            next = match repo.objects.get_commit(&id) {
+                Ok(c) => c.parent,
+                // The caller reads the commit again and reports it.
+                Err(_) => None,
+            };
         }
     }
     Ok(out)

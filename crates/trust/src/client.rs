@@ -252,8 +252,7 @@ impl<'a> Client<'a> {
     /// Section 5.3: each next root must be signed by a threshold of the current root's root
     /// keys and of its own, and carry exactly the next version.
     fn update_root(&mut self) -> Result<()> {
-        let original = self.root().signed.clone();
-        let start = original.version;
+        let start = self.root().signed.version;
         for step in 1..=self.limits.max_root_rotations {
             // An absurdly high trusted version simply has no successor.
             let Some(next) = start.checked_add(step) else {
@@ -279,22 +278,25 @@ impl<'a> Client<'a> {
                     found: new.signed.version,
                 });
             }
+            // 5.3.11: after a rotation of the timestamp or snapshot keys, the old metadata
+            // cannot be verified and its versions may legitimately go down: forget both. This
+            // happens before the new root is saved, so a run killed in between never finds a
+            // trusted root that its trusted timestamp or snapshot do not verify under.
+            let cur = &self.root().signed.roles;
+            if ["timestamp", "snapshot"]
+                .iter()
+                .any(|r| cur.get(*r) != new.signed.roles.get(*r))
+            {
+                self.dir.remove("timestamp")?;
+                self.dir.remove("snapshot")?;
+                self.state.versions.remove("timestamp");
+                self.state.versions.remove("snapshot");
+                self.dir.save_state(&self.state)?;
+            }
             self.persist("root", &bytes, next)?;
             self.root = Some(new);
         }
-        self.check_expiry("root", self.root())?;
-        // 5.3.11: after a rotation of the timestamp or snapshot keys, the old metadata cannot
-        // be verified and its versions may legitimately go down: forget both.
-        let now_root = &self.root().signed;
-        let rotated = |role: &str| original.roles.get(role) != now_root.roles.get(role);
-        if rotated("timestamp") || rotated("snapshot") {
-            self.dir.remove("timestamp")?;
-            self.dir.remove("snapshot")?;
-            self.state.versions.remove("timestamp");
-            self.state.versions.remove("snapshot");
-            self.dir.save_state(&self.state)?;
-        }
-        Ok(())
+        self.check_expiry("root", self.root())
     }
 
     /// Loads a trusted non-root top-level file, verified with the current root. A file that is

@@ -79,6 +79,14 @@ pub fn run(repo: Option<PathBuf>, cmd: ChannelCmd) -> Result<ExitCode> {
                 "removing channel {name:?} deletes its history for good; pass --yes to confirm"
             );
             let repo = open(repo, Access::Write)?;
+            if super::trust::published(&repo)?
+                .iter()
+                .any(|(c, _)| c == &name)
+            {
+                anyhow::bail!(
+                    "channel {name:?} is published as a release that machines may run; it cannot be removed"
+                );
+            }
             channel::remove(&repo, &name)?;
             println!("removed channel {name}; run `semithin gc` to free its objects");
         }

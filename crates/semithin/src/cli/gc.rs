@@ -14,7 +14,12 @@ pub struct Args {
 
 pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     let bar = Bar::new(a.json);
-    let r = gc::gc(repo, &bar)?;
+    // Published releases stay, whatever happens to their channels.
+    let keep: Vec<_> = super::trust::published(repo)?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    let r = gc::gc(repo, &keep, &bar)?;
     bar.finish();
     if a.json {
         print_json(&r)?;

@@ -92,6 +92,30 @@ pub fn dir(repo: &Repo) -> PathBuf {
     repo.path().join(trust_repo::DIR_NAME)
 }
 
+/// Channels published as releases, with the commit each release names.
+pub fn published(repo: &Repo) -> Result<Vec<(String, semithin_store::CommitId)>> {
+    let d = dir(repo);
+    if !d.exists() {
+        return Ok(Vec::new());
+    }
+    let t = TrustRepo::open(&d)?;
+    let mut out = Vec::new();
+    for (target, info) in &t.targets().signed.targets {
+        let Some(channel) = target.strip_prefix("channels/") else {
+            continue;
+        };
+        let commit = info
+            .custom
+            .as_ref()
+            .and_then(|c| c.get("commit"))
+            .and_then(|c| c.as_str())
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("published target {target} names no commit"))?;
+        out.push((channel.to_owned(), commit));
+    }
+    Ok(out)
+}
+
 fn print_written(written: &[Written]) {
     for w in written {
         println!(

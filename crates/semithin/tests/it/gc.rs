@@ -89,3 +89,18 @@ fn gc_killed_at_any_moment_leaves_a_valid_repository() {
         env.ok(&["checkout", &format!("keep~{back}"), dest.to_str().unwrap()]);
     }
 }
+
+#[test]
+fn a_published_channel_cannot_be_removed() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample_tree(&src);
+    env.commit("lab/stable", &src);
+    let key = env.path("root.key");
+    env.ok(&["trust", "init", "--root-key", key.to_str().unwrap()]);
+    env.ok(&["publish", "lab/stable"]);
+    let err = env.fails(&["channel", "remove", "lab/stable", "--yes"]);
+    assert!(err.contains("published as a release"), "{err}");
+    assert!(env.ok(&["channel", "list"]).contains("lab/stable"));
+    env.fsck_ok();
+}
