@@ -46,6 +46,15 @@ pub fn fsck(repo: &Repo, progress: &dyn Progress) -> Result<FsckReport> {
             used_by: Vec::new(),
         });
     }
+    // Every record header must repeat its index entry.
+    for (pack, problem) in repo.objects.check_pack_headers()? {
+        report.problems.push(Problem {
+            kind: "pack",
+            id: pack,
+            error: problem,
+            used_by: Vec::new(),
+        });
+    }
     let commits = reach::commits(repo)?;
     report.commits = commits.len() as u64;
     let mut roots = Vec::new();

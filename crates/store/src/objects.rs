@@ -273,6 +273,26 @@ impl ObjectStore {
             .collect()
     }
 
+    /// Every problem of every pack's record headers, as (pack name, problem).
+    pub fn check_pack_headers(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for name in self.pack_names()? {
+            // A damaged index is reported by itself (`damaged_packs`).
+            let Ok(entries) = read_index(&self.packs_dir.join(format!("{name}.idx"))) else {
+                continue;
+            };
+            let reader =
+                PackReader::open(self.packs_dir.join(format!("{name}.pack")), name.clone())?;
+            out.extend(
+                reader
+                    .check_headers(&entries)?
+                    .into_iter()
+                    .map(|p| (name.clone(), p)),
+            );
+        }
+        Ok(out)
+    }
+
     /// Per pack: its name and entries, for gc.
     pub fn packs(&self) -> Result<Vec<(String, Vec<IdxEntry>)>> {
         let mut out = Vec::new();

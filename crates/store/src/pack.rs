@@ -196,6 +196,43 @@ impl PackReader {
         Ok(Self { name, path, file })
     }
 
+    /// Checks the pack's magic and that the record header in front of every indexed object
+    /// repeats the index (kind, id, lengths). Returns what does not match.
+    pub fn check_headers(&self, entries: &[IdxEntry]) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let mut magic = [0u8; 8];
+        if self.file.read_exact_at(&mut magic, 0).is_err() || &magic != PACK_MAGIC {
+            problems.push("not a semithin pack (bad magic)".to_owned());
+            return Ok(problems);
+        }
+        let mut h = [0u8; RECORD_HEADER as usize];
+        for e in entries {
+            let Some(at) = e.offset.checked_sub(RECORD_HEADER) else {
+                problems.push(format!(
+                    "object {} has an offset inside the pack header",
+                    hex::encode(e.id)
+                ));
+                continue;
+            };
+            if self.file.read_exact_at(&mut h, at).is_err() {
+                problems.push(format!(
+                    "object {} lies past the end of the pack",
+                    hex::encode(e.id)
+                ));
+                continue;
+            }
+            let stored = u32::from_le_bytes(h[33..37].try_into().expect("4 bytes"));
+            let raw = u32::from_le_bytes(h[37..41].try_into().expect("4 bytes"));
+            if h[0] != e.kind || h[1..33] != e.id || stored != e.stored_len || raw != e.raw_len {
+                problems.push(format!(
+                    "the record header of object {} does not match the index",
+                    hex::encode(e.id)
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
     /// Reads the stored (compressed) bytes of an object.
     pub fn read_frame(&self, e: &IdxEntry) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; e.stored_len as usize];

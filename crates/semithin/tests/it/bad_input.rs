@@ -962,3 +962,31 @@ fn bad_references_are_refused() {
     let first = env.json(&["show", "lab~2"]);
     assert_eq!(first["parent"], Value::Null);
 }
+
+#[test]
+fn a_damaged_record_header_in_a_pack_is_reported() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample_tree(&src);
+    env.commit("os", &src);
+    env.fsck_ok();
+    let pack = sh(&format!(
+        "ls -S {}/objects/packs/*.pack | head -1",
+        q(&env.repo)
+    ));
+    let pack = pack.trim();
+    // The first record's header starts after the 8-byte magic: change a byte of its id.
+    let mut bytes = std::fs::read(pack).unwrap();
+    bytes[8 + 5] ^= 0xff;
+    std::fs::write(pack, &bytes).unwrap();
+    let out = env.run(&["fsck", "--json"]);
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = v["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["kind"] == "pack" && p["error"].as_str().unwrap().contains("record header")),
+        "{v:#}"
+    );
+}
