@@ -80,12 +80,23 @@ impl World {
         self.dir.path().join(rel)
     }
 
-    /// Changes the repository with tuf_sim.py.
+    /// Changes the repository with tuf_sim.py. An argument `@NAME` stands for the path of the
+    /// served metadata file NAME.
     fn sim(&self, args: &[&str]) {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| match a.strip_prefix('@') {
+                Some(name) => self
+                    .path(&format!("repo/metadata/{name}"))
+                    .to_string_lossy()
+                    .into_owned(),
+                None => a.to_string(),
+            })
+            .collect();
         let out = Command::new(&self.py)
             .arg(fixtures().join("tuf_sim.py"))
             .arg(self.path("repo"))
-            .args(args)
+            .args(&args)
             .output()
             .unwrap();
         assert!(
@@ -122,6 +133,10 @@ impl World {
     }
 
     fn download(&self, name: &str) -> Output {
+        self.download_at(name, None)
+    }
+
+    fn download_at(&self, name: &str, faketime: Option<&str>) -> Output {
         let base = self.url("targets");
         let dir = self.path("artifacts");
         self.client(
@@ -134,7 +149,7 @@ impl World {
                 dir.to_str().unwrap(),
                 "download",
             ],
-            None,
+            faketime,
         )
     }
 
@@ -152,6 +167,57 @@ impl World {
             .filter(|l| l.contains(path))
             .count()
     }
+
+    /// Runs several tuf_sim.py commands in one go.
+    fn sims(&self, commands: &[&[&str]]) {
+        let args: Vec<&str> = commands.join(&";");
+        self.sim(&args);
+    }
+
+    /// The metadata files requested since the log was last cleared, in order, as requested
+    /// (`2.root.json`, `timestamp.json`, ...).
+    fn meta_requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("repo/requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("/metadata/"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn clear_log(&self) {
+        let _ = std::fs::remove_file(self.path("repo/requests.log"));
+    }
+
+    /// What the conformance suite sees as trusted: every `*.json` file in the metadata
+    /// directory, by name without `.json`, with its version, sorted by name.
+    fn trusted_roles(&self) -> Vec<(String, u64)> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path("client"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter_map(|n| n.strip_suffix(".json").map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let v = self
+                    .trusted(&n)
+                    .unwrap_or_else(|| panic!("{n}.json has no version"));
+                (n, v)
+            })
+            .collect()
+    }
+
+    /// The bytes of a trusted file.
+    fn trusted_bytes(&self, role: &str) -> Vec<u8> {
+        std::fs::read(self.path(&format!("client/{role}.json"))).unwrap()
+    }
+}
+
+/// `(name, version)` pairs, for comparing with [`World::trusted_roles`].
+fn roles(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
+    pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect()
 }
 
 impl Drop for World {
@@ -520,5 +586,234 @@ fn kill_while_persisting_leaves_old_or_new_state() {
         );
         // And the next run completes from there.
         ok(&w.refresh());
+    }
+}
+
+// The scenarios below follow the tuf-conformance test suite (its tuf_conformance/test_*.py): the
+// same repository changes, made with python-tuf, and the same observations: exit codes, the
+// requests made, and the files left in the metadata directory.
+
+/// test_basic.py: a first refresh asks for the next root, the timestamp, then the snapshot and
+/// targets it names; a refresh with nothing new stops at the timestamp, also when the repository
+/// re-signs the same timestamp version with other content or publishes a targets version that no
+/// snapshot lists yet. A download right after init refreshes first.
+#[test]
+fn request_sequences_follow_the_workflow() {
+    for consistent in [true, false] {
+        let w = World::new(if consistent {
+            &[]
+        } else {
+            &["--no-consistent"]
+        });
+        let (snapshot, targets) = if consistent {
+            ("1.snapshot.json", "1.targets.json")
+        } else {
+            ("snapshot.json", "targets.json")
+        };
+        ok(&w.refresh());
+        assert_eq!(
+            w.meta_requests(),
+            ["2.root.json", "timestamp.json", snapshot, targets]
+        );
+        let all_v1 = roles(&[
+            ("root", 1),
+            ("snapshot", 1),
+            ("targets", 1),
+            ("timestamp", 1),
+        ]);
+        assert_eq!(w.trusted_roles(), all_v1);
+        w.clear_log();
+        ok(&w.refresh());
+        assert_eq!(w.meta_requests(), ["2.root.json", "timestamp.json"]);
+        // Timestamp v1 again, now naming a snapshot v100 that does not exist.
+        w.sim(&["set-meta", "timestamp", "snapshot.json", "100"]);
+        w.clear_log();
+        ok(&w.refresh());
+        assert_eq!(w.meta_requests(), ["2.root.json", "timestamp.json"]);
+        let ts: serde_json::Value = serde_json::from_slice(&w.trusted_bytes("timestamp")).unwrap();
+        assert_eq!(ts["signed"]["meta"]["snapshot.json"]["version"], 1);
+        // Targets v2, which no snapshot lists.
+        w.sim(&["publish", "targets"]);
+        w.clear_log();
+        ok(&w.refresh());
+        assert_eq!(w.meta_requests(), ["2.root.json", "timestamp.json"]);
+        assert_eq!(w.trusted_roles(), all_v1);
+    }
+    let w = World::new(&[]);
+    refused(&w.download("nonexistent artifact"), "not listed");
+    assert_eq!(
+        w.meta_requests(),
+        [
+            "2.root.json",
+            "timestamp.json",
+            "1.snapshot.json",
+            "1.targets.json"
+        ]
+    );
+    assert_eq!(w.trusted("targets"), Some(1));
+}
+
+/// test_basic.py: when a refresh fails, the roles verified before the failure are trusted and
+/// stored, the failing one and those after it are not. Covers missing files (404), unsigned
+/// metadata, a version other than the one in the URL, and a file of the wrong type.
+#[test]
+fn a_failed_refresh_keeps_what_was_verified_before() {
+    type Case = (
+        &'static str,
+        bool,
+        &'static [&'static [&'static str]],
+        &'static str,
+        &'static str,
+        &'static [(&'static str, u64)],
+    );
+    // name, refresh once first, repository changes, error, last request, trusted afterwards
+    let cases: &[Case] = &[
+        (
+            "snapshot 404",
+            true,
+            &[&["set-meta", "timestamp", "snapshot.json", "2", "--bump"]],
+            "2.snapshot.json: not found",
+            "2.snapshot.json",
+            &[
+                ("root", 1),
+                ("snapshot", 1),
+                ("targets", 1),
+                ("timestamp", 2),
+            ],
+        ),
+        (
+            "targets 404",
+            true,
+            &[
+                &["set-meta", "snapshot", "targets.json", "2", "--bump"],
+                &["publish", "timestamp"],
+            ],
+            "2.targets.json: not found",
+            "2.targets.json",
+            &[
+                ("root", 1),
+                ("snapshot", 2),
+                ("targets", 1),
+                ("timestamp", 2),
+            ],
+        ),
+        (
+            "timestamp 404",
+            true,
+            &[&["unserve", "timestamp.json"]],
+            "timestamp.json: not found",
+            "timestamp.json",
+            &[
+                ("root", 1),
+                ("snapshot", 1),
+                ("targets", 1),
+                ("timestamp", 1),
+            ],
+        ),
+        (
+            "unsigned root",
+            false,
+            &[&["bump-root"], &["sign", "root", "none"]],
+            "root: 0 valid signature(s)",
+            "2.root.json",
+            &[("root", 1)],
+        ),
+        (
+            "unsigned timestamp",
+            false,
+            &[&["bump-root"], &["publish"], &["sign", "timestamp", "none"]],
+            "timestamp: 0 valid signature(s)",
+            "timestamp.json",
+            &[("root", 2)],
+        ),
+        (
+            "unsigned snapshot",
+            false,
+            &[
+                &["bump-root"],
+                &["publish", "targets", "snapshot"],
+                &["sign", "snapshot", "none"],
+                &["publish", "timestamp"],
+            ],
+            "snapshot: 0 valid signature(s)",
+            "2.snapshot.json",
+            &[("root", 2), ("timestamp", 2)],
+        ),
+        (
+            "unsigned targets",
+            false,
+            &[
+                &["bump-root"],
+                &["publish", "targets"],
+                &["sign", "targets", "none"],
+                &["publish", "snapshot", "timestamp"],
+            ],
+            "targets: 0 valid signature(s)",
+            "2.targets.json",
+            &[("root", 2), ("snapshot", 2), ("timestamp", 2)],
+        ),
+        (
+            "root version is not the one in its name",
+            false,
+            &[
+                &["bump-root"],
+                &["bump-root"],
+                &["serve-raw", "2.root.json", "@3.root.json"],
+            ],
+            "root: expected version 2, got 3",
+            "2.root.json",
+            &[("root", 1)],
+        ),
+        (
+            "snapshot version is not the one in its name",
+            false,
+            &[
+                &["set", "snapshot", "version", "3"],
+                &["serve-raw", "2.snapshot.json", "@3.snapshot.json"],
+                &[
+                    "set-meta",
+                    "timestamp",
+                    "snapshot.json",
+                    "2",
+                    "--bump",
+                    "--rehash",
+                ],
+            ],
+            "snapshot: expected version 2, got 3",
+            "2.snapshot.json",
+            &[("root", 1), ("timestamp", 2)],
+        ),
+        (
+            "targets version is not the one in its name",
+            false,
+            &[
+                &["set", "targets", "version", "3"],
+                &["serve-raw", "2.targets.json", "@3.targets.json"],
+                &["set-meta", "snapshot", "targets.json", "2", "--bump"],
+                &["publish", "timestamp"],
+            ],
+            "targets: expected version 2, got 3",
+            "2.targets.json",
+            &[("root", 1), ("snapshot", 2), ("timestamp", 2)],
+        ),
+        (
+            "a snapshot served as the timestamp",
+            false,
+            &[&["serve-raw", "timestamp.json", "@1.snapshot.json"]],
+            "_type is \"snapshot\", expected \"timestamp\"",
+            "timestamp.json",
+            &[("root", 1)],
+        ),
+    ];
+    for (name, refresh_first, steps, error, last, trusted) in cases {
+        eprintln!("case: {name}");
+        let w = World::new(&[]);
+        if *refresh_first {
+            ok(&w.refresh());
+        }
+        w.sims(steps);
+        refused(&w.refresh(), error);
+        assert_eq!(w.meta_requests().last().unwrap(), last, "{name}");
+        assert_eq!(w.trusted_roles(), roles(trusted), "{name}");
     }
 }
