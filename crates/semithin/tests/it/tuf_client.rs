@@ -817,3 +817,28 @@ fn a_failed_refresh_keeps_what_was_verified_before() {
         assert_eq!(w.trusted_roles(), roles(trusted), "{name}");
     }
 }
+
+/// test_keys.py test_keytype_and_scheme: the key types and schemes of the specification. Every
+/// role signed with keys of the type; then a root key of the type raises the root threshold, and a
+/// root whose signature by it is plausible but wrong is refused.
+#[test]
+fn every_key_type_of_the_specification_verifies() {
+    for kt in ["ed25519", "ecdsa", "rsa-pss", "rsa-pkcs1"] {
+        eprintln!("key type: {kt}");
+        let w = World::new(&["--keytype", kt]);
+        w.sim(&["add-target", "file.txt", kt]);
+        ok(&w.download("file.txt"));
+        w.sims(&[
+            &["add-key", "root", "--keytype", kt],
+            &["threshold", "root", "2"],
+        ]);
+        ok(&w.refresh());
+        assert_eq!(w.trusted("root"), Some(3));
+        w.sim(&["bump-root", "--corrupt-keytype", kt]);
+        refused(
+            &w.refresh(),
+            "root: 1 valid signature(s) from authorised keys, threshold is 2",
+        );
+        assert_eq!(w.trusted("root"), Some(3));
+    }
+}
