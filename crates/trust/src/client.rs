@@ -282,6 +282,7 @@ impl<'a> Client<'a> {
             self.persist("root", &bytes, next)?;
             self.root = Some(new);
         }
+        // 5.3.10: checked once the walk is over, so that expired intermediate roots are fine.
         self.check_expiry("root", self.root())?;
         // 5.3.11: after a rotation of the timestamp or snapshot keys, the old metadata cannot
         // be verified and its versions may legitimately go down: forget both.
@@ -348,15 +349,17 @@ impl<'a> Client<'a> {
         if new.signed.version == trusted_version
             && let Some(local) = local
         {
-            // Equal version: nothing new, whatever the bytes say; the trusted copy stays.
+            // Equal version: nothing new, whatever the bytes say; the trusted copy stays (and
+            // must itself not have expired).
+            self.check_expiry("timestamp", &local)?;
             self.timestamp = Some(local);
         } else {
+            // 5.4.4: an expired timestamp is a freeze attack: discarded, not stored.
+            self.check_expiry("timestamp", &new)?;
             self.persist("timestamp", &bytes, new.signed.version)?;
             self.timestamp = Some(new);
         }
-        // Checked after persisting, so an expired timestamp still protects against rollback.
-        let ts = self.timestamp.as_ref().expect("set above");
-        self.check_expiry("timestamp", ts)
+        Ok(())
     }
 
     fn update_snapshot(&mut self) -> Result<()> {

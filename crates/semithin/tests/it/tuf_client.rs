@@ -818,6 +818,112 @@ fn a_failed_refresh_keeps_what_was_verified_before() {
     }
 }
 
+/// test_expiration.py: expired timestamp, snapshot and targets are discarded, not stored; the
+/// root chain is followed through expired intermediate roots and stored even when the final root
+/// has expired (which then stops the refresh); expired trusted timestamp and snapshot still serve
+/// to update from.
+#[test]
+fn expired_metadata_is_never_stored() {
+    const DAYS_AGO_5: &str = "-432000";
+    type Case = (
+        &'static str,
+        &'static [&'static [&'static str]],
+        &'static str,
+        &'static [(&'static str, u64)],
+    );
+    // role, repository changes, error, trusted afterwards
+    let cases: &[Case] = &[
+        (
+            "timestamp",
+            &[
+                &["set", "timestamp", "expires", DAYS_AGO_5],
+                &["publish", "timestamp"],
+            ],
+            "timestamp: expired",
+            &[
+                ("root", 1),
+                ("snapshot", 1),
+                ("targets", 1),
+                ("timestamp", 1),
+            ],
+        ),
+        (
+            "snapshot",
+            &[
+                &["set", "snapshot", "expires", DAYS_AGO_5],
+                &["publish", "snapshot", "timestamp"],
+            ],
+            "snapshot: expired",
+            &[
+                ("root", 1),
+                ("snapshot", 1),
+                ("targets", 1),
+                ("timestamp", 2),
+            ],
+        ),
+        (
+            "targets",
+            &[&["set", "targets", "expires", DAYS_AGO_5], &["publish"]],
+            "targets: expired",
+            &[
+                ("root", 1),
+                ("snapshot", 2),
+                ("targets", 1),
+                ("timestamp", 2),
+            ],
+        ),
+        (
+            "final root",
+            &[&["bump-root", "--expires", "-86400"], &["publish"]],
+            "root: expired",
+            &[
+                ("root", 2),
+                ("snapshot", 1),
+                ("targets", 1),
+                ("timestamp", 1),
+            ],
+        ),
+    ];
+    for (name, steps, error, trusted) in cases {
+        eprintln!("case: {name}");
+        let w = World::new(&[]);
+        ok(&w.refresh());
+        w.sims(steps);
+        refused(&w.refresh(), error);
+        assert_eq!(w.trusted_roles(), roles(trusted), "{name}");
+    }
+
+    // Root v2 expired yesterday, v3 is valid: the walk goes through.
+    let w = World::new(&[]);
+    w.sims(&[
+        &["bump-root", "--expires", "-86400"],
+        &["bump-root", "--expires", "2592000"],
+    ]);
+    ok(&w.refresh());
+    assert_eq!(w.trusted("root"), Some(3));
+
+    // The trusted timestamp expires on day 7, the repository publishes a new one expiring on
+    // day 21 with new snapshot and targets: on day 18 the refresh succeeds.
+    let w = World::new(&[]);
+    w.sim(&["set", "timestamp", "expires", "604800"]);
+    ok(&w.refresh());
+    w.sims(&[
+        &["publish", "targets", "snapshot"],
+        &["set", "timestamp", "expires", "1814400"],
+        &["publish", "timestamp"],
+    ]);
+    ok(&w.client(&["refresh"], Some("+18 days")));
+    assert_eq!(
+        w.trusted_roles(),
+        roles(&[
+            ("root", 1),
+            ("snapshot", 2),
+            ("targets", 2),
+            ("timestamp", 2)
+        ])
+    );
+}
+
 /// test_keys.py test_keytype_and_scheme: the key types and schemes of the specification. Every
 /// role signed with keys of the type; then a root key of the type raises the root threshold, and a
 /// root whose signature by it is plausible but wrong is refused.
