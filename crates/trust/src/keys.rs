@@ -151,7 +151,9 @@ impl PublicKey {
 
 /// Checks that `signed` carries at least `rk.threshold` valid signatures by distinct keys of
 /// `rk.keyids`. Signatures by unknown keys, by keys of unsupported types, invalid signatures and
-/// repeated signatures are ignored, never counted.
+/// repeated signatures are ignored, never counted. A key id may sign only once (specification
+/// section 4.2): metadata whose signatures name a key id twice is refused even when it reaches
+/// the threshold.
 pub fn verify<T: RoleMeta>(
     role: &str,
     signed: &Signed<T>,
@@ -184,6 +186,13 @@ pub fn verify<T: RoleMeta>(
             valid: counted.len(),
             threshold: rk.threshold,
         });
+    }
+    let mut ids = HashSet::new();
+    if let Some(dup) = signed.signatures.iter().find(|s| !ids.insert(&s.keyid)) {
+        return Err(Error::invalid(
+            role,
+            format!("key id {} signs more than once", dup.keyid),
+        ));
     }
     Ok(())
 }
@@ -318,6 +327,11 @@ mod tests {
         assert!(matches!(
             verify("timestamp", &aliased, &keys, &two),
             Err(Error::Threshold { valid: 1, .. })
+        ));
+        // A key id signing twice is refused even when the threshold is met.
+        assert!(matches!(
+            verify("timestamp", &timestamp(&[&a, &a]), &keys, &rk(&[&a.id], 1)),
+            Err(Error::Invalid { .. })
         ));
         // A key not authorised for the role does not count.
         assert!(verify("timestamp", &timestamp(&[&a, &b]), &keys, &rk(&[&a.id], 2)).is_err());

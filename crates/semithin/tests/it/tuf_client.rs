@@ -209,9 +209,28 @@ impl World {
             .collect()
     }
 
+    /// The version of a role in the repository (its latest, published or not).
+    fn repo_version(&self, role: &str) -> u64 {
+        let bytes = std::fs::read(self.path(&format!("repo/state/{role}.md.json"))).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        v["signed"]["version"].as_u64().unwrap()
+    }
+
+    /// Starts the client over from `root` (a file name under repo/metadata).
+    fn reinit(&self, root: &str) {
+        std::fs::remove_dir_all(self.path("client")).unwrap();
+        let root = self.path(&format!("repo/metadata/{root}"));
+        ok(&self.client(&["init", root.to_str().unwrap()], None));
+    }
+
     /// The bytes of a trusted file.
     fn trusted_bytes(&self, role: &str) -> Vec<u8> {
         std::fs::read(self.path(&format!("client/{role}.json"))).unwrap()
+    }
+
+    /// The bytes the repository serves under a metadata file name.
+    fn served(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(&format!("repo/metadata/{name}"))).unwrap()
     }
 }
 
@@ -946,5 +965,394 @@ fn every_key_type_of_the_specification_verifies() {
             "root: 1 valid signature(s) from authorised keys, threshold is 2",
         );
         assert_eq!(w.trusted("root"), Some(3));
+    }
+}
+
+/// test_keys.py: a key id may sign only once, even when the threshold is met; a bad signature
+/// next to enough good ones does no harm; keys that are listed but do not sign do not count.
+#[test]
+fn signatures_are_counted_as_the_specification_says() {
+    for role in ["timestamp", "snapshot"] {
+        let w = World::new(&[]);
+        let then: &[&str] = if role == "snapshot" {
+            &["publish", "timestamp"]
+        } else {
+            &["sign", "timestamp", "repeat"]
+        };
+        w.sims(&[&["publish", role], &["sign", role, "repeat"], then]);
+        refused(&w.refresh(), &format!("{role}: key id"));
+        assert_eq!(w.trusted(role), None);
+    }
+
+    // Two timestamp keys, threshold 1: the second signature is empty or wrong.
+    let w = World::new(&[]);
+    w.sim(&["add-key", "timestamp"]);
+    for mode in ["second-wrong", "second-empty"] {
+        w.sims(&[&["publish", "timestamp"], &["sign", "timestamp", mode]]);
+        ok(&w.refresh());
+    }
+    assert_eq!(w.trusted("timestamp"), Some(3));
+
+    // Snapshot threshold 3 with three signing keys; then two more keys listed in root that never
+    // sign, fine; then threshold 5, which three signatures do not meet: root is updated, the
+    // snapshot is not, and the one trusted before stays on disk.
+    let w = World::new(&[]);
+    ok(&w.refresh());
+    w.sims(&[
+        &["threshold", "snapshot", "3"],
+        &["publish", "snapshot", "timestamp"],
+    ]);
+    ok(&w.refresh());
+    assert_eq!(w.trusted("snapshot"), Some(2));
+    w.sims(&[
+        &["add-key", "snapshot", "--not-signing"],
+        &["add-key", "snapshot", "--not-signing"],
+        &["publish", "snapshot", "timestamp"],
+    ]);
+    ok(&w.refresh());
+    assert_eq!(w.trusted("root"), Some(4));
+    assert_eq!(w.trusted("snapshot"), Some(3));
+    w.sims(&[
+        &["threshold", "snapshot", "5", "--keep-keys"],
+        &["publish", "snapshot", "timestamp"],
+    ]);
+    refused(
+        &w.refresh(),
+        "snapshot: 3 valid signature(s) from authorised keys, threshold is 5",
+    );
+    assert_eq!(w.trusted("root"), Some(5));
+    assert_eq!(w.trusted("snapshot"), Some(3));
+}
+
+/// test_updater_key_rotations.py test_root_rotation: sequences of root versions, each with its
+/// keys (indices into a pool of keys), threshold and signing keys. The client starts from the
+/// first and stores the last one, or the one before it when the last is not signed by a
+/// threshold of both the old and the new root keys.
+#[test]
+fn root_rotations_need_old_and_new_thresholds() {
+    type Case = (&'static str, &'static [[&'static str; 3]], bool);
+    // name, root versions as [keys, threshold, signing keys], whether the last one is accepted
+    let cases: &[Case] = &[
+        (
+            "1-of-1 key rotation",
+            &[["1", "1", "1"], ["2", "1", "2,1"], ["2", "1", "2"]],
+            true,
+        ),
+        (
+            "1-of-1 key rotation, unused signatures",
+            &[
+                ["1", "1", "3,1,4"],
+                ["2", "1", "3,2,1,4"],
+                ["2", "1", "3,2,4"],
+            ],
+            true,
+        ),
+        (
+            "3-of-5, different key combinations",
+            &[
+                ["0,1,2,3,4", "3", "0,2,4"],
+                ["0,1,2,3,4", "3", "0,4,1"],
+                ["0,1,2,3,4", "3", "0,1,3"],
+                ["0,1,2,3,4", "3", "0,1,3"],
+            ],
+            true,
+        ),
+        (
+            "3-of-5, one key rotated",
+            &[["0,1,2,3,4", "3", "0,2,4"], ["0,1,3,4,5", "3", "0,4,1"]],
+            true,
+        ),
+        (
+            "3-of-5, one key rotated with an intermediate step",
+            &[
+                ["0,1,2,3,4", "3", "0,2,4"],
+                ["0,1,3,4,5", "3", "0,2,4,5"],
+                ["0,1,3,4,5", "3", "0,4,5"],
+            ],
+            true,
+        ),
+        (
+            "3-of-5, all keys rotated with an intermediate step",
+            &[
+                ["0,1,2,3,4", "3", "0,2,4"],
+                ["5,6,7,8,9", "3", "0,2,4,5,6,7"],
+                ["5,6,7,8,9", "3", "5,6,7"],
+            ],
+            true,
+        ),
+        (
+            "1-of-3 to 2-of-3",
+            &[["1,2,3", "1", "1"], ["1,2,3", "2", "1,2"]],
+            true,
+        ),
+        (
+            "2-of-3 to 1-of-3",
+            &[
+                ["1,2,3", "2", "1,2"],
+                ["1,2,3", "1", "1,2"],
+                ["1,2,3", "1", "1"],
+            ],
+            true,
+        ),
+        (
+            "1-of-1 to 2-of-2",
+            &[["1", "1", "1"], ["1,2", "2", "1,2"]],
+            true,
+        ),
+        (
+            "1-of-1 rotation not signed with the old key",
+            &[["1", "1", "1"], ["2", "1", "2,3,4"]],
+            false,
+        ),
+        (
+            "1-of-1 rotation not signed with the new key",
+            &[["1", "1", "1"], ["2", "1", "1,3,4"]],
+            false,
+        ),
+        (
+            "3-of-5 rotation not signed with 3 new keys",
+            &[["0,1,2,3,4", "3", "0,2,4"], ["0,1,3,4,5", "3", "0,2,4"]],
+            false,
+        ),
+        (
+            "3-of-5 rotation not signed with 3 old keys",
+            &[["0,1,2,3,4", "3", "0,2,4"], ["0,1,3,4,5", "3", "0,4,5"]],
+            false,
+        ),
+        (
+            "1-of-3 to 2-of-3, new threshold not met",
+            &[["1,2,3", "1", "1"], ["1,2,3", "2", "2"]],
+            false,
+        ),
+        (
+            "2-of-3 to 1-of-3, old threshold not met",
+            &[["1,2,3", "2", "1,2"], ["1,2,3", "1", "1"]],
+            false,
+        ),
+    ];
+    // One repository for all cases: each starts a client at its own first root version.
+    let w = World::new(&[]);
+    for (name, versions, accepted) in cases {
+        eprintln!("case: {name}");
+        let first = w.repo_version("root") + 1;
+        let steps: Vec<Vec<&str>> = versions
+            .iter()
+            .map(|[keys, threshold, sigs]| vec!["keys", "root", keys, threshold, sigs])
+            .collect();
+        let steps: Vec<&[&str]> = steps.iter().map(Vec::as_slice).collect();
+        w.sims(&steps);
+        w.reinit(&format!("{first}.root.json"));
+        let last = w.repo_version("root");
+        let expected = if *accepted {
+            ok(&w.refresh());
+            last
+        } else {
+            refused(&w.refresh(), "root: ");
+            last - 1
+        };
+        assert_eq!(
+            w.trusted_bytes("root"),
+            w.served(&format!("{expected}.root.json")),
+            "{name}"
+        );
+    }
+}
+
+/// test_updater_key_rotations.py test_non_root_rotations: the keys, threshold and signatures of
+/// timestamp, snapshot and targets change in turn (each time in a new root); the client follows
+/// and stores exactly what the repository serves, or refuses when the threshold is not met.
+#[test]
+fn non_root_key_changes_are_followed() {
+    // name, [keys, threshold, signing keys], whether accepted
+    let cases: &[(&str, [&str; 3], bool)] = &[
+        ("1-of-1 key rotation", ["2", "1", "2"], true),
+        ("1-of-1, unused signatures", ["1", "1", "3,1,4"], true),
+        (
+            "1-of-1, not signed with the new key",
+            ["2", "1", "1,3,4"],
+            false,
+        ),
+        (
+            "3-of-5, signed by keys 0, 2 and 4 of which 2 is not listed",
+            ["0,1,3,4,5", "3", "0,2,4"],
+            false,
+        ),
+        ("3-of-5, two signatures", ["0,1,3,4,5", "3", "0,4"], false),
+        (
+            "3-of-5, first combination",
+            ["0,1,2,3,4", "3", "0,2,4"],
+            true,
+        ),
+        (
+            "3-of-5, second combination",
+            ["0,1,2,3,4", "3", "0,4,1"],
+            true,
+        ),
+        (
+            "3-of-5, third combination",
+            ["0,1,2,3,4", "3", "0,1,3"],
+            true,
+        ),
+        (
+            "3-of-5, fourth combination",
+            ["0,1,2,3,4", "3", "1,2,3"],
+            true,
+        ),
+        (
+            "3-of-5, fifth combination",
+            ["0,1,2,3,4", "3", "2,3,4"],
+            true,
+        ),
+    ];
+    for (name, [keys, threshold, sigs], accepted) in cases {
+        eprintln!("case: {name}");
+        let w = World::new(&[]);
+        ok(&w.refresh());
+        for role in ["timestamp", "snapshot", "targets"] {
+            w.sim(&["keys", role, keys, threshold, sigs]);
+            if *accepted {
+                ok(&w.refresh());
+                let served = match role {
+                    "timestamp" => "timestamp.json".to_owned(),
+                    _ => format!("{}.{role}.json", w.repo_version(role)),
+                };
+                assert_eq!(w.trusted_bytes(role), w.served(&served), "{name}: {role}");
+            } else {
+                refused(&w.refresh(), "valid signature(s)");
+            }
+        }
+    }
+}
+
+/// test_rollback.py fast-forward recovery: after an attacker pushed timestamp, snapshot or
+/// targets to a huge version, rotating the keys of the timestamp or snapshot role lets the
+/// repository go back to small versions.
+#[test]
+fn key_rotation_recovers_from_fast_forward_attacks() {
+    type Steps = &'static [&'static [&'static str]];
+    // role, the attack, the recovery
+    let cases: &[(&str, Steps, Steps)] = &[
+        (
+            "timestamp",
+            &[&["set", "timestamp", "version", "99999"]],
+            &[
+                &["rotate", "timestamp"],
+                &["set", "timestamp", "version", "1"],
+            ],
+        ),
+        (
+            "snapshot",
+            &[
+                &["set", "snapshot", "version", "99999"],
+                &["publish", "timestamp"],
+            ],
+            &[
+                &["rotate", "snapshot"],
+                &["rotate", "timestamp"],
+                &["set", "snapshot", "version", "1"],
+                &["set", "timestamp", "version", "1"],
+                &["publish", "timestamp"],
+            ],
+        ),
+        (
+            "targets",
+            &[
+                &["set", "targets", "version", "99999"],
+                &["publish", "snapshot", "timestamp"],
+            ],
+            &[
+                &["rotate", "snapshot"],
+                &["set", "targets", "version", "1"],
+                &["publish", "snapshot", "timestamp"],
+            ],
+        ),
+    ];
+    for (role, attack, recovery) in cases {
+        eprintln!("case: {role}");
+        let w = World::new(&[]);
+        ok(&w.refresh());
+        w.sims(attack);
+        ok(&w.refresh());
+        assert_eq!(w.trusted(role), Some(99999), "{role}");
+        w.sims(recovery);
+        ok(&w.refresh());
+        assert!(w.trusted(role).unwrap() < 3, "{role}");
+        // And on from there.
+        w.sim(&["publish"]);
+        ok(&w.refresh());
+    }
+}
+
+/// test_rollback.py: rollback attacks on timestamp, snapshot and targets are refused, with and
+/// without lengths and hashes in the meta entries, and the trusted files stay as they were; the
+/// client asks for nothing after a refused timestamp.
+#[test]
+fn rollback_attacks_leave_the_trusted_files() {
+    for hashes in ["--meta-hashes", "--no-meta-hashes"] {
+        // A snapshot version that timestamp does not name is never fetched.
+        let w = World::new(&[hashes]);
+        w.sim(&["publish", "snapshot", "timestamp"]);
+        ok(&w.refresh());
+        w.sim(&["set", "snapshot", "version", "1"]);
+        w.clear_log();
+        ok(&w.refresh());
+        assert_eq!(w.meta_requests(), ["2.root.json", "timestamp.json"]);
+        assert_eq!(w.trusted("snapshot"), Some(2));
+
+        // A timestamp older than the trusted one.
+        w.sims(&[
+            &["set", "snapshot", "version", "2"],
+            &["publish", "timestamp"],
+        ]);
+        ok(&w.refresh());
+        w.sim(&["set", "timestamp", "version", "2"]);
+        w.clear_log();
+        refused(
+            &w.refresh(),
+            "timestamp: version 2 is older than the trusted version 3",
+        );
+        assert_eq!(w.meta_requests(), ["2.root.json", "timestamp.json"]);
+
+        // A new timestamp naming an older snapshot.
+        w.sim(&["set", "timestamp", "version", "3"]);
+        ok(&w.refresh());
+        w.sims(&[
+            &["set", "snapshot", "version", "1"],
+            &["publish", "timestamp"],
+        ]);
+        w.clear_log();
+        refused(&w.refresh(), "snapshot (in timestamp): version 1 is older");
+        assert_eq!(w.meta_requests(), ["2.root.json", "timestamp.json"]);
+        assert_eq!(
+            w.trusted_roles(),
+            roles(&[
+                ("root", 1),
+                ("snapshot", 2),
+                ("targets", 1),
+                ("timestamp", 3)
+            ])
+        );
+
+        // A new snapshot naming an older targets.
+        let w = World::new(&[hashes]);
+        w.sim(&["publish"]);
+        ok(&w.refresh());
+        w.sims(&[
+            &["set", "targets", "version", "1"],
+            &["publish", "snapshot", "timestamp"],
+        ]);
+        refused(
+            &w.refresh(),
+            "targets.json (in snapshot): version 1 is older",
+        );
+        assert_eq!(
+            w.trusted_roles(),
+            roles(&[
+                ("root", 1),
+                ("snapshot", 2),
+                ("targets", 2),
+                ("timestamp", 3)
+            ])
+        );
     }
 }
