@@ -185,6 +185,43 @@ impl World {
             .collect()
     }
 
+    /// The delegated roles whose metadata was requested, in order, by their (quoted) names.
+    fn delegated_requests(&self) -> Vec<String> {
+        self.meta_requests()
+            .into_iter()
+            .map(|n| {
+                let n = n.strip_suffix(".json").unwrap().to_owned();
+                match n.split_once('.') {
+                    Some((v, rest)) if v.bytes().all(|b| b.is_ascii_digit()) => rest.to_owned(),
+                    _ => n,
+                }
+            })
+            .filter(|n| !["root", "timestamp", "snapshot", "targets"].contains(&n.as_str()))
+            .collect()
+    }
+
+    /// The artifact paths requested since the log was last cleared.
+    fn target_requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("repo/requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("/targets/"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The contents of every downloaded artifact, sorted.
+    fn artifacts(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.path("artifacts"))
+            .map(|d| {
+                d.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
     fn clear_log(&self) {
         let _ = std::fs::remove_file(self.path("repo/requests.log"));
     }
@@ -1354,5 +1391,450 @@ fn rollback_attacks_leave_the_trusted_files() {
                 ("timestamp", 3)
             ])
         );
+    }
+}
+
+/// test_updater_delegation_graphs.py test_graph_traversal: delegated roles are visited in
+/// pre-order depth-first order, in their order in the delegating metadata; a terminating
+/// delegation ends the search after its own subtree; roles whose paths do not match are not
+/// fetched; a cycle is walked once; a role delegated twice is fetched once. Every visited role
+/// is stored.
+#[test]
+fn delegation_graphs_are_walked_depth_first() {
+    type Delegation = (&'static str, &'static str, bool, &'static str);
+    // name, delegations as (delegator, role, terminating, paths), roles fetched in order
+    let cases: &[(&str, &[Delegation], &[&str])] = &[
+        ("basic", &[("targets", "A", false, "*")], &["A"]),
+        (
+            "single level",
+            &[("targets", "A", false, "*"), ("targets", "B", false, "*")],
+            &["A", "B"],
+        ),
+        (
+            "two levels",
+            &[
+                ("targets", "A", false, "*"),
+                ("targets", "B", false, "*"),
+                ("B", "C", false, "*"),
+            ],
+            &["A", "B", "C"],
+        ),
+        (
+            "two levels, depth first",
+            &[
+                ("targets", "A", false, "*"),
+                ("targets", "B", false, "*"),
+                ("A", "C", false, "*"),
+                ("A", "D", false, "*"),
+            ],
+            &["A", "C", "D", "B"],
+        ),
+        (
+            "three levels, depth first",
+            &[
+                ("targets", "A", false, "*"),
+                ("targets", "B", false, "*"),
+                ("A", "C", false, "*"),
+                ("C", "D", false, "*"),
+            ],
+            &["A", "C", "D", "B"],
+        ),
+        (
+            "two levels, terminating",
+            &[
+                ("targets", "A", false, "*"),
+                ("targets", "B", false, "*"),
+                ("A", "C", true, "*"),
+                ("A", "D", false, "*"),
+            ],
+            &["A", "C"],
+        ),
+        (
+            "three levels, terminating",
+            &[
+                ("targets", "A", false, "*"),
+                ("targets", "B", false, "*"),
+                ("A", "C", true, "*"),
+                ("C", "D", false, "*"),
+            ],
+            &["A", "C", "D"],
+        ),
+        (
+            "two levels, paths not matching",
+            &[
+                ("targets", "A", false, "*.py"),
+                ("targets", "B", false, "*"),
+                ("A", "C", false, "*"),
+            ],
+            &["B"],
+        ),
+        (
+            "three levels, paths not matching",
+            &[
+                ("targets", "A", false, "*"),
+                ("targets", "B", false, "*"),
+                ("A", "C", false, "*.py"),
+                ("C", "D", false, "*"),
+            ],
+            &["A", "B"],
+        ),
+        (
+            "cycle",
+            &[
+                ("targets", "A", false, "*"),
+                ("targets", "B", false, "*"),
+                ("B", "C", false, "*"),
+                ("C", "D", false, "*"),
+                ("D", "B", false, "*"),
+            ],
+            &["A", "B", "C", "D"],
+        ),
+        (
+            "two roles delegating to a third",
+            &[
+                ("targets", "A", false, "*"),
+                ("targets", "B", false, "*"),
+                ("B", "C", false, "*"),
+                ("A", "C", false, "*"),
+            ],
+            &["A", "C", "B"],
+        ),
+        (
+            "two roles delegating to a third, different paths",
+            &[
+                ("targets", "A", false, "*"),
+                ("targets", "B", false, "*"),
+                ("B", "C", false, "*"),
+                ("A", "C", false, "*.py"),
+            ],
+            &["A", "B", "C"],
+        ),
+    ];
+    for (name, delegations, visited) in cases {
+        eprintln!("case: {name}");
+        let w = World::new(&[]);
+        let mut steps: Vec<Vec<&str>> = Vec::new();
+        let mut roles = vec!["publish"];
+        for (delegator, role, terminating, paths) in *delegations {
+            let mut step = vec![
+                "delegate",
+                role,
+                paths,
+                "--parent",
+                delegator,
+                "--no-publish",
+            ];
+            if *terminating {
+                step.push("--terminating");
+            }
+            steps.push(step);
+            for r in [role, delegator] {
+                if !roles.contains(r) {
+                    roles.push(r);
+                }
+            }
+        }
+        roles.extend(["snapshot", "timestamp"]);
+        steps.push(roles);
+        let steps: Vec<&[&str]> = steps.iter().map(Vec::as_slice).collect();
+        w.sims(&steps);
+        ok(&w.refresh());
+        w.clear_log();
+        refused(&w.download("missingpath"), "not listed");
+        assert_eq!(w.delegated_requests(), *visited, "{name}");
+        for role in *visited {
+            assert!(w.trusted(role).is_some(), "{name}: {role}");
+        }
+    }
+}
+
+/// test_updater_delegation_graphs.py test_targetfile_search: patterns with several path
+/// components and several patterns per role; a target is looked for only along delegations whose
+/// patterns match it, and is not found in a role the chain does not delegate it to.
+/// Also delegation by hash prefixes, and without consistent snapshots.
+#[test]
+fn targets_are_searched_along_matching_delegations() {
+    for consistent in [true, false] {
+        let w = World::new(if consistent {
+            &[]
+        } else {
+            &["--no-consistent"]
+        });
+        w.sims(&[
+            &["delegate", "A", "*.doc,*.md", "--no-publish"],
+            &["delegate", "B", "releases/*/*", "--no-publish"],
+            &[
+                "delegate",
+                "C",
+                "releases/x/*",
+                "--parent",
+                "B",
+                "--no-publish",
+            ],
+            &[
+                "delegate",
+                "D",
+                "releases/y/*.zip",
+                "--parent",
+                "B",
+                "--no-publish",
+            ],
+            &[
+                "publish",
+                "A",
+                "B",
+                "C",
+                "D",
+                "targets",
+                "snapshot",
+                "timestamp",
+            ],
+            &["add-target", "targetfile", "targetfile content"],
+            &["add-target", "README.md", "README by A", "--role", "A"],
+            &[
+                "add-target",
+                "releases/x/x_v1",
+                "x release by C",
+                "--role",
+                "C",
+            ],
+            &[
+                "add-target",
+                "releases/y/y_v1.zip",
+                "y release by D",
+                "--role",
+                "D",
+            ],
+            &[
+                "add-target",
+                "releases/z/z_v1.zip",
+                "z release by D",
+                "--role",
+                "D",
+            ],
+        ]);
+        let cases: &[(&str, Option<&str>, &[&str])] = &[
+            ("targetfile", Some("targetfile content"), &[]),
+            ("README.md", Some("README by A"), &["A"]),
+            ("releases/x/x_v1", Some("x release by C"), &["B", "C"]),
+            ("releases/y/y_v1.zip", Some("y release by D"), &["B", "D"]),
+            ("releases/z/z_v1.zip", None, &["B"]),
+        ];
+        for (path, content, visited) in cases {
+            // A fresh client for each search, as the suite has.
+            w.reinit("1.root.json");
+            ok(&w.refresh());
+            w.clear_log();
+            match content {
+                Some(c) => {
+                    ok(&w.download(path));
+                    let local = w.path(&format!("artifacts/{}", path.replace('/', "%2F")));
+                    assert_eq!(std::fs::read_to_string(local).unwrap(), *c);
+                }
+                None => refused(&w.download(path), "not listed"),
+            }
+            assert_eq!(w.delegated_requests(), *visited, "{path}");
+        }
+
+        // Delegation by hash prefix: H is asked only for the paths whose SHA-256 starts with
+        // one of its prefixes.
+        let hash = |p: &str| sh(&format!("printf %s {} | sha256sum", q(Path::new(p))));
+        let (inside, outside) = ("hashed/in", "hashed/out");
+        let prefix = &hash(inside)[..2];
+        assert!(!hash(outside).starts_with(prefix));
+        w.sims(&[
+            &["delegate", "H", prefix, "--hash-prefixes"],
+            &["add-target", inside, "hashed in", "--role", "H"],
+            &["add-target", outside, "hashed out", "--role", "H"],
+        ]);
+        w.clear_log();
+        ok(&w.download(inside));
+        assert_eq!(w.delegated_requests(), ["H"]);
+        w.reinit("1.root.json");
+        ok(&w.refresh());
+        w.clear_log();
+        refused(&w.download(outside), "not listed");
+        assert_eq!(w.delegated_requests(), Vec::<String>::new());
+    }
+}
+
+/// test_quoting_issues.py: role names that are not safe in a URL or a file name are quoted in
+/// both (as Python's quote(name, safe="")), and stay inside the metadata directory.
+#[test]
+fn unusual_role_names_are_quoted() {
+    for consistent in [true, false] {
+        for role in ["?", "#", "/delegatedrole", "../delegatedrole", ".."] {
+            let w = World::new(if consistent {
+                &[]
+            } else {
+                &["--no-consistent"]
+            });
+            w.sim(&["delegate", role, "*"]);
+            refused(&w.download("nonexistent target"), "not listed");
+            let quoted = match role {
+                "?" => "%3F",
+                "#" => "%23",
+                "/delegatedrole" => "%2Fdelegatedrole",
+                "../delegatedrole" => "..%2Fdelegatedrole",
+                _ => "..",
+            };
+            let expected = if consistent {
+                format!("2.{quoted}.json")
+            } else {
+                format!("{quoted}.json")
+            };
+            assert_eq!(w.meta_requests().last().unwrap(), &expected, "{role}");
+            assert_eq!(w.trusted_roles().len(), 5, "{role}");
+            assert!(!w.path("delegatedrole.json").exists());
+        }
+    }
+}
+
+/// test_delegated_expiration.py: a delegated role that has expired is not used, whether it
+/// arrives expired or expires while trusted; a newer unexpired version is fetched and used.
+#[test]
+fn expired_delegated_roles_are_not_used() {
+    let w = World::new(&[]);
+    w.sims(&[
+        &[
+            "delegate",
+            "delegated",
+            "delegatedpath/*",
+            "--expires",
+            "-86400",
+        ],
+        &[
+            "add-target",
+            "delegatedpath/target",
+            "delegated content",
+            "--role",
+            "delegated",
+        ],
+    ]);
+    ok(&w.refresh());
+    refused(&w.download("delegatedpath/target"), "delegated: expired");
+    assert!(w.artifacts().is_empty());
+    assert_eq!(
+        w.trusted_roles(),
+        roles(&[
+            ("root", 1),
+            ("snapshot", 3),
+            ("targets", 2),
+            ("timestamp", 3)
+        ])
+    );
+
+    for newer in [false, true] {
+        let w = World::new(&[]);
+        w.sims(&[
+            &[
+                "delegate",
+                "delegated",
+                "delegatedpath/*",
+                "--expires",
+                "604800",
+            ],
+            &[
+                "add-target",
+                "delegatedpath/first",
+                "first",
+                "--role",
+                "delegated",
+            ],
+            &[
+                "add-target",
+                "delegatedpath/second",
+                "second",
+                "--role",
+                "delegated",
+            ],
+        ]);
+        ok(&w.download("delegatedpath/first"));
+        if newer {
+            w.sims(&[
+                &["set", "delegated", "expires", "1814400"],
+                &["publish", "delegated", "snapshot", "timestamp"],
+            ]);
+            ok(&w.download_at("delegatedpath/second", Some("+18 days")));
+            assert_eq!(w.artifacts(), ["first", "second"]);
+        } else {
+            refused(
+                &w.download_at("delegatedpath/second", Some("+18 days")),
+                "delegated: expired",
+            );
+            assert_eq!(w.artifacts(), ["first"]);
+        }
+    }
+}
+
+/// test_file_download.py: artifacts in subdirectories, under hash-prefixed names with
+/// consistent snapshots; a repository that swaps artifacts for other bytes gets none of them
+/// stored; a changed artifact replaces the old one under the same name.
+#[test]
+fn artifacts_are_verified_cached_and_replaced() {
+    for consistent in [true, false] {
+        let w = World::new(if consistent {
+            &[]
+        } else {
+            &["--no-consistent"]
+        });
+        w.sims(&[
+            &[
+                "add-target",
+                "path/to/a/target_file.txt",
+                "target file contents",
+            ],
+            &["add-target", "another_target_file.txt", "content"],
+        ]);
+        ok(&w.download("path/to/a/target_file.txt"));
+        let hash = sh("printf %s 'target file contents' | sha256sum");
+        let expected = if consistent {
+            format!("path/to/a/{}.target_file.txt", &hash[..64])
+        } else {
+            "path/to/a/target_file.txt".to_owned()
+        };
+        assert_eq!(w.target_requests(), [expected]);
+        assert_eq!(w.artifacts(), ["target file contents"]);
+
+        // The repository now serves other bytes for both.
+        w.sims(&[
+            &[
+                "replace-target",
+                "path/to/a/target_file.txt",
+                "malicious data",
+            ],
+            &[
+                "replace-target",
+                "another_target_file.txt",
+                "malicious data",
+            ],
+        ]);
+        ok(&w.download("path/to/a/target_file.txt"));
+        // (Longer than the metadata says: refused as soon as that shows.)
+        refused(
+            &w.download("another_target_file.txt"),
+            "another_target_file.txt",
+        );
+        assert_eq!(w.artifacts(), ["target file contents"]);
+
+        // Legitimate changes, each followed by a swap the metadata does not cover.
+        for i in 0..3 {
+            let (modified, new) = (format!("modified {i}"), format!("new {i}"));
+            let new_path = format!("new-target-{i}");
+            w.sims(&[
+                &["add-target", "path/to/a/target_file.txt", &modified],
+                &["add-target", &new_path, &new],
+            ]);
+            ok(&w.download("path/to/a/target_file.txt"));
+            ok(&w.download(&new_path));
+            w.sims(&[
+                &["replace-target", "path/to/a/target_file.txt", "malicious"],
+                &["publish"],
+            ]);
+            let _ = w.download("path/to/a/target_file.txt");
+            let stored =
+                std::fs::read_to_string(w.path("artifacts/path%2Fto%2Fa%2Ftarget_file.txt"));
+            assert_eq!(stored.unwrap(), modified);
+        }
     }
 }
