@@ -567,7 +567,9 @@ impl<'a> Client<'a> {
         let mut to_visit: Vec<(String, Option<String>)> = vec![("targets".into(), None)];
         let mut visited: HashSet<String> = HashSet::new();
         while let Some((role, parent)) = to_visit.pop() {
-            if visited.len() >= self.limits.max_delegations {
+            // The top-level targets role and at most `max_delegations` delegated roles, as
+            // python-tuf.
+            if visited.len() > self.limits.max_delegations {
                 break;
             }
             if !visited.insert(role.clone()) {

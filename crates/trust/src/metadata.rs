@@ -297,8 +297,22 @@ impl<T: RoleMeta> Signed<T> {
                 format!("_type is {:?}, expected {:?}", signed.kind(), T::TYPE),
             ));
         }
-        let major = signed.spec_version().split('.').next().unwrap_or("");
-        if major != "1" {
+        // As python-tuf: MAJOR.MINOR or MAJOR.MINOR.PATCH, digits only, and major version 1.
+        let parts: Vec<&str> = signed.spec_version().split('.').collect();
+        if !(2..=3).contains(&parts.len())
+            || parts
+                .iter()
+                .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(Error::invalid(
+                role,
+                format!(
+                    "spec_version {:?} is not MAJOR.MINOR[.PATCH]",
+                    signed.spec_version()
+                ),
+            ));
+        }
+        if parts[0] != "1" {
             return Err(Error::invalid(
                 role,
                 format!("spec_version {} is not 1.x", signed.spec_version()),

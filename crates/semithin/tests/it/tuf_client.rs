@@ -1838,3 +1838,109 @@ fn artifacts_are_verified_cached_and_replaced() {
         }
     }
 }
+
+/// test_basic.py test_custom_fields, test_metadata_bytes_match: unknown fields anywhere are
+/// covered by the signatures and kept; what is stored is the bytes as served. And the
+/// specification versions python-tuf accepts (MAJOR.MINOR[.PATCH] with major version 1).
+#[test]
+fn metadata_is_read_as_other_implementations_write_it() {
+    let w = World::new(&[]);
+    w.sims(&[
+        &["custom", "root"],
+        &["custom", "timestamp"],
+        &["custom", "snapshot"],
+        &["custom", "targets"],
+        &["publish"],
+    ]);
+    ok(&w.refresh());
+    assert_eq!(w.trusted("root"), Some(2));
+    assert_eq!(w.trusted("targets"), Some(2));
+    let root: serde_json::Value = serde_json::from_slice(&w.trusted_bytes("root")).unwrap();
+    assert_eq!(root["signed"]["x-custom-field"]["a"], 1);
+
+    // A trailing space makes this serialisation unlike any other.
+    w.sim(&["publish", "timestamp"]);
+    let mut served = w.served("timestamp.json");
+    served.push(b' ');
+    std::fs::write(w.path("repo/metadata/timestamp.json"), &served).unwrap();
+    ok(&w.refresh());
+    assert_eq!(w.trusted_bytes("timestamp"), served);
+
+    let mut version = 3;
+    for spec in ["1.0", "1.0.0", "1.0.31", "1.99.0"] {
+        version += 1;
+        w.sims(&[
+            &["set", "timestamp", "version", &version.to_string()],
+            &["set", "timestamp", "spec_version", spec],
+        ]);
+        ok(&w.refresh());
+        assert_eq!(w.trusted("timestamp"), Some(version), "{spec}");
+    }
+    for (spec, error) in [
+        ("2.0.0", "spec_version 2.0.0 is not 1.x"),
+        ("1", "spec_version \"1\" is not MAJOR.MINOR[.PATCH]"),
+        (
+            "1.0.0.0",
+            "spec_version \"1.0.0.0\" is not MAJOR.MINOR[.PATCH]",
+        ),
+        ("1.0.x", "spec_version \"1.0.x\" is not MAJOR.MINOR[.PATCH]"),
+    ] {
+        let w = World::new(&[]);
+        w.sims(&[
+            &["set", "timestamp", "version", "2"],
+            &["set", "timestamp", "spec_version", spec],
+        ]);
+        refused(&w.refresh(), error);
+        assert_eq!(w.trusted("timestamp"), None, "{spec}");
+    }
+}
+
+/// python-tuf's limits: at most 256 root versions per refresh (the next refresh goes on from
+/// there), and the top-level targets role plus at most 32 delegated roles per search.
+#[test]
+fn root_rotations_and_delegations_are_bounded_as_in_python_tuf() {
+    let w = World::new(&[]);
+    let bumps: Vec<&[&str]> = vec![&["bump-root"]; 299];
+    w.sims(&bumps);
+    ok(&w.refresh());
+    assert_eq!(w.trusted("root"), Some(257));
+    let roots = w
+        .meta_requests()
+        .iter()
+        .filter(|r| r.ends_with(".root.json"))
+        .count();
+    assert_eq!(roots, 256);
+    ok(&w.refresh());
+    assert_eq!(w.trusted("root"), Some(300));
+
+    // A chain targets -> D1 -> D2 -> ... -> D34.
+    let w = World::new(&[]);
+    let names: Vec<String> = (1..=34).map(|i| format!("D{i}")).collect();
+    let mut steps: Vec<Vec<&str>> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let parent = if i == 0 {
+            "targets"
+        } else {
+            names[i - 1].as_str()
+        };
+        steps.push(vec![
+            "delegate",
+            name,
+            "*",
+            "--parent",
+            parent,
+            "--no-publish",
+        ]);
+    }
+    let mut publish = vec!["publish"];
+    publish.extend(names.iter().map(String::as_str));
+    publish.extend(["targets", "snapshot", "timestamp"]);
+    steps.push(publish);
+    steps.push(vec!["add-target", "in-32", "found", "--role", "D32"]);
+    steps.push(vec!["add-target", "in-33", "too deep", "--role", "D33"]);
+    let steps: Vec<&[&str]> = steps.iter().map(Vec::as_slice).collect();
+    w.sims(&steps);
+    ok(&w.download("in-32"));
+    refused(&w.download("in-33"), "not listed");
+    assert_eq!(w.trusted("D33"), None);
+}
