@@ -1261,6 +1261,26 @@ fn non_root_key_changes_are_followed() {
     }
 }
 
+/// A delegating role that gives a delegated role new keys: the delegated metadata trusted
+/// before no longer verifies, and the new version is used (as python-tuf does) instead of the
+/// old file being taken for damage.
+#[test]
+fn delegated_key_changes_are_followed() {
+    let w = World::new(&[]);
+    w.sims(&[
+        &["delegate", "A", "a/*"],
+        &["add-target", "a/one", "one", "--role", "A"],
+    ]);
+    ok(&w.download("a/one"));
+    w.sims(&[
+        &["delegate", "A", "a/*", "--new-key"],
+        &["add-target", "a/two", "two", "--role", "A"],
+    ]);
+    ok(&w.download("a/two"));
+    assert_eq!(w.trusted("A"), Some(w.repo_version("A")));
+    assert_eq!(w.artifacts(), ["one", "two"]);
+}
+
 /// test_rollback.py fast-forward recovery: after an attacker pushed timestamp, snapshot or
 /// targets to a huge version, rotating the keys of the timestamp or snapshot role lets the
 /// repository go back to small versions.
