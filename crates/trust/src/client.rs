@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha224, Sha256, Sha384, Sha512};
 
 use crate::cjson;
 use crate::clock;
@@ -78,7 +78,9 @@ pub fn check_length_and_hashes(
         let mut checked = 0;
         for (alg, expected) in hashes {
             let actual = match alg.as_str() {
+                "sha224" => hex::encode(Sha224::digest(data)),
                 "sha256" => hex::encode(Sha256::digest(data)),
+                "sha384" => hex::encode(Sha384::digest(data)),
                 "sha512" => hex::encode(Sha512::digest(data)),
                 _ => continue,
             };
@@ -89,7 +91,7 @@ pub fn check_length_and_hashes(
         }
         if checked == 0 {
             return Err(mismatch(
-                "no supported hash algorithm (sha256, sha512)".into(),
+                "no supported hash algorithm (sha224, sha256, sha384, sha512)".into(),
             ));
         }
     }
@@ -752,6 +754,11 @@ mod tests {
         assert!(check_length_and_hashes("t", data, Some(3), Some(&h)).is_ok());
         assert!(check_length_and_hashes("t", data, Some(4), Some(&h)).is_err());
         assert!(check_length_and_hashes("t", b"abd", Some(3), Some(&h)).is_err());
+        let mut sha384 = BTreeMap::new();
+        sha384.insert("sha384".into(), hex::encode(Sha384::digest(data)));
+        assert!(check_length_and_hashes("t", data, Some(3), Some(&sha384)).is_ok());
+        sha384.insert("sha224".into(), hex::encode(Sha224::digest(b"abd")));
+        assert!(check_length_and_hashes("t", data, Some(3), Some(&sha384)).is_err());
         let mut unknown = BTreeMap::new();
         unknown.insert("md5".into(), "00".into());
         assert!(check_length_and_hashes("t", data, None, Some(&unknown)).is_err());
