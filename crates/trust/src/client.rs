@@ -584,17 +584,7 @@ impl<'a> Client<'a> {
                     .delegations
                     .clone()
                     .expect("a child comes from delegations");
-                let r = d
-                    .roles
-                    .iter()
-                    .find(|r| r.name == role)
-                    .expect("listed")
-                    .clone();
-                let rk = RoleKeys {
-                    keyids: r.keyids.clone(),
-                    threshold: r.threshold,
-                    extra: Default::default(),
-                };
+                let rk = d.role_keys(&role).expect("a child is delegated");
                 self.load_targets_role(&role, &d.keys, &rk)?;
             }
             let t = &self.targets[&role].signed.signed;
@@ -603,7 +593,7 @@ impl<'a> Client<'a> {
             }
             if let Some(d) = &t.delegations {
                 let mut children = Vec::new();
-                for r in &d.roles {
+                for r in d.roles.iter().flatten() {
                     if !delegation_matches(r, path) {
                         continue;
                     }
@@ -612,6 +602,11 @@ impl<'a> Client<'a> {
                         to_visit.clear();
                         break;
                     }
+                }
+                if let Some(s) = &d.succinct_roles {
+                    // A path belongs to one bin, and bins are terminating (TAP 15).
+                    children.push((s.role_for(path), Some(role.clone())));
+                    to_visit.clear();
                 }
                 children.reverse();
                 to_visit.extend(children);

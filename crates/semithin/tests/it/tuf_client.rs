@@ -1678,6 +1678,33 @@ fn targets_are_searched_along_matching_delegations() {
     }
 }
 
+/// test_updater_delegation_graphs.py test_succinct_roles_graph_traversal: with succinct hash
+/// bin delegations (TAP 15) the one bin a path hashes to is fetched and stored, and nothing else.
+#[test]
+fn succinct_hash_bins_are_searched() {
+    let cases = [
+        ("1", "boo", "bin-0"),
+        ("1", "too", "bin-1"),
+        ("2", "foo", "bin-0"),
+        ("2", "doo", "bin-1"),
+        ("2", "too", "bin-2"),
+        ("2", "bar", "bin-3"),
+        ("8", "bar", "bin-fc"),
+    ];
+    for (bit_length, path, bin) in cases {
+        let w = World::new(&[]);
+        w.sim(&["succinct", bit_length, "bin"]);
+        ok(&w.refresh());
+        w.clear_log();
+        refused(&w.download(path), "not listed");
+        assert_eq!(w.delegated_requests(), [bin], "{bit_length} {path}");
+        assert_eq!(w.trusted_roles().len(), 5, "{bit_length} {path}");
+        assert!(w.trusted(bin).is_some());
+        w.sim(&["add-target", path, "in its bin", "--role", bin]);
+        ok(&w.download(path));
+    }
+}
+
 /// test_quoting_issues.py: role names that are not safe in a URL or a file name are quoted in
 /// both (as Python's quote(name, safe="")), and stay inside the metadata directory.
 #[test]
