@@ -192,7 +192,9 @@ impl World {
             .map(|n| {
                 let n = n.strip_suffix(".json").unwrap().to_owned();
                 match n.split_once('.') {
-                    Some((v, rest)) if v.bytes().all(|b| b.is_ascii_digit()) => rest.to_owned(),
+                    Some((v, rest)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                        rest.to_owned()
+                    }
                     _ => n,
                 }
             })
@@ -1703,6 +1705,37 @@ fn succinct_hash_bins_are_searched() {
         w.sim(&["add-target", path, "in its bin", "--role", bin]);
         ok(&w.download(path));
     }
+}
+
+/// test_expiration.py test_TestDelegateConsistentSnapshotDisabled: a root that turns
+/// consistent snapshots off, with delegated roles named "role1", ".." and "."; from then on
+/// metadata is asked for without version prefixes.
+#[test]
+fn consistent_snapshots_can_be_turned_off() {
+    let w = World::new(&[]);
+    ok(&w.refresh());
+    w.sims(&[
+        &["bump-root", "--consistent", "no"],
+        &["delegate", "role1", "*"],
+        &["delegate", "..", "*"],
+        &["delegate", ".", "*"],
+    ]);
+    w.clear_log();
+    ok(&w.refresh());
+    assert_eq!(
+        w.meta_requests(),
+        [
+            "2.root.json",
+            "3.root.json",
+            "timestamp.json",
+            "snapshot.json",
+            "targets.json"
+        ]
+    );
+    w.clear_log();
+    refused(&w.download("missingpath"), "not listed");
+    assert_eq!(w.delegated_requests(), ["role1", "..", "."]);
+    assert_eq!(w.trusted_roles().len(), 7);
 }
 
 /// test_quoting_issues.py: role names that are not safe in a URL or a file name are quoted in
