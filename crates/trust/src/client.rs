@@ -6,12 +6,20 @@
 //! checks signatures against thresholds, versions against what was trusted before (files and
 //! high-water marks), expiry against the reference time, and length and hashes against the
 //! metadata that describes the file. What passes is persisted before the next step starts.
+//!
+//! A trusted file that does not parse, or does not verify with the keys that verified it when it
+//! was stored, is damage: the client stops rather than trust less than it did. A file stored
+//! before its role's keys or threshold changed (a key rotation) is kept on disk but no longer
+//! used: the next good version from the repository replaces it. After a rotation of the
+//! timestamp or snapshot keys, both are forgotten together with their high-water marks, so that
+//! a repository can recover from a fast-forward attack (section 5.3.11).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha224, Sha256, Sha384, Sha512};
 
+use crate::cjson;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::keys;
@@ -70,7 +78,9 @@ pub fn check_length_and_hashes(
         let mut checked = 0;
         for (alg, expected) in hashes {
             let actual = match alg.as_str() {
+                "sha224" => hex::encode(Sha224::digest(data)),
                 "sha256" => hex::encode(Sha256::digest(data)),
+                "sha384" => hex::encode(Sha384::digest(data)),
                 "sha512" => hex::encode(Sha512::digest(data)),
                 _ => continue,
             };
@@ -81,14 +91,28 @@ pub fn check_length_and_hashes(
         }
         if checked == 0 {
             return Err(mismatch(
-                "no supported hash algorithm (sha256, sha512)".into(),
+                "no supported hash algorithm (sha224, sha256, sha384, sha512)".into(),
             ));
         }
     }
     Ok(())
 }
 
-/// A trusted targets role and the role that delegated it.
+/// A fingerprint of the keys and threshold that verify a role: SHA-256 of the canonical JSON of
+/// the threshold and each authorised key id with its key.
+pub fn fingerprint(keys: &BTreeMap<String, Key>, rk: &RoleKeys) -> String {
+    let authorised: BTreeMap<&String, Option<&Key>> =
+        rk.keyids.iter().map(|id| (id, keys.get(id))).collect();
+    let v = serde_json::json!({ "threshold": rk.threshold, "keys": authorised });
+    hex::encode(Sha256::digest(
+        cjson::to_vec(&v).expect("keys are canonical JSON"),
+    ))
+}
+
+/// What `State::verified_with` holds for a file that must not be used any more.
+const SUPERSEDED: &str = "superseded";
+
+/// A trusted targets role.
 struct TrustedTargets {
     signed: Signed<Targets>,
 }
@@ -174,10 +198,35 @@ impl<'a> Client<'a> {
         self.state.versions.get(role).copied().unwrap_or(0)
     }
 
-    fn persist(&mut self, role: &str, raw: &[u8], version: u64) -> Result<()> {
+    /// Stores a role's new trusted file, raises its high-water mark and records which keys
+    /// verified it.
+    fn persist(
+        &mut self,
+        role: &str,
+        raw: &[u8],
+        version: u64,
+        verified_with: String,
+    ) -> Result<()> {
         self.dir.write(role, raw)?;
         self.mark(role, version);
+        self.state
+            .verified_with
+            .insert(role.to_owned(), verified_with);
         self.dir.save_state(&self.state)
+    }
+
+    /// Whether the trusted file of `role` was verified with other keys than `current` (the
+    /// fingerprint of the keys that verify the role now): then it predates a key rotation and
+    /// is not used.
+    fn superseded(&self, role: &str, current: &str) -> bool {
+        self.state
+            .verified_with
+            .get(role)
+            .is_some_and(|f| f != current)
+    }
+
+    fn root_fingerprint(root: &Signed<Root>, role: &str) -> String {
+        fingerprint(&root.signed.keys, Self::role_keys(root, role))
     }
 
     fn check_expiry<T: RoleMeta>(&self, role: &str, s: &Signed<T>) -> Result<()> {
@@ -278,39 +327,63 @@ impl<'a> Client<'a> {
                     found: new.signed.version,
                 });
             }
-            // 5.3.11: after a rotation of the timestamp or snapshot keys, the old metadata
-            // cannot be verified and its versions may legitimately go down: forget both. This
-            // happens before the new root is saved, so a run killed in between never finds a
-            // trusted root that its trusted timestamp or snapshot do not verify under.
-            let cur = &self.root().signed.roles;
-            if ["timestamp", "snapshot"]
-                .iter()
-                .any(|r| cur.get(*r) != new.signed.roles.get(*r))
-            {
-                self.dir.remove("timestamp")?;
-                self.dir.remove("snapshot")?;
-                self.state.versions.remove("timestamp");
-                self.state.versions.remove("snapshot");
+            // 5.3.11: after a rotation of the timestamp or snapshot keys (or a change of their
+            // thresholds), the trusted timestamp and snapshot may be an attacker's fast-forward
+            // and their versions may legitimately go down: forget both. Recorded before the new
+            // root is stored, so that a crash in between cannot leave them in use.
+            let cur = self.root();
+            let [ts, snapshot, targets] = ["timestamp", "snapshot", "targets"].map(|role| {
+                Self::root_fingerprint(cur, role) != Self::root_fingerprint(&new, role)
+            });
+            if ts || snapshot {
+                for role in ["timestamp", "snapshot"] {
+                    self.state.versions.remove(role);
+                    self.state
+                        .verified_with
+                        .insert(role.to_owned(), SUPERSEDED.to_owned());
+                }
                 self.dir.save_state(&self.state)?;
             }
-            self.persist("root", &bytes, next)?;
+            if targets {
+                // Not used any more (as a fingerprint mismatch would also say, but this holds
+                // for a file stored before fingerprints were recorded too).
+                self.state
+                    .verified_with
+                    .insert("targets".to_owned(), SUPERSEDED.to_owned());
+            }
+            let fp = Self::root_fingerprint(&new, "root");
+            self.persist("root", &bytes, next, fp)?;
             self.root = Some(new);
         }
+        // 5.3.10: checked once the walk is over, so that expired intermediate roots are fine.
         self.check_expiry("root", self.root())
     }
 
-    /// Loads a trusted non-root top-level file, verified with the current root. A file that is
-    /// there but does not parse or verify is damage.
-    fn load_local<T: RoleMeta>(&self, role: &str) -> Result<Option<Signed<T>>> {
+    /// Loads the trusted file of a role whose keys and threshold are `keys` and `rk`. A file
+    /// from before a rotation of those keys is not used; any other file that is there but does
+    /// not parse or verify is damage.
+    fn load_trusted<T: RoleMeta>(
+        &self,
+        role: &str,
+        keys: &BTreeMap<String, Key>,
+        rk: &RoleKeys,
+    ) -> Result<Option<Signed<T>>> {
+        if self.superseded(role, &fingerprint(keys, rk)) {
+            return Ok(None);
+        }
         let Some(bytes) = self.dir.read(role)? else {
             return Ok(None);
         };
         let s: Signed<T> =
             Signed::parse(role, &bytes).map_err(|e| self.damaged(role, e.to_string()))?;
-        let root = self.root();
-        keys::verify(role, &s, &root.signed.keys, Self::role_keys(root, role))
-            .map_err(|e| self.damaged(role, e.to_string()))?;
+        keys::verify(role, &s, keys, rk).map_err(|e| self.damaged(role, e.to_string()))?;
         Ok(Some(s))
+    }
+
+    /// Loads a trusted non-root top-level file, verified with the current root.
+    fn load_local<T: RoleMeta>(&self, role: &str) -> Result<Option<Signed<T>>> {
+        let root = self.root();
+        self.load_trusted(role, &root.signed.keys, Self::role_keys(root, role))
     }
 
     fn update_timestamp(&mut self) -> Result<()> {
@@ -350,15 +423,18 @@ impl<'a> Client<'a> {
         if new.signed.version == trusted_version
             && let Some(local) = local
         {
-            // Equal version: nothing new, whatever the bytes say; the trusted copy stays.
+            // Equal version: nothing new, whatever the bytes say; the trusted copy stays (and
+            // must itself not have expired).
+            self.check_expiry("timestamp", &local)?;
             self.timestamp = Some(local);
         } else {
-            self.persist("timestamp", &bytes, new.signed.version)?;
+            // 5.4.4: an expired timestamp is a freeze attack: discarded, not stored.
+            self.check_expiry("timestamp", &new)?;
+            let fp = Self::root_fingerprint(self.root(), "timestamp");
+            self.persist("timestamp", &bytes, new.signed.version, fp)?;
             self.timestamp = Some(new);
         }
-        // Checked after persisting, so an expired timestamp still protects against rollback.
-        let ts = self.timestamp.as_ref().expect("set above");
-        self.check_expiry("timestamp", ts)
+        Ok(())
     }
 
     fn update_snapshot(&mut self) -> Result<()> {
@@ -420,7 +496,8 @@ impl<'a> Client<'a> {
             });
         }
         self.check_expiry("snapshot", &new)?;
-        self.persist("snapshot", &bytes, new.signed.version)?;
+        let fp = Self::root_fingerprint(self.root(), "snapshot");
+        self.persist("snapshot", &bytes, new.signed.version, fp)?;
         self.snapshot = Some(new);
         Ok(())
     }
@@ -455,19 +532,13 @@ impl<'a> Client<'a> {
             .get(&file)
             .cloned()
             .ok_or_else(|| Error::invalid("snapshot", format!("does not list {file}")))?;
-        if let Some(bytes) = self.dir.read(role)? {
-            let l: Signed<Targets> =
-                Signed::parse(role, &bytes).map_err(|e| self.damaged(role, e.to_string()))?;
-            // A well-formed copy that the delegator's keys no longer verify was signed before a
-            // key rotation (root 5.3.11 covers only timestamp and snapshot): it is only a cache,
-            // so fetch the role again and verify that in full. Rollback protection of targets
-            // roles comes from the snapshot, not from this copy.
-            let current = keys::verify(role, &l, keys, rk).is_ok();
-            if current && l.signed.version == meta.version && l.expires_at() > self.now {
-                self.targets
-                    .insert(role.to_owned(), TrustedTargets { signed: l });
-                return Ok(());
-            }
+        if let Some(l) = self.load_trusted::<Targets>(role, keys, rk)?
+            && l.signed.version == meta.version
+            && l.expires_at() > self.now
+        {
+            self.targets
+                .insert(role.to_owned(), TrustedTargets { signed: l });
+            return Ok(());
         }
         let name = if self.root().signed.consistent_snapshot {
             format!("{}.{}.json", meta.version, quote(role))
@@ -486,7 +557,7 @@ impl<'a> Client<'a> {
             });
         }
         self.check_expiry(role, &new)?;
-        self.persist(role, &bytes, new.signed.version)?;
+        self.persist(role, &bytes, new.signed.version, fingerprint(keys, rk))?;
         self.targets
             .insert(role.to_owned(), TrustedTargets { signed: new });
         Ok(())
@@ -498,7 +569,9 @@ impl<'a> Client<'a> {
         let mut to_visit: Vec<(String, Option<String>)> = vec![("targets".into(), None)];
         let mut visited: HashSet<String> = HashSet::new();
         while let Some((role, parent)) = to_visit.pop() {
-            if visited.len() >= self.limits.max_delegations {
+            // The top-level targets role and at most `max_delegations` delegated roles, as
+            // python-tuf.
+            if visited.len() > self.limits.max_delegations {
                 break;
             }
             if !visited.insert(role.clone()) {
@@ -511,17 +584,7 @@ impl<'a> Client<'a> {
                     .delegations
                     .clone()
                     .expect("a child comes from delegations");
-                let r = d
-                    .roles
-                    .iter()
-                    .find(|r| r.name == role)
-                    .expect("listed")
-                    .clone();
-                let rk = RoleKeys {
-                    keyids: r.keyids.clone(),
-                    threshold: r.threshold,
-                    extra: Default::default(),
-                };
+                let rk = d.role_keys(&role).expect("a child is delegated");
                 self.load_targets_role(&role, &d.keys, &rk)?;
             }
             let t = &self.targets[&role].signed.signed;
@@ -530,7 +593,7 @@ impl<'a> Client<'a> {
             }
             if let Some(d) = &t.delegations {
                 let mut children = Vec::new();
-                for r in &d.roles {
+                for r in d.roles.iter().flatten() {
                     if !delegation_matches(r, path) {
                         continue;
                     }
@@ -539,6 +602,11 @@ impl<'a> Client<'a> {
                         to_visit.clear();
                         break;
                     }
+                }
+                if let Some(s) = &d.succinct_roles {
+                    // A path belongs to one bin, and bins are terminating (TAP 15).
+                    children.push((s.role_for(path), Some(role.clone())));
+                    to_visit.clear();
                 }
                 children.reverse();
                 to_visit.extend(children);
@@ -681,6 +749,11 @@ mod tests {
         assert!(check_length_and_hashes("t", data, Some(3), Some(&h)).is_ok());
         assert!(check_length_and_hashes("t", data, Some(4), Some(&h)).is_err());
         assert!(check_length_and_hashes("t", b"abd", Some(3), Some(&h)).is_err());
+        let mut sha384 = BTreeMap::new();
+        sha384.insert("sha384".into(), hex::encode(Sha384::digest(data)));
+        assert!(check_length_and_hashes("t", data, Some(3), Some(&sha384)).is_ok());
+        sha384.insert("sha224".into(), hex::encode(Sha224::digest(b"abd")));
+        assert!(check_length_and_hashes("t", data, Some(3), Some(&sha384)).is_err());
         let mut unknown = BTreeMap::new();
         unknown.insert("md5".into(), "00".into());
         assert!(check_length_and_hashes("t", data, None, Some(&unknown)).is_err());

@@ -124,12 +124,78 @@ pub struct DelegatedRole {
     pub extra: Map<String, Value>,
 }
 
+/// Succinct hash bin delegations (TAP 15): `2^bit_length` roles named `NAME_PREFIX-HEX`, all
+/// with the same keys and threshold; a target path belongs to the bin numbered by the first
+/// `bit_length` bits of its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuccinctRoles {
+    pub keyids: Vec<String>,
+    pub threshold: u64,
+    pub bit_length: u32,
+    pub name_prefix: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl SuccinctRoles {
+    /// Hex digits of a bin number.
+    fn suffix_len(&self) -> usize {
+        format!("{:x}", (1u64 << self.bit_length) - 1).len()
+    }
+
+    /// The bin role a target path is delegated to.
+    pub fn role_for(&self, path: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let h = Sha256::digest(path.as_bytes());
+        let first = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        let bin = u64::from(first) >> (32 - self.bit_length);
+        format!(
+            "{}-{:0width$x}",
+            self.name_prefix,
+            bin,
+            width = self.suffix_len()
+        )
+    }
+
+    /// Whether `role` is one of the bins.
+    pub fn delegates(&self, role: &str) -> bool {
+        role.strip_prefix(&self.name_prefix)
+            .and_then(|r| r.strip_prefix('-'))
+            .filter(|s| s.len() == self.suffix_len() && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
+            .is_some_and(|bin| bin < (1u64 << self.bit_length))
+    }
+}
+
+/// Delegations of a targets role: a list of roles with their paths, or succinct hash bins.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delegations {
     pub keys: BTreeMap<String, Key>,
-    pub roles: Vec<DelegatedRole>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<DelegatedRole>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succinct_roles: Option<SuccinctRoles>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl Delegations {
+    /// The keys and threshold of a role these delegations delegate to, if they do.
+    pub fn role_keys(&self, name: &str) -> Option<RoleKeys> {
+        let (keyids, threshold) = match (&self.roles, &self.succinct_roles) {
+            (Some(roles), _) => {
+                let r = roles.iter().find(|r| r.name == name)?;
+                (r.keyids.clone(), r.threshold)
+            }
+            (None, Some(s)) if s.delegates(name) => (s.keyids.clone(), s.threshold),
+            _ => return None,
+        };
+        Some(RoleKeys {
+            keyids,
+            threshold,
+            extra: Default::default(),
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,8 +288,23 @@ role_meta!(
     "targets",
     fn check(&self, role: &str) -> Result<()> {
         if let Some(d) = &self.delegations {
+            if d.roles.is_some() == d.succinct_roles.is_some() {
+                return Err(Error::invalid(
+                    role,
+                    "delegations need exactly one of roles and succinct_roles",
+                ));
+            }
+            if let Some(s) = &d.succinct_roles {
+                check_threshold(role, &s.name_prefix, s.threshold)?;
+                if !(1..=32).contains(&s.bit_length) {
+                    return Err(Error::invalid(
+                        role,
+                        format!("succinct_roles bit_length {} is not 1 to 32", s.bit_length),
+                    ));
+                }
+            }
             let mut seen = std::collections::BTreeSet::new();
-            for r in &d.roles {
+            for r in d.roles.iter().flatten() {
                 if !seen.insert(&r.name) {
                     return Err(Error::invalid(
                         role,
@@ -297,8 +378,22 @@ impl<T: RoleMeta> Signed<T> {
                 format!("_type is {:?}, expected {:?}", signed.kind(), T::TYPE),
             ));
         }
-        let major = signed.spec_version().split('.').next().unwrap_or("");
-        if major != "1" {
+        // As python-tuf: MAJOR.MINOR or MAJOR.MINOR.PATCH, digits only, and major version 1.
+        let parts: Vec<&str> = signed.spec_version().split('.').collect();
+        if !(2..=3).contains(&parts.len())
+            || parts
+                .iter()
+                .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(Error::invalid(
+                role,
+                format!(
+                    "spec_version {:?} is not MAJOR.MINOR[.PATCH]",
+                    signed.spec_version()
+                ),
+            ));
+        }
+        if parts[0] != "1" {
             return Err(Error::invalid(
                 role,
                 format!("spec_version {} is not 1.x", signed.spec_version()),
@@ -337,4 +432,44 @@ pub fn envelope<T: Serialize>(signed: &T, signatures: &[Signature]) -> Result<Ve
     })?;
     out.push(b'\n');
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bins(bit_length: u32) -> SuccinctRoles {
+        SuccinctRoles {
+            keyids: vec![],
+            threshold: 1,
+            bit_length,
+            name_prefix: "bin".into(),
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn succinct_roles_bin_paths_by_their_hash() {
+        // The cases of tuf-conformance's succinct roles traversal test.
+        for (bit_length, path, bin) in [
+            (1, "boo", "bin-0"),
+            (1, "too", "bin-1"),
+            (2, "foo", "bin-0"),
+            (2, "doo", "bin-1"),
+            (2, "too", "bin-2"),
+            (2, "bar", "bin-3"),
+            (8, "bar", "bin-fc"),
+        ] {
+            assert_eq!(bins(bit_length).role_for(path), bin, "{bit_length} {path}");
+        }
+        assert_eq!(bins(12).role_for("bar").len(), "bin-".len() + 3);
+        let b = bins(8);
+        assert!(b.delegates("bin-00") && b.delegates("bin-ff"));
+        for not in [
+            "bin-0", "bin-100", "bin-fg", "bin-+f", "bin00", "other-00", "bin-",
+        ] {
+            assert!(!b.delegates(not), "{not}");
+        }
+        assert!(bins(32).delegates("bin-ffffffff"));
+    }
 }

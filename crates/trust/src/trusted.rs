@@ -1,6 +1,7 @@
 //! The client's trusted metadata on disk: one file per role under its plain name (`root.json`,
 //! `timestamp.json`, delegated roles URL-quoted), and `semithin-state` with the high-water
-//! marks: the highest version trusted per role and the latest time seen.
+//! marks (the highest version trusted per role and the latest time seen) and, per role, which
+//! keys verified the file on disk.
 //!
 //! Every file is replaced atomically (temporary file, fsync, rename, fsync of the directory), so
 //! a crash leaves the old or the new file, never neither. A file that exists but does not parse
@@ -26,6 +27,12 @@ pub struct State {
     pub latest_time: i64,
     /// Highest version trusted per role file name (`timestamp`, `snapshot`, `targets`, ...).
     pub versions: BTreeMap<String, u64>,
+    /// Per role, a fingerprint of the keys and threshold its file on disk was verified with
+    /// (see `client::fingerprint`). A file verified with other keys than the role has now was
+    /// trusted before a key rotation: it is kept on disk but no longer used. A role without an
+    /// entry (a directory from before this field) has its file verified as it is.
+    #[serde(default)]
+    pub verified_with: BTreeMap<String, String>,
 }
 
 pub struct TrustedDir {
@@ -80,15 +87,6 @@ impl TrustedDir {
 
     pub fn write(&self, role: &str, bytes: &[u8]) -> Result<()> {
         self.replace(&self.role_path(role), bytes)
-    }
-
-    pub fn remove(&self, role: &str) -> Result<()> {
-        let p = self.role_path(role);
-        match std::fs::remove_file(&p) {
-            Ok(()) => self.sync_dir(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("removing", p)(e)),
-        }
     }
 
     pub fn state(&self) -> Result<State> {
