@@ -3,7 +3,7 @@
 //! Exit code 0 on success, 1 on any failure.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -98,6 +98,14 @@ impl Fetcher for Http {
     }
 }
 
+/// Refreshes the trusted metadata in `dir` from `url` and hands back the client.
+fn refreshed<'a>(dir: &Path, url: Option<&str>, http: &'a Http) -> Result<Client<'a>> {
+    let url = url.context("this command needs --metadata-url")?;
+    let mut c = Client::new(dir, url, http, Limits::default(), clock::now())?;
+    c.refresh()?;
+    Ok(c)
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
     match a.command {
         Cmd::Init { trusted_root } => {
@@ -106,19 +114,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             client::init(&a.metadata_dir, &root)?;
         }
         Cmd::Refresh => {
-            let url = a.metadata_url.context("refresh needs --metadata-url")?;
-            let http = Http::new()?;
-            let mut c = Client::new(
-                &a.metadata_dir,
-                &url,
-                &http,
-                Limits::default(),
-                clock::now(),
-            )?;
-            c.refresh()?;
+            refreshed(&a.metadata_dir, a.metadata_url.as_deref(), &Http::new()?)?;
         }
         Cmd::Download => {
-            let url = a.metadata_url.context("download needs --metadata-url")?;
             let base = a
                 .target_base_url
                 .context("download needs --target-base-url")?;
@@ -127,14 +125,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 bail!("download needs at least one --target-name");
             }
             let http = Http::new()?;
-            let mut c = Client::new(
-                &a.metadata_dir,
-                &url,
-                &http,
-                Limits::default(),
-                clock::now(),
-            )?;
-            c.refresh()?;
+            let mut c = refreshed(&a.metadata_dir, a.metadata_url.as_deref(), &http)?;
             for name in &a.target_name {
                 client::check_target_name(name)?;
                 let info = c
