@@ -75,24 +75,21 @@ pub fn check_length_and_hashes(
         return Err(mismatch(format!("{} bytes, expected {l}", data.len())));
     }
     if let Some(hashes) = hashes {
-        let mut checked = 0;
+        if hashes.is_empty() {
+            return Err(mismatch("no hashes given".into()));
+        }
         for (alg, expected) in hashes {
             let actual = match alg.as_str() {
                 "sha224" => hex::encode(Sha224::digest(data)),
                 "sha256" => hex::encode(Sha256::digest(data)),
                 "sha384" => hex::encode(Sha384::digest(data)),
                 "sha512" => hex::encode(Sha512::digest(data)),
-                _ => continue,
+                // As python-tuf: a hash that cannot be checked is not a match.
+                other => return Err(mismatch(format!("unsupported hash algorithm {other:?}"))),
             };
             if !actual.eq_ignore_ascii_case(expected) {
                 return Err(mismatch(format!("{alg} is {actual}, expected {expected}")));
             }
-            checked += 1;
-        }
-        if checked == 0 {
-            return Err(mismatch(
-                "no supported hash algorithm (sha224, sha256, sha384, sha512)".into(),
-            ));
         }
     }
     Ok(())
@@ -757,5 +754,9 @@ mod tests {
         let mut unknown = BTreeMap::new();
         unknown.insert("md5".into(), "00".into());
         assert!(check_length_and_hashes("t", data, None, Some(&unknown)).is_err());
+        // An unknown algorithm beside a matching one is still refused, as python-tuf does.
+        h.insert("blake2x".into(), "00".into());
+        assert!(check_length_and_hashes("t", data, Some(3), Some(&h)).is_err());
+        assert!(check_length_and_hashes("t", data, Some(3), Some(&BTreeMap::new())).is_err());
     }
 }

@@ -257,6 +257,16 @@ role_meta!(
                 .ok_or_else(|| Error::invalid(role, format!("no {name} role")))?;
             check_threshold(role, name, r.threshold)?;
         }
+        if let Some(extra) = self
+            .roles
+            .keys()
+            .find(|r| !["root", "timestamp", "snapshot", "targets"].contains(&r.as_str()))
+        {
+            return Err(Error::invalid(
+                role,
+                format!("unknown top-level role {extra:?}"),
+            ));
+        }
         Ok(())
     }
 );
@@ -471,5 +481,20 @@ mod tests {
             assert!(!b.delegates(not), "{not}");
         }
         assert!(bins(32).delegates("bin-ffffffff"));
+    }
+
+    #[test]
+    fn root_with_an_unknown_top_level_role_is_refused() {
+        let role = serde_json::json!({"keyids": [], "threshold": 1});
+        let mut root = serde_json::json!({"_type": "root", "spec_version": "1.0.31",
+            "consistent_snapshot": true, "version": 1, "expires": "2030-01-01T00:00:00Z",
+            "keys": {}, "roles": {"root": role, "timestamp": role, "snapshot": role, "targets": role}});
+        let bytes = |v: &serde_json::Value| envelope(v, &[]).unwrap();
+        assert!(Signed::<Root>::parse("root", &bytes(&root)).is_ok());
+        root["roles"]["mirror"] = role.clone();
+        let e = Signed::<Root>::parse("root", &bytes(&root))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown top-level role \"mirror\""), "{e}");
     }
 }
