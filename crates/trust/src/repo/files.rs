@@ -1,0 +1,106 @@
+//! The files of a trust directory: where each lives, and durable writes.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::Role;
+use crate::error::{Error, Result};
+
+/// Syncs a directory so that renames and new entries in it are durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("syncing directory", dir))
+}
+
+/// Makes `dir` and its missing parents below `top`, syncing each parent that got a new entry.
+pub(super) fn make_dirs(top: &Path, dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(top);
+    if dir != top {
+        make_dirs(top, parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("creating", dir)(e)),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in `tmp`, fsync, rename, fsync of
+/// the directory. The file gets `mode`.
+pub(super) fn write_atomic(tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let t = tmp.join(format!("{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&t);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&t)
+        .map_err(Error::io("creating", &t))?;
+    f.write_all(bytes).map_err(Error::io("writing", &t))?;
+    f.sync_all().map_err(Error::io("syncing", &t))?;
+    drop(f);
+    std::fs::rename(&t, path).map_err(Error::io("renaming into", path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The paths of a trust directory.
+pub(super) struct Layout<'a>(pub(super) &'a Path);
+
+impl Layout<'_> {
+    pub(super) fn metadata(&self) -> PathBuf {
+        self.0.join("metadata")
+    }
+    pub(super) fn targets(&self) -> PathBuf {
+        self.0.join("targets")
+    }
+    pub(super) fn keys(&self) -> PathBuf {
+        self.0.join("keys")
+    }
+    pub(super) fn tmp(&self) -> PathBuf {
+        self.0.join("tmp")
+    }
+    pub(super) fn key(&self, role: Role) -> PathBuf {
+        self.keys().join(format!("{role}.key"))
+    }
+    /// A new key waiting for its root to be written (see [`TrustRepo::rotate`]).
+    pub(super) fn new_key(&self, role: Role) -> PathBuf {
+        self.keys().join(format!("{role}.key.new"))
+    }
+}
+
+/// The consistent-snapshot path of a target under `targets/`: `DIR/SHA256.BASENAME`.
+pub fn target_file_path(target: &str, sha256: &str) -> String {
+    match target.rsplit_once('/') {
+        Some((dir, base)) => format!("{dir}/{sha256}.{base}"),
+        None => format!("{sha256}.{target}"),
+    }
+}
+
+/// The highest N of the files `N.ROLE.json` in `dir`.
+pub(super) fn highest_version(dir: &Path, role: Role) -> Result<Option<u64>> {
+    let suffix = format!(".{role}.json");
+    let mut best = None;
+    for e in std::fs::read_dir(dir).map_err(Error::io("listing", dir))? {
+        let e = e.map_err(Error::io("listing", dir))?;
+        let name = e.file_name();
+        let Some(n) = name
+            .to_str()
+            .and_then(|s| s.strip_suffix(&suffix))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        best = best.max(Some(n));
+    }
+    Ok(best)
+}

@@ -1,0 +1,216 @@
+use super::config::DAY;
+use super::*;
+use crate::client::{self, Client, Fetcher, Limits};
+
+const NOW: i64 = 1_800_000_000;
+
+struct Files;
+
+impl Fetcher for Files {
+    fn fetch(&self, url: &str, _max: u64) -> Result<Option<Vec<u8>>> {
+        let p = url.strip_prefix("file://").unwrap();
+        Ok(std::fs::read(p).ok())
+    }
+}
+
+/// A trust directory with one published target, and a client trusting its first root.
+fn setup() -> (tempfile::TempDir, TrustRepo, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("trust");
+    init(&dir, &[d.path().join("root.key")], 1, NOW).unwrap();
+    let mut t = TrustRepo::open(&dir).unwrap();
+    t.publish("channels/a", b"one", serde_json::json!({"n": 1}), NOW)
+        .unwrap();
+    let cdir = d.path().join("client");
+    client::init(
+        &cdir,
+        &std::fs::read(dir.join("metadata/1.root.json")).unwrap(),
+    )
+    .unwrap();
+    (d, t, cdir)
+}
+
+/// What a client finds as target `channels/a`, at time `now`.
+fn client_sees(t: &TrustRepo, cdir: &Path, now: i64) -> Result<Vec<u8>> {
+    let m = format!("file://{}", t.dir().join("metadata").display());
+    let mut c = Client::new(cdir, &m, &Files, Limits::default(), now)?;
+    c.refresh()?;
+    let info = c.find_target("channels/a")?.expect("published");
+    let base = format!("file://{}", t.dir().join("targets").display());
+    let p = c.download_target("channels/a", &info, &base, &cdir.join("out"))?;
+    Ok(std::fs::read(p).unwrap())
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("90d"), Some(90 * DAY));
+    assert_eq!(parse_duration("12h"), Some(12 * 3600));
+    assert_eq!(parse_duration("45s"), Some(45));
+    for bad in ["", "d", "0d", "-1d", "1.5d", "1w", "12", "99999999999999d"] {
+        assert_eq!(parse_duration(bad), None, "{bad}");
+    }
+    assert_eq!(format_duration(DAY), "1d");
+    assert_eq!(format_duration(90 * 60), "90m");
+    assert_eq!(parse_duration(&format_duration(3601)), Some(3601));
+}
+
+#[test]
+fn consistent_target_paths() {
+    assert_eq!(
+        target_file_path("channels/lab/stable", "ab"),
+        "channels/lab/ab.stable"
+    );
+    assert_eq!(target_file_path("x", "ab"), "ab.x");
+}
+
+#[test]
+fn versions_skip_files_a_crash_left_behind() {
+    let (_d, mut t, cdir) = setup();
+    // An interrupted publish wrote targets and snapshot but no timestamp.
+    let m = t.dir().join("metadata");
+    std::fs::write(m.join("7.targets.json"), b"partial").unwrap();
+    std::fs::write(m.join("5.snapshot.json"), b"partial").unwrap();
+    let r = t
+        .publish("channels/a", b"two", serde_json::json!({"n": 2}), NOW)
+        .unwrap();
+    let versions: Vec<(String, u64)> = r
+        .written
+        .iter()
+        .map(|w| (w.role.clone(), w.version))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("targets".into(), 8),
+            ("snapshot".into(), 6),
+            ("timestamp".into(), 3)
+        ]
+    );
+    assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"two");
+}
+
+#[test]
+fn an_interrupted_rotation_is_finished_by_the_next_command() {
+    let (d, mut t, cdir) = setup();
+    let root_key = [d.path().join("root.key")];
+    let keys = t.dir().join("keys");
+    let old_key = std::fs::read(keys.join("timestamp.key")).unwrap();
+    let old_ts = std::fs::read(t.dir().join("metadata/timestamp.json")).unwrap();
+    t.rotate(Role::Timestamp, &root_key, &[], None, NOW)
+        .unwrap();
+    // Put back what a crash right after writing the new root would have left: the new key
+    // still pending, the old key and the timestamp it signed.
+    std::fs::rename(keys.join("timestamp.key"), keys.join("timestamp.key.new")).unwrap();
+    std::fs::write(keys.join("timestamp.key"), &old_key).unwrap();
+    std::fs::write(t.dir().join("metadata/timestamp.json"), &old_ts).unwrap();
+    let mut t = TrustRepo::open(t.dir()).unwrap();
+    let s = t.status(NOW);
+    assert!(!s.roles["timestamp"].signed);
+    assert!(s.warnings.iter().any(|w| w.contains("timestamp")), "{s:?}");
+    assert!(client_sees(&t, &cdir, NOW).is_err());
+    // refresh notices, takes the pending key and re-signs.
+    let r = t.refresh(false, NOW).unwrap();
+    assert!(r.reasons["timestamp"].contains("not signed"), "{r:?}");
+    assert!(!keys.join("timestamp.key.new").exists());
+    assert!(t.status(NOW).roles["timestamp"].signed);
+    assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one");
+    // The crashed rotation never wrote its timestamp 3: the repair is version 3.
+    assert_eq!(t.timestamp().signed.version, 3);
+}
+
+#[test]
+fn clients_follow_every_rotation() {
+    let (d, mut t, cdir) = setup();
+    // The client trusts metadata signed with the keys about to be replaced.
+    assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one");
+    let mut root_key = d.path().join("root.key");
+    for (n, role) in [Role::Targets, Role::Snapshot, Role::Timestamp, Role::Root]
+        .into_iter()
+        .enumerate()
+    {
+        let new_key = d.path().join(format!("root{n}.key"));
+        let new: &[PathBuf] = if role == Role::Root {
+            std::slice::from_ref(&new_key)
+        } else {
+            &[]
+        };
+        let r = t
+            .rotate(role, std::slice::from_ref(&root_key), new, None, NOW)
+            .unwrap();
+        assert_ne!(r.old_keyids, [r.new_keys[0].keyid.clone()]);
+        assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one", "after {role}");
+        if role == Role::Root {
+            root_key = new_key;
+        }
+    }
+    assert_eq!(t.root().signed.version, 5);
+    // The old root key no longer signs; the new one does.
+    let old = [d.path().join("root.key")];
+    assert!(matches!(
+        t.rotate(Role::Timestamp, &old, &[], None, NOW),
+        Err(Error::KeyFile { .. })
+    ));
+    t.rotate(Role::Timestamp, &[root_key], &[], None, NOW)
+        .unwrap();
+    assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one");
+}
+
+#[test]
+fn a_root_threshold_of_two_needs_both_keys() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("trust");
+    let keys = [d.path().join("a.key"), d.path().join("b.key")];
+    assert!(init(&dir, &keys, 3, NOW).is_err());
+    assert!(!dir.exists() && !keys[0].exists());
+    init(&dir, &keys, 2, NOW).unwrap();
+    let mut t = TrustRepo::open(&dir).unwrap();
+    t.publish("channels/a", b"one", serde_json::json!({}), NOW)
+        .unwrap();
+    let cdir = d.path().join("client");
+    client::init(
+        &cdir,
+        &std::fs::read(dir.join("metadata/1.root.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one");
+    let err = t
+        .rotate(Role::Timestamp, &keys[..1], &[], None, NOW)
+        .unwrap_err();
+    assert!(err.to_string().contains("threshold is 2"), "{err}");
+    // The same key twice is still one key.
+    let twice = [keys[0].clone(), keys[0].clone()];
+    assert!(t.rotate(Role::Timestamp, &twice, &[], None, NOW).is_err());
+    assert_eq!(t.root().signed.version, 1);
+    t.rotate(Role::Timestamp, &keys, &[], None, NOW).unwrap();
+    // Down to one new root key: signed by both old keys and the new one.
+    let c = d.path().join("c.key");
+    t.rotate(Role::Root, &keys, std::slice::from_ref(&c), Some(1), NOW)
+        .unwrap();
+    assert_eq!(t.root().signed.roles["root"].threshold, 1);
+    assert_eq!(t.root().signed.version, 3);
+    assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one");
+    t.rotate(Role::Snapshot, &[c], &[], None, NOW).unwrap();
+    assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one");
+}
+
+#[test]
+fn refresh_follows_half_lifetimes() {
+    let (_d, mut t, cdir) = setup();
+    assert!(t.refresh(false, NOW).unwrap().written.is_empty());
+    // 13 hours later, less than half a day is left on the timestamp.
+    let later = NOW + 13 * 3600;
+    let r = t.refresh(false, later).unwrap();
+    assert_eq!(r.written.len(), 1);
+    assert_eq!(r.written[0].role, "timestamp");
+    // 16 days later the snapshot too; 46 the targets; the root warns after half a year.
+    let r = t.refresh(false, NOW + 16 * DAY).unwrap();
+    let roles: Vec<&str> = r.written.iter().map(|w| w.role.as_str()).collect();
+    assert_eq!(roles, ["snapshot", "timestamp"]);
+    let r = t.refresh(false, NOW + 46 * DAY).unwrap();
+    let roles: Vec<&str> = r.written.iter().map(|w| w.role.as_str()).collect();
+    assert_eq!(roles, ["targets", "snapshot", "timestamp"]);
+    assert!(r.warnings.is_empty());
+    assert_eq!(client_sees(&t, &cdir, NOW + 46 * DAY).unwrap(), b"one");
+    let r = t.refresh(false, NOW + 200 * DAY).unwrap();
+    assert!(r.warnings[0].contains("root expires"), "{r:?}");
+}
