@@ -97,10 +97,8 @@ fn squashfs_export_is_read_by_unsquashfs() {
         "cd {} && setfacl -R -b -k srv && chmod 664 srv/shared/file && find srv -exec touch -h -d @1700000000 {{}} +",
         q(&src)
     ));
-    assert!(
-        sh(&format!("file -b {} || true", q(&img))).contains("Squashfs")
-            || std::fs::read(&img).unwrap().starts_with(b"hsqs")
-    );
+    // The squashfs superblock magic.
+    assert!(std::fs::read(&img).unwrap().starts_with(b"hsqs"));
     let dest = env.path("unsquashed");
     sh(&format!("unsquashfs -q -n -d {} {}", q(&dest), q(&img)));
     assert_same_tree(&src, &dest);
@@ -182,7 +180,7 @@ fn gnu_tar_acls_in_text_form_are_kept() {
         q(&src),
         q(&archive)
     ));
-    assert!(sh(&format!("strings {} | grep -c SCHILY.acl", q(&archive))).trim() != "0");
+    assert!(sh(&format!("grep -c -a SCHILY.acl {}", q(&archive))).trim() != "0");
     let id = env.commit("acl", &archive);
     let out = env.path("out");
     env.ok(&["checkout", &id, out.to_str().unwrap()]);
