@@ -2,7 +2,8 @@
 # A short tour of semithin on a small sample root filesystem:
 # builds semithin (release), makes a tree with directories, files, a symlink, a hardlink,
 # a setuid file and an extended attribute, commits it to channel lab/stable, changes a few
-# files, commits again, then shows log, diff, checkout and fsck. Everything happens in a
+# files, commits again, then shows log, diff, checkout and fsck, and signs the release as TUF
+# metadata (trust init, publish, trust status). Everything happens in a
 # temporary directory that is removed on exit.
 # Usage: scripts/sample.sh   (run as root to also get file ownership other than your own)
 set -euo pipefail
@@ -88,3 +89,9 @@ show diff -r --no-dereference "$ROOT" checkout && echo "contents identical"
 show stat -c '%A %h %u:%g %n' checkout/usr/bin/hello checkout/usr/bin/hello-again \
   checkout/usr/bin/su-demo checkout/bin checkout/home/user/.profile
 show getfattr -d checkout/etc/hostname
+
+echo
+echo "== signing the release (TUF metadata; the root key stays in a file you keep offline)"
+st trust init --root-key root.key
+st publish lab/stable
+st trust status
