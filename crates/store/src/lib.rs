@@ -28,6 +28,7 @@ pub mod refs;
 pub mod repo;
 mod scan_dir;
 mod scan_tar;
+pub mod transfer;
 pub mod walk;
 
 pub use error::{Error, Result};

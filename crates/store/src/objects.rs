@@ -212,31 +212,7 @@ impl ObjectStore {
     /// Reads, decompresses and verifies an object.
     pub fn get(&self, kind: ObjKind, id: &[u8; 32]) -> Result<Vec<u8>> {
         let (frame, raw_len) = self.get_frame(kind, id)?;
-        let corrupt = |reason: String| Error::Corrupt {
-            kind: kind.name(),
-            id: hex::encode(id),
-            reason,
-        };
-        let raw = zstd::bulk::decompress(&frame, raw_len as usize)
-            .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
-        if raw.len() != raw_len as usize {
-            return Err(corrupt(format!(
-                "{} bytes, index says {raw_len}",
-                raw.len()
-            )));
-        }
-        let actual = match kind {
-            ObjKind::Chunk => *ChunkId::of(&raw).as_bytes(),
-            ObjKind::Tree => *TreeId::of(&raw).as_bytes(),
-            ObjKind::Commit => *CommitId::of(&raw).as_bytes(),
-        };
-        if &actual != id {
-            return Err(corrupt(format!(
-                "content hashes to {}",
-                hex::encode(actual)
-            )));
-        }
-        Ok(raw)
+        verify_frame(kind, id, &frame, raw_len)
     }
 
     pub fn get_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
@@ -302,4 +278,31 @@ impl ObjectStore {
         }
         Ok(out)
     }
+}
+
+/// Decompresses a stored frame and checks that its content is the object `id` of `kind`: the
+/// one gate every object passes, read from a pack or received from elsewhere.
+pub fn verify_frame(kind: ObjKind, id: &[u8; 32], frame: &[u8], raw_len: u32) -> Result<Vec<u8>> {
+    let corrupt = |reason: String| Error::Corrupt {
+        kind: kind.name(),
+        id: hex::encode(id),
+        reason,
+    };
+    let raw = zstd::bulk::decompress(frame, raw_len as usize)
+        .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
+    if raw.len() != raw_len as usize {
+        return Err(corrupt(format!("{} bytes, expected {raw_len}", raw.len())));
+    }
+    let actual = match kind {
+        ObjKind::Chunk => *ChunkId::of(&raw).as_bytes(),
+        ObjKind::Tree => *TreeId::of(&raw).as_bytes(),
+        ObjKind::Commit => *CommitId::of(&raw).as_bytes(),
+    };
+    if &actual != id {
+        return Err(corrupt(format!(
+            "content hashes to {}",
+            hex::encode(actual)
+        )));
+    }
+    Ok(raw)
 }

@@ -37,7 +37,7 @@ impl ObjKind {
             ObjKind::Commit => "commit",
         }
     }
-    fn from_u8(b: u8) -> Option<Self> {
+    pub fn from_u8(b: u8) -> Option<Self> {
         match b {
             1 => Some(ObjKind::Chunk),
             2 => Some(ObjKind::Tree),
