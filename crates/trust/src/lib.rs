@@ -7,6 +7,7 @@ pub mod cjson;
 pub mod client;
 pub mod clock;
 pub mod error;
+mod fsutil;
 pub mod keys;
 pub mod metadata;
 pub mod repo;

@@ -8,7 +8,6 @@
 //! is damage, and the client stops rather than trust less than it did.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -107,23 +106,7 @@ impl TrustedDir {
     }
 
     fn replace(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let mut f = std::fs::File::create(&tmp).map_err(Error::io("creating", &tmp))?;
-        f.write_all(bytes).map_err(Error::io("writing", &tmp))?;
-        f.sync_all().map_err(Error::io("syncing", &tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(Error::io("renaming into", path))?;
-        self.sync_dir()
-    }
-
-    fn sync_dir(&self) -> Result<()> {
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(Error::io("syncing", &self.dir))
+        crate::fsutil::write_atomic(&self.dir, path, bytes, 0o644)
     }
 }
 

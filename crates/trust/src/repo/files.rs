@@ -1,18 +1,10 @@
 //! The files of a trust directory: where each lives, and durable writes.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::Role;
 use crate::error::{Error, Result};
-
-/// Syncs a directory so that renames and new entries in it are durable.
-pub(super) fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("syncing directory", dir))
-}
+pub(super) use crate::fsutil::{sync_dir, write_atomic};
 
 /// Makes `dir` and its missing parents below `top`, syncing each parent that got a new entry.
 pub(super) fn make_dirs(top: &Path, dir: &Path) -> Result<()> {
@@ -28,28 +20,6 @@ pub(super) fn make_dirs(top: &Path, dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(Error::io("creating", dir)(e)),
     }
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in `tmp`, fsync, rename, fsync of
-/// the directory. The file gets `mode`.
-pub(super) fn write_atomic(tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let t = tmp.join(format!("{name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&t);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&t)
-        .map_err(Error::io("creating", &t))?;
-    f.write_all(bytes).map_err(Error::io("writing", &t))?;
-    f.sync_all().map_err(Error::io("syncing", &t))?;
-    drop(f);
-    std::fs::rename(&t, path).map_err(Error::io("renaming into", path))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// The paths of a trust directory.
