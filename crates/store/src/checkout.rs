@@ -281,6 +281,17 @@ fn write_file(
     meta: &Meta,
     root: bool,
 ) -> Result<()> {
+    write_file_from(&|id| store.get_chunk(id), path, content, meta, root)
+}
+
+/// Writes a file from chunks `get` returns (each must be verified by `get`), with metadata.
+fn write_file_from(
+    get: &dyn Fn(&crate::id::ChunkId) -> Result<Vec<u8>>,
+    path: &Path,
+    content: &FileContent,
+    meta: &Meta,
+    root: bool,
+) -> Result<()> {
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -290,7 +301,7 @@ fn write_file(
         .map_err(Error::io("creating", path))?;
     let mut w = BufWriter::with_capacity(256 << 10, f);
     for c in &content.chunks {
-        let data = store.get_chunk(&c.id)?;
+        let data = get(&c.id)?;
         w.write_all(&data).map_err(Error::io("writing", path))?;
     }
     let f = w
@@ -403,6 +414,36 @@ fn link_from_cache(cache: &Path, content: &FileContent, meta: &Meta, dest: &Path
         )),
         Err(e) => Err(Error::io("linking from the cache", dest)(e)),
     }
+}
+
+/// Puts one regular file back as the tree says (content verified, metadata), replacing what is at
+/// `path` by rename, and drops its checkout-cache entry, which may share the damaged inode.
+pub fn restore_file(
+    get: &dyn Fn(&crate::id::ChunkId) -> Result<Vec<u8>>,
+    cache: Option<&Path>,
+    path: &Path,
+    content: &FileContent,
+    meta: &Meta,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::io("restoring", path)(std::io::ErrorKind::InvalidInput.into()))?;
+    let tmp = crate::fsutil::unique_tmp(dir, "restore");
+    let root = rustix::process::geteuid().is_root();
+    if let Err(e) = write_file_from(get, &tmp, content, meta, root) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(Error::io("replacing", path))?;
+    if let Some(c) = cache {
+        let cp = cache_path(c, content, meta);
+        match std::fs::remove_file(&cp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("removing", &cp)(e)),
+        }
+    }
+    Ok(())
 }
 
 fn write_to_cache(

@@ -13,7 +13,7 @@ pub mod diff;
 pub mod error;
 pub mod export;
 pub mod fsck;
-mod fsutil;
+pub mod fsutil;
 pub mod gc;
 pub mod id;
 pub mod import;

@@ -71,20 +71,41 @@ pub fn receive(
 fn receive_records(
     store: &ObjectStore,
     expected: &HashSet<(ObjKind, [u8; 32])>,
-    mut input: impl Read,
+    input: impl Read,
 ) -> Result<Received> {
+    let mut got = Received::default();
+    read_stream(expected, input, |kind, id, frame, raw_len, _raw| {
+        got.objects += 1;
+        if store.contains(kind, &id) {
+            got.duplicates += 1;
+            return Ok(());
+        }
+        if let Put::New { stored } = store.put_frame(kind, id, frame, raw_len)? {
+            got.stored_bytes += stored;
+        }
+        Ok(())
+    })?;
+    Ok(got)
+}
+
+/// Reads an object stream, verifying each object, and hands each to `f` (kind, id, stored
+/// frame, raw length, verified raw bytes). Only objects in `expected` are accepted.
+pub fn read_stream(
+    expected: &HashSet<(ObjKind, [u8; 32])>,
+    mut input: impl Read,
+    mut f: impl FnMut(ObjKind, [u8; 32], &[u8], u32, Vec<u8>) -> Result<()>,
+) -> Result<()> {
     let bad = |reason: String| Error::Tool {
         tool: "transfer",
         reason: format!("object stream: {reason}"),
     };
-    let mut got = Received::default();
     loop {
         let mut kind = [0u8; 1];
         input
             .read_exact(&mut kind)
             .map_err(|e| bad(format!("ends without its end marker ({e})")))?;
         if kind[0] == 0 {
-            return Ok(got);
+            return Ok(());
         }
         let kind = ObjKind::from_u8(kind[0])
             .ok_or_else(|| bad(format!("unknown object kind {}", kind[0])))?;
@@ -108,15 +129,8 @@ fn receive_records(
         input
             .read_exact(&mut frame)
             .map_err(|e| bad(format!("cut inside {name} ({e})")))?;
-        verify_frame(kind, &id, &frame, raw_len)?;
-        got.objects += 1;
-        if store.contains(kind, &id) {
-            got.duplicates += 1;
-            continue;
-        }
-        if let Put::New { stored } = store.put_frame(kind, id, &frame, raw_len)? {
-            got.stored_bytes += stored;
-        }
+        let raw = verify_frame(kind, &id, &frame, raw_len)?;
+        f(kind, id, &frame, raw_len, raw)?;
     }
 }
 

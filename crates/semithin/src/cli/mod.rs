@@ -1,17 +1,22 @@
 //! The command line: one module per subcommand.
 
+mod admin;
+mod agent;
 mod channel;
 mod checkout;
 mod cherry_pick;
 mod commit;
+mod demo;
 mod diff;
 mod export;
+mod fleet;
 mod fsck;
 mod gc;
 mod history;
 mod progress;
 mod publish;
 mod repo;
+mod serve;
 mod trust;
 mod tuf_client;
 
@@ -76,8 +81,37 @@ enum Command {
     #[command(subcommand)]
     Trust(trust::TrustCmd),
     /// Release a version of a channel: sign it as the TUF target `channels/CHANNEL` (new
-    /// targets, snapshot and timestamp metadata). Needs `semithin trust init` first.
+    /// targets, snapshot and timestamp metadata). Needs `semithin trust init` first; then
+    /// the fleet is told when a server is configured.
     Publish(publish::Args),
+    /// Run the server: serves releases and objects to machines, enrolls them, keeps their
+    /// state (SQLite, a repository and trust metadata under --data, made on first start).
+    Serve(serve::Args),
+    /// Run the agent of a machine: enroll, pull the assigned release, verify, stage, switch,
+    /// check health, roll back, report. Also `agent verify` and `agent status`.
+    Agent(agent::Args),
+    /// The machines the server knows: list, show, label, accept, reject, assign, tokens.
+    Fleet(FleetArgs),
+    /// Wake machines (a name, a label selector or `*`): they check in at once.
+    Push {
+        selector: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: admin::ServerArgs,
+    },
+    /// The whole story on this machine: a server on loopback, a sample image, N agents (each its
+    /// own process) that enroll, get accepted and assigned, update to v1 and then to v2 — with
+    /// live progress and a summary of what crossed the network.
+    Demo(demo::Args),
+}
+
+#[derive(clap::Args)]
+struct FleetArgs {
+    #[command(flatten)]
+    server: admin::ServerArgs,
+    #[command(subcommand)]
+    cmd: fleet::FleetCmd,
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -96,7 +130,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Export(a) => export::run(&open(repo, Access::Read)?, a),
         Command::TufClient(a) => tuf_client::run(a),
         Command::Trust(c) => trust::run(repo, c),
-        Command::Publish(a) => publish::run(&open(repo, Access::Write)?, a),
+        Command::Publish(a) => publish::run(open(repo, Access::Write)?, a),
+        Command::Serve(a) => serve::run(a),
+        Command::Agent(a) => agent::run(a),
+        Command::Fleet(f) => fleet::run(&f.server, f.cmd),
+        Command::Push {
+            selector,
+            json,
+            server,
+        } => fleet::push(&server, selector, json),
+        Command::Demo(a) => demo::run(a),
     }
 }
 
@@ -157,5 +200,14 @@ mod tests {
         assert_eq!(super::time(1_795_305_600), "2026-11-22 00:00:00 UTC");
         assert_eq!(super::human(1536), "1.5 KiB");
         assert_eq!(super::human(12), "12 B");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -10,6 +10,10 @@ use semithin_trust::clock;
 use semithin_trust::repo::TrustRepo;
 use serde_json::json;
 
+use semithin_protocol::api::Affected;
+use semithin_trust::repo::PublishReport;
+
+use super::admin::ServerArgs;
 use super::print_json;
 
 #[derive(clap::Args)]
@@ -24,6 +28,8 @@ pub struct Args {
     /// Print the result as JSON (for scripts).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 /// Whether `id` is a version `name` pointed at or an ancestor of one.
@@ -44,7 +50,51 @@ fn on_channel(repo: &Repo, name: &str, id: CommitId) -> Result<bool> {
     Ok(false)
 }
 
-pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
+/// Signs `id` as the release of channel `name`.
+pub fn sign(repo: &Repo, name: &str, id: CommitId) -> Result<PublishReport> {
+    let bytes = repo
+        .objects
+        .get(ObjKind::Commit, id.as_bytes())
+        .with_context(|| format!("reading commit {id}"))?;
+    let now = clock::now();
+    let mut t = TrustRepo::open(&super::trust::dir(repo))?;
+    let target = format!("channels/{name}");
+    let custom = json!({"commit": id.to_hex(), "channel": name, "published": now});
+    Ok(t.publish(&target, &bytes, custom, now)?)
+}
+
+/// Tells the server (when one is configured) so it wakes the channel's machines at once.
+fn tell_server(server: &ServerArgs, json: bool) -> Result<()> {
+    if !server.configured() {
+        if !json {
+            eprintln!(
+                "no server configured (--server, SEMITHIN_SERVER): a server on this repository \
+                 notices the release within seconds by itself"
+            );
+        }
+        return Ok(());
+    }
+    match server.client().and_then(|c| {
+        c.post::<Affected>("telling the server", "/api/v1/admin/published", &json!({}))
+    }) {
+        Ok(a) if !json => eprintln!("the server woke {} machine(s)", a.machines.len()),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("warning: published, but {e:#}; the server notices within seconds by itself")
+        }
+    }
+    Ok(())
+}
+
+pub fn run(repo: Repo, a: Args) -> Result<ExitCode> {
+    publish(&repo, &a)?;
+    // The server reads the repository under a shared lock: ours goes first.
+    drop(repo);
+    tell_server(&a.server, a.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn publish(repo: &Repo, a: &Args) -> Result<()> {
     let name = &a.channel;
     channel::check_name(name)?;
     let head = channel::head(repo, name)?
@@ -63,15 +113,7 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
             id
         }
     };
-    let bytes = repo
-        .objects
-        .get(ObjKind::Commit, id.as_bytes())
-        .with_context(|| format!("reading commit {id}"))?;
-    let now = clock::now();
-    let mut t = TrustRepo::open(&super::trust::dir(repo))?;
-    let target = format!("channels/{name}");
-    let custom = json!({"commit": id.to_hex(), "channel": name, "published": now});
-    let r = t.publish(&target, &bytes, custom, now)?;
+    let r = sign(repo, name, id)?;
     if a.json {
         print_json(&r)?;
     } else {
@@ -85,5 +127,5 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -1,0 +1,71 @@
+//! The agent's settings: a TOML file (`--config`, default STATE/agent.toml), overridden by flags.
+
+use std::path::{Path, PathBuf};
+
+use semithin_protocol::selector::Labels;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The server's URL, e.g. `http://updates.example:8470`.
+    pub server: Option<String>,
+    /// This machine's name (default: the host name).
+    pub name: Option<String>,
+    /// The enrollment token (needed only until the machine is enrolled).
+    pub token: Option<String>,
+    /// Labels the machine asks for at enrollment.
+    pub labels: Labels,
+    /// The TUF root the machine trusts at first (a root.json baked into the image).
+    pub trusted_root: Option<PathBuf>,
+    /// Seconds between check-ins when nothing wakes the agent (a tenth of it is jitter).
+    pub interval_secs: u32,
+    /// Shell commands run after a switch; all must exit 0 for the release to count as healthy.
+    /// They see SEMITHIN_DEPLOYMENT (the deployment's directory) and SEMITHIN_RELEASE.
+    pub health_checks: Vec<String>,
+    /// Longest a single health check may run.
+    pub health_timeout_secs: u64,
+    /// A switched release not confirmed healthy within this many seconds (say, the machine
+    /// rebooted into it and never came back up) is rolled back.
+    pub health_deadline_secs: u64,
+    /// Deployments kept besides the current one, for rollback.
+    pub keep: usize,
+    /// Seconds between re-hashes of the running deployment (0: never).
+    pub verify_interval_secs: u64,
+    /// Longest wait between retries when the server cannot be reached.
+    pub max_backoff_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: None,
+            name: None,
+            token: None,
+            labels: Labels::new(),
+            trusted_root: None,
+            interval_secs: 300,
+            health_checks: Vec::new(),
+            health_timeout_secs: 120,
+            health_deadline_secs: 900,
+            keep: 1,
+            verify_interval_secs: 24 * 3600,
+            max_backoff_secs: 300,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(Error::io("reading", path))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    pub fn server(&self) -> Result<&str> {
+        self.server.as_deref().ok_or_else(|| {
+            Error::Config("no server URL: give --server or `server` in the config file".into())
+        })
+    }
+}

@@ -1,0 +1,216 @@
+//! The agent's side of the protocol: every request after enrollment is signed with the
+//! machine's key (docs/PROTOCOL.md); every response is size-limited and time-bounded.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use semithin_protocol::api::{
+    ApiError, CheckInRequest, CheckInResponse, EnrollRequest, EnrollResponse, ObjectsRequest,
+};
+use semithin_protocol::sign::MachineKey;
+use semithin_trust::client::Fetcher;
+
+use crate::error::{Error, Result};
+
+pub struct Api {
+    base: String,
+    client: Client,
+    key: MachineKey,
+    /// Bytes received from the server (objects and metadata).
+    pub received: AtomicU64,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Api {
+    pub fn new(base: &str, key: MachineKey) -> Result<Self> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Config(format!(
+                "server URL {base:?} must start with http:// or https://"
+            )));
+        }
+        let client = Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(None)
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            base,
+            client,
+            key,
+            received: AtomicU64::new(0),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn key(&self) -> &MachineKey {
+        &self.key
+    }
+
+    fn fail(&self, path: &str) -> impl Fn(reqwest::Error) -> Error + '_ {
+        let url = format!("{}{path}", self.base);
+        move |e| Error::Server {
+            url: url.clone(),
+            reason: error_chain(&e),
+        }
+    }
+
+    fn signed(&self, method: &str, path: &str, body: Vec<u8>) -> RequestBuilder {
+        let url = format!("{}{path}", self.base);
+        let mut rb = match method {
+            "GET" => self.client.get(url),
+            _ => self.client.post(url).body(body.clone()),
+        };
+        for (k, v) in self.key.sign(method, path, now(), &body) {
+            rb = rb.header(k, v);
+        }
+        rb
+    }
+
+    /// Sends and turns an error status into [`Error::Refused`] with the server's reason.
+    fn send(&self, what: &str, path: &str, rb: RequestBuilder) -> Result<Response> {
+        let resp = rb.send().map_err(self.fail(path))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let mut text = String::new();
+        let _ = resp.take(64 << 10).read_to_string(&mut text);
+        let reason = serde_json::from_str::<ApiError>(&text)
+            .map(|e| e.error)
+            .unwrap_or(text);
+        Err(Error::Refused {
+            what: what.to_owned(),
+            status: status.as_u16(),
+            reason,
+        })
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(&self, path: &str, resp: Response) -> Result<T> {
+        let mut buf = Vec::new();
+        resp.take(1 << 20)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::Server {
+                url: format!("{}{path}", self.base),
+                reason: format!("reading the answer: {e}"),
+            })?;
+        serde_json::from_slice(&buf).map_err(|e| Error::Server {
+            url: format!("{}{path}", self.base),
+            reason: format!("bad answer: {e}"),
+        })
+    }
+
+    pub fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse> {
+        let path = "/api/v1/enroll";
+        let rb = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(req).expect("serialises"));
+        let resp = self.send("the enrollment", path, rb)?;
+        self.json(path, resp)
+    }
+
+    pub fn checkin(&self, req: &CheckInRequest) -> Result<CheckInResponse> {
+        let path = "/api/v1/checkin";
+        let body = serde_json::to_vec(req).expect("serialises");
+        let rb = self
+            .signed("POST", path, body)
+            .timeout(Duration::from_secs(req.wait_secs as u64 + 60));
+        let resp = self.send("the check-in", path, rb)?;
+        self.json(path, resp)
+    }
+
+    /// The object stream for `objects` (`KIND/ID` each).
+    pub fn objects(&self, path: &str, objects: Vec<String>) -> Result<Counted<'_, Response>> {
+        let body = serde_json::to_vec(&ObjectsRequest { objects }).expect("serialises");
+        // A stalled stream is given up after half an hour; what arrived is kept.
+        let rb = self
+            .signed("POST", path, body)
+            .timeout(Duration::from_secs(1800));
+        let resp = self.send("the object request", path, rb)?;
+        Ok(Counted {
+            inner: resp,
+            count: &self.received,
+        })
+    }
+}
+
+/// A reader that adds what it reads to a counter.
+pub struct Counted<'a, R> {
+    inner: R,
+    count: &'a AtomicU64,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl Fetcher for Api {
+    /// Signed GET of a metadata or target URL on this server, reading at most `max_len` bytes.
+    fn fetch(&self, url: &str, max_len: u64) -> semithin_trust::Result<Option<Vec<u8>>> {
+        let fail = |reason: String| semithin_trust::Error::Fetch {
+            url: url.to_owned(),
+            reason,
+        };
+        let Some(path) = url.strip_prefix(&self.base) else {
+            return Err(fail(format!("not on the server {}", self.base)));
+        };
+        let resp = self
+            .signed("GET", path, Vec::new())
+            .timeout(Duration::from_secs(300))
+            .send()
+            .map_err(|e| fail(error_chain(&e)))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let mut text = String::new();
+            let _ = resp.take(4096).read_to_string(&mut text);
+            return Err(fail(format!("HTTP {status}: {}", text.trim())));
+        }
+        if resp.content_length().is_some_and(|l| l > max_len) {
+            return Err(fail(format!("longer than the {max_len} bytes allowed")));
+        }
+        let mut buf = Vec::new();
+        resp.take(max_len.saturating_add(1))
+            .read_to_end(&mut buf)
+            .map_err(|e| fail(e.to_string()))?;
+        self.received.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if buf.len() as u64 > max_len {
+            return Err(fail(format!("longer than the {max_len} bytes allowed")));
+        }
+        Ok(Some(buf))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        let t = x.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    s
+}

@@ -1,0 +1,690 @@
+//! The semithin agent: runs on every machine, pulls (it never opens a port), verifies the
+//! release against the signed channel, fetches only the objects it lacks, stages a deployment
+//! beside the running one, switches atomically, checks health, rolls back by itself, reports.
+//!
+//! The decision of what to do next is a pure function ([`plan::next`], STATE.md); this module
+//! gathers the facts and performs the steps. Everything it does survives being killed at any
+//! moment: the next run starts from what is on disk and continues.
+
+pub mod config;
+pub mod deploy;
+pub mod error;
+pub mod http;
+pub mod plan;
+pub mod repair;
+pub mod state;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use semithin_protocol::api::{
+    CheckInRequest, CheckInResponse, EnrollRequest, Health, Phase, Report,
+};
+use semithin_protocol::sign::MachineKey;
+use semithin_store::pack::ObjKind;
+use semithin_store::repo::Config as RepoConfig;
+use semithin_store::{Access, CommitId, Repo, transfer};
+use semithin_trust::client::{Client, Limits};
+
+pub use crate::config::Config;
+pub use crate::error::{Error, Result};
+use crate::http::Api;
+use crate::plan::{Facts, Step, WaitFor};
+use crate::state::{Layout, State, Trial};
+
+/// What a run of [`Agent::cycle`] ended with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub wait: WaitFor,
+    /// Something changed on disk (fetched, staged, switched, rolled back).
+    pub worked: bool,
+}
+
+pub struct Agent {
+    pub cfg: Config,
+    pub layout: Layout,
+    pub state: State,
+    repo: Repo,
+    api: Option<Api>,
+    answer: Option<CheckInResponse>,
+    verified: Option<String>,
+    missing: Option<usize>,
+    phase: Phase,
+    /// Called with a line for each thing the agent does.
+    log: Box<dyn Fn(&str) + Send>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Agent {
+    /// Opens (or makes) the state directory.
+    pub fn open(dir: &Path, cfg: Config, log: Box<dyn Fn(&str) + Send>) -> Result<Self> {
+        let layout = Layout::new(dir);
+        for d in [layout.dir.clone(), layout.deployments()] {
+            std::fs::create_dir_all(&d).map_err(Error::io("creating", &d))?;
+        }
+        let rp = layout.repo();
+        if !rp.join("config").exists() {
+            if rp.exists() {
+                deploy::remove_dir(&rp)?;
+            }
+            Repo::init(&rp, RepoConfig::default())?;
+        }
+        // The agent is the only writer of its repository; an interrupted fetch leaves only
+        // temporary files, which opening for writing clears.
+        let repo = Repo::open(&rp, Access::Write)?;
+        let state = State::load(&layout.state())?;
+        // Leftover staging directories are from an interrupted run.
+        if let Ok(rd) = std::fs::read_dir(layout.deployments()) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".staging-") {
+                    deploy::remove_dir(&e.path())?;
+                }
+            }
+        }
+        let mut agent = Self {
+            cfg,
+            layout,
+            state,
+            repo,
+            api: None,
+            answer: None,
+            verified: None,
+            missing: None,
+            phase: Phase::Idle,
+            log,
+        };
+        if agent.layout.key().exists() {
+            agent.connect()?;
+        }
+        Ok(agent)
+    }
+
+    fn connect(&mut self) -> Result<()> {
+        let key = MachineKey::load(&self.layout.key())?;
+        let server = match &self.cfg.server {
+            Some(s) => s.clone(),
+            None => self.state.server.clone().ok_or_else(|| {
+                Error::Config("no server URL: give --server (or `server` in the config)".into())
+            })?,
+        };
+        self.api = Some(Api::new(&server, key)?);
+        Ok(())
+    }
+
+    fn api(&self) -> &Api {
+        self.api.as_ref().expect("connected after enrollment")
+    }
+
+    fn say(&self, s: &str) {
+        (self.log)(s);
+    }
+
+    fn save(&self) -> Result<()> {
+        self.state.save(&self.layout.state())
+    }
+
+    pub fn report(&self) -> Result<Report> {
+        let current = self.layout.current()?;
+        let staged = self
+            .verified
+            .clone()
+            .filter(|r| Some(r) != current.as_ref() && self.layout.deployment(r).exists());
+        let fetched = self.state.fetched_bytes
+            + self
+                .api
+                .as_ref()
+                .map(|a| a.received.load(Ordering::Relaxed))
+                .unwrap_or(0);
+        Ok(Report {
+            previous: self
+                .state
+                .history
+                .iter()
+                .find(|h| Some(*h) != current.as_ref())
+                .cloned(),
+            current,
+            staged,
+            health: self.state.health,
+            phase: self.phase,
+            failed_release: self.state.failed_release.clone(),
+            last_error: self.state.last_error.clone(),
+            disk_free: disk_free(&self.layout.dir),
+            uptime_secs: uptime(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            fetched_bytes: fetched,
+        })
+    }
+
+    /// Reports the state and asks what to run, holding up to `wait` seconds when nothing is new.
+    pub fn checkin(&mut self, wait: u32) -> Result<&CheckInResponse> {
+        let req = CheckInRequest {
+            report: self.report()?,
+            wait_secs: wait,
+        };
+        let resp = self.api().checkin(&req)?;
+        if self.state.status != Some(resp.status) {
+            self.say(&format!(
+                "server says this machine is {}",
+                resp.status.as_str()
+            ));
+            self.state.status = Some(resp.status);
+            self.save()?;
+        }
+        if resp.desired.as_ref().map(|d| &d.release)
+            != self
+                .answer
+                .as_ref()
+                .and_then(|a| a.desired.as_ref())
+                .map(|d| &d.release)
+        {
+            self.verified = None;
+            self.missing = None;
+        }
+        self.answer = Some(resp);
+        Ok(self.answer.as_ref().expect("just set"))
+    }
+
+    fn enroll(&mut self) -> Result<()> {
+        let key_path = self.layout.key();
+        if !key_path.exists() {
+            let key = MachineKey::generate()?;
+            write_private(&key_path, key.file_text().as_bytes())?;
+            self.say(&format!("made machine key {}", key.id()));
+        }
+        self.connect()?;
+        self.init_trust()?;
+        let name = match &self.cfg.name {
+            Some(n) => n.clone(),
+            None => hostname(),
+        };
+        let token = self.cfg.token.clone().ok_or_else(|| {
+            Error::Config("not enrolled yet: give an enrollment token (--token)".into())
+        })?;
+        let req = EnrollRequest {
+            token,
+            name: name.clone(),
+            public_key: hex::encode(self.api().key().public()),
+            labels: self.cfg.labels.clone(),
+        };
+        let resp = self.api().enroll(&req)?;
+        self.say(&format!(
+            "enrolled as {name} ({}): {}",
+            resp.machine_id,
+            resp.status.as_str()
+        ));
+        self.state.machine_id = Some(resp.machine_id);
+        self.state.name = Some(name);
+        self.state.server = Some(self.api().base().to_owned());
+        self.state.status = Some(resp.status);
+        self.save()
+    }
+
+    fn init_trust(&self) -> Result<()> {
+        let dir = self.layout.trust();
+        if dir.join("root.json").exists() {
+            return Ok(());
+        }
+        let root = self.cfg.trusted_root.as_ref().ok_or_else(|| {
+            Error::Config(
+                "no trusted root yet: give --trusted-root (the root.json of the server's trust \
+                 metadata, shipped with the image)"
+                    .into(),
+            )
+        })?;
+        let bytes = std::fs::read(root).map_err(Error::io("reading", root))?;
+        semithin_trust::client::init(&dir, &bytes)?;
+        Ok(())
+    }
+
+    /// Refreshes the TUF metadata and checks that `release` is the signed release of `channel`;
+    /// stores the commit object from the signed target.
+    fn verify_release(&mut self, channel: &str, release: &str) -> Result<()> {
+        self.phase = Phase::Verifying;
+        self.init_trust()?;
+        let api = self.api();
+        let base = api.base().to_owned();
+        let desired = self.answer.as_ref().and_then(|a| a.desired.clone());
+        let meta_path = desired
+            .as_ref()
+            .map(|d| d.metadata_path.clone())
+            .unwrap_or_else(|| "/api/v1/trust/metadata/".into());
+        let mut client = Client::new(
+            &self.layout.trust(),
+            &format!("{base}{meta_path}"),
+            api,
+            Limits::default(),
+            now(),
+        )?;
+        client.refresh()?;
+        let target = format!("channels/{channel}");
+        let info = client.find_target(&target)?.ok_or_else(|| Error::Release {
+            release: release.to_owned(),
+            reason: format!("the signed metadata has no release for channel {channel}"),
+        })?;
+        let signed = info
+            .custom
+            .as_ref()
+            .and_then(|c| c.get("commit"))
+            .and_then(|c| c.as_str())
+            .unwrap_or("");
+        if signed != release {
+            return Err(Error::Release {
+                release: release.to_owned(),
+                reason: format!(
+                    "the server asks for it, but the signed release of channel {channel} is {}",
+                    if signed.is_empty() { "missing" } else { signed }
+                ),
+            });
+        }
+        let local = client.download_target(
+            &target,
+            &info,
+            &format!("{base}/api/v1/trust/targets/"),
+            &self.layout.targets(),
+        )?;
+        let bytes = std::fs::read(&local).map_err(Error::io("reading", &local))?;
+        let id: CommitId = release.parse().map_err(|_| Error::Release {
+            release: release.to_owned(),
+            reason: "not a commit id".into(),
+        })?;
+        if CommitId::of(&bytes) != id {
+            return Err(Error::Release {
+                release: release.to_owned(),
+                reason: "the signed target does not hold this commit".into(),
+            });
+        }
+        self.repo
+            .objects
+            .put(ObjKind::Commit, *id.as_bytes(), &bytes)?;
+        self.repo.objects.flush()?;
+        self.verified = Some(release.to_owned());
+        Ok(())
+    }
+
+    /// Fetches every object the release lacks, level by level, in batched streams. Each object
+    /// is verified before it is stored; an interrupted fetch keeps what arrived whole.
+    fn fetch(&mut self, release: &str, objects_path: &str) -> Result<u64> {
+        self.phase = Phase::Fetching;
+        let id: CommitId = release.parse().map_err(|_| Error::Release {
+            release: release.to_owned(),
+            reason: "not a commit id".into(),
+        })?;
+        let mut stored = 0;
+        let mut rounds = 0;
+        loop {
+            let want = transfer::missing(&self.repo.objects, id)?;
+            if want.is_empty() {
+                return Ok(stored);
+            }
+            rounds += 1;
+            if rounds > 10_000 {
+                return Err(Error::Release {
+                    release: release.to_owned(),
+                    reason: "fetching does not converge".into(),
+                });
+            }
+            for batch in want.chunks(semithin_protocol::api::MAX_OBJECTS_PER_REQUEST) {
+                let refs = batch
+                    .iter()
+                    .map(|(k, id)| format!("{}/{}", k.name(), hex::encode(id)))
+                    .collect();
+                let expected: HashSet<_> = batch.iter().copied().collect();
+                let stream = self.api().objects(objects_path, refs)?;
+                let got = transfer::receive(&self.repo.objects, &expected, stream)?;
+                stored += got.stored_bytes;
+            }
+        }
+    }
+
+    fn facts(&self) -> Result<(Option<String>, Option<String>)> {
+        let current = self.layout.current()?;
+        let desired = self
+            .answer
+            .as_ref()
+            .and_then(|a| a.desired.as_ref())
+            .map(|d| d.release.clone());
+        Ok((current, desired))
+    }
+
+    /// Performs steps until the plan says to wait. The first check-in holds up to `wait`
+    /// seconds (long poll) when nothing has been done yet.
+    pub fn reconcile(&mut self, wait: u32) -> Result<Outcome> {
+        let mut worked = false;
+        for _ in 0..64 {
+            let (current, desired) = self.facts()?;
+            let staged = desired
+                .as_ref()
+                .is_some_and(|d| self.layout.deployment(d).exists());
+            let f = Facts {
+                enrolled: self.state.machine_id.is_some() && self.api.is_some(),
+                status: self.answer.as_ref().map(|a| a.status),
+                desired: desired.as_deref(),
+                current: current.as_deref(),
+                trial: self.state.trial.as_ref(),
+                failed_release: self.state.failed_release.as_deref(),
+                verified: self.verified.is_some() && self.verified == desired,
+                missing: self.missing,
+                staged,
+                now: now(),
+            };
+            let step = plan::next(&f);
+            match step {
+                Step::Wait(w) => {
+                    self.phase = Phase::Idle;
+                    return Ok(Outcome { wait: w, worked });
+                }
+                Step::Enroll => self.enroll()?,
+                Step::CheckIn => {
+                    self.checkin(if worked { 0 } else { wait })?;
+                }
+                Step::AbandonTrial => {
+                    self.say("the last switch did not happen; carrying on");
+                    self.state.trial = None;
+                    self.save()?;
+                }
+                Step::CheckHealth => {
+                    self.check_health()?;
+                    worked = true;
+                }
+                Step::RollBack(reason) => {
+                    self.roll_back(&reason)?;
+                    worked = true;
+                }
+                Step::Verify => {
+                    let d = self
+                        .answer
+                        .as_ref()
+                        .and_then(|a| a.desired.clone())
+                        .expect("verify needs a desired release");
+                    self.say(&format!(
+                        "verifying release {} of {}",
+                        short(&d.release),
+                        d.channel
+                    ));
+                    self.verify_release(&d.channel, &d.release)?;
+                }
+                Step::Count => {
+                    let d = desired.expect("count needs a desired release");
+                    let id: CommitId = d.parse().map_err(|_| Error::Release {
+                        release: d.clone(),
+                        reason: "not a commit id".into(),
+                    })?;
+                    self.missing = Some(transfer::missing(&self.repo.objects, id)?.len());
+                }
+                Step::Fetch => {
+                    let d = self
+                        .answer
+                        .as_ref()
+                        .and_then(|a| a.desired.clone())
+                        .expect("fetch needs a desired release");
+                    let before = self.api().received.load(Ordering::Relaxed);
+                    self.fetch(&d.release, &d.objects_path)?;
+                    let got = self.api().received.load(Ordering::Relaxed) - before;
+                    self.say(&format!(
+                        "fetched release {} ({got} bytes)",
+                        short(&d.release)
+                    ));
+                    self.missing = Some(0);
+                    worked = true;
+                }
+                Step::Stage => {
+                    let d = desired.expect("stage needs a desired release");
+                    self.phase = Phase::Staging;
+                    let written = deploy::stage(&self.repo, &self.layout, &d)?;
+                    self.say(&format!(
+                        "staged release {} ({written} bytes written, the rest linked)",
+                        short(&d)
+                    ));
+                    worked = true;
+                }
+                Step::Switch => {
+                    let d = desired.expect("switch needs a desired release");
+                    self.switch(&d, current)?;
+                    worked = true;
+                }
+            }
+        }
+        Err(Error::Config(
+            "the agent went round 64 steps without settling".into(),
+        ))
+    }
+
+    fn switch(&mut self, release: &str, previous: Option<String>) -> Result<()> {
+        let t = now();
+        // The trial is recorded before the switch: killed in between, the next run sees a trial
+        // whose release is not current and forgets it.
+        self.state.trial = Some(Trial {
+            release: release.to_owned(),
+            previous: previous.clone(),
+            switched_at: t,
+            deadline: t + self.cfg.health_deadline_secs as i64,
+        });
+        self.state.health = Health::Checking;
+        self.save()?;
+        deploy::point_current(&self.layout, Some(release))?;
+        self.state.history.retain(|h| h != release);
+        self.state.history.insert(0, release.to_owned());
+        self.save()?;
+        self.say(&format!("switched to release {}", short(release)));
+        Ok(())
+    }
+
+    fn check_health(&mut self) -> Result<()> {
+        let trial = self.state.trial.clone().expect("a trial to check");
+        self.phase = Phase::Checking;
+        self.state.health = Health::Checking;
+        let dep = self.layout.deployment(&trial.release);
+        let res = deploy::health_checks(
+            &self.cfg.health_checks,
+            &dep,
+            &trial.release,
+            Duration::from_secs(self.cfg.health_timeout_secs),
+            &self.layout.dir,
+        );
+        match res {
+            Ok(()) => {
+                self.state.trial = None;
+                self.state.health = Health::Healthy;
+                self.state.last_error = None;
+                self.save()?;
+                self.say(&format!("release {} is healthy", short(&trial.release)));
+                self.prune()?;
+                Ok(())
+            }
+            Err(reason) => self.roll_back(&reason),
+        }
+    }
+
+    fn roll_back(&mut self, reason: &str) -> Result<()> {
+        let trial = self.state.trial.clone().expect("a trial to roll back");
+        deploy::point_current(&self.layout, trial.previous.as_deref())?;
+        self.state.history.retain(|h| *h != trial.release);
+        self.state.trial = None;
+        self.state.health = Health::Failed;
+        self.state.failed_release = Some(trial.release.clone());
+        self.state.last_error = Some(reason.to_owned());
+        self.save()?;
+        self.say(&format!(
+            "rolled back from release {} to {}: {reason}",
+            short(&trial.release),
+            trial.previous.as_deref().map(short).unwrap_or("nothing")
+        ));
+        self.prune()?;
+        Ok(())
+    }
+
+    /// Keeps the current deployment and the `keep` newest before it; removes the rest.
+    fn prune(&mut self) -> Result<()> {
+        let n = 1 + self.cfg.keep;
+        self.state.history.truncate(n);
+        self.save()?;
+        let keep: Vec<&str> = self.state.history.iter().map(|s| s.as_str()).collect();
+        let removed = deploy::prune(&self.layout, &keep)?;
+        for r in removed {
+            self.say(&format!("removed deployment {}", short(&r)));
+        }
+        Ok(())
+    }
+
+    /// One round: reconcile (holding the first check-in up to `wait` seconds), and when
+    /// something changed, report at once. An error is recorded and reported when possible.
+    pub fn cycle(&mut self, wait: u32) -> Result<Outcome> {
+        self.answer = None;
+        let res = self.reconcile(wait);
+        match &res {
+            Ok(o) if o.worked => {
+                self.checkin(0)?;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.state.last_error = Some(e.to_string());
+                if let Some(api) = &self.api {
+                    self.state.fetched_bytes += api.received.swap(0, Ordering::Relaxed);
+                }
+                let _ = self.save();
+                if self.api.is_some() && !e.is_transient() {
+                    let _ = self.checkin(0);
+                }
+            }
+        }
+        if let Some(api) = &self.api {
+            let got = api.received.swap(0, Ordering::Relaxed);
+            if got > 0 {
+                self.state.fetched_bytes += got;
+                self.save()?;
+            }
+        }
+        if res.as_ref().is_ok_and(|o| o.worked) {
+            self.state.last_error = None;
+            self.save()?;
+        }
+        res
+    }
+
+    /// Runs until `stop` is set: long polls, reconciles, backs off when the server is away,
+    /// and re-verifies the running deployment every `verify_interval_secs`.
+    pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
+        let mut failures = 0u32;
+        let mut wait = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            match self.cycle(wait) {
+                Ok(o) => {
+                    failures = 0;
+                    wait = if o.worked {
+                        0
+                    } else {
+                        let next = self
+                            .answer
+                            .as_ref()
+                            .map(|a| a.next_checkin_secs)
+                            .unwrap_or(self.cfg.interval_secs)
+                            .clamp(1, self.cfg.interval_secs.max(1));
+                        jitter(next)
+                    };
+                    if o.wait == WaitFor::Acceptance || o.wait == WaitFor::Rejected {
+                        // The server holds long polls for accepted machines only as long as
+                        // it likes; a pending machine asks again after the wait.
+                        wait = wait.max(1);
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    let base = 1u64 << failures.min(9);
+                    let delay = base.min(self.cfg.max_backoff_secs.max(1));
+                    let delay = jitter(delay as u32).max(1);
+                    self.say(&format!("error: {e}; retrying in {delay} s"));
+                    sleep_unless(stop, Duration::from_secs(delay as u64));
+                    wait = 0;
+                    if matches!(e, Error::Config(_)) && self.state.machine_id.is_none() {
+                        return Err(e);
+                    }
+                }
+            }
+            if self.cfg.verify_interval_secs > 0
+                && self.layout.current()?.is_some()
+                && self.state.trial.is_none()
+                && now() - self.state.last_verify > self.cfg.verify_interval_secs as i64
+            {
+                match self.verify(true) {
+                    Ok(r) if !r.problems.is_empty() => self.say(&format!(
+                        "verify: repaired {} of {} problems",
+                        r.repaired,
+                        r.problems.len()
+                    )),
+                    Ok(_) => {}
+                    Err(e) => self.say(&format!("verify failed: {e}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+}
+
+fn sleep_unless(stop: &std::sync::atomic::AtomicBool, d: Duration) {
+    let end = std::time::Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `secs` minus up to a tenth of it, at random, so a fleet does not check in in lockstep.
+fn jitter(secs: u32) -> u32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    let span = (secs / 10).max(1);
+    secs.saturating_sub(u32::from_le_bytes(b) % span)
+}
+
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(Error::io("creating", &tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(Error::io("writing", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(Error::io("renaming", path))
+}
+
+fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn disk_free(dir: &Path) -> u64 {
+    rustix::fs::statvfs(dir)
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+        .unwrap_or(0)
+}
+
+fn uptime() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|s| s as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,30 @@
+//! What the semithin server and agent say to each other (docs/PROTOCOL.md), in one place.
+//!
+//! - [`api`]: the JSON bodies of `/api/v1`, for agents and for the admin;
+//! - [`sign`]: how an enrolled machine signs its requests with its own ed25519 key;
+//! - [`selector`]: label selectors (`site=school-12,class=lab`) and label syntax.
+//!
+//! Plain synchronous Rust with no network: the server and the agent are the shells around it.
+
+pub mod api;
+pub mod selector;
+pub mod sign;
+
+/// The version of the protocol, the `v1` in `/api/v1`.
+pub const API: &str = "/api/v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad label selector {selector:?}: {reason}")]
+    Selector { selector: String, reason: String },
+    #[error("bad label {label:?}: {reason}")]
+    Label { label: String, reason: String },
+    #[error("bad machine name {name:?}: {reason}")]
+    Name { name: String, reason: String },
+    #[error("request signature refused: {0}")]
+    Signature(String),
+    #[error("machine key {path}: {reason}")]
+    Key { path: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

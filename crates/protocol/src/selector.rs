@@ -1,0 +1,177 @@
+//! Machine names, labels and the selectors that choose machines by them.
+//!
+//! A selector is either one machine's name (`lab-07`) or a comma-separated list of `key=value`
+//! pairs that must all match (`site=school-12,class=lab`); `*` matches every machine.
+
+use std::collections::BTreeMap;
+
+use crate::{Error, Result};
+
+pub type Labels = BTreeMap<String, String>;
+
+const MAX_NAME: usize = 63;
+
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// A machine name: 1 to 63 characters of `A-Z a-z 0-9 - _ .`, not starting with `.` or `-`.
+pub fn check_name(name: &str) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(Error::Name {
+            name: name.to_owned(),
+            reason: reason.into(),
+        })
+    };
+    if name.is_empty() || name.len() > MAX_NAME {
+        return bad("must be 1 to 63 characters");
+    }
+    if !name.chars().all(name_char) {
+        return bad("may hold only letters, digits, '-', '_' and '.'");
+    }
+    if name.starts_with(['.', '-']) {
+        return bad("must not start with '.' or '-'");
+    }
+    Ok(())
+}
+
+/// A label key or value: the characters of a machine name, plus `/` in keys (`hw/model`).
+fn check_label_part(label: &str, part: &str, what: &str, slash: bool) -> Result<()> {
+    let ok = !part.is_empty()
+        && part.len() <= MAX_NAME
+        && part.chars().all(|c| name_char(c) || (slash && c == '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Label {
+            label: label.to_owned(),
+            reason: format!(
+                "the {what} must be 1 to 63 characters of letters, digits, '-', '_', '.'{}",
+                if slash { " or '/'" } else { "" }
+            ),
+        })
+    }
+}
+
+/// Parses `key=value`.
+pub fn parse_label(label: &str) -> Result<(String, String)> {
+    let Some((k, v)) = label.split_once('=') else {
+        return Err(Error::Label {
+            label: label.to_owned(),
+            reason: "expected key=value".into(),
+        });
+    };
+    check_label_part(label, k, "key", true)?;
+    check_label_part(label, v, "value", false)?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    All,
+    Name(String),
+    Labels(Labels),
+}
+
+impl Selector {
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s == "*" {
+            return Ok(Selector::All);
+        }
+        if !s.contains('=') {
+            check_name(s).map_err(|e| Error::Selector {
+                selector: s.to_owned(),
+                reason: format!(
+                    "{e} (a selector is a machine name, key=value[,key=value...] or *)"
+                ),
+            })?;
+            return Ok(Selector::Name(s.to_owned()));
+        }
+        let mut labels = Labels::new();
+        for part in s.split(',') {
+            let (k, v) = parse_label(part.trim()).map_err(|e| Error::Selector {
+                selector: s.to_owned(),
+                reason: e.to_string(),
+            })?;
+            if labels.insert(k.clone(), v).is_some() {
+                return Err(Error::Selector {
+                    selector: s.to_owned(),
+                    reason: format!("label {k} is given twice"),
+                });
+            }
+        }
+        Ok(Selector::Labels(labels))
+    }
+
+    pub fn matches(&self, name: &str, labels: &Labels) -> bool {
+        match self {
+            Selector::All => true,
+            Selector::Name(n) => n == name,
+            Selector::Labels(want) => want.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        }
+    }
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selector::All => f.write_str("*"),
+            Selector::Name(n) => f.write_str(n),
+            Selector::Labels(l) => {
+                let parts: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                f.write_str(&parts.join(","))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(s: &[(&str, &str)]) -> Labels {
+        s.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn selectors_match_names_and_all_labels() {
+        let l = labels(&[("site", "school-12"), ("class", "lab"), ("hw/model", "x1")]);
+        assert!(
+            Selector::parse("site=school-12,class=lab")
+                .unwrap()
+                .matches("a", &l)
+        );
+        assert!(Selector::parse(" hw/model=x1 ").unwrap().matches("a", &l));
+        assert!(
+            !Selector::parse("site=school-12,class=office")
+                .unwrap()
+                .matches("a", &l)
+        );
+        assert!(Selector::parse("lab-07").unwrap().matches("lab-07", &l));
+        assert!(!Selector::parse("lab-07").unwrap().matches("lab-08", &l));
+        assert!(Selector::parse("*").unwrap().matches("x", &Labels::new()));
+        assert_eq!(Selector::parse("b=2,a=1").unwrap().to_string(), "a=1,b=2");
+    }
+
+    #[test]
+    fn bad_selectors_and_labels_are_named() {
+        for (s, want) in [
+            ("a=1,a=2", "given twice"),
+            ("a=", "value must be"),
+            ("=x", "key must be"),
+            ("a=1,,b=2", "expected key=value"),
+            ("a b", "may hold only"),
+            ("", "1 to 63"),
+            ("a=$(x)", "value must be"),
+        ] {
+            let e = Selector::parse(s).unwrap_err().to_string();
+            assert!(e.contains(want), "{s}: {e}");
+        }
+        assert!(check_name("-x").is_err());
+        assert!(check_name(&"a".repeat(64)).is_err());
+        check_name("Lab-07.school_12").unwrap();
+    }
+}

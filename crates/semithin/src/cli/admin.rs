@@ -1,0 +1,144 @@
+//! How the admin commands (`fleet`, `push`, `publish`) reach the server: `--server` and
+//! `--admin-token` (or SEMITHIN_SERVER, SEMITHIN_ADMIN_TOKEN), else the file in
+//! SEMITHIN_ADMIN_CONFIG or ~/.config/semithin/admin.toml:
+//!
+//! ```toml
+//! server = "http://updates.example:8470"
+//! admin_token_file = "/var/lib/semithin/admin-token"   # or admin_token = "..."
+//! ```
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use semithin_protocol::api::ApiError;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+#[derive(clap::Args, Clone, Default)]
+pub struct ServerArgs {
+    /// The server's URL.
+    #[arg(long, global = true, env = "SEMITHIN_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// The admin token (see also SEMITHIN_ADMIN_CONFIG).
+    #[arg(
+        long,
+        global = true,
+        env = "SEMITHIN_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    server: Option<String>,
+    admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
+}
+
+fn config_path() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("SEMITHIN_ADMIN_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME")?;
+    let p = PathBuf::from(home).join(".config/semithin/admin.toml");
+    p.exists().then_some(p)
+}
+
+pub struct AdminClient {
+    base: String,
+    token: String,
+    http: reqwest::blocking::Client,
+}
+
+impl ServerArgs {
+    /// Whether a server is configured at all (publish tells it when it is).
+    pub fn configured(&self) -> bool {
+        self.server.is_some() || config_path().is_some()
+    }
+
+    pub fn client(&self) -> Result<AdminClient> {
+        let file = match config_path() {
+            Some(p) => {
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("admin config {}", p.display()))?
+            }
+            None => File::default(),
+        };
+        let base = self.server.clone().or(file.server).context(
+            "no server given: pass --server URL, set SEMITHIN_SERVER, or write \
+             ~/.config/semithin/admin.toml",
+        )?;
+        let token = match (&self.admin_token, file.admin_token, file.admin_token_file) {
+            (Some(t), _, _) => t.clone(),
+            (None, Some(t), _) => t,
+            (None, None, Some(p)) => std::fs::read_to_string(&p)
+                .with_context(|| format!("reading the admin token from {}", p.display()))?
+                .trim()
+                .to_owned(),
+            (None, None, None) => bail!(
+                "no admin token: pass --admin-token, set SEMITHIN_ADMIN_TOKEN, or name \
+                 admin_token_file in the admin config (the server writes DATA/admin-token)"
+            ),
+        };
+        Ok(AdminClient {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::blocking::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(60))
+                .build()?,
+        })
+    }
+}
+
+impl AdminClient {
+    fn finish<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        r: reqwest::Result<reqwest::blocking::Response>,
+    ) -> Result<T> {
+        let resp =
+            r.with_context(|| format!("{what}: cannot reach the server at {}", self.base))?;
+        let status = resp.status();
+        let mut body = Vec::new();
+        resp.take(64 << 20).read_to_end(&mut body)?;
+        if !status.is_success() {
+            let reason = serde_json::from_slice::<ApiError>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            bail!("{what}: the server answered {status}: {reason}");
+        }
+        serde_json::from_slice(&body).with_context(|| format!("{what}: unexpected answer"))
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<T> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send();
+        self.finish(what, r)
+    }
+
+    pub fn post<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body)?)
+            .send();
+        self.finish(what, r)
+    }
+}

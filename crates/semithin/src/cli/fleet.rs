@@ -1,0 +1,353 @@
+//! `semithin fleet`: the machines, as the server knows them.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use semithin_protocol::api::{
+    Affected, AssignRequest, LabelRequest, MachineInfo, SelectorRequest, TokenInfo, TokenRequest,
+};
+use semithin_protocol::selector::{Selector, parse_label};
+
+use super::admin::ServerArgs;
+use super::{human, print_json, time};
+
+#[derive(Subcommand)]
+pub enum FleetCmd {
+    /// List machines: name, labels, channel, current / target release, status, last seen.
+    List {
+        /// Only the machines matching this selector (`site=school-12,class=lab`, a name, `*`).
+        selector: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one machine, with its recent events.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set labels (`k=v`) or remove them (`k-`).
+    Label {
+        name: String,
+        #[arg(required = true, value_name = "K=V|K-")]
+        labels: Vec<String>,
+    },
+    /// Accept pending machines (a name or a selector).
+    Accept { selector: String },
+    /// Refuse machines: every request of theirs is refused from now on.
+    Reject { selector: String },
+    /// Make machines follow a channel (they update to its published release).
+    Assign { selector: String, channel: String },
+    /// Enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Make an enrollment token; its secret is shown once.
+    Create {
+        /// Machines enrolling with it are accepted at once (for factory images).
+        #[arg(long)]
+        preauthorized: bool,
+        /// Labels given to machines that enroll with it (repeatable `k=v`).
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// How many machines may use it.
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Seconds until it expires.
+        #[arg(long, value_name = "SECS")]
+        expires_in: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (without their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn short(s: &Option<String>) -> String {
+    s.as_deref()
+        .map(|s| s[..s.len().min(12)].to_owned())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn labels_text(l: &BTreeMap<String, String>) -> String {
+    if l.is_empty() {
+        return "-".into();
+    }
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn state_text(m: &MachineInfo) -> String {
+    use semithin_protocol::api::{Health, MachineStatus};
+    match m.status {
+        MachineStatus::Pending => return "pending".into(),
+        MachineStatus::Rejected => return "rejected".into(),
+        MachineStatus::Accepted => {}
+    }
+    if m.updated {
+        return "updated".into();
+    }
+    if m.report.failed_release.is_some() && m.report.failed_release == m.target {
+        return "failed".into();
+    }
+    match (&m.target, m.report.health) {
+        (None, _) => "unassigned".into(),
+        (Some(_), Health::Checking) => "checking".into(),
+        (Some(_), _) if m.last_seen.is_none() => "never seen".into(),
+        (Some(_), _) => format!("updating ({:?})", m.report.phase).to_lowercase(),
+    }
+}
+
+fn ago(t: Option<i64>) -> String {
+    let Some(t) = t else { return "never".into() };
+    let now = semithin_server::now();
+    let d = (now - t).max(0);
+    match d {
+        0..60 => format!("{d}s ago"),
+        60..3600 => format!("{}m ago", d / 60),
+        3600..86400 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+pub fn print_table(ms: &[MachineInfo]) {
+    println!(
+        "{:<16} {:<12} {:<14} {:<12} {:<12} {:<12} {:<10} LABELS",
+        "NAME", "STATUS", "STATE", "CHANNEL", "CURRENT", "TARGET", "SEEN"
+    );
+    for m in ms {
+        println!(
+            "{:<16} {:<12} {:<14} {:<12} {:<12} {:<12} {:<10} {}",
+            m.name,
+            m.status.as_str(),
+            state_text(m),
+            m.channel.as_deref().unwrap_or("-"),
+            short(&m.report.current),
+            short(&m.target),
+            ago(m.last_seen),
+            labels_text(&m.labels)
+        );
+    }
+}
+
+fn print_affected(verb: &str, a: &Affected) {
+    if a.machines.is_empty() {
+        println!("nothing to change: every matching machine was {verb} already");
+    } else {
+        println!(
+            "{verb} {} machine(s): {}",
+            a.machines.len(),
+            a.machines.join(", ")
+        );
+    }
+}
+
+pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
+    let c = server.client()?;
+    match cmd {
+        FleetCmd::List { selector, json } => {
+            let path = match &selector {
+                Some(s) => {
+                    Selector::parse(s)?;
+                    format!("/api/v1/admin/machines?selector={}", urlencode(s))
+                }
+                None => "/api/v1/admin/machines".into(),
+            };
+            let ms: Vec<MachineInfo> = c.get("listing machines", &path)?;
+            if json {
+                print_json(&ms)?;
+            } else {
+                print_table(&ms);
+            }
+        }
+        FleetCmd::Show { name, json } => {
+            let v: serde_json::Value = c.get(
+                "showing the machine",
+                &format!("/api/v1/admin/machines/{}", urlencode(&name)),
+            )?;
+            if json {
+                print_json(&v)?;
+            } else {
+                let m: MachineInfo = serde_json::from_value(v.clone())?;
+                println!("name:       {}", m.name);
+                println!("id:         {}", m.id);
+                println!("status:     {} ({})", m.status.as_str(), state_text(&m));
+                println!("labels:     {}", labels_text(&m.labels));
+                println!("channel:    {}", m.channel.as_deref().unwrap_or("-"));
+                println!("target:     {}", m.target.as_deref().unwrap_or("-"));
+                println!("current:    {}", m.report.current.as_deref().unwrap_or("-"));
+                println!(
+                    "previous:   {}",
+                    m.report.previous.as_deref().unwrap_or("-")
+                );
+                println!("health:     {:?}", m.report.health);
+                if let Some(f) = &m.report.failed_release {
+                    println!("failed:     {f}");
+                }
+                if let Some(e) = &m.report.last_error {
+                    println!("last error: {e}");
+                }
+                println!("disk free:  {}", human(m.report.disk_free));
+                println!("uptime:     {} s", m.report.uptime_secs);
+                println!("fetched:    {}", human(m.report.fetched_bytes));
+                println!("enrolled:   {}", time(m.enrolled_at));
+                println!("last seen:  {}", ago(m.last_seen));
+                if let Some(ev) = v.get("events").and_then(|e| e.as_array()) {
+                    println!("events:");
+                    for e in ev {
+                        println!(
+                            "  {}  {:<8} {}",
+                            time(e["at"].as_i64().unwrap_or(0)),
+                            e["kind"].as_str().unwrap_or(""),
+                            e["detail"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+        }
+        FleetCmd::Label { name, labels } => {
+            let mut req = LabelRequest::default();
+            for l in labels {
+                if let Some(k) = l.strip_suffix('-').filter(|_| !l.contains('=')) {
+                    req.remove.push(k.to_owned());
+                } else {
+                    let (k, v) = parse_label(&l)?;
+                    req.set.insert(k, v);
+                }
+            }
+            let m: MachineInfo = c.post(
+                "labelling",
+                &format!("/api/v1/admin/machines/{}/labels", urlencode(&name)),
+                &req,
+            )?;
+            println!("{}: {}", m.name, labels_text(&m.labels));
+        }
+        FleetCmd::Accept { selector } => {
+            Selector::parse(&selector)?;
+            let a: Affected = c.post(
+                "accepting",
+                "/api/v1/admin/accept",
+                &SelectorRequest { selector },
+            )?;
+            print_affected("accepted", &a);
+        }
+        FleetCmd::Reject { selector } => {
+            Selector::parse(&selector)?;
+            let a: Affected = c.post(
+                "rejecting",
+                "/api/v1/admin/reject",
+                &SelectorRequest { selector },
+            )?;
+            print_affected("rejected", &a);
+        }
+        FleetCmd::Assign { selector, channel } => {
+            Selector::parse(&selector)?;
+            let a: Affected = c.post(
+                "assigning",
+                "/api/v1/admin/assign",
+                &AssignRequest {
+                    selector,
+                    channel: channel.clone(),
+                },
+            )?;
+            print_affected(&format!("assigned to {channel}"), &a);
+        }
+        FleetCmd::Token(TokenCmd::Create {
+            preauthorized,
+            labels,
+            uses,
+            expires_in,
+            json,
+        }) => {
+            let mut req = TokenRequest {
+                preauthorized,
+                uses,
+                expires_in_secs: expires_in,
+                ..Default::default()
+            };
+            for l in labels {
+                let (k, v) = parse_label(&l)?;
+                req.labels.insert(k, v);
+            }
+            let t: TokenInfo = c.post("making a token", "/api/v1/admin/tokens", &req)?;
+            if json {
+                print_json(&t)?;
+            } else {
+                println!("{}", t.token.as_deref().unwrap_or(""));
+                eprintln!(
+                    "token {} made{}; give the line above to `semithin agent --token` (it is not shown again)",
+                    t.id,
+                    if t.preauthorized {
+                        " (pre-authorised)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        FleetCmd::Token(TokenCmd::List { json }) => {
+            let ts: Vec<TokenInfo> = c.get("listing tokens", "/api/v1/admin/tokens")?;
+            if json {
+                print_json(&ts)?;
+            } else {
+                println!(
+                    "{:<10} {:<6} {:<10} {:<24} LABELS",
+                    "ID", "PRE", "USES LEFT", "EXPIRES"
+                );
+                for t in ts {
+                    println!(
+                        "{:<10} {:<6} {:<10} {:<24} {}",
+                        t.id,
+                        if t.preauthorized { "yes" } else { "no" },
+                        t.uses_left
+                            .map(|u| u.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        t.expires_at.map(time).unwrap_or_else(|| "never".into()),
+                        labels_text(&t.labels)
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn push(server: &ServerArgs, selector: String, json: bool) -> Result<ExitCode> {
+    Selector::parse(&selector)?;
+    let a: Affected = server.client()?.post(
+        "pushing",
+        "/api/v1/admin/push",
+        &SelectorRequest { selector },
+    )?;
+    if json {
+        print_json(&a)?;
+    } else if a.machines.is_empty() {
+        bail!("no machine woken");
+    } else {
+        println!("woke {} machine(s): they check in now", a.machines.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Percent-encodes a query or path value.
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

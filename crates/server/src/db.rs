@@ -1,0 +1,305 @@
+//! The fleet database (SQLite): machines, enrollment tokens, events. Schema changes are numbered
+//! files under `migrations/`, applied once each in order and recorded in `schema_version`.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use semithin_protocol::api::{MachineStatus, Report};
+use semithin_protocol::selector::Labels;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::error::{Error, Result};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_fleet.sql"))];
+
+pub async fn open(path: &Path) -> Result<SqlitePool> {
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+        .map_err(|e| Error::db("opening the database", e))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(std::time::Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts)
+        .await
+        .map_err(|e| Error::db(&format!("opening {}", path.display()), e))?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<()> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+        .execute(pool)
+        .await
+        .map_err(|e| Error::db("creating schema_version", e))?;
+    let have: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| Error::db("reading schema_version", e))?;
+    let have = have.unwrap_or(0);
+    let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if have > newest {
+        return Err(Error::Config(format!(
+            "the database has schema version {have}; this server knows up to {newest}: \
+             run a newer semithin"
+        )));
+    }
+    for (v, sql) in MIGRATIONS.iter().filter(|m| m.0 > have) {
+        let mut tx = pool.begin().await.map_err(|e| Error::db("migrating", e))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db(&format!("applying migration {v}"), e))?;
+        sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+            .bind(v)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db("recording the migration", e))?;
+        tx.commit().await.map_err(|e| Error::db("migrating", e))?;
+    }
+    Ok(())
+}
+
+/// One machine as stored.
+#[derive(Clone, Debug)]
+pub struct MachineRow {
+    pub id: String,
+    pub name: String,
+    pub public_key: [u8; 32],
+    pub status: MachineStatus,
+    pub labels: Labels,
+    pub channel: Option<String>,
+    pub report: Report,
+    pub enrolled_at: i64,
+    pub last_seen: Option<i64>,
+}
+
+pub async fn load_machines(pool: &SqlitePool) -> Result<Vec<MachineRow>> {
+    let rows = sqlx::query(
+        "SELECT id, name, public_key, status, labels, channel, report, enrolled_at, last_seen \
+         FROM machines",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| Error::db("loading machines", e))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: String = r.get(0);
+        let bad = |what: &str| Error::Config(format!("machine {id} in the database: bad {what}"));
+        let key: Vec<u8> = r.get(2);
+        let status: String = r.get(3);
+        let labels: String = r.get(4);
+        let report: String = r.get(6);
+        out.push(MachineRow {
+            name: r.get(1),
+            public_key: key.try_into().map_err(|_| bad("public key"))?,
+            status: MachineStatus::parse(&status).ok_or_else(|| bad("status"))?,
+            labels: serde_json::from_str(&labels).map_err(|_| bad("labels"))?,
+            channel: r.get(5),
+            report: serde_json::from_str(&report).map_err(|_| bad("report"))?,
+            enrolled_at: r.get(7),
+            last_seen: r.get(8),
+            id,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn insert_machine(pool: &SqlitePool, m: &MachineRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO machines (id, name, public_key, status, labels, channel, report, \
+         enrolled_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&m.id)
+    .bind(&m.name)
+    .bind(&m.public_key[..])
+    .bind(m.status.as_str())
+    .bind(json(&m.labels))
+    .bind(&m.channel)
+    .bind(json(&m.report))
+    .bind(m.enrolled_at)
+    .bind(m.last_seen)
+    .execute(pool)
+    .await
+    .map_err(|e| Error::db("enrolling the machine", e))?;
+    Ok(())
+}
+
+/// Writes the admin-controlled fields of a machine (status, labels, channel).
+pub async fn update_machine(pool: &SqlitePool, m: &MachineRow) -> Result<()> {
+    sqlx::query("UPDATE machines SET status = $1, labels = $2, channel = $3 WHERE id = $4")
+        .bind(m.status.as_str())
+        .bind(json(&m.labels))
+        .bind(&m.channel)
+        .bind(&m.id)
+        .execute(pool)
+        .await
+        .map_err(|e| Error::db("updating the machine", e))?;
+    Ok(())
+}
+
+pub async fn update_report(pool: &SqlitePool, id: &str, report: &Report, seen: i64) -> Result<()> {
+    sqlx::query("UPDATE machines SET report = $1, last_seen = $2 WHERE id = $3")
+        .bind(json(report))
+        .bind(seen)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(|e| Error::db("storing the report", e))?;
+    Ok(())
+}
+
+/// Writes many last-seen times in one transaction.
+pub async fn update_last_seen(pool: &SqlitePool, seen: &[(String, i64)]) -> Result<()> {
+    let mut tx = pool.begin().await.map_err(|e| Error::db("last seen", e))?;
+    for (id, at) in seen {
+        sqlx::query("UPDATE machines SET last_seen = $1 WHERE id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db("last seen", e))?;
+    }
+    tx.commit().await.map_err(|e| Error::db("last seen", e))?;
+    Ok(())
+}
+
+pub async fn add_event(
+    pool: &SqlitePool,
+    machine: &str,
+    at: i64,
+    kind: &str,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO events (machine, at, kind, detail) VALUES ($1, $2, $3, $4)")
+        .bind(machine)
+        .bind(at)
+        .bind(kind)
+        .bind(detail)
+        .execute(pool)
+        .await
+        .map_err(|e| Error::db("recording an event", e))?;
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub at: i64,
+    pub kind: String,
+    pub detail: String,
+}
+
+pub async fn events(pool: &SqlitePool, machine: &str, limit: i64) -> Result<Vec<Event>> {
+    let rows = sqlx::query(
+        "SELECT at, kind, detail FROM events WHERE machine = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(machine)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| Error::db("reading events", e))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Event {
+            at: r.get(0),
+            kind: r.get(1),
+            detail: r.get(2),
+        })
+        .collect())
+}
+
+#[derive(Clone, Debug)]
+pub struct TokenRow {
+    pub id: String,
+    pub preauthorized: bool,
+    pub labels: Labels,
+    pub uses_left: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+}
+
+pub async fn insert_token(pool: &SqlitePool, t: &TokenRow, secret_hash: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO tokens (id, secret_hash, preauthorized, labels, uses_left, expires_at, \
+         created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&t.id)
+    .bind(secret_hash)
+    .bind(t.preauthorized as i64)
+    .bind(json(&t.labels))
+    .bind(t.uses_left)
+    .bind(t.expires_at)
+    .bind(t.created_at)
+    .execute(pool)
+    .await
+    .map_err(|e| Error::db("storing the token", e))?;
+    Ok(())
+}
+
+fn token_row(r: &sqlx::sqlite::SqliteRow) -> TokenRow {
+    let labels: String = r.get(3);
+    let pre: i64 = r.get(2);
+    TokenRow {
+        id: r.get(0),
+        preauthorized: pre != 0,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        uses_left: r.get(4),
+        expires_at: r.get(5),
+        created_at: r.get(6),
+    }
+}
+
+pub async fn tokens(pool: &SqlitePool) -> Result<Vec<TokenRow>> {
+    let rows = sqlx::query(
+        "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at \
+         FROM tokens ORDER BY created_at",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| Error::db("listing tokens", e))?;
+    Ok(rows.iter().map(token_row).collect())
+}
+
+/// Takes one use of the token with this secret hash, if it is valid at `now`.
+pub async fn use_token(pool: &SqlitePool, secret_hash: &str, now: i64) -> Result<Option<TokenRow>> {
+    let mut tx = pool.begin().await.map_err(|e| Error::db("token", e))?;
+    let row = sqlx::query(
+        "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at \
+         FROM tokens WHERE secret_hash = $1",
+    )
+    .bind(secret_hash)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(|e| Error::db("token", e))?;
+    let Some(row) = row else { return Ok(None) };
+    let t = token_row(&row);
+    if t.expires_at.is_some_and(|e| e <= now) || t.uses_left.is_some_and(|u| u <= 0) {
+        return Ok(None);
+    }
+    if t.uses_left.is_some() {
+        sqlx::query("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1")
+            .bind(&t.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db("token", e))?;
+    }
+    tx.commit().await.map_err(|e| Error::db("token", e))?;
+    Ok(Some(t))
+}
+
+pub async fn delete_token(pool: &SqlitePool, id: &str) -> Result<bool> {
+    let r = sqlx::query("DELETE FROM tokens WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(|e| Error::db("deleting the token", e))?;
+    Ok(r.rows_affected() > 0)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("serialises")
+}

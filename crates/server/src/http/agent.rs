@@ -1,0 +1,376 @@
+//! What machines call: enroll, check in (with long poll), fetch metadata and objects.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use semithin_protocol::api::{
+    CheckInRequest, CheckInResponse, Desired, EnrollRequest, EnrollResponse, Health,
+    MAX_OBJECTS_PER_REQUEST, MachineStatus, ObjectsRequest, Report,
+};
+use semithin_protocol::{selector, sign};
+use semithin_store::pack::ObjKind;
+use semithin_store::transfer;
+use tokio::sync::mpsc;
+
+use super::{ApiErr, ApiResult, machine, parse, reader};
+use crate::db::{self, MachineRow};
+use crate::fleet::Machine;
+use crate::{App, now};
+
+pub async fn enroll(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<Json<EnrollResponse>> {
+    let req: EnrollRequest = parse(&body)?;
+    selector::check_name(&req.name).map_err(|e| ApiErr::bad(e.to_string()))?;
+    for (k, v) in &req.labels {
+        selector::parse_label(&format!("{k}={v}")).map_err(|e| ApiErr::bad(e.to_string()))?;
+    }
+    let public: [u8; 32] = hex::decode(&req.public_key)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| ApiErr::bad("public_key must be 32 bytes of hex (an ed25519 key)"))?;
+    let id = sign::machine_id(&public);
+    if let Some(m) = app.fleet.get(&id) {
+        // The same machine enrolling again (it crashed before saving the answer).
+        let r = m.snapshot();
+        if r.name != req.name {
+            return Err(ApiErr(
+                StatusCode::CONFLICT,
+                format!("this key is already enrolled as {:?}", r.name),
+            ));
+        }
+        return Ok(Json(EnrollResponse {
+            machine_id: id,
+            status: r.status,
+        }));
+    }
+    if app.fleet.by_name(&req.name).is_some() {
+        return Err(ApiErr(
+            StatusCode::CONFLICT,
+            format!(
+                "the name {:?} is taken by another machine (remove it first, or enroll under \
+                 another name)",
+                req.name
+            ),
+        ));
+    }
+    let hash = blake3::hash(req.token.as_bytes()).to_hex().to_string();
+    let token = db::use_token(&app.db, &hash, now())
+        .await?
+        .ok_or_else(|| ApiErr::forbidden("enrollment token unknown, expired or used up"))?;
+    let mut labels = req.labels;
+    labels.extend(token.labels);
+    let status = if token.preauthorized {
+        MachineStatus::Accepted
+    } else {
+        MachineStatus::Pending
+    };
+    let row = MachineRow {
+        id: id.clone(),
+        name: req.name,
+        public_key: public,
+        status,
+        labels,
+        channel: None,
+        report: Report::default(),
+        enrolled_at: now(),
+        last_seen: None,
+    };
+    db::insert_machine(&app.db, &row).await?;
+    db::add_event(
+        &app.db,
+        &id,
+        now(),
+        "enrolled",
+        &format!("token {}", token.id),
+    )
+    .await?;
+    tracing::info!(machine = %row.name, %id, status = status.as_str(), "enrolled");
+    app.fleet.insert(Arc::new(Machine::new(row)));
+    Ok(Json(EnrollResponse {
+        machine_id: id,
+        status,
+    }))
+}
+
+/// The desired state of a machine, and whether it has something to do.
+fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
+    let r = m.row.lock().expect("lock");
+    let desired = match (r.status, &r.channel) {
+        (MachineStatus::Accepted, Some(c)) => app.release(c).map(|rel| Desired {
+            channel: c.clone(),
+            release: rel.to_hex(),
+            metadata_path: "/api/v1/trust/metadata/".into(),
+            objects_path: "/api/v1/objects".into(),
+        }),
+        _ => None,
+    };
+    let actionable = desired.as_ref().is_some_and(|d| {
+        r.report.current.as_deref() != Some(&d.release)
+            && r.report.failed_release.as_deref() != Some(&d.release)
+    });
+    let resp = CheckInResponse {
+        status: r.status,
+        desired,
+        next_checkin_secs: app.cfg.checkin_interval_secs,
+        woken,
+    };
+    (resp, actionable)
+}
+
+pub async fn checkin(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<CheckInResponse>> {
+    let m = machine(&app, &method, &uri, &headers, &body)?;
+    let req: CheckInRequest = parse(&body)?;
+    let t = now();
+    app.counters.checkins.fetch_add(1, Ordering::Relaxed);
+    m.last_seen.store(t, Ordering::Relaxed);
+    let (status, changed, old) = {
+        let mut r = m.row.lock().expect("lock");
+        let changed = r.report != req.report;
+        let old = changed.then(|| std::mem::replace(&mut r.report, req.report.clone()));
+        (r.status, changed, old)
+    };
+    if status == MachineStatus::Rejected {
+        return Err(ApiErr::forbidden("this machine was rejected by the admin"));
+    }
+    if changed {
+        db::update_report(&app.db, &m.id, &req.report, t).await?;
+        m.last_seen_stored.store(t, Ordering::Relaxed);
+        record_events(&app, &m.id, old.unwrap_or_default(), &req.report).await?;
+    }
+    let (resp, actionable) = answer(&app, &m, false);
+    let wait = req.wait_secs.min(app.cfg.max_wait_secs);
+    if actionable || wait == 0 {
+        return Ok(Json(resp));
+    }
+    let mut stop = app.shutdown.clone();
+    let woken = tokio::select! {
+        _ = m.wake.notified() => true,
+        _ = tokio::time::sleep(Duration::from_secs(wait as u64)) => false,
+        _ = stop.wait_for(|s| *s) => false,
+    };
+    Ok(Json(answer(&app, &m, woken).0))
+}
+
+/// Notes what changed in a machine's report worth keeping: updates, failures, rollbacks.
+async fn record_events(app: &App, id: &str, old: Report, new: &Report) -> crate::Result<()> {
+    let t = now();
+    if new.health == Health::Healthy
+        && (old.current != new.current || old.health != Health::Healthy)
+        && let Some(c) = &new.current
+    {
+        db::add_event(&app.db, id, t, "healthy", c).await?;
+    }
+    if new.failed_release.is_some() && new.failed_release != old.failed_release {
+        let detail = format!(
+            "{}: {}",
+            new.failed_release.as_deref().unwrap_or(""),
+            new.last_error.as_deref().unwrap_or("no reason given")
+        );
+        tracing::warn!(machine = id, %detail, "release failed on machine");
+        db::add_event(&app.db, id, t, "failed", &detail).await?;
+    }
+    Ok(())
+}
+
+fn safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.len() <= 255
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '%' | '+'))
+}
+
+async fn send_file(app: &App, path: std::path::PathBuf) -> ApiResult<Response> {
+    let name = path.display().to_string();
+    match tokio::fs::read(&path).await {
+        Ok(b) => {
+            app.counters
+                .metadata_bytes_sent
+                .fetch_add(b.len() as u64, Ordering::Relaxed);
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], b).into_response())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ApiErr::not_found("no such file"))
+        }
+        Err(e) => Err(ApiErr::internal(format!("reading {name}: {e}"))),
+    }
+}
+
+pub async fn metadata(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(file): Path<String>,
+) -> ApiResult<Response> {
+    reader(&app, &method, &uri, &headers, b"")?;
+    if !safe_name(&file) || !file.ends_with(".json") {
+        return Err(ApiErr::bad(format!("bad metadata file name {file:?}")));
+    }
+    send_file(
+        &app,
+        crate::releases::trust_dir(&app.cfg.repo())
+            .join("metadata")
+            .join(file),
+    )
+    .await
+}
+
+pub async fn target(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> ApiResult<Response> {
+    reader(&app, &method, &uri, &headers, b"")?;
+    let parts: Vec<&str> = path.split('/').collect();
+    if parts.len() > 8 || !parts.iter().all(|p| safe_name(p)) {
+        return Err(ApiErr::bad(format!("bad target path {path:?}")));
+    }
+    let mut p = crate::releases::trust_dir(&app.cfg.repo()).join("targets");
+    for part in parts {
+        p.push(part);
+    }
+    send_file(&app, p).await
+}
+
+fn parse_ref(s: &str) -> ApiResult<(ObjKind, [u8; 32])> {
+    let bad = || {
+        ApiErr::bad(format!(
+            "bad object {s:?}: expected chunk/ID, tree/ID or commit/ID"
+        ))
+    };
+    let (k, id) = s.split_once('/').ok_or_else(bad)?;
+    let kind = match k {
+        "chunk" => ObjKind::Chunk,
+        "tree" => ObjKind::Tree,
+        "commit" => ObjKind::Commit,
+        _ => return Err(bad()),
+    };
+    let id = hex::decode(id)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
+    Ok((kind, id))
+}
+
+/// Collects a stream's bytes into chunks for the response body.
+struct ChanWriter {
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChanWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= 256 << 10 {
+            self.flush()?;
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+fn stream(app: Arc<App>, wanted: Vec<(ObjKind, [u8; 32])>) -> ApiResult<Response> {
+    let store = app.published().store.clone();
+    let lacking: Vec<String> = wanted
+        .iter()
+        .filter(|(k, id)| !store.contains(*k, id))
+        .take(5)
+        .map(|(k, id)| format!("{}/{}", k.name(), hex::encode(id)))
+        .collect();
+    if !lacking.is_empty() {
+        return Err(ApiErr::not_found(format!(
+            "the server does not have {}",
+            lacking.join(", ")
+        )));
+    }
+    let (tx, rx) = mpsc::channel(8);
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChanWriter {
+            tx: tx.clone(),
+            buf: Vec::new(),
+        };
+        match transfer::send(&store, &wanted, &mut w) {
+            Ok(n) => {
+                app.counters
+                    .object_bytes_sent
+                    .fetch_add(n, Ordering::Relaxed);
+                app.counters
+                    .objects_sent
+                    .fetch_add(wanted.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "object stream broken off");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-semithin-objects")],
+        body,
+    )
+        .into_response())
+}
+
+pub async fn objects(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    reader(&app, &method, &uri, &headers, &body)?;
+    let req: ObjectsRequest = parse(&body)?;
+    if req.objects.len() > MAX_OBJECTS_PER_REQUEST {
+        return Err(ApiErr::bad(format!(
+            "{} objects asked for; at most {MAX_OBJECTS_PER_REQUEST} per request",
+            req.objects.len()
+        )));
+    }
+    let mut seen = HashSet::new();
+    let mut wanted = Vec::with_capacity(req.objects.len());
+    for s in &req.objects {
+        let r = parse_ref(s)?;
+        if seen.insert(r) {
+            wanted.push(r);
+        }
+    }
+    stream(app, wanted)
+}
+
+pub async fn object(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path((kind, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    reader(&app, &method, &uri, &headers, b"")?;
+    let r = parse_ref(&format!("{kind}/{id}"))?;
+    stream(app, vec![r])
+}

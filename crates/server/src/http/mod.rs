@@ -1,0 +1,177 @@
+//! The HTTP API (`/api/v1`, docs/PROTOCOL.md): routes, errors as JSON, authentication, limits.
+
+mod admin;
+mod agent;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use semithin_protocol::api::{ApiError, MachineStatus};
+use semithin_protocol::sign;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::App;
+use crate::fleet::Machine;
+
+/// An error answer: a status and a sentence naming the problem.
+#[derive(Debug)]
+pub struct ApiErr(pub StatusCode, pub String);
+
+impl ApiErr {
+    pub fn bad(msg: impl Into<String>) -> Self {
+        ApiErr(StatusCode::BAD_REQUEST, msg.into())
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        ApiErr(StatusCode::NOT_FOUND, msg.into())
+    }
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        ApiErr(StatusCode::FORBIDDEN, msg.into())
+    }
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "request failed");
+        ApiErr(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+impl From<crate::Error> for ApiErr {
+    fn from(e: crate::Error) -> Self {
+        ApiErr::internal(e)
+    }
+}
+
+pub type ApiResult<T> = std::result::Result<T, ApiErr>;
+
+/// Parses a JSON body, naming what is wrong with it.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiErr::bad(format!("bad request body: {e}")))
+}
+
+/// The admin token from `Authorization: Bearer TOKEN`.
+pub fn admin(app: &App, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(v) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Err(ApiErr(
+            StatusCode::UNAUTHORIZED,
+            "this is the admin API: send the admin token as `Authorization: Bearer TOKEN`".into(),
+        ));
+    };
+    let token = v
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if app.is_admin_token(token.trim()) {
+        Ok(())
+    } else {
+        Err(ApiErr(StatusCode::UNAUTHORIZED, "wrong admin token".into()))
+    }
+}
+
+/// The machine that signed this request (any status: callers decide what a pending machine may
+/// do).
+pub fn machine(
+    app: &App,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Arc<Machine>> {
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiErr(
+                    StatusCode::UNAUTHORIZED,
+                    format!("unsigned request: the {name} header is missing (enroll first)"),
+                )
+            })
+    };
+    let id = h(sign::HEADER_MACHINE)?;
+    let date = h(sign::HEADER_DATE)?;
+    let sig = h(sign::HEADER_SIGNATURE)?;
+    let m = app.fleet.get(id).ok_or_else(|| {
+        ApiErr(
+            StatusCode::UNAUTHORIZED,
+            format!("no machine {id} is enrolled here"),
+        )
+    })?;
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    sign::verify(
+        &m.public_key,
+        method.as_str(),
+        pq,
+        date,
+        body,
+        sig,
+        crate::now(),
+    )
+    .map_err(|e| ApiErr(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    Ok(m)
+}
+
+/// A signed request from an accepted machine, or the admin (relays and tools read objects too).
+pub fn reader(
+    app: &App,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<()> {
+    if headers.contains_key(axum::http::header::AUTHORIZATION) {
+        return admin(app, headers);
+    }
+    let m = machine(app, method, uri, headers, body)?;
+    match m.row.lock().expect("lock").status {
+        MachineStatus::Accepted => Ok(()),
+        s => Err(ApiErr::forbidden(format!(
+            "this machine is {}: only accepted machines fetch releases",
+            s.as_str()
+        ))),
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let deadline = Duration::from_secs(app.cfg.request_deadline_secs);
+    let long = Duration::from_secs(app.cfg.max_wait_secs as u64 + 30);
+    let limit = app.cfg.max_body_bytes;
+    let quick = Router::new()
+        .route("/api/v1/health", get(|| async { "ok\n" }))
+        .route("/api/v1/enroll", post(agent::enroll))
+        .route("/api/v1/trust/metadata/{file}", get(agent::metadata))
+        .route("/api/v1/trust/targets/{*path}", get(agent::target))
+        .merge(admin::routes())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            deadline,
+        ));
+    // Long polls and object streams: the deadline covers the answer's start; a stream then runs
+    // as long as the client reads.
+    let slow = Router::new()
+        .route("/api/v1/checkin", post(agent::checkin))
+        .route("/api/v1/objects", post(agent::objects))
+        .route("/api/v1/objects/{kind}/{id}", get(agent::object))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            long,
+        ));
+    quick
+        .merge(slow)
+        .fallback(|uri: Uri| async move {
+            ApiErr::not_found(format!("no such endpoint: {}", uri.path()))
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(app)
+}

@@ -1,0 +1,309 @@
+//! The semithin server: a thin async shell (axum, SQLite through sqlx) around the repository
+//! and trust crates. It serves TUF metadata and objects to machines, enrolls them, keeps their
+//! reported state and tells each one what it should run. See docs/PROTOCOL.md.
+
+pub mod db;
+pub mod error;
+pub mod fleet;
+pub mod http;
+pub mod releases;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use semithin_store::repo::Config as RepoConfig;
+use semithin_store::{CommitId, Repo};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::SqlitePool;
+use tokio::sync::watch;
+
+pub use error::{Error, Result};
+
+use crate::fleet::Fleet;
+use crate::releases::Published;
+
+/// Everything the server can be told; the binary fills it from flags, environment and the TOML
+/// file, in that order of precedence.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Config {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    /// The admin token; when absent, the one in DATA/admin-token (made on first start).
+    pub admin_token: Option<String>,
+    /// How often machines check in when nothing wakes them.
+    pub checkin_interval_secs: u32,
+    /// The longest a machine's long poll is held.
+    pub max_wait_secs: u32,
+    /// Deadline for every request but long polls and object streams.
+    pub request_deadline_secs: u64,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// PEM certificate chain and key: serve HTTPS instead of HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn new(data: PathBuf) -> Self {
+        Self {
+            data,
+            listen: "127.0.0.1:8470".parse().expect("address"),
+            admin_token: None,
+            checkin_interval_secs: 300,
+            max_wait_secs: 300,
+            request_deadline_secs: 30,
+            max_body_bytes: 8 << 20,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.data.join("repo")
+    }
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub object_bytes_sent: AtomicU64,
+    pub objects_sent: AtomicU64,
+    pub metadata_bytes_sent: AtomicU64,
+    pub checkins: AtomicU64,
+}
+
+/// The server's shared state.
+pub struct App {
+    pub cfg: Config,
+    pub db: SqlitePool,
+    pub fleet: Fleet,
+    pub published: RwLock<Arc<Published>>,
+    admin_token_hash: blake3::Hash,
+    pub counters: Counters,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl App {
+    pub fn published(&self) -> Arc<Published> {
+        self.published.read().expect("lock").clone()
+    }
+
+    pub fn release(&self, channel: &str) -> Option<CommitId> {
+        self.published().releases.get(channel).copied()
+    }
+
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        // blake3::Hash compares in constant time.
+        blake3::hash(token.as_bytes()) == self.admin_token_hash
+    }
+
+    /// Re-reads the store and releases; wakes the machines whose channel's release changed.
+    /// Returns the names of the machines woken.
+    pub async fn reload(self: &Arc<Self>) -> Result<Vec<String>> {
+        let repo = self.cfg.repo();
+        let new = tokio::task::spawn_blocking(move || releases::load(&repo))
+            .await
+            .expect("reload task")?;
+        let old = self.published();
+        let changed: Vec<String> = new
+            .releases
+            .iter()
+            .filter(|(c, r)| old.releases.get(*c) != Some(r))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for (c, r) in &new.releases {
+            if old.releases.get(c) != Some(r) {
+                tracing::info!(channel = %c, release = %r.to_hex(), "release published");
+            }
+        }
+        *self.published.write().expect("lock") = Arc::new(new);
+        let mut woken = Vec::new();
+        for m in self
+            .fleet
+            .select(&semithin_protocol::selector::Selector::All)
+        {
+            let r = m.row.lock().expect("lock");
+            if r.channel.as_ref().is_some_and(|c| changed.contains(c)) {
+                woken.push(r.name.clone());
+                m.wake.notify_one();
+            }
+        }
+        Ok(woken)
+    }
+}
+
+/// Makes what a new data directory needs: the repository, trust metadata (root key in
+/// DATA/root-key.json, to be moved offline), the admin token. Existing parts are kept.
+pub fn prepare(cfg: &Config) -> Result<String> {
+    let data = &cfg.data;
+    std::fs::create_dir_all(data).map_err(Error::io("creating", data))?;
+    let repo = cfg.repo();
+    if !repo.join("config").exists() {
+        Repo::init(&repo, RepoConfig::default())?;
+        tracing::info!(path = %repo.display(), "repository created");
+    }
+    let trust = releases::trust_dir(&repo);
+    if !trust.exists() {
+        let _lock = Repo::open(&repo, semithin_store::Access::Write)?;
+        let key = data.join("root-key.json");
+        semithin_trust::repo::init(&trust, &[key.clone()], 1, semithin_trust::clock::now())?;
+        tracing::warn!(
+            root_key = %key.display(),
+            "trust metadata created; keep the root key offline (it is needed only to rotate keys)"
+        );
+    }
+    let token = match &cfg.admin_token {
+        Some(t) if t.len() >= 16 => t.clone(),
+        Some(_) => {
+            return Err(Error::Config(
+                "the admin token must be at least 16 characters".into(),
+            ));
+        }
+        None => admin_token_file(data)?,
+    };
+    Ok(token)
+}
+
+fn admin_token_file(data: &Path) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().len() >= 16 => return Ok(t.trim().to_owned()),
+        Ok(_) => {
+            return Err(Error::Config(format!(
+                "{} holds no token of at least 16 characters",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("reading", &path)(e)),
+    }
+    let token = random_token()?;
+    let tmp = data.join(".admin-token.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(Error::io("creating", &tmp))?;
+    f.write_all(format!("{token}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(Error::io("writing", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(Error::io("renaming", &path))?;
+    tracing::info!(path = %path.display(), "admin token created");
+    Ok(token)
+}
+
+pub fn random_token() -> Result<String> {
+    let mut b = [0u8; 24];
+    getrandom::fill(&mut b).map_err(|e| Error::Config(format!("no randomness: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the server until `stop` resolves, then finishes open requests (long polls are answered
+/// at once) and writes what is still in memory.
+pub async fn run(
+    cfg: Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let token = prepare(&cfg)?;
+    let db = db::open(&cfg.data.join("fleet.db")).await?;
+    let fleet = Fleet::load(db::load_machines(&db).await?);
+    let repo = cfg.repo();
+    let published = tokio::task::spawn_blocking(move || releases::load(&repo))
+        .await
+        .expect("load task")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = Arc::new(App {
+        db,
+        fleet,
+        published: RwLock::new(Arc::new(published)),
+        admin_token_hash: blake3::hash(token.as_bytes()),
+        counters: Counters::default(),
+        shutdown: stop_rx,
+        cfg,
+    });
+    let listener = tokio::net::TcpListener::bind(app.cfg.listen)
+        .await
+        .map_err(Error::io("listening on", app.cfg.listen.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(Error::io("listening on", app.cfg.listen.to_string()))?;
+    tracing::info!(
+        %addr,
+        machines = app.fleet.len(),
+        channels = app.published().releases.len(),
+        data = %app.cfg.data.display(),
+        "serving"
+    );
+    let background = tokio::spawn(background(app.clone()));
+    let router = http::router(app.clone());
+    let stop_tx2 = stop_tx.clone();
+    let shutdown = async move {
+        stop.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx2.send(true);
+    };
+    let served = if let (Some(cert), Some(key)) = (&app.cfg.tls_cert, &app.cfg.tls_key) {
+        http::tls::serve(listener, router, cert, key, shutdown).await
+    } else {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(Error::io("serving on", addr.to_string()))
+    };
+    let _ = stop_tx.send(true);
+    background.abort();
+    save_last_seen(&app).await?;
+    app.db.close().await;
+    tracing::info!("stopped");
+    served
+}
+
+/// Every few seconds: write last-seen times, and reload when the trust metadata changed on disk
+/// (a publish that did not tell the server).
+async fn background(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        if let Err(e) = save_last_seen(&app).await {
+            tracing::warn!(error = %e, "writing last-seen times");
+        }
+        let repo = app.cfg.repo();
+        let stamp = tokio::task::spawn_blocking(move || releases::stamp(&repo))
+            .await
+            .ok()
+            .flatten();
+        if stamp != app.published().stamp {
+            match app.reload().await {
+                Ok(w) if !w.is_empty() => tracing::info!(woken = w.len(), "trust metadata changed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reloading the repository"),
+            }
+        }
+    }
+}
+
+async fn save_last_seen(app: &App) -> Result<()> {
+    let dirty = app.fleet.unsaved_last_seen();
+    if dirty.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(String, i64)> = dirty.iter().map(|(m, s)| (m.id.clone(), *s)).collect();
+    db::update_last_seen(&app.db, &rows).await?;
+    for (m, s) in dirty {
+        m.last_seen_stored.store(s, Ordering::Relaxed);
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! What is published: the object store and the channel → release map, read from the repository
+//! and its trust directory, and reloaded when a publish changes them.
+//!
+//! The server never holds the repository's lock: it opens the store (shared lock), keeps the
+//! pack files open and lets the lock go, so `commit`, `publish` and `gc` run beside it. Packs are
+//! immutable; one removed by gc stays readable through the open file until the next reload.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use semithin_store::objects::ObjectStore;
+use semithin_store::{Access, CommitId, Repo};
+use semithin_trust::repo::TrustRepo;
+
+use crate::error::{Error, Result};
+
+pub struct Published {
+    pub store: Arc<ObjectStore>,
+    /// channel → release
+    pub releases: BTreeMap<String, CommitId>,
+    /// What the trust directory looked like when read (size and mtime of timestamp.json).
+    pub stamp: Option<(u64, std::time::SystemTime)>,
+}
+
+pub fn trust_dir(repo: &Path) -> PathBuf {
+    repo.join("trust")
+}
+
+pub fn stamp(repo: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(trust_dir(repo).join("metadata/timestamp.json")).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+/// Reads the store and the published releases (blocking).
+pub fn load(repo_path: &Path) -> Result<Published> {
+    let stamp = stamp(repo_path);
+    let repo = Repo::open(repo_path, Access::Read)?;
+    let store = Arc::new(repo.objects);
+    let mut releases = BTreeMap::new();
+    let td = trust_dir(repo_path);
+    if td.exists() {
+        let t = TrustRepo::open(&td)?;
+        for (target, info) in &t.targets().signed.targets {
+            let Some(channel) = target.strip_prefix("channels/") else {
+                continue;
+            };
+            let commit = info
+                .custom
+                .as_ref()
+                .and_then(|c| c.get("commit"))
+                .and_then(|c| c.as_str())
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| {
+                    Error::Config(format!("published target {target} names no commit"))
+                })?;
+            releases.insert(channel.to_owned(), commit);
+        }
+    }
+    Ok(Published {
+        store,
+        releases,
+        stamp,
+    })
+}
