@@ -148,7 +148,12 @@ pub fn prepare(cfg: &Config) -> Result<String> {
     if !trust.exists() {
         let _lock = Repo::open(&repo, semithin_store::Access::Write)?;
         let key = data.join("root-key.json");
-        semithin_trust::repo::init(&trust, &[key.clone()], 1, semithin_trust::clock::now())?;
+        semithin_trust::repo::init(
+            &trust,
+            std::slice::from_ref(&key),
+            1,
+            semithin_trust::clock::now(),
+        )?;
         tracing::warn!(
             root_key = %key.display(),
             "trust metadata created; keep the root key offline (it is needed only to rotate keys)"

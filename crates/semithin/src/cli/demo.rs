@@ -51,10 +51,10 @@ impl Drop for Fleet {
         let all = self.agents.iter_mut().chain(self.server.as_mut());
         let mut children: Vec<&mut Child> = all.collect();
         for c in &children {
-            if let Ok(pid) = i32::try_from(c.id()) {
-                if let Some(p) = rustix::process::Pid::from_raw(pid) {
-                    let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
-                }
+            if let Ok(pid) = i32::try_from(c.id())
+                && let Some(p) = rustix::process::Pid::from_raw(pid)
+            {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
             }
         }
         let end = Instant::now() + Duration::from_secs(10);
@@ -85,7 +85,7 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x % 3 == 0 {
+        if x.is_multiple_of(3) {
             out.extend_from_slice(&(x as u32).to_le_bytes());
         } else {
             out.extend_from_slice(&words[(x % 64) as usize].to_le_bytes());
