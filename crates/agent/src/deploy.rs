@@ -27,6 +27,7 @@ pub fn stage(repo: &Repo, layout: &Layout, release: &str) -> Result<u64> {
         fsync: true,
     };
     let stats = checkout(repo, id, &staging, &opts, &NoProgress)?;
+    crate::crash_point("stage");
     let dest = layout.deployment(release);
     std::fs::rename(&staging, &dest).map_err(Error::io("renaming into", &dest))?;
     semithin_store::fsutil::sync_dir(&layout.deployments())?;

@@ -331,7 +331,8 @@ impl Agent {
                     reason: "fetching does not converge".into(),
                 });
             }
-            for batch in want.chunks(semithin_protocol::api::MAX_OBJECTS_PER_REQUEST) {
+            self.say(&format!("fetching {} object(s)", want.len()));
+            for batch in want.chunks(fetch_batch()) {
                 let refs = batch
                     .iter()
                     .map(|(k, id)| format!("{}/{}", k.name(), hex::encode(id)))
@@ -340,6 +341,9 @@ impl Agent {
                 let stream = self.api().objects(objects_path, refs)?;
                 let got = transfer::receive(&self.repo.objects, &expected, stream)?;
                 stored += got.stored_bytes;
+                if rounds > 2 {
+                    crash_point("fetch");
+                }
             }
         }
     }
@@ -474,6 +478,7 @@ impl Agent {
         self.state.history.insert(0, release.to_owned());
         self.save()?;
         self.say(&format!("switched to release {}", short(release)));
+        crash_point("switch");
         Ok(())
     }
 
@@ -562,7 +567,11 @@ impl Agent {
                 self.save()?;
             }
         }
-        if res.as_ref().is_ok_and(|o| o.worked) {
+        // An error is kept until the machine is up to date and healthy again.
+        if res.as_ref().is_ok_and(|o| o.wait == WaitFor::UpToDate)
+            && self.state.health == Health::Healthy
+            && self.state.last_error.is_some()
+        {
             self.state.last_error = None;
             self.save()?;
         }
@@ -630,6 +639,26 @@ impl Agent {
     pub fn repo(&self) -> &Repo {
         &self.repo
     }
+}
+
+/// Ends the process with SIGKILL at a named point when SEMITHIN_AGENT_CRASH_AT names it: the
+/// tests use it to show that a kill at the worst moment leaves nothing broken.
+pub fn crash_point(name: &str) {
+    if std::env::var("SEMITHIN_AGENT_CRASH_AT").as_deref() == Ok(name) {
+        eprintln!("semithin-agent: killed at {name} (SEMITHIN_AGENT_CRASH_AT)");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+}
+
+/// Objects per request: SEMITHIN_FETCH_BATCH, or the protocol's maximum.
+fn fetch_batch() -> usize {
+    std::env::var("SEMITHIN_FETCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(semithin_protocol::api::MAX_OBJECTS_PER_REQUEST)
+        .min(semithin_protocol::api::MAX_OBJECTS_PER_REQUEST)
 }
 
 fn sleep_unless(stop: &std::sync::atomic::AtomicBool, d: Duration) {

@@ -55,6 +55,13 @@ pub struct MachineKey {
     key: SigningKey,
 }
 
+/// Shows the machine id only, never the secret.
+impl std::fmt::Debug for MachineKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MachineKey({})", self.id())
+    }
+}
+
 impl MachineKey {
     pub fn generate() -> Result<Self> {
         let mut seed = [0u8; 32];

@@ -201,10 +201,7 @@ mod tests {
         assert_eq!(super::human(1536), "1.5 KiB");
         assert_eq!(super::human(12), "12 B");
     }
-}
 
-#[cfg(test)]
-mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;

@@ -6,6 +6,7 @@ mod bad_input;
 mod channels;
 mod common;
 mod fidelity;
+mod fleet;
 mod gc;
 mod real_root;
 mod tuf_client;

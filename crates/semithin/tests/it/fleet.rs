@@ -1,0 +1,1075 @@
+//! The server and agents as real processes on loopback: enrollment, updates, crashes, an absent
+//! server, health checks and rollback, tampering, and who may do what.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use semithin_protocol::sign::MachineKey;
+use serde_json::{Value, json};
+
+use crate::common::{BIN, q, sh};
+
+/// A deployment has the image's content and metadata; its files share inodes with the agent's
+/// checkout cache and earlier deployments, so link counts are not compared.
+fn assert_deployed(src: &Path, dep: &Path) {
+    let out = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(src)
+        .arg(dep)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let list = |d: &Path| {
+        sh(&format!(
+            "cd {} && find . -printf '%p %y %U %G %m %T@ %l %s\\n' | LC_ALL=C sort | \
+             awk '$2 == \"d\" {{ $6 = \"\"; $8 = \"\" }} {{ print }}'",
+            q(d)
+        ))
+    };
+    assert_eq!(
+        list(src),
+        list(dep),
+        "metadata of {} differs",
+        dep.display()
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A server in a temporary directory.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub port: u16,
+    pub url: String,
+    pub token: String,
+    child: Option<Child>,
+    http: reqwest::blocking::Client,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("semithin-fleet")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("server");
+        let port = free_port();
+        let mut s = Server {
+            url: format!("http://127.0.0.1:{port}"),
+            data,
+            port,
+            token: String::new(),
+            child: None,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            dir,
+        };
+        s.spawn();
+        s.token = std::fs::read_to_string(s.data.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        s
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.data.join("repo")
+    }
+
+    pub fn root_json(&self) -> PathBuf {
+        self.repo().join("trust/metadata/1.root.json")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data")
+            .arg(&self.data)
+            .args(["--checkin-interval", "30", "--max-wait", "30"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let url = format!("{}/api/v1/health", self.url);
+        wait_until("the server answering", 30, || {
+            reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success())
+        });
+    }
+
+    /// SIGKILL, then start again on the same port and data.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Runs `semithin ARGS` as the admin of this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("SEMITHIN_SERVER", &self.url)
+            .env("SEMITHIN_ADMIN_TOKEN", &self.token)
+            .env("SEMITHIN_REPO", self.repo())
+            .env("HOME", self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "semithin {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&r.text().unwrap()).unwrap_or(Value::Null),
+        )
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body).unwrap())
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&r.text().unwrap()).unwrap_or(Value::Null),
+        )
+    }
+
+    pub fn enroll_token(&self, preauthorized: bool) -> String {
+        let (s, v) = self.post(
+            "/api/v1/admin/tokens",
+            &json!({"preauthorized": preauthorized}),
+        );
+        assert_eq!(s, 200, "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    pub fn machine(&self, name: &str) -> Value {
+        let (s, v) = self.get(&format!("/api/v1/admin/machines/{name}"));
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    pub fn machines(&self) -> Vec<Value> {
+        let (s, v) = self.get("/api/v1/admin/machines");
+        assert_eq!(s, 200, "{v}");
+        v.as_array().unwrap().clone()
+    }
+
+    /// Commits `src` on `channel` and publishes it (telling the server); returns the commit id.
+    pub fn release(&self, src: &Path, channel: &str) -> String {
+        let out = self.ok(&[
+            "commit",
+            src.to_str().unwrap(),
+            "--channel",
+            channel,
+            "--json",
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let id = v["commit"].as_str().unwrap().to_owned();
+        self.ok(&["publish", channel]);
+        id
+    }
+
+    pub fn stats(&self) -> Value {
+        self.get("/api/v1/admin/stats").1
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop(&mut c);
+        }
+    }
+}
+
+/// An agent's state directory and, while it runs as a daemon, its process.
+pub struct Agent {
+    pub name: String,
+    pub state: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Agent {
+    pub fn new(s: &Server, name: &str, token: &str) -> Agent {
+        Agent {
+            name: name.into(),
+            state: s.path(&format!("agents/{name}")),
+            log: s.path(&format!("agents/{name}.log")),
+            child: None,
+            extra: vec![
+                "--server".into(),
+                s.url.clone(),
+                "--token".into(),
+                token.into(),
+                "--name".into(),
+                name.into(),
+                "--trusted-root".into(),
+                s.root_json().display().to_string(),
+                "--verify-interval".into(),
+                "0".into(),
+            ],
+            env: Vec::new(),
+        }
+    }
+
+    /// Another state directory (another machine) under the same name.
+    pub fn state_dir(mut self, dir: &str) -> Self {
+        self.state = self.state.with_file_name(dir);
+        self.log = self.log.with_file_name(format!("{dir}.log"));
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.extra.push(a.into());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    fn command(&self) -> Command {
+        std::fs::create_dir_all(self.state.parent().unwrap()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut c = Command::new(BIN);
+        c.arg("agent")
+            .arg("--state")
+            .arg(&self.state)
+            .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        c
+    }
+
+    /// `agent --once`; the exit status.
+    pub fn once(&self) -> std::process::ExitStatus {
+        self.command().arg("--once").status().unwrap()
+    }
+
+    pub fn spawn(&mut self) {
+        self.child = Some(self.command().args(["--interval", "300"]).spawn().unwrap());
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop(&mut c);
+        }
+    }
+
+    /// Waits for the process to end by itself (a crash point); its status.
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let c = self.child.as_mut().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                self.child = None;
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "agent did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn current(&self) -> Option<String> {
+        std::fs::read_link(self.state.join("current"))
+            .ok()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+    }
+
+    pub fn deployment(&self) -> PathBuf {
+        self.state.join("deployments").join(self.current().unwrap())
+    }
+
+    /// `semithin agent --state STATE ARGS` (no server flags).
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("agent")
+            .arg("--state")
+            .arg(&self.state)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A small image: a few files in nested directories, and `n` extra small files.
+fn image(root: &Path, version: u32, extra: usize) {
+    sh(&format!(
+        "set -e; mkdir -p {r}/etc {r}/usr/bin {r}/usr/lib/x/y/z; cd {r}; \
+         printf 'VERSION_ID={version}\\n' > etc/os-release; \
+         head -c 400000 /dev/urandom > usr/lib/x/y/z/big; \
+         printf '#!/bin/sh\\necho v{version}\\n' > usr/bin/tool; chmod 755 usr/bin/tool; \
+         ln -sf tool usr/bin/alias",
+        r = q(root)
+    ));
+    for i in 0..extra {
+        let p = root.join(format!("usr/lib/x/f{i}"));
+        std::fs::write(p, format!("file {i} of version {version}\n").repeat(3)).unwrap();
+    }
+}
+
+/// Waits until the machine reports `release` as current and healthy (the server says updated).
+fn wait_updated(s: &Server, name: &str, release: &str, secs: u64) {
+    wait_until(&format!("{name} updated to {release}"), secs, || {
+        let m = s.machine(name);
+        m["updated"] == json!(true) && m["report"]["current"] == json!(release)
+    });
+}
+
+#[test]
+fn enrollment_pending_accepted_rejected_and_preauthorised() {
+    let s = Server::start();
+    let t = s.enroll_token(false);
+    let a = Agent::new(&s, "lab-01", &t);
+    assert!(a.once().success(), "{}", a.log());
+    assert!(a.log().contains("pending"), "{}", a.log());
+    let out = s.ok(&["fleet", "list"]);
+    assert!(out.contains("lab-01") && out.contains("pending"), "{out}");
+    // pending machines get nothing
+    let src = s.path("img");
+    image(&src, 1, 3);
+    let v1 = s.release(&src, "lab/stable");
+    let out = s.ok(&["fleet", "accept", "lab-01"]);
+    assert!(out.contains("accepted 1 machine"), "{out}");
+    s.ok(&["fleet", "assign", "lab-01", "lab/stable"]);
+    assert!(a.once().success(), "{}", a.log());
+    wait_updated(&s, "lab-01", &v1, 10);
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+
+    // a pre-authorised token: accepted at once, labels from the token
+    let (st, v) = s.post(
+        "/api/v1/admin/tokens",
+        &json!({"preauthorized": true, "labels": {"site": "school-12"}, "uses": 1}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let pre = v["token"].as_str().unwrap();
+    let b = Agent::new(&s, "kiosk-1", pre);
+    assert!(b.once().success(), "{}", b.log());
+    let m = s.machine("kiosk-1");
+    assert_eq!(m["status"], "accepted");
+    assert_eq!(m["labels"]["site"], "school-12");
+    // the token had one use
+    let c = Agent::new(&s, "kiosk-2", pre);
+    assert!(!c.once().success());
+    assert!(
+        c.log()
+            .contains("enrollment token unknown, expired or used up"),
+        "{}",
+        c.log()
+    );
+    let d = Agent::new(&s, "x", "not-a-token");
+    assert!(!d.once().success());
+    assert!(d.log().contains("enrollment token unknown"), "{}", d.log());
+    // a second machine cannot take a name in use
+    let e = Agent::new(&s, "lab-01", &t).state_dir("impostor");
+    assert!(!e.once().success());
+    assert!(e.log().contains("taken by another machine"), "{}", e.log());
+
+    // assign by label selector, then reject
+    let out = s.ok(&["fleet", "assign", "site=school-12", "lab/stable"]);
+    assert!(out.contains("kiosk-1"), "{out}");
+    assert!(b.once().success(), "{}", b.log());
+    wait_updated(&s, "kiosk-1", &v1, 10);
+    s.ok(&["fleet", "reject", "kiosk-1"]);
+    assert!(!b.once().success());
+    assert!(b.log().contains("rejected"), "{}", b.log());
+    let out = s.ok(&["fleet", "list", "--json"]);
+    let list: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.len(), 2);
+    let out = s.ok(&["fleet", "show", "lab-01"]);
+    assert!(out.contains("enrolled") && out.contains(&v1), "{out}");
+}
+
+#[test]
+fn a_fleet_converges_v1_to_v2_fetching_only_what_changed() {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 200);
+    let v1 = s.release(&src, "lab/stable");
+    let mut agents: Vec<Agent> = (1..=3)
+        .map(|i| Agent::new(&s, &format!("m{i}"), &t))
+        .collect();
+    for a in &mut agents {
+        a.spawn();
+    }
+    wait_until("3 machines enrolled", 30, || s.machines().len() == 3);
+    s.ok(&["fleet", "assign", "*", "lab/stable"]);
+    for a in &agents {
+        wait_updated(&s, &a.name, &v1, 30);
+    }
+    let after_v1 = s.stats();
+    let fetched_v1: u64 = s.machine("m1")["report"]["fetched_bytes"].as_u64().unwrap();
+    assert!(fetched_v1 > 400_000 / 50, "fetched {fetched_v1}");
+
+    // v2 changes two small files; the agents are woken by the publish (their interval is 300 s)
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    std::fs::write(src.join("usr/lib/x/f7"), "changed\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    let start = Instant::now();
+    for a in &agents {
+        wait_updated(&s, &a.name, &v2, 30);
+    }
+    assert!(start.elapsed() < Duration::from_secs(60));
+    let after_v2 = s.stats();
+    let sent_v2 = after_v2["object_bytes_sent"].as_u64().unwrap()
+        - after_v1["object_bytes_sent"].as_u64().unwrap();
+    let sent_v1 = after_v1["object_bytes_sent"].as_u64().unwrap();
+    // v2 brings 2 chunks and the trees above them, per machine
+    assert!(sent_v2 * 5 < sent_v1, "v2 {sent_v2} vs v1 {sent_v1}");
+    let fetched_v2 = s.machine("m1")["report"]["fetched_bytes"].as_u64().unwrap() - fetched_v1;
+    assert!(fetched_v2 * 5 < fetched_v1, "{fetched_v2} vs {fetched_v1}");
+    for a in &agents {
+        assert_eq!(a.current().as_deref(), Some(v2.as_str()));
+        assert_deployed(&src, &a.deployment());
+        // the previous deployment is kept for rollback, unchanged files are shared with it
+        let prev = a.state.join("deployments").join(&v1);
+        assert!(prev.join("etc/os-release").exists());
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        assert_eq!(
+            ino(&prev.join("usr/lib/x/y/z/big")),
+            ino(&a.deployment().join("usr/lib/x/y/z/big"))
+        );
+        assert!(a.log().contains("is healthy"), "{}", a.log());
+    }
+    // a third release: the oldest deployment is removed (keep 1 besides the current)
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=3\n").unwrap();
+    let v3 = s.release(&src, "lab/stable");
+    for a in &agents {
+        wait_updated(&s, &a.name, &v3, 30);
+        let mut left: Vec<String> = std::fs::read_dir(a.state.join("deployments"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = vec![v2.clone(), v3.clone()];
+        want.sort();
+        assert_eq!(left, want);
+    }
+    // `semithin push` wakes a machine: it checks in at once
+    let before = s.stats()["checkins"].as_u64().unwrap();
+    let out = s.ok(&["push", "m2"]);
+    assert!(out.contains("woke 1 machine"), "{out}");
+    wait_until("m2 checked in after the push", 10, || {
+        s.stats()["checkins"].as_u64().unwrap() > before
+    });
+}
+
+#[test]
+fn killed_while_downloading_and_while_staging_it_converges_without_a_broken_deployment() {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 300);
+    let v1 = s.release(&src, "lab/stable");
+    for (name, point) in [("dl", "fetch"), ("st", "stage"), ("sw", "switch")] {
+        let mut a = Agent::new(&s, name, &t)
+            .env("SEMITHIN_AGENT_CRASH_AT", point)
+            .env("SEMITHIN_FETCH_BATCH", "20");
+        assert!(a.once().success(), "{}", a.log());
+        s.ok(&["fleet", "assign", name, "lab/stable"]);
+        a.spawn();
+        let st = a.wait_exit(30);
+        assert!(!st.success(), "{name}: {}", a.log());
+        assert!(
+            a.log().contains(&format!("killed at {point}")),
+            "{}",
+            a.log()
+        );
+        match point {
+            "fetch" => assert!(a.current().is_none()),
+            "stage" => {
+                assert!(a.current().is_none());
+                let staging = a.state.join(format!("deployments/.staging-{v1}"));
+                assert!(
+                    staging.exists(),
+                    "killed during staging leaves its directory"
+                );
+            }
+            _ => assert_eq!(a.current().as_deref(), Some(v1.as_str())),
+        }
+        // restarted without the crash point: it continues and converges
+        let mut a = Agent::new(&s, name, &t).env("SEMITHIN_FETCH_BATCH", "20");
+        a.spawn();
+        wait_updated(&s, name, &v1, 30);
+        assert_deployed(&src, &a.deployment());
+        let names: Vec<String> = std::fs::read_dir(a.state.join("deployments"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![v1.clone()], "{name}: no staging leftovers");
+        let out = a.run(&["verify"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn the_agent_backs_off_while_the_server_is_away_and_converges_when_it_is_back() {
+    let mut s = Server::start();
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 2000);
+    let v1 = s.release(&src, "lab/stable");
+    let mut a = Agent::new(&s, "m1", &t).env("SEMITHIN_FETCH_BATCH", "10");
+    assert!(a.once().success(), "{}", a.log());
+    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    a.spawn();
+    wait_until("the agent fetching", 30, || a.log().contains("fetching"));
+    s.kill();
+    wait_until("the agent noticing", 30, || a.log().contains("retrying in"));
+    assert!(a.current().is_none(), "the server went away mid-update");
+    std::thread::sleep(Duration::from_secs(2));
+    s.restart();
+    wait_updated(&s, "m1", &v1, 90);
+    assert_deployed(&src, &a.deployment());
+}
+
+#[test]
+fn a_failing_health_check_rolls_back_and_the_server_sees_the_failure() {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 3);
+    let v1 = s.release(&src, "lab/stable");
+    let mut a = Agent::new(&s, "m1", &t).arg("--health-check").arg(
+        "test ! -e \"$SEMITHIN_DEPLOYMENT/etc/broken\" || { echo 'broken marker found'; exit 3; }",
+    );
+    assert!(a.once().success(), "{}", a.log());
+    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    a.spawn();
+    wait_updated(&s, "m1", &v1, 30);
+    std::fs::write(src.join("etc/broken"), "yes\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    wait_until("the failure reported", 30, || {
+        s.machine("m1")["report"]["failed_release"] == json!(v2)
+    });
+    let m = s.machine("m1");
+    assert_eq!(m["updated"], json!(false));
+    assert_eq!(m["report"]["current"], json!(v1));
+    assert_eq!(m["report"]["health"], "failed");
+    let err = m["report"]["last_error"].as_str().unwrap();
+    assert!(err.contains("broken marker found"), "{err}");
+    assert!(m["events"].to_string().contains("failed"), "{m}");
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+    let out = s.ok(&["fleet", "list"]);
+    assert!(out.contains("failed"), "{out}");
+    assert!(!a.state.join("deployments").join(&v2).exists());
+    // a fixed release goes through
+    std::fs::remove_file(src.join("etc/broken")).unwrap();
+    std::fs::write(src.join("etc/fixed"), "yes\n").unwrap();
+    let v3 = s.release(&src, "lab/stable");
+    wait_updated(&s, "m1", &v3, 30);
+    a.stop();
+
+    // a switch never confirmed within the deadline (the agent died right after switching, as a
+    // machine that does not come back up) is rolled back at the next start
+    let b = Agent::new(&s, "m2", &t)
+        .arg("--health-deadline")
+        .arg("1")
+        .env("SEMITHIN_AGENT_CRASH_AT", "switch");
+    assert!(b.once().success(), "{}", b.log());
+    s.ok(&["fleet", "assign", "m2", "lab/stable"]);
+    assert!(!b.once().success());
+    assert_eq!(b.current().as_deref(), Some(v3.as_str()));
+    std::thread::sleep(Duration::from_secs(2));
+    let b = Agent::new(&s, "m2", &t).arg("--health-deadline").arg("1");
+    assert!(b.once().success(), "{}", b.log());
+    assert!(
+        b.log().contains("not confirmed healthy within"),
+        "{}",
+        b.log()
+    );
+    assert_eq!(
+        b.current(),
+        None,
+        "rolled back to nothing: it had no earlier deployment"
+    );
+    let m = s.machine("m2");
+    assert_eq!(m["report"]["failed_release"], json!(v3));
+}
+
+#[test]
+fn tampered_objects_and_metadata_from_the_server_are_refused_and_nothing_is_stored() {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 3);
+    let v1 = s.release(&src, "lab/stable");
+    let a = Agent::new(&s, "m1", &t);
+    assert!(a.once().success(), "{}", a.log());
+    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+
+    // A new file whose content is flipped in the server's pack: the agent refuses it.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(src.join("usr/lib/new.bin"), &big).unwrap();
+    let before: Vec<PathBuf> = packs(&s.repo());
+    let v2 = s.release(&src, "lab/stable");
+    let new_packs: Vec<PathBuf> = packs(&s.repo())
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert_eq!(new_packs.len(), 1);
+    damage_chunks(&s.repo(), Some(&new_packs[0]));
+    assert!(!a.once().success());
+    let log = a.log();
+    assert!(
+        log.contains("is corrupt: content hashes to"),
+        "{log}"
+    );
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()), "still on v1");
+    assert!(!a.state.join("deployments").join(&v2).exists());
+    // nothing unverified was stored: the agent's store has no object the release lacks
+    let out = Command::new(BIN)
+        .args(["--repo"])
+        .arg(a.state.join("repo"))
+        .arg("fsck")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let m = s.machine("m1");
+    assert!(
+        m["report"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("chunk"),
+        "{m}"
+    );
+
+    // Metadata changed on the server without its keys: refused, the trusted copy unchanged.
+    let meta = s.repo().join("trust/metadata/timestamp.json");
+    let trusted = a.state.join("trust/timestamp.json");
+    let trusted_before = std::fs::read(&trusted).unwrap();
+    let text = std::fs::read_to_string(&meta).unwrap();
+    let forged = text.replacen("\"version\":", "\"version\": 1000000 ,\"x\":", 1);
+    assert_ne!(forged, text);
+    std::fs::write(&meta, forged).unwrap();
+    assert!(!a.once().success());
+    assert_eq!(std::fs::read(&trusted).unwrap(), trusted_before);
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+}
+
+/// Flips a byte inside the frame of every chunk of a repository (trees and commits stay whole).
+fn damage_chunks(repo: &Path, only: Option<&Path>) {
+    use semithin_store::pack::ObjKind;
+    let r = semithin_store::Repo::open(repo, semithin_store::Access::Read).unwrap();
+    let mut by_pack = Vec::new();
+    for (name, entries) in r.objects.packs().unwrap() {
+        let offsets: Vec<u64> = entries
+            .iter()
+            .filter(|e| e.kind() == ObjKind::Chunk)
+            .map(|e| e.offset + e.stored_len as u64 / 2)
+            .collect();
+        let p = repo.join(format!("objects/packs/{name}.pack"));
+        if only.is_none_or(|o| o == p) {
+            by_pack.push((p, offsets));
+        }
+    }
+    drop(r);
+    for (p, offsets) in by_pack {
+        let mut b = std::fs::read(&p).unwrap();
+        for o in offsets {
+            b[o as usize] ^= 0x55;
+        }
+        std::fs::write(&p, b).unwrap();
+    }
+}
+
+fn packs(repo: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(repo.join("objects/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .collect()
+}
+
+/// A raw signed request, as an agent (or an impostor) would send it.
+fn signed(
+    s: &Server,
+    key: &MachineKey,
+    id: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    date: i64,
+) -> (u16, String) {
+    let client = reqwest::blocking::Client::new();
+    let url = format!("{}{path}", s.url);
+    let mut rb = if method == "GET" {
+        client.get(url)
+    } else {
+        client.post(url).body(body.to_vec())
+    };
+    for (k, v) in key.sign(method, path, date, body) {
+        if k == "semithin-machine"
+            && let Some(id) = id
+        {
+            rb = rb.header(k, id);
+        } else {
+            rb = rb.header(k, v);
+        }
+    }
+    let r = rb.send().unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn no_machine_acts_for_another_and_the_admin_api_needs_its_token() {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let a = Agent::new(&s, "alice", &t);
+    assert!(a.once().success(), "{}", a.log());
+    let alice_id = s.machine("alice")["id"].as_str().unwrap().to_owned();
+    let before = s.machine("alice");
+
+    let mallory = MachineKey::generate().unwrap();
+    let report = serde_json::to_vec(&json!({"report": {"current": "f".repeat(64),
+        "health": "healthy", "phase": "idle", "disk_free": 1, "uptime_secs": 1,
+        "agent_version": "x", "fetched_bytes": 0}}))
+    .unwrap();
+    // mallory signs with her key but claims alice's id
+    let (st, body) = signed(
+        &s,
+        &mallory,
+        Some(&alice_id),
+        "POST",
+        "/api/v1/checkin",
+        &report,
+        now(),
+    );
+    assert_eq!(st, 401, "{body}");
+    assert!(body.contains("does not verify"), "{body}");
+    // an unknown machine
+    let (st, body) = signed(
+        &s,
+        &mallory,
+        None,
+        "POST",
+        "/api/v1/checkin",
+        &report,
+        now(),
+    );
+    assert_eq!(st, 401);
+    assert!(body.contains("no machine"), "{body}");
+    // alice's key, but a stale date (a replay)
+    let alice = MachineKey::load(&a.state.join("machine.key")).unwrap();
+    let (st, body) = signed(
+        &s,
+        &alice,
+        None,
+        "POST",
+        "/api/v1/checkin",
+        &report,
+        now() - 3600,
+    );
+    assert_eq!(st, 401);
+    assert!(body.contains("more than 300 s"), "{body}");
+    // unsigned
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/api/v1/checkin", s.url))
+        .body(report.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // a signature over another body
+    let client = reqwest::blocking::Client::new();
+    let mut rb = client
+        .post(format!("{}/api/v1/checkin", s.url))
+        .body(report.clone());
+    for (k, v) in alice.sign("POST", "/api/v1/checkin", now(), b"{}") {
+        rb = rb.header(k, v);
+    }
+    assert_eq!(rb.send().unwrap().status().as_u16(), 401);
+    let after = s.machine("alice");
+    assert_eq!(before["report"], after["report"], "nothing changed");
+
+    // the admin API without a token, or with a wrong one
+    for token in [None, Some("wrong-token-wrong-token")] {
+        let mut rb = client
+            .post(format!("{}/api/v1/admin/accept", s.url))
+            .body(r#"{"selector":"*"}"#);
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        let r = rb.send().unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        assert!(r.text().unwrap().contains("token"));
+        let r = client
+            .get(format!("{}/api/v1/admin/machines", s.url))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+    }
+    let out = Command::new(BIN)
+        .args(["fleet", "list"])
+        .env("SEMITHIN_SERVER", &s.url)
+        .env("SEMITHIN_ADMIN_TOKEN", "wrong-token-wrong-token")
+        .env("HOME", s.dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong admin token"));
+    // a pending machine reads no release data
+    let t2 = s.enroll_token(false);
+    let p = Agent::new(&s, "pending-1", &t2);
+    assert!(p.once().success());
+    let pk = MachineKey::load(&p.state.join("machine.key")).unwrap();
+    let (st, body) = signed(
+        &s,
+        &pk,
+        None,
+        "GET",
+        "/api/v1/trust/metadata/timestamp.json",
+        b"",
+        now(),
+    );
+    assert_eq!(st, 403, "{body}");
+    let (st, body) = signed(
+        &s,
+        &pk,
+        None,
+        "POST",
+        "/api/v1/objects",
+        br#"{"objects":[]}"#,
+        now(),
+    );
+    assert_eq!(st, 403, "{body}");
+    // and the accepted one does
+    let (st, _) = signed(
+        &s,
+        &alice,
+        None,
+        "GET",
+        "/api/v1/trust/metadata/timestamp.json",
+        b"",
+        now(),
+    );
+    assert_eq!(st, 200);
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let s = Server::start();
+    let t = s.enroll_token(false);
+    let c = reqwest::blocking::Client::new();
+    let post = |path: &str, body: &str| {
+        let r = c
+            .post(format!("{}{path}", s.url))
+            .body(body.to_owned())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let key = hex::encode([1u8; 32]);
+    for (body, want) in [
+        ("{", "bad request body"),
+        (r#"{"token":"x"}"#, "missing field"),
+        (
+            &*format!(r#"{{"token":"{t}","name":"a b","public_key":"{key}"}}"#),
+            "may hold only",
+        ),
+        (
+            &*format!(r#"{{"token":"{t}","name":"ok","public_key":"abc"}}"#),
+            "32 bytes of hex",
+        ),
+        (
+            &*format!(
+                r#"{{"token":"{t}","name":"ok","public_key":"{key}","labels":{{"a":"$(x)"}}}}"#
+            ),
+            "value must be",
+        ),
+    ] {
+        let (st, text) = post("/api/v1/enroll", body);
+        assert_eq!(st, 400, "{body}: {text}");
+        assert!(text.contains(want), "{body}: {text}");
+    }
+    let (st, text) = post("/api/v1/nothing", "");
+    assert_eq!(st, 404);
+    assert!(text.contains("no such endpoint"), "{text}");
+    let big = "x".repeat(9 << 20);
+    let (st, _) = post("/api/v1/enroll", &big);
+    assert_eq!(st, 413);
+    let (st, v) = s.post(
+        "/api/v1/admin/assign",
+        &json!({"selector": "a=1,,", "channel": "c"}),
+    );
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = s.post(
+        "/api/v1/admin/assign",
+        &json!({"selector": "nobody", "channel": "c"}),
+    );
+    assert_eq!(st, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("no machine matches"));
+    let (st, v) = s.post(
+        "/api/v1/admin/assign",
+        &json!({"selector": "*", "channel": "../x"}),
+    );
+    assert_eq!(st, 400, "{v}");
+    // nothing was enrolled by any of it
+    assert!(s.machines().is_empty());
+}
+
+#[test]
+fn verify_restores_changed_files_from_the_store_or_the_server() {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 3);
+    let v1 = s.release(&src, "lab/stable");
+    let a = Agent::new(&s, "m1", &t);
+    assert!(a.once().success());
+    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+    let dep = a.deployment();
+    let out = a.run(&["verify", "--json"]);
+    assert!(out.status.success());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["problems"], json!([]));
+
+    // tampered in place (shared inode) and replaced
+    std::fs::write(dep.join("usr/bin/tool"), "#!/bin/sh\necho evil\n").unwrap();
+    std::fs::remove_file(dep.join("etc/os-release")).unwrap();
+    let out = a.run(&["verify", "--no-fix"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("usr/bin/tool: ") && text.contains("etc/os-release: "),
+        "{text}"
+    );
+    let out = a.run(&["verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_deployed(&src, &dep);
+
+    // with the local store's copy damaged too, the chunk comes from the server
+    std::fs::write(dep.join("usr/lib/x/y/z/big"), "short").unwrap();
+    damage_chunks(&a.state.join("repo"), None);
+    let out = a.run(&["verify", "--json"]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{r}");
+    assert!(r["refetched_chunks"].as_u64().unwrap() >= 1, "{r}");
+    assert_deployed(&src, &dep);
+}
