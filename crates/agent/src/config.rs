@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 pub struct Config {
     /// The server's URL, e.g. `http://updates.example:8470`.
     pub server: Option<String>,
+    /// PEM certificates of the CA that signed the server's certificate (for https:// servers
+    /// with a certificate of the fleet's own CA); only these are trusted then. Without it, the
+    /// system's roots.
+    pub ca: Option<PathBuf>,
     /// This machine's name (default: the host name).
     pub name: Option<String>,
     /// The enrollment token (needed only until the machine is enrolled).
@@ -42,6 +46,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             server: None,
+            ca: None,
             name: None,
             token: None,
             labels: Labels::new(),

@@ -2,10 +2,11 @@
 //! machine's key (docs/PROTOCOL.md); every response is size-limited and time-bounded.
 
 use std::io::Read;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::blocking::{Client, ClientBuilder, RequestBuilder, Response};
 use semithin_protocol::api::{
     ApiError, CheckInRequest, CheckInResponse, EnrollRequest, EnrollResponse, ObjectsRequest,
 };
@@ -29,15 +30,35 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// An HTTP client builder for talking to a semithin server. HTTPS is rustls with the ring
+/// provider; with `ca` (a PEM file of one or more certificates) only those are trusted, as fits a
+/// fleet's own certificate authority; without it, the system's roots.
+pub fn client_builder(ca: Option<&Path>) -> Result<ClientBuilder> {
+    // reqwest is built without a provider of its own; a second install is a harmless no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let b = Client::builder();
+    let Some(ca) = ca else { return Ok(b) };
+    let pem = std::fs::read(ca).map_err(Error::io("reading the CA certificates", ca))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| Error::Config(format!("CA certificates {}: {e}", ca.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "CA certificates {}: no PEM certificate in it",
+            ca.display()
+        )));
+    }
+    Ok(b.tls_certs_only(certs))
+}
+
 impl Api {
-    pub fn new(base: &str, key: MachineKey) -> Result<Self> {
+    pub fn new(base: &str, key: MachineKey, ca: Option<&Path>) -> Result<Self> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Config(format!(
                 "server URL {base:?} must start with http:// or https://"
             )));
         }
-        let client = Client::builder()
+        let client = client_builder(ca)?
             .connect_timeout(Duration::from_secs(10))
             .timeout(None)
             .build()

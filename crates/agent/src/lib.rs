@@ -115,7 +115,7 @@ impl Agent {
                 Error::Config("no server URL: give --server (or `server` in the config)".into())
             })?,
         };
-        self.api = Some(Api::new(&server, key)?);
+        self.api = Some(Api::new(&server, key, self.cfg.ca.as_deref())?);
         Ok(())
     }
 

@@ -222,6 +222,16 @@ pub async fn run(
     cfg: Config,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // A bad certificate or key stops the start, before anything is made or listens.
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
+        (None, None) => None,
+        _ => {
+            return Err(Error::Config(
+                "TLS needs both a certificate and its key (tls_cert and tls_key)".into(),
+            ));
+        }
+    };
     let token = prepare(&cfg)?;
     let db = db::open(&cfg.data.join("fleet.db")).await?;
     let fleet = Fleet::load(db::load_machines(&db).await?);
@@ -247,6 +257,7 @@ pub async fn run(
         .map_err(Error::io("listening on", app.cfg.listen.to_string()))?;
     tracing::info!(
         %addr,
+        scheme = if tls.is_some() { "https" } else { "http" },
         machines = app.fleet.len(),
         channels = app.published().releases.len(),
         data = %app.cfg.data.display(),
@@ -260,8 +271,8 @@ pub async fn run(
         tracing::info!("shutting down");
         let _ = stop_tx2.send(true);
     };
-    let served = if let (Some(cert), Some(key)) = (&app.cfg.tls_cert, &app.cfg.tls_key) {
-        http::tls::serve(listener, router, cert, key, shutdown).await
+    let served = if let Some(tls) = tls {
+        http::tls::serve(listener, router, tls, shutdown).await
     } else {
         axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)

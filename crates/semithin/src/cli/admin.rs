@@ -5,6 +5,7 @@
 //! ```toml
 //! server = "http://updates.example:8470"
 //! admin_token_file = "/var/lib/semithin/admin-token"   # or admin_token = "..."
+//! ca = "/etc/semithin/ca.pem"   # for an https:// server with a certificate of your own CA
 //! ```
 
 use std::io::Read;
@@ -30,12 +31,17 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// PEM certificates of the CA that signed an https:// server's certificate; only these are
+    /// trusted then [default: the system's roots].
+    #[arg(long, global = true, env = "SEMITHIN_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     server: Option<String>,
+    ca: Option<PathBuf>,
     admin_token: Option<String>,
     admin_token_file: Option<PathBuf>,
 }
@@ -86,10 +92,11 @@ impl ServerArgs {
                  admin_token_file in the admin config (the server writes DATA/admin-token)"
             ),
         };
+        let ca = self.ca.clone().or(file.ca);
         Ok(AdminClient {
             base: base.trim_end_matches('/').to_owned(),
             token,
-            http: reqwest::blocking::Client::builder()
+            http: semithin_agent::http::client_builder(ca.as_deref())?
                 .connect_timeout(Duration::from_secs(10))
                 .timeout(Duration::from_secs(60))
                 .build()?,

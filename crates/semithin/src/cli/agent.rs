@@ -25,6 +25,10 @@ pub struct Args {
     /// The server's URL (remembered after enrollment).
     #[arg(long, env = "SEMITHIN_SERVER", value_name = "URL")]
     server: Option<String>,
+    /// PEM certificates of the CA that signed an https:// server's certificate; only these are
+    /// trusted then [default: the system's roots].
+    #[arg(long, env = "SEMITHIN_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Enrollment token, needed only for the first run.
     #[arg(
         long,
@@ -96,6 +100,9 @@ fn config(a: &Args) -> Result<Config> {
     };
     if a.server.is_some() {
         c.server = a.server.clone();
+    }
+    if a.ca.is_some() {
+        c.ca = a.ca.clone();
     }
     if a.token.is_some() {
         c.token = a.token.clone();

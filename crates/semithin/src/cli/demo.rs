@@ -344,6 +344,9 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
             .context("starting the server")?,
     );
     let health = format!("{url}/api/v1/health");
+    let http = semithin_agent::http::client_builder(None)?
+        .timeout(Duration::from_secs(5))
+        .build()?;
     wait_for(
         "the server starting (see server.log)",
         Duration::from_secs(30),
@@ -356,7 +359,10 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
                     dir.join("server.log").display()
                 );
             }
-            Ok(reqwest::blocking::get(&health).is_ok_and(|r| r.status().is_success()))
+            Ok(http
+                .get(&health)
+                .send()
+                .is_ok_and(|r| r.status().is_success()))
         },
     )?;
     let token = std::fs::read_to_string(data.join("admin-token"))?
@@ -365,6 +371,7 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
     let c = ServerArgs {
         server: Some(url.clone()),
         admin_token: Some(token.clone()),
+        ca: None,
     }
     .client()?;
     println!(

@@ -51,7 +51,7 @@ pub struct Http {
 impl Http {
     pub fn new() -> Result<Self> {
         Ok(Self {
-            client: reqwest::blocking::Client::builder()
+            client: semithin_agent::http::client_builder(None)?
                 .connect_timeout(Duration::from_secs(15))
                 .timeout(Duration::from_secs(300))
                 .build()?,

@@ -39,6 +39,11 @@ fn assert_deployed(src: &Path, dep: &Path) {
     );
 }
 
+/// An HTTP client as the binary makes them (rustls with the ring provider installed).
+fn http() -> reqwest::blocking::ClientBuilder {
+    semithin_agent::http::client_builder(None).unwrap()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -82,26 +87,60 @@ pub struct Server {
     pub token: String,
     child: Option<Child>,
     http: reqwest::blocking::Client,
+    /// With TLS: the CA certificate that signed the server's certificate.
+    pub ca: Option<PathBuf>,
+}
+
+/// A certificate authority of the fleet's own and a server certificate it signed for
+/// 127.0.0.1, made with openssl in `dir`: (CA certificate, server certificate, server key).
+fn make_certs(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    sh(&format!(
+        "set -e; cd {d}; \
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+           -subj '/CN=semithin test CA {name}' -keyout ca.key -out ca.pem 2>/dev/null; \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+           -subj '/CN=127.0.0.1' -keyout server.key -out server.csr 2>/dev/null; \
+         printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > ext; \
+         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+           -extfile ext -out server.pem 2>/dev/null",
+        d = q(&d)
+    ));
+    (d.join("ca.pem"), d.join("server.pem"), d.join("server.key"))
 }
 
 impl Server {
     pub fn start() -> Server {
+        Self::start_with(false)
+    }
+
+    /// A server speaking HTTPS with a certificate of its own CA.
+    pub fn start_tls() -> Server {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("semithin-fleet")
             .tempdir()
             .unwrap();
         let data = dir.path().join("server");
         let port = free_port();
+        let ca = tls.then(|| make_certs(dir.path(), "fleet").0);
+        let mut client = http().timeout(Duration::from_secs(60));
+        if let Some(ca) = &ca {
+            let pem = std::fs::read(ca).unwrap();
+            client = client.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap());
+        }
         let mut s = Server {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" }),
             data,
             port,
             token: String::new(),
             child: None,
-            http: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
+            http: client.build().unwrap(),
+            ca,
             dir,
         };
         s.spawn();
@@ -130,11 +169,19 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--data")
             .arg(&self.data)
-            .args(["--checkin-interval", "30", "--max-wait", "30"])
+            .args(["--checkin-interval", "30", "--max-wait", "30"]);
+        if self.ca.is_some() {
+            let certs = self.dir.path().join("fleet");
+            cmd.arg("--tls-cert")
+                .arg(certs.join("server.pem"))
+                .arg("--tls-key")
+                .arg(certs.join("server.key"));
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -143,7 +190,10 @@ impl Server {
         self.child = Some(child);
         let url = format!("{}/api/v1/health", self.url);
         wait_until("the server answering", 30, || {
-            reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success())
+            self.http
+                .get(&url)
+                .send()
+                .is_ok_and(|r| r.status().is_success())
         });
     }
 
@@ -162,8 +212,11 @@ impl Server {
 
     /// Runs `semithin ARGS` as the admin of this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
+        let mut c = Command::new(BIN);
+        if let Some(ca) = &self.ca {
+            c.env("SEMITHIN_CA", ca);
+        }
+        c.args(args)
             .env("SEMITHIN_SERVER", &self.url)
             .env("SEMITHIN_ADMIN_TOKEN", &self.token)
             .env("SEMITHIN_REPO", self.repo())
@@ -290,7 +343,13 @@ impl Agent {
                 s.root_json().display().to_string(),
                 "--verify-interval".into(),
                 "0".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                s.ca.iter()
+                    .flat_map(|ca| ["--ca".into(), ca.display().to_string()]),
+            )
+            .collect(),
             env: Vec::new(),
         }
     }
@@ -299,6 +358,18 @@ impl Agent {
     pub fn state_dir(mut self, dir: &str) -> Self {
         self.state = self.state.with_file_name(dir);
         self.log = self.log.with_file_name(format!("{dir}.log"));
+        self
+    }
+
+    /// Trusts this CA instead of the server's (none: the system's roots).
+    pub fn ca(mut self, ca: Option<&Path>) -> Self {
+        if let Some(i) = self.extra.iter().position(|x| x == "--ca") {
+            self.extra.drain(i..i + 2);
+        }
+        if let Some(ca) = ca {
+            self.extra
+                .extend(["--ca".to_owned(), ca.display().to_string()]);
+        }
         self
     }
 
@@ -802,7 +873,7 @@ fn signed(
     body: &[u8],
     date: i64,
 ) -> (u16, String) {
-    let client = reqwest::blocking::Client::new();
+    let client = http().build().unwrap();
     let url = format!("{}{path}", s.url);
     let mut rb = if method == "GET" {
         client.get(url)
@@ -881,14 +952,16 @@ fn no_machine_acts_for_another_and_the_admin_api_needs_its_token() {
     assert_eq!(st, 401);
     assert!(body.contains("more than 300 s"), "{body}");
     // unsigned
-    let r = reqwest::blocking::Client::new()
+    let r = http()
+        .build()
+        .unwrap()
         .post(format!("{}/api/v1/checkin", s.url))
         .body(report.clone())
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     // a signature over another body
-    let client = reqwest::blocking::Client::new();
+    let client = http().build().unwrap();
     let mut rb = client
         .post(format!("{}/api/v1/checkin", s.url))
         .body(report.clone());
@@ -967,7 +1040,7 @@ fn no_machine_acts_for_another_and_the_admin_api_needs_its_token() {
 fn bad_requests_get_clear_errors() {
     let s = Server::start();
     let t = s.enroll_token(false);
-    let c = reqwest::blocking::Client::new();
+    let c = http().build().unwrap();
     let post = |path: &str, body: &str| {
         let r = c
             .post(format!("{}{path}", s.url))
@@ -1069,4 +1142,84 @@ fn verify_restores_changed_files_from_the_store_or_the_server() {
     assert!(out.status.success(), "{r}");
     assert!(r["refetched_chunks"].as_u64().unwrap() >= 1, "{r}");
     assert_deployed(&src, &dep);
+}
+
+#[test]
+fn over_https_with_the_fleets_own_ca_machines_update_and_others_are_refused() {
+    let s = Server::start_tls();
+    assert!(s.url.starts_with("https://"));
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 5);
+    // the admin CLI (SEMITHIN_CA) commits, publishes and tells the server over HTTPS
+    let v1 = s.release(&src, "lab/stable");
+    let a = Agent::new(&s, "m1", &t);
+    assert!(a.once().success(), "{}", a.log());
+    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+    assert_deployed(&src, &a.deployment());
+    wait_updated(&s, "m1", &v1, 10);
+
+    // plain HTTP on the HTTPS port gets no answer
+    let plain = format!("http://127.0.0.1:{}/api/v1/health", s.port);
+    assert!(http().build().unwrap().get(&plain).send().is_err());
+
+    // an agent that trusts only the system's roots, or another CA, refuses the server
+    let other_ca = make_certs(s.dir.path(), "other").0;
+    for (name, ca) in [("m2", None), ("m3", Some(&other_ca))] {
+        let b = Agent::new(&s, name, &t).ca(ca.map(|p| p.as_path()));
+        assert!(!b.once().success(), "{}", b.log());
+        let log = b.log();
+        assert!(log.contains("certificate"), "{name}: {log}");
+        assert!(!b.state.join("state.json").exists() || !log.contains("enrolled as"));
+    }
+    assert_eq!(
+        s.machines().len(),
+        1,
+        "no machine enrolled through a distrusted server"
+    );
+
+    // the admin CLI without the CA refuses too, and says why
+    let out = Command::new(BIN)
+        .args(["fleet", "list"])
+        .env("SEMITHIN_SERVER", &s.url)
+        .env("SEMITHIN_ADMIN_TOKEN", &s.token)
+        .env("HOME", s.dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate"), "{err}");
+}
+
+#[test]
+fn a_bad_tls_certificate_or_key_stops_the_server_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cert, key) = make_certs(dir.path(), "c");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    for (c, k, want) in [
+        (&junk, &key, "junk.pem: no PEM certificate"),
+        (&cert, &junk, "junk.pem"),
+        (&cert, &cert, "server.pem"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .arg("--tls-cert")
+            .arg(c)
+            .arg("--tls-key")
+            .arg(k)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{c:?} {k:?}: {err}");
+        assert!(
+            !dir.path().join("data").exists(),
+            "nothing made before TLS is known good"
+        );
+    }
 }
