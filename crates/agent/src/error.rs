@@ -20,6 +20,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "another semithin agent is working on {dir} (the daemon verifies and repairs its \
+         deployment by itself; stop it first to do this by hand)"
+    )]
+    Busy { dir: PathBuf },
     #[error("release {release}: {reason}")]
     Release { release: String, reason: String },
     #[error(transparent)]

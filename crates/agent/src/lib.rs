@@ -54,6 +54,8 @@ pub struct Agent {
     phase: Phase,
     /// Called with a line for each thing the agent does.
     log: Box<dyn Fn(&str) + Send>,
+    /// STATE/lock, held exclusively while this agent lives (released by the kernel on a kill).
+    _lock: std::fs::File,
 }
 
 fn now() -> i64 {
@@ -70,6 +72,7 @@ impl Agent {
         for d in [layout.dir.clone(), layout.deployments()] {
             std::fs::create_dir_all(&d).map_err(Error::io("creating", &d))?;
         }
+        let lock = lock_state(&layout)?;
         let rp = layout.repo();
         if !rp.join("config").exists() {
             if rp.exists() {
@@ -100,6 +103,7 @@ impl Agent {
             missing: None,
             phase: Phase::Idle,
             log,
+            _lock: lock,
         };
         if agent.layout.key().exists() {
             agent.connect()?;
@@ -132,35 +136,18 @@ impl Agent {
     }
 
     pub fn report(&self) -> Result<Report> {
-        let current = self.layout.current()?;
-        let staged = self
-            .verified
-            .clone()
-            .filter(|r| Some(r) != current.as_ref() && self.layout.deployment(r).exists());
-        let fetched = self.state.fetched_bytes
-            + self
-                .api
-                .as_ref()
-                .map(|a| a.received.load(Ordering::Relaxed))
-                .unwrap_or(0);
-        Ok(Report {
-            previous: self
-                .state
-                .history
-                .iter()
-                .find(|h| Some(*h) != current.as_ref())
-                .cloned(),
-            current,
-            staged,
-            health: self.state.health,
-            phase: self.phase,
-            failed_release: self.state.failed_release.clone(),
-            last_error: self.state.last_error.clone(),
-            disk_free: disk_free(&self.layout.dir),
-            uptime_secs: uptime(),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            fetched_bytes: fetched,
-        })
+        let fetched = self
+            .api
+            .as_ref()
+            .map(|a| a.received.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        report_of(
+            &self.layout,
+            &self.state,
+            self.verified.as_deref(),
+            fetched,
+            self.phase,
+        )
     }
 
     /// Reports the state and asks what to run, holding up to `wait` seconds when nothing is new.
@@ -638,6 +625,72 @@ impl Agent {
 
     pub fn repo(&self) -> &Repo {
         &self.repo
+    }
+}
+
+/// What a machine's state directory says, read without taking its lock, so it works while the
+/// agent runs: (state, report).
+pub fn status(dir: &Path) -> Result<(State, Report)> {
+    let layout = Layout::new(dir);
+    if !layout.dir.is_dir() {
+        return Err(Error::Config(format!(
+            "{} is not an agent state directory",
+            dir.display()
+        )));
+    }
+    let state = State::load(&layout.state())?;
+    let report = report_of(&layout, &state, None, 0, Phase::Idle)?;
+    Ok((state, report))
+}
+
+/// The report of a state directory; `verified` is the release checked in this run (a staged
+/// deployment counts only for it), `unsaved_fetched` what was fetched but not yet saved.
+fn report_of(
+    layout: &Layout,
+    state: &State,
+    verified: Option<&str>,
+    unsaved_fetched: u64,
+    phase: Phase,
+) -> Result<Report> {
+    let current = layout.current()?;
+    let staged = verified
+        .filter(|r| Some(*r) != current.as_deref() && layout.deployment(r).exists())
+        .map(str::to_owned);
+    Ok(Report {
+        previous: state
+            .history
+            .iter()
+            .find(|h| Some(*h) != current.as_ref())
+            .cloned(),
+        current,
+        staged,
+        health: state.health,
+        phase,
+        failed_release: state.failed_release.clone(),
+        last_error: state.last_error.clone(),
+        disk_free: disk_free(&layout.dir),
+        uptime_secs: uptime(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        fetched_bytes: state.fetched_bytes + unsaved_fetched,
+    })
+}
+
+/// Takes STATE/lock, so two agents never work on one state directory at once.
+fn lock_state(layout: &Layout) -> Result<std::fs::File> {
+    let path = layout.dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(Error::io("opening", &path))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Busy {
+            dir: layout.dir.clone(),
+        }),
+        Err(e) => Err(Error::io("locking", &path)(e.into())),
     }
 }
 

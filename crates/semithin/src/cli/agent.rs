@@ -147,6 +147,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         Box::new(|s: &str| eprintln!("semithin-agent: {s}"))
     };
+    if let Some(AgentCmd::Status { json }) = a.command {
+        return status(&a.state, json);
+    }
     let mut agent = Agent::open(&a.state, cfg, log)
         .with_context(|| format!("opening the agent state in {}", a.state.display()))?;
     match a.command {
@@ -190,31 +193,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             });
         }
-        Some(AgentCmd::Status { json }) => {
-            let report = agent.report()?;
-            if json {
-                print_json(&serde_json::json!({"state": agent.state, "report": report}))?;
-            } else {
-                let s = &agent.state;
-                println!(
-                    "name:      {}",
-                    s.name.as_deref().unwrap_or("(not enrolled)")
-                );
-                println!("machine:   {}", s.machine_id.as_deref().unwrap_or("-"));
-                println!("server:    {}", s.server.as_deref().unwrap_or("-"));
-                println!("status:    {}", s.status.map(|x| x.as_str()).unwrap_or("-"));
-                println!("current:   {}", report.current.as_deref().unwrap_or("-"));
-                println!("previous:  {}", report.previous.as_deref().unwrap_or("-"));
-                println!("health:    {:?}", report.health);
-                if let Some(f) = &report.failed_release {
-                    println!("failed:    {f}");
-                }
-                if let Some(e) = &report.last_error {
-                    println!("error:     {e}");
-                }
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
+        Some(AgentCmd::Status { .. }) => unreachable!("answered above"),
         None => {}
     }
     if a.once {
@@ -236,6 +215,33 @@ pub fn run(a: Args) -> Result<ExitCode> {
     exit_on_signal()?;
     let never = AtomicBool::new(false);
     agent.run(&never)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `agent status`: read from the state directory without its lock (works beside the daemon).
+fn status(dir: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let (state, report) = semithin_agent::status(dir)?;
+    if json {
+        print_json(&serde_json::json!({"state": state, "report": report}))?;
+    } else {
+        let s = &state;
+        println!(
+            "name:      {}",
+            s.name.as_deref().unwrap_or("(not enrolled)")
+        );
+        println!("machine:   {}", s.machine_id.as_deref().unwrap_or("-"));
+        println!("server:    {}", s.server.as_deref().unwrap_or("-"));
+        println!("status:    {}", s.status.map(|x| x.as_str()).unwrap_or("-"));
+        println!("current:   {}", report.current.as_deref().unwrap_or("-"));
+        println!("previous:  {}", report.previous.as_deref().unwrap_or("-"));
+        println!("health:    {:?}", report.health);
+        if let Some(f) = &report.failed_release {
+            println!("failed:    {f}");
+        }
+        if let Some(e) = &report.last_error {
+            println!("error:     {e}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

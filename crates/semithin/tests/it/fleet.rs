@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use crate::common::{BIN, q, sh};
 
 /// A deployment has the image's content and metadata; its files share inodes with the agent's
-/// checkout cache and earlier deployments, so link counts are not compared.
+/// checkout cache and earlier deployments, so link counts are not compared, nor the mtimes and
+/// sizes of directories (which depend on the order their entries were made in).
 fn assert_deployed(src: &Path, dep: &Path) {
     let out = Command::new("diff")
         .args(["-r", "--no-dereference"])
@@ -26,16 +27,25 @@ fn assert_deployed(src: &Path, dep: &Path) {
     );
     let list = |d: &Path| {
         sh(&format!(
-            "cd {} && find . -printf '%p %y %U %G %m %T@ %l %s\\n' | LC_ALL=C sort | \
-             awk '$2 == \"d\" {{ $6 = \"\"; $8 = \"\" }} {{ print }}'",
+            "cd {} && find . -printf '%p|%y|%U|%G|%m|%T@|%l|%s\\n' | LC_ALL=C sort | \
+             awk -F'|' -v OFS='|' '$2 == \"d\" {{ $6 = \"\"; $8 = \"\" }} {{ print }}'",
             q(d)
         ))
     };
-    assert_eq!(
-        list(src),
-        list(dep),
-        "metadata of {} differs",
-        dep.display()
+    let (want, got) = (list(src), list(dep));
+    let only = |a: &str, b: &str| -> Vec<String> {
+        let b: std::collections::HashSet<&str> = b.lines().collect();
+        a.lines()
+            .filter(|l| !b.contains(l))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(
+        want == got,
+        "metadata of {} differs: image has {:?}, deployment has {:?}",
+        dep.display(),
+        only(&want, &got),
+        only(&got, &want)
     );
 }
 
@@ -672,6 +682,16 @@ fn killed_while_downloading_and_while_staging_it_converges_without_a_broken_depl
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec![v1.clone()], "{name}: no staging leftovers");
+        // beside the running daemon: status reads, verify refuses at once instead of waiting
+        let out = a.run(&["status", "--json"]);
+        assert!(out.status.success());
+        let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(st["report"]["current"], json!(v1));
+        let out = a.run(&["verify"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("another semithin agent is working on"), "{err}");
+        a.stop();
         let out = a.run(&["verify"]);
         assert!(
             out.status.success(),
