@@ -690,7 +690,10 @@ fn killed_while_downloading_and_while_staging_it_converges_without_a_broken_depl
         let out = a.run(&["verify"]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("another semithin agent is working on"), "{err}");
+        assert!(
+            err.contains("another semithin agent is working on"),
+            "{err}"
+        );
         a.stop();
         let out = a.run(&["verify"]);
         assert!(

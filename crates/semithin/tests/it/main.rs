@@ -5,6 +5,7 @@
 mod bad_input;
 mod channels;
 mod common;
+mod demo;
 mod fidelity;
 mod fleet;
 mod gc;

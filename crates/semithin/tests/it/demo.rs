@@ -1,0 +1,78 @@
+//! `semithin demo`, the main job: a fleet converges twice and everything it started is gone
+//! afterwards; a fleet that cannot converge in time is a failure with the reason.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::BIN;
+
+/// Processes whose command line mentions `dir`.
+fn processes_in(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&needle) {
+                found.push(cmd);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_demo_converges_twice_reports_the_bytes_and_leaves_nothing_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let out = Command::new(BIN)
+        .args(["demo", "--machines", "4", "--timeout", "120", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Summary: 4/4 machines updated"), "{text}");
+    // the update costs a small part of the full install
+    let per_machine = |label: &str| -> f64 {
+        let line = text.lines().find(|l| l.contains(label)).unwrap();
+        let end = line.find("% of the image").unwrap();
+        let start = line[..end].rfind('(').unwrap() + 1;
+        line[start..end].trim().parse().unwrap()
+    };
+    let (full, update) = (per_machine("v1 (full install)"), per_machine("v2 (update)"));
+    assert!(full > 20.0 && update < full / 10.0, "{full}% vs {update}%");
+    // every agent ran the release it was given: each state directory points at v2
+    let agents: Vec<_> = std::fs::read_dir(dir.join("agents"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(agents.len(), 4);
+    let currents: std::collections::HashSet<_> = agents
+        .iter()
+        .map(|e| std::fs::read_link(e.path().join("current")).unwrap())
+        .collect();
+    assert_eq!(currents.len(), 1, "all on one release: {currents:?}");
+    assert_eq!(processes_in(&dir), Vec::<String>::new());
+}
+
+#[test]
+fn a_demo_that_cannot_converge_in_time_fails_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let out = Command::new(BIN)
+        .args(["demo", "--machines", "2", "--timeout", "0", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not converge"), "{err}");
+    assert!(err.contains("the demo's files (and logs) are in"), "{err}");
+    assert_eq!(processes_in(&dir), Vec::<String>::new());
+}
