@@ -8,6 +8,7 @@ mod common;
 mod fidelity;
 mod fleet;
 mod gc;
+mod packaging;
 mod real_root;
 mod tuf_client;
 mod tuf_publish;
