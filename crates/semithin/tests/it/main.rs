@@ -9,6 +9,7 @@ mod demo;
 mod fidelity;
 mod fleet;
 mod gc;
+mod packaging;
 mod real_root;
 mod tuf_client;
 mod tuf_publish;
