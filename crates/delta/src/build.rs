@@ -144,7 +144,16 @@ fn is_program(data: &[u8]) -> bool {
 }
 
 /// Where similar new files meet: programs first, then by extension, then by name.
-fn similarity_key(path: &[u8], data: &[u8]) -> (bool, Vec<u8>, Vec<u8>, Vec<u8>) {
+type SimilarityKey = (bool, Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// A new file: its index among the missing files, its content, where it sorts.
+struct Fresh {
+    index: u32,
+    data: Vec<u8>,
+    key: SimilarityKey,
+}
+
+fn similarity_key(path: &[u8], data: &[u8]) -> SimilarityKey {
     let name = path.rsplit(|b| *b == b'/').next().unwrap_or(path);
     let ext = name
         .iter()
@@ -322,33 +331,35 @@ pub fn build_plan(
     segments.extend(patch_segments);
 
     // New files: sorted by similarity, programs and the rest in two xz streams.
-    let mut fresh: Vec<(u32, Vec<u8>, (bool, Vec<u8>, Vec<u8>, Vec<u8>))> = Vec::new();
+    let mut fresh: Vec<Fresh> = Vec::new();
     for (i, f) in plan.files.iter().enumerate() {
         if f.base.as_ref().is_some_and(|b| old.files.contains_key(b)) {
             continue;
         }
         let data = read_file(store, &f.content)?;
         let key = similarity_key(&f.path, &data);
-        fresh.push((i as u32, data, key));
+        fresh.push(Fresh {
+            index: i as u32,
+            data,
+            key,
+        });
     }
     stats.files_new = fresh.len() as u64;
-    fresh.sort_by(|a, b| a.2.cmp(&b.2));
-    let (programs, rest): (Vec<_>, Vec<_>) = fresh.iter().partition(|f| !f.2.0);
+    fresh.sort_by(|a, b| a.key.cmp(&b.key));
+    let (programs, rest): (Vec<&Fresh>, Vec<&Fresh>) = fresh.iter().partition(|f| !f.key.0);
     let preset = effort.xz_preset();
-    let encode = |group: &[&(u32, Vec<u8>, (bool, Vec<u8>, Vec<u8>, Vec<u8>))],
-                  codec: Codec|
-     -> Result<Option<(Segment, Vec<u8>)>> {
+    let encode = |group: &[&Fresh], codec: Codec| -> Result<Option<(Segment, Vec<u8>)>> {
         if group.is_empty() {
             return Ok(None);
         }
-        let parts: Vec<&[u8]> = group.iter().map(|f| f.1.as_slice()).collect();
+        let parts: Vec<&[u8]> = group.iter().map(|f| f.data.as_slice()).collect();
         let data = xz_encode(&parts, codec == Codec::XzX86, preset)?;
         let items = group
             .iter()
             .map(|f| Item {
-                target: Target::File(f.0),
+                target: Target::File(f.index),
                 method: Method::Plain,
-                len: f.1.len() as u64,
+                len: f.data.len() as u64,
             })
             .collect();
         Ok(Some((

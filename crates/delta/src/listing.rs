@@ -41,9 +41,8 @@ impl Listing {
         let mut stack = vec![(Vec::new(), c.tree)];
         while let Some((path, id)) = stack.pop() {
             l.dirs.entry(path.clone()).or_insert(id);
-            if !l.trees.contains_key(&id) {
-                let t = store.get_tree(&id)?;
-                l.trees.insert(id, t);
+            if let std::collections::hash_map::Entry::Vacant(v) = l.trees.entry(id) {
+                v.insert(store.get_tree(&id)?);
             }
             let t = &l.trees[&id];
             for e in &t.entries {
