@@ -6,6 +6,7 @@ mod channel;
 mod checkout;
 mod cherry_pick;
 mod commit;
+mod delta;
 mod demo;
 mod diff;
 mod export;
@@ -60,6 +61,12 @@ enum Command {
     Show(history::ShowArgs),
     /// Show what changed between two versions.
     Diff(diff::Args),
+    /// What a machine running release A downloads to reach B (a delta pack: patches against
+    /// the old files, new content compressed together), by kind; `--out` writes the pack.
+    Delta(delta::Args),
+    /// Apply a delta pack to this repository, which must hold its starting release and the
+    /// target's commit object; every object is verified before it is stored.
+    ApplyDelta(delta::ApplyArgs),
     /// Write a version into a new or empty directory, identical in content and metadata.
     Checkout(checkout::Args),
     /// Move channels and read their history.
@@ -122,6 +129,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Log(a) => history::log(&open(repo, Access::Read)?, a),
         Command::Show(a) => history::show(&open(repo, Access::Read)?, a),
         Command::Diff(a) => diff::run(&open(repo, Access::Read)?, a),
+        Command::Delta(a) => delta::run(&open(repo, Access::Read)?, a),
+        Command::ApplyDelta(a) => delta::apply(&open(repo, Access::Write)?, a),
         Command::Checkout(a) => checkout::run(&open(repo, Access::Read)?, a),
         Command::Channel(c) => channel::run(repo, c),
         Command::CherryPick(a) => cherry_pick::run(&open(repo, Access::Write)?, a),
