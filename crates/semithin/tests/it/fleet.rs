@@ -721,10 +721,7 @@ fn tampered_objects_and_metadata_from_the_server_are_refused_and_nothing_is_stor
     damage_chunks(&s.repo(), Some(&new_packs[0]));
     assert!(!a.once().success());
     let log = a.log();
-    assert!(
-        log.contains("is corrupt: content hashes to"),
-        "{log}"
-    );
+    assert!(log.contains("is corrupt: content hashes to"), "{log}");
     assert_eq!(a.current().as_deref(), Some(v1.as_str()), "still on v1");
     assert!(!a.state.join("deployments").join(&v2).exists());
     // nothing unverified was stored: the agent's store has no object the release lacks
