@@ -601,6 +601,8 @@ fn killed_while_downloading_and_while_staging_it_converges_without_a_broken_depl
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec![v1.clone()], "{name}: no staging leftovers");
+        // `agent verify` waits for the repository lock, which the daemon holds while it runs
+        a.stop();
         let out = a.run(&["verify"]);
         assert!(
             out.status.success(),
