@@ -67,7 +67,12 @@ for var in SEMITHIN BENCH_FLEET TREES SHARED_BENCH MACHINES DURATION WARMUP CONN
   if [ -n "${!var:-}" ]; then CMDLINE+="$var=$(printf '%q' "${!var}") "; fi
 done
 CMDLINE+="bench/fleet.sh"
-for a in "$@"; do CMDLINE+=" $(printf '%q' "$a")"; done
+for a in "$@"; do
+  case $a in
+    -*) CMDLINE+=" $a" ;;
+    *) CMDLINE+=" WORK_DIR" ;; # where the scratch files went does not change the figures
+  esac
+done
 
 die() {
   printf 'fleet: error: %s\n' "$*" >&2
