@@ -13,7 +13,8 @@
 #   WAIT_IDLE_MAX  seconds to wait for other processes' CPU load to end before each
 #                  measurement (default 60; 0 = do not wait)
 #
-# Prints a markdown report on stdout and writes it to bench/RESULTS.md (replacing it).
+# Prints a markdown report on stdout and writes it to bench/RESULTS.md (replacing its own part;
+# the sections of other benchmarks, from "# semithin fleet benchmark" on, are kept).
 # All work dirs are removed at the end.
 set -euo pipefail
 
@@ -364,12 +365,17 @@ say "writing the report"
 {
   echo "# semithin store benchmark: commit and checkout"
   echo
-  echo "Written by \`bench/commit-checkout.sh\` (see bench/README.md); each run replaces this file."
+  echo "Written by \`bench/commit-checkout.sh\` (see bench/README.md); each run replaces this part."
   echo
   report
 } >"$W/RESULTS.md"
-cp "$W/RESULTS.md" "$RESULTS"
 cat "$W/RESULTS.md"
+# the other benchmarks' sections stay (bench/fleet.sh's, pasted by hand)
+if [ -f "$RESULTS" ] && grep -q '^# semithin fleet benchmark' "$RESULTS"; then
+  echo >>"$W/RESULTS.md"
+  sed -n '/^# semithin fleet benchmark/,$p' "$RESULTS" >>"$W/RESULTS.md"
+fi
+cp "$W/RESULTS.md" "$RESULTS"
 
 if [ ${#FAILED[@]} -gt 0 ]; then
   die "failed: ${FAILED[*]}"

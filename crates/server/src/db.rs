@@ -109,7 +109,11 @@ pub async fn load_machines(pool: &SqlitePool) -> Result<Vec<MachineRow>> {
     Ok(out)
 }
 
-pub async fn insert_machine(pool: &SqlitePool, m: &MachineRow) -> Result<()> {
+/// Stores a new machine; `ex` is the pool or a transaction (many rows in one).
+pub async fn insert_machine<'e, E>(ex: E, m: &MachineRow) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
     sqlx::query(
         "INSERT INTO machines (id, name, public_key, status, labels, channel, report, \
          enrolled_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -123,7 +127,7 @@ pub async fn insert_machine(pool: &SqlitePool, m: &MachineRow) -> Result<()> {
     .bind(json(&m.report))
     .bind(m.enrolled_at)
     .bind(m.last_seen)
-    .execute(pool)
+    .execute(ex)
     .await
     .map_err(|e| Error::db("enrolling the machine", e))?;
     Ok(())

@@ -1,0 +1,59 @@
+-- wrk script of bench/fleet.sh: replays pre-signed "nothing new" check-ins.
+--
+--   wrk -t THREADS ... -s bench/checkin.lua URL -- REQUESTS_FILE THREADS
+--
+-- REQUESTS_FILE is written by `bench_fleet sign`: the date, the JSON body, then one
+-- "MACHINE-ID SIGNATURE" line per machine. Thread t of T takes the machines i with i % T == t
+-- and sends their requests round robin, each machine once per round. Every request is built
+-- once, here, so wrk's own work per request is writing bytes and reading the answer.
+-- done() prints one machine-readable line for the script (latencies in microseconds).
+
+local thread_count = 0
+
+function setup(thread)
+  thread:set("tid", thread_count)
+  thread_count = thread_count + 1
+end
+
+function init(args)
+  local file, threads = args[1], tonumber(args[2])
+  assert(file and threads, "usage: -s checkin.lua URL -- REQUESTS_FILE THREADS")
+  local f = assert(io.open(file, "r"))
+  local date = f:read("*l")
+  local body = f:read("*l")
+  reqs = {}
+  local i = 0
+  for line in f:lines() do
+    if i % threads == tid then
+      local id, sig = line:match("^(%x+) (%x+)$")
+      assert(id, "bad line in " .. file .. ": " .. line)
+      reqs[#reqs + 1] = wrk.format("POST", "/api/v1/checkin", {
+        ["content-type"] = "application/json",
+        ["semithin-machine"] = id,
+        ["semithin-date"] = date,
+        ["semithin-signature"] = sig,
+      }, body)
+    end
+    i = i + 1
+  end
+  f:close()
+  assert(#reqs > 0, "no requests for thread " .. tid)
+  n = 0
+end
+
+function request()
+  n = n + 1
+  if n > #reqs then
+    n = 1
+  end
+  return reqs[n]
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "CHECKIN requests=%d duration_us=%d p50_us=%d p90_us=%d p99_us=%d max_us=%d " ..
+    "connect=%d read=%d write=%d status=%d timeout=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout))
+end
