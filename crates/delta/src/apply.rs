@@ -127,8 +127,11 @@ impl State<'_> {
         let what = format!("tree {}", name(&path));
         let bytes = match &item.method {
             Method::Plain | Method::Prefixed(_) => read_body(r, item.len, MAX_TREE, &what)?,
+            Method::Gzip { .. } => {
+                return Err(Error::bad(format!("{what}: a tree cannot be gzip'ed")));
+            }
             Method::Bsdiff(base) => {
-                let patch = read_body(r, item.len, MAX_TREE, &what)?;
+                let patch = crate::bspatch::join(&read_body(r, item.len, MAX_TREE, &what)?)?;
                 let base = self.base_bytes(item.target, base)?;
                 let mut out = Vec::new();
                 bsdiff::patch(&base, &mut patch.as_slice(), &mut out)
@@ -168,6 +171,24 @@ impl State<'_> {
         Ok(())
     }
 
+    /// Stores a whole file's content, cut where its release says.
+    fn store_content(&mut self, content: &FileContent, out: &[u8], what: &str) -> Result<()> {
+        if out.len() as u64 != content.size {
+            return Err(Error::bad(format!(
+                "{what}: rebuilt as {} bytes, the release says {}",
+                out.len(),
+                content.size
+            )));
+        }
+        let mut at = 0usize;
+        for ch in &content.chunks {
+            let end = at + ch.len as usize;
+            self.store_chunk(&ch.id, &out[at..end], what)?;
+            at = end;
+        }
+        Ok(())
+    }
+
     fn file_item(&mut self, r: &mut impl Read, item: &Item, index: u32) -> Result<()> {
         let (path, content) = self
             .files()?
@@ -193,11 +214,17 @@ impl State<'_> {
                     self.store_chunk(&ch.id, &buf, &what)?;
                 }
             }
+            Method::Gzip { level, header, .. } => {
+                let raw = read_body(r, item.len, crate::gz::MAX_RAW as u64, &what)?;
+                let out = crate::gz::compress(header, *level, &raw);
+                self.store_content(&content, &out, &what)?;
+                hash.update(&out);
+            }
             Method::Bsdiff(base) => {
                 if content.size > MAX_BSDIFF {
                     return Err(Error::bad(format!("{what}: too large for a bsdiff patch")));
                 }
-                let patch = read_body(r, item.len, 2 * MAX_BSDIFF, &what)?;
+                let patch = crate::bspatch::join(&read_body(r, item.len, 2 * MAX_BSDIFF, &what)?)?;
                 let base = self.base_bytes(item.target, base)?;
                 let mut out = Vec::with_capacity(content.size as usize);
                 bsdiff::patch(&base, &mut patch.as_slice(), &mut out)
@@ -210,12 +237,7 @@ impl State<'_> {
                     )));
                 }
                 hash.update(&out);
-                let mut at = 0usize;
-                for ch in &content.chunks {
-                    let end = at + ch.len as usize;
-                    self.store_chunk(&ch.id, &out[at..end], &what)?;
-                    at = end;
-                }
+                self.store_content(&content, &out, &what)?;
             }
         }
         if FileHash::from_hasher(&hash) != content.hash {
@@ -271,8 +293,18 @@ pub fn apply(
             let mut prefix = Vec::new();
             if seg.codec == Codec::Zstd {
                 for it in &seg.items {
-                    if let Method::Prefixed(b) = &it.method {
-                        prefix.extend_from_slice(&st.base_bytes(it.target, b)?);
+                    match &it.method {
+                        Method::Prefixed(b) => {
+                            prefix.extend_from_slice(&st.base_bytes(it.target, b)?)
+                        }
+                        Method::Gzip { base: Some(b), .. } => {
+                            let old = st.base_bytes(it.target, b)?;
+                            let raw = crate::gz::decompress(&old).ok_or_else(|| {
+                                Error::bad(format!("base {} is not a gzip file", name(b)))
+                            })?;
+                            prefix.extend_from_slice(&raw);
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -295,7 +327,7 @@ pub fn apply(
             };
             for (i, item) in seg.items.iter().enumerate() {
                 match (item.target, &item.method, seg.codec) {
-                    (_, Method::Prefixed(_), Codec::Xz | Codec::XzX86) => {
+                    (_, m, Codec::Xz | Codec::XzX86) if m.uses_prefix() => {
                         return Err(Error::bad(format!(
                             "segment {n} item {i}: a prefixed item in an xz segment"
                         )));

@@ -75,6 +75,8 @@ pub struct Stats {
     pub trees: u64,
     pub files_prefixed: u64,
     pub files_bsdiff: u64,
+    /// Changed gzip files patched as their uncompressed contents.
+    pub files_gzip: u64,
     pub files_new: u64,
     /// Bytes of file content the pack rebuilds.
     pub content_bytes: u64,
@@ -111,6 +113,8 @@ pub fn zstd_encode(prefix: &[u8], data: &[u8], level: i32) -> Result<Vec<u8>> {
             .map_err(Error::io("zstd"))?;
     }
     enc.include_checksum(false).map_err(Error::io("zstd"))?;
+    enc.set_pledged_src_size(Some(data.len() as u64))
+        .map_err(Error::io("zstd"))?;
     enc.write_all(data).map_err(Error::io("zstd"))?;
     enc.finish().map_err(err)
 }
@@ -118,7 +122,7 @@ pub fn zstd_encode(prefix: &[u8], data: &[u8], level: i32) -> Result<Vec<u8>> {
 fn bsdiff_patch(base: &[u8], data: &[u8]) -> Result<Vec<u8>> {
     let mut patch = Vec::new();
     bsdiff::diff(base, data, &mut patch).map_err(Error::io("bsdiff"))?;
-    Ok(patch)
+    crate::bspatch::split(&patch)
 }
 
 fn xz_encode(parts: &[&[u8]], x86: bool, preset: u32) -> Result<Vec<u8>> {
@@ -146,10 +150,11 @@ fn is_program(data: &[u8]) -> bool {
 /// Where similar new files meet: programs first, then by extension, then by name.
 type SimilarityKey = (bool, Vec<u8>, Vec<u8>, Vec<u8>);
 
-/// A new file: its index among the missing files, its content, where it sorts.
+/// A new file: its index among the missing files, its body, how it is made, where it sorts.
 struct Fresh {
     index: u32,
     data: Vec<u8>,
+    method: Method,
     key: SimilarityKey,
 }
 
@@ -181,7 +186,8 @@ struct Decided {
     index: u32,
     method: Method,
     body: Vec<u8>,
-    base_len: u64,
+    /// What the item adds to its segment's prefix.
+    prefix: Vec<u8>,
 }
 
 /// Builds a pack from a plan computed against `old`.
@@ -257,25 +263,41 @@ pub fn build_plan(
             let base = read_file(store, bc)?;
             let data = read_file(store, &f.content)?;
             let base_path = f.base.clone().expect("has a base");
-            let prefixed = zstd_encode(&base, &data, level)?.len();
+            let mut best = Decided {
+                index: *i,
+                method: Method::Prefixed(base_path.clone()),
+                body: Vec::new(),
+                prefix: Vec::new(),
+            };
+            let mut best_len = zstd_encode(&base, &data, level)?.len();
+            // gzip files: patch the uncompressed contents, compress again on the machine
+            if let (Some(g), Some(braw)) = (crate::gz::open(&data), crate::gz::decompress(&base)) {
+                let n = zstd_encode(&braw, &g.raw, level)?.len() + g.header.len();
+                if n < best_len {
+                    best_len = n;
+                    best.method = Method::Gzip {
+                        base: Some(base_path.clone()),
+                        level: g.level,
+                        header: g.header,
+                    };
+                    best.body = g.raw;
+                    best.prefix = braw;
+                }
+            }
             let limit = effort.bsdiff_limit();
             if bc.size <= limit && f.content.size <= limit && !data.is_empty() {
                 let patch = bsdiff_patch(&base, &data)?;
-                if zstd_encode(&[], &patch, level)?.len() < prefixed {
-                    return Ok(Decided {
-                        index: *i,
-                        method: Method::Bsdiff(base_path),
-                        body: patch,
-                        base_len: 0,
-                    });
+                if zstd_encode(&[], &patch, level)?.len() < best_len {
+                    best.method = Method::Bsdiff(base_path);
+                    best.body = patch;
+                    best.prefix = Vec::new();
                 }
             }
-            Ok(Decided {
-                index: *i,
-                method: Method::Prefixed(base_path),
-                body: data,
-                base_len: base.len() as u64,
-            })
+            if best.method == Method::Prefixed(f.base.clone().expect("has a base")) {
+                best.body = data;
+                best.prefix = base;
+            }
+            Ok(best)
         })
         .collect::<Result<_>>()?;
     // Cut into segments in plan order; compress them in parallel.
@@ -283,12 +305,13 @@ pub fn build_plan(
     let (mut body_len, mut prefix_len) = (u64::MAX, u64::MAX);
     for d in &decided {
         let b = d.body.len() as u64;
-        if groups.is_empty() || body_len + b > SEGMENT || prefix_len + d.base_len > SEGMENT {
+        let p = d.prefix.len() as u64;
+        if groups.is_empty() || body_len + b > SEGMENT || prefix_len + p > SEGMENT {
             groups.push(Vec::new());
             (body_len, prefix_len) = (0, 0);
         }
         body_len += b;
-        prefix_len += d.base_len;
+        prefix_len += p;
         groups.last_mut().expect("a group").push(d);
     }
     let patch_segments: Vec<(Segment, Vec<u8>)> = groups
@@ -298,11 +321,7 @@ pub fn build_plan(
             let mut body = Vec::new();
             let mut items = Vec::new();
             for d in g {
-                if let Method::Prefixed(_) = d.method {
-                    let f = &plan.files[d.index as usize];
-                    let bc = &old.files[f.base.as_ref().expect("has a base")];
-                    prefix.extend_from_slice(&read_file(store, bc)?);
-                }
+                prefix.extend_from_slice(&d.prefix);
                 body.extend_from_slice(&d.body);
                 items.push(Item {
                     target: Target::File(d.index),
@@ -325,6 +344,7 @@ pub fn build_plan(
     for d in &decided {
         match d.method {
             Method::Bsdiff(_) => stats.files_bsdiff += 1,
+            Method::Gzip { .. } => stats.files_gzip += 1,
             _ => stats.files_prefixed += 1,
         }
     }
@@ -338,9 +358,21 @@ pub fn build_plan(
         }
         let data = read_file(store, &f.content)?;
         let key = similarity_key(&f.path, &data);
+        let (data, method) = match crate::gz::open(&data) {
+            Some(g) => (
+                g.raw,
+                Method::Gzip {
+                    base: None,
+                    level: g.level,
+                    header: g.header,
+                },
+            ),
+            None => (data, Method::Plain),
+        };
         fresh.push(Fresh {
             index: i as u32,
             data,
+            method,
             key,
         });
     }
@@ -358,7 +390,7 @@ pub fn build_plan(
             .iter()
             .map(|f| Item {
                 target: Target::File(f.index),
-                method: Method::Plain,
+                method: f.method.clone(),
                 len: f.data.len() as u64,
             })
             .collect();

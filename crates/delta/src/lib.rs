@@ -14,8 +14,10 @@
 //! The pack format is in [`pack`] and docs/FORMAT.md ("Delta packs"). No network I/O.
 
 pub mod apply;
+pub mod bspatch;
 pub mod build;
 pub mod error;
+pub mod gz;
 pub mod listing;
 pub mod order;
 pub mod pack;

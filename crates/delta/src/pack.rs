@@ -53,16 +53,35 @@ pub enum Method {
     Plain,
     /// The body is the content; the old object at this path is part of the segment's prefix.
     Prefixed(Vec<u8>),
-    /// The body is a bsdiff patch from the old object at this path.
+    /// The body is a bsdiff patch (in [`crate::bspatch`]'s layout) from the old object at this
+    /// path.
     Bsdiff(Vec<u8>),
+    /// The body is the uncompressed content of a gzip file, which zlib at `level` compresses
+    /// back after `header` ([`crate::gz`]). With a base, the old gzip file at that path,
+    /// uncompressed, is part of the segment's prefix.
+    Gzip {
+        base: Option<Vec<u8>>,
+        level: u8,
+        header: Vec<u8>,
+    },
 }
 
 impl Method {
+    /// The path of the old content this item is built from, if any.
     pub fn base(&self) -> Option<&[u8]> {
         match self {
             Method::Plain => None,
             Method::Prefixed(b) | Method::Bsdiff(b) => Some(b),
+            Method::Gzip { base, .. } => base.as_deref(),
         }
+    }
+
+    /// Whether the old content goes into the segment's prefix (zstd segments only).
+    pub fn uses_prefix(&self) -> bool {
+        matches!(
+            self,
+            Method::Prefixed(_) | Method::Gzip { base: Some(_), .. }
+        )
     }
 }
 
