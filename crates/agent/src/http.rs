@@ -87,7 +87,7 @@ impl Api {
         }
     }
 
-    fn signed(&self, method: &str, path: &str, body: Vec<u8>) -> RequestBuilder {
+    pub(crate) fn signed(&self, method: &str, path: &str, body: Vec<u8>) -> RequestBuilder {
         let url = format!("{}{path}", self.base);
         let mut rb = match method {
             "GET" => self.client.get(url),
@@ -100,7 +100,7 @@ impl Api {
     }
 
     /// Sends and turns an error status into [`Error::Refused`] with the server's reason.
-    fn send(&self, what: &str, path: &str, rb: RequestBuilder) -> Result<Response> {
+    pub(crate) fn send(&self, what: &str, path: &str, rb: RequestBuilder) -> Result<Response> {
         let resp = rb.send().map_err(self.fail(path))?;
         let status = resp.status();
         if status.is_success() {
@@ -171,8 +171,8 @@ impl Api {
 
 /// A reader that adds what it reads to a counter.
 pub struct Counted<'a, R> {
-    inner: R,
-    count: &'a AtomicU64,
+    pub(crate) inner: R,
+    pub(crate) count: &'a AtomicU64,
 }
 
 impl<R: Read> Read for Counted<'_, R> {

@@ -7,6 +7,7 @@
 //! moment: the next run starts from what is on disk and continues.
 
 pub mod config;
+mod delta;
 pub mod deploy;
 pub mod error;
 pub mod http;
@@ -304,6 +305,17 @@ impl Agent {
             release: release.to_owned(),
             reason: "not a commit id".into(),
         })?;
+        // A delta pack from the running release first; what it leaves out comes as objects.
+        let delta_path = self
+            .answer
+            .as_ref()
+            .and_then(|a| a.desired.as_ref())
+            .and_then(|d| d.delta_path.clone());
+        if let (Some(path), Some(cur)) = (delta_path, self.layout.current()?)
+            && cur != release
+        {
+            self.fetch_delta(&path, &cur, release)?;
+        }
         let mut stored = 0;
         let mut rounds = 0;
         loop {

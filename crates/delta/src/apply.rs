@@ -253,8 +253,20 @@ impl State<'_> {
 
 /// Applies the pack read from `input`, which must lead from `from` (all of whose objects `store`
 /// holds) to `to` (whose commit object `store` holds). Objects still missing afterwards (none for
-/// a complete pack) are the caller's to fetch.
+/// a complete pack) are the caller's to fetch. What was verified and stored before a failure is
+/// made durable all the same, so a retry fetches only the rest.
 pub fn apply(
+    store: &ObjectStore,
+    from: CommitId,
+    to: CommitId,
+    input: impl Read,
+) -> Result<Applied> {
+    let res = apply_items(store, from, to, input);
+    store.flush()?;
+    res
+}
+
+fn apply_items(
     store: &ObjectStore,
     from: CommitId,
     to: CommitId,
@@ -340,7 +352,6 @@ pub fn apply(
         std::io::copy(&mut raw, &mut std::io::sink())
             .map_err(|e| Error::bad(format!("segment {n}: {e}")))?;
     }
-    store.flush()?;
     st.applied.pack_bytes = input.n;
     Ok(st.applied)
 }

@@ -123,6 +123,11 @@ pub struct Desired {
     pub release: String,
     pub metadata_path: String,
     pub objects_path: String,
+    /// A delta pack from the machine's current release to this one (docs/FORMAT.md, "Delta
+    /// packs"), when the server holds both: GET it (ranges resume a broken download), apply it,
+    /// then fetch whatever is still missing from `objects_path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_path: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +228,9 @@ pub struct Stats {
     pub object_bytes_sent: u64,
     pub objects_sent: u64,
     pub metadata_bytes_sent: u64,
+    /// Bytes of delta packs sent.
+    #[serde(default)]
+    pub delta_bytes_sent: u64,
     pub checkins: u64,
     /// channel → release
     pub releases: std::collections::BTreeMap<String, String>,

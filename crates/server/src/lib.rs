@@ -3,6 +3,7 @@
 //! reported state and tells each one what it should run. See docs/PROTOCOL.md.
 
 pub mod db;
+pub mod deltas;
 pub mod error;
 pub mod fleet;
 pub mod http;
@@ -41,6 +42,9 @@ pub struct Config {
     pub request_deadline_secs: u64,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// How many earlier releases of a channel get a delta pack to each new release, built at
+    /// publish (other starting points get one built on their first request).
+    pub delta_sources: usize,
     /// PEM certificate chain and key: serve HTTPS instead of HTTP.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -56,6 +60,7 @@ impl Config {
             max_wait_secs: 300,
             request_deadline_secs: 30,
             max_body_bytes: 8 << 20,
+            delta_sources: 3,
             tls_cert: None,
             tls_key: None,
         }
@@ -71,6 +76,7 @@ pub struct Counters {
     pub object_bytes_sent: AtomicU64,
     pub objects_sent: AtomicU64,
     pub metadata_bytes_sent: AtomicU64,
+    pub delta_bytes_sent: AtomicU64,
     pub checkins: AtomicU64,
 }
 
@@ -82,6 +88,7 @@ pub struct App {
     pub published: RwLock<Arc<Published>>,
     admin_token_hash: blake3::Hash,
     pub counters: Counters,
+    pub deltas: deltas::Deltas,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -119,6 +126,7 @@ impl App {
             }
         }
         *self.published.write().expect("lock") = Arc::new(new);
+        self.prepare_deltas(&changed);
         let mut woken = Vec::new();
         for m in self
             .fleet
@@ -131,6 +139,53 @@ impl App {
             }
         }
         Ok(woken)
+    }
+}
+
+impl App {
+    /// Starts building, in the background, the packs from the last releases of these channels
+    /// to their new release (the previous release first: most machines run it).
+    fn prepare_deltas(self: &Arc<Self>, channels: &[String]) {
+        let k = self.deltas.sources;
+        if k == 0 || channels.is_empty() {
+            return;
+        }
+        let published = self.published();
+        let mut pairs = Vec::new();
+        for c in channels {
+            let Some(to) = published.releases.get(c).copied() else {
+                continue;
+            };
+            for from in published.earlier.get(c).into_iter().flatten().take(k) {
+                pairs.push((*from, to));
+            }
+        }
+        let app = self.clone();
+        tokio::spawn(async move {
+            for (from, to) in pairs {
+                let store = app.published().store.clone();
+                let effort = semithin_delta::build::Effort::Full;
+                if let Err(e) = app.deltas.ensure(store, from, to, effort).await {
+                    tracing::warn!(error = %e, "building a delta pack");
+                }
+            }
+        });
+    }
+
+    /// How hard to work on a pack: full for the prepared starting points, quick for the rest.
+    pub fn delta_effort(&self, from: &CommitId, to: &CommitId) -> semithin_delta::build::Effort {
+        let p = self.published();
+        let prepared = p.releases.iter().any(|(c, r)| {
+            r == to
+                && p.earlier
+                    .get(c)
+                    .is_some_and(|e| e.iter().take(self.deltas.sources).any(|x| x == from))
+        });
+        if prepared {
+            semithin_delta::build::Effort::Full
+        } else {
+            semithin_delta::build::Effort::Quick
+        }
     }
 }
 
@@ -240,7 +295,10 @@ pub async fn run(
         .await
         .expect("load task")?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let deltas_dir = cfg.data.join("deltas");
+    deltas::clear_leftovers(&deltas_dir);
     let app = Arc::new(App {
+        deltas: deltas::Deltas::new(deltas_dir, cfg.delta_sources),
         db,
         fleet,
         published: RwLock::new(Arc::new(published)),

@@ -19,6 +19,8 @@ pub struct Published {
     pub store: Arc<ObjectStore>,
     /// channel → release
     pub releases: BTreeMap<String, CommitId>,
+    /// channel → the commits it pointed at before its release, newest first, each once.
+    pub earlier: BTreeMap<String, Vec<CommitId>>,
     /// What the trust directory looked like when read (size and mtime of timestamp.json).
     pub stamp: Option<(u64, std::time::SystemTime)>,
 }
@@ -36,7 +38,6 @@ pub fn stamp(repo: &Path) -> Option<(u64, std::time::SystemTime)> {
 pub fn load(repo_path: &Path) -> Result<Published> {
     let stamp = stamp(repo_path);
     let repo = Repo::open(repo_path, Access::Read)?;
-    let store = Arc::new(repo.objects);
     let mut releases = BTreeMap::new();
     let td = trust_dir(repo_path);
     if td.exists() {
@@ -57,9 +58,32 @@ pub fn load(repo_path: &Path) -> Result<Published> {
             releases.insert(channel.to_owned(), commit);
         }
     }
+    let mut earlier = BTreeMap::new();
+    for (channel, release) in &releases {
+        let moves = match semithin_store::channel::history(&repo, channel) {
+            Ok(m) => m,
+            // published from a channel since removed: no history to offer packs from
+            Err(semithin_store::Error::NoSuchChannel(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        // the moves before the release (the channel may have moved on without a publish)
+        let upto = moves
+            .iter()
+            .rposition(|m| m.commit.0 == *release)
+            .unwrap_or(moves.len());
+        let mut seen = std::collections::HashSet::from([*release]);
+        let list: Vec<CommitId> = moves[..upto]
+            .iter()
+            .rev()
+            .map(|m| m.commit.0)
+            .filter(|c| seen.insert(*c))
+            .collect();
+        earlier.insert(channel.clone(), list);
+    }
     Ok(Published {
-        store,
+        store: Arc::new(repo.objects),
         releases,
+        earlier,
         stamp,
     })
 }

@@ -227,7 +227,7 @@ fn converge(c: &AdminClient, n: u32, release: &str, label: &str, timeout: u64) -
         bar.set_position(updated as u64);
         bar.set_message(format!(
             "{} sent by the server so far, {:.1} s",
-            human(stats.object_bytes_sent + stats.metadata_bytes_sent),
+            human(stats.object_bytes_sent + stats.metadata_bytes_sent + stats.delta_bytes_sent),
             start.elapsed().as_secs_f64()
         ));
         if updated as u32 == n {
@@ -488,10 +488,9 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
     let t2 = converge(&c, n, &v2.to_hex(), "v2", a.timeout)?;
     let end: Stats = c.get("reading stats", "/api/v1/admin/stats")?;
 
-    let sent1 = (mid.object_bytes_sent + mid.metadata_bytes_sent)
-        - (before.object_bytes_sent + before.metadata_bytes_sent);
-    let sent2 = (end.object_bytes_sent + end.metadata_bytes_sent)
-        - (mid.object_bytes_sent + mid.metadata_bytes_sent);
+    let sent = |s: &Stats| s.object_bytes_sent + s.metadata_bytes_sent + s.delta_bytes_sent;
+    let sent1 = sent(&mid) - sent(&before);
+    let sent2 = sent(&end) - sent(&mid);
     let pct = |x: u64| 100.0 * x as f64 / image as f64;
     println!();
     println!("Summary: {n}/{n} machines updated to v1, then v2; every one verified and healthy.");

@@ -19,8 +19,8 @@ pub struct Args {
     #[arg(long, env = "SEMITHIN_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// TOML file with any of these settings (the flag names with `_`: data, listen,
-    /// checkin_interval, max_wait, request_deadline, max_body, tls_cert, tls_key, admin_token,
-    /// log_format). Flags and environment win over it.
+    /// checkin_interval, max_wait, request_deadline, max_body, delta_sources, tls_cert,
+    /// tls_key, admin_token, log_format). Flags and environment win over it.
     #[arg(long, env = "SEMITHIN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Seconds between check-ins of a machine that nothing wakes [default: 300].
@@ -36,6 +36,10 @@ pub struct Args {
     /// Largest request body, in bytes [default: 8388608].
     #[arg(long, env = "SEMITHIN_MAX_BODY", value_name = "BYTES")]
     max_body: Option<usize>,
+    /// How many earlier releases of a channel get a delta pack to each new release, built when
+    /// it is published; machines on other releases get one built on first request [default: 3].
+    #[arg(long, env = "SEMITHIN_DELTA_SOURCES", value_name = "N")]
+    delta_sources: Option<usize>,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(
         long,
@@ -68,6 +72,7 @@ struct File {
     max_wait: Option<u32>,
     request_deadline: Option<u64>,
     max_body: Option<usize>,
+    delta_sources: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     admin_token: Option<String>,
@@ -122,6 +127,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(v) = a.max_body.or(f.max_body) {
         anyhow::ensure!(v >= 4096, "the body limit must be at least 4096 bytes");
         cfg.max_body_bytes = v;
+    }
+    if let Some(v) = a.delta_sources.or(f.delta_sources) {
+        anyhow::ensure!(v <= 64, "at most 64 delta sources per release");
+        cfg.delta_sources = v;
     }
     cfg.tls_cert = a.tls_cert.or(f.tls_cert);
     cfg.tls_key = a.tls_key.or(f.tls_key);

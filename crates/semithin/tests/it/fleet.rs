@@ -601,6 +601,11 @@ fn a_fleet_converges_v1_to_v2_fetching_only_what_changed() {
     let sent_v1 = after_v1["object_bytes_sent"].as_u64().unwrap();
     // v2 brings 2 chunks and the trees above them, per machine
     assert!(sent_v2 * 5 < sent_v1, "v2 {sent_v2} vs v1 {sent_v1}");
+    // ... as a delta pack from v1: no object crossed the network for it
+    let deltas_v2 = after_v2["delta_bytes_sent"].as_u64().unwrap()
+        - after_v1["delta_bytes_sent"].as_u64().unwrap();
+    assert!(deltas_v2 > 0, "{after_v2}");
+    assert_eq!(sent_v2, 0, "v2 came as a delta: {after_v2}");
     let fetched_v2 = s.machine("m1")["report"]["fetched_bytes"].as_u64().unwrap() - fetched_v1;
     assert!(fetched_v2 * 5 < fetched_v1, "{fetched_v2} vs {fetched_v1}");
     for a in &agents {
@@ -615,6 +620,7 @@ fn a_fleet_converges_v1_to_v2_fetching_only_what_changed() {
             ino(&a.deployment().join("usr/lib/x/y/z/big"))
         );
         assert!(a.log().contains("is healthy"), "{}", a.log());
+        assert!(a.log().contains("applied the delta pack"), "{}", a.log());
     }
     // a third release: the oldest deployment is removed (keep 1 besides the current)
     std::fs::write(src.join("etc/os-release"), "VERSION_ID=3\n").unwrap();
@@ -812,10 +818,15 @@ fn tampered_objects_and_metadata_from_the_server_are_refused_and_nothing_is_stor
         .filter(|p| !before.contains(p))
         .collect();
     assert_eq!(new_packs.len(), 1);
+    // the delta pack built at publish is whole; it goes, and the one the server tries to make
+    // again meets the damage: the agent is told there is none and fetches objects
+    let delta = delta_pack(&s, &v1, &v2);
     damage_chunks(&s.repo(), Some(&new_packs[0]));
+    std::fs::remove_file(&delta).unwrap();
     assert!(!a.once().success());
     let log = a.log();
     assert!(log.contains("is corrupt: content hashes to"), "{log}");
+    assert!(!delta.exists(), "no pack is made from damaged objects");
     assert_eq!(a.current().as_deref(), Some(v1.as_str()), "still on v1");
     assert!(!a.state.join("deployments").join(&v2).exists());
     // nothing unverified was stored: the agent's store has no object the release lacks
@@ -1245,4 +1256,109 @@ fn a_bad_tls_certificate_or_key_stops_the_server_with_the_reason() {
             "nothing made before TLS is known good"
         );
     }
+}
+
+/// Waits until the server has built the delta pack from `from` to `to`; its path.
+fn delta_pack(s: &Server, from: &str, to: &str) -> PathBuf {
+    let p = s.data.join(format!("deltas/{from}-{to}.pack"));
+    wait_until("the delta pack built at publish", 60, || p.exists());
+    p
+}
+
+#[test]
+fn a_damaged_delta_pack_is_refused_and_the_machine_fetches_objects_instead() {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 20);
+    let v1 = s.release(&src, "lab/stable");
+    let a = Agent::new(&s, "m1", &t);
+    assert!(a.once().success(), "{}", a.log());
+    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    assert!(a.once().success(), "{}", a.log());
+    let big: Vec<u8> = (0..400_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(src.join("usr/lib/new.bin"), &big).unwrap();
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    let pack = delta_pack(&s, &v1, &v2);
+    let mut b = std::fs::read(&pack).unwrap();
+    let n = b.len();
+    for at in [n / 3, n / 2, n - 10] {
+        b[at] ^= 0x55;
+    }
+    std::fs::write(&pack, b).unwrap();
+    assert!(a.once().success(), "{}", a.log());
+    let log = a.log();
+    assert!(log.contains("the delta pack was refused"), "{log}");
+    assert_eq!(a.current().as_deref(), Some(v2.as_str()));
+    assert_deployed(&src, &a.deployment());
+    let st = s.stats();
+    assert!(st["object_bytes_sent"].as_u64().unwrap() > 400_000, "{st}");
+    // nothing wrong was stored on the way
+    let out = Command::new(BIN)
+        .arg("--repo")
+        .arg(a.state.join("repo"))
+        .arg("fsck")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_delta_download_killed_halfway_resumes_where_it_stopped() {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 20);
+    let v1 = s.release(&src, "lab/stable");
+    let a = Agent::new(&s, "m1", &t);
+    assert!(a.once().success(), "{}", a.log());
+    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    assert!(a.once().success(), "{}", a.log());
+    // new content that does not compress: the pack is as large as it
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let big: Vec<u8> = (0..1_500_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    std::fs::write(src.join("usr/lib/new.bin"), &big).unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    let size = std::fs::metadata(delta_pack(&s, &v1, &v2)).unwrap().len();
+    assert!(size > 1_000_000, "{size}");
+    let crashing = Agent::new(&s, "m1", &t).env("SEMITHIN_AGENT_CRASH_AT", "delta");
+    assert!(!crashing.once().success());
+    assert!(
+        crashing.log().contains("killed at delta"),
+        "{}",
+        crashing.log()
+    );
+    let part = a.state.join(format!("tmp/{v1}-{v2}.pack.part"));
+    let got = std::fs::metadata(&part).unwrap().len();
+    assert!(got * 2 >= size && got < size, "{got} of {size}");
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+
+    let before = s.stats()["delta_bytes_sent"].as_u64().unwrap();
+    assert!(a.once().success(), "{}", a.log());
+    let log = a.log();
+    assert!(
+        log.contains(&format!("resuming the delta pack at byte {got}")),
+        "{log}"
+    );
+    assert!(log.contains("applied the delta pack"), "{log}");
+    assert_eq!(a.current().as_deref(), Some(v2.as_str()));
+    assert_deployed(&src, &a.deployment());
+    assert!(!part.exists(), "the download is removed once applied");
+    // the second request sent only what the first had not delivered
+    let sent = s.stats()["delta_bytes_sent"].as_u64().unwrap() - before;
+    assert_eq!(sent, size - got, "pack of {size}, {got} kept");
 }

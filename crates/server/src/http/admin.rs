@@ -289,6 +289,7 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Jso
         object_bytes_sent: c.object_bytes_sent.load(Ordering::Relaxed),
         objects_sent: c.objects_sent.load(Ordering::Relaxed),
         metadata_bytes_sent: c.metadata_bytes_sent.load(Ordering::Relaxed),
+        delta_bytes_sent: c.delta_bytes_sent.load(Ordering::Relaxed),
         checkins: c.checkins.load(Ordering::Relaxed),
         releases: app
             .published()

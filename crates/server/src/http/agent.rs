@@ -103,11 +103,28 @@ pub async fn enroll(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<Json<
 fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
     let r = m.row.lock().expect("lock");
     let desired = match (r.status, &r.channel) {
-        (MachineStatus::Accepted, Some(c)) => app.release(c).map(|rel| Desired {
-            channel: c.clone(),
-            release: rel.to_hex(),
-            metadata_path: "/api/v1/trust/metadata/".into(),
-            objects_path: "/api/v1/objects".into(),
+        (MachineStatus::Accepted, Some(c)) => app.release(c).map(|rel| {
+            // a pack from what the machine runs, when the server holds that release too
+            let delta_path = r
+                .report
+                .current
+                .as_deref()
+                .and_then(|cur| cur.parse::<semithin_store::CommitId>().ok())
+                .filter(|cur| {
+                    *cur != rel
+                        && app
+                            .published()
+                            .store
+                            .contains(ObjKind::Commit, cur.as_bytes())
+                })
+                .map(|cur| format!("/api/v1/deltas/{}/{}", cur.to_hex(), rel.to_hex()));
+            Desired {
+                channel: c.clone(),
+                release: rel.to_hex(),
+                metadata_path: "/api/v1/trust/metadata/".into(),
+                objects_path: "/api/v1/objects".into(),
+                delta_path,
+            }
         }),
         _ => None,
     };
@@ -373,4 +390,127 @@ pub async fn object(
     reader(&app, &method, &uri, &headers, b"")?;
     let r = parse_ref(&format!("{kind}/{id}"))?;
     stream(app, vec![r])
+}
+
+/// `Range: bytes=N-` (the one form an interrupted download needs); `None` for no range or any
+/// other form, which gets the whole file.
+fn range_start(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get(header::RANGE)?.to_str().ok()?;
+    let n = v.strip_prefix("bytes=")?.strip_suffix('-')?;
+    n.parse().ok()
+}
+
+/// `GET /api/v1/deltas/{from}/{to}`: the delta pack, built now if needed; ranges resume.
+pub async fn delta(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path((from, to)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    reader(&app, &method, &uri, &headers, b"")?;
+    let parse = |s: &str| {
+        s.parse::<semithin_store::CommitId>()
+            .map_err(|_| ApiErr::bad(format!("{s:?} is not a release (a commit id)")))
+    };
+    let (from, to) = (parse(&from)?, parse(&to)?);
+    let store = app.published().store.clone();
+    let effort = app.delta_effort(&from, &to);
+    let built = app.deltas.ensure(store, from, to, effort).await;
+    // A pack that cannot be made (say, a damaged object on the server) is simply not there:
+    // the machine fetches objects, which are checked one by one.
+    let built = built.map_err(|e| {
+        tracing::warn!(from = %from.short(), to = %to.short(), error = %e, "no delta pack");
+        ApiErr::not_found(format!("no delta pack could be made: {e}"))
+    })?;
+    let path = built.ok_or_else(|| {
+        ApiErr::not_found(format!(
+            "no delta from {} to {}: the server does not hold both releases",
+            from.short(),
+            to.short()
+        ))
+    })?;
+    let md = std::fs::metadata(&path).map_err(|e| ApiErr::internal(format!("{e}")))?;
+    let size = md.len();
+    // The pack for a pair never changes once written; its size and mtime name this copy.
+    let etag = format!(
+        "\"{size}-{}\"",
+        md.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .is_none_or(|v| v.to_str().ok() == Some(etag.as_str()));
+    let start = range_start(&headers).filter(|_| if_range_ok).unwrap_or(0);
+    if start > size {
+        return Err(ApiErr(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("the pack has {size} bytes; a range from {start} is past its end"),
+        ));
+    }
+    let (tx, rx) = mpsc::channel(8);
+    let counters = app.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        if let Err(e) = f.seek(std::io::SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    counters
+                        .counters
+                        .delta_bytes_sent
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    if tx
+                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut resp = (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/x-semithin-delta".to_owned(),
+            ),
+            (header::ETAG, etag),
+            (header::ACCEPT_RANGES, "bytes".to_owned()),
+            (header::CONTENT_LENGTH, (size - start).to_string()),
+        ],
+        body,
+    )
+        .into_response();
+    if start > 0 {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        resp.headers_mut().insert(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", size.saturating_sub(1))
+                .parse()
+                .expect("a header value"),
+        );
+    }
+    Ok(resp)
 }

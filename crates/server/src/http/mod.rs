@@ -162,6 +162,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/checkin", post(agent::checkin))
         .route("/api/v1/objects", post(agent::objects))
         .route("/api/v1/objects/{kind}/{id}", get(agent::object))
+        .route("/api/v1/deltas/{from}/{to}", get(agent::delta))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             long,
