@@ -18,11 +18,14 @@ use semithin_store::pack::ObjKind;
 
 use crate::error::{Error, Result};
 
+/// One lock per (from, to) pack being built.
+type Building = Mutex<HashMap<(CommitId, CommitId), Arc<tokio::sync::Mutex<()>>>>;
+
 pub struct Deltas {
     dir: PathBuf,
     /// How many earlier releases of a channel get a pack to its new release.
     pub sources: usize,
-    building: Mutex<HashMap<(CommitId, CommitId), Arc<tokio::sync::Mutex<()>>>>,
+    building: Building,
 }
 
 impl Deltas {
