@@ -129,14 +129,16 @@ impl Agent {
             return Ok(false);
         }
         let f = std::fs::File::open(&part).map_err(Error::io("opening", &part))?;
+        let start = std::time::Instant::now();
         let res = semithin_delta::apply::apply(&self.repo.objects, parse(from)?, parse(to)?, f);
+        let secs = start.elapsed().as_secs_f64();
         let _ = std::fs::remove_file(&part);
         let _ = std::fs::remove_file(&etag);
         match res {
             Ok(a) => {
                 self.say(&format!(
-                    "applied the delta pack {} -> {} ({} bytes): {} trees and {} files rebuilt \
-                     and verified",
+                    "applied the delta pack {} -> {} ({} bytes) in {secs:.2} s: {} trees and {} \
+                     files rebuilt and verified",
                     short(from),
                     short(to),
                     a.pack_bytes,
