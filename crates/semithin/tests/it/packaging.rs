@@ -90,7 +90,8 @@ fn the_example_agent_settings_are_what_the_agent_reads() {
         .to_string();
     assert!(e.contains("unknown field"), "{e}");
 
-    // The binary reads it the same way.
+    // The binary reads it the same way (`agent status` reads an existing state directory).
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
     let out = Command::new(BIN)
         .arg("agent")
         .arg("--config")
@@ -219,6 +220,7 @@ fn the_units_start_the_binary_with_flags_it_has() {
     let dir = tempdir();
     let agent_toml = packaging().join("agent.toml");
     let state_dir = dir.path().join("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
     for unit in ["semithin-agent.service", "semithin-agent-once.service"] {
         let out = runnable(
             unit,
@@ -231,7 +233,17 @@ fn the_units_start_the_binary_with_flags_it_has() {
         .output()
         .unwrap();
         assert!(out.status.success(), "{unit}: {}", text(&out));
-        assert!(state_dir.join("repo/config").exists());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v["report"]["current"],
+            serde_json::Value::Null,
+            "{unit}: {v}"
+        );
+        assert_eq!(
+            v["report"]["agent_version"],
+            env!("CARGO_PKG_VERSION"),
+            "{unit}: {v}"
+        );
     }
 }
 
@@ -256,12 +268,16 @@ fn the_server_unit_and_settings_start_a_server() {
     .spawn()
     .unwrap();
     let url = format!("http://127.0.0.1:{port}/api/v1/health");
+    let http = semithin_agent::http::client_builder(None)
+        .unwrap()
+        .build()
+        .unwrap();
     let start = Instant::now();
     let answer = loop {
         if let Some(s) = child.try_wait().unwrap() {
             panic!("semithin serve exited ({s}):\n{}", read(&log));
         }
-        if let Ok(r) = reqwest::blocking::get(&url) {
+        if let Ok(r) = http.get(&url).send() {
             break (r.status().as_u16(), r.text().unwrap());
         }
         assert!(
@@ -291,8 +307,8 @@ fn the_server_unit_and_settings_start_a_server() {
         "the data directory is --data's"
     );
 
-    // The commented-out keys are settings too: with them the server takes the admin token from
-    // the file (no DATA/admin-token is made) and then refuses TLS, which this build lacks.
+    // The commented-out keys are settings too. With all of them the server refuses to start,
+    // naming the certificate file that is not there, before it makes anything.
     let (all, n) = uncommented(&read(&server_toml));
     assert_eq!(
         n, 3,
@@ -327,9 +343,63 @@ fn the_server_unit_and_settings_start_a_server() {
     let (status, err) = serve(&all_path, &data2);
     assert!(!status.success());
     assert!(!err.contains("settings file"), "{err}");
-    assert!(err.contains("not available in this build"), "{err}");
-    assert!(data2.join("repo/config").exists(), "{err}");
-    assert!(!data2.join("admin-token").exists(), "{err}");
+    assert!(err.contains("/etc/semithin/tls/cert.pem"), "{err}");
+    assert!(
+        !data2.exists(),
+        "nothing is made before TLS is known good: {err}"
+    );
+
+    // Without the TLS lines, the server takes the admin token from the file: no
+    // DATA/admin-token is made, and the file's token is the one the admin API takes.
+    let plain: String = all
+        .lines()
+        .filter(|l| !l.starts_with("tls_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let plain_path = dir.path().join("plain.toml");
+    std::fs::write(&plain_path, &plain).unwrap();
+    let token = plain
+        .lines()
+        .find_map(|l| l.strip_prefix("admin_token = "))
+        .expect("admin_token in the example")
+        .trim_matches('"')
+        .to_owned();
+    let port = free_port();
+    let data4 = dir.path().join("data4");
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&plain_path)
+        .arg("--data")
+        .arg(&data4)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("SEMITHIN_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stats = format!("http://127.0.0.1:{port}/api/v1/admin/stats");
+    let start = Instant::now();
+    let answer = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!("semithin serve exited ({s}):\n{}", read(&log));
+        }
+        if let Ok(r) = http.get(&stats).bearer_auth(&token).send() {
+            break r.status().as_u16();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server did not answer within 30 s:\n{}",
+            read(&log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answer, 200, "{}", read(&log));
+    assert!(data4.join("repo/config").exists());
+    assert!(!data4.join("admin-token").exists());
 
     // The parser refuses what it does not know, so the checks above mean something.
     let bogus = dir.path().join("bogus.toml");
