@@ -2,6 +2,7 @@
 //! `current` link, pruning, and health checks.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -117,6 +118,7 @@ pub fn health_checks(
         let log = log_dir.join("health.log");
         let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
+        // In a process group of its own, so that a timeout ends everything the check started.
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(cmd)
@@ -125,6 +127,7 @@ pub fn health_checks(
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
+            .process_group(0)
             .spawn()
             .map_err(|e| format!("health check {cmd:?} could not start: {e}"))?;
         let start = Instant::now();
@@ -132,6 +135,10 @@ pub fn health_checks(
             match child.try_wait() {
                 Ok(Some(s)) => break s,
                 Ok(None) if start.elapsed() > timeout => {
+                    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                        let _ =
+                            rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                    }
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(format!(
@@ -167,4 +174,40 @@ pub fn health_checks(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    #[test]
+    fn a_health_check_that_times_out_is_ended_with_everything_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("sleep.pid");
+        let check = format!("sleep 300 & echo $! > '{}'; wait", pidfile.display());
+        let start = Instant::now();
+        let r = health_checks(&[check], dir.path(), A, Duration::from_secs(1), dir.path());
+        let err = r.unwrap_err();
+        assert!(err.contains("did not finish within 1 s"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(30));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The sleep was killed too: gone, or at most a zombie waiting for its reaper.
+        let gone = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        };
+        let end = Instant::now() + Duration::from_secs(10);
+        while !gone() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(gone(), "the check's child {pid} outlived the timeout");
+    }
 }
