@@ -1246,3 +1246,207 @@ fn a_bad_tls_certificate_or_key_stops_the_server_with_the_reason() {
         );
     }
 }
+
+/// A machine on `v1` of `src` (published on lab/stable), enrolled with a pre-authorised token.
+fn machine_on_v1(s: &Server, name: &str, extra: usize) -> (String, PathBuf, String) {
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, extra);
+    let v1 = s.release(&src, "lab/stable");
+    let a = Agent::new(s, name, &t);
+    assert!(a.once().success(), "{}", a.log());
+    s.ok(&["fleet", "assign", name, "lab/stable"]);
+    assert!(a.once().success(), "{}", a.log());
+    wait_updated(s, name, &v1, 10);
+    (t, src, v1)
+}
+
+fn deployments(a: &Agent) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(a.state.join("deployments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+const BROKEN_CHECK: &str =
+    "test ! -e \"$SEMITHIN_DEPLOYMENT/etc/broken\" || { echo 'broken marker found'; exit 3; }";
+
+#[test]
+fn pruning_never_removes_the_running_deployment() {
+    let s = Server::start();
+    let (t, src, v1) = machine_on_v1(&s, "m1", 3);
+    // Killed right after the link moved to v2: the next run confirms v2 and prunes.
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    let k = Agent::new(&s, "m1", &t).env("SEMITHIN_AGENT_CRASH_AT", "switch-link");
+    assert!(!k.once().success());
+    assert!(k.log().contains("killed at switch-link"), "{}", k.log());
+    assert_eq!(k.current().as_deref(), Some(v2.as_str()));
+    let a = Agent::new(&s, "m1", &t)
+        .arg("--health-check")
+        .arg(BROKEN_CHECK);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v2.as_str()));
+    assert!(a.deployment().is_dir(), "current dangles: {}", a.log());
+    assert_deployed(&src, &a.deployment());
+    assert_eq!(deployments(&a), sorted(vec![v1.clone(), v2.clone()]));
+    wait_updated(&s, "m1", &v2, 10);
+
+    // state.json moved aside (the machine enrolls again with its key, history is empty), then a
+    // release fails its checks: the rollback to v2 keeps v2.
+    std::fs::rename(a.state.join("state.json"), a.state.join("state.json.old")).unwrap();
+    std::fs::write(src.join("etc/broken"), "yes\n").unwrap();
+    let v3 = s.release(&src, "lab/stable");
+    assert!(a.once().success(), "{}", a.log());
+    assert!(a.log().contains("broken marker found"), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v2.as_str()));
+    assert!(a.deployment().is_dir(), "current dangles: {}", a.log());
+    let dep = a.deployment();
+    assert_eq!(
+        std::fs::read_to_string(dep.join("etc/os-release")).unwrap(),
+        "VERSION_ID=2\n"
+    );
+    assert!(!dep.join("etc/broken").exists());
+    assert!(!deployments(&a).contains(&v3));
+    assert!(deployments(&a).contains(&v2));
+}
+
+#[test]
+fn killed_while_rolling_back_the_failure_is_recorded_and_not_tried_again() {
+    let s = Server::start();
+    let (t, src, v1) = machine_on_v1(&s, "m1", 3);
+    std::fs::write(src.join("etc/broken"), "yes\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    // Killed after the link moved back to v1, before the failure was saved.
+    let k = Agent::new(&s, "m1", &t)
+        .arg("--health-check")
+        .arg(BROKEN_CHECK)
+        .env("SEMITHIN_AGENT_CRASH_AT", "rollback-link");
+    assert!(!k.once().success());
+    assert!(k.log().contains("killed at rollback-link"), "{}", k.log());
+    assert_eq!(k.current().as_deref(), Some(v1.as_str()));
+    let switched = format!("switched to release {}", &v2[..12]);
+    assert_eq!(k.log().matches(&switched).count(), 1, "{}", k.log());
+
+    let a = Agent::new(&s, "m1", &t)
+        .arg("--health-check")
+        .arg(BROKEN_CHECK);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(
+        a.log().matches(&switched).count(),
+        1,
+        "the failed release was tried again:\n{}",
+        a.log()
+    );
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+    let m = s.machine("m1");
+    assert_eq!(m["report"]["failed_release"], json!(v2), "{m}");
+    assert_eq!(m["report"]["health"], "failed", "{m}");
+    let err = m["report"]["last_error"].as_str().unwrap_or("");
+    assert!(err.contains("broken marker found"), "{m}");
+    assert_eq!(deployments(&a), vec![v1.clone()]);
+    let st: Value = serde_json::from_slice(&a.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(st["state"]["trial"], Value::Null, "{st}");
+}
+
+#[test]
+fn an_abandoned_switch_gives_back_the_health_it_had() {
+    let s = Server::start();
+    let (t, src, v1) = machine_on_v1(&s, "m1", 3);
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    s.release(&src, "lab/stable");
+    // Killed after the trial was saved, before the link moved.
+    let k = Agent::new(&s, "m1", &t).env("SEMITHIN_AGENT_CRASH_AT", "switch-trial");
+    assert!(!k.once().success());
+    assert!(k.log().contains("killed at switch-trial"), "{}", k.log());
+    assert_eq!(k.current().as_deref(), Some(v1.as_str()));
+    // Meanwhile the machine is assigned a channel with nothing on it: the agent waits.
+    s.ok(&["fleet", "assign", "m1", "lab/nothing-yet"]);
+    let a = Agent::new(&s, "m1", &t);
+    assert!(a.once().success(), "{}", a.log());
+    assert!(
+        a.log().contains("the last switch did not happen"),
+        "{}",
+        a.log()
+    );
+    let m = s.machine("m1");
+    assert_eq!(m["report"]["current"], json!(v1), "{m}");
+    assert_eq!(m["report"]["health"], "healthy", "{m}");
+    assert_eq!(m["report"]["previous"], Value::Null, "{m}");
+    assert!(!a.state.join("trial").exists());
+}
+
+/// Runs the boot script's trial logic (semithin_trial from semithin-mount.sh) on an agent's
+/// state directory, as the initramfs would at a boot; its messages.
+fn boot_trial(a: &Agent, tries: u32) -> String {
+    let mount_sh = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../packaging/initramfs-tools/semithin-mount.sh");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            ". {}; semithin_trial '' {} {tries}",
+            q(&mount_sh),
+            q(&a.state)
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+#[test]
+fn a_release_the_boot_script_rolled_back_is_reported_as_failed() {
+    let s = Server::start();
+    let (t, src, v1) = machine_on_v1(&s, "m1", 3);
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    // Switched to v2, and then the machine rebooted (the agent was stopped in its checks).
+    let k = Agent::new(&s, "m1", &t).env("SEMITHIN_AGENT_CRASH_AT", "switch");
+    assert!(!k.once().success());
+    assert_eq!(k.current().as_deref(), Some(v2.as_str()));
+    assert_eq!(
+        std::fs::read_to_string(k.state.join("trial")).unwrap(),
+        format!("{v2} {v1}\n")
+    );
+    // The first boot of v2 is counted; v2 hangs, and the second boot switches back to v1.
+    let msg = boot_trial(&k, 1);
+    assert!(msg.contains("boot 1 of 1"), "{msg}");
+    assert_eq!(k.current().as_deref(), Some(v2.as_str()));
+    let msg = boot_trial(&k, 1);
+    assert!(
+        msg.contains(&format!("the boot switched back to {v1}")),
+        "{msg}"
+    );
+    assert_eq!(k.current().as_deref(), Some(v1.as_str()));
+    let marker = std::fs::read_to_string(k.state.join("trial-failed")).unwrap();
+    assert!(marker.starts_with(&format!("{v2} ")), "{marker}");
+
+    // The agent, running in v1, records and reports the failure instead of trying v2 again.
+    let a = Agent::new(&s, "m1", &t);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+    let m = s.machine("m1");
+    assert_eq!(m["report"]["failed_release"], json!(v2), "{m}");
+    assert_eq!(m["report"]["health"], "failed", "{m}");
+    let err = m["report"]["last_error"].as_str().unwrap_or("");
+    assert!(err.contains("rolled back at boot"), "{m}");
+    assert!(err.contains("without being confirmed healthy"), "{m}");
+    assert!(m["events"].to_string().contains("failed"), "{m}");
+    for f in ["trial", "trial-boots", "trial-failed"] {
+        assert!(!a.state.join(f).exists(), "{f} left behind");
+    }
+    assert_eq!(deployments(&a), vec![v1.clone()]);
+    let switched = format!("switched to release {}", &v2[..12]);
+    assert_eq!(a.log().matches(&switched).count(), 1, "{}", a.log());
+    // A later run waits for another release.
+    assert!(a.once().success(), "{}", a.log());
+    assert!(a.log().ends_with("waiting for a new one\n"), "{}", a.log());
+}
