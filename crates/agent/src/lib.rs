@@ -366,6 +366,7 @@ impl Agent {
                 trial: self.state.trial.as_ref(),
                 boot_failed: boot_failed.as_ref(),
                 failed_release: self.state.failed_release.as_deref(),
+                health: self.state.health,
                 verified: self.verified.is_some() && self.verified == desired,
                 missing: self.missing,
                 staged,
@@ -391,6 +392,15 @@ impl Agent {
                     let b = boot_failed.expect("a boot failure to record");
                     self.record_boot_failure(&b)?;
                     worked = true;
+                }
+                Step::ForgetFailedRelease => {
+                    if let Some(f) = self.state.failed_release.take() {
+                        self.say(&format!(
+                            "forgetting failed release {}: the server asks for another one",
+                            short(&f)
+                        ));
+                    }
+                    self.save()?;
                 }
                 Step::CheckHealth => {
                     self.check_health()?;
@@ -725,6 +735,24 @@ fn report_of(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         fetched_bytes: state.fetched_bytes + unsaved_fetched,
     })
+}
+
+/// `semithin agent retry`: forgets the release that failed here (and the last error), so the
+/// next cycle tries the server's release again. Takes STATE/lock, so it is refused while another
+/// agent works on the directory. Returns the release forgotten, if any.
+pub fn retry(dir: &Path) -> Result<Option<String>> {
+    let layout = Layout::new(dir);
+    if !layout.dir.is_dir() {
+        return Err(Error::Config(format!(
+            "{} is not an agent state directory",
+            dir.display()
+        )));
+    }
+    let _lock = lock_state(&layout)?;
+    let mut state = State::load(&layout.state())?;
+    let failed = state.retry();
+    state.save(&layout.state())?;
+    Ok(failed)
 }
 
 /// Takes STATE/lock, so two agents never work on one state directory at once.

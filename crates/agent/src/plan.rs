@@ -2,7 +2,7 @@
 //! The executor gathers [`Facts`], performs the [`Step`], gathers facts again, and so on until
 //! the step is to wait; an interrupted run starts over from the facts and continues.
 
-use semithin_protocol::api::MachineStatus;
+use semithin_protocol::api::{Health, MachineStatus};
 
 use crate::state::{BootFailure, Trial};
 
@@ -20,6 +20,8 @@ pub struct Facts<'a> {
     /// `STATE/trial-failed`: the boot script switched `current` back at boot (docs/BOOT.md).
     pub boot_failed: Option<&'a BootFailure>,
     pub failed_release: Option<&'a str>,
+    /// `state.json`: how the current deployment is doing.
+    pub health: Health,
     /// The desired release was checked against the signed channel in this run.
     pub verified: bool,
     /// Objects the local store still lacks for the desired release (`None`: not counted yet).
@@ -45,6 +47,9 @@ pub enum Step {
     /// The boot script rolled back a release the state does not hold a trial for (state.json
     /// was moved aside): record it as failed.
     RecordBootFailure,
+    /// `failed_release` names a release the server no longer asks for, and the machine is
+    /// healthy on another one: forget it, so it is tried again if it is ever asked for again.
+    ForgetFailedRelease,
     /// Refresh the TUF metadata and check the desired release is the channel's signed release.
     Verify,
     /// Count what the store lacks.
@@ -110,6 +115,13 @@ pub fn next(f: &Facts) -> Step {
     let Some(desired) = f.desired else {
         return Step::Wait(WaitFor::Assignment);
     };
+    if let Some(failed) = f.failed_release
+        && failed != desired
+        && f.health == Health::Healthy
+        && f.current.is_some_and(|c| c != failed)
+    {
+        return Step::ForgetFailedRelease;
+    }
     if f.current == Some(desired) {
         return Step::Wait(WaitFor::UpToDate);
     }
@@ -279,6 +291,30 @@ mod tests {
         f.trial = None;
         f.boot_failed = Some(&b);
         assert_eq!(next(&f), Step::RecordBootFailure);
+    }
+
+    #[test]
+    fn a_failed_release_is_forgotten_once_the_machine_is_healthy_on_another() {
+        let mut f = accepted();
+        f.failed_release = Some(B);
+        f.current = Some(A);
+        f.desired = Some(B);
+        f.health = Health::Failed;
+        assert_eq!(next(&f), Step::Wait(WaitFor::FailedRelease));
+        // still asked for: kept, even when healthy again
+        f.health = Health::Healthy;
+        assert_eq!(next(&f), Step::Wait(WaitFor::FailedRelease));
+        // the server asks for another release, the machine is healthy on A: forgotten
+        f.desired = Some(A);
+        assert_eq!(next(&f), Step::ForgetFailedRelease);
+        // not while the machine is not healthy
+        f.health = Health::Failed;
+        assert_eq!(next(&f), Step::Wait(WaitFor::UpToDate));
+        // nor while it runs the failed release itself
+        f.health = Health::Healthy;
+        f.current = Some(B);
+        f.desired = Some(A);
+        assert_eq!(next(&f), Step::Verify);
     }
 
     #[test]

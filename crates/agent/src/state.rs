@@ -175,6 +175,9 @@ impl State {
         let t = self.trial.take()?;
         self.health = Health::Healthy;
         self.last_error = None;
+        if self.failed_release.as_deref() == Some(t.release.as_str()) {
+            self.failed_release = None;
+        }
         Some(t)
     }
 
@@ -203,6 +206,16 @@ impl State {
         self.health = Health::Failed;
         self.failed_release = Some(release.to_owned());
         self.last_error = Some(reason.to_owned());
+    }
+
+    /// `semithin agent retry`: the failed release is tried again at the next cycle.
+    pub fn retry(&mut self) -> Option<String> {
+        let f = self.failed_release.take();
+        self.last_error = None;
+        if self.health == Health::Failed {
+            self.health = Health::Unknown;
+        }
+        f
     }
 
     pub fn load(path: &Path) -> Result<Self> {
@@ -303,17 +316,24 @@ mod tests {
         assert_eq!(s.failed_release.as_deref(), Some(B));
         assert_eq!(s.last_error.as_deref(), Some("first reason"));
         assert_eq!(s.history, vec![A.to_owned()]);
+        // retry forgets it
+        assert_eq!(s.retry().as_deref(), Some(B));
+        assert_eq!(s.failed_release, None);
+        assert_eq!(s.last_error, None);
+        assert_eq!(s.health, Health::Unknown);
     }
 
     #[test]
     fn a_confirmed_trial_is_healthy() {
         let mut s = healthy_on_a();
         s.last_error = Some("an old error".into());
+        s.failed_release = Some(B.into()); // tried again after `agent retry`... and passed
         s.open_trial(B, Some(A.into()), 100, 900);
         s.confirm_trial();
         assert!(s.trial.is_none());
         assert_eq!(s.health, Health::Healthy);
         assert_eq!(s.last_error, None);
+        assert_eq!(s.failed_release, None);
         assert_eq!(s.history, vec![B.to_owned(), A.to_owned()]);
     }
 }

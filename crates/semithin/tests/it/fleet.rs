@@ -1450,3 +1450,66 @@ fn a_release_the_boot_script_rolled_back_is_reported_as_failed() {
     assert!(a.once().success(), "{}", a.log());
     assert!(a.log().ends_with("waiting for a new one\n"), "{}", a.log());
 }
+
+#[test]
+fn agent_retry_tries_a_failed_release_again_and_a_stale_failure_is_forgotten() {
+    let s = Server::start();
+    let flag = s.path("flag");
+    let check = format!("test ! -e {} || {{ echo 'flag set'; exit 1; }}", q(&flag));
+    let (t, src, _v1) = machine_on_v1(&s, "m1", 3);
+    std::fs::write(&flag, "").unwrap();
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    let mut a = Agent::new(&s, "m1", &t).arg("--health-check").arg(&check);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(s.machine("m1")["report"]["failed_release"], json!(v2));
+    // Fixed on the machine, but the failed release is not tried again by itself.
+    std::fs::remove_file(&flag).unwrap();
+    assert!(a.once().success(), "{}", a.log());
+    assert_ne!(a.current().as_deref(), Some(v2.as_str()));
+    // Not while the daemon runs.
+    let before = s.stats()["checkins"].as_u64().unwrap();
+    a.spawn();
+    // Once it has checked in, the daemon holds the lock.
+    wait_until("the daemon checking in", 30, || {
+        s.stats()["checkins"].as_u64().unwrap() > before
+    });
+    let out = a.run(&["retry"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another semithin agent is working on"),
+        "{err}"
+    );
+    a.stop();
+    let out = a.run(&["retry"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("release {v2} will be tried again")),
+        "{said}"
+    );
+    assert!(a.once().success(), "{}", a.log());
+    wait_updated(&s, "m1", &v2, 10);
+    let out = a.run(&["retry"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to retry"));
+
+    // v3 fails, v4 is healthy: the failure of v3 does not linger.
+    std::fs::write(&flag, "").unwrap();
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=3\n").unwrap();
+    let v3 = s.release(&src, "lab/stable");
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(s.machine("m1")["report"]["failed_release"], json!(v3));
+    std::fs::remove_file(&flag).unwrap();
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=4\n").unwrap();
+    let v4 = s.release(&src, "lab/stable");
+    assert!(a.once().success(), "{}", a.log());
+    wait_updated(&s, "m1", &v4, 10);
+    let m = s.machine("m1");
+    assert_eq!(m["report"]["failed_release"], Value::Null, "{m}");
+    assert_eq!(m["report"]["last_error"], Value::Null, "{m}");
+}
