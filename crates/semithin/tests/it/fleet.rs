@@ -99,6 +99,8 @@ pub struct Server {
     http: reqwest::blocking::Client,
     /// With TLS: the CA certificate that signed the server's certificate.
     pub ca: Option<PathBuf>,
+    /// More flags of `semithin serve`.
+    args: Vec<String>,
 }
 
 /// A certificate authority of the fleet's own and a server certificate it signed for
@@ -130,7 +132,16 @@ impl Server {
         Self::start_with(true)
     }
 
+    /// A server started with more flags of `semithin serve`.
+    pub fn start_args(args: &[&str]) -> Server {
+        Self::start_full(false, args)
+    }
+
     fn start_with(tls: bool) -> Server {
+        Self::start_full(tls, &[])
+    }
+
+    fn start_full(tls: bool, args: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("semithin-fleet")
             .tempdir()
@@ -152,6 +163,7 @@ impl Server {
             http: client.build().unwrap(),
             ca,
             dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s.token = std::fs::read_to_string(s.data.join("admin-token"))
@@ -183,7 +195,8 @@ impl Server {
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--data")
             .arg(&self.data)
-            .args(["--checkin-interval", "30", "--max-wait", "30"]);
+            .args(["--checkin-interval", "30", "--max-wait", "30"])
+            .args(&self.args);
         if self.ca.is_some() {
             let certs = self.dir.path().join("fleet");
             cmd.arg("--tls-cert")
@@ -1098,9 +1111,69 @@ fn bad_requests_get_clear_errors() {
     let (st, text) = post("/api/v1/nothing", "");
     assert_eq!(st, 404);
     assert!(text.contains("no such endpoint"), "{text}");
+
+    // Every error has the JSON body, also those axum and tower make: 405, 413, a path that is
+    // not UTF-8, 408.
+    let error = |r: reqwest::blocking::Response| {
+        let st = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let allow = r
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let text = r.text().unwrap();
+        assert_eq!(ct, "application/json", "{st}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let msg = v["error"].as_str().unwrap_or_else(|| panic!("{text}"));
+        (st, msg.to_owned(), allow)
+    };
+    let (st, msg, allow) = error(c.get(format!("{}/api/v1/enroll", s.url)).send().unwrap());
+    assert_eq!(st, 405);
+    assert!(
+        msg.contains("GET is not allowed on /api/v1/enroll (it takes POST)"),
+        "{msg}"
+    );
+    assert!(
+        allow.as_deref().is_some_and(|a| a.contains("POST")),
+        "{allow:?}"
+    );
     let big = "x".repeat(9 << 20);
-    let (st, _) = post("/api/v1/enroll", &big);
+    // (a client of its own: the server closes the connection of a body it refuses unread)
+    let (st, msg, _) = error(
+        http()
+            .build()
+            .unwrap()
+            .post(format!("{}/api/v1/enroll", s.url))
+            .body(big)
+            .send()
+            .unwrap(),
+    );
     assert_eq!(st, 413);
+    assert!(msg.contains("larger than the 8388608 bytes"), "{msg}");
+    let (st, msg, _) = error(
+        c.get(format!("{}/api/v1/admin/machines/%FF%FE", s.url))
+            .bearer_auth(&s.token)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 400);
+    assert!(msg.contains("/api/v1/admin/machines/%FF%FE"), "{msg}");
+    assert!(msg.to_lowercase().contains("utf-8"), "{msg}");
+    let (st, msg, _) = error(
+        c.put(format!("{}/api/v1/admin/tokens", s.url))
+            .bearer_auth(&s.token)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 405);
+    assert!(
+        msg.contains("PUT is not allowed on /api/v1/admin/tokens"),
+        "{msg}"
+    );
     let (st, v) = s.post(
         "/api/v1/admin/assign",
         &json!({"selector": "a=1,,", "channel": "c"}),
@@ -1119,6 +1192,49 @@ fn bad_requests_get_clear_errors() {
     assert_eq!(st, 400, "{v}");
     // nothing was enrolled by any of it
     assert!(s.machines().is_empty());
+
+    // A request whose body never comes: 408 with the JSON body, from a server with a deadline
+    // of 1 s.
+    let quick = Server::start_args(&["--request-deadline", "1"]);
+    let (st, text) = raw_request(
+        quick.port,
+        "POST /api/v1/enroll HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{",
+    );
+    assert_eq!(st, 408, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("deadline of 1 s"), "{msg}");
+}
+
+/// Sends `request` as it is on a new connection; the status and body of the answer.
+fn raw_request(port: u16, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                return (status, body[..len].to_owned());
+            }
+        }
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "the connection closed: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
 }
 
 #[test]
