@@ -1070,6 +1070,17 @@ fn no_machine_acts_for_another_and_the_admin_api_needs_its_token() {
         now(),
     );
     assert_eq!(st, 200);
+
+    // a rejected machine's check-in is refused before anything of it is stored
+    s.ok(&["fleet", "reject", "alice"]);
+    let before = s.machine("alice");
+    let (st, body) = signed(&s, &alice, None, "POST", "/api/v1/checkin", &report, now());
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("rejected"), "{body}");
+    let after = s.machine("alice");
+    assert_ne!(after["report"]["current"], json!("f".repeat(64)), "{after}");
+    assert_eq!(before["report"], after["report"], "the report was stored");
+    assert_eq!(before["events"], after["events"], "events were recorded");
 }
 
 #[test]
@@ -1107,6 +1118,16 @@ fn bad_requests_get_clear_errors() {
         let (st, text) = post("/api/v1/enroll", body);
         assert_eq!(st, 400, "{body}: {text}");
         assert!(text.contains(want), "{body}: {text}");
+    }
+    // Without a valid token each of them is refused alike, before anything else is looked at.
+    for body in [
+        format!(r#"{{"token":"wrong","name":"a b","public_key":"{key}"}}"#),
+        format!(r#"{{"token":"wrong","name":"ok","public_key":"abc"}}"#),
+        format!(r#"{{"token":"wrong","name":"ok","public_key":"{key}","labels":{{"a":"$(x)"}}}}"#),
+    ] {
+        let (st, text) = post("/api/v1/enroll", &body);
+        assert_eq!(st, 403, "{body}: {text}");
+        assert!(text.contains("enrollment token unknown"), "{body}: {text}");
     }
     let (st, text) = post("/api/v1/nothing", "");
     assert_eq!(st, 404);
@@ -1235,6 +1256,101 @@ fn raw_request(port: u16, request: &str) -> (u16, String) {
         assert!(n > 0, "the connection closed: {text}");
         got.extend_from_slice(&buf[..n]);
     }
+}
+
+/// Enrolls `key` as `name` with `token` by hand; the status and the answer.
+fn enroll_raw(s: &Server, token: &str, name: &str, key: &MachineKey) -> (u16, Value) {
+    let r = http()
+        .build()
+        .unwrap()
+        .post(format!("{}/api/v1/enroll", s.url))
+        .body(
+            json!({"token": token, "name": name, "public_key": hex::encode(key.public())})
+                .to_string(),
+        )
+        .send()
+        .unwrap();
+    let st = r.status().as_u16();
+    (
+        st,
+        serde_json::from_str(&r.text().unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+fn uses_left(s: &Server, token: &str) -> Value {
+    let (_, list) = s.get("/api/v1/admin/tokens");
+    let id = s
+        .dir
+        .path()
+        .join("token-ids")
+        .join(&token[..16])
+        .to_string_lossy()
+        .into_owned();
+    let id = std::fs::read_to_string(id).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == json!(id))
+        .map(|t| t["uses_left"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// A token with `uses`; its secret (its id is noted for [`uses_left`]).
+fn token_with_uses(s: &Server, uses: u32) -> String {
+    let (st, v) = s.post("/api/v1/admin/tokens", &json!({"uses": uses}));
+    assert_eq!(st, 200, "{v}");
+    let secret = v["token"].as_str().unwrap().to_owned();
+    let dir = s.dir.path().join("token-ids");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(&secret[..16]), v["id"].as_str().unwrap()).unwrap();
+    secret
+}
+
+#[test]
+fn enrollment_checks_the_token_first_and_never_wastes_a_use() {
+    let s = Server::start();
+    let t = s.enroll_token(false);
+    let (k1, k2, k3) = (
+        MachineKey::generate().unwrap(),
+        MachineKey::generate().unwrap(),
+        MachineKey::generate().unwrap(),
+    );
+    let (st, v) = enroll_raw(&s, &t, "first", &k1);
+    assert_eq!(st, 200, "{v}");
+    // Without a valid token, a taken name and a known key get the same answer as anything else.
+    for (name, key) in [("first", &k2), ("first", &k1)] {
+        let (st, v) = enroll_raw(&s, "not-a-token", name, key);
+        assert_eq!(st, 403, "{name}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("token unknown"),
+            "{v}"
+        );
+    }
+    // A token with one use: refused enrollments take none of it.
+    let one = token_with_uses(&s, 1);
+    let (st, v) = enroll_raw(&s, &one, "first", &k2);
+    assert_eq!(st, 409, "{v}");
+    let (st, v) = enroll_raw(&s, &one, "a b", &k2);
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(uses_left(&s, &one), json!(1));
+    let (st, v) = enroll_raw(&s, &one, "second", &k2);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["status"], "pending");
+    assert_eq!(uses_left(&s, &one), json!(0));
+    // Used up now: the machine it enrolled may still enroll again with it (it crashed before
+    // saving the answer), another one may not.
+    let (st, v) = enroll_raw(&s, &one, "second", &k2);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["machine_id"], json!(k2.id()));
+    let (st, v) = enroll_raw(&s, &one, "third", &k3);
+    assert_eq!(st, 403, "{v}");
+    // A known key with another valid token: its status, no use taken.
+    let two = token_with_uses(&s, 2);
+    let (st, v) = enroll_raw(&s, &two, "second", &k2);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(uses_left(&s, &two), json!(2));
+    let names: Vec<Value> = s.machines().iter().map(|m| m["name"].clone()).collect();
+    assert_eq!(names, vec![json!("first"), json!("second")]);
 }
 
 #[test]
