@@ -414,3 +414,47 @@ pub async fn enroll_machine(
     tx.commit().await.map_err(err)?;
     Ok(Ok((t, m)))
 }
+
+/// Tokens made before ids were random have the first 8 hex digits of their secret as id: they
+/// get a new id from `new_id`, and the `enrolled` events that name them follow. Returns how many.
+pub async fn renumber_legacy_tokens(
+    pool: &SqlitePool,
+    mut new_id: impl FnMut() -> Result<String>,
+) -> Result<usize> {
+    let err = |e| Error::db("renumbering tokens", e);
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+    let old: Vec<String> = sqlx::query_scalar("SELECT id FROM tokens WHERE length(id) = 8")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+    for id in &old {
+        let new = new_id()?;
+        sqlx::query("UPDATE tokens SET id = $1 WHERE id = $2")
+            .bind(&new)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        sqlx::query("UPDATE events SET detail = $1 WHERE kind = 'enrolled' AND detail = $2")
+            .bind(format!("token {new}"))
+            .bind(format!("token {id}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(old.len())
+}
+
+/// One token by id.
+pub async fn token_by_id(pool: &SqlitePool, id: &str) -> Result<Option<TokenRow>> {
+    let row = sqlx::query(
+        "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at \
+         FROM tokens WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| Error::db("reading the token", e))?;
+    Ok(row.as_ref().map(token_row))
+}

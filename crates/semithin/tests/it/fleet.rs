@@ -1354,6 +1354,92 @@ fn enrollment_checks_the_token_first_and_never_wastes_a_use() {
 }
 
 #[test]
+fn tokens_are_revoked_and_listings_show_no_part_of_a_secret() {
+    let mut s = Server::start();
+    let secrets: Vec<String> = (0..3).map(|_| s.enroll_token(true)).collect();
+    let a = Agent::new(&s, "m1", &secrets[0]);
+    assert!(a.once().success(), "{}", a.log());
+    let (st, list) = s.get("/api/v1/admin/tokens");
+    assert_eq!(st, 200, "{list}");
+    let ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let shown = format!(
+        "{list}\n{}\n{}\n{}",
+        s.ok(&["fleet", "token", "list"]),
+        s.ok(&["fleet", "token", "list", "--json"]),
+        s.machine("m1")["events"]
+    );
+    let no_secret_in = |shown: &str| {
+        for sec in &secrets {
+            for w in sec.as_bytes().windows(8) {
+                let w = std::str::from_utf8(w).unwrap();
+                assert!(!shown.contains(w), "{w} of a secret is shown:\n{shown}");
+            }
+        }
+    };
+    no_secret_in(&shown);
+    for id in &ids {
+        assert_eq!(id.len(), 16, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    }
+    assert!(shown.contains(&format!("token {}", ids[0])), "{shown}");
+
+    // Revoked: it enrolls nothing any more, and is gone from the list.
+    let out = s.ok(&["fleet", "token", "revoke", &ids[1]]);
+    assert!(out.contains(&format!("token {} revoked", ids[1])), "{out}");
+    let (_, list) = s.get("/api/v1/admin/tokens");
+    assert!(!list.to_string().contains(&ids[1]), "{list}");
+    let b = Agent::new(&s, "m2", &secrets[1]);
+    assert!(!b.once().success());
+    assert!(b.log().contains("enrollment token unknown"), "{}", b.log());
+    let out = s.cli(&["fleet", "token", "revoke", &ids[1]]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("404") && err.contains("no enrollment token has the id"),
+        "{err}"
+    );
+    // A machine its token enrolled stays enrolled after the token is revoked.
+    s.ok(&["fleet", "token", "revoke", &ids[0]]);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(s.machines().len(), 1);
+
+    // A token made before ids were random (its id the first 8 digits of its secret) gets a new
+    // id when the server starts, and still enrolls.
+    s.kill();
+    let old = "0123456789abcdef0123456789abcdef0123456789abcdef";
+    let db_path = s.data.join("fleet.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = semithin_server::db::open(&db_path).await.unwrap();
+        let row = semithin_server::db::TokenRow {
+            id: old[..8].to_owned(),
+            preauthorized: true,
+            labels: Default::default(),
+            uses_left: None,
+            expires_at: None,
+            created_at: 1,
+        };
+        let hash = blake3::hash(old.as_bytes()).to_hex().to_string();
+        semithin_server::db::insert_token(&pool, &row, &hash)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+    s.restart();
+    let (_, list) = s.get("/api/v1/admin/tokens");
+    assert!(!list.to_string().contains(&old[..8]), "{list}");
+    let c = Agent::new(&s, "m3", old);
+    assert!(c.once().success(), "{}", c.log());
+    let shown = s.machine("m3")["events"].to_string();
+    assert!(!shown.contains(&old[..8]), "{shown}");
+}
+
+#[test]
 fn verify_restores_changed_files_from_the_store_or_the_server() {
     let s = Server::start();
     let t = s.enroll_token(true);
