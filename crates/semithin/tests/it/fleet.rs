@@ -1122,7 +1122,7 @@ fn bad_requests_get_clear_errors() {
     // Without a valid token each of them is refused alike, before anything else is looked at.
     for body in [
         format!(r#"{{"token":"wrong","name":"a b","public_key":"{key}"}}"#),
-        format!(r#"{{"token":"wrong","name":"ok","public_key":"abc"}}"#),
+        r#"{"token":"wrong","name":"ok","public_key":"abc"}"#.to_owned(),
         format!(r#"{{"token":"wrong","name":"ok","public_key":"{key}","labels":{{"a":"$(x)"}}}}"#),
     ] {
         let (st, text) = post("/api/v1/enroll", &body);
