@@ -401,6 +401,7 @@ impl Agent {
                         ));
                     }
                     self.save()?;
+                    worked = true;
                 }
                 Step::CheckHealth => {
                     self.check_health()?;
