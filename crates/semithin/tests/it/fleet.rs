@@ -1638,40 +1638,49 @@ fn pruning_never_removes_the_running_deployment() {
 
 #[test]
 fn killed_while_rolling_back_the_failure_is_recorded_and_not_tried_again() {
-    let s = Server::start();
-    let (t, src, v1) = machine_on_v1(&s, "m1", 3);
-    std::fs::write(src.join("etc/broken"), "yes\n").unwrap();
-    let v2 = s.release(&src, "lab/stable");
-    // Killed after the link moved back to v1, before the failure was saved.
-    let k = Agent::new(&s, "m1", &t)
-        .arg("--health-check")
-        .arg(BROKEN_CHECK)
-        .env("SEMITHIN_AGENT_CRASH_AT", "rollback-link");
-    assert!(!k.once().success());
-    assert!(k.log().contains("killed at rollback-link"), "{}", k.log());
-    assert_eq!(k.current().as_deref(), Some(v1.as_str()));
-    let switched = format!("switched to release {}", &v2[..12]);
-    assert_eq!(k.log().matches(&switched).count(), 1, "{}", k.log());
+    // Killed after the rollback was recorded (the link still on v2), and after the link moved
+    // back to v1; both before the failure was saved.
+    for (point, on_v1) in [("rollback-begun", false), ("rollback-link", true)] {
+        let s = Server::start();
+        let (t, src, v1) = machine_on_v1(&s, "m1", 3);
+        std::fs::write(src.join("etc/broken"), "yes\n").unwrap();
+        let v2 = s.release(&src, "lab/stable");
+        let k = Agent::new(&s, "m1", &t)
+            .arg("--health-check")
+            .arg(BROKEN_CHECK)
+            .env("SEMITHIN_AGENT_CRASH_AT", point);
+        assert!(!k.once().success());
+        assert!(
+            k.log().contains(&format!("killed at {point}")),
+            "{}",
+            k.log()
+        );
+        let want = if on_v1 { &v1 } else { &v2 };
+        assert_eq!(k.current().as_deref(), Some(want.as_str()), "{point}");
+        let switched = format!("switched to release {}", &v2[..12]);
+        assert_eq!(k.log().matches(&switched).count(), 1, "{}", k.log());
 
-    let a = Agent::new(&s, "m1", &t)
-        .arg("--health-check")
-        .arg(BROKEN_CHECK);
-    assert!(a.once().success(), "{}", a.log());
-    assert_eq!(
-        a.log().matches(&switched).count(),
-        1,
-        "the failed release was tried again:\n{}",
-        a.log()
-    );
-    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
-    let m = s.machine("m1");
-    assert_eq!(m["report"]["failed_release"], json!(v2), "{m}");
-    assert_eq!(m["report"]["health"], "failed", "{m}");
-    let err = m["report"]["last_error"].as_str().unwrap_or("");
-    assert!(err.contains("broken marker found"), "{m}");
-    assert_eq!(deployments(&a), vec![v1.clone()]);
-    let st: Value = serde_json::from_slice(&a.run(&["status", "--json"]).stdout).unwrap();
-    assert_eq!(st["state"]["trial"], Value::Null, "{st}");
+        let a = Agent::new(&s, "m1", &t)
+            .arg("--health-check")
+            .arg(BROKEN_CHECK);
+        assert!(a.once().success(), "{}", a.log());
+        assert_eq!(
+            a.log().matches(&switched).count(),
+            1,
+            "{point}: the failed release was tried again:\n{}",
+            a.log()
+        );
+        assert_eq!(a.current().as_deref(), Some(v1.as_str()), "{point}");
+        let m = s.machine("m1");
+        assert_eq!(m["report"]["failed_release"], json!(v2), "{point}: {m}");
+        assert_eq!(m["report"]["health"], "failed", "{point}: {m}");
+        let err = m["report"]["last_error"].as_str().unwrap_or("");
+        assert!(err.contains("broken marker found"), "{point}: {m}");
+        assert_eq!(deployments(&a), vec![v1.clone()], "{point}");
+        let st: Value = serde_json::from_slice(&a.run(&["status", "--json"]).stdout).unwrap();
+        assert_eq!(st["state"]["trial"], Value::Null, "{point}: {st}");
+        assert!(!a.state.join("trial").exists(), "{point}");
+    }
 }
 
 #[test]
