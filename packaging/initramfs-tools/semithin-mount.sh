@@ -1,9 +1,11 @@
 # semithin-mount.sh: boot the semithin agent's current deployment (docs/BOOT.md).
 #
 # POSIX sh functions, sourced by the initramfs-tools boot script (scripts/local-bottom/semithin)
-# and by the tests (crates/semithin/tests/it/packaging.rs). They use only mount, umount,
+# and by the tests (crates/semithin/tests/it/packaging.rs and fleet.rs). They use mount, umount,
 # readlink, mkdir and the shell itself, with the option forms that util-linux, busybox and klibc
-# mount all take (-o bind, -o move, -o remount,...; no long options).
+# mount all take (-o bind, -o move, -o remount,...; no long options); and, for a release under
+# trial, ln -s, mv -f -T, rm -f and sync, as busybox and coreutils have them (klibc's mv has no
+# -T: the hook requires busybox).
 #
 # Every function checks everything it can before it mounts anything. On a problem it prints why
 # on stderr ("semithin: ..."), undoes what it mounted and returns non-zero, so the caller can
@@ -26,7 +28,22 @@
 #       The initramfs case: the partition is mounted at ROOTMNT, which must become the new root.
 #       Remounts the partition read-write if it is read-only, moves it to SYSROOT, and assembles
 #       the new root at ROOTMNT with semithin_mount. On failure after the move, moves the
-#       partition back (and read-only again if it was); returns 2 if even that fails.
+#       partition back (and read-only again if it was); returns 2 if even that fails. Before all
+#       that, when STATE/trial exists, it remounts the partition read-write and runs
+#       semithin_trial with $SEMITHIN_TRIES (the boot script sets it from semithin.tries=); a
+#       release under trial whose boot cannot be counted is not booted.
+#
+#   semithin_trial PART STATE [TRIES]
+#       Boot counting for a release under trial. While a release it switched to is not yet
+#       confirmed healthy, the agent keeps STATE/trial, one line "RELEASE PREVIOUS" (PREVIOUS "-"
+#       when there was none), and removes it once the release is confirmed or rolled back. When
+#       STATE/current points at RELEASE, this boot is counted in STATE/trial-boots ("RELEASE N");
+#       once RELEASE has been booted TRIES times (default 1) without being confirmed, current is
+#       switched back to PREVIOUS instead (a new symlink renamed over it; removed when PREVIOUS
+#       is "-" or missing) and STATE/trial-failed says why ("RELEASE REASON"), for the agent to
+#       record as a failure. Every file is written under a temporary name, synced and renamed;
+#       the partition must be writable. Returns non-zero, having said why, only when it could
+#       not write what it had to.
 #
 # STATE is the agent's state directory as a path on the partition (/var/lib/semithin); INIT, when
 # given, is a program (/sbin/init) that must exist in the deployment.
@@ -35,25 +52,40 @@ semithin_say() {
 	echo "semithin: $*" >&2
 }
 
+# Whether $1 is a usable state directory path (says why not).
+semithin_check_state() {
+	case $1 in
+	/*) ;;
+	*)
+		semithin_say "the state directory '$1' is not an absolute path"
+		return 1
+		;;
+	esac
+	case $1 in
+	*[!A-Za-z0-9/._-]* | */../* | */.. | */./* | */.)
+		semithin_say "the state directory '$1' must be a plain path of letters, digits and / . _ -"
+		return 1
+		;;
+	esac
+	return 0
+}
+
+# Whether $1 is a release id: 64 lowercase hex digits.
+semithin_is_id() {
+	[ ${#1} -eq 64 ] || return 1
+	case $1 in
+	*[!0-9a-f]*) return 1 ;;
+	esac
+	return 0
+}
+
 semithin_resolve() {
 	_sm_part=$1
 	_sm_state=$2
 	_sm_init=${3:-}
 	SEMITHIN_ID=
 	SEMITHIN_DEPLOYMENT=
-	case $_sm_state in
-	/*) ;;
-	*)
-		semithin_say "the state directory '$_sm_state' is not an absolute path"
-		return 1
-		;;
-	esac
-	case $_sm_state in
-	*[!A-Za-z0-9/._-]* | */../* | */.. | */./* | */.)
-		semithin_say "the state directory '$_sm_state' must be a plain path of letters, digits and / . _ -"
-		return 1
-		;;
-	esac
+	semithin_check_state "$_sm_state" || return 1
 	case $_sm_part in
 	*[,:]*)
 		semithin_say "the partition's mount point '$_sm_part' holds ',' or ':', which overlayfs options cannot take"
@@ -149,6 +181,95 @@ semithin_mount() {
 	return 0
 }
 
+# Replaces the file $1 with the line $2: written under a temporary name beside it, synced,
+# renamed over it, synced again.
+semithin_put() {
+	_sp_tmp=${1%/*}/.${1##*/}.tmp
+	if ! printf '%s\n' "$2" >"$_sp_tmp"; then
+		semithin_say "cannot write $_sp_tmp"
+		return 1
+	fi
+	sync
+	if ! mv -f "$_sp_tmp" "$1"; then
+		semithin_say "cannot rename $_sp_tmp to $1"
+		return 1
+	fi
+	sync
+}
+
+semithin_trial() {
+	if [ $# -lt 2 ]; then
+		semithin_say "usage: semithin_trial PART STATE [TRIES]"
+		return 1
+	fi
+	_st_state=$2
+	_st_tries=${3:-1}
+	semithin_check_state "$_st_state" || return 1
+	case $_st_tries in
+	'' | *[!0-9]* | 0 | 0*)
+		semithin_say "semithin.tries=$_st_tries is not a number of at least 1: using 1"
+		_st_tries=1
+		;;
+	esac
+	_st_dir=$1$_st_state
+	[ -f "$_st_dir/trial" ] || return 0
+	_st_rel=
+	_st_prev=
+	read -r _st_rel _st_prev _st_rest <"$_st_dir/trial" || true
+	if ! semithin_is_id "$_st_rel" || { [ "$_st_prev" != - ] && ! semithin_is_id "$_st_prev"; }; then
+		semithin_say "$_st_dir/trial does not hold 'RELEASE PREVIOUS': this boot is not counted"
+		return 0
+	fi
+	# Not switched to yet, or switched back already: nothing to count.
+	_st_cur=$(readlink "$_st_dir/current" 2>/dev/null) || _st_cur=
+	[ "$_st_cur" = "deployments/$_st_rel" ] || return 0
+	_st_n=0
+	if [ -f "$_st_dir/trial-boots" ]; then
+		_st_brel=
+		_st_bn=
+		read -r _st_brel _st_bn _st_rest <"$_st_dir/trial-boots" || true
+		if [ "$_st_brel" = "$_st_rel" ]; then
+			case $_st_bn in
+			'' | *[!0-9]* | 0?*) ;;
+			*) _st_n=$_st_bn ;;
+			esac
+		fi
+	fi
+	if [ "$_st_n" -lt "$_st_tries" ]; then
+		_st_n=$((_st_n + 1))
+		semithin_put "$_st_dir/trial-boots" "$_st_rel $_st_n" || return 1
+		semithin_say "release $_st_rel is under trial: boot $_st_n of $_st_tries"
+		return 0
+	fi
+	_st_reason="booted $_st_n time(s) without being confirmed healthy (semithin.tries=$_st_tries)"
+	if [ "$_st_prev" = - ]; then
+		_st_reason="$_st_reason; there was no previous deployment: the boot removed the current link"
+	elif [ -L "$_st_dir/deployments/$_st_prev" ] || [ ! -d "$_st_dir/deployments/$_st_prev" ]; then
+		_st_reason="$_st_reason; the previous deployment $_st_prev is missing: the boot removed the current link"
+		_st_prev=-
+	else
+		_st_reason="$_st_reason; the boot switched back to $_st_prev"
+	fi
+	# The marker first: a boot cut short after it switches back again.
+	semithin_put "$_st_dir/trial-failed" "$_st_rel $_st_reason" || return 1
+	if [ "$_st_prev" = - ]; then
+		if ! rm -f "$_st_dir/current"; then
+			semithin_say "cannot remove $_st_dir/current"
+			return 1
+		fi
+	else
+		_st_tmp=$_st_dir/.current.boot.tmp
+		rm -f "$_st_tmp"
+		if ! ln -s "deployments/$_st_prev" "$_st_tmp" || ! mv -f -T "$_st_tmp" "$_st_dir/current"; then
+			semithin_say "cannot switch $_st_dir/current back to deployments/$_st_prev"
+			return 1
+		fi
+	fi
+	sync
+	semithin_say "release $_st_rel was $_st_reason"
+	return 0
+}
+
 # Whether the file system mounted at $1 is mounted read-only (from /proc/mounts).
 semithin_is_ro() {
 	_sm_ro=n
@@ -163,6 +284,14 @@ semithin_is_ro() {
 	[ "$_sm_ro" = y ]
 }
 
+# Remounts $1 read-only again when $2 is y (it was read-only before semithin_boot).
+semithin_undo_rw() {
+	if [ "$2" = y ]; then
+		mount -o remount,ro "$1"
+	fi
+	return 0
+}
+
 semithin_boot() {
 	if [ $# -lt 3 ]; then
 		semithin_say "usage: semithin_boot ROOTMNT STATE SYSROOT [INIT]"
@@ -172,15 +301,34 @@ semithin_boot() {
 	_sb_state=$2
 	_sb_sys=$3
 	_sb_init=${4:-}
-	semithin_resolve "$_sb_root" "$_sb_state" "$_sb_init" || return 1
+	_sb_was_ro=n
+	# A release under trial: this boot is counted, or the trial given up and current switched
+	# back. Both write to the partition.
+	if semithin_check_state "$_sb_state" 2>/dev/null && [ -f "$_sb_root$_sb_state/trial" ]; then
+		if semithin_is_ro "$_sb_root"; then
+			if ! mount -o remount,rw "$_sb_root"; then
+				semithin_say "cannot remount the root partition read-write to count this boot of a release under trial"
+				return 1
+			fi
+			_sb_was_ro=y
+		fi
+		if ! semithin_trial "$_sb_root" "$_sb_state" "${SEMITHIN_TRIES:-1}"; then
+			semithin_undo_rw "$_sb_root" "$_sb_was_ro"
+			return 1
+		fi
+	fi
+	if ! semithin_resolve "$_sb_root" "$_sb_state" "$_sb_init"; then
+		semithin_undo_rw "$_sb_root" "$_sb_was_ro"
+		return 1
+	fi
 	# The early boot moves /dev, /proc, /sys and /run onto the new root.
 	for _sb_d in dev proc sys run; do
 		if [ -L "$SEMITHIN_DEPLOYMENT/$_sb_d" ] || [ ! -d "$SEMITHIN_DEPLOYMENT/$_sb_d" ]; then
 			semithin_say "deployment $SEMITHIN_ID has no /$_sb_d directory"
+			semithin_undo_rw "$_sb_root" "$_sb_was_ro"
 			return 1
 		fi
 	done
-	_sb_was_ro=n
 	if semithin_is_ro "$_sb_root"; then
 		_sb_was_ro=y
 		if ! mount -o remount,rw "$_sb_root"; then
@@ -190,7 +338,7 @@ semithin_boot() {
 	fi
 	if ! mkdir -p "$_sb_sys" || ! mount -o move "$_sb_root" "$_sb_sys"; then
 		semithin_say "cannot move the root partition from $_sb_root to $_sb_sys"
-		[ "$_sb_was_ro" = y ] && mount -o remount,ro "$_sb_root"
+		semithin_undo_rw "$_sb_root" "$_sb_was_ro"
 		return 1
 	fi
 	if ! semithin_mount "$_sb_sys" "$_sb_state" "$_sb_root" "$_sb_init"; then
@@ -198,7 +346,7 @@ semithin_boot() {
 			semithin_say "cannot move the root partition back from $_sb_sys to $_sb_root"
 			return 2
 		fi
-		[ "$_sb_was_ro" = y ] && mount -o remount,ro "$_sb_root"
+		semithin_undo_rw "$_sb_root" "$_sb_was_ro"
 		return 1
 	fi
 	return 0

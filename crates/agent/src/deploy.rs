@@ -2,6 +2,7 @@
 //! `current` link, pruning, and health checks.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use semithin_store::checkout::{CheckoutOptions, checkout};
 use semithin_store::{CommitId, NoProgress, Repo};
 
 use crate::error::{Error, Result};
-use crate::state::Layout;
+use crate::state::{BootFailure, Layout, Trial};
 
 /// Materialises `release` as `deployments/ID`, sharing unchanged files with earlier deployments
 /// through the repository's checkout cache (hardlinks), synced before it is renamed into place:
@@ -55,10 +56,13 @@ pub fn point_current(layout: &Layout, release: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Removes every deployment and leftover staging directory not in `keep`.
+/// Removes every deployment and leftover staging directory not in `keep`. Whatever the
+/// `current` link points at is never removed, whether `keep` names it or not.
 pub fn prune(layout: &Layout, keep: &[&str]) -> Result<Vec<String>> {
     let dir = layout.deployments();
     let mut removed = Vec::new();
+    let current = layout.current()?;
+    let keep: Vec<&str> = keep.iter().copied().chain(current.as_deref()).collect();
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
@@ -74,6 +78,102 @@ pub fn prune(layout: &Layout, keep: &[&str]) -> Result<Vec<String>> {
         removed.push(name);
     }
     Ok(removed)
+}
+
+/// A trial opens (Switch, before the link moves): `STATE/trial` says `RELEASE PREVIOUS` for the
+/// boot script, and no boot of it is counted yet.
+pub fn open_boot_trial(layout: &Layout, trial: &Trial) -> Result<()> {
+    remove_file(&layout.trial_boots())?;
+    remove_file(&layout.trial_failed())?;
+    write_boot_trial(layout, trial)
+}
+
+/// Writes `STATE/trial` for an open trial unless it already says so (replaced atomically,
+/// synced). The boot counter is left as it is.
+pub fn write_boot_trial(layout: &Layout, trial: &Trial) -> Result<()> {
+    let path = layout.trial_file();
+    let text = format!(
+        "{} {}\n",
+        trial.release,
+        trial.previous.as_deref().unwrap_or("-")
+    );
+    if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    let tmp = layout.dir.join(".trial.tmp");
+    semithin_store::fsutil::write_synced(&tmp, text.as_bytes())?;
+    std::fs::rename(&tmp, &path).map_err(Error::io("renaming into", &path))?;
+    semithin_store::fsutil::sync_dir(&layout.dir)?;
+    Ok(())
+}
+
+/// The trial is closed (confirmed healthy, rolled back or abandoned): `STATE/trial`, its boot
+/// count and the boot script's failure marker are removed, and the removal is synced, so the
+/// boot script never acts on a closed trial.
+pub fn close_boot_trial(layout: &Layout) -> Result<()> {
+    let mut any = false;
+    for p in [
+        layout.trial_file(),
+        layout.trial_boots(),
+        layout.trial_failed(),
+    ] {
+        any |= remove_file(&p)?;
+    }
+    if any {
+        semithin_store::fsutil::sync_dir(&layout.dir)?;
+    }
+    Ok(())
+}
+
+/// At start without a trial in state.json: a `STATE/trial` left over (state.json moved aside)
+/// is removed, so the boot script does not count boots of a release nobody checks. The boot
+/// script's failure marker stays for the agent to record.
+pub fn tidy_boot_trial(layout: &Layout) -> Result<()> {
+    let mut any = false;
+    for p in [layout.trial_file(), layout.trial_boots()] {
+        any |= remove_file(&p)?;
+    }
+    if any {
+        semithin_store::fsutil::sync_dir(&layout.dir)?;
+    }
+    Ok(())
+}
+
+/// `STATE/trial-failed`, if the boot script left it: `RELEASE REASON`, one line. A marker that
+/// does not name a release (64 hex digits) is an error naming the file.
+pub fn boot_failure(layout: &Layout) -> Result<Option<BootFailure>> {
+    let path = layout.trial_failed();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("reading", &path)(e)),
+    };
+    let line = text.lines().next().unwrap_or("").trim();
+    let (release, reason) = line.split_once(' ').unwrap_or((line, ""));
+    if release.len() != 64 || !release.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Config(format!(
+            "{} does not start with a release id (it holds {line:?}); remove it",
+            path.display()
+        )));
+    }
+    let reason = reason.trim();
+    Ok(Some(BootFailure {
+        release: release.to_owned(),
+        reason: if reason.is_empty() {
+            "the boot script switched back to the previous deployment".into()
+        } else {
+            reason.to_owned()
+        },
+    }))
+}
+
+/// Removes a file; whether it was there.
+fn remove_file(path: &Path) -> Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("removing", path)(e)),
+    }
 }
 
 /// Removes a directory tree, making read-only directories writable first (deployments keep
@@ -117,6 +217,7 @@ pub fn health_checks(
         let log = log_dir.join("health.log");
         let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
+        // In a process group of its own, so that a timeout ends everything the check started.
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(cmd)
@@ -125,6 +226,7 @@ pub fn health_checks(
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
+            .process_group(0)
             .spawn()
             .map_err(|e| format!("health check {cmd:?} could not start: {e}"))?;
         let start = Instant::now();
@@ -132,6 +234,10 @@ pub fn health_checks(
             match child.try_wait() {
                 Ok(Some(s)) => break s,
                 Ok(None) if start.elapsed() > timeout => {
+                    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                        let _ =
+                            rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                    }
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(format!(
@@ -167,4 +273,140 @@ pub fn health_checks(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+    fn layout_with(deployments: &[&str]) -> (tempfile::TempDir, Layout) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        for d in deployments {
+            std::fs::create_dir_all(layout.deployment(d).join("etc")).unwrap();
+            std::fs::write(layout.deployment(d).join("etc/os-release"), d).unwrap();
+        }
+        (dir, layout)
+    }
+
+    fn names(layout: &Layout) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(layout.deployments())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn prune_never_removes_what_current_points_at() {
+        let (_d, layout) = layout_with(&[A, B, C]);
+        std::fs::create_dir_all(layout.staging(C)).unwrap();
+        point_current(&layout, Some(B)).unwrap();
+        // a history that lost the running release (state.json moved aside, or a kill between
+        // two saves) names only A
+        let removed = prune(&layout, &[A]).unwrap();
+        assert_eq!(names(&layout), vec![A.to_owned(), B.to_owned()]);
+        assert!(removed.contains(&C.to_owned()), "{removed:?}");
+        assert!(removed.iter().any(|r| r.starts_with(".staging-")));
+        assert_eq!(layout.current().unwrap().as_deref(), Some(B));
+        assert!(layout.deployment(B).join("etc/os-release").exists());
+        // nothing named at all: still the current one
+        prune(&layout, &[]).unwrap();
+        assert_eq!(names(&layout), vec![B.to_owned()]);
+        // without a link, what keep names
+        point_current(&layout, None).unwrap();
+        prune(&layout, &[B]).unwrap();
+        assert_eq!(names(&layout), vec![B.to_owned()]);
+    }
+
+    #[test]
+    fn the_boot_trial_files_open_and_close() {
+        let (_d, layout) = layout_with(&[A, B]);
+        let t = Trial {
+            release: B.into(),
+            previous: Some(A.into()),
+            ..Trial::default()
+        };
+        std::fs::write(layout.trial_boots(), format!("{B} 3\n")).unwrap();
+        std::fs::write(layout.trial_failed(), format!("{B} old\n")).unwrap();
+        open_boot_trial(&layout, &t).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(layout.trial_file()).unwrap(),
+            format!("{B} {A}\n")
+        );
+        assert!(
+            !layout.trial_boots().exists(),
+            "a new trial has no boots yet"
+        );
+        assert!(boot_failure(&layout).unwrap().is_none());
+        // rewriting keeps the boot count
+        std::fs::write(layout.trial_boots(), format!("{B} 1\n")).unwrap();
+        write_boot_trial(&layout, &t).unwrap();
+        assert!(layout.trial_boots().exists());
+        // no previous: "-"
+        let none = Trial {
+            release: B.into(),
+            previous: None,
+            ..Trial::default()
+        };
+        write_boot_trial(&layout, &none).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(layout.trial_file()).unwrap(),
+            format!("{B} -\n")
+        );
+        // the boot script's marker
+        std::fs::write(
+            layout.trial_failed(),
+            format!("{B} booted 1 time(s) without being confirmed healthy\n"),
+        )
+        .unwrap();
+        let b = boot_failure(&layout).unwrap().unwrap();
+        assert_eq!(b.release, B);
+        assert_eq!(b.reason, "booted 1 time(s) without being confirmed healthy");
+        // tidying at start keeps the marker for the agent to record
+        tidy_boot_trial(&layout).unwrap();
+        assert!(!layout.trial_file().exists() && !layout.trial_boots().exists());
+        assert!(layout.trial_failed().exists());
+        close_boot_trial(&layout).unwrap();
+        assert!(!layout.trial_failed().exists());
+        assert!(!layout.dir.join(".trial.tmp").exists());
+        // a marker that names no release is an error naming the file
+        std::fs::write(layout.trial_failed(), "junk\n").unwrap();
+        let e = boot_failure(&layout).unwrap_err().to_string();
+        assert!(e.contains("trial-failed") && e.contains("junk"), "{e}");
+    }
+
+    #[test]
+    fn a_health_check_that_times_out_is_ended_with_everything_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("sleep.pid");
+        let check = format!("sleep 300 & echo $! > '{}'; wait", pidfile.display());
+        let start = Instant::now();
+        let r = health_checks(&[check], dir.path(), A, Duration::from_secs(1), dir.path());
+        let err = r.unwrap_err();
+        assert!(err.contains("did not finish within 1 s"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(30));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The sleep was killed too: gone, or at most a zombie waiting for its reaper.
+        let gone = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        };
+        let end = Instant::now() + Duration::from_secs(10);
+        while !gone() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(gone(), "the check's child {pid} outlived the timeout");
+    }
 }

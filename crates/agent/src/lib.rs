@@ -33,7 +33,7 @@ pub use crate::config::Config;
 pub use crate::error::{Error, Result};
 use crate::http::Api;
 use crate::plan::{Facts, Step, WaitFor};
-use crate::state::{Layout, State, Trial};
+use crate::state::{BootFailure, Layout, State};
 
 /// What a run of [`Agent::cycle`] ended with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +85,9 @@ impl Agent {
         // temporary files, which opening for writing clears.
         let repo = Repo::open(&rp, Access::Write)?;
         let state = State::load(&layout.state())?;
+        if state.trial.is_none() {
+            deploy::tidy_boot_trial(&layout)?;
+        }
         // Leftover staging directories are from an interrupted run.
         if let Ok(rd) = std::fs::read_dir(layout.deployments()) {
             for e in rd.flatten() {
@@ -366,13 +369,16 @@ impl Agent {
             let staged = desired
                 .as_ref()
                 .is_some_and(|d| self.layout.deployment(d).exists());
+            let boot_failed = deploy::boot_failure(&self.layout)?;
             let f = Facts {
                 enrolled: self.state.machine_id.is_some() && self.api.is_some(),
                 status: self.answer.as_ref().map(|a| a.status),
                 desired: desired.as_deref(),
                 current: current.as_deref(),
                 trial: self.state.trial.as_ref(),
+                boot_failed: boot_failed.as_ref(),
                 failed_release: self.state.failed_release.as_deref(),
+                health: self.state.health,
                 verified: self.verified.is_some() && self.verified == desired,
                 missing: self.missing,
                 staged,
@@ -390,8 +396,24 @@ impl Agent {
                 }
                 Step::AbandonTrial => {
                     self.say("the last switch did not happen; carrying on");
-                    self.state.trial = None;
+                    deploy::close_boot_trial(&self.layout)?;
+                    self.state.abandon_trial();
                     self.save()?;
+                }
+                Step::RecordBootFailure => {
+                    let b = boot_failed.expect("a boot failure to record");
+                    self.record_boot_failure(&b)?;
+                    worked = true;
+                }
+                Step::ForgetFailedRelease => {
+                    if let Some(f) = self.state.failed_release.take() {
+                        self.say(&format!(
+                            "forgetting failed release {}: the server asks for another one",
+                            short(&f)
+                        ));
+                    }
+                    self.save()?;
+                    worked = true;
                 }
                 Step::CheckHealth => {
                     self.check_health()?;
@@ -461,21 +483,17 @@ impl Agent {
     }
 
     fn switch(&mut self, release: &str, previous: Option<String>) -> Result<()> {
-        let t = now();
-        // The trial is recorded before the switch: killed in between, the next run sees a trial
-        // whose release is not current and forgets it.
-        self.state.trial = Some(Trial {
-            release: release.to_owned(),
-            previous: previous.clone(),
-            switched_at: t,
-            deadline: t + self.cfg.health_deadline_secs as i64,
-        });
-        self.state.health = Health::Checking;
+        // The trial and the history are saved before the link moves: killed before it moves,
+        // the next run sees a trial whose release is not current and forgets it; killed after,
+        // the history already holds the running release, so pruning keeps it.
+        self.state
+            .open_trial(release, previous, now(), self.cfg.health_deadline_secs);
         self.save()?;
+        let trial = self.state.trial.clone().expect("just opened");
+        deploy::open_boot_trial(&self.layout, &trial)?;
+        crash_point("switch-trial");
         deploy::point_current(&self.layout, Some(release))?;
-        self.state.history.retain(|h| h != release);
-        self.state.history.insert(0, release.to_owned());
-        self.save()?;
+        crash_point("switch-link");
         self.say(&format!("switched to release {}", short(release)));
         crash_point("switch");
         Ok(())
@@ -485,6 +503,8 @@ impl Agent {
         let trial = self.state.trial.clone().expect("a trial to check");
         self.phase = Phase::Checking;
         self.state.health = Health::Checking;
+        // While the trial is open the boot script counts its boots.
+        deploy::write_boot_trial(&self.layout, &trial)?;
         let dep = self.layout.deployment(&trial.release);
         let res = deploy::health_checks(
             &self.cfg.health_checks,
@@ -495,9 +515,10 @@ impl Agent {
         );
         match res {
             Ok(()) => {
-                self.state.trial = None;
-                self.state.health = Health::Healthy;
-                self.state.last_error = None;
+                // The boot script's trial goes first: a release confirmed here is never
+                // switched back at a later boot.
+                deploy::close_boot_trial(&self.layout)?;
+                self.state.confirm_trial();
                 self.save()?;
                 self.say(&format!("release {} is healthy", short(&trial.release)));
                 self.prune()?;
@@ -508,29 +529,71 @@ impl Agent {
     }
 
     fn roll_back(&mut self, reason: &str) -> Result<()> {
+        // The rollback is recorded before the link moves back: killed at any later point, the
+        // next run finishes it (and records the failure) rather than taking it for a switch that
+        // never happened.
+        self.state.begin_rollback(reason);
+        self.save()?;
+        crash_point("rollback-begun");
         let trial = self.state.trial.clone().expect("a trial to roll back");
-        deploy::point_current(&self.layout, trial.previous.as_deref())?;
-        self.state.history.retain(|h| *h != trial.release);
-        self.state.trial = None;
-        self.state.health = Health::Failed;
-        self.state.failed_release = Some(trial.release.clone());
-        self.state.last_error = Some(reason.to_owned());
+        let reason = trial
+            .rolling_back
+            .clone()
+            .unwrap_or_else(|| reason.to_owned());
+        let back = match trial.previous.as_deref() {
+            Some(p) if !self.layout.deployment(p).is_dir() => {
+                self.say(&format!(
+                    "the previous deployment {} is gone: removing the current link instead",
+                    short(p)
+                ));
+                None
+            }
+            p => p,
+        };
+        deploy::point_current(&self.layout, back)?;
+        crash_point("rollback-link");
+        deploy::close_boot_trial(&self.layout)?;
+        self.state.finish_rollback();
         self.save()?;
         self.say(&format!(
             "rolled back from release {} to {}: {reason}",
             short(&trial.release),
-            trial.previous.as_deref().map(short).unwrap_or("nothing")
+            back.map(short).unwrap_or("nothing")
         ));
         self.prune()?;
         Ok(())
     }
 
-    /// Keeps the current deployment and the `keep` newest before it; removes the rest.
-    fn prune(&mut self) -> Result<()> {
-        let n = 1 + self.cfg.keep;
-        self.state.history.truncate(n);
+    /// The boot script switched back from a release no trial is recorded for: the failure is
+    /// saved first, then the marker removed (killed in between, it is recorded again).
+    fn record_boot_failure(&mut self, b: &BootFailure) -> Result<()> {
+        let reason = format!(
+            "release {} was rolled back at boot: {}",
+            short(&b.release),
+            b.reason
+        );
+        self.state.record_failure(&b.release, &reason);
         self.save()?;
-        let keep: Vec<&str> = self.state.history.iter().map(|s| s.as_str()).collect();
+        deploy::close_boot_trial(&self.layout)?;
+        self.say(&reason);
+        Ok(())
+    }
+
+    /// Keeps the current deployment and the `keep` newest before it (and, during a trial, its
+    /// release and previous deployment); removes the rest.
+    fn prune(&mut self) -> Result<()> {
+        let current = self.layout.current()?;
+        let (history, keep) = plan::keep(
+            &self.state.history,
+            current.as_deref(),
+            self.state.trial.as_ref(),
+            1 + self.cfg.keep,
+        );
+        if history != self.state.history {
+            self.state.history = history;
+            self.save()?;
+        }
+        let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
         let removed = deploy::prune(&self.layout, &keep)?;
         for r in removed {
             self.say(&format!("removed deployment {}", short(&r)));
@@ -685,6 +748,24 @@ fn report_of(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         fetched_bytes: state.fetched_bytes + unsaved_fetched,
     })
+}
+
+/// `semithin agent retry`: forgets the release that failed here (and the last error), so the
+/// next cycle tries the server's release again. Takes STATE/lock, so it is refused while another
+/// agent works on the directory. Returns the release forgotten, if any.
+pub fn retry(dir: &Path) -> Result<Option<String>> {
+    let layout = Layout::new(dir);
+    if !layout.dir.is_dir() {
+        return Err(Error::Config(format!(
+            "{} is not an agent state directory",
+            dir.display()
+        )));
+    }
+    let _lock = lock_state(&layout)?;
+    let mut state = State::load(&layout.state())?;
+    let failed = state.retry();
+    state.save(&layout.state())?;
+    Ok(failed)
 }
 
 /// Takes STATE/lock, so two agents never work on one state directory at once.

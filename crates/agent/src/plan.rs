@@ -2,9 +2,9 @@
 //! The executor gathers [`Facts`], performs the [`Step`], gathers facts again, and so on until
 //! the step is to wait; an interrupted run starts over from the facts and continues.
 
-use semithin_protocol::api::MachineStatus;
+use semithin_protocol::api::{Health, MachineStatus};
 
-use crate::state::Trial;
+use crate::state::{BootFailure, Trial};
 
 /// Everything the decision depends on.
 #[derive(Clone, Debug, Default)]
@@ -17,7 +17,11 @@ pub struct Facts<'a> {
     /// What the `current` link points at.
     pub current: Option<&'a str>,
     pub trial: Option<&'a Trial>,
+    /// `STATE/trial-failed`: the boot script switched `current` back at boot (docs/BOOT.md).
+    pub boot_failed: Option<&'a BootFailure>,
     pub failed_release: Option<&'a str>,
+    /// `state.json`: how the current deployment is doing.
+    pub health: Health,
     /// The desired release was checked against the signed channel in this run.
     pub verified: bool,
     /// Objects the local store still lacks for the desired release (`None`: not counted yet).
@@ -37,8 +41,15 @@ pub enum Step {
     AbandonTrial,
     /// Run the health checks of the trial release.
     CheckHealth,
-    /// Switch back to the trial's previous deployment, for this reason.
+    /// Switch back to the trial's previous deployment (again, if the boot script or an
+    /// interrupted rollback already did), record the failure, for this reason.
     RollBack(String),
+    /// The boot script rolled back a release the state does not hold a trial for (state.json
+    /// was moved aside): record it as failed.
+    RecordBootFailure,
+    /// `failed_release` names a release the server no longer asks for, and the machine is
+    /// healthy on another one: forget it, so it is tried again if it is ever asked for again.
+    ForgetFailedRelease,
     /// Refresh the TUF metadata and check the desired release is the channel's signed release.
     Verify,
     /// Count what the store lacks.
@@ -67,6 +78,19 @@ pub fn next(f: &Facts) -> Step {
     // A switch under trial comes first: it must be confirmed or undone, even with the server
     // away.
     if let Some(t) = f.trial {
+        // A rollback once begun is finished, wherever `current` points now: the link may have
+        // been moved back before the agent was killed.
+        if let Some(reason) = &t.rolling_back {
+            return Step::RollBack(reason.clone());
+        }
+        // The boot script gave up on the release and switched back at boot.
+        if let Some(b) = f.boot_failed.filter(|b| b.release == t.release) {
+            return Step::RollBack(format!(
+                "release {} was rolled back at boot: {}",
+                short(&t.release),
+                b.reason
+            ));
+        }
         if f.current != Some(t.release.as_str()) {
             return Step::AbandonTrial;
         }
@@ -79,6 +103,9 @@ pub fn next(f: &Facts) -> Step {
         }
         return Step::CheckHealth;
     }
+    if f.boot_failed.is_some() {
+        return Step::RecordBootFailure;
+    }
     match f.status {
         None => return Step::CheckIn,
         Some(MachineStatus::Pending) => return Step::Wait(WaitFor::Acceptance),
@@ -88,6 +115,13 @@ pub fn next(f: &Facts) -> Step {
     let Some(desired) = f.desired else {
         return Step::Wait(WaitFor::Assignment);
     };
+    if let Some(failed) = f.failed_release
+        && failed != desired
+        && f.health == Health::Healthy
+        && f.current.is_some_and(|c| c != failed)
+    {
+        return Step::ForgetFailedRelease;
+    }
     if f.current == Some(desired) {
         return Step::Wait(WaitFor::UpToDate);
     }
@@ -105,6 +139,40 @@ pub fn next(f: &Facts) -> Step {
         Some(0) => Step::Stage,
         Some(_) => Step::Fetch,
     }
+}
+
+/// What pruning keeps: `history` put in order (the current deployment first, each entry once)
+/// and cut to `n` entries, and the set of deployment names that must stay, which adds to that
+/// history whatever `current` points at and, while a trial runs, its release and its previous
+/// deployment. So a history that lost an entry (a kill between two saves, a state.json moved
+/// aside) never costs the running deployment or the rollback target.
+pub fn keep(
+    history: &[String],
+    current: Option<&str>,
+    trial: Option<&Trial>,
+    n: usize,
+) -> (Vec<String>, Vec<String>) {
+    let mut hist: Vec<String> = Vec::new();
+    for h in current
+        .into_iter()
+        .chain(history.iter().map(String::as_str))
+    {
+        if !hist.iter().any(|x| x == h) {
+            hist.push(h.to_owned());
+        }
+    }
+    hist.truncate(n.max(1));
+    let mut keep = hist.clone();
+    let extra = current
+        .into_iter()
+        .chain(trial.map(|t| t.release.as_str()))
+        .chain(trial.and_then(|t| t.previous.as_deref()));
+    for e in extra {
+        if !keep.iter().any(|x| x == e) {
+            keep.push(e.to_owned());
+        }
+    }
+    (hist, keep)
 }
 
 fn short(id: &str) -> &str {
@@ -147,12 +215,7 @@ mod tests {
 
     #[test]
     fn a_trial_is_checked_rolled_back_or_abandoned_before_anything_else() {
-        let t = Trial {
-            release: B.into(),
-            previous: Some(A.into()),
-            switched_at: 900,
-            deadline: 1500,
-        };
+        let t = trial();
         let mut f = accepted();
         f.trial = Some(&t);
         f.current = Some(B);
@@ -166,6 +229,122 @@ mod tests {
         // killed between recording the trial and the switch
         f.current = Some(A);
         assert_eq!(next(&f), Step::AbandonTrial);
+    }
+
+    fn trial() -> Trial {
+        Trial {
+            release: B.into(),
+            previous: Some(A.into()),
+            switched_at: 900,
+            deadline: 1500,
+            ..Trial::default()
+        }
+    }
+
+    #[test]
+    fn a_rollback_begun_is_finished_wherever_current_points() {
+        let mut t = trial();
+        t.rolling_back = Some("health check \"x\" failed".into());
+        let mut f = accepted();
+        f.trial = Some(&t);
+        // killed after the link moved back, before the failure was saved
+        f.current = Some(A);
+        assert_eq!(next(&f), Step::RollBack("health check \"x\" failed".into()));
+        // killed before the link moved
+        f.current = Some(B);
+        assert_eq!(next(&f), Step::RollBack("health check \"x\" failed".into()));
+        // and not an abandoned switch without the mark
+        t.rolling_back = None;
+        let mut f = accepted();
+        f.trial = Some(&t);
+        f.current = Some(A);
+        assert_eq!(next(&f), Step::AbandonTrial);
+    }
+
+    #[test]
+    fn a_rollback_at_boot_is_a_failure_of_the_trial_release() {
+        let t = trial();
+        let b = BootFailure {
+            release: B.into(),
+            reason: "booted 1 time(s) without being confirmed healthy".into(),
+        };
+        let mut f = accepted();
+        f.status = None;
+        f.trial = Some(&t);
+        f.current = Some(A); // the boot script switched back to the previous release
+        f.boot_failed = Some(&b);
+        match next(&f) {
+            Step::RollBack(r) => {
+                assert!(r.contains("rolled back at boot"), "{r}");
+                assert!(r.contains("booted 1 time(s)"), "{r}");
+            }
+            s => panic!("{s:?}"),
+        }
+        // a marker for another release than the trial's does not end the trial
+        let other = BootFailure {
+            release: A.into(),
+            reason: "x".into(),
+        };
+        f.boot_failed = Some(&other);
+        assert_eq!(next(&f), Step::AbandonTrial);
+        // a marker without a trial (state.json moved aside) is recorded
+        f.trial = None;
+        f.boot_failed = Some(&b);
+        assert_eq!(next(&f), Step::RecordBootFailure);
+    }
+
+    #[test]
+    fn a_failed_release_is_forgotten_once_the_machine_is_healthy_on_another() {
+        let mut f = accepted();
+        f.failed_release = Some(B);
+        f.current = Some(A);
+        f.desired = Some(B);
+        f.health = Health::Failed;
+        assert_eq!(next(&f), Step::Wait(WaitFor::FailedRelease));
+        // still asked for: kept, even when healthy again
+        f.health = Health::Healthy;
+        assert_eq!(next(&f), Step::Wait(WaitFor::FailedRelease));
+        // the server asks for another release, the machine is healthy on A: forgotten
+        f.desired = Some(A);
+        assert_eq!(next(&f), Step::ForgetFailedRelease);
+        // not while the machine is not healthy
+        f.health = Health::Failed;
+        assert_eq!(next(&f), Step::Wait(WaitFor::UpToDate));
+        // nor while it runs the failed release itself
+        f.health = Health::Healthy;
+        f.current = Some(B);
+        f.desired = Some(A);
+        assert_eq!(next(&f), Step::Verify);
+    }
+
+    #[test]
+    fn pruning_keeps_current_and_the_trial_whatever_history_says() {
+        let c = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+        let d = "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
+        // killed between the link and the history save: history lacks the running B
+        let hist = vec![A.to_owned(), c.to_owned(), d.to_owned()];
+        let (h, k) = keep(&hist, Some(B), None, 2);
+        assert_eq!(h, vec![B.to_owned(), A.to_owned()]);
+        assert_eq!(k, h);
+        // state.json moved aside: no history at all
+        let (h, k) = keep(&[], Some(A), None, 2);
+        assert_eq!(h, vec![A.to_owned()]);
+        assert_eq!(k, vec![A.to_owned()]);
+        // during a trial its release and previous stay even when history is cut short
+        let t = Trial {
+            release: B.into(),
+            previous: Some(d.into()),
+            ..Trial::default()
+        };
+        let (h, k) = keep(&hist, Some(B), Some(&t), 1);
+        assert_eq!(h, vec![B.to_owned()]);
+        assert_eq!(k, vec![B.to_owned(), d.to_owned()]);
+        // duplicates are dropped, order kept
+        let dup = vec![A.to_owned(), A.to_owned(), c.to_owned()];
+        assert_eq!(
+            keep(&dup, Some(A), None, 3).0,
+            vec![A.to_owned(), c.to_owned()]
+        );
     }
 
     #[test]

@@ -72,6 +72,26 @@ fn check_file(path: &Path, content: &FileContent, mode: u32) -> Option<String> {
 }
 
 impl Agent {
+    /// Where the server serves objects: the `objects_path` of its answer in this run, asked for
+    /// with a check-in when there is none yet.
+    fn objects_path(&mut self) -> Result<String> {
+        if self.answer.is_none() {
+            self.checkin(0)?;
+        }
+        self.answer
+            .as_ref()
+            .and_then(|a| a.desired.as_ref())
+            .map(|d| d.objects_path.clone())
+            .ok_or_else(|| {
+                Error::Config(
+                    "the local store is damaged and the server names no release for this \
+                     machine (not accepted, or no channel assigned), so there is nowhere to \
+                     fetch the damaged chunks from"
+                        .into(),
+                )
+            })
+    }
+
     /// Re-hashes every regular file of the running deployment; with `fix`, restores each one
     /// that differs.
     pub fn verify(&mut self, fix: bool) -> Result<VerifyReport> {
@@ -130,22 +150,25 @@ impl Agent {
             }
             let mut fetched: HashMap<[u8; 32], Vec<u8>> = HashMap::new();
             if !damaged.is_empty() {
-                let api = self.api.as_ref().ok_or_else(|| {
-                    Error::Config(
+                if self.api.is_none() {
+                    return Err(Error::Config(
                         "the local store is damaged and the machine is not enrolled".into(),
-                    )
-                })?;
+                    ));
+                }
+                let path = self.objects_path()?;
+                let api = self.api.as_ref().expect("enrolled");
                 let refs = damaged
                     .iter()
                     .map(|(k, id)| format!("{}/{}", k.name(), hex::encode(id)))
                     .collect();
-                let stream = api.objects("/api/v1/objects", refs)?;
+                let stream = api.objects(&path, refs)?;
                 transfer::read_stream(&damaged, stream, |_, id, _, _, raw| {
                     fetched.insert(id, raw);
                     Ok(())
                 })?;
                 report.refetched_chunks = fetched.len() as u64;
             }
+            let store = &self.repo().objects;
             let get = |id: &ChunkId| -> semithin_store::Result<Vec<u8>> {
                 match fetched.get(id.as_bytes()) {
                     Some(b) => Ok(b.clone()),
@@ -170,5 +193,178 @@ impl Agent {
         self.state.last_verify = now();
         self.save()?;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::path::PathBuf;
+    use std::sync::{Arc, Mutex};
+
+    use semithin_protocol::sign::MachineKey;
+    use semithin_store::import::{self, CommitOptions};
+    use semithin_store::repo::Config as RepoConfig;
+    use semithin_store::{Access, NoProgress, Repo};
+
+    use super::*;
+    use crate::state::{Layout, State};
+    use crate::{Config, deploy};
+
+    /// A server that answers check-ins naming `objects_path` for the release, serves object
+    /// streams from `repo` there and nowhere else, and notes every request line.
+    fn fake_server(
+        repo: PathBuf,
+        release: String,
+        objects_path: &'static str,
+    ) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let repo = Repo::open(&repo, Access::Read).unwrap();
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0u8; len];
+                r.read_exact(&mut body).unwrap();
+                let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                log.lock()
+                    .unwrap()
+                    .push(format!("{} {target}", line.split(' ').next().unwrap()));
+                let (status, ctype, answer) = if target == "/api/v1/checkin" {
+                    let a = serde_json::json!({"status": "accepted", "desired": {
+                        "channel": "lab/stable", "release": release,
+                        "metadata_path": "/api/v1/trust/metadata/",
+                        "objects_path": objects_path}, "next_checkin_secs": 30});
+                    (
+                        "200 OK",
+                        "application/json",
+                        serde_json::to_vec(&a).unwrap(),
+                    )
+                } else if target == objects_path {
+                    let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    let wanted: Vec<(ObjKind, [u8; 32])> = req["objects"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|o| {
+                            let (k, id) = o.as_str().unwrap().split_once('/').unwrap();
+                            assert_eq!(k, "chunk");
+                            (ObjKind::Chunk, hex::decode(id).unwrap().try_into().unwrap())
+                        })
+                        .collect();
+                    let mut out = Vec::new();
+                    transfer::send(&repo.objects, &wanted, &mut out).unwrap();
+                    ("200 OK", "application/x-semithin-objects", out)
+                } else {
+                    let e = serde_json::json!({"error": format!("no such endpoint: {target}")});
+                    (
+                        "404 Not Found",
+                        "application/json",
+                        serde_json::to_vec(&e).unwrap(),
+                    )
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    answer.len()
+                );
+                let _ = conn.write_all(&answer);
+            }
+        });
+        (url, seen)
+    }
+
+    #[test]
+    fn damaged_chunks_are_fetched_where_the_server_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("img");
+        std::fs::create_dir_all(src.join("etc")).unwrap();
+        let content: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        std::fs::write(src.join("etc/data"), &content).unwrap();
+        // The server's repository, and the machine's copy of it.
+        let server_repo = dir.path().join("server-repo");
+        Repo::init(&server_repo, RepoConfig::default()).unwrap();
+        let release = {
+            let r = Repo::open(&server_repo, Access::Write).unwrap();
+            let opts = CommitOptions {
+                channel: "lab/stable",
+                message: "",
+                time: Some(1),
+            };
+            import::commit(&r, &src, &opts, &NoProgress).unwrap().commit
+        };
+        let state = dir.path().join("state");
+        let layout = Layout::new(&state);
+        std::fs::create_dir_all(layout.deployments()).unwrap();
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&server_repo)
+            .arg(layout.repo())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        {
+            let r = Repo::open(&layout.repo(), Access::Write).unwrap();
+            deploy::stage(&r, &layout, &release).unwrap();
+        }
+        deploy::point_current(&layout, Some(&release)).unwrap();
+        // The deployed file and every chunk in the machine's packs damaged.
+        let dep = layout.deployment(&release);
+        std::fs::remove_file(dep.join("etc/data")).unwrap();
+        std::fs::write(dep.join("etc/data"), b"short").unwrap();
+        {
+            let r = Repo::open(&layout.repo(), Access::Read).unwrap();
+            for (name, entries) in r.objects.packs().unwrap() {
+                let p = layout.repo().join(format!("objects/packs/{name}.pack"));
+                let mut b = std::fs::read(&p).unwrap();
+                for e in entries.iter().filter(|e| e.kind() == ObjKind::Chunk) {
+                    b[(e.offset + e.stored_len as u64 / 2) as usize] ^= 0x55;
+                }
+                std::fs::write(&p, b).unwrap();
+            }
+        }
+        // Enrolled with a server that serves objects under a path of its own.
+        let (url, seen) = fake_server(server_repo, release.clone(), "/mirror/v1/objects");
+        let key = MachineKey::generate().unwrap();
+        std::fs::write(layout.key(), key.file_text()).unwrap();
+        State {
+            machine_id: Some(key.id()),
+            server: Some(url),
+            ..State::default()
+        }
+        .save(&layout.state())
+        .unwrap();
+        let mut agent = Agent::open(&state, Config::default(), Box::new(|_| {})).unwrap();
+        let r = agent.verify(true).unwrap();
+        assert_eq!(r.problems.len(), 1, "{r:?}");
+        assert_eq!(r.repaired, 1, "{r:?}");
+        assert!(r.refetched_chunks >= 1, "{r:?}");
+        assert_eq!(std::fs::read(dep.join("etc/data")).unwrap(), content);
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            seen.contains(&"POST /mirror/v1/objects".to_owned()),
+            "{seen:?}"
+        );
+        assert!(
+            !seen.iter().any(|s| s.contains("/api/v1/objects")),
+            "{seen:?}"
+        );
     }
 }

@@ -8,6 +8,9 @@
 //! STATE/deployments/ID/        a release materialised (ID = commit id)
 //! STATE/deployments/.staging-ID/  one being staged (removed at start)
 //! STATE/current -> deployments/ID   the deployment to run, switched by rename
+//! STATE/trial                  "RELEASE PREVIOUS" while a switch is under trial (for the boot)
+//! STATE/trial-boots            "RELEASE N": boots of that trial, counted by the boot script
+//! STATE/trial-failed           "RELEASE REASON": the boot script switched back to PREVIOUS
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -55,6 +58,18 @@ impl Layout {
     pub fn current_link(&self) -> PathBuf {
         self.dir.join("current")
     }
+    /// The open trial, for the boot script: `RELEASE PREVIOUS` (`-` for none).
+    pub fn trial_file(&self) -> PathBuf {
+        self.dir.join("trial")
+    }
+    /// Boots of the open trial, written by the boot script: `RELEASE N`.
+    pub fn trial_boots(&self) -> PathBuf {
+        self.dir.join("trial-boots")
+    }
+    /// Left by the boot script when it switched a trial back: `RELEASE REASON`.
+    pub fn trial_failed(&self) -> PathBuf {
+        self.dir.join("trial-failed")
+    }
 
     /// The release the `current` link points at.
     pub fn current(&self) -> Result<Option<String>> {
@@ -81,7 +96,7 @@ impl Layout {
 }
 
 /// A release switched to and not yet confirmed healthy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trial {
     pub release: String,
     /// What `current` pointed at before (the rollback target).
@@ -89,6 +104,19 @@ pub struct Trial {
     pub switched_at: i64,
     /// Past this time without confirmation, the switch is rolled back.
     pub deadline: i64,
+    /// `health` before the trial, given back when the switch never happened.
+    #[serde(default)]
+    pub health_before: Health,
+    /// A rollback has begun, for this reason: it is finished whatever `current` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_back: Option<String>,
+}
+
+/// `STATE/trial-failed`: the boot script switched `current` back from `release` at boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootFailure {
+    pub release: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -111,6 +139,85 @@ pub struct State {
 }
 
 impl State {
+    /// Switch, before the link moves: the trial, and the release at the front of `history`, so
+    /// that a kill at any later point leaves a history that holds the running deployment.
+    pub fn open_trial(
+        &mut self,
+        release: &str,
+        previous: Option<String>,
+        now: i64,
+        deadline_secs: u64,
+    ) {
+        self.trial = Some(Trial {
+            release: release.to_owned(),
+            previous,
+            switched_at: now,
+            deadline: now.saturating_add(deadline_secs.min(i64::MAX as u64) as i64),
+            health_before: self.health,
+            rolling_back: None,
+        });
+        self.health = Health::Checking;
+        self.history.retain(|h| h != release);
+        self.history.insert(0, release.to_owned());
+    }
+
+    /// The switch never happened (killed before the link moved): forget the trial and give
+    /// back what it changed.
+    pub fn abandon_trial(&mut self) -> Option<Trial> {
+        let t = self.trial.take()?;
+        self.history.retain(|h| *h != t.release);
+        self.health = t.health_before;
+        Some(t)
+    }
+
+    /// The trial's release passed its checks.
+    pub fn confirm_trial(&mut self) -> Option<Trial> {
+        let t = self.trial.take()?;
+        self.health = Health::Healthy;
+        self.last_error = None;
+        if self.failed_release.as_deref() == Some(t.release.as_str()) {
+            self.failed_release = None;
+        }
+        Some(t)
+    }
+
+    /// A rollback begins: recorded before the link moves back.
+    pub fn begin_rollback(&mut self, reason: &str) {
+        if let Some(t) = &mut self.trial
+            && t.rolling_back.is_none()
+        {
+            t.rolling_back = Some(reason.to_owned());
+        }
+    }
+
+    /// The link is back: the release failed here, for the reason recorded.
+    pub fn finish_rollback(&mut self) -> Option<Trial> {
+        let t = self.trial.take()?;
+        self.history.retain(|h| *h != t.release);
+        self.health = Health::Failed;
+        self.failed_release = Some(t.release.clone());
+        self.last_error = t.rolling_back.clone();
+        Some(t)
+    }
+
+    /// The boot script rolled back a release no trial was recorded for.
+    pub fn record_failure(&mut self, release: &str, reason: &str) {
+        self.history.retain(|h| h != release);
+        self.health = Health::Failed;
+        self.failed_release = Some(release.to_owned());
+        self.last_error = Some(reason.to_owned());
+    }
+
+    /// `semithin agent retry`: the failed release is tried again at the next cycle.
+    pub fn retry(&mut self) -> Option<String> {
+        let f = self.failed_release.take();
+        self.last_error = None;
+        if self.health == Health::Failed {
+            self.health = Health::Unknown;
+        }
+        f
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         match std::fs::read(path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
@@ -133,5 +240,100 @@ impl State {
         std::fs::rename(&tmp, path).map_err(Error::io("renaming", path))?;
         semithin_store::fsutil::sync_dir(dir)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn healthy_on_a() -> State {
+        State {
+            health: Health::Healthy,
+            history: vec![A.into()],
+            ..State::default()
+        }
+    }
+
+    #[test]
+    fn a_trial_is_in_history_before_the_link_moves() {
+        let mut s = healthy_on_a();
+        s.open_trial(B, Some(A.into()), 100, 900);
+        assert_eq!(s.history, vec![B.to_owned(), A.to_owned()]);
+        assert_eq!(s.health, Health::Checking);
+        let t = s.trial.clone().unwrap();
+        assert_eq!((t.switched_at, t.deadline), (100, 1000));
+        assert_eq!(t.health_before, Health::Healthy);
+        // again (a retry after an abandoned switch): still once in history
+        s.open_trial(B, Some(A.into()), 200, 900);
+        assert_eq!(s.history, vec![B.to_owned(), A.to_owned()]);
+    }
+
+    #[test]
+    fn an_abandoned_trial_gives_back_health_and_history() {
+        let mut s = healthy_on_a();
+        s.open_trial(B, Some(A.into()), 100, 900);
+        assert_eq!(s.abandon_trial().map(|t| t.release), Some(B.to_owned()));
+        assert_eq!(s.health, Health::Healthy, "not `checking` for good");
+        assert_eq!(s.history, vec![A.to_owned()]);
+        assert!(s.trial.is_none());
+        // an old state.json's trial has no health_before: unknown, not checking
+        let mut s = healthy_on_a();
+        s.trial = Some(Trial {
+            release: B.into(),
+            ..Trial::default()
+        });
+        s.health = Health::Checking;
+        s.abandon_trial();
+        assert_eq!(s.health, Health::Unknown);
+        let old: Trial =
+            serde_json::from_str(r#"{"release":"b","previous":null,"switched_at":1,"deadline":2}"#)
+                .unwrap();
+        assert_eq!(old.health_before, Health::Unknown);
+        assert_eq!(old.rolling_back, None);
+    }
+
+    #[test]
+    fn a_rollback_is_marked_then_recorded_as_a_failure() {
+        let mut s = healthy_on_a();
+        s.open_trial(B, Some(A.into()), 100, 900);
+        s.begin_rollback("first reason");
+        s.begin_rollback("second reason");
+        let t = s.trial.clone().unwrap();
+        assert_eq!(t.rolling_back.as_deref(), Some("first reason"));
+        // the mark survives a save and a load
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        s.save(&path).unwrap();
+        let mut s = State::load(&path).unwrap();
+        assert_eq!(s.trial, Some(t));
+        s.finish_rollback();
+        assert!(s.trial.is_none());
+        assert_eq!(s.health, Health::Failed);
+        assert_eq!(s.failed_release.as_deref(), Some(B));
+        assert_eq!(s.last_error.as_deref(), Some("first reason"));
+        assert_eq!(s.history, vec![A.to_owned()]);
+        // retry forgets it
+        assert_eq!(s.retry().as_deref(), Some(B));
+        assert_eq!(s.failed_release, None);
+        assert_eq!(s.last_error, None);
+        assert_eq!(s.health, Health::Unknown);
+    }
+
+    #[test]
+    fn a_confirmed_trial_is_healthy() {
+        let mut s = healthy_on_a();
+        s.last_error = Some("an old error".into());
+        s.failed_release = Some(B.into()); // tried again after `agent retry`... and passed
+        s.open_trial(B, Some(A.into()), 100, 900);
+        s.confirm_trial();
+        assert!(s.trial.is_none());
+        assert_eq!(s.health, Health::Healthy);
+        assert_eq!(s.last_error, None);
+        assert_eq!(s.failed_release, None);
+        assert_eq!(s.history, vec![B.to_owned(), A.to_owned()]);
     }
 }

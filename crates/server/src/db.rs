@@ -307,3 +307,158 @@ pub async fn delete_token(pool: &SqlitePool, id: &str) -> Result<bool> {
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("serialises")
 }
+
+/// A token by the hash of its secret, valid or not.
+pub async fn find_token(pool: &SqlitePool, secret_hash: &str) -> Result<Option<TokenRow>> {
+    let row = sqlx::query(
+        "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at \
+         FROM tokens WHERE secret_hash = $1",
+    )
+    .bind(secret_hash)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| Error::db("reading the token", e))?;
+    Ok(row.as_ref().map(token_row))
+}
+
+/// Whether a token can enroll a new machine at `now`: not expired, uses left.
+pub fn token_usable(t: &TokenRow, now: i64) -> bool {
+    t.expires_at.is_none_or(|e| e > now) && t.uses_left.is_none_or(|u| u > 0)
+}
+
+/// The id of the token a machine enrolled with (its `enrolled` event says `token ID`).
+pub async fn enrolled_with(pool: &SqlitePool, machine: &str) -> Result<Option<String>> {
+    let detail: Option<String> = sqlx::query_scalar(
+        "SELECT detail FROM events WHERE machine = $1 AND kind = 'enrolled' ORDER BY id LIMIT 1",
+    )
+    .bind(machine)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| Error::db("reading the enrollment", e))?;
+    Ok(detail.and_then(|d| d.strip_prefix("token ").map(str::to_owned)))
+}
+
+/// Why [`enroll_machine`] stored nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnrollRefused {
+    /// The token is unknown, expired or used up.
+    Token,
+    /// Another machine has the name or the key.
+    Taken,
+}
+
+/// Enrolls a machine in one transaction: takes a use of the token with this secret hash if it
+/// is valid at `now`, stores the machine `make` builds from the token and its `enrolled` event.
+/// Refused, nothing is stored and no use is taken.
+pub async fn enroll_machine(
+    pool: &SqlitePool,
+    secret_hash: &str,
+    now: i64,
+    make: impl FnOnce(&TokenRow) -> MachineRow,
+) -> Result<std::result::Result<(TokenRow, MachineRow), EnrollRefused>> {
+    let err = |e| Error::db("enrolling the machine", e);
+    // IMMEDIATE: the write lock from the start, so concurrent enrollments queue instead of
+    // failing to upgrade a read lock.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+    let row = sqlx::query(
+        "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at \
+         FROM tokens WHERE secret_hash = $1",
+    )
+    .bind(secret_hash)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(err)?;
+    let Some(t) = row.as_ref().map(token_row) else {
+        return Ok(Err(EnrollRefused::Token));
+    };
+    if !token_usable(&t, now) {
+        return Ok(Err(EnrollRefused::Token));
+    }
+    let m = make(&t);
+    let inserted = sqlx::query(
+        "INSERT INTO machines (id, name, public_key, status, labels, channel, report, \
+         enrolled_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&m.id)
+    .bind(&m.name)
+    .bind(&m.public_key[..])
+    .bind(m.status.as_str())
+    .bind(json(&m.labels))
+    .bind(&m.channel)
+    .bind(json(&m.report))
+    .bind(m.enrolled_at)
+    .bind(m.last_seen)
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e)
+            if e.as_database_error()
+                .is_some_and(|d| d.is_unique_violation()) =>
+        {
+            return Ok(Err(EnrollRefused::Taken));
+        }
+        Err(e) => return Err(err(e)),
+    }
+    if t.uses_left.is_some() {
+        sqlx::query("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1")
+            .bind(&t.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+    }
+    sqlx::query("INSERT INTO events (machine, at, kind, detail) VALUES ($1, $2, $3, $4)")
+        .bind(&m.id)
+        .bind(now)
+        .bind("enrolled")
+        .bind(format!("token {}", t.id))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    Ok(Ok((t, m)))
+}
+
+/// Tokens made before ids were random have the first 8 hex digits of their secret as id: they
+/// get a new id from `new_id`, and the `enrolled` events that name them follow. Returns how many.
+pub async fn renumber_legacy_tokens(
+    pool: &SqlitePool,
+    mut new_id: impl FnMut() -> Result<String>,
+) -> Result<usize> {
+    let err = |e| Error::db("renumbering tokens", e);
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+    let old: Vec<String> = sqlx::query_scalar("SELECT id FROM tokens WHERE length(id) = 8")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+    for id in &old {
+        let new = new_id()?;
+        sqlx::query("UPDATE tokens SET id = $1 WHERE id = $2")
+            .bind(&new)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        sqlx::query("UPDATE events SET detail = $1 WHERE kind = 'enrolled' AND detail = $2")
+            .bind(format!("token {new}"))
+            .bind(format!("token {id}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(old.len())
+}
+
+/// One token by id.
+pub async fn token_by_id(pool: &SqlitePool, id: &str) -> Result<Option<TokenRow>> {
+    let row = sqlx::query(
+        "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at \
+         FROM tokens WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| Error::db("reading the token", e))?;
+    Ok(row.as_ref().map(token_row))
+}

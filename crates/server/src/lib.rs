@@ -264,6 +264,13 @@ pub fn random_token() -> Result<String> {
     Ok(hex::encode(b))
 }
 
+/// A token's id: 16 random hex digits, independent of its secret.
+pub fn random_token_id() -> Result<String> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| Error::Config(format!("no randomness: {e}")))?;
+    Ok(hex::encode(b))
+}
+
 pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -289,6 +296,13 @@ pub async fn run(
     };
     let token = prepare(&cfg)?;
     let db = db::open(&cfg.data.join("fleet.db")).await?;
+    let renumbered = db::renumber_legacy_tokens(&db, random_token_id).await?;
+    if renumbered > 0 {
+        tracing::warn!(
+            tokens = renumbered,
+            "enrollment tokens whose id was part of their secret got new ids (see `semithin fleet token list`)"
+        );
+    }
     let fleet = Fleet::load(db::load_machines(&db).await?);
     let repo = cfg.repo();
     let published = tokio::task::spawn_blocking(move || releases::load(&repo))

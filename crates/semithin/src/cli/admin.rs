@@ -133,6 +133,15 @@ impl AdminClient {
         self.finish(what, r)
     }
 
+    pub fn delete<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<T> {
+        let r = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send();
+        self.finish(what, r)
+    }
+
     pub fn post<T: DeserializeOwned>(
         &self,
         what: &str,

@@ -87,6 +87,9 @@ enum AgentCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Forget the release that failed here, so that the next run tries the server's release
+    /// again (refused while another agent works on the state directory: stop the daemon first).
+    Retry,
 }
 
 fn config(a: &Args) -> Result<Config> {
@@ -150,6 +153,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(AgentCmd::Status { json }) = a.command {
         return status(&a.state, json);
     }
+    if let Some(AgentCmd::Retry) = a.command {
+        match semithin_agent::retry(&a.state)
+            .with_context(|| format!("retrying in {}", a.state.display()))?
+        {
+            Some(f) => println!(
+                "release {f} will be tried again at the next run (if the server still asks for it)"
+            ),
+            None => println!("no release failed here: nothing to retry"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut agent = Agent::open(&a.state, cfg, log)
         .with_context(|| format!("opening the agent state in {}", a.state.display()))?;
     match a.command {
@@ -193,7 +207,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             });
         }
-        Some(AgentCmd::Status { .. }) => unreachable!("answered above"),
+        Some(AgentCmd::Status { .. } | AgentCmd::Retry) => unreachable!("answered above"),
         None => {}
     }
     if a.once {

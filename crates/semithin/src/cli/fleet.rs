@@ -69,6 +69,9 @@ pub enum TokenCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke a token (by the id `token list` shows): it enrolls no machine from now on; the
+    /// machines it enrolled stay.
+    Revoke { id: String },
 }
 
 fn short(s: &Option<String>) -> String {
@@ -295,18 +298,25 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 );
             }
         }
+        FleetCmd::Token(TokenCmd::Revoke { id }) => {
+            let t: TokenInfo = c.delete(
+                "revoking the token",
+                &format!("/api/v1/admin/tokens/{}", urlencode(&id)),
+            )?;
+            println!("token {} revoked", t.id);
+        }
         FleetCmd::Token(TokenCmd::List { json }) => {
             let ts: Vec<TokenInfo> = c.get("listing tokens", "/api/v1/admin/tokens")?;
             if json {
                 print_json(&ts)?;
             } else {
                 println!(
-                    "{:<10} {:<6} {:<10} {:<24} LABELS",
+                    "{:<16} {:<6} {:<10} {:<24} LABELS",
                     "ID", "PRE", "USES LEFT", "EXPIRES"
                 );
                 for t in ts {
                     println!(
-                        "{:<10} {:<6} {:<10} {:<24} {}",
+                        "{:<16} {:<6} {:<10} {:<24} {}",
                         t.id,
                         if t.preauthorized { "yes" } else { "no" },
                         t.uses_left

@@ -99,6 +99,8 @@ pub struct Server {
     http: reqwest::blocking::Client,
     /// With TLS: the CA certificate that signed the server's certificate.
     pub ca: Option<PathBuf>,
+    /// More flags of `semithin serve`.
+    args: Vec<String>,
 }
 
 /// A certificate authority of the fleet's own and a server certificate it signed for
@@ -130,7 +132,16 @@ impl Server {
         Self::start_with(true)
     }
 
+    /// A server started with more flags of `semithin serve`.
+    pub fn start_args(args: &[&str]) -> Server {
+        Self::start_full(false, args)
+    }
+
     fn start_with(tls: bool) -> Server {
+        Self::start_full(tls, &[])
+    }
+
+    fn start_full(tls: bool, args: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("semithin-fleet")
             .tempdir()
@@ -152,6 +163,7 @@ impl Server {
             http: client.build().unwrap(),
             ca,
             dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s.token = std::fs::read_to_string(s.data.join("admin-token"))
@@ -183,7 +195,8 @@ impl Server {
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--data")
             .arg(&self.data)
-            .args(["--checkin-interval", "30", "--max-wait", "30"]);
+            .args(["--checkin-interval", "30", "--max-wait", "30"])
+            .args(&self.args);
         if self.ca.is_some() {
             let certs = self.dir.path().join("fleet");
             cmd.arg("--tls-cert")
@@ -1068,6 +1081,17 @@ fn no_machine_acts_for_another_and_the_admin_api_needs_its_token() {
         now(),
     );
     assert_eq!(st, 200);
+
+    // a rejected machine's check-in is refused before anything of it is stored
+    s.ok(&["fleet", "reject", "alice"]);
+    let before = s.machine("alice");
+    let (st, body) = signed(&s, &alice, None, "POST", "/api/v1/checkin", &report, now());
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("rejected"), "{body}");
+    let after = s.machine("alice");
+    assert_ne!(after["report"]["current"], json!("f".repeat(64)), "{after}");
+    assert_eq!(before["report"], after["report"], "the report was stored");
+    assert_eq!(before["events"], after["events"], "events were recorded");
 }
 
 #[test]
@@ -1106,12 +1130,82 @@ fn bad_requests_get_clear_errors() {
         assert_eq!(st, 400, "{body}: {text}");
         assert!(text.contains(want), "{body}: {text}");
     }
+    // Without a valid token each of them is refused alike, before anything else is looked at.
+    for body in [
+        format!(r#"{{"token":"wrong","name":"a b","public_key":"{key}"}}"#),
+        r#"{"token":"wrong","name":"ok","public_key":"abc"}"#.to_owned(),
+        format!(r#"{{"token":"wrong","name":"ok","public_key":"{key}","labels":{{"a":"$(x)"}}}}"#),
+    ] {
+        let (st, text) = post("/api/v1/enroll", &body);
+        assert_eq!(st, 403, "{body}: {text}");
+        assert!(text.contains("enrollment token unknown"), "{body}: {text}");
+    }
     let (st, text) = post("/api/v1/nothing", "");
     assert_eq!(st, 404);
     assert!(text.contains("no such endpoint"), "{text}");
+
+    // Every error has the JSON body, also those axum and tower make: 405, 413, a path that is
+    // not UTF-8, 408.
+    let error = |r: reqwest::blocking::Response| {
+        let st = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let allow = r
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let text = r.text().unwrap();
+        assert_eq!(ct, "application/json", "{st}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let msg = v["error"].as_str().unwrap_or_else(|| panic!("{text}"));
+        (st, msg.to_owned(), allow)
+    };
+    let (st, msg, allow) = error(c.get(format!("{}/api/v1/enroll", s.url)).send().unwrap());
+    assert_eq!(st, 405);
+    assert!(
+        msg.contains("GET is not allowed on /api/v1/enroll (it takes POST)"),
+        "{msg}"
+    );
+    assert!(
+        allow.as_deref().is_some_and(|a| a.contains("POST")),
+        "{allow:?}"
+    );
     let big = "x".repeat(9 << 20);
-    let (st, _) = post("/api/v1/enroll", &big);
+    // (a client of its own: the server closes the connection of a body it refuses unread)
+    let (st, msg, _) = error(
+        http()
+            .build()
+            .unwrap()
+            .post(format!("{}/api/v1/enroll", s.url))
+            .body(big)
+            .send()
+            .unwrap(),
+    );
     assert_eq!(st, 413);
+    assert!(msg.contains("larger than the 8388608 bytes"), "{msg}");
+    let (st, msg, _) = error(
+        c.get(format!("{}/api/v1/admin/machines/%FF%FE", s.url))
+            .bearer_auth(&s.token)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 400);
+    assert!(msg.contains("/api/v1/admin/machines/%FF%FE"), "{msg}");
+    assert!(msg.to_lowercase().contains("utf-8"), "{msg}");
+    let (st, msg, _) = error(
+        c.put(format!("{}/api/v1/admin/tokens", s.url))
+            .bearer_auth(&s.token)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 405);
+    assert!(
+        msg.contains("PUT is not allowed on /api/v1/admin/tokens"),
+        "{msg}"
+    );
     let (st, v) = s.post(
         "/api/v1/admin/assign",
         &json!({"selector": "a=1,,", "channel": "c"}),
@@ -1130,6 +1224,230 @@ fn bad_requests_get_clear_errors() {
     assert_eq!(st, 400, "{v}");
     // nothing was enrolled by any of it
     assert!(s.machines().is_empty());
+
+    // A request whose body never comes: 408 with the JSON body, from a server with a deadline
+    // of 1 s.
+    let quick = Server::start_args(&["--request-deadline", "1"]);
+    let (st, text) = raw_request(
+        quick.port,
+        "POST /api/v1/enroll HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{",
+    );
+    assert_eq!(st, 408, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("deadline of 1 s"), "{msg}");
+}
+
+/// Sends `request` as it is on a new connection; the status and body of the answer.
+fn raw_request(port: u16, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                return (status, body[..len].to_owned());
+            }
+        }
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "the connection closed: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Enrolls `key` as `name` with `token` by hand; the status and the answer.
+fn enroll_raw(s: &Server, token: &str, name: &str, key: &MachineKey) -> (u16, Value) {
+    let r = http()
+        .build()
+        .unwrap()
+        .post(format!("{}/api/v1/enroll", s.url))
+        .body(
+            json!({"token": token, "name": name, "public_key": hex::encode(key.public())})
+                .to_string(),
+        )
+        .send()
+        .unwrap();
+    let st = r.status().as_u16();
+    (
+        st,
+        serde_json::from_str(&r.text().unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+fn uses_left(s: &Server, token: &str) -> Value {
+    let (_, list) = s.get("/api/v1/admin/tokens");
+    let id = s
+        .dir
+        .path()
+        .join("token-ids")
+        .join(&token[..16])
+        .to_string_lossy()
+        .into_owned();
+    let id = std::fs::read_to_string(id).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == json!(id))
+        .map(|t| t["uses_left"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// A token with `uses`; its secret (its id is noted for [`uses_left`]).
+fn token_with_uses(s: &Server, uses: u32) -> String {
+    let (st, v) = s.post("/api/v1/admin/tokens", &json!({"uses": uses}));
+    assert_eq!(st, 200, "{v}");
+    let secret = v["token"].as_str().unwrap().to_owned();
+    let dir = s.dir.path().join("token-ids");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(&secret[..16]), v["id"].as_str().unwrap()).unwrap();
+    secret
+}
+
+#[test]
+fn enrollment_checks_the_token_first_and_never_wastes_a_use() {
+    let s = Server::start();
+    let t = s.enroll_token(false);
+    let (k1, k2, k3) = (
+        MachineKey::generate().unwrap(),
+        MachineKey::generate().unwrap(),
+        MachineKey::generate().unwrap(),
+    );
+    let (st, v) = enroll_raw(&s, &t, "first", &k1);
+    assert_eq!(st, 200, "{v}");
+    // Without a valid token, a taken name and a known key get the same answer as anything else.
+    for (name, key) in [("first", &k2), ("first", &k1)] {
+        let (st, v) = enroll_raw(&s, "not-a-token", name, key);
+        assert_eq!(st, 403, "{name}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("token unknown"),
+            "{v}"
+        );
+    }
+    // A token with one use: refused enrollments take none of it.
+    let one = token_with_uses(&s, 1);
+    let (st, v) = enroll_raw(&s, &one, "first", &k2);
+    assert_eq!(st, 409, "{v}");
+    let (st, v) = enroll_raw(&s, &one, "a b", &k2);
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(uses_left(&s, &one), json!(1));
+    let (st, v) = enroll_raw(&s, &one, "second", &k2);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["status"], "pending");
+    assert_eq!(uses_left(&s, &one), json!(0));
+    // Used up now: the machine it enrolled may still enroll again with it (it crashed before
+    // saving the answer), another one may not.
+    let (st, v) = enroll_raw(&s, &one, "second", &k2);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["machine_id"], json!(k2.id()));
+    let (st, v) = enroll_raw(&s, &one, "third", &k3);
+    assert_eq!(st, 403, "{v}");
+    // A known key with another valid token: its status, no use taken.
+    let two = token_with_uses(&s, 2);
+    let (st, v) = enroll_raw(&s, &two, "second", &k2);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(uses_left(&s, &two), json!(2));
+    let names: Vec<Value> = s.machines().iter().map(|m| m["name"].clone()).collect();
+    assert_eq!(names, vec![json!("first"), json!("second")]);
+}
+
+#[test]
+fn tokens_are_revoked_and_listings_show_no_part_of_a_secret() {
+    let mut s = Server::start();
+    let secrets: Vec<String> = (0..3).map(|_| s.enroll_token(true)).collect();
+    let a = Agent::new(&s, "m1", &secrets[0]);
+    assert!(a.once().success(), "{}", a.log());
+    let (st, list) = s.get("/api/v1/admin/tokens");
+    assert_eq!(st, 200, "{list}");
+    let ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let shown = format!(
+        "{list}\n{}\n{}\n{}",
+        s.ok(&["fleet", "token", "list"]),
+        s.ok(&["fleet", "token", "list", "--json"]),
+        s.machine("m1")["events"]
+    );
+    let no_secret_in = |shown: &str| {
+        for sec in &secrets {
+            for w in sec.as_bytes().windows(8) {
+                let w = std::str::from_utf8(w).unwrap();
+                assert!(!shown.contains(w), "{w} of a secret is shown:\n{shown}");
+            }
+        }
+    };
+    no_secret_in(&shown);
+    for id in &ids {
+        assert_eq!(id.len(), 16, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    }
+    assert!(shown.contains(&format!("token {}", ids[0])), "{shown}");
+
+    // Revoked: it enrolls nothing any more, and is gone from the list.
+    let out = s.ok(&["fleet", "token", "revoke", &ids[1]]);
+    assert!(out.contains(&format!("token {} revoked", ids[1])), "{out}");
+    let (_, list) = s.get("/api/v1/admin/tokens");
+    assert!(!list.to_string().contains(&ids[1]), "{list}");
+    let b = Agent::new(&s, "m2", &secrets[1]);
+    assert!(!b.once().success());
+    assert!(b.log().contains("enrollment token unknown"), "{}", b.log());
+    let out = s.cli(&["fleet", "token", "revoke", &ids[1]]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("404") && err.contains("no enrollment token has the id"),
+        "{err}"
+    );
+    // A machine its token enrolled stays enrolled after the token is revoked.
+    s.ok(&["fleet", "token", "revoke", &ids[0]]);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(s.machines().len(), 1);
+
+    // A token made before ids were random (its id the first 8 digits of its secret) gets a new
+    // id when the server starts, and still enrolls.
+    s.kill();
+    let old = "0123456789abcdef0123456789abcdef0123456789abcdef";
+    let db_path = s.data.join("fleet.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = semithin_server::db::open(&db_path).await.unwrap();
+        let row = semithin_server::db::TokenRow {
+            id: old[..8].to_owned(),
+            preauthorized: true,
+            labels: Default::default(),
+            uses_left: None,
+            expires_at: None,
+            created_at: 1,
+        };
+        let hash = blake3::hash(old.as_bytes()).to_hex().to_string();
+        semithin_server::db::insert_token(&pool, &row, &hash)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+    s.restart();
+    let (_, list) = s.get("/api/v1/admin/tokens");
+    assert!(!list.to_string().contains(&old[..8]), "{list}");
+    let c = Agent::new(&s, "m3", old);
+    assert!(c.once().success(), "{}", c.log());
+    let shown = s.machine("m3")["events"].to_string();
+    assert!(!shown.contains(&old[..8]), "{shown}");
 }
 
 #[test]
@@ -1361,4 +1679,280 @@ fn a_delta_download_killed_halfway_resumes_where_it_stopped() {
     // the second request sent only what the first had not delivered
     let sent = s.stats()["delta_bytes_sent"].as_u64().unwrap() - before;
     assert_eq!(sent, size - got, "pack of {size}, {got} kept");
+}
+
+/// A machine on `v1` of `src` (published on lab/stable), enrolled with a pre-authorised token.
+fn machine_on_v1(s: &Server, name: &str, extra: usize) -> (String, PathBuf, String) {
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, extra);
+    let v1 = s.release(&src, "lab/stable");
+    let a = Agent::new(s, name, &t);
+    assert!(a.once().success(), "{}", a.log());
+    s.ok(&["fleet", "assign", name, "lab/stable"]);
+    assert!(a.once().success(), "{}", a.log());
+    wait_updated(s, name, &v1, 10);
+    (t, src, v1)
+}
+
+fn deployments(a: &Agent) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(a.state.join("deployments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+const BROKEN_CHECK: &str =
+    "test ! -e \"$SEMITHIN_DEPLOYMENT/etc/broken\" || { echo 'broken marker found'; exit 3; }";
+
+#[test]
+fn pruning_never_removes_the_running_deployment() {
+    let s = Server::start();
+    let (t, src, v1) = machine_on_v1(&s, "m1", 3);
+    // Killed right after the link moved to v2: the next run confirms v2 and prunes.
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    let k = Agent::new(&s, "m1", &t).env("SEMITHIN_AGENT_CRASH_AT", "switch-link");
+    assert!(!k.once().success());
+    assert!(k.log().contains("killed at switch-link"), "{}", k.log());
+    assert_eq!(k.current().as_deref(), Some(v2.as_str()));
+    let a = Agent::new(&s, "m1", &t)
+        .arg("--health-check")
+        .arg(BROKEN_CHECK);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v2.as_str()));
+    assert!(a.deployment().is_dir(), "current dangles: {}", a.log());
+    assert_deployed(&src, &a.deployment());
+    assert_eq!(deployments(&a), sorted(vec![v1.clone(), v2.clone()]));
+    wait_updated(&s, "m1", &v2, 10);
+
+    // state.json moved aside (the machine enrolls again with its key, history is empty), then a
+    // release fails its checks: the rollback to v2 keeps v2.
+    std::fs::rename(a.state.join("state.json"), a.state.join("state.json.old")).unwrap();
+    std::fs::write(src.join("etc/broken"), "yes\n").unwrap();
+    let v3 = s.release(&src, "lab/stable");
+    assert!(a.once().success(), "{}", a.log());
+    assert!(a.log().contains("broken marker found"), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v2.as_str()));
+    assert!(a.deployment().is_dir(), "current dangles: {}", a.log());
+    let dep = a.deployment();
+    assert_eq!(
+        std::fs::read_to_string(dep.join("etc/os-release")).unwrap(),
+        "VERSION_ID=2\n"
+    );
+    assert!(!dep.join("etc/broken").exists());
+    assert!(!deployments(&a).contains(&v3));
+    assert!(deployments(&a).contains(&v2));
+}
+
+#[test]
+fn killed_while_rolling_back_the_failure_is_recorded_and_not_tried_again() {
+    // Killed after the rollback was recorded (the link still on v2), and after the link moved
+    // back to v1; both before the failure was saved.
+    for (point, on_v1) in [("rollback-begun", false), ("rollback-link", true)] {
+        let s = Server::start();
+        let (t, src, v1) = machine_on_v1(&s, "m1", 3);
+        std::fs::write(src.join("etc/broken"), "yes\n").unwrap();
+        let v2 = s.release(&src, "lab/stable");
+        let k = Agent::new(&s, "m1", &t)
+            .arg("--health-check")
+            .arg(BROKEN_CHECK)
+            .env("SEMITHIN_AGENT_CRASH_AT", point);
+        assert!(!k.once().success());
+        assert!(
+            k.log().contains(&format!("killed at {point}")),
+            "{}",
+            k.log()
+        );
+        let want = if on_v1 { &v1 } else { &v2 };
+        assert_eq!(k.current().as_deref(), Some(want.as_str()), "{point}");
+        let switched = format!("switched to release {}", &v2[..12]);
+        assert_eq!(k.log().matches(&switched).count(), 1, "{}", k.log());
+
+        let a = Agent::new(&s, "m1", &t)
+            .arg("--health-check")
+            .arg(BROKEN_CHECK);
+        assert!(a.once().success(), "{}", a.log());
+        assert_eq!(
+            a.log().matches(&switched).count(),
+            1,
+            "{point}: the failed release was tried again:\n{}",
+            a.log()
+        );
+        assert_eq!(a.current().as_deref(), Some(v1.as_str()), "{point}");
+        let m = s.machine("m1");
+        assert_eq!(m["report"]["failed_release"], json!(v2), "{point}: {m}");
+        assert_eq!(m["report"]["health"], "failed", "{point}: {m}");
+        let err = m["report"]["last_error"].as_str().unwrap_or("");
+        assert!(err.contains("broken marker found"), "{point}: {m}");
+        assert_eq!(deployments(&a), vec![v1.clone()], "{point}");
+        let st: Value = serde_json::from_slice(&a.run(&["status", "--json"]).stdout).unwrap();
+        assert_eq!(st["state"]["trial"], Value::Null, "{point}: {st}");
+        assert!(!a.state.join("trial").exists(), "{point}");
+    }
+}
+
+#[test]
+fn an_abandoned_switch_gives_back_the_health_it_had() {
+    let s = Server::start();
+    let (t, src, v1) = machine_on_v1(&s, "m1", 3);
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    s.release(&src, "lab/stable");
+    // Killed after the trial was saved, before the link moved.
+    let k = Agent::new(&s, "m1", &t).env("SEMITHIN_AGENT_CRASH_AT", "switch-trial");
+    assert!(!k.once().success());
+    assert!(k.log().contains("killed at switch-trial"), "{}", k.log());
+    assert_eq!(k.current().as_deref(), Some(v1.as_str()));
+    // Meanwhile the machine is assigned a channel with nothing on it: the agent waits.
+    s.ok(&["fleet", "assign", "m1", "lab/nothing-yet"]);
+    let a = Agent::new(&s, "m1", &t);
+    assert!(a.once().success(), "{}", a.log());
+    assert!(
+        a.log().contains("the last switch did not happen"),
+        "{}",
+        a.log()
+    );
+    let m = s.machine("m1");
+    assert_eq!(m["report"]["current"], json!(v1), "{m}");
+    assert_eq!(m["report"]["health"], "healthy", "{m}");
+    assert_eq!(m["report"]["previous"], Value::Null, "{m}");
+    assert!(!a.state.join("trial").exists());
+}
+
+/// Runs the boot script's trial logic (semithin_trial from semithin-mount.sh) on an agent's
+/// state directory, as the initramfs would at a boot; its messages.
+fn boot_trial(a: &Agent, tries: u32) -> String {
+    let mount_sh = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../packaging/initramfs-tools/semithin-mount.sh");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            ". {}; semithin_trial '' {} {tries}",
+            q(&mount_sh),
+            q(&a.state)
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+#[test]
+fn a_release_the_boot_script_rolled_back_is_reported_as_failed() {
+    let s = Server::start();
+    let (t, src, v1) = machine_on_v1(&s, "m1", 3);
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    // Switched to v2, and then the machine rebooted (the agent was stopped in its checks).
+    let k = Agent::new(&s, "m1", &t).env("SEMITHIN_AGENT_CRASH_AT", "switch");
+    assert!(!k.once().success());
+    assert_eq!(k.current().as_deref(), Some(v2.as_str()));
+    assert_eq!(
+        std::fs::read_to_string(k.state.join("trial")).unwrap(),
+        format!("{v2} {v1}\n")
+    );
+    // The first boot of v2 is counted; v2 hangs, and the second boot switches back to v1.
+    let msg = boot_trial(&k, 1);
+    assert!(msg.contains("boot 1 of 1"), "{msg}");
+    assert_eq!(k.current().as_deref(), Some(v2.as_str()));
+    let msg = boot_trial(&k, 1);
+    assert!(
+        msg.contains(&format!("the boot switched back to {v1}")),
+        "{msg}"
+    );
+    assert_eq!(k.current().as_deref(), Some(v1.as_str()));
+    let marker = std::fs::read_to_string(k.state.join("trial-failed")).unwrap();
+    assert!(marker.starts_with(&format!("{v2} ")), "{marker}");
+
+    // The agent, running in v1, records and reports the failure instead of trying v2 again.
+    let a = Agent::new(&s, "m1", &t);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+    let m = s.machine("m1");
+    assert_eq!(m["report"]["failed_release"], json!(v2), "{m}");
+    assert_eq!(m["report"]["health"], "failed", "{m}");
+    let err = m["report"]["last_error"].as_str().unwrap_or("");
+    assert!(err.contains("rolled back at boot"), "{m}");
+    assert!(err.contains("without being confirmed healthy"), "{m}");
+    assert!(m["events"].to_string().contains("failed"), "{m}");
+    for f in ["trial", "trial-boots", "trial-failed"] {
+        assert!(!a.state.join(f).exists(), "{f} left behind");
+    }
+    assert_eq!(deployments(&a), vec![v1.clone()]);
+    let switched = format!("switched to release {}", &v2[..12]);
+    assert_eq!(a.log().matches(&switched).count(), 1, "{}", a.log());
+    // A later run waits for another release.
+    assert!(a.once().success(), "{}", a.log());
+    assert!(a.log().ends_with("waiting for a new one\n"), "{}", a.log());
+}
+
+#[test]
+fn agent_retry_tries_a_failed_release_again_and_a_stale_failure_is_forgotten() {
+    let s = Server::start();
+    let flag = s.path("flag");
+    let check = format!("test ! -e {} || {{ echo 'flag set'; exit 1; }}", q(&flag));
+    let (t, src, _v1) = machine_on_v1(&s, "m1", 3);
+    std::fs::write(&flag, "").unwrap();
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    let mut a = Agent::new(&s, "m1", &t).arg("--health-check").arg(&check);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(s.machine("m1")["report"]["failed_release"], json!(v2));
+    // Fixed on the machine, but the failed release is not tried again by itself.
+    std::fs::remove_file(&flag).unwrap();
+    assert!(a.once().success(), "{}", a.log());
+    assert_ne!(a.current().as_deref(), Some(v2.as_str()));
+    // Not while the daemon runs.
+    let before = s.stats()["checkins"].as_u64().unwrap();
+    a.spawn();
+    // Once it has checked in, the daemon holds the lock.
+    wait_until("the daemon checking in", 30, || {
+        s.stats()["checkins"].as_u64().unwrap() > before
+    });
+    let out = a.run(&["retry"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another semithin agent is working on"),
+        "{err}"
+    );
+    a.stop();
+    let out = a.run(&["retry"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("release {v2} will be tried again")),
+        "{said}"
+    );
+    assert!(a.once().success(), "{}", a.log());
+    wait_updated(&s, "m1", &v2, 10);
+    let out = a.run(&["retry"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to retry"));
+
+    // v3 fails, v4 is healthy: the failure of v3 does not linger.
+    std::fs::write(&flag, "").unwrap();
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=3\n").unwrap();
+    let v3 = s.release(&src, "lab/stable");
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(s.machine("m1")["report"]["failed_release"], json!(v3));
+    std::fs::remove_file(&flag).unwrap();
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=4\n").unwrap();
+    let v4 = s.release(&src, "lab/stable");
+    assert!(a.once().success(), "{}", a.log());
+    wait_updated(&s, "m1", &v4, 10);
+    let m = s.machine("m1");
+    assert_eq!(m["report"]["failed_release"], Value::Null, "{m}");
+    assert_eq!(m["report"]["last_error"], Value::Null, "{m}");
 }

@@ -90,7 +90,8 @@ fn the_example_agent_settings_are_what_the_agent_reads() {
         .to_string();
     assert!(e.contains("unknown field"), "{e}");
 
-    // The binary reads it the same way.
+    // The binary reads it the same way (`agent status` reads an existing state directory).
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
     let out = Command::new(BIN)
         .arg("agent")
         .arg("--config")
@@ -219,6 +220,7 @@ fn the_units_start_the_binary_with_flags_it_has() {
     let dir = tempdir();
     let agent_toml = packaging().join("agent.toml");
     let state_dir = dir.path().join("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
     for unit in ["semithin-agent.service", "semithin-agent-once.service"] {
         let out = runnable(
             unit,
@@ -231,7 +233,17 @@ fn the_units_start_the_binary_with_flags_it_has() {
         .output()
         .unwrap();
         assert!(out.status.success(), "{unit}: {}", text(&out));
-        assert!(state_dir.join("repo/config").exists());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v["report"]["current"],
+            serde_json::Value::Null,
+            "{unit}: {v}"
+        );
+        assert_eq!(
+            v["report"]["agent_version"],
+            env!("CARGO_PKG_VERSION"),
+            "{unit}: {v}"
+        );
     }
 }
 
@@ -256,12 +268,16 @@ fn the_server_unit_and_settings_start_a_server() {
     .spawn()
     .unwrap();
     let url = format!("http://127.0.0.1:{port}/api/v1/health");
+    let http = semithin_agent::http::client_builder(None)
+        .unwrap()
+        .build()
+        .unwrap();
     let start = Instant::now();
     let answer = loop {
         if let Some(s) = child.try_wait().unwrap() {
             panic!("semithin serve exited ({s}):\n{}", read(&log));
         }
-        if let Ok(r) = reqwest::blocking::get(&url) {
+        if let Ok(r) = http.get(&url).send() {
             break (r.status().as_u16(), r.text().unwrap());
         }
         assert!(
@@ -291,8 +307,8 @@ fn the_server_unit_and_settings_start_a_server() {
         "the data directory is --data's"
     );
 
-    // The commented-out keys are settings too: with them the server takes the admin token from
-    // the file (no DATA/admin-token is made) and then refuses TLS, which this build lacks.
+    // The commented-out keys are settings too. With all of them the server refuses to start,
+    // naming the certificate file that is not there, before it makes anything.
     let (all, n) = uncommented(&read(&server_toml));
     assert_eq!(
         n, 3,
@@ -327,9 +343,63 @@ fn the_server_unit_and_settings_start_a_server() {
     let (status, err) = serve(&all_path, &data2);
     assert!(!status.success());
     assert!(!err.contains("settings file"), "{err}");
-    assert!(err.contains("not available in this build"), "{err}");
-    assert!(data2.join("repo/config").exists(), "{err}");
-    assert!(!data2.join("admin-token").exists(), "{err}");
+    assert!(err.contains("/etc/semithin/tls/cert.pem"), "{err}");
+    assert!(
+        !data2.exists(),
+        "nothing is made before TLS is known good: {err}"
+    );
+
+    // Without the TLS lines, the server takes the admin token from the file: no
+    // DATA/admin-token is made, and the file's token is the one the admin API takes.
+    let plain: String = all
+        .lines()
+        .filter(|l| !l.starts_with("tls_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let plain_path = dir.path().join("plain.toml");
+    std::fs::write(&plain_path, &plain).unwrap();
+    let token = plain
+        .lines()
+        .find_map(|l| l.strip_prefix("admin_token = "))
+        .expect("admin_token in the example")
+        .trim_matches('"')
+        .to_owned();
+    let port = free_port();
+    let data4 = dir.path().join("data4");
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&plain_path)
+        .arg("--data")
+        .arg(&data4)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("SEMITHIN_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stats = format!("http://127.0.0.1:{port}/api/v1/admin/stats");
+    let start = Instant::now();
+    let answer = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!("semithin serve exited ({s}):\n{}", read(&log));
+        }
+        if let Ok(r) = http.get(&stats).bearer_auth(&token).send() {
+            break r.status().as_u16();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server did not answer within 30 s:\n{}",
+            read(&log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answer, 200, "{}", read(&log));
+    assert!(data4.join("repo/config").exists());
+    assert!(!data4.join("admin-token").exists());
 
     // The parser refuses what it does not know, so the checks above mean something.
     let bogus = dir.path().join("bogus.toml");
@@ -582,6 +652,155 @@ echo done
     assert_eq!(messages.len(), 2, "{all}");
     assert!(messages[0].contains("semithin: cannot make"), "{all}");
     assert!(messages[1].contains("has no /sbin/missing-init"), "{all}");
+    let here = read(Path::new("/proc/self/mountinfo"));
+    assert!(
+        !here.contains(&dir.path().display().to_string()),
+        "a mount outlived the namespace:\n{here}"
+    );
+    dir.close().unwrap();
+}
+
+#[test]
+fn a_release_under_trial_is_booted_once_then_switched_back_unless_confirmed() {
+    let dir = tempdir();
+    let script = format!(
+        "{SETUP}{}",
+        r#"
+R=$T/root
+Y=$T/run/semithin/sysroot
+mkdir -p "$R"
+mount -t tmpfs partition "$R"
+make_partition "$R"
+NEW=fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210
+cp -a "$R$S/deployments/$ID" "$R$S/deployments/$NEW"
+echo new > "$R$S/deployments/$NEW/etc/motd"
+# The agent switched to NEW and opened a trial.
+ln -sfn "deployments/$NEW" "$R$S/current"
+echo "$NEW $ID" > "$R$S/trial"
+mount -o remount,ro "$R"
+# Back to the initramfs's view after a boot.
+unboot() {
+    umount "$R/var"
+    umount "$R/etc"
+    umount "$R"
+    mount -o move "$Y" "$R"
+    mount -o remount,ro "$R"
+}
+boot() {
+    semithin_boot "$R" "$S" "$Y" /sbin/init 2>"$T/msg" || fail "semithin_boot: $(cat "$T/msg")"
+    echo "$1: $(tr '
+' ' ' < "$T/msg")"
+}
+writable() {
+    mount -o remount,rw "$R"
+    "$@"
+    mount -o remount,ro "$R"
+}
+
+# The first boot of the trial mounts NEW and counts it.
+boot boot1
+[ "$SEMITHIN_ID" = "$NEW" ] || fail "the first boot mounted $SEMITHIN_ID"
+[ "$(cat "$R/etc/motd")" = new ] || fail "the root is not the new release"
+[ "$(cat "$Y$S/trial-boots")" = "$NEW 1" ] || fail "trial-boots: $(cat "$Y$S/trial-boots")"
+[ ! -e "$Y$S/trial-failed" ] || fail "a marker after the first boot"
+unboot
+semithin_is_ro "$R" || fail "the partition is not read-only again"
+
+# Not confirmed: the second boot switches back to ID, says why, and mounts ID.
+boot boot2
+[ "$SEMITHIN_ID" = "$ID" ] || fail "the second boot mounted $SEMITHIN_ID"
+[ "$(cat "$R/etc/motd")" = image ] || fail "the root is not the previous release"
+[ "$(readlink "$Y$S/current")" = "deployments/$ID" ] || fail "current: $(readlink "$Y$S/current")"
+read -r mrel mreason < "$Y$S/trial-failed"
+[ "$mrel" = "$NEW" ] || fail "the marker names $mrel"
+echo "marker: $mreason"
+[ -f "$Y$S/trial" ] || fail "the trial file is the agent's to remove"
+for f in .current.boot.tmp .trial-failed.tmp .trial-boots.tmp; do
+    [ ! -e "$Y$S/$f" ] || fail "$f left behind"
+done
+unboot
+
+# Switched back already: later boots count nothing and change nothing.
+boot boot3
+[ "$SEMITHIN_ID" = "$ID" ] || fail "the third boot mounted $SEMITHIN_ID"
+[ "$(cat "$Y$S/trial-boots")" = "$NEW 1" ] || fail "counted again"
+unboot
+
+# A confirmed trial: the agent removed its files; NEW is booted for good.
+writable rm "$R$S/trial" "$R$S/trial-boots" "$R$S/trial-failed"
+writable ln -sfn "deployments/$NEW" "$R$S/current"
+for n in 1 2 3; do
+    boot confirmed$n
+    [ "$SEMITHIN_ID" = "$NEW" ] || fail "a confirmed release was switched back"
+    [ ! -e "$Y$S/trial-boots" ] && [ ! -e "$Y$S/trial-failed" ] || fail "a confirmed release was counted"
+    unboot
+done
+
+# semithin.tries=2: two boots of the trial, the third switches back.
+writable sh -c "echo '$ID $NEW' > '$R$S/trial'; ln -sfn 'deployments/$ID' '$R$S/current'"
+SEMITHIN_TRIES=2
+boot tries1
+[ "$SEMITHIN_ID" = "$ID" ] || fail "tries=2, boot 1 mounted $SEMITHIN_ID"
+unboot
+boot tries2
+[ "$SEMITHIN_ID" = "$ID" ] || fail "tries=2, boot 2 mounted $SEMITHIN_ID"
+[ "$(cat "$Y$S/trial-boots")" = "$ID 2" ] || fail "trial-boots: $(cat "$Y$S/trial-boots")"
+unboot
+boot tries3
+[ "$SEMITHIN_ID" = "$NEW" ] || fail "tries=2, boot 3 mounted $SEMITHIN_ID"
+unboot
+
+# No previous deployment (the machine ran the base system before): the link is removed, and the
+# base system boots, the partition as it was.
+writable sh -c "rm '$R$S/trial-failed' '$R$S/trial-boots'; echo '$NEW -' > '$R$S/trial'; ln -sfn 'deployments/$NEW' '$R$S/current'"
+SEMITHIN_TRIES=1
+boot nothing1
+unboot
+before=$(sort /proc/self/mountinfo)
+rc=0
+semithin_boot "$R" "$S" "$Y" /sbin/init 2>"$T/msg" || rc=$?
+[ "$rc" = 1 ] || fail "semithin_boot returned $rc"
+echo "nothing2: $(tr '
+' ' ' < "$T/msg")"
+[ ! -e "$R$S/current" ] && [ ! -L "$R$S/current" ] || fail "current is still there"
+semithin_is_ro "$R" || fail "the partition is not read-only again"
+[ "$(sort /proc/self/mountinfo)" = "$before" ] || fail "the mounts differ from before"
+echo done
+"#
+    );
+    let out = in_mount_namespace(dir.path(), &script);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.ends_with("done\n"), "{all}");
+    let line = |p: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(p))
+            .unwrap_or_else(|| panic!("no line {p}: {all}"))
+            .to_owned()
+    };
+    assert!(line("boot1: ").contains("boot 1 of 1"), "{all}");
+    let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    assert!(
+        line("boot2: ").contains(&format!("the boot switched back to {id}")),
+        "{all}"
+    );
+    let marker = line("marker: ");
+    assert!(
+        marker.contains("booted 1 time(s) without being confirmed healthy (semithin.tries=1)"),
+        "{all}"
+    );
+    assert!(!line("boot3: ").contains("under trial"), "{all}");
+    assert!(line("tries2: ").contains("boot 2 of 2"), "{all}");
+    assert!(
+        line("nothing2: ").contains("no previous deployment"),
+        "{all}"
+    );
+    assert!(
+        line("nothing2: ").contains("no deployment is current"),
+        "{all}"
+    );
     let here = read(Path::new("/proc/self/mountinfo"));
     assert!(
         !here.contains(&dir.path().display().to_string()),

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use semithin_protocol::api::{
     Affected, AssignRequest, LabelRequest, MachineInfo, MachineStatus, SelectorRequest, Stats,
     TokenInfo, TokenRequest,
@@ -32,6 +32,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/v1/admin/assign", post(assign))
         .route("/api/v1/admin/push", post(push))
         .route("/api/v1/admin/tokens", get(tokens).post(new_token))
+        .route("/api/v1/admin/tokens/{id}", delete(revoke_token))
         .route("/api/v1/admin/published", post(published))
         .route("/api/v1/admin/stats", get(stats))
 }
@@ -248,7 +249,8 @@ async fn new_token(
     let secret = crate::random_token()?;
     let t = now();
     let row = TokenRow {
-        id: secret[..8].to_owned(),
+        // Random, so that it says nothing about the secret.
+        id: crate::random_token_id()?,
         preauthorized: req.preauthorized,
         labels: req.labels,
         uses_left: req.uses.map(i64::from),
@@ -273,6 +275,22 @@ async fn tokens(
             .map(|t| token_info(t, None))
             .collect(),
     ))
+}
+
+/// Revokes a token: it enrolls nothing from now on (machines it enrolled stay enrolled).
+async fn revoke_token(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TokenInfo>> {
+    admin(&app, &headers)?;
+    let not_found = || ApiErr::not_found(format!("no enrollment token has the id {id:?}"));
+    let row = db::token_by_id(&app.db, &id).await?.ok_or_else(not_found)?;
+    if !db::delete_token(&app.db, &id).await? {
+        return Err(not_found());
+    }
+    tracing::info!(token = %id, "enrollment token revoked");
+    Ok(Json(token_info(&row, None)))
 }
 
 async fn published(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<Affected>> {

@@ -27,17 +27,35 @@ use crate::{App, now};
 
 pub async fn enroll(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<Json<EnrollResponse>> {
     let req: EnrollRequest = parse(&body)?;
+    let t = now();
+    let refused = || ApiErr::forbidden("enrollment token unknown, expired or used up");
+    // The token first: without one, nothing is said about names, keys or labels. A known key
+    // may also give the token it enrolled with, used up or expired since (it crashed before
+    // saving the answer, or moved its state aside); not a revoked one.
+    let hash = blake3::hash(req.token.as_bytes()).to_hex().to_string();
+    let token = db::find_token(&app.db, &hash).await?.ok_or_else(refused)?;
+    let public: Option<[u8; 32]> = hex::decode(&req.public_key)
+        .ok()
+        .and_then(|b| b.try_into().ok());
+    let known = public.and_then(|p| app.fleet.get(&sign::machine_id(&p)));
+    if !db::token_usable(&token, t) {
+        let own = match &known {
+            Some(m) => db::enrolled_with(&app.db, &m.id).await?.as_deref() == Some(&token.id),
+            None => false,
+        };
+        if !own {
+            return Err(refused());
+        }
+    }
     selector::check_name(&req.name).map_err(|e| ApiErr::bad(e.to_string()))?;
     for (k, v) in &req.labels {
         selector::parse_label(&format!("{k}={v}")).map_err(|e| ApiErr::bad(e.to_string()))?;
     }
-    let public: [u8; 32] = hex::decode(&req.public_key)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| ApiErr::bad("public_key must be 32 bytes of hex (an ed25519 key)"))?;
+    let public =
+        public.ok_or_else(|| ApiErr::bad("public_key must be 32 bytes of hex (an ed25519 key)"))?;
     let id = sign::machine_id(&public);
-    if let Some(m) = app.fleet.get(&id) {
-        // The same machine enrolling again (it crashed before saving the answer).
+    if let Some(m) = known {
+        // The same machine enrolling again: its enrollment stands, no use of the token is taken.
         let r = m.snapshot();
         if r.name != req.name {
             return Err(ApiErr(
@@ -50,47 +68,44 @@ pub async fn enroll(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<Json<
             status: r.status,
         }));
     }
-    if app.fleet.by_name(&req.name).is_some() {
-        return Err(ApiErr(
+    let taken = || {
+        ApiErr(
             StatusCode::CONFLICT,
             format!(
                 "the name {:?} is taken by another machine (remove it first, or enroll under \
                  another name)",
                 req.name
             ),
-        ));
+        )
+    };
+    if app.fleet.by_name(&req.name).is_some() {
+        return Err(taken());
     }
-    let hash = blake3::hash(req.token.as_bytes()).to_hex().to_string();
-    let token = db::use_token(&app.db, &hash, now())
-        .await?
-        .ok_or_else(|| ApiErr::forbidden("enrollment token unknown, expired or used up"))?;
-    let mut labels = req.labels;
-    labels.extend(token.labels);
-    let status = if token.preauthorized {
-        MachineStatus::Accepted
-    } else {
-        MachineStatus::Pending
+    let make = |token: &db::TokenRow| {
+        let mut labels = req.labels.clone();
+        labels.extend(token.labels.clone());
+        MachineRow {
+            id: id.clone(),
+            name: req.name.clone(),
+            public_key: public,
+            status: if token.preauthorized {
+                MachineStatus::Accepted
+            } else {
+                MachineStatus::Pending
+            },
+            labels,
+            channel: None,
+            report: Report::default(),
+            enrolled_at: t,
+            last_seen: None,
+        }
     };
-    let row = MachineRow {
-        id: id.clone(),
-        name: req.name,
-        public_key: public,
-        status,
-        labels,
-        channel: None,
-        report: Report::default(),
-        enrolled_at: now(),
-        last_seen: None,
+    let row = match db::enroll_machine(&app.db, &hash, t, make).await? {
+        Ok((_, row)) => row,
+        Err(db::EnrollRefused::Token) => return Err(refused()),
+        Err(db::EnrollRefused::Taken) => return Err(taken()),
     };
-    db::insert_machine(&app.db, &row).await?;
-    db::add_event(
-        &app.db,
-        &id,
-        now(),
-        "enrolled",
-        &format!("token {}", token.id),
-    )
-    .await?;
+    let status = row.status;
     tracing::info!(machine = %row.name, %id, status = status.as_str(), "enrolled");
     app.fleet.insert(Arc::new(Machine::new(row)));
     Ok(Json(EnrollResponse {
@@ -149,19 +164,20 @@ pub async fn checkin(
     body: Bytes,
 ) -> ApiResult<Json<CheckInResponse>> {
     let m = machine(&app, &method, &uri, &headers, &body)?;
+    // A rejected machine is refused before anything of its request is looked at or kept.
+    if m.row.lock().expect("lock").status == MachineStatus::Rejected {
+        return Err(ApiErr::forbidden("this machine was rejected by the admin"));
+    }
     let req: CheckInRequest = parse(&body)?;
     let t = now();
     app.counters.checkins.fetch_add(1, Ordering::Relaxed);
     m.last_seen.store(t, Ordering::Relaxed);
-    let (status, changed, old) = {
+    let (changed, old) = {
         let mut r = m.row.lock().expect("lock");
         let changed = r.report != req.report;
         let old = changed.then(|| std::mem::replace(&mut r.report, req.report.clone()));
-        (r.status, changed, old)
+        (changed, old)
     };
-    if status == MachineStatus::Rejected {
-        return Err(ApiErr::forbidden("this machine was rejected by the admin"));
-    }
     if changed {
         db::update_report(&app.db, &m.id, &req.report, t).await?;
         m.last_seen_stored.store(t, Ordering::Relaxed);

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use semithin_protocol::api::{ApiError, MachineStatus};
@@ -167,12 +169,80 @@ pub fn router(app: Arc<App>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             long,
         ));
-    quick
+    let routes = quick
         .merge(slow)
         .fallback(|uri: Uri| async move {
             ApiErr::not_found(format!("no such endpoint: {}", uri.path()))
         })
         .layer(DefaultBodyLimit::max(limit))
+        .with_state(app.clone());
+    // Around the whole router (a layer on `routes` would wrap each route alone, inside the
+    // part that answers 405 and adds `Allow`), so that it sees every answer as it leaves.
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::from_fn_with_state(app, json_errors))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(app)
+}
+
+/// Every error answer carries `{"error": ...}`: those that axum and tower make themselves (405
+/// for a known path with the wrong method, 408 past the deadline, 413 over the body limit, 400
+/// for a path that is not UTF-8, ...) are given a JSON body with a sentence naming the problem.
+/// Handlers' errors are JSON already and pass unchanged, and so do all other answers.
+async fn json_errors(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let slow = path == "/api/v1/checkin" || path.starts_with("/api/v1/objects");
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(|v| format!(" (it takes {v})"))
+                .unwrap_or_default();
+            format!("{method} is not allowed on {path}{allowed}")
+        }
+        StatusCode::REQUEST_TIMEOUT => format!(
+            "{method} {path} was not answered within the server's deadline of {} s",
+            if slow {
+                app.cfg.max_wait_secs as u64 + 30
+            } else {
+                app.cfg.request_deadline_secs
+            }
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the request body is larger than the {} bytes the server accepts",
+            app.cfg.max_body_bytes
+        ),
+        _ if text.is_empty() => format!(
+            "{method} {path}: {}",
+            status.canonical_reason().unwrap_or("error")
+        ),
+        _ => format!("{method} {path}: {text}"),
+    };
+    let body = serde_json::to_vec(&ApiError { error: message }).expect("serialises");
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body))
 }
