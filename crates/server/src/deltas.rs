@@ -26,6 +26,9 @@ pub struct Deltas {
     /// How many earlier releases of a channel get a pack to its new release.
     pub sources: usize,
     building: Building,
+    /// Builds running at once, all pairs together: packs are CPU-heavy, and check-ins must not
+    /// starve behind them.
+    permits: tokio::sync::Semaphore,
 }
 
 impl Deltas {
@@ -34,6 +37,7 @@ impl Deltas {
             dir,
             sources,
             building: Mutex::new(HashMap::new()),
+            permits: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -72,6 +76,7 @@ impl Deltas {
         if path.exists() {
             return Ok(Some(path));
         }
+        let _permit = self.permits.acquire().await.expect("never closed");
         let dir = self.dir.clone();
         let p = path.clone();
         let stats =

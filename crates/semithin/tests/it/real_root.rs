@@ -1,8 +1,9 @@
 //! Real Debian root filesystems: a debootstrap minbase tree round-trips exactly, and a security
-//! upgrade of it stores only the content that changed.
+//! upgrade of it stores only the content that changed and reaches a machine as a small delta.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use crate::common::*;
 
@@ -67,7 +68,7 @@ fn file_hashes(dir: &Path) -> HashMap<String, (String, u64)> {
 }
 
 #[test]
-fn security_upgrade_stores_only_changed_content() {
+fn security_upgrade_stores_only_changed_content_and_travels_as_a_small_delta() {
     let env = Env::new();
     let v1 = copy_of_base(&env, "v1");
     let first = env.json(&["commit", "-c", "debian", v1.to_str().unwrap()]);
@@ -131,6 +132,82 @@ fn security_upgrade_stores_only_changed_content() {
     env.ok(&["checkout", "debian", out.to_str().unwrap()]);
     assert_same_tree(&v2, &out);
     env.fsck_ok();
+
+    // The delta a machine on v1 downloads: a small part of the new content, by kind.
+    let pack = env.path("v1-v2.pack");
+    let d = env.json(&[
+        "delta",
+        "debian~1",
+        "debian",
+        "--out",
+        pack.to_str().unwrap(),
+    ]);
+    let total = d["total_bytes"].as_u64().unwrap();
+    assert_eq!(total, std::fs::metadata(&pack).unwrap().len(), "{d:#}");
+    assert_eq!(
+        total,
+        d["metadata_bytes"].as_u64().unwrap()
+            + d["patch_bytes"].as_u64().unwrap()
+            + d["new_bytes"].as_u64().unwrap()
+    );
+    assert!(d["patch_bytes"].as_u64().unwrap() > 0, "{d:#}");
+    assert!(
+        total * 8 < new_bytes_max,
+        "{total} of {new_bytes_max}: {d:#}"
+    );
+
+    // A machine's repository with v1 and the commit of v2 only: the pack makes v2 whole.
+    let (c1, c2): (semithin_store::CommitId, semithin_store::CommitId) = (
+        first["commit"].as_str().unwrap().parse().unwrap(),
+        second["commit"].as_str().unwrap().parse().unwrap(),
+    );
+    let machine = env.path("machine");
+    {
+        use semithin_store::{Access, Repo, pack::ObjKind, transfer};
+        let server = Repo::open(&env.repo, Access::Read).unwrap();
+        Repo::init(&machine, Default::default()).unwrap();
+        let m = Repo::open(&machine, Access::Write).unwrap();
+        loop {
+            let want = transfer::missing(&m.objects, c1).unwrap();
+            if want.is_empty() {
+                break;
+            }
+            let mut buf = Vec::new();
+            transfer::send(&server.objects, &want, &mut buf).unwrap();
+            transfer::receive(&m.objects, &want.iter().copied().collect(), buf.as_slice()).unwrap();
+        }
+        let commit = server.objects.get(ObjKind::Commit, c2.as_bytes()).unwrap();
+        m.objects
+            .put(ObjKind::Commit, *c2.as_bytes(), &commit)
+            .unwrap();
+        m.objects.flush().unwrap();
+    }
+    let applied = Command::new(BIN)
+        .arg("--repo")
+        .arg(&machine)
+        .args(["apply-delta", pack.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let a: serde_json::Value = serde_json::from_slice(&applied.stdout).unwrap();
+    assert_eq!(a["still_missing"], 0, "{a:#}");
+    let out2 = env.path("machine-checkout");
+    let co = Command::new(BIN)
+        .arg("--repo")
+        .arg(&machine)
+        .args(["checkout", &c2.to_hex(), out2.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        co.status.success(),
+        "{}",
+        String::from_utf8_lossy(&co.stderr)
+    );
+    assert_same_tree(&v2, &out2);
 }
 
 /// True for every name of a hardlinked file but the first (by path order): its content is
