@@ -26,7 +26,7 @@ use semithin_protocol::api::{
 use semithin_protocol::sign::MachineKey;
 use semithin_store::pack::ObjKind;
 use semithin_store::repo::Config as RepoConfig;
-use semithin_store::{Access, CommitId, Repo, transfer};
+use semithin_store::{Access, CommitId, NoProgress, Repo, transfer};
 use semithin_trust::client::{Client, Limits};
 
 pub use crate::config::Config;
@@ -595,8 +595,19 @@ impl Agent {
         }
         let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
         let removed = deploy::prune(&self.layout, &keep)?;
-        for r in removed {
-            self.say(&format!("removed deployment {}", short(&r)));
+        for r in &removed {
+            self.say(&format!("removed deployment {}", short(r)));
+        }
+        if !removed.is_empty() {
+            // Objects only the removed deployments needed; a pack mostly alive is left alone.
+            let commits: Vec<CommitId> = keep.iter().filter_map(|k| k.parse().ok()).collect();
+            let r = semithin_store::gc::gc_releases(&self.repo, &commits, 0.5, &NoProgress)?;
+            if r.freed_bytes > 0 {
+                self.say(&format!(
+                    "freed {} bytes of objects no kept deployment needs",
+                    r.freed_bytes
+                ));
+            }
         }
         Ok(())
     }

@@ -32,6 +32,29 @@ pub struct GcReport {
 /// store still needs, such as published releases) reaches. The caller holds the repository for
 /// writing.
 pub fn gc(repo: &Repo, also_keep: &[CommitId], progress: &dyn Progress) -> Result<GcReport> {
+    collect(repo, reach::commits_and(repo, also_keep)?, 0.0, progress)
+}
+
+/// gc for a machine's store: keeps exactly the `releases` given (not channels, not their
+/// ancestors), and rewrites a pack that still holds live objects only when more than
+/// `min_dead` (0.0 to 1.0) of its objects are dead, so content that did not change is not
+/// copied again at every update.
+pub fn gc_releases(
+    repo: &Repo,
+    releases: &[CommitId],
+    min_dead: f64,
+    progress: &dyn Progress,
+) -> Result<GcReport> {
+    let commits = releases.iter().map(|c| (*c, "kept".to_owned())).collect();
+    collect(repo, commits, min_dead, progress)
+}
+
+fn collect(
+    repo: &Repo,
+    commits: Vec<(CommitId, String)>,
+    min_dead: f64,
+    progress: &dyn Progress,
+) -> Result<GcReport> {
     let store = &repo.objects;
     if let Some(e) = store.damaged_packs().first() {
         return Err(Error::Tool {
@@ -43,7 +66,6 @@ pub fn gc(repo: &Repo, also_keep: &[CommitId], progress: &dyn Progress) -> Resul
     }
     // Everything reachable; a reachable object that cannot be read stops gc, since what it
     // reaches is unknown.
-    let commits = reach::commits_and(repo, also_keep)?;
     let mut live: HashSet<(ObjKind, [u8; 32])> = HashSet::new();
     let mut roots = Vec::new();
     for (id, _) in &commits {
@@ -72,7 +94,8 @@ pub fn gc(repo: &Repo, also_keep: &[CommitId], progress: &dyn Progress) -> Resul
             .iter()
             .filter(|e| live.contains(&(e.kind(), e.id)))
             .count();
-        if n_live == entries.len() {
+        let dead = (entries.len() - n_live) as f64 / entries.len().max(1) as f64;
+        if n_live == entries.len() || (n_live > 0 && dead <= min_dead) {
             kept.extend(entries.iter().map(|e| (e.kind(), e.id)));
         } else {
             rewrite.push((name, entries, n_live));

@@ -656,6 +656,30 @@ fn a_fleet_converges_v1_to_v2_fetching_only_what_changed() {
     wait_until("m2 checked in after the push", 10, || {
         s.stats()["checkins"].as_u64().unwrap() > before
     });
+    // the daemon holds its store; stopped, the store can be read
+    let a = &mut agents[0];
+    a.stop();
+    // what only v1 needed left the machine's store, which stays whole
+    let repo = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--repo")
+            .arg(a.state.join("repo"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        !repo(&["show", &v1]).status.success(),
+        "v1's commit is gone: {}",
+        a.log()
+    );
+    assert!(repo(&["show", &v3]).status.success());
+    let fsck = repo(&["fsck"]);
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 }
 
 #[test]
