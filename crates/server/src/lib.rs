@@ -7,6 +7,7 @@ pub mod deltas;
 pub mod error;
 pub mod fleet;
 pub mod http;
+pub mod jobs;
 pub mod releases;
 
 use std::net::SocketAddr;
@@ -89,6 +90,7 @@ pub struct App {
     admin_token_hash: blake3::Hash,
     pub counters: Counters,
     pub deltas: deltas::Deltas,
+    pub jobs: jobs::Jobs,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -304,6 +306,7 @@ pub async fn run(
         );
     }
     let fleet = Fleet::load(db::load_machines(&db).await?);
+    let jobs = jobs::Jobs::load(&db, now()).await?;
     let repo = cfg.repo();
     let published = tokio::task::spawn_blocking(move || releases::load(&repo))
         .await
@@ -313,6 +316,7 @@ pub async fn run(
     deltas::clear_leftovers(&deltas_dir);
     let app = Arc::new(App {
         deltas: deltas::Deltas::new(deltas_dir, cfg.delta_sources),
+        jobs,
         db,
         fleet,
         published: RwLock::new(Arc::new(published)),
@@ -365,6 +369,8 @@ async fn background(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
+        // Scheduled jobs whose occurrence started wake their machines.
+        app.jobs.wake_due(&app.fleet, now());
         if let Err(e) = save_last_seen(&app).await {
             tracing::warn!(error = %e, "writing last-seen times");
         }
