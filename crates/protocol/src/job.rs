@@ -108,8 +108,13 @@ impl SourceKey {
                 {
                     return Err("the key is not an ASCII armored OpenPGP public key block".into());
                 }
-                if !t.bytes().all(|b| b == b'\n' || b == b'\r' || (0x20..0x7f).contains(&b)) {
-                    return Err("the armored key holds characters that are not printable ASCII".into());
+                if !t
+                    .bytes()
+                    .all(|b| b == b'\n' || b == b'\r' || (0x20..0x7f).contains(&b))
+                {
+                    return Err(
+                        "the armored key holds characters that are not printable ASCII".into(),
+                    );
                 }
             }
             SourceKey::Binary(h) => {
@@ -306,7 +311,9 @@ pub fn check_id(id: &str) -> Result<(), String> {
     if id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         Ok(())
     } else {
-        Err(format!("bad job id {id:?}: expected 32 lowercase hex digits"))
+        Err(format!(
+            "bad job id {id:?}: expected 32 lowercase hex digits"
+        ))
     }
 }
 
@@ -361,9 +368,9 @@ pub fn check_package(p: &str) -> Result<(), String> {
     if let Some(v) = version
         && (v.is_empty()
             || !v.as_bytes()[0].is_ascii_digit()
-            || !v
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'~' | b'-' | b':')))
+            || !v.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'~' | b'-' | b':')
+            }))
     {
         return bad("a version starts with a digit and has only A-Z a-z 0-9 . + ~ - :");
     }
@@ -393,12 +400,15 @@ fn check_uri(u: &str) -> Result<(), String> {
         .or_else(|| u.strip_prefix("https://"))
         .ok_or_else(|| format!("bad URI {u:?}: only http:// and https:// are allowed"))?;
     if rest.is_empty() || u.len() > 2048 {
-        return Err(format!("bad URI {u:?}: empty or longer than 2048 characters"));
+        return Err(format!(
+            "bad URI {u:?}: empty or longer than 2048 characters"
+        ));
     }
-    if let Some(c) = u
-        .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '[' | ']' | '"' | '\'' | '`' | '\\' | '$'))
-    {
+    if let Some(c) = u.chars().find(|c| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(c, '[' | ']' | '"' | '\'' | '`' | '\\' | '$')
+    }) {
         return Err(format!("bad URI {u:?}: it contains {c:?}"));
     }
     Ok(())
@@ -442,10 +452,17 @@ impl Action {
             Action::AptInstall { packages } => format!("apt install {}", packages.join(" ")),
             Action::AptRemove { packages } => format!("apt remove {}", packages.join(" ")),
             Action::AptUpdate => "apt update".into(),
-            Action::AptUpgrade { dist, security_only } => format!(
+            Action::AptUpgrade {
+                dist,
+                security_only,
+            } => format!(
                 "apt {}upgrade{}",
                 if *dist { "dist-" } else { "" },
-                if *security_only { " (security only)" } else { "" }
+                if *security_only {
+                    " (security only)"
+                } else {
+                    ""
+                }
             ),
             Action::AptSourceAdd(s) => format!(
                 "apt source add {} ({} {} {})",
@@ -704,8 +721,11 @@ pub fn verify(spec: &JobSpec, sig: &JobSignature, trusted: &[[u8; 32]]) -> Resul
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or("the signature is not 64 bytes of hex")?;
-    vk.verify_strict(&signing_input(spec), &ed25519_dalek::Signature::from_bytes(&bytes))
-        .map_err(|_| "the signature does not verify: the job is not what the admin signed".into())
+    vk.verify_strict(
+        &signing_input(spec),
+        &ed25519_dalek::Signature::from_bytes(&bytes),
+    )
+    .map_err(|_| "the signature does not verify: the job is not what the admin signed".into())
 }
 
 /// Cuts output to [`MAX_OUTPUT`] bytes: its start and its end, with a line saying what is left
@@ -750,12 +770,33 @@ mod tests {
 
     #[test]
     fn package_names_follow_debian_policy() {
-        for ok in ["hello", "libc6", "g++", "lib32z1-dev", "hello=1.0-1", "hello:amd64", "x2=1:2.3~rc1+b1"] {
+        for ok in [
+            "hello",
+            "libc6",
+            "g++",
+            "lib32z1-dev",
+            "hello=1.0-1",
+            "hello:amd64",
+            "x2=1:2.3~rc1+b1",
+        ] {
             check_package(ok).unwrap();
         }
         for bad in [
-            "", "a", "-y", "--force-yes", "Hello", "hello world", "hello;rm", "hello=", "hello=abc",
-            "hello:", "$(id)", "a`b`", "hello\n", "hello=1.0 x", "../x",
+            "",
+            "a",
+            "-y",
+            "--force-yes",
+            "Hello",
+            "hello world",
+            "hello;rm",
+            "hello=",
+            "hello=abc",
+            "hello:",
+            "$(id)",
+            "a`b`",
+            "hello\n",
+            "hello=1.0 x",
+            "../x",
         ] {
             assert!(check_package(bad).is_err(), "{bad:?} accepted");
         }
@@ -776,9 +817,13 @@ mod tests {
                 key: key.clone(),
             })
         };
-        src("http://deb.example/debian", "bookworm-security", &["main", "contrib"])
-            .validate()
-            .unwrap();
+        src(
+            "http://deb.example/debian",
+            "bookworm-security",
+            &["main", "contrib"],
+        )
+        .validate()
+        .unwrap();
         for (u, s, c) in [
             ("ftp://x/debian", "stable", &["main"][..]),
             ("file:///srv", "stable", &["main"]),
@@ -792,7 +837,10 @@ mod tests {
             ("http://x/", "stable", &[]),
             ("http://x/", "", &["main"]),
         ] {
-            assert!(src(u, s, c).validate().is_err(), "{u:?} {s:?} {c:?} accepted");
+            assert!(
+                src(u, s, c).validate().is_err(),
+                "{u:?} {s:?} {c:?} accepted"
+            );
         }
         for bad in ["", "-x", "Test", "a/b", "a b", "../etc", ".hidden"] {
             assert!(check_source_name(bad).is_err(), "{bad:?}");
@@ -811,7 +859,13 @@ mod tests {
         .validate()
         .unwrap();
         assert!(spec(Action::Command { argv: vec![] }).validate().is_err());
-        assert!(spec(Action::Command { argv: vec!["a\0b".into()] }).validate().is_err());
+        assert!(
+            spec(Action::Command {
+                argv: vec!["a\0b".into()]
+            })
+            .validate()
+            .is_err()
+        );
         let mut s = spec(Action::AptUpdate);
         s.timeout_secs = 0;
         assert!(s.validate().is_err());
@@ -833,11 +887,25 @@ mod tests {
         let e = verify(&s, &other.sign(&s), &trusted).unwrap_err();
         assert!(e.contains("does not trust"), "{e}");
         for changed in [
-            JobSpec { action: Action::Command { argv: vec!["false".into()] }, ..s.clone() },
-            JobSpec { timeout_secs: 61, ..s.clone() },
-            JobSpec { id: "ffffffffffffffffffffffffffffffff".into(), ..s.clone() },
             JobSpec {
-                schedule: Schedule { every: Some("* * * * *".into()), ..Schedule::default() },
+                action: Action::Command {
+                    argv: vec!["false".into()],
+                },
+                ..s.clone()
+            },
+            JobSpec {
+                timeout_secs: 61,
+                ..s.clone()
+            },
+            JobSpec {
+                id: "ffffffffffffffffffffffffffffffff".into(),
+                ..s.clone()
+            },
+            JobSpec {
+                schedule: Schedule {
+                    every: Some("* * * * *".into()),
+                    ..Schedule::default()
+                },
                 ..s.clone()
             },
         ] {
@@ -853,7 +921,13 @@ mod tests {
         let id = "0123456789abcdef0123456789abcdef";
         assert_eq!(job_of_delivery(id).unwrap(), id);
         assert_eq!(job_of_delivery(&format!("{id}.1700000000")).unwrap(), id);
-        for bad in ["", "x", &format!("{id}."), &format!("{id}.12a"), &format!("{id}/../x")] {
+        for bad in [
+            "",
+            "x",
+            &format!("{id}."),
+            &format!("{id}.12a"),
+            &format!("{id}/../x"),
+        ] {
             assert!(job_of_delivery(bad).is_err(), "{bad:?}");
         }
     }
@@ -867,17 +941,31 @@ mod tests {
         let now = Schedule::default();
         assert_eq!(
             now.occurrence(id, T0, T0),
-            Some(Occurrence { delivery: id.into(), start: T0, end: None })
+            Some(Occurrence {
+                delivery: id.into(),
+                start: T0,
+                end: None
+            })
         );
         assert_eq!(now.occurrence(id, T0, T0 + 10 * 86_400).unwrap().start, T0);
         assert!(now.occurrence(id, T0, T0 - 1).is_none());
         assert!(!now.over(T0, T0 + 10 * 86_400));
-        let at = Schedule { at: Some(T0 + 3600), window_secs: Some(600), every: None };
+        let at = Schedule {
+            at: Some(T0 + 3600),
+            window_secs: Some(600),
+            every: None,
+        };
         assert!(at.occurrence(id, T0, T0).is_none());
         assert_eq!(at.next_start(T0, T0), Some(T0 + 3600));
-        assert_eq!(at.occurrence(id, T0, T0 + 3600).unwrap().end, Some(T0 + 4200));
+        assert_eq!(
+            at.occurrence(id, T0, T0 + 3600).unwrap().end,
+            Some(T0 + 4200)
+        );
         assert!(at.occurrence(id, T0, T0 + 4199).is_some());
-        assert!(at.occurrence(id, T0, T0 + 4200).is_none(), "the window is over");
+        assert!(
+            at.occurrence(id, T0, T0 + 4200).is_none(),
+            "the window is over"
+        );
         assert!(at.over(T0, T0 + 4200));
         assert_eq!(at.next_start(T0, T0 + 3600), None);
     }
@@ -893,27 +981,62 @@ mod tests {
         };
         s.validate().unwrap();
         let created = T0 + 5 * 3600; // 05:00, after that day's occurrence
-        assert!(s.occurrence(id, created, created).is_none(), "not before its first occurrence");
+        assert!(
+            s.occurrence(id, created, created).is_none(),
+            "not before its first occurrence"
+        );
         assert_eq!(s.next_start(created, created), Some(T0 + 86_400 + 3 * 3600));
         let day2 = T0 + 86_400 + 3 * 3600;
         let o = s.occurrence(id, created, day2 + 60).unwrap();
-        assert_eq!(o, Occurrence { delivery: format!("{id}.{day2}"), start: day2, end: Some(day2 + 1800) });
-        assert!(s.occurrence(id, created, day2 + 1800).is_none(), "missed: the window is over");
+        assert_eq!(
+            o,
+            Occurrence {
+                delivery: format!("{id}.{day2}"),
+                start: day2,
+                end: Some(day2 + 1800)
+            }
+        );
+        assert!(
+            s.occurrence(id, created, day2 + 1800).is_none(),
+            "missed: the window is over"
+        );
         let o3 = s.occurrence(id, created, day2 + 86_400).unwrap();
         assert_ne!(o3.delivery, o.delivery);
         assert!(!s.over(created, day2 + 10 * 86_400));
         // without a window, an occurrence is open until the next one
-        let open = Schedule { window_secs: None, ..s.clone() };
-        assert_eq!(open.occurrence(id, created, day2 + 86_399).unwrap().delivery, o.delivery);
-        assert_eq!(open.occurrence(id, created, day2 + 86_400).unwrap().delivery, o3.delivery);
+        let open = Schedule {
+            window_secs: None,
+            ..s.clone()
+        };
+        assert_eq!(
+            open.occurrence(id, created, day2 + 86_399)
+                .unwrap()
+                .delivery,
+            o.delivery
+        );
+        assert_eq!(
+            open.occurrence(id, created, day2 + 86_400)
+                .unwrap()
+                .delivery,
+            o3.delivery
+        );
         // every minute: the latest minute
-        let m = Schedule { every: Some("* * * * *".into()), ..Schedule::default() };
+        let m = Schedule {
+            every: Some("* * * * *".into()),
+            ..Schedule::default()
+        };
         assert_eq!(m.occurrence(id, T0, T0 + 90).unwrap().start, T0 + 60);
         // `at` delays the first occurrence
-        let later = Schedule { at: Some(T0 + 86_400 * 3), ..s.clone() };
+        let later = Schedule {
+            at: Some(T0 + 86_400 * 3),
+            ..s.clone()
+        };
         assert!(later.occurrence(id, created, day2 + 60).is_none());
         for bad in ["* * * *", "61 * * * *", "0 0 3 * * *", "nonsense"] {
-            let s = Schedule { every: Some(bad.into()), ..Schedule::default() };
+            let s = Schedule {
+                every: Some(bad.into()),
+                ..Schedule::default()
+            };
             assert!(s.validate().is_err(), "{bad:?}");
             assert!(s.occurrence(id, T0, T0).is_none());
         }
@@ -926,10 +1049,15 @@ mod tests {
         let hour = T0 + 7200;
         assert!(s.delivery_is_due(&format!("{}.{hour}", s.id), hour + 10));
         assert!(!s.delivery_is_due(&format!("{}.{}", s.id, hour - 3600), hour + 3600 + 400));
-        assert!(!s.delivery_is_due(&s.id, hour + 10), "a recurring job is never delivered bare");
+        assert!(
+            !s.delivery_is_due(&s.id, hour + 10),
+            "a recurring job is never delivered bare"
+        );
         let once = spec(Action::AptUpdate);
         assert!(once.delivery_is_due(&once.id, once.created_at + 5));
-        assert!(!once.delivery_is_due(&format!("{}.{}", once.id, once.created_at), once.created_at));
+        assert!(
+            !once.delivery_is_due(&format!("{}.{}", once.id, once.created_at), once.created_at)
+        );
     }
 
     #[test]

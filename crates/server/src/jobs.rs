@@ -287,14 +287,7 @@ async fn record_result(
     .map_err(|e| Error::db("storing a job result", e))?;
     if done.rows_affected() > 0 {
         tracing::info!(machine = %m.id, delivery = %r.delivery, outcome = state, "job result");
-        crate::db::add_event(
-            pool,
-            &m.id,
-            now,
-            "job",
-            &format!("{}: {state}", r.delivery),
-        )
-        .await?;
+        crate::db::add_event(pool, &m.id, now, "job", &format!("{}: {state}", r.delivery)).await?;
     }
     let open = jobs.open.read().expect("lock").get(job_id).cloned();
     if let Some(j) = open {
@@ -395,7 +388,11 @@ pub async fn create(
     .bind(&spec.id)
     .bind(selector)
     .bind(serde_json::to_string(&spec).expect("serialises"))
-    .bind(signature.as_ref().map(|s| serde_json::to_string(s).expect("serialises")))
+    .bind(
+        signature
+            .as_ref()
+            .map(|s| serde_json::to_string(s).expect("serialises")),
+    )
     .bind(now)
     .execute(&mut *tx)
     .await;
@@ -431,7 +428,10 @@ pub async fn create(
     tracing::info!(job = %id, what = %open.spec.action.describe(), machines = machines.len(), "job made");
     jobs.open.write().expect("lock").insert(id.clone(), open);
     jobs.wake_due(fleet, now);
-    Ok(Ok(info(pool, jobs, fleet, &id, now).await?.expect("just made").job))
+    Ok(Ok(info(pool, jobs, fleet, &id, now)
+        .await?
+        .expect("just made")
+        .job))
 }
 
 /// Cancels a job: it is given to no machine from now on, and machines running it stop it at

@@ -185,8 +185,15 @@ pub async fn checkin(
         m.last_seen_stored.store(t, Ordering::Relaxed);
         record_events(&app, &m.id, old.unwrap_or_default(), &req.report).await?;
     }
-    crate::jobs::receive(&app.db, &app.jobs, &m, &req.job_results, req.inventory.as_ref(), t)
-        .await?;
+    crate::jobs::receive(
+        &app.db,
+        &app.jobs,
+        &m,
+        &req.job_results,
+        req.inventory.as_ref(),
+        t,
+    )
+    .await?;
     let (mut resp, actionable) = answer(&app, &m, false);
     with_jobs(&app, &m, &req, &mut resp).await?;
     let wait = req.wait_secs.min(app.cfg.max_wait_secs);

@@ -121,6 +121,8 @@ async fn progress(
     }
     let cancelled = jobs::progress(&app.db, &app.jobs, &m, &delivery, now())
         .await?
-        .ok_or_else(|| ApiErr::not_found(format!("no job delivery {delivery:?} for this machine")))?;
+        .ok_or_else(|| {
+            ApiErr::not_found(format!("no job delivery {delivery:?} for this machine"))
+        })?;
     Ok(Json(Progress { cancelled }))
 }
