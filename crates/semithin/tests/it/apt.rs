@@ -328,3 +328,112 @@ fn apt_jobs_in_a_debootstrap_root_install_upgrade_remove_and_manage_sources() {
     );
     m.stop();
 }
+
+/// A copy of the cached debootstrap root whose one-line sources.list names nothing.
+fn machine_root(s: &Server, name: &str) -> PathBuf {
+    let base = sh(&format!(
+        "{} base",
+        q(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/debian-root.sh"))
+    ));
+    let root = s.path(name);
+    sh(&format!("cp -a {} {}", q(Path::new(base.trim())), q(&root)));
+    std::fs::write(root.join("etc/apt/sources.list"), "# none\n").unwrap();
+    root
+}
+
+#[test]
+fn the_servers_apt_cache_serves_the_second_machine_without_touching_upstream() {
+    // The upstream mirror: a repository on its own loopback server, counting requests.
+    let work = tempfile::Builder::new()
+        .prefix("semithin-apt")
+        .tempdir()
+        .unwrap();
+    let work = work.path().to_owned();
+    let key = gpg_key(&work);
+    publish_repo(
+        &work,
+        &[("testing", &[("stone", "1.0"), ("pebble", "1.0")])],
+    );
+    let upstream = serve(work.join("repo"));
+    let s = Server::start_args(&[
+        "--apt-upstream",
+        &format!("mirror=http://127.0.0.1:{}", upstream.port),
+    ]);
+    let t = s.enroll_token(true);
+    let mut agents = Vec::new();
+    for name in ["c1", "c2"] {
+        let root = machine_root(&s, &format!("root-{name}"));
+        let mut a = Agent::new(&s, name, &t)
+            .arg("--sysroot")
+            .arg(root.to_str().unwrap());
+        a.spawn();
+        agents.push((a, root));
+    }
+    for name in ["c1", "c2"] {
+        wait_until(&format!("{name} checked in"), 60, || {
+            s.get(&format!("/api/v1/admin/machines/{name}")).1["last_seen"].is_i64()
+        });
+    }
+    // Both machines point apt at the server.
+    let uri = format!("{}/apt/mirror/", s.url);
+    job(
+        &s,
+        &[
+            "apt",
+            "source",
+            "add",
+            "*",
+            "mirror",
+            "--uri",
+            &uri,
+            "--suite",
+            "testing",
+            "--components",
+            "main",
+            "--signed-by",
+            key.to_str().unwrap(),
+        ],
+    );
+    job(&s, &["apt", "update", "c1"]);
+    let debs = || {
+        upstream
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.ends_with(".deb"))
+            .count()
+    };
+    job(&s, &["apt", "install", "c1", "stone"]);
+    assert_eq!(installed(&agents[0].1, "stone").as_deref(), Some("1.0"));
+    assert_eq!(debs(), 1, "{:?}", upstream.requests.lock().unwrap());
+    let upstream_before = upstream.requests.lock().unwrap().len();
+    // The second machine: its indexes and the package come from the cache.
+    job(&s, &["apt", "update", "c2"]);
+    job(&s, &["apt", "install", "c2", "stone"]);
+    assert_eq!(installed(&agents[1].1, "stone").as_deref(), Some("1.0"));
+    assert_eq!(debs(), 1, "the .deb crossed the upstream link twice");
+    assert_eq!(
+        upstream.requests.lock().unwrap().len(),
+        upstream_before,
+        "the second machine reached the upstream: {:?}",
+        upstream.requests.lock().unwrap()
+    );
+    assert!(
+        s.data
+            .join("apt-cache/mirror/pool/testing/stone-1.0.deb")
+            .is_file()
+    );
+    // Paths outside the repository and unknown upstreams are refused.
+    let (code, _) = s.get("/apt/mirror/../../admin-token");
+    assert_ne!(code, 200);
+    let (code, v) = s.get("/apt/other/dists/testing/InRelease");
+    assert_eq!(code, 404);
+    assert!(
+        v["error"].as_str().unwrap().contains("no apt upstream"),
+        "{v}"
+    );
+    for (a, _) in &mut agents {
+        a.stop();
+    }
+}

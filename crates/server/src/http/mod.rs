@@ -2,6 +2,7 @@
 
 mod admin;
 mod agent;
+mod apt;
 mod jobs;
 pub mod tls;
 
@@ -167,6 +168,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/objects", post(agent::objects))
         .route("/api/v1/objects/{kind}/{id}", get(agent::object))
         .route("/api/v1/deltas/{from}/{to}", get(agent::delta))
+        .route("/apt/{name}/{*path}", get(apt::get))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             long,
