@@ -116,7 +116,8 @@ impl Store {
             let Some(delivery) = name.strip_suffix(".json") else {
                 continue;
             };
-            if let Some(r) = self.read(delivery)? {
+            // A damaged record is left alone: its delivery is never run again.
+            if let Ok(Some(r)) = self.read(delivery) {
                 out.push(r);
             }
         }
@@ -253,7 +254,14 @@ pub fn run(
         ));
         return Ok(None);
     };
-    if let Some(mut r) = store.read(&d.delivery)? {
+    let existing = match store.read(&d.delivery) {
+        Ok(r) => r,
+        Err(e) => {
+            log(&format!("not running job {}: {e}", d.delivery));
+            return Ok(None);
+        }
+    };
+    if let Some(mut r) = existing {
         // Delivered again: the server lacks the result (or it was never sent). Never run twice.
         if r.result.is_some() && r.reported {
             r.reported = false;
@@ -464,5 +472,142 @@ impl Jobs {
     pub fn inventory_to_send(&self) -> Option<Inventory> {
         let inv = self.inventory.as_ref()?;
         (self.server_digest.as_deref() != Some(inv.digest().as_str())).then(|| inv.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use semithin_protocol::job::{JobSpec, Schedule};
+
+    fn delivery(action: Action) -> Delivery {
+        let id = job::new_id().unwrap();
+        Delivery {
+            delivery: id.clone(),
+            spec: JobSpec {
+                id,
+                action,
+                timeout_secs: 30,
+                schedule: Schedule::default(),
+                created_at: now(),
+            },
+            signature: None,
+        }
+    }
+
+    fn settings<'a>(keys: &'a [[u8; 32]], allow: bool) -> Settings<'a> {
+        Settings {
+            sysroot: None,
+            allow_commands: allow,
+            admin_keys: keys,
+            reboot_command: &[],
+            progress_every: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_delivery_runs_once_and_a_started_one_is_interrupted_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = job::AdminKey::generate().unwrap();
+        let keys = [job::parse_public_key(&key.public_hex()).unwrap()];
+        let marks = dir.path().join("marks");
+        let mut d = delivery(Action::Command {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("echo ran >> {}", marks.display()),
+            ],
+        });
+        d.signature = Some(key.sign(&d.spec));
+        let s = settings(&keys, true);
+        let mut never = || false;
+        let r = run(&store, &d, &s, &mut never, &|_| {}).unwrap().unwrap();
+        assert_eq!(r.outcome, Outcome::Succeeded);
+        assert!(run(&store, &d, &s, &mut never, &|_| {}).unwrap().is_none());
+        assert_eq!(std::fs::read_to_string(&marks).unwrap(), "ran\n");
+        assert_eq!(store.unreported().unwrap().len(), 1);
+        store.mark_reported(&[d.delivery.clone()]).unwrap();
+        assert!(store.unreported().unwrap().is_empty());
+        // delivered again: not run, reported again
+        assert!(run(&store, &d, &s, &mut never, &|_| {}).unwrap().is_none());
+        assert_eq!(store.unreported().unwrap().len(), 1);
+
+        // a record that started and has no result: the agent stopped while it ran
+        let started = Record {
+            delivery: job::new_id().unwrap(),
+            kind: "command".into(),
+            started_at: now(),
+            result: None,
+            reported: false,
+        };
+        store.write(&started).unwrap();
+        std::fs::write(dir.path().join(".half.tmp"), b"{").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let r = store
+            .read(&started.delivery)
+            .unwrap()
+            .unwrap()
+            .result
+            .unwrap();
+        assert_eq!(r.outcome, Outcome::Interrupted);
+        assert!(!dir.path().join(".half.tmp").exists());
+        // a damaged record: its delivery is not run, check-ins go on
+        let bad = delivery(Action::AptUpdate);
+        std::fs::write(dir.path().join(format!("{}.json", bad.delivery)), b"{").unwrap();
+        assert!(
+            run(&store, &bad, &s, &mut never, &|_| {})
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.unreported().is_ok());
+    }
+
+    #[test]
+    fn commands_need_permission_and_a_trusted_signature() {
+        let key = job::AdminKey::generate().unwrap();
+        let keys = [job::parse_public_key(&key.public_hex()).unwrap()];
+        let mut d = delivery(Action::Command {
+            argv: vec!["true".into()],
+        });
+        let t = now();
+        assert!(
+            refusal(&d, &settings(&keys, false), t)
+                .unwrap()
+                .contains("allow_commands")
+        );
+        assert!(
+            refusal(&d, &settings(&keys, true), t)
+                .unwrap()
+                .contains("not signed")
+        );
+        d.signature = Some(key.sign(&d.spec));
+        assert!(
+            refusal(&d, &settings(&[], true), t)
+                .unwrap()
+                .contains("trusts no admin key")
+        );
+        assert_eq!(refusal(&d, &settings(&keys, true), t), None);
+        // replayed under another delivery id, or at another time than its schedule says
+        let mut other = d.clone();
+        other.delivery = format!("{}.{t}", d.delivery);
+        assert!(refusal(&other, &settings(&keys, true), t).is_some());
+        let mut late = d.clone();
+        late.spec.schedule.window_secs = Some(60);
+        late.signature = Some(key.sign(&late.spec));
+        assert!(
+            refusal(&late, &settings(&keys, true), t + 3600)
+                .unwrap()
+                .contains("not an occurrence")
+        );
+        // typed jobs need no signature, but must fit their schema
+        let bad = delivery(Action::AptInstall {
+            packages: vec!["--allow-unauthenticated".into()],
+        });
+        assert!(
+            refusal(&bad, &settings(&[], false), t)
+                .unwrap()
+                .contains("bad package")
+        );
     }
 }
