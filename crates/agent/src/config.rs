@@ -40,6 +40,19 @@ pub struct Config {
     pub verify_interval_secs: u64,
     /// Longest wait between retries when the server cannot be reached.
     pub max_backoff_secs: u64,
+    /// The root file system jobs act on: apt and dpkg run chrooted into it, commands too, and
+    /// the inventory is read from it (default: the running system).
+    pub sysroot: Option<PathBuf>,
+    /// Run free-form commands (`semithin job run`) signed by one of `admin_keys`.
+    pub allow_commands: bool,
+    /// Public keys (64 hex digits) of the admins whose signed commands this machine runs.
+    pub admin_keys: Vec<String>,
+    /// Seconds between readings of the package inventory (dpkg, apt); 0: never.
+    pub inventory_interval_secs: u64,
+    /// What a reboot job runs (not chrooted).
+    pub reboot_command: Vec<String>,
+    /// Seconds between the progress reports of a running job, which also learn of a cancel.
+    pub job_progress_secs: u64,
 }
 
 impl Default for Config {
@@ -58,6 +71,12 @@ impl Default for Config {
             keep: 1,
             verify_interval_secs: 24 * 3600,
             max_backoff_secs: 300,
+            sysroot: None,
+            allow_commands: false,
+            admin_keys: Vec::new(),
+            inventory_interval_secs: 3600,
+            reboot_command: vec!["systemctl".into(), "reboot".into()],
+            job_progress_secs: 5,
         }
     }
 }
@@ -66,6 +85,14 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(Error::io("reading", path))?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The trusted admin keys, parsed.
+    pub fn admin_keys(&self) -> Result<Vec<[u8; 32]>> {
+        self.admin_keys
+            .iter()
+            .map(|k| semithin_protocol::job::parse_public_key(k).map_err(Error::Config))
+            .collect()
     }
 
     pub fn server(&self) -> Result<&str> {

@@ -169,6 +169,19 @@ impl Api {
     }
 }
 
+impl Api {
+    /// Tells the server a job delivery runs; whether it was cancelled.
+    pub fn job_progress(&self, delivery: &str) -> Result<bool> {
+        let path = format!("/api/v1/jobs/{delivery}/progress");
+        let rb = self
+            .signed("POST", &path, Vec::new())
+            .timeout(Duration::from_secs(30));
+        let resp = self.send("the job progress report", &path, rb)?;
+        let p: semithin_protocol::job::Progress = self.json(&path, resp)?;
+        Ok(p.cancelled)
+    }
+}
+
 /// A reader that adds what it reads to a counter.
 pub struct Counted<'a, R> {
     pub(crate) inner: R,

@@ -11,6 +11,7 @@ mod delta;
 pub mod deploy;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod plan;
 pub mod repair;
 pub mod state;
@@ -53,6 +54,8 @@ pub struct Agent {
     verified: Option<String>,
     missing: Option<usize>,
     phase: Phase,
+    /// Job records, the jobs of the last answer, the package inventory.
+    jobs: jobs::Jobs,
     /// Called with a line for each thing the agent does.
     log: Box<dyn Fn(&str) + Send>,
     /// STATE/lock, held exclusively while this agent lives (released by the kernel on a kill).
@@ -85,6 +88,8 @@ impl Agent {
         // temporary files, which opening for writing clears.
         let repo = Repo::open(&rp, Access::Write)?;
         let state = State::load(&layout.state())?;
+        cfg.admin_keys()?;
+        let jobs = jobs::Jobs::open(&layout.jobs())?;
         if state.trial.is_none() {
             deploy::tidy_boot_trial(&layout)?;
         }
@@ -106,6 +111,7 @@ impl Agent {
             verified: None,
             missing: None,
             phase: Phase::Idle,
+            jobs,
             log,
             _lock: lock,
         };
@@ -159,8 +165,16 @@ impl Agent {
         let req = CheckInRequest {
             report: self.report()?,
             wait_secs: wait,
+            accepts_jobs: true,
+            job_results: self.jobs.store.unreported()?,
+            inventory: self.jobs.inventory_to_send(),
         };
         let resp = self.api().checkin(&req)?;
+        // The server has the results and the inventory once it answered.
+        let sent: Vec<String> = req.job_results.iter().map(|r| r.delivery.clone()).collect();
+        self.jobs.store.mark_reported(&sent)?;
+        self.jobs.server_digest = resp.inventory_digest.clone();
+        self.jobs.pending = resp.jobs.clone();
         if self.state.status != Some(resp.status) {
             self.say(&format!(
                 "server says this machine is {}",
@@ -616,7 +630,22 @@ impl Agent {
     /// something changed, report at once. An error is recorded and reported when possible.
     pub fn cycle(&mut self, wait: u32) -> Result<Outcome> {
         self.answer = None;
-        let res = self.reconcile(wait);
+        self.jobs.pending.clear();
+        let sysroot = self.cfg.sysroot.clone();
+        let log = &self.log;
+        self.jobs.refresh_inventory(
+            sysroot.as_deref(),
+            self.cfg.inventory_interval_secs,
+            now(),
+            &|s| log(s),
+        );
+        let mut res = self.reconcile(wait);
+        // Jobs run once the release is settled (never during a trial), also when the update
+        // failed: a job may be what repairs the machine.
+        let ran = self.run_jobs()?;
+        if ran && let Ok(o) = &mut res {
+            o.worked = true;
+        }
         match &res {
             Ok(o) if o.worked => {
                 self.checkin(0)?;
@@ -649,6 +678,58 @@ impl Agent {
             self.save()?;
         }
         res
+    }
+
+    /// Runs the jobs of the last answer that have not run here; true when any did (or was
+    /// refused), so that the results are reported at once.
+    fn run_jobs(&mut self) -> Result<bool> {
+        if self.state.trial.is_some()
+            || self.answer.as_ref().map(|a| a.status)
+                != Some(semithin_protocol::api::MachineStatus::Accepted)
+        {
+            return Ok(false);
+        }
+        let pending = std::mem::take(&mut self.jobs.pending);
+        if pending.is_empty() {
+            return Ok(false);
+        }
+        let keys = self.cfg.admin_keys()?;
+        let settings = jobs::Settings {
+            sysroot: self.cfg.sysroot.as_deref(),
+            allow_commands: self.cfg.allow_commands,
+            admin_keys: &keys,
+            reboot_command: &self.cfg.reboot_command,
+            progress_every: Duration::from_secs(self.cfg.job_progress_secs.max(1)),
+        };
+        let mut ran = false;
+        let mut packages = false;
+        for d in &pending {
+            let api = self.api.as_ref().expect("an answer means connected");
+            let log = &self.log;
+            let mut progress = || match api.job_progress(&d.delivery) {
+                Ok(cancelled) => cancelled,
+                Err(e) => {
+                    log(&format!("job {}: progress report failed: {e}", d.delivery));
+                    false
+                }
+            };
+            let r = jobs::run(&self.jobs.store, d, &settings, &mut progress, &|s| log(s))?;
+            if r.is_some() {
+                ran = true;
+                packages |= jobs::touches_packages(&d.spec.action);
+            }
+        }
+        if packages {
+            self.jobs.inventory_stale = true;
+            let log = &self.log;
+            self.jobs.refresh_inventory(
+                settings.sysroot,
+                self.cfg.inventory_interval_secs,
+                now(),
+                &|s| log(s),
+            );
+        }
+        Ok(ran)
     }
 
     /// Runs until `stop` is set: long polls, reconciles, backs off when the server is away,

@@ -11,6 +11,7 @@
 //! STATE/trial                  "RELEASE PREVIOUS" while a switch is under trial (for the boot)
 //! STATE/trial-boots            "RELEASE N": boots of that trial, counted by the boot script
 //! STATE/trial-failed           "RELEASE REASON": the boot script switched back to PREVIOUS
+//! STATE/jobs/DELIVERY.json     a job delivery: started (before it runs), then its result
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -54,6 +55,10 @@ impl Layout {
     }
     pub fn staging(&self, release: &str) -> PathBuf {
         self.deployments().join(format!(".staging-{release}"))
+    }
+    /// One record per job delivery (crates/agent/src/jobs).
+    pub fn jobs(&self) -> PathBuf {
+        self.dir.join("jobs")
     }
     pub fn current_link(&self) -> PathBuf {
         self.dir.join("current")

@@ -113,6 +113,16 @@ pub struct CheckInRequest {
     /// answer comes at once when the machine is woken by a push or a publish.
     #[serde(default)]
     pub wait_secs: u32,
+    /// The agent runs jobs: the server may give it some (and answers at once when it has).
+    #[serde(default)]
+    pub accepts_jobs: bool,
+    /// Results of jobs the server may not have yet; sent again until a check-in succeeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub job_results: Vec<crate::job::JobResult>,
+    /// The machine's packages, sent when they differ from what the server holds
+    /// (`CheckInResponse::inventory_digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<crate::inventory::Inventory>,
 }
 
 /// Where a machine fetches from; paths are relative to the server URL.
@@ -140,6 +150,12 @@ pub struct CheckInResponse {
     /// The request was answered because the machine was woken.
     #[serde(default)]
     pub woken: bool,
+    /// Jobs to run (only for agents that accept jobs): each delivery at most once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<crate::job::Delivery>,
+    /// The digest of the inventory the server holds for this machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory_digest: Option<String>,
 }
 
 /// `POST /api/v1/objects` (signed): the objects the machine lacks, answered as one object stream

@@ -2,11 +2,15 @@
 //!
 //! - [`api`]: the JSON bodies of `/api/v1`, for agents and for the admin;
 //! - [`sign`]: how an enrolled machine signs its requests with its own ed25519 key;
-//! - [`selector`]: label selectors (`site=school-12,class=lab`) and label syntax.
+//! - [`selector`]: label selectors (`site=school-12,class=lab`) and label syntax;
+//! - [`job`]: jobs for machines, their schema, signatures and schedules;
+//! - [`inventory`]: the packages a machine has and the updates it lacks.
 //!
 //! Plain synchronous Rust with no network: the server and the agent are the shells around it.
 
 pub mod api;
+pub mod inventory;
+pub mod job;
 pub mod selector;
 pub mod sign;
 

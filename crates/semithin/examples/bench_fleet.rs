@@ -112,6 +112,7 @@ fn sign(n: u64, release: &str, out: &Path) -> Result<()> {
     let body = serde_json::to_vec(&CheckInRequest {
         report: report(release),
         wait_secs: 0,
+        ..Default::default()
     })?;
     let date = semithin_server::now();
     let f = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;

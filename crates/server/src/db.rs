@@ -13,7 +13,12 @@ use sqlx::sqlite::{
 
 use crate::error::{Error, Result};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_fleet.sql"))];
+/// Numbered schema changes. Numbers need not be consecutive (features on parallel branches own
+/// their numbers): every migration not yet recorded in `schema_version` is applied, in order.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_fleet.sql")),
+    (3, include_str!("../migrations/0003_jobs.sql")),
+];
 
 pub async fn open(path: &Path) -> Result<SqlitePool> {
     let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
@@ -36,19 +41,22 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
         .execute(pool)
         .await
         .map_err(|e| Error::db("creating schema_version", e))?;
-    let have: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
-        .fetch_one(pool)
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_version")
+        .fetch_all(pool)
         .await
         .map_err(|e| Error::db("reading schema_version", e))?;
-    let have = have.unwrap_or(0);
-    let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
-    if have > newest {
+    if let Some(unknown) = applied
+        .iter()
+        .find(|v| !MIGRATIONS.iter().any(|m| m.0 == **v))
+    {
+        let known: Vec<String> = MIGRATIONS.iter().map(|m| m.0.to_string()).collect();
         return Err(Error::Config(format!(
-            "the database has schema version {have}; this server knows up to {newest}: \
-             run a newer semithin"
+            "the database has schema version {unknown}, which this server does not know (it \
+             knows {}): run a newer semithin",
+            known.join(", ")
         )));
     }
-    for (v, sql) in MIGRATIONS.iter().filter(|m| m.0 > have) {
+    for (v, sql) in MIGRATIONS.iter().filter(|m| !applied.contains(&m.0)) {
         let mut tx = pool.begin().await.map_err(|e| Error::db("migrating", e))?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
             .execute(&mut *tx)

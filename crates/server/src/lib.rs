@@ -2,11 +2,13 @@
 //! and trust crates. It serves TUF metadata and objects to machines, enrolls them, keeps their
 //! reported state and tells each one what it should run. See docs/PROTOCOL.md.
 
+pub mod aptcache;
 pub mod db;
 pub mod deltas;
 pub mod error;
 pub mod fleet;
 pub mod http;
+pub mod jobs;
 pub mod releases;
 
 use std::net::SocketAddr;
@@ -48,6 +50,14 @@ pub struct Config {
     /// PEM certificate chain and key: serve HTTPS instead of HTTP.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The apt caching proxy: `GET /apt/NAME/PATH` serves `URL/PATH` of the upstream NAME.
+    #[serde(default)]
+    pub apt_upstreams: std::collections::BTreeMap<String, String>,
+    /// The most the apt cache (DATA/apt-cache) keeps, in bytes.
+    pub apt_cache_bytes: u64,
+    /// How long a cached apt index (Release, Packages, ...) is served before it is fetched
+    /// again, in seconds.
+    pub apt_fresh_secs: u64,
 }
 
 impl Config {
@@ -63,6 +73,9 @@ impl Config {
             delta_sources: 3,
             tls_cert: None,
             tls_key: None,
+            apt_upstreams: Default::default(),
+            apt_cache_bytes: 4 << 30,
+            apt_fresh_secs: 60,
         }
     }
 
@@ -89,6 +102,8 @@ pub struct App {
     admin_token_hash: blake3::Hash,
     pub counters: Counters,
     pub deltas: deltas::Deltas,
+    pub jobs: jobs::Jobs,
+    pub apt: aptcache::AptCache,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -304,6 +319,22 @@ pub async fn run(
         );
     }
     let fleet = Fleet::load(db::load_machines(&db).await?);
+    let jobs = jobs::Jobs::load(&db, now()).await?;
+    for (name, url) in &cfg.apt_upstreams {
+        if semithin_protocol::selector::check_name(name).is_err()
+            || !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(Error::Config(format!(
+                "apt upstream {name:?} = {url:?}: a name of A-Z a-z 0-9 - _ . and an http(s) URL"
+            )));
+        }
+    }
+    let apt = aptcache::AptCache::open(
+        cfg.data.join("apt-cache"),
+        cfg.apt_upstreams.clone(),
+        cfg.apt_cache_bytes,
+        cfg.apt_fresh_secs,
+    )?;
     let repo = cfg.repo();
     let published = tokio::task::spawn_blocking(move || releases::load(&repo))
         .await
@@ -313,6 +344,8 @@ pub async fn run(
     deltas::clear_leftovers(&deltas_dir);
     let app = Arc::new(App {
         deltas: deltas::Deltas::new(deltas_dir, cfg.delta_sources),
+        jobs,
+        apt,
         db,
         fleet,
         published: RwLock::new(Arc::new(published)),
@@ -365,6 +398,8 @@ async fn background(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
+        // Scheduled jobs whose occurrence started wake their machines.
+        app.jobs.wake_due(&app.fleet, now());
         if let Err(e) = save_last_seen(&app).await {
             tracing::warn!(error = %e, "writing last-seen times");
         }

@@ -66,6 +66,20 @@ pub struct Args {
     /// Seconds between re-hashes of the running deployment; 0 turns it off [default: 86400].
     #[arg(long, value_name = "SECS")]
     verify_interval: Option<u64>,
+    /// The root file system jobs act on: apt and dpkg run chrooted into it (so do commands),
+    /// and the package inventory is read from it [default: the running system].
+    #[arg(long, value_name = "DIR")]
+    sysroot: Option<PathBuf>,
+    /// Run free-form commands (`semithin job run`) signed by a trusted admin key.
+    #[arg(long)]
+    allow_commands: bool,
+    /// The public key (64 hex digits, `semithin job keygen` prints it) of an admin whose
+    /// signed commands this machine runs (repeatable).
+    #[arg(long = "admin-key", value_name = "HEX")]
+    admin_keys: Vec<String>,
+    /// Seconds between readings of the package inventory; 0 turns it off [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    inventory_interval: Option<u64>,
     #[command(subcommand)]
     command: Option<AgentCmd>,
 }
@@ -135,6 +149,23 @@ fn config(a: &Args) -> Result<Config> {
     }
     if let Some(v) = a.verify_interval {
         c.verify_interval_secs = v;
+    }
+    if a.sysroot.is_some() {
+        c.sysroot = a.sysroot.clone();
+    }
+    if let Some(root) = &c.sysroot {
+        anyhow::ensure!(
+            root.is_dir(),
+            "the sysroot {} is not a directory",
+            root.display()
+        );
+    }
+    if a.allow_commands {
+        c.allow_commands = true;
+    }
+    c.admin_keys.extend(a.admin_keys.iter().cloned());
+    if let Some(v) = a.inventory_interval {
+        c.inventory_interval_secs = v;
     }
     Ok(c)
 }

@@ -424,7 +424,7 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
                 .args(["--server", &url, "--token", &secret, "--name", &name])
                 .arg("--trusted-root")
                 .arg(&root)
-                .args(["--interval", "30"])
+                .args(["--interval", "30", "--inventory-interval", "0"])
                 .arg("--health-check")
                 .arg("test -s \"$SEMITHIN_DEPLOYMENT/etc/os-release\"")
                 .stdin(Stdio::null())

@@ -43,6 +43,15 @@ pub enum FleetCmd {
     /// Enrollment tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Machines with pending package updates (from the inventory their agents report).
+    Outdated {
+        selector: Option<String>,
+        /// Only security updates.
+        #[arg(long)]
+        security: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -298,6 +307,11 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 );
             }
         }
+        FleetCmd::Outdated {
+            selector,
+            security,
+            json,
+        } => super::job::outdated(&c, selector, security, json)?,
         FleetCmd::Token(TokenCmd::Revoke { id }) => {
             let t: TokenInfo = c.delete(
                 "revoking the token",

@@ -14,6 +14,7 @@ mod fleet;
 mod fsck;
 mod gc;
 mod history;
+mod job;
 mod progress;
 mod publish;
 mod repo;
@@ -99,6 +100,9 @@ enum Command {
     Agent(agent::Args),
     /// The machines the server knows: list, show, label, accept, reject, assign, tokens.
     Fleet(FleetArgs),
+    /// Jobs for machines: apt (install, remove, update, upgrade, sources), reboot, signed
+    /// commands; at a time or at every occurrence of a cron expression; every machine's result.
+    Job(JobArgs),
     /// Wake machines (a name, a label selector or `*`): they check in at once.
     Push {
         selector: String,
@@ -111,6 +115,14 @@ enum Command {
     /// own process) that enroll, get accepted and assigned, update to v1 and then to v2 — with
     /// live progress and a summary of what crossed the network.
     Demo(demo::Args),
+}
+
+#[derive(clap::Args)]
+struct JobArgs {
+    #[command(flatten)]
+    server: admin::ServerArgs,
+    #[command(subcommand)]
+    cmd: job::JobCmd,
 }
 
 #[derive(clap::Args)]
@@ -143,6 +155,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(a) => serve::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Fleet(f) => fleet::run(&f.server, f.cmd),
+        Command::Job(j) => job::run(&j.server, j.cmd),
         Command::Push {
             selector,
             json,

@@ -20,7 +20,8 @@ pub struct Args {
     listen: Option<SocketAddr>,
     /// TOML file with any of these settings (the flag names with `_`: data, listen,
     /// checkin_interval, max_wait, request_deadline, max_body, delta_sources, tls_cert,
-    /// tls_key, admin_token, log_format). Flags and environment win over it.
+    /// tls_key, admin_token, log_format, apt_cache_size, apt_fresh, and the table
+    /// apt_upstreams of NAME = URL). Flags and environment win over it.
     #[arg(long, env = "SEMITHIN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Seconds between check-ins of a machine that nothing wakes [default: 300].
@@ -56,6 +57,18 @@ pub struct Args {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
+    /// An apt upstream of the caching proxy, `NAME=URL` (repeatable): machines point apt at
+    /// SERVER/apt/NAME/ and get URL's files, each fetched once for the fleet.
+    #[arg(long = "apt-upstream", value_name = "NAME=URL")]
+    apt_upstreams: Vec<String>,
+    /// The most the apt cache keeps, in bytes (least recently used files go first)
+    /// [default: 4294967296].
+    #[arg(long, env = "SEMITHIN_APT_CACHE_SIZE", value_name = "BYTES")]
+    apt_cache_size: Option<u64>,
+    /// Seconds a cached apt index (Release, Packages, ...) is served before it is fetched
+    /// again [default: 60].
+    #[arg(long, value_name = "SECS")]
+    apt_fresh: Option<u64>,
     /// Log lines as `text` or `json` [default: text]. The level comes from SEMITHIN_LOG
     /// (e.g. `info`, `semithin_server=debug`).
     #[arg(long, env = "SEMITHIN_LOG_FORMAT", value_name = "FORMAT")]
@@ -77,6 +90,9 @@ struct File {
     tls_key: Option<PathBuf>,
     admin_token: Option<String>,
     log_format: Option<String>,
+    apt_upstreams: Option<std::collections::BTreeMap<String, String>>,
+    apt_cache_size: Option<u64>,
+    apt_fresh: Option<u64>,
 }
 
 fn read_file(path: &Path) -> Result<File> {
@@ -138,6 +154,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
         cfg.tls_cert.is_some() == cfg.tls_key.is_some(),
         "TLS needs both a certificate and a key"
     );
+    cfg.apt_upstreams = f.apt_upstreams.unwrap_or_default();
+    for u in &a.apt_upstreams {
+        let (name, url) = u
+            .split_once('=')
+            .with_context(|| format!("--apt-upstream {u:?}: expected NAME=URL"))?;
+        cfg.apt_upstreams.insert(name.to_owned(), url.to_owned());
+    }
+    if let Some(v) = a.apt_cache_size.or(f.apt_cache_size) {
+        cfg.apt_cache_bytes = v;
+    }
+    if let Some(v) = a.apt_fresh.or(f.apt_fresh) {
+        cfg.apt_fresh_secs = v;
+    }
     cfg.admin_token = std::env::var("SEMITHIN_ADMIN_TOKEN").ok().or(f.admin_token);
     init_logs(a.log_format.or(f.log_format).as_deref().unwrap_or("text"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -50,11 +50,11 @@ fn assert_deployed(src: &Path, dep: &Path) {
 }
 
 /// An HTTP client as the binary makes them (rustls with the ring provider installed).
-fn http() -> reqwest::blocking::ClientBuilder {
+pub(crate) fn http() -> reqwest::blocking::ClientBuilder {
     semithin_agent::http::client_builder(None).unwrap()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -62,7 +62,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(
@@ -366,6 +366,9 @@ impl Agent {
                 s.root_json().display().to_string(),
                 "--verify-interval".into(),
                 "0".into(),
+                // The host's packages are not the machine's: no inventory unless asked for.
+                "--inventory-interval".into(),
+                "0".into(),
             ]
             .into_iter()
             .chain(
@@ -392,6 +395,14 @@ impl Agent {
         if let Some(ca) = ca {
             self.extra
                 .extend(["--ca".to_owned(), ca.display().to_string()]);
+        }
+        self
+    }
+
+    /// Reads the package inventory (of its --sysroot) every `secs` seconds.
+    pub fn inventory(mut self, secs: u64) -> Self {
+        if let Some(i) = self.extra.iter().position(|x| x == "--inventory-interval") {
+            self.extra[i + 1] = secs.to_string();
         }
         self
     }

@@ -2,6 +2,7 @@
 //! They run as root (ownership, device nodes, chroots) and use real tools: tar, getfattr,
 //! setcap, setfacl, unsquashfs, debootstrap, and python3 to write hostile tar archives.
 
+mod apt;
 mod bad_input;
 mod channels;
 mod common;
@@ -9,6 +10,7 @@ mod demo;
 mod fidelity;
 mod fleet;
 mod gc;
+mod jobs;
 mod packaging;
 mod real_root;
 mod tuf_client;

@@ -152,6 +152,8 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
         desired,
         next_checkin_secs: app.cfg.checkin_interval_secs,
         woken,
+        jobs: Vec::new(),
+        inventory_digest: None,
     };
     (resp, actionable)
 }
@@ -183,9 +185,19 @@ pub async fn checkin(
         m.last_seen_stored.store(t, Ordering::Relaxed);
         record_events(&app, &m.id, old.unwrap_or_default(), &req.report).await?;
     }
-    let (resp, actionable) = answer(&app, &m, false);
+    crate::jobs::receive(
+        &app.db,
+        &app.jobs,
+        &m,
+        &req.job_results,
+        req.inventory.as_ref(),
+        t,
+    )
+    .await?;
+    let (mut resp, actionable) = answer(&app, &m, false);
+    with_jobs(&app, &m, &req, &mut resp).await?;
     let wait = req.wait_secs.min(app.cfg.max_wait_secs);
-    if actionable || wait == 0 {
+    if actionable || wait == 0 || !resp.jobs.is_empty() {
         return Ok(Json(resp));
     }
     let mut stop = app.shutdown.clone();
@@ -194,7 +206,23 @@ pub async fn checkin(
         _ = tokio::time::sleep(Duration::from_secs(wait as u64)) => false,
         _ = stop.wait_for(|s| *s) => false,
     };
-    Ok(Json(answer(&app, &m, woken).0))
+    let mut resp = answer(&app, &m, woken).0;
+    with_jobs(&app, &m, &req, &mut resp).await?;
+    Ok(Json(resp))
+}
+
+/// The jobs due for an agent that runs them, and the inventory digest the server holds.
+async fn with_jobs(
+    app: &App,
+    m: &Machine,
+    req: &CheckInRequest,
+    resp: &mut CheckInResponse,
+) -> crate::Result<()> {
+    if req.accepts_jobs {
+        resp.jobs = crate::jobs::deliveries(&app.db, &app.jobs, m, now()).await?;
+        resp.inventory_digest = app.jobs.digest(&m.id);
+    }
+    Ok(())
 }
 
 /// Notes what changed in a machine's report worth keeping: updates, failures, rollbacks.

@@ -2,6 +2,8 @@
 
 mod admin;
 mod agent;
+mod apt;
+mod jobs;
 pub mod tls;
 
 use std::sync::Arc;
@@ -154,6 +156,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/trust/metadata/{file}", get(agent::metadata))
         .route("/api/v1/trust/targets/{*path}", get(agent::target))
         .merge(admin::routes())
+        .merge(jobs::routes())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             deadline,
@@ -165,6 +168,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/objects", post(agent::objects))
         .route("/api/v1/objects/{kind}/{id}", get(agent::object))
         .route("/api/v1/deltas/{from}/{to}", get(agent::delta))
+        .route("/apt/{name}/{*path}", get(apt::get))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             long,
