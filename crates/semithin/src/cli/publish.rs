@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use semithin_store::pack::ObjKind;
 use semithin_store::{CommitId, Repo, channel, refs};
 use semithin_trust::clock;
+use semithin_trust::release::ChannelRelease;
 use semithin_trust::repo::TrustRepo;
 use serde_json::json;
 
@@ -33,7 +34,7 @@ pub struct Args {
 }
 
 /// Whether `id` is a version `name` pointed at or an ancestor of one.
-fn on_channel(repo: &Repo, name: &str, id: CommitId) -> Result<bool> {
+pub(crate) fn on_channel(repo: &Repo, name: &str, id: CommitId) -> Result<bool> {
     let mut seen = HashSet::new();
     for m in channel::history(repo, name)? {
         let mut next = Some(m.commit.0);
@@ -52,19 +53,28 @@ fn on_channel(repo: &Repo, name: &str, id: CommitId) -> Result<bool> {
 
 /// Signs `id` as the release of channel `name`.
 pub fn sign(repo: &Repo, name: &str, id: CommitId) -> Result<PublishReport> {
+    sign_release(repo, name, id, &ChannelRelease::new(&id.to_hex()))
+}
+
+/// Signs `release` (whose commit is `id`) as the target of channel `name`: with a rollout, the
+/// releases it allows besides `id` (docs/TRUST.md, "Rollouts").
+pub fn sign_release(
+    repo: &Repo,
+    name: &str,
+    id: CommitId,
+    release: &ChannelRelease,
+) -> Result<PublishReport> {
     let bytes = repo
         .objects
         .get(ObjKind::Commit, id.as_bytes())
         .with_context(|| format!("reading commit {id}"))?;
     let now = clock::now();
     let mut t = TrustRepo::open(&super::trust::dir(repo))?;
-    let target = format!("channels/{name}");
-    let custom = json!({"commit": id.to_hex(), "channel": name, "published": now});
-    Ok(t.publish(&target, &bytes, custom, now)?)
+    Ok(t.publish_release(name, &bytes, release, now)?)
 }
 
 /// Tells the server (when one is configured) so it wakes the channel's machines at once.
-fn tell_server(server: &ServerArgs, json: bool) -> Result<()> {
+pub(crate) fn tell_server(server: &ServerArgs, json: bool) -> Result<()> {
     if !server.configured() {
         if !json {
             eprintln!(
