@@ -13,7 +13,10 @@ use sqlx::sqlite::{
 
 use crate::error::{Error, Result};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_fleet.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_fleet.sql")),
+    (2, include_str!("../migrations/0002_rollouts.sql")),
+];
 
 pub async fn open(path: &Path) -> Result<SqlitePool> {
     let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))

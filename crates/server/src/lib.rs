@@ -8,6 +8,7 @@ pub mod error;
 pub mod fleet;
 pub mod http;
 pub mod releases;
+pub mod rollout;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -89,6 +90,7 @@ pub struct App {
     admin_token_hash: blake3::Hash,
     pub counters: Counters,
     pub deltas: deltas::Deltas,
+    pub rollouts: rollout::Rollouts,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -99,6 +101,16 @@ impl App {
 
     pub fn release(&self, channel: &str) -> Option<CommitId> {
         self.published().releases.get(channel).copied()
+    }
+
+    /// The release a machine of `channel` is told to run: what the rollout that governs the
+    /// channel tells it, else the channel's release.
+    pub fn target(&self, machine: &str, channel: &str, current: Option<&str>) -> Option<CommitId> {
+        let p = self.published();
+        match self.rollouts.told(&p, machine, channel, current, now()) {
+            Some(told) => told,
+            None => p.releases.get(channel).copied(),
+        }
     }
 
     pub fn is_admin_token(&self, token: &str) -> bool {
@@ -126,6 +138,8 @@ impl App {
             }
         }
         *self.published.write().expect("lock") = Arc::new(new);
+        // a rollout's release may have been signed: its planner starts it
+        self.rollouts.poke();
         self.prepare_deltas(&changed);
         let mut woken = Vec::new();
         for m in self
@@ -304,6 +318,9 @@ pub async fn run(
         );
     }
     let fleet = Fleet::load(db::load_machines(&db).await?);
+    // A machine not seen for three check-in intervals (at least ten minutes) is offline.
+    let offline_after = (3 * i64::from(cfg.checkin_interval_secs)).max(600);
+    let rollouts = rollout::Rollouts::load(&db, offline_after).await?;
     let repo = cfg.repo();
     let published = tokio::task::spawn_blocking(move || releases::load(&repo))
         .await
@@ -315,6 +332,7 @@ pub async fn run(
         deltas: deltas::Deltas::new(deltas_dir, cfg.delta_sources),
         db,
         fleet,
+        rollouts,
         published: RwLock::new(Arc::new(published)),
         admin_token_hash: blake3::hash(token.as_bytes()),
         counters: Counters::default(),
@@ -336,6 +354,7 @@ pub async fn run(
         "serving"
     );
     let background = tokio::spawn(background(app.clone()));
+    let planner = tokio::spawn(rollout::run(app.clone()));
     let router = http::router(app.clone());
     let stop_tx2 = stop_tx.clone();
     let shutdown = async move {
@@ -353,6 +372,7 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     background.abort();
+    planner.abort();
     save_last_seen(&app).await?;
     app.db.close().await;
     tracing::info!("stopped");

@@ -2,6 +2,7 @@
 
 mod admin;
 mod agent;
+mod rollout;
 pub mod tls;
 
 use std::sync::Arc;
@@ -154,6 +155,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/trust/metadata/{file}", get(agent::metadata))
         .route("/api/v1/trust/targets/{*path}", get(agent::target))
         .merge(admin::routes())
+        .merge(rollout::routes())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             deadline,
