@@ -386,7 +386,7 @@ impl Rollouts {
     }
 
     /// Makes a rollout (or, with `dry_run`, only computes it).
-    pub async fn start(&self, app: &App, req: &StartRequest) -> Res<RolloutInfo> {
+    pub async fn start(&self, app: &std::sync::Arc<App>, req: &StartRequest) -> Res<RolloutInfo> {
         let spec = Spec::parse(req).map_err(Problem::Bad)?;
         semithin_store::channel::check_name(&req.channel)
             .map_err(|e| Problem::Bad(e.to_string()))?;
@@ -396,11 +396,16 @@ impl Rollouts {
                 req.release
             ))
         })?;
-        if !app
-            .published()
-            .store
-            .contains(ObjKind::Commit, release.as_bytes())
-        {
+        let held = |app: &App| {
+            app.published()
+                .store
+                .contains(ObjKind::Commit, release.as_bytes())
+        };
+        if !held(app) {
+            // committed since the server last read the repository
+            app.reload().await?;
+        }
+        if !held(app) {
             return Err(Problem::NotFound(format!(
                 "the server's repository has no commit {}: commit it there first",
                 release.to_hex()
@@ -760,9 +765,10 @@ impl Rollouts {
             .collect();
         allowed.sort();
         allowed.dedup();
-        let waiting = (live_state != RolloutState::Superseded)
-            .then(|| d.waiting.as_ref())
-            .flatten()
+        let waiting = d
+            .waiting
+            .as_ref()
+            .filter(|_| live_state != RolloutState::Superseded)
             .map(|w| describe(w, &l.plan, l.rec.id, t));
         RolloutInfo {
             id: l.rec.id,

@@ -89,9 +89,9 @@ pub fn parse_percent(s: &str) -> Result<u32, String> {
 
 /// `2500` as `25%`, `250` as `2.5%`.
 pub fn format_percent(v: u32) -> String {
-    if v % 100 == 0 {
+    if v.is_multiple_of(100) {
         format!("{}%", v / 100)
-    } else if v % 10 == 0 {
+    } else if v.is_multiple_of(10) {
         format!("{}.{}%", v / 100, (v % 100) / 10)
     } else {
         format!("{}.{:02}%", v / 100, v % 100)
