@@ -17,6 +17,7 @@ mod history;
 mod progress;
 mod publish;
 mod repo;
+mod rollout;
 mod serve;
 mod trust;
 mod tuf_client;
@@ -99,6 +100,10 @@ enum Command {
     Agent(agent::Args),
     /// The machines the server knows: list, show, label, accept, reject, assign, tokens.
     Fleet(FleetArgs),
+    /// Move a channel's machines to a release in waves: canary machines first, then
+    /// percentages, each after the last is healthy and soaked, inside a window and a rate
+    /// limit; halts by itself on failures. Also status, pause, resume, abort, rollback.
+    Rollout(RolloutArgs),
     /// Wake machines (a name, a label selector or `*`): they check in at once.
     Push {
         selector: String,
@@ -111,6 +116,14 @@ enum Command {
     /// own process) that enroll, get accepted and assigned, update to v1 and then to v2 — with
     /// live progress and a summary of what crossed the network.
     Demo(demo::Args),
+}
+
+#[derive(clap::Args)]
+struct RolloutArgs {
+    #[command(flatten)]
+    server: admin::ServerArgs,
+    #[command(subcommand)]
+    cmd: rollout::RolloutCmd,
 }
 
 #[derive(clap::Args)]
@@ -143,6 +156,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(a) => serve::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Fleet(f) => fleet::run(&f.server, f.cmd),
+        Command::Rollout(r) => rollout::run(repo, &r.server, r.cmd),
         Command::Push {
             selector,
             json,
