@@ -11,5 +11,6 @@ mod fleet;
 mod gc;
 mod packaging;
 mod real_root;
+mod rollout;
 mod tuf_client;
 mod tuf_publish;
