@@ -420,17 +420,21 @@ impl Rollouts {
         .expect("reading trust metadata")
         .map_err(Error::from)?;
         let rel = release.to_hex();
+        // what the channel's machines were told until now
+        let before = app.release(&req.channel).map(|c| c.to_hex());
         let mut cands = Vec::new();
         for m in app.fleet.select(&Selector::All) {
             let r = m.snapshot();
             if r.status != MachineStatus::Accepted || r.channel.as_deref() != Some(&req.channel) {
                 continue;
             }
-            let from = r
-                .report
-                .current
-                .clone()
-                .filter(|c| *c == rel || signed_before.contains(c));
+            // What it runs, if that was signed here; a machine that runs nothing yet keeps what
+            // it was getting, the channel's release until now. A machine on a version never
+            // signed here has nothing it could be told: it is left where it is.
+            let from = match &r.report.current {
+                Some(c) => Some(c.clone()).filter(|c| *c == rel || signed_before.contains(c)),
+                None => before.clone(),
+            };
             cands.push(plan::Candidate {
                 machine: r.id,
                 selected: sel.matches(&r.name, &r.labels),
