@@ -12,6 +12,7 @@ use semithin_trust::repo::TrustRepo;
 use serde_json::json;
 
 use semithin_protocol::api::Affected;
+use semithin_protocol::rollout::RolloutInfo;
 use semithin_trust::repo::PublishReport;
 
 use super::admin::ServerArgs;
@@ -29,8 +30,41 @@ pub struct Args {
     /// Print the result as JSON (for scripts).
     #[arg(long)]
     json: bool,
+    /// Publish even while a rollout is active on the channel (the publish ends it: every
+    /// machine of the channel follows the new release at once).
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     server: ServerArgs,
+}
+
+/// Refuses to publish over an active rollout of the channel, when the server says there is one
+/// (a server that cannot be asked does not stop the publish).
+fn check_rollouts(a: &Args) -> Result<()> {
+    if a.force || !a.server.configured() {
+        return Ok(());
+    }
+    let Ok(c) = a.server.client() else {
+        return Ok(());
+    };
+    let path = format!(
+        "/api/v1/admin/rollouts?channel={}",
+        super::fleet::urlencode(&a.channel)
+    );
+    let Ok(list) = c.get::<Vec<RolloutInfo>>("listing rollouts", &path) else {
+        return Ok(());
+    };
+    if let Some(r) = list.iter().find(|r| r.state.is_active()) {
+        bail!(
+            "rollout {} is {} on channel {}: publishing now would move every machine of the \
+             channel at once; `semithin rollout abort {}` first, or pass --force",
+            r.id,
+            r.state.as_str(),
+            a.channel,
+            r.id
+        );
+    }
+    Ok(())
 }
 
 /// Whether `id` is a version `name` pointed at or an ancestor of one.
@@ -97,6 +131,7 @@ pub(crate) fn tell_server(server: &ServerArgs, json: bool) -> Result<()> {
 }
 
 pub fn run(repo: Repo, a: Args) -> Result<ExitCode> {
+    check_rollouts(&a)?;
     publish(&repo, &a)?;
     // The server reads the repository under a shared lock: ours goes first.
     drop(repo);

@@ -261,6 +261,15 @@ fn canary_waves_a_failing_health_check_halts_resume_then_abort_sends_everyone_ba
     std::thread::sleep(std::time::Duration::from_secs(4));
     assert_eq!(rollout(&s, id)["state"], "halted");
 
+    // a plain publish would move everyone at once: refused while the rollout is active
+    let out = s.cli(&["publish", "lab/stable"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("rollout {id} is halted")) && err.contains("--force"),
+        "{err}"
+    );
+
     // Fixed; resumed: the two failures are accepted and wave 2 is admitted.
     for n in &failing {
         std::fs::remove_file(fail_flag(&s, n)).unwrap();
