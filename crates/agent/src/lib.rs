@@ -236,8 +236,9 @@ impl Agent {
         Ok(())
     }
 
-    /// Refreshes the TUF metadata and checks that `release` is the signed release of `channel`;
-    /// stores the commit object from the signed target.
+    /// Refreshes the TUF metadata and checks that the signed target of `channel` allows
+    /// `release` (its release, or an earlier one it lists for a rollout); stores the commit
+    /// object.
     fn verify_release(&mut self, channel: &str, release: &str) -> Result<()> {
         self.phase = Phase::Verifying;
         self.init_trust()?;
