@@ -330,6 +330,12 @@ fn canary_waves_a_failing_health_check_halts_resume_then_abort_sends_everyone_ba
 fn a_rollout_survives_a_server_restart_holds_the_unselected_and_rollback_sends_everyone_back() {
     let mut s = Server::start();
     let (agents, src, v1) = fleet_on_v1(&s, 6, |i| if i <= 4 { "site=a" } else { "site=b" });
+    // a new machine of site b, assigned but not updated yet when the rollout starts: it is held
+    // on the channel's release until then, v1, which it has never run
+    let t = s.enroll_token(true);
+    let mut fresh = Agent::new(&s, "m7", &t).arg("--label").arg("site=b");
+    assert!(fresh.once().success(), "{}", fresh.log());
+    s.ok(&["fleet", "assign", "m7", "lab/stable"]);
     let v2 = commit(&s, &src, 2);
     let out = s.ok(&[
         "rollout",
@@ -353,7 +359,12 @@ fn a_rollout_survives_a_server_restart_holds_the_unselected_and_rollback_sends_e
         .filter(|(_, m)| m["wave"].is_null())
         .map(|(n, _)| n)
         .collect();
-    assert_eq!(held, ["m5", "m6"]);
+    assert_eq!(held, ["m5", "m6", "m7"]);
+    assert_eq!(machines(&r)["m7"]["from"], json!(v1), "{r:#}");
+    // it fetches v1 under the rollout's signature (v1's commit object is no target any more)
+    fresh.spawn();
+    wait_updated(&s, "m7", &v1, 60);
+    assert_eq!(fresh.current().as_deref(), Some(v1.as_str()));
 
     // one active rollout per channel
     let out = s.cli(&["rollout", "start", "lab/stable", &v2, "--to", "site=b"]);
@@ -379,7 +390,11 @@ fn a_rollout_survives_a_server_restart_holds_the_unselected_and_rollback_sends_e
         assert_eq!(ms[n]["told"], json!(v1));
         assert_eq!(s.machine(n)["target"], json!(v1));
     }
-    for a in agents.iter().filter(|a| held.contains(&a.name)) {
+    for a in agents
+        .iter()
+        .chain([&fresh])
+        .filter(|a| held.contains(&a.name))
+    {
         assert_eq!(a.current().as_deref(), Some(v1.as_str()));
     }
     let out = s.cli(&["rollout", "abort", &id.to_string()]);
@@ -397,7 +412,7 @@ fn a_rollout_survives_a_server_restart_holds_the_unselected_and_rollback_sends_e
     }
     // A plain publish afterwards ends the rollout: everyone follows the channel again.
     s.ok(&["publish", "lab/stable", &v2]);
-    for a in &agents {
+    for a in agents.iter().chain([&fresh]) {
         wait_updated(&s, &a.name, &v2, 60);
     }
     wait_state(&s, id, "superseded", 30);
