@@ -103,11 +103,13 @@ impl App {
         self.published().releases.get(channel).copied()
     }
 
-    /// The release a machine of `channel` is told to run: what the rollout that governs the
-    /// channel tells it, else the channel's release.
-    pub fn target(&self, machine: &str, channel: &str, current: Option<&str>) -> Option<CommitId> {
+    /// The release a machine is told to run: what the rollout that governs its channel tells
+    /// it, else its channel's release (`None` without a channel).
+    pub fn target(&self, m: &db::MachineRow) -> Option<CommitId> {
+        let channel = m.channel.as_deref()?;
         let p = self.published();
-        match self.rollouts.told(&p, machine, channel, current, now()) {
+        let current = m.report.current.as_deref();
+        match self.rollouts.told(&p, &m.id, channel, current, now()) {
             Some(told) => told,
             None => p.releases.get(channel).copied(),
         }

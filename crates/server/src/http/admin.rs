@@ -42,13 +42,7 @@ fn selector(s: &str) -> ApiResult<Selector> {
 }
 
 fn info(app: &App, m: &Machine) -> MachineInfo {
-    let (channel, current) = {
-        let r = m.row.lock().expect("lock");
-        (r.channel.clone(), r.report.current.clone())
-    };
-    let target = channel
-        .and_then(|c| app.target(&m.id, &c, current.as_deref()))
-        .map(|r| r.to_hex());
+    let target = app.target(&m.snapshot()).map(|r| r.to_hex());
     fleet::info(m, target)
 }
 

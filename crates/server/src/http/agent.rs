@@ -118,31 +118,29 @@ pub async fn enroll(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<Json<
 fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
     let r = m.row.lock().expect("lock");
     let desired = match (r.status, &r.channel) {
-        (MachineStatus::Accepted, Some(c)) => app
-            .target(&m.id, c, r.report.current.as_deref())
-            .map(|rel| {
-                // a pack from what the machine runs, when the server holds that release too
-                let delta_path = r
-                    .report
-                    .current
-                    .as_deref()
-                    .and_then(|cur| cur.parse::<semithin_store::CommitId>().ok())
-                    .filter(|cur| {
-                        *cur != rel
-                            && app
-                                .published()
-                                .store
-                                .contains(ObjKind::Commit, cur.as_bytes())
-                    })
-                    .map(|cur| format!("/api/v1/deltas/{}/{}", cur.to_hex(), rel.to_hex()));
-                Desired {
-                    channel: c.clone(),
-                    release: rel.to_hex(),
-                    metadata_path: "/api/v1/trust/metadata/".into(),
-                    objects_path: "/api/v1/objects".into(),
-                    delta_path,
-                }
-            }),
+        (MachineStatus::Accepted, Some(c)) => app.target(&r).map(|rel| {
+            // a pack from what the machine runs, when the server holds that release too
+            let delta_path = r
+                .report
+                .current
+                .as_deref()
+                .and_then(|cur| cur.parse::<semithin_store::CommitId>().ok())
+                .filter(|cur| {
+                    *cur != rel
+                        && app
+                            .published()
+                            .store
+                            .contains(ObjKind::Commit, cur.as_bytes())
+                })
+                .map(|cur| format!("/api/v1/deltas/{}/{}", cur.to_hex(), rel.to_hex()));
+            Desired {
+                channel: c.clone(),
+                release: rel.to_hex(),
+                metadata_path: "/api/v1/trust/metadata/".into(),
+                objects_path: "/api/v1/objects".into(),
+                delta_path,
+            }
+        }),
         _ => None,
     };
     let actionable = desired.as_ref().is_some_and(|d| {
