@@ -29,6 +29,7 @@ use semithin_store::pack::ObjKind;
 use semithin_store::repo::Config as RepoConfig;
 use semithin_store::{Access, CommitId, NoProgress, Repo, transfer};
 use semithin_trust::client::{Client, Limits};
+use semithin_trust::release::ChannelRelease;
 
 pub use crate::config::Config;
 pub use crate::error::{Error, Result};
@@ -249,8 +250,9 @@ impl Agent {
         Ok(())
     }
 
-    /// Refreshes the TUF metadata and checks that `release` is the signed release of `channel`;
-    /// stores the commit object from the signed target.
+    /// Refreshes the TUF metadata and checks that the signed target of `channel` allows
+    /// `release` (its release, or an earlier one it lists for a rollout); stores the commit
+    /// object.
     fn verify_release(&mut self, channel: &str, release: &str) -> Result<()> {
         self.phase = Phase::Verifying;
         self.init_trust()?;
@@ -274,20 +276,32 @@ impl Agent {
             release: release.to_owned(),
             reason: format!("the signed metadata has no release for channel {channel}"),
         })?;
-        let signed = info
-            .custom
-            .as_ref()
-            .and_then(|c| c.get("commit"))
-            .and_then(|c| c.as_str())
-            .unwrap_or("");
-        if signed != release {
+        let signed =
+            ChannelRelease::from_custom(info.custom.as_ref()).map_err(|e| Error::Release {
+                release: release.to_owned(),
+                reason: format!("the signed target of channel {channel} is malformed: {e}"),
+            })?;
+        if !signed.permits(release) {
             return Err(Error::Release {
                 release: release.to_owned(),
                 reason: format!(
-                    "the server asks for it, but the signed release of channel {channel} is {}",
-                    if signed.is_empty() { "missing" } else { signed }
+                    "the server asks for it, but the signed release of channel {channel} is {}{}",
+                    signed.commit,
+                    if signed.allowed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (allowing {} earlier ones, not this)",
+                            signed.allowed.len()
+                        )
+                    }
                 ),
             });
+        }
+        if signed.commit != release {
+            // An earlier release the signature allows (a rollout keeps this machine on it or
+            // sends it back): its id is signed, so its commit object is checked by its id.
+            return self.store_allowed_commit(release);
         }
         let local = client.download_target(
             &target,
@@ -310,6 +324,36 @@ impl Agent {
             .objects
             .put(ObjKind::Commit, *id.as_bytes(), &bytes)?;
         self.repo.objects.flush()?;
+        self.verified = Some(release.to_owned());
+        Ok(())
+    }
+
+    /// The commit object of an allowed earlier release: from the local store when it is there
+    /// (the machine ran it), else fetched as one object, which is verified against its id.
+    fn store_allowed_commit(&mut self, release: &str) -> Result<()> {
+        let id: CommitId = release.parse().map_err(|_| Error::Release {
+            release: release.to_owned(),
+            reason: "not a commit id".into(),
+        })?;
+        if !self.repo.objects.contains(ObjKind::Commit, id.as_bytes()) {
+            let objects_path = self
+                .answer
+                .as_ref()
+                .and_then(|a| a.desired.as_ref())
+                .map(|d| d.objects_path.clone())
+                .unwrap_or_else(|| "/api/v1/objects".into());
+            let want = (ObjKind::Commit, *id.as_bytes());
+            let stream = self
+                .api()
+                .objects(&objects_path, vec![format!("commit/{}", id.to_hex())])?;
+            transfer::receive(&self.repo.objects, &HashSet::from([want]), stream)?;
+            if !self.repo.objects.contains(ObjKind::Commit, id.as_bytes()) {
+                return Err(Error::Release {
+                    release: release.to_owned(),
+                    reason: "the server did not send its commit object".into(),
+                });
+            }
+        }
         self.verified = Some(release.to_owned());
         Ok(())
     }

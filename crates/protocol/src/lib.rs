@@ -1,6 +1,7 @@
 //! What the semithin server and agent say to each other (docs/PROTOCOL.md), in one place.
 //!
 //! - [`api`]: the JSON bodies of `/api/v1`, for agents and for the admin;
+//! - [`rollout`]: the bodies of the rollout admin API;
 //! - [`sign`]: how an enrolled machine signs its requests with its own ed25519 key;
 //! - [`selector`]: label selectors (`site=school-12,class=lab`) and label syntax;
 //! - [`job`]: jobs for machines, their schema, signatures and schedules;
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod inventory;
 pub mod job;
+pub mod rollout;
 pub mod selector;
 pub mod sign;
 

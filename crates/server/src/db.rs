@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 /// their numbers): every migration not yet recorded in `schema_version` is applied, in order.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_fleet.sql")),
+    (2, include_str!("../migrations/0002_rollouts.sql")),
     (3, include_str!("../migrations/0003_jobs.sql")),
 ];
 

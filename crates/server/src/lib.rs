@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod http;
 pub mod jobs;
 pub mod releases;
+pub mod rollout;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -104,6 +105,7 @@ pub struct App {
     pub deltas: deltas::Deltas,
     pub jobs: jobs::Jobs,
     pub apt: aptcache::AptCache,
+    pub rollouts: rollout::Rollouts,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -114,6 +116,18 @@ impl App {
 
     pub fn release(&self, channel: &str) -> Option<CommitId> {
         self.published().releases.get(channel).copied()
+    }
+
+    /// The release a machine is told to run: what the rollout that governs its channel tells
+    /// it, else its channel's release (`None` without a channel).
+    pub fn target(&self, m: &db::MachineRow) -> Option<CommitId> {
+        let channel = m.channel.as_deref()?;
+        let p = self.published();
+        let current = m.report.current.as_deref();
+        match self.rollouts.told(&p, &m.id, channel, current, now()) {
+            Some(told) => told,
+            None => p.releases.get(channel).copied(),
+        }
     }
 
     pub fn is_admin_token(&self, token: &str) -> bool {
@@ -141,6 +155,8 @@ impl App {
             }
         }
         *self.published.write().expect("lock") = Arc::new(new);
+        // a rollout's release may have been signed: its planner starts it
+        self.rollouts.poke();
         self.prepare_deltas(&changed);
         let mut woken = Vec::new();
         for m in self
@@ -335,6 +351,9 @@ pub async fn run(
         cfg.apt_cache_bytes,
         cfg.apt_fresh_secs,
     )?;
+    // A machine not seen for three check-in intervals (at least ten minutes) is offline.
+    let offline_after = (3 * i64::from(cfg.checkin_interval_secs)).max(600);
+    let rollouts = rollout::Rollouts::load(&db, offline_after).await?;
     let repo = cfg.repo();
     let published = tokio::task::spawn_blocking(move || releases::load(&repo))
         .await
@@ -348,6 +367,7 @@ pub async fn run(
         apt,
         db,
         fleet,
+        rollouts,
         published: RwLock::new(Arc::new(published)),
         admin_token_hash: blake3::hash(token.as_bytes()),
         counters: Counters::default(),
@@ -369,6 +389,7 @@ pub async fn run(
         "serving"
     );
     let background = tokio::spawn(background(app.clone()));
+    let planner = tokio::spawn(rollout::run(app.clone()));
     let router = http::router(app.clone());
     let stop_tx2 = stop_tx.clone();
     let shutdown = async move {
@@ -386,6 +407,7 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     background.abort();
+    planner.abort();
     save_last_seen(&app).await?;
     app.db.close().await;
     tracing::info!("stopped");

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use semithin_store::objects::ObjectStore;
 use semithin_store::{Access, CommitId, Repo};
+use semithin_trust::release::ChannelRelease;
 use semithin_trust::repo::TrustRepo;
 
 use crate::error::{Error, Result};
@@ -19,6 +20,9 @@ pub struct Published {
     pub store: Arc<ObjectStore>,
     /// channel → release
     pub releases: BTreeMap<String, CommitId>,
+    /// channel → what its signed target says (the release, and while a rollout governs the
+    /// channel, the releases it allows and the rollout's id).
+    pub targets: BTreeMap<String, ChannelRelease>,
     /// channel → the commits it pointed at before its release, newest first, each once.
     pub earlier: BTreeMap<String, Vec<CommitId>>,
     /// What the trust directory looked like when read (size and mtime of timestamp.json).
@@ -39,6 +43,7 @@ pub fn load(repo_path: &Path) -> Result<Published> {
     let stamp = stamp(repo_path);
     let repo = Repo::open(repo_path, Access::Read)?;
     let mut releases = BTreeMap::new();
+    let mut targets = BTreeMap::new();
     let td = trust_dir(repo_path);
     if td.exists() {
         let t = TrustRepo::open(&td)?;
@@ -46,16 +51,14 @@ pub fn load(repo_path: &Path) -> Result<Published> {
             let Some(channel) = target.strip_prefix("channels/") else {
                 continue;
             };
-            let commit = info
-                .custom
-                .as_ref()
-                .and_then(|c| c.get("commit"))
-                .and_then(|c| c.as_str())
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| {
-                    Error::Config(format!("published target {target} names no commit"))
-                })?;
+            let signed = ChannelRelease::from_custom(info.custom.as_ref())
+                .map_err(|e| Error::Config(format!("published target {target}: {e}")))?;
+            let commit = signed
+                .commit
+                .parse()
+                .map_err(|_| Error::Config(format!("published target {target} names no commit")))?;
             releases.insert(channel.to_owned(), commit);
+            targets.insert(channel.to_owned(), signed);
         }
     }
     let mut earlier = BTreeMap::new();
@@ -83,6 +86,7 @@ pub fn load(repo_path: &Path) -> Result<Published> {
     Ok(Published {
         store: Arc::new(repo.objects),
         releases,
+        targets,
         earlier,
         stamp,
     })

@@ -10,6 +10,7 @@ pub mod error;
 mod fsutil;
 pub mod keys;
 pub mod metadata;
+pub mod release;
 pub mod repo;
 pub mod trusted;
 

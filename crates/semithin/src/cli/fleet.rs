@@ -120,7 +120,7 @@ fn state_text(m: &MachineInfo) -> String {
     }
 }
 
-fn ago(t: Option<i64>) -> String {
+pub(crate) fn ago(t: Option<i64>) -> String {
     let Some(t) = t else { return "never".into() };
     let now = semithin_server::now();
     let d = (now - t).max(0);

@@ -14,11 +14,9 @@ pub struct Args {
 
 pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     let bar = Bar::new(a.json);
-    // Published releases stay, whatever happens to their channels.
-    let keep: Vec<_> = super::trust::published(repo)?
-        .into_iter()
-        .map(|(_, c)| c)
-        .collect();
+    // Published releases stay, whatever happens to their channels, and so do the earlier
+    // releases a rollout allows (machines are kept on them or sent back to them).
+    let keep = super::trust::signed_commits(repo)?;
     let r = gc::gc(repo, &keep, &bar)?;
     bar.finish();
     if a.json {

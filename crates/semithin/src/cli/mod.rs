@@ -18,6 +18,7 @@ mod job;
 mod progress;
 mod publish;
 mod repo;
+mod rollout;
 mod serve;
 mod trust;
 mod tuf_client;
@@ -103,6 +104,10 @@ enum Command {
     /// Jobs for machines: apt (install, remove, update, upgrade, sources), reboot, signed
     /// commands; at a time or at every occurrence of a cron expression; every machine's result.
     Job(JobArgs),
+    /// Move a channel's machines to a release in waves: canary machines first, then
+    /// percentages, each after the last is healthy and soaked, inside a window and a rate
+    /// limit; halts by itself on failures. Also status, pause, resume, abort, rollback.
+    Rollout(RolloutArgs),
     /// Wake machines (a name, a label selector or `*`): they check in at once.
     Push {
         selector: String,
@@ -123,6 +128,14 @@ struct JobArgs {
     server: admin::ServerArgs,
     #[command(subcommand)]
     cmd: job::JobCmd,
+}
+
+#[derive(clap::Args)]
+struct RolloutArgs {
+    #[command(flatten)]
+    server: admin::ServerArgs,
+    #[command(subcommand)]
+    cmd: rollout::RolloutCmd,
 }
 
 #[derive(clap::Args)]
@@ -156,6 +169,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Agent(a) => agent::run(a),
         Command::Fleet(f) => fleet::run(&f.server, f.cmd),
         Command::Job(j) => job::run(&j.server, j.cmd),
+        Command::Rollout(r) => rollout::run(repo, &r.server, r.cmd),
         Command::Push {
             selector,
             json,

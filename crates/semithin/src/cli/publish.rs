@@ -7,10 +7,12 @@ use anyhow::{Context, Result, bail};
 use semithin_store::pack::ObjKind;
 use semithin_store::{CommitId, Repo, channel, refs};
 use semithin_trust::clock;
+use semithin_trust::release::ChannelRelease;
 use semithin_trust::repo::TrustRepo;
 use serde_json::json;
 
 use semithin_protocol::api::Affected;
+use semithin_protocol::rollout::RolloutInfo;
 use semithin_trust::repo::PublishReport;
 
 use super::admin::ServerArgs;
@@ -28,12 +30,45 @@ pub struct Args {
     /// Print the result as JSON (for scripts).
     #[arg(long)]
     json: bool,
+    /// Publish even while a rollout is active on the channel (the publish ends it: every
+    /// machine of the channel follows the new release at once).
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     server: ServerArgs,
 }
 
+/// Refuses to publish over an active rollout of the channel, when the server says there is one
+/// (a server that cannot be asked does not stop the publish).
+fn check_rollouts(a: &Args) -> Result<()> {
+    if a.force || !a.server.configured() {
+        return Ok(());
+    }
+    let Ok(c) = a.server.client() else {
+        return Ok(());
+    };
+    let path = format!(
+        "/api/v1/admin/rollouts?channel={}",
+        super::fleet::urlencode(&a.channel)
+    );
+    let Ok(list) = c.get::<Vec<RolloutInfo>>("listing rollouts", &path) else {
+        return Ok(());
+    };
+    if let Some(r) = list.iter().find(|r| r.state.is_active()) {
+        bail!(
+            "rollout {} is {} on channel {}: publishing now would move every machine of the \
+             channel at once; `semithin rollout abort {}` first, or pass --force",
+            r.id,
+            r.state.as_str(),
+            a.channel,
+            r.id
+        );
+    }
+    Ok(())
+}
+
 /// Whether `id` is a version `name` pointed at or an ancestor of one.
-fn on_channel(repo: &Repo, name: &str, id: CommitId) -> Result<bool> {
+pub(crate) fn on_channel(repo: &Repo, name: &str, id: CommitId) -> Result<bool> {
     let mut seen = HashSet::new();
     for m in channel::history(repo, name)? {
         let mut next = Some(m.commit.0);
@@ -52,19 +87,28 @@ fn on_channel(repo: &Repo, name: &str, id: CommitId) -> Result<bool> {
 
 /// Signs `id` as the release of channel `name`.
 pub fn sign(repo: &Repo, name: &str, id: CommitId) -> Result<PublishReport> {
+    sign_release(repo, name, id, &ChannelRelease::new(&id.to_hex()))
+}
+
+/// Signs `release` (whose commit is `id`) as the target of channel `name`: with a rollout, the
+/// releases it allows besides `id` (docs/TRUST.md, "Rollouts").
+pub fn sign_release(
+    repo: &Repo,
+    name: &str,
+    id: CommitId,
+    release: &ChannelRelease,
+) -> Result<PublishReport> {
     let bytes = repo
         .objects
         .get(ObjKind::Commit, id.as_bytes())
         .with_context(|| format!("reading commit {id}"))?;
     let now = clock::now();
     let mut t = TrustRepo::open(&super::trust::dir(repo))?;
-    let target = format!("channels/{name}");
-    let custom = json!({"commit": id.to_hex(), "channel": name, "published": now});
-    Ok(t.publish(&target, &bytes, custom, now)?)
+    Ok(t.publish_release(name, &bytes, release, now)?)
 }
 
 /// Tells the server (when one is configured) so it wakes the channel's machines at once.
-fn tell_server(server: &ServerArgs, json: bool) -> Result<()> {
+pub(crate) fn tell_server(server: &ServerArgs, json: bool) -> Result<()> {
     if !server.configured() {
         if !json {
             eprintln!(
@@ -87,6 +131,7 @@ fn tell_server(server: &ServerArgs, json: bool) -> Result<()> {
 }
 
 pub fn run(repo: Repo, a: Args) -> Result<ExitCode> {
+    check_rollouts(&a)?;
     publish(&repo, &a)?;
     // The server reads the repository under a shared lock: ours goes first.
     drop(repo);

@@ -116,6 +116,28 @@ pub fn published(repo: &Repo) -> Result<Vec<(String, semithin_store::CommitId)>>
     Ok(out)
 }
 
+/// Every release a channel's signed target names: its commit and, while a rollout holds machines
+/// on or sends them back to earlier ones, the releases it allows. gc keeps all of them.
+pub fn signed_commits(repo: &Repo) -> Result<Vec<semithin_store::CommitId>> {
+    let d = dir(repo);
+    if !d.exists() {
+        return Ok(Vec::new());
+    }
+    let t = TrustRepo::open(&d)?;
+    let mut out = Vec::new();
+    for (target, info) in &t.targets().signed.targets {
+        if !target.starts_with("channels/") {
+            continue;
+        }
+        let r = semithin_trust::release::ChannelRelease::from_custom(info.custom.as_ref())
+            .map_err(|e| anyhow::anyhow!("published target {target}: {e}"))?;
+        for c in std::iter::once(&r.commit).chain(&r.allowed) {
+            out.push(c.parse()?);
+        }
+    }
+    Ok(out)
+}
+
 fn print_written(written: &[Written]) {
     for w in written {
         println!(

@@ -89,7 +89,7 @@ fn stop(child: &mut Child) {
 }
 
 /// A server in a temporary directory.
-pub struct Server {
+pub(crate) struct Server {
     pub dir: tempfile::TempDir,
     pub data: PathBuf,
     pub port: u16,
@@ -339,7 +339,7 @@ impl Drop for Server {
 }
 
 /// An agent's state directory and, while it runs as a daemon, its process.
-pub struct Agent {
+pub(crate) struct Agent {
     pub name: String,
     pub state: PathBuf,
     pub log: PathBuf,
@@ -501,7 +501,7 @@ impl Drop for Agent {
 }
 
 /// A small image: a few files in nested directories, and `n` extra small files.
-fn image(root: &Path, version: u32, extra: usize) {
+pub(crate) fn image(root: &Path, version: u32, extra: usize) {
     sh(&format!(
         "set -e; mkdir -p {r}/etc {r}/usr/bin {r}/usr/lib/x/y/z; cd {r}; \
          printf 'VERSION_ID={version}\\n' > etc/os-release; \
@@ -517,7 +517,7 @@ fn image(root: &Path, version: u32, extra: usize) {
 }
 
 /// Waits until the machine reports `release` as current and healthy (the server says updated).
-fn wait_updated(s: &Server, name: &str, release: &str, secs: u64) {
+pub(crate) fn wait_updated(s: &Server, name: &str, release: &str, secs: u64) {
     wait_until(&format!("{name} updated to {release}"), secs, || {
         let m = s.machine(name);
         m["updated"] == json!(true) && m["report"]["current"] == json!(release)

@@ -13,5 +13,6 @@ mod gc;
 mod jobs;
 mod packaging;
 mod real_root;
+mod rollout;
 mod tuf_client;
 mod tuf_publish;

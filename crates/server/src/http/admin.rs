@@ -42,8 +42,7 @@ fn selector(s: &str) -> ApiResult<Selector> {
 }
 
 fn info(app: &App, m: &Machine) -> MachineInfo {
-    let channel = m.row.lock().expect("lock").channel.clone();
-    let target = channel.and_then(|c| app.release(&c)).map(|r| r.to_hex());
+    let target = app.target(&m.snapshot()).map(|r| r.to_hex());
     fleet::info(m, target)
 }
 

@@ -118,7 +118,7 @@ pub async fn enroll(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<Json<
 fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
     let r = m.row.lock().expect("lock");
     let desired = match (r.status, &r.channel) {
-        (MachineStatus::Accepted, Some(c)) => app.release(c).map(|rel| {
+        (MachineStatus::Accepted, Some(c)) => app.target(&r).map(|rel| {
             // a pack from what the machine runs, when the server holds that release too
             let delta_path = r
                 .report
@@ -184,6 +184,7 @@ pub async fn checkin(
         db::update_report(&app.db, &m.id, &req.report, t).await?;
         m.last_seen_stored.store(t, Ordering::Relaxed);
         record_events(&app, &m.id, old.unwrap_or_default(), &req.report).await?;
+        app.rollouts.poke_for(&m.id);
     }
     crate::jobs::receive(
         &app.db,

@@ -4,6 +4,7 @@ mod admin;
 mod agent;
 mod apt;
 mod jobs;
+mod rollout;
 pub mod tls;
 
 use std::sync::Arc;
@@ -157,6 +158,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/trust/targets/{*path}", get(agent::target))
         .merge(admin::routes())
         .merge(jobs::routes())
+        .merge(rollout::routes())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             deadline,

@@ -40,6 +40,7 @@ use crate::metadata::{
     MetaFile, RoleKeys, RoleMeta, Root, SPEC_VERSION, Signed, Snapshot, TargetFile, Targets,
     Timestamp, envelope,
 };
+use crate::release::ChannelRelease;
 
 /// Name of the trust directory inside a semithin repository.
 pub const DIR_NAME: &str = "trust";
@@ -842,6 +843,71 @@ impl TrustRepo {
             custom,
             written,
         })
+    }
+
+    /// Publishes `release` as the target `channels/CHANNEL` (`content`: the commit object's
+    /// bytes), with the `custom` field of [`ChannelRelease::to_custom`]. Every release it allows
+    /// besides its own must have been signed as a channel's release before in this repository
+    /// ([`TrustRepo::signed_releases`]): a rollout can keep machines on, or send them back to,
+    /// only what the admin released once.
+    pub fn publish_release(
+        &mut self,
+        channel: &str,
+        content: &[u8],
+        release: &ChannelRelease,
+        now: i64,
+    ) -> Result<PublishReport> {
+        let invalid = |reason: String| Error::Invalid {
+            role: format!("channels/{channel}"),
+            reason,
+        };
+        let mut release = release.clone();
+        release.check().map_err(invalid)?;
+        if !release.allowed.is_empty() {
+            let signed = self.signed_releases()?;
+            if let Some(never) = release.allowed.iter().find(|a| !signed.contains(*a)) {
+                return Err(invalid(format!(
+                    "release {never} was never signed as a channel's release here: a rollout \
+                     can allow only releases published before"
+                )));
+            }
+        }
+        let custom = release.to_custom(channel, now);
+        self.publish(&format!("channels/{channel}"), content, custom, now)
+    }
+
+    /// Every commit that a `channels/*` target of any targets version on disk named as its
+    /// release (`custom.commit`).
+    pub fn signed_releases(&self) -> Result<BTreeSet<String>> {
+        let m = self.layout().metadata();
+        let mut out = BTreeSet::new();
+        let suffix = ".targets.json";
+        for e in std::fs::read_dir(&m).map_err(Error::io("listing", &m))? {
+            let e = e.map_err(Error::io("listing", &m))?;
+            let name = e.file_name();
+            let numbered = name
+                .to_str()
+                .and_then(|s| s.strip_suffix(suffix))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if !numbered {
+                continue;
+            }
+            let t: Signed<Targets> = read_meta(&e.path(), Role::Targets)?;
+            for (target, info) in &t.signed.targets {
+                if !target.starts_with("channels/") {
+                    continue;
+                }
+                if let Some(c) = info
+                    .custom
+                    .as_ref()
+                    .and_then(|c| c.get("commit"))
+                    .and_then(Value::as_str)
+                {
+                    out.insert(c.to_owned());
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Replaces the key(s) of `role` and signs a new root (version N+1) with a threshold of the

@@ -214,3 +214,55 @@ fn refresh_follows_half_lifetimes() {
     let r = t.refresh(false, NOW + 200 * DAY).unwrap();
     assert!(r.warnings[0].contains("root expires"), "{r:?}");
 }
+
+#[test]
+fn a_release_allows_only_releases_signed_before_and_a_client_sees_them() {
+    let (_d, mut t, cdir) = setup();
+    let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+    t.publish_release("lab", b"first", &ChannelRelease::new(&a), NOW)
+        .unwrap();
+    // b was never a release: allowing it is refused, and nothing is written
+    let version = t.targets().signed.version;
+    let r = ChannelRelease {
+        commit: c.clone(),
+        allowed: vec![b.clone()],
+        rollout: Some("r1".into()),
+    };
+    let e = t.publish_release("lab", b"third", &r, NOW).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("release {b} was never signed")),
+        "{e}"
+    );
+    assert_eq!(t.targets().signed.version, version);
+    t.publish_release("lab", b"second", &ChannelRelease::new(&b), NOW)
+        .unwrap();
+    assert_eq!(
+        t.signed_releases().unwrap(),
+        BTreeSet::from([a.clone(), b.clone()])
+    );
+    let r = ChannelRelease {
+        commit: c.clone(),
+        allowed: vec![b.clone(), a.clone(), c.clone()],
+        rollout: Some("r1".into()),
+    };
+    let rep = t.publish_release("lab", b"third", &r, NOW).unwrap();
+    assert_eq!(rep.custom["allowed"], serde_json::json!([a, b]));
+    // the client reads the same from what it verified
+    let m = format!("file://{}", t.dir().join("metadata").display());
+    let mut cl = Client::new(&cdir, &m, &Files, Limits::default(), NOW).unwrap();
+    cl.refresh().unwrap();
+    let info = cl.find_target("channels/lab").unwrap().unwrap();
+    let seen = ChannelRelease::from_custom(info.custom.as_ref()).unwrap();
+    assert_eq!(seen.commit, c);
+    assert!(seen.permits(&a) && seen.permits(&b) && !seen.permits(&"d".repeat(64)));
+    assert_eq!(seen.rollout.as_deref(), Some("r1"));
+    // a plain release afterwards allows nothing else
+    t.publish_release("lab", b"third", &ChannelRelease::new(&c), NOW)
+        .unwrap();
+    let mut cl = Client::new(&cdir, &m, &Files, Limits::default(), NOW).unwrap();
+    cl.refresh().unwrap();
+    let info = cl.find_target("channels/lab").unwrap().unwrap();
+    let seen = ChannelRelease::from_custom(info.custom.as_ref()).unwrap();
+    assert!(!seen.permits(&a) && seen.rollout.is_none());
+}

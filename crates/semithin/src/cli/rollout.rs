@@ -1,0 +1,443 @@
+//! `semithin rollout`: move a channel's machines to a release wave by wave (start, status,
+//! pause, resume, abort, rollback). `start` signs the release the way `publish` does, allowing
+//! the releases the machines run now, so it runs where the repository and its keys are.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use semithin_protocol::rollout::{RolloutInfo, RolloutState, StartRequest};
+use semithin_protocol::selector::Selector;
+use semithin_store::{Access, channel, refs};
+use semithin_trust::release::ChannelRelease;
+use serde_json::json;
+
+use super::admin::{AdminClient, ServerArgs};
+use super::fleet::ago;
+use super::{print_json, time};
+
+#[derive(Subcommand)]
+pub enum RolloutCmd {
+    /// Roll REF out to the machines of CHANNEL that SELECTOR picks: canary machines first, then
+    /// waves, each once the one before is healthy and has soaked; halts by itself when failures
+    /// pass --max-failures. Signs REF as the channel's release (like `publish`), allowing the
+    /// releases the machines run now, so that those not admitted yet keep theirs and abort or
+    /// rollback can send them back. Machines of the channel outside SELECTOR keep their release.
+    Start(Box<StartArgs>),
+    /// Where rollouts are: per wave and per machine. Without ID, every active rollout (and a
+    /// list of the recent ones).
+    Status {
+        /// The rollout's id (as `start` printed it).
+        id: Option<i64>,
+        /// Print JSON (for scripts): one rollout, or the list without ID.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop admitting machines; admitted machines that have not switched yet stay where they
+    /// are.
+    Pause {
+        /// The rollout's id.
+        id: i64,
+        /// Print the rollout as JSON afterwards.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go on after a pause or a halt; the failures so far are accepted (they stop counting
+    /// against --max-failures; a failed machine tries the release again only after `semithin
+    /// agent retry` on it).
+    Resume {
+        /// The rollout's id.
+        id: i64,
+        /// Print the rollout as JSON afterwards.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the rollout: the machines it admitted go back to the release they ran when it
+    /// started; the others stay there.
+    Abort {
+        /// The rollout's id.
+        id: i64,
+        /// Print the rollout as JSON afterwards.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send every machine of the rollout back to the release it ran when the rollout started,
+    /// also after it completed.
+    Rollback {
+        /// The rollout's id.
+        id: i64,
+        /// Print the rollout as JSON afterwards.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct StartArgs {
+    /// The channel whose machines move, e.g. `lab/stable`.
+    channel: String,
+    /// The version to roll out: it must be one the channel has pointed at (or an ancestor of
+    /// one), as for `publish`.
+    reference: String,
+    /// The machines to move, among the accepted machines that follow CHANNEL: a name,
+    /// `key=value[,key=value...]` or `*`.
+    #[arg(long, value_name = "SELECTOR")]
+    to: String,
+    /// Canary machines, updated first: a count (chosen by a stable hash of the release and the
+    /// names) or comma-separated names.
+    #[arg(long, value_name = "N|NAMES", default_value = "1")]
+    canary: String,
+    /// Cumulative percentages of the other machines, one per wave; the last must be 100%.
+    #[arg(long, value_name = "PERCENTS", default_value = "100%")]
+    waves: String,
+    /// How long a wave must stay healthy before the next one starts (and before the rollout
+    /// completes): 90s, 30m, 2h, 1h30m.
+    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    soak: String,
+    /// The rollout halts when more machines fail than this: a percentage of the machines
+    /// admitted so far (5%) or a count (3). 0: the first failure halts it.
+    #[arg(long, value_name = "N|PERCENT", default_value = "0")]
+    max_failures: String,
+    /// Admit machines (and let them start) only inside this window, e.g. "Mon-Fri
+    /// 18:00-06:00"; a span that ends before it starts crosses midnight and belongs to the day
+    /// it starts; several spans separated by `;` [default: always].
+    #[arg(long, value_name = "DAYS HH:MM-HH:MM")]
+    window: Option<String>,
+    /// The time zone of --window, an IANA name such as Europe/Madrid [default: UTC].
+    #[arg(long, value_name = "ZONE")]
+    tz: Option<String>,
+    /// Admit at most N machines in any hour (rolling) [default: no limit].
+    #[arg(long, value_name = "N")]
+    max_per_hour: Option<u32>,
+    /// Show the plan (waves and machines) and change nothing: nothing is signed or stored.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the rollout as JSON (for scripts).
+    #[arg(long)]
+    json: bool,
+}
+
+fn short(s: &str) -> &str {
+    &s[..s.len().min(12)]
+}
+
+fn opt_short(s: &Option<String>) -> String {
+    s.as_deref()
+        .map(|s| short(s).to_owned())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn percent(v: u32) -> String {
+    semithin_server::rollout::spec::format_percent(v)
+}
+
+pub fn run(repo: Option<PathBuf>, server: &ServerArgs, cmd: RolloutCmd) -> Result<ExitCode> {
+    match cmd {
+        RolloutCmd::Start(a) => start(repo, server, *a),
+        RolloutCmd::Status { id, json } => status(&server.client()?, id, json),
+        RolloutCmd::Pause { id, json } => command(server, id, "pause", json),
+        RolloutCmd::Resume { id, json } => command(server, id, "resume", json),
+        RolloutCmd::Abort { id, json } => command(server, id, "abort", json),
+        RolloutCmd::Rollback { id, json } => command(server, id, "rollback", json),
+    }
+}
+
+fn start(repo: Option<PathBuf>, server: &ServerArgs, a: StartArgs) -> Result<ExitCode> {
+    let name = &a.channel;
+    channel::check_name(name)?;
+    Selector::parse(&a.to)?;
+    // Read under a shared lock, let go before the server is asked (it reads the repository
+    // too when the version is new to it); the write lock is taken for signing only.
+    let read = super::open(repo.clone(), Access::Read)?;
+    channel::head(&read, name)?.with_context(|| format!("no channel named {name:?}"))?;
+    let id = refs::resolve(&read, &a.reference)?;
+    if !super::publish::on_channel(&read, name, id)? {
+        bail!(
+            "{} ({}) has never been on channel {name}: move the channel there first \
+             (`semithin channel set {name} {}`)",
+            a.reference,
+            id.short(),
+            a.reference
+        );
+    }
+    drop(read);
+    let client = server.client()?;
+    let req = StartRequest {
+        channel: name.clone(),
+        release: id.to_hex(),
+        selector: a.to.clone(),
+        canary: Some(a.canary.clone()),
+        waves: Some(a.waves.clone()),
+        soak: Some(a.soak.clone()),
+        max_failures: Some(a.max_failures.clone()),
+        window: a.window.clone(),
+        tz: a.tz.clone(),
+        max_per_hour: a.max_per_hour,
+        dry_run: a.dry_run,
+    };
+    let made: RolloutInfo = client.post("starting the rollout", "/api/v1/admin/rollouts", &req)?;
+    if a.dry_run {
+        if a.json {
+            print_json(&made)?;
+        } else {
+            println!("dry run: nothing signed, nothing stored");
+            print_info(&made);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rid = made.id;
+    let repo = super::open(repo, Access::Write)?;
+    let release = ChannelRelease {
+        commit: id.to_hex(),
+        allowed: made.allowed.clone(),
+        rollout: Some(made.uid.clone()),
+    };
+    if let Err(e) = super::publish::sign_release(&repo, name, id, &release) {
+        let undone = client
+            .post::<RolloutInfo>(
+                "aborting the rollout",
+                &format!("/api/v1/admin/rollouts/{rid}/abort"),
+                &json!({}),
+            )
+            .map(|_| format!("rollout {rid} was aborted"))
+            .unwrap_or_else(|e2| format!("aborting rollout {rid} failed too: {e2:#}"));
+        return Err(e.context(format!(
+            "signing release {} for rollout {rid} failed; nothing was published ({undone})",
+            id.short()
+        )));
+    }
+    // The server reads the repository under a shared lock: ours goes first.
+    drop(repo);
+    super::publish::tell_server(server, true)?;
+    let info: RolloutInfo = client
+        .get(
+            "reading the rollout",
+            &format!("/api/v1/admin/rollouts/{rid}"),
+        )
+        .unwrap_or(made);
+    if a.json {
+        print_json(&info)?;
+    } else {
+        println!(
+            "rollout {rid}: {name} to {} for {} (signed, allowing {} earlier release(s))",
+            id.short(),
+            a.to,
+            info.allowed.len()
+        );
+        print_info(&info);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn command(server: &ServerArgs, id: i64, verb: &str, json: bool) -> Result<ExitCode> {
+    let c = server.client()?;
+    let info: RolloutInfo = c.post(
+        &format!("rollout {verb}"),
+        &format!("/api/v1/admin/rollouts/{id}/{verb}"),
+        &json!({}),
+    )?;
+    if json {
+        print_json(&info)?;
+    } else {
+        println!("rollout {id} is {} now", info.state.as_str());
+        print_info(&info);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(c: &AdminClient, id: Option<i64>, json: bool) -> Result<ExitCode> {
+    if let Some(id) = id {
+        let info: RolloutInfo = c.get(
+            "reading the rollout",
+            &format!("/api/v1/admin/rollouts/{id}"),
+        )?;
+        if json {
+            print_json(&info)?;
+        } else {
+            print_info(&info);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list: Vec<RolloutInfo> = c.get("listing rollouts", "/api/v1/admin/rollouts")?;
+    if json {
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        println!("no rollouts yet: `semithin rollout start CHANNEL REF --to SELECTOR`");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<5} {:<16} {:<12} {:<12} {:<20} STARTED",
+        "ID", "CHANNEL", "RELEASE", "STATE", "SELECTOR"
+    );
+    for r in &list {
+        println!(
+            "{:<5} {:<16} {:<12} {:<12} {:<20} {}",
+            r.id,
+            r.channel,
+            short(&r.release),
+            r.state.as_str(),
+            r.selector,
+            time(r.created_at)
+        );
+    }
+    for r in list.iter().filter(|r| r.state.is_active()) {
+        let info: RolloutInfo = c.get(
+            "reading the rollout",
+            &format!("/api/v1/admin/rollouts/{}", r.id),
+        )?;
+        println!();
+        print_info(&info);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_info(r: &RolloutInfo) {
+    let title = if r.id == 0 {
+        "rollout (plan)".to_owned()
+    } else {
+        format!("rollout {}", r.id)
+    };
+    println!(
+        "{title} on {}: {}",
+        r.channel,
+        match r.state {
+            RolloutState::Publishing if r.id == 0 => "not made",
+            s => s.as_str(),
+        }
+    );
+    println!("  release    {}", r.release);
+    println!("  selector   {}", r.selector);
+    let p = &r.plan;
+    let mut plan = format!(
+        "canary {}, waves {}, soak {} s, max failures {}",
+        p.canary,
+        p.waves
+            .iter()
+            .map(|w| percent(*w))
+            .collect::<Vec<_>>()
+            .join(","),
+        p.soak_secs,
+        p.max_failures
+    );
+    if let Some(w) = &p.window {
+        plan.push_str(&format!(
+            ", window {w:?} {}",
+            p.tz.as_deref().unwrap_or("UTC")
+        ));
+    }
+    if let Some(n) = p.max_per_hour {
+        plan.push_str(&format!(", at most {n} an hour"));
+    }
+    println!("  plan       {plan}");
+    if !r.allowed.is_empty() {
+        let list: Vec<&str> = r.allowed.iter().map(|a| short(a)).collect();
+        println!("  allowed    {}", list.join(", "));
+    }
+    if let Some(w) = &r.waiting {
+        println!("  now        {w}");
+    }
+    if let Some(why) = &r.reason {
+        println!("  reason     {why}");
+    }
+    let counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    if !counts.is_empty() {
+        println!("  machines   {}", counts.join(", "));
+    }
+    println!(
+        "  {:<8} {:>8} {:>8} {:>8} {:>7}  STATE",
+        "WAVE", "MACHINES", "ADMITTED", "UPDATED", "FAILED"
+    );
+    for w in &r.waves {
+        let state = if w.machines == 0 {
+            "empty".to_owned()
+        } else if let Some(until) = w.soak_until {
+            let now = semithin_server::now();
+            if until > now {
+                format!("healthy, soaking {} s more", until - now)
+            } else {
+                "healthy, soaked".into()
+            }
+        } else if w.admitted == 0 {
+            "waiting".into()
+        } else {
+            "updating".into()
+        };
+        let name = match w.percent {
+            Some(p) => format!("{} ({})", w.name, percent(p)),
+            None => w.name.clone(),
+        };
+        println!(
+            "  {:<8} {:>8} {:>8} {:>8} {:>7}  {state}",
+            name, w.machines, w.admitted, w.updated, w.failed
+        );
+    }
+    if r.machines.is_empty() {
+        return;
+    }
+    println!(
+        "  {:<16} {:<7} {:<17} {:<12} {:<12} {:<12} {:<9} {:<9} LAST ERROR",
+        "NAME", "WAVE", "STATE", "FROM", "TOLD", "CURRENT", "HEALTH", "SEEN"
+    );
+    for m in &r.machines {
+        let wave = match m.wave {
+            None => "-".to_owned(),
+            Some(0) => "canary".to_owned(),
+            Some(w) => w.to_string(),
+        };
+        let seen = if m.offline {
+            format!("{} (offline)", ago(m.last_seen))
+        } else {
+            ago(m.last_seen)
+        };
+        let err: String = m
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(80)
+            .collect();
+        println!(
+            "  {:<16} {:<7} {:<17} {:<12} {:<12} {:<12} {:<9} {:<9} {err}",
+            m.name,
+            wave,
+            m.state.as_str(),
+            opt_short(&m.from),
+            opt_short(&m.told),
+            opt_short(&m.current),
+            format!("{:?}", m.health).to_lowercase(),
+            seen
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_rollout_command_and_flag_says_what_it_does() {
+        use clap::CommandFactory;
+        let cli = super::super::Cli::command();
+        let r = cli.find_subcommand("rollout").expect("rollout");
+        assert!(r.get_about().is_some());
+        let subs: Vec<&str> = r.get_subcommands().map(|s| s.get_name()).collect();
+        assert_eq!(
+            subs,
+            ["start", "status", "pause", "resume", "abort", "rollback"]
+        );
+        for sub in r.get_subcommands() {
+            assert!(sub.get_about().is_some(), "{}", sub.get_name());
+            for a in sub.get_arguments() {
+                assert!(
+                    a.get_help().is_some(),
+                    "rollout {} {} has no help",
+                    sub.get_name(),
+                    a.get_id()
+                );
+            }
+        }
+        assert_eq!(super::percent(250), "2.5%");
+        assert_eq!(super::percent(5000), "50%");
+    }
+}

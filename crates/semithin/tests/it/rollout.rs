@@ -1,0 +1,551 @@
+//! Rollouts with real agents on loopback (the harness of `fleet.rs`): canary, waves, soak, a
+//! health check that fails on purpose halts the rollout, resume, abort and rollback send the
+//! machines back, a server restart in the middle, and input refused before anything is signed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::common::q;
+use crate::fleet::{Agent, Server, image, wait_until, wait_updated};
+
+/// Agents m1..mN on `lab/stable`, updated to a first release; each with a health check that
+/// fails while `DIR/fail-NAME` exists. Returns (agents, image source, v1).
+fn fleet_on_v1(
+    s: &Server,
+    n: usize,
+    label: impl Fn(usize) -> &'static str,
+) -> (Vec<Agent>, std::path::PathBuf, String) {
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 20);
+    let v1 = s.release(&src, "lab/stable");
+    let flags = s.path("flags");
+    std::fs::create_dir_all(&flags).unwrap();
+    let mut agents: Vec<Agent> = (1..=n)
+        .map(|i| {
+            let name = format!("m{i}");
+            let flag = flags.join(format!("fail-{name}"));
+            let check = format!(
+                "test ! -e {} || {{ echo 'fail marker for {name}'; exit 1; }}",
+                q(&flag)
+            );
+            Agent::new(s, &name, &t)
+                .arg("--health-check")
+                .arg(&check)
+                .arg("--label")
+                .arg(label(i))
+        })
+        .collect();
+    for a in &mut agents {
+        a.spawn();
+    }
+    wait_until("the machines enrolled", 60, || s.machines().len() == n);
+    s.ok(&["fleet", "assign", "*", "lab/stable"]);
+    for a in &agents {
+        wait_updated(s, &a.name, &v1, 60);
+    }
+    (agents, src, v1)
+}
+
+fn fail_flag(s: &Server, name: &str) -> std::path::PathBuf {
+    s.path("flags").join(format!("fail-{name}"))
+}
+
+/// A new version committed on the channel, not published.
+fn commit(s: &Server, src: &Path, version: u32) -> String {
+    std::fs::write(
+        src.join("etc/os-release"),
+        format!("VERSION_ID={version}\n"),
+    )
+    .unwrap();
+    std::fs::write(src.join(format!("usr/lib/x/v{version}")), "new\n").unwrap();
+    let out = s.ok(&[
+        "commit",
+        src.to_str().unwrap(),
+        "--channel",
+        "lab/stable",
+        "--json",
+    ]);
+    serde_json::from_str::<Value>(&out).unwrap()["commit"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn rollout(s: &Server, id: i64) -> Value {
+    let (st, v) = s.get(&format!("/api/v1/admin/rollouts/{id}"));
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+/// name → the machine's entry in the rollout's status.
+fn machines(r: &Value) -> BTreeMap<String, Value> {
+    r["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap().to_owned(), m.clone()))
+        .collect()
+}
+
+fn in_wave(r: &Value, w: u64) -> Vec<String> {
+    machines(r)
+        .into_iter()
+        .filter(|(_, m)| m["wave"] == json!(w))
+        .map(|(n, _)| n)
+        .collect()
+}
+
+fn wait_state(s: &Server, id: i64, state: &str, secs: u64) -> Value {
+    let mut last = Value::Null;
+    wait_until(&format!("rollout {id} {state}"), secs, || {
+        last = rollout(s, id);
+        last["state"] == json!(state)
+    });
+    last
+}
+
+/// The version of the signed targets metadata: it moves with every signature.
+fn targets_version(s: &Server) -> u64 {
+    let snap: Value = serde_json::from_slice(
+        &std::fs::read(s.repo().join("trust/metadata/timestamp.json")).unwrap(),
+    )
+    .unwrap();
+    snap["signed"]["version"].as_u64().unwrap()
+}
+
+#[test]
+fn canary_waves_a_failing_health_check_halts_resume_then_abort_sends_everyone_back() {
+    let s = Server::start();
+    let (agents, src, v1) = fleet_on_v1(&s, 8, |_| "room=lab");
+    let v2 = commit(&s, &src, 2);
+    let args = [
+        "rollout",
+        "start",
+        "lab/stable",
+        &v2,
+        "--to",
+        "room=lab",
+        "--canary",
+        "1",
+        "--waves",
+        "50%,100%",
+        "--soak",
+        "4s",
+        "--max-failures",
+        "1",
+    ];
+
+    // A dry run shows the plan and signs nothing; the real start makes the same plan.
+    let before = targets_version(&s);
+    let plan: Value =
+        serde_json::from_str(&s.ok(&[&args[..], &["--dry-run", "--json"]].concat())).unwrap();
+    assert_eq!(targets_version(&s), before, "a dry run signs nothing");
+    assert_eq!(plan["id"], 0);
+    let canary = in_wave(&plan, 0);
+    let wave1 = in_wave(&plan, 1);
+    let wave2 = in_wave(&plan, 2);
+    // 7 machines after the canary: 50% is 4 (rounded up), the rest 3
+    assert_eq!(
+        (canary.len(), wave1.len(), wave2.len()),
+        (1, 4, 3),
+        "{plan:#}"
+    );
+    assert_eq!(
+        plan["allowed"],
+        json!([v1]),
+        "the machines run v1: it stays allowed"
+    );
+    let (st, v) = s.get("/api/v1/admin/rollouts");
+    assert_eq!(
+        (st, v.as_array().unwrap().len()),
+        (200, 0),
+        "a dry run stores nothing"
+    );
+
+    // Two machines of wave 1 will fail their health check on v2.
+    let failing = [wave1[0].clone(), wave1[2].clone()];
+    for n in &failing {
+        std::fs::write(fail_flag(&s, n), "").unwrap();
+    }
+
+    let started: Value = serde_json::from_str(&s.ok(&[&args[..], &["--json"]].concat())).unwrap();
+    let id = started["id"].as_i64().unwrap();
+    assert!(id > 0);
+    assert_eq!(in_wave(&started, 0), canary);
+    assert_eq!(in_wave(&started, 1), wave1);
+    assert!(targets_version(&s) > before, "the release is signed");
+    // the signed target names the rollout and allows v1
+    let status = s.ok(&["trust", "status", "--json"]);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let target = status["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == "channels/lab/stable")
+        .unwrap()
+        .clone();
+    assert_eq!(target["custom"]["commit"], json!(v2));
+    assert_eq!(target["custom"]["allowed"], json!([v1]));
+    assert_eq!(target["custom"]["rollout"], started["uid"]);
+
+    // The canary first; nobody else moves while it updates and soaks.
+    wait_updated(&s, &canary[0], &v2, 60);
+    let r = rollout(&s, id);
+    assert_eq!(r["state"], "running", "{r:#}");
+    for n in wave1.iter().chain(&wave2) {
+        let m = &machines(&r)[n];
+        assert_eq!(
+            m["admitted_at"],
+            Value::Null,
+            "{n} admitted too early: {r:#}"
+        );
+        assert_eq!(m["told"], json!(v1), "{n} is kept on v1");
+    }
+    for a in agents.iter().filter(|a| !canary.contains(&a.name)) {
+        assert_eq!(a.current().as_deref(), Some(v1.as_str()), "{}", a.name);
+    }
+
+    // Wave 1 goes; two of its machines fail and roll back: more than --max-failures 1 halts it.
+    let r = wait_state(&s, id, "halted", 120);
+    let why = r["reason"].as_str().unwrap();
+    assert!(
+        why.starts_with("2 of 5 machine(s) admitted failed release"),
+        "{why}"
+    );
+    for n in &failing {
+        assert!(why.contains(&format!("fail marker for {n}")), "{why}");
+    }
+    let ms = machines(&r);
+    for n in &failing {
+        assert_eq!(ms[n]["state"], "failed", "{r:#}");
+    }
+    // wave 2 was never admitted: still on v1
+    for n in &wave2 {
+        assert_eq!(ms[n]["admitted_at"], Value::Null, "{r:#}");
+    }
+    // the canary stays on v2, the failed machines rolled back to v1, wave 2 never left it;
+    // the rest of wave 1 is on v2, or, admitted but not switched yet when it halted, held on v1
+    for a in &agents {
+        let cur = a.current();
+        if canary.contains(&a.name) {
+            assert_eq!(cur.as_deref(), Some(v2.as_str()), "{}", a.name);
+        } else if failing.contains(&a.name) || wave2.contains(&a.name) {
+            assert_eq!(cur.as_deref(), Some(v1.as_str()), "{}", a.name);
+            assert_eq!(ms[&a.name]["told"], json!(v1), "{r:#}");
+        } else {
+            let told = &ms[&a.name]["told"];
+            assert!(
+                cur.is_some_and(|c| json!(c) == *told || c == v2),
+                "{}: {r:#}",
+                a.name
+            );
+        }
+    }
+    let text = s.ok(&["rollout", "status", &id.to_string()]);
+    assert!(
+        text.contains("halted") && text.contains("canary") && text.contains("wave 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&failing[0]) && text.contains("fail marker"),
+        "{text}"
+    );
+    // a halted rollout stays halted
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(rollout(&s, id)["state"], "halted");
+
+    // a plain publish would move everyone at once: refused while the rollout is active
+    let out = s.cli(&["publish", "lab/stable"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("rollout {id} is halted")) && err.contains("--force"),
+        "{err}"
+    );
+
+    // Fixed; resumed: the two failures are accepted and wave 2 is admitted.
+    for n in &failing {
+        std::fs::remove_file(fail_flag(&s, n)).unwrap();
+    }
+    let out = s.ok(&["rollout", "resume", &id.to_string()]);
+    assert!(out.contains("running"), "{out}");
+    for n in &wave2 {
+        wait_updated(&s, n, &v2, 60);
+    }
+    let r = rollout(&s, id);
+    assert_eq!(r["state"], "running", "still soaking its last wave: {r:#}");
+    let ms = machines(&r);
+    for n in &failing {
+        assert_eq!(ms[n]["state"], "failure_accepted", "{r:#}");
+    }
+
+    // Abort: every machine it admitted goes back to v1; the failed ones are there already.
+    let out = s.ok(&["rollout", "abort", &id.to_string(), "--json"]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["state"], "aborted");
+    for a in &agents {
+        wait_until(&format!("{} back on v1", a.name), 60, || {
+            let m = s.machine(&a.name);
+            m["report"]["current"] == json!(v1) && a.current().as_deref() == Some(v1.as_str())
+        });
+    }
+    wait_until("the rollout sees everyone back", 30, || {
+        machines(&rollout(&s, id))
+            .values()
+            .all(|m| m["state"] == "back" && m["told"] == json!(v1))
+    });
+    for m in s.machines() {
+        assert_eq!(
+            m["target"],
+            json!(v1),
+            "the server tells {} v1: {m:#}",
+            m["name"]
+        );
+        assert_eq!(m["report"]["current"], json!(v1));
+    }
+    let shown = s.machine(&canary[0]);
+    let events = shown["events"].to_string();
+    assert!(
+        events.contains("admitted by rollout") && events.contains("sent back"),
+        "{events}"
+    );
+    // nothing more is signed by abort; the machines went back under the rollout's signature
+    for a in &agents {
+        assert!(
+            !a.log().contains("signed release of channel"),
+            "{}",
+            a.log()
+        );
+    }
+}
+
+#[test]
+fn a_rollout_survives_a_server_restart_holds_the_unselected_and_rollback_sends_everyone_back() {
+    let mut s = Server::start();
+    let (agents, src, v1) = fleet_on_v1(&s, 6, |i| if i <= 4 { "site=a" } else { "site=b" });
+    // a new machine of site b, assigned but not updated yet when the rollout starts: it is held
+    // on the channel's release until then, v1, which it has never run
+    let t = s.enroll_token(true);
+    let mut fresh = Agent::new(&s, "m7", &t).arg("--label").arg("site=b");
+    assert!(fresh.once().success(), "{}", fresh.log());
+    s.ok(&["fleet", "assign", "m7", "lab/stable"]);
+    let v2 = commit(&s, &src, 2);
+    let out = s.ok(&[
+        "rollout",
+        "start",
+        "lab/stable",
+        &v2,
+        "--to",
+        "site=a",
+        "--canary",
+        "1",
+        "--waves",
+        "100%",
+        "--soak",
+        "3s",
+        "--json",
+    ]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let id = r["id"].as_i64().unwrap();
+    let held: Vec<String> = machines(&r)
+        .into_iter()
+        .filter(|(_, m)| m["wave"].is_null())
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(held, ["m5", "m6", "m7"]);
+    assert_eq!(machines(&r)["m7"]["from"], json!(v1), "{r:#}");
+    // it fetches v1 under the rollout's signature (v1's commit object is no target any more)
+    fresh.spawn();
+    wait_updated(&s, "m7", &v1, 60);
+    assert_eq!(fresh.current().as_deref(), Some(v1.as_str()));
+
+    // one active rollout per channel
+    let out = s.cli(&["rollout", "start", "lab/stable", &v2, "--to", "site=b"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("rollout {id} on channel lab/stable is running")),
+        "{err}"
+    );
+
+    // The server is killed once the canary is updated, and started again: the rollout goes on
+    // from what it stored.
+    let canary = in_wave(&r, 0);
+    wait_updated(&s, &canary[0], &v2, 60);
+    s.restart();
+    for n in ["m1", "m2", "m3", "m4"] {
+        wait_updated(&s, n, &v2, 90);
+    }
+    let r = wait_state(&s, id, "completed", 60);
+    let ms = machines(&r);
+    for n in &held {
+        assert_eq!(ms[n]["state"], "held", "{r:#}");
+        assert_eq!(ms[n]["told"], json!(v1));
+        assert_eq!(s.machine(n)["target"], json!(v1));
+    }
+    for a in agents
+        .iter()
+        .chain([&fresh])
+        .filter(|a| held.contains(&a.name))
+    {
+        assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+    }
+    let out = s.cli(&["rollout", "abort", &id.to_string()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rollout rollback"));
+
+    // Rollback: the whole selector back to v1.
+    let out = s.ok(&["rollout", "rollback", &id.to_string()]);
+    assert!(out.contains("rolled_back"), "{out}");
+    for a in &agents {
+        wait_until(&format!("{} on v1", a.name), 60, || {
+            s.machine(&a.name)["report"]["current"] == json!(v1)
+                && a.current().as_deref() == Some(v1.as_str())
+        });
+    }
+    // A plain publish afterwards ends the rollout: everyone follows the channel again.
+    s.ok(&["publish", "lab/stable", &v2]);
+    for a in agents.iter().chain([&fresh]) {
+        wait_updated(&s, &a.name, &v2, 60);
+    }
+    wait_state(&s, id, "superseded", 30);
+    let list = s.ok(&["rollout", "status"]);
+    assert!(list.contains("superseded"), "{list}");
+}
+
+#[test]
+fn bad_rollouts_are_refused_with_the_reason_before_anything_is_signed() {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 3);
+    let v1 = s.release(&src, "lab/stable");
+    let before = targets_version(&s);
+    let refused = |args: &[&str], want: &str| {
+        let out = s.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+    };
+    let start = |extra: &[&str]| -> Vec<String> {
+        ["rollout", "start", "lab/stable", "lab/stable", "--to", "*"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    // no machine follows the channel yet
+    refused(&strs(&start(&[])), "no machines selected");
+    let a = Agent::new(&s, "m1", &t);
+    assert!(a.once().success(), "{}", a.log());
+    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    for (extra, want) in [
+        (&["--waves", "50%,25%,100%"][..], "cumulative"),
+        (&["--waves", "50%"], "the last wave must be 100%"),
+        (&["--waves", "5%,lots,100%"], "bad percentage"),
+        (&["--window", "Mon-Fri 18:00-30:00"], "not a time of day"),
+        (&["--window", "Someday 18:00-06:00"], "is not a day"),
+        (
+            &["--window", "Mon-Fri 18:00-06:00", "--tz", "Europe/Atlantis"],
+            "unknown time zone",
+        ),
+        (&["--tz", "Europe/Madrid"], "give a window too"),
+        (&["--max-failures", "many"], "bad --max-failures"),
+        (&["--soak", "a while"], "bad --soak"),
+        (&["--canary", "nobody"], "canary \"nobody\" is not among"),
+        (&["--canary", "5"], "only 1 machine(s) are selected"),
+        (&["--max-per-hour", "0"], "admit no machine"),
+    ] {
+        refused(&strs(&start(extra)), want);
+    }
+    refused(
+        &[
+            "rollout",
+            "start",
+            "lab/stable",
+            "lab/stable",
+            "--to",
+            "site=",
+        ],
+        "bad label selector",
+    );
+    refused(
+        &[
+            "rollout",
+            "start",
+            "lab/stable",
+            "lab/stable",
+            "--to",
+            "site=nowhere",
+        ],
+        "no machines selected: site=nowhere matches none of the 1",
+    );
+    refused(
+        &["rollout", "start", "lab/nothing", "lab/stable", "--to", "*"],
+        "no channel named \"lab/nothing\"",
+    );
+    refused(
+        &["rollout", "start", "lab/stable", "nosuchref", "--to", "*"],
+        "nosuchref",
+    );
+    // a version of another channel
+    std::fs::write(src.join("etc/other"), "other\n").unwrap();
+    let out = s.ok(&[
+        "commit",
+        src.to_str().unwrap(),
+        "--channel",
+        "lab/other",
+        "--json",
+    ]);
+    let other = serde_json::from_str::<Value>(&out).unwrap()["commit"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    refused(
+        &["rollout", "start", "lab/stable", &other, "--to", "*"],
+        "has never been on channel lab/stable",
+    );
+    assert_eq!(targets_version(&s), before, "nothing was signed");
+    let (st, v) = s.get("/api/v1/admin/rollouts");
+    assert_eq!(
+        (st, v.as_array().unwrap().len()),
+        (200, 0),
+        "nothing was stored: {v}"
+    );
+    // unknown ids and commands in the wrong state
+    refused(&["rollout", "status", "7"], "no rollout has the id 7");
+    refused(&["rollout", "pause", "7"], "no rollout has the id 7");
+    let (st, v) = s.post("/api/v1/admin/rollouts/x/pause", &json!({}));
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = s.post(
+        "/api/v1/admin/rollouts",
+        &json!({"channel": "lab/stable", "release": "abc", "selector": "*"}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("not a release"),
+        "{v}"
+    );
+    let (st, v) = s.post(
+        "/api/v1/admin/rollouts",
+        &json!({"channel": "lab/stable", "release": "0".repeat(64), "selector": "*"}),
+    );
+    assert_eq!(st, 404, "{v}");
+    // a rollout of the release the machine runs: it just completes, and resume is refused
+    assert!(a.once().success(), "{}", a.log());
+    wait_updated(&s, "m1", &v1, 30);
+    let out = s.ok(&["rollout", "start", "lab/stable", &v1, "--to", "*", "--json"]);
+    let id = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    wait_state(&s, id, "completed", 30);
+    refused(&["rollout", "resume", &id.to_string()], "cannot be resumed");
+    refused(&["rollout", "pause", &id.to_string()], "cannot be paused");
+}

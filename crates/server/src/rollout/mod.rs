@@ -1,0 +1,833 @@
+//! Rollouts: a release moved to the machines of a channel wave by wave (STATE.md beside this
+//! file). The decisions are pure ([`plan`]); this shell keeps the live rollouts in memory (so a
+//! check-in asks them without the database), runs the planner on the check-ins of their machines,
+//! on a timer and after every admin command, writes each step to the database before memory
+//! follows it, and wakes the machines whose answer changed.
+
+pub mod plan;
+pub mod spec;
+mod store;
+pub mod window;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use semithin_protocol::api::MachineStatus;
+use semithin_protocol::rollout::{
+    MachineState, PlanInfo, RolloutInfo, RolloutMachine, RolloutState, StartRequest, WaveInfo,
+};
+use semithin_protocol::selector::Selector;
+use semithin_store::CommitId;
+use semithin_store::pack::ObjKind;
+use tokio::sync::{Mutex, Notify};
+
+use crate::releases::Published;
+use crate::{App, Error, now};
+use plan::{Plan, Row, Seen, Signed, Waiting};
+use spec::Spec;
+use store::{Change, Record};
+
+/// How often the planner runs when nothing pokes it (windows opening, soaks ending).
+const TICK: Duration = Duration::from_secs(3);
+
+/// Why a rollout command was refused; the HTTP layer turns it into a status.
+#[derive(Debug)]
+pub enum Problem {
+    Bad(String),
+    NotFound(String),
+    Conflict(String),
+    Server(Error),
+}
+
+impl From<Error> for Problem {
+    fn from(e: Error) -> Self {
+        Problem::Server(e)
+    }
+}
+
+type Res<T> = std::result::Result<T, Problem>;
+
+/// A rollout in memory.
+struct Live {
+    rec: Record,
+    plan: Plan,
+    rows: Vec<Row>,
+    index: HashMap<String, usize>,
+    /// What each machine was last told (`None`: the rollout did not govern it), so that the
+    /// machines whose answer changes are woken.
+    told: Vec<Option<Option<String>>>,
+}
+
+impl Live {
+    fn new(rec: Record, rows: Vec<Row>, offline_after: i64) -> Res<Self> {
+        let plan = plan_of(&rec, offline_after)?;
+        let index = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.machine.clone(), i))
+            .collect();
+        let told = vec![None; rows.len()];
+        Ok(Live {
+            rec,
+            plan,
+            rows,
+            index,
+            told,
+        })
+    }
+}
+
+fn plan_of(rec: &Record, offline_after: i64) -> Res<Plan> {
+    let window = match &rec.spec.window {
+        Some(w) => Some(
+            window::Window::parse(w, rec.spec.tz.as_deref())
+                .map_err(|e| Problem::Server(Error::Config(format!("rollout {}: {e}", rec.id))))?,
+        ),
+        None => None,
+    };
+    Ok(Plan {
+        release: rec.release.clone(),
+        waves: 1 + rec.spec.waves.len() as u32,
+        soak_secs: rec.spec.soak_secs,
+        max_failures: rec.spec.max_failures,
+        window,
+        max_per_hour: rec.spec.max_per_hour,
+        offline_after,
+    })
+}
+
+/// A rollout copied out of `live` (or read from the database), to look at without a lock.
+struct Snapshot {
+    rec: Record,
+    plan: Plan,
+    rows: Vec<Row>,
+}
+
+/// Every live rollout: those not superseded (one per channel governs it: the one its signed
+/// target names).
+pub struct Rollouts {
+    live: RwLock<BTreeMap<i64, Live>>,
+    /// Serialises steps and admin commands: one writer at a time, across the database writes.
+    work: Mutex<()>,
+    poke: Notify,
+    offline_after: i64,
+}
+
+/// What the fleet knows of a machine now, for the planner.
+fn seen_of(app: &App, machine: &str, channel: &str) -> Seen {
+    let Some(m) = app.fleet.get(machine) else {
+        return Seen::default();
+    };
+    let r = m.row.lock().expect("lock");
+    let seen = m.last_seen.load(Ordering::Relaxed);
+    Seen {
+        on_channel: r.status == MachineStatus::Accepted && r.channel.as_deref() == Some(channel),
+        current: r.report.current.clone(),
+        health: r.report.health,
+        failed_release: r.report.failed_release.clone(),
+        last_error: r.report.last_error.clone(),
+        last_seen: (seen != 0).then_some(seen),
+    }
+}
+
+fn signed(published: &Published, rec: &Record) -> Signed {
+    let ours = published
+        .targets
+        .get(&rec.channel)
+        .and_then(|t| t.rollout.as_deref())
+        == Some(rec.uid.as_str());
+    if ours { Signed::Ours } else { Signed::Other }
+}
+
+fn wave_name(w: u32) -> String {
+    if w == 0 {
+        "canary".into()
+    } else {
+        format!("wave {w}")
+    }
+}
+
+fn utc(t: i64) -> String {
+    jiff::Timestamp::from_second(t)
+        .map(|ts| ts.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn short(s: &str) -> &str {
+    &s[..s.len().min(12)]
+}
+
+/// What a rollout waits for, in words.
+fn describe(w: &Waiting, p: &Plan, id: i64, now: i64) -> String {
+    match w {
+        Waiting::Publish => {
+            "waiting for its release to be signed for it (`semithin rollout start` \
+             does that right after making it)"
+                .into()
+        }
+        Waiting::Paused => format!("paused: `semithin rollout resume {id}` goes on"),
+        Waiting::Halted => format!(
+            "halted: fix the cause, then `semithin rollout resume {id}` (the failures so far are \
+             accepted) or `semithin rollout abort {id}`"
+        ),
+        Waiting::Window { opens_at } => {
+            let win = p.window.as_ref().expect("a window");
+            match opens_at {
+                Some(t) => format!(
+                    "outside the window {:?} ({}): it opens at {}",
+                    win.text(),
+                    win.tz_name(),
+                    win.local_text(*t)
+                ),
+                None => format!("outside the window {:?} ({})", win.text(), win.tz_name()),
+            }
+        }
+        Waiting::Rate { until } => format!(
+            "at most {} machine(s) admitted an hour: the next at {}",
+            p.max_per_hour.unwrap_or(0),
+            utc(*until)
+        ),
+        Waiting::Machines { wave, names } => {
+            let mut list: Vec<&str> = names.iter().take(10).map(String::as_str).collect();
+            let more = names.len().saturating_sub(10);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            list.sort();
+            format!(
+                "{}: waiting for {} machine(s) to update: {}{more}",
+                wave_name(*wave),
+                names.len(),
+                list.join(", ")
+            )
+        }
+        Waiting::Soak { wave, until } => format!(
+            "{} is healthy; soaking until {} ({} s left)",
+            wave_name(*wave),
+            utc(*until),
+            (until - now).max(0)
+        ),
+    }
+}
+
+impl Rollouts {
+    /// Loads the live rollouts from the database.
+    pub async fn load(db: &sqlx::SqlitePool, offline_after: i64) -> crate::Result<Self> {
+        let mut live = BTreeMap::new();
+        for (rec, rows) in store::load_live(db).await? {
+            let id = rec.id;
+            let l = Live::new(rec, rows, offline_after).map_err(|p| match p {
+                Problem::Server(e) => e,
+                other => Error::Config(format!("rollout {id}: {other:?}")),
+            })?;
+            live.insert(id, l);
+        }
+        Ok(Self {
+            live: RwLock::new(live),
+            work: Mutex::new(()),
+            poke: Notify::new(),
+            offline_after,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.read().expect("lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs the planner soon.
+    pub fn poke(&self) {
+        self.poke.notify_one();
+    }
+
+    /// Runs the planner soon if the machine belongs to a live rollout (its report changed).
+    pub fn poke_for(&self, machine: &str) {
+        let member = self
+            .live
+            .read()
+            .expect("lock")
+            .values()
+            .any(|l| l.index.contains_key(machine));
+        if member {
+            self.poke();
+        }
+    }
+
+    /// What a machine of `channel` is told while a rollout governs the channel (its signed
+    /// target names the rollout): `Some(release)`, `Some(None)` for no release (it stays where
+    /// it is); `None` when no rollout governs it, so the channel's release applies.
+    pub fn told(
+        &self,
+        published: &Published,
+        machine: &str,
+        channel: &str,
+        current: Option<&str>,
+        now: i64,
+    ) -> Option<Option<CommitId>> {
+        let uid = published.targets.get(channel)?.rollout.as_deref()?;
+        let live = self.live.read().expect("lock");
+        let l = live
+            .values()
+            .find(|l| l.rec.uid == uid && l.rec.channel == channel)?;
+        if l.rec.state == RolloutState::Superseded {
+            return None;
+        }
+        let i = *l.index.get(machine)?;
+        let t = plan::told(&l.plan, l.rec.state, &l.rows[i], current, now);
+        Some(t.and_then(|s| s.parse().ok()))
+    }
+
+    /// Steps every live rollout.
+    pub async fn step_all(&self, app: &App) -> crate::Result<()> {
+        let _g = self.work.lock().await;
+        let ids: Vec<i64> = self.live.read().expect("lock").keys().copied().collect();
+        for id in ids {
+            self.step_locked(app, id).await?;
+        }
+        Ok(())
+    }
+
+    /// One step of rollout `id` (the caller holds `work`): plan, store, apply, wake.
+    async fn step_locked(&self, app: &App, id: i64) -> crate::Result<()> {
+        let published = app.published();
+        let (rec, plan, rows) = {
+            let live = self.live.read().expect("lock");
+            let Some(l) = live.get(&id) else {
+                return Ok(());
+            };
+            (l.rec.clone(), l.plan.clone(), l.rows.clone())
+        };
+        let seen: Vec<Seen> = rows
+            .iter()
+            .map(|r| seen_of(app, &r.machine, &rec.channel))
+            .collect();
+        let t = now();
+        let sig = signed(&published, &rec);
+        let d = plan::step(&plan, rec.state, sig, &rows, &seen, t);
+        let mut c = Change::default();
+        if d.state != rec.state {
+            let reason = d.reason.clone().or_else(|| match d.state {
+                // keep why it was aborted or rolled back when it is superseded later
+                RolloutState::Superseded => rec.reason.clone(),
+                _ => None,
+            });
+            c.state = Some((d.state, reason));
+        }
+        c.admitted = d.admit.iter().map(|&i| rows[i].machine.clone()).collect();
+        c.settled = d.stamp.iter().map(|&i| rows[i].machine.clone()).collect();
+        for &i in &d.admit {
+            c.events.push((
+                rows[i].machine.clone(),
+                "rollout".into(),
+                format!(
+                    "admitted by rollout {id} ({}) to release {}",
+                    wave_name(rows[i].wave.unwrap_or(0)),
+                    short(&rec.release)
+                ),
+            ));
+        }
+        store::save(&app.db, id, &c, t).await?;
+        match &c.state {
+            Some((RolloutState::Halted, Some(why))) => {
+                tracing::warn!(rollout = id, channel = %rec.channel, reason = %why, "rollout halted")
+            }
+            Some((s, _)) => {
+                tracing::info!(rollout = id, channel = %rec.channel, state = s.as_str(), "rollout")
+            }
+            None => {}
+        }
+        if !d.admit.is_empty() {
+            tracing::info!(rollout = id, admitted = d.admit.len(), wave = ?d.wave, "machines admitted");
+        }
+        // memory follows what is stored; then everyone whose answer changed is woken
+        let mut wake = Vec::new();
+        {
+            let mut live = self.live.write().expect("lock");
+            let Some(l) = live.get_mut(&id) else {
+                return Ok(());
+            };
+            for &i in &d.admit {
+                l.rows[i].admitted_at = Some(t);
+            }
+            for &i in &d.stamp {
+                l.rows[i].settled_at = Some(t);
+            }
+            if let Some((s, r)) = &c.state {
+                l.rec.state = *s;
+                l.rec.reason = r.clone();
+                l.rec.updated_at = t;
+            }
+            let governs = sig == Signed::Ours && l.rec.state != RolloutState::Superseded;
+            for (i, row) in l.rows.iter().enumerate() {
+                let now_told = governs
+                    .then(|| plan::told(&l.plan, l.rec.state, row, seen[i].current.as_deref(), t));
+                if now_told != l.told[i] {
+                    l.told[i] = now_told;
+                    wake.push(row.machine.clone());
+                }
+            }
+            if l.rec.state == RolloutState::Superseded {
+                live.remove(&id);
+            }
+        }
+        for m in wake {
+            if let Some(m) = app.fleet.get(&m) {
+                m.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a rollout (or, with `dry_run`, only computes it).
+    pub async fn start(&self, app: &std::sync::Arc<App>, req: &StartRequest) -> Res<RolloutInfo> {
+        let spec = Spec::parse(req).map_err(Problem::Bad)?;
+        semithin_store::channel::check_name(&req.channel)
+            .map_err(|e| Problem::Bad(e.to_string()))?;
+        let release: CommitId = req.release.parse().map_err(|_| {
+            Problem::Bad(format!(
+                "{:?} is not a release (a commit id, 64 hex digits)",
+                req.release
+            ))
+        })?;
+        let held = |app: &App| {
+            app.published()
+                .store
+                .contains(ObjKind::Commit, release.as_bytes())
+        };
+        if !held(app) {
+            // committed since the server last read the repository
+            app.reload().await?;
+        }
+        if !held(app) {
+            return Err(Problem::NotFound(format!(
+                "the server's repository has no commit {}: commit it there first",
+                release.to_hex()
+            )));
+        }
+        let sel = Selector::parse(&req.selector).map_err(|e| Problem::Bad(e.to_string()))?;
+        let trust = crate::releases::trust_dir(&app.cfg.repo());
+        let signed_before = tokio::task::spawn_blocking(move || {
+            semithin_trust::repo::TrustRepo::open(&trust).and_then(|t| t.signed_releases())
+        })
+        .await
+        .expect("reading trust metadata")
+        .map_err(Error::from)?;
+        let rel = release.to_hex();
+        // what the channel's machines were told until now
+        let before = app.release(&req.channel).map(|c| c.to_hex());
+        let mut cands = Vec::new();
+        for m in app.fleet.select(&Selector::All) {
+            let r = m.snapshot();
+            if r.status != MachineStatus::Accepted || r.channel.as_deref() != Some(&req.channel) {
+                continue;
+            }
+            // What it runs, if that was signed here; a machine that runs nothing yet keeps what
+            // it was getting, the channel's release until now. A machine on a version never
+            // signed here has nothing it could be told: it is left where it is.
+            let from = match &r.report.current {
+                Some(c) => Some(c.clone()).filter(|c| *c == rel || signed_before.contains(c)),
+                None => before.clone(),
+            };
+            cands.push(plan::Candidate {
+                machine: r.id,
+                selected: sel.matches(&r.name, &r.labels),
+                name: r.name,
+                from,
+            });
+        }
+        if cands.is_empty() {
+            return Err(Problem::NotFound(format!(
+                "no machines selected: no accepted machine follows channel {} (`semithin fleet \
+                 assign`)",
+                req.channel
+            )));
+        }
+        if !cands.iter().any(|c| c.selected) {
+            return Err(Problem::NotFound(format!(
+                "no machines selected: {sel} matches none of the {} accepted machine(s) that \
+                 follow channel {}",
+                cands.len(),
+                req.channel
+            )));
+        }
+        let rows = plan::assign(&rel, &cands, &spec.canary, &spec.waves).map_err(Problem::Bad)?;
+        let _g = self.work.lock().await;
+        if let Some(l) = self
+            .live
+            .read()
+            .expect("lock")
+            .values()
+            .find(|l| l.rec.channel == req.channel && l.rec.state.is_active())
+        {
+            return Err(Problem::Conflict(format!(
+                "rollout {} on channel {} is {}: abort it first, or let it complete",
+                l.rec.id,
+                req.channel,
+                l.rec.state.as_str()
+            )));
+        }
+        let t = now();
+        let mut rec = Record {
+            id: 0,
+            uid: crate::random_token_id()?,
+            channel: req.channel.clone(),
+            release: rel,
+            selector: sel.to_string(),
+            spec,
+            state: RolloutState::Publishing,
+            reason: None,
+            created_at: t,
+            updated_at: t,
+        };
+        if req.dry_run {
+            return Ok(self.info_of(app, &self.stored(rec, rows)?, true));
+        }
+        rec.id = match store::insert(&app.db, &rec, &rows).await? {
+            Ok(id) => id,
+            Err(store::Taken) => {
+                return Err(Problem::Conflict(format!(
+                    "another rollout on channel {} is active: abort it first, or let it complete",
+                    req.channel
+                )));
+            }
+        };
+        let id = rec.id;
+        tracing::info!(rollout = id, channel = %rec.channel, release = %rec.release, machines = rows.len(), "rollout made");
+        let l = Live::new(rec.clone(), rows.clone(), self.offline_after)?;
+        self.live.write().expect("lock").insert(id, l);
+        Ok(self.info_of(app, &self.stored(rec, rows)?, true))
+    }
+
+    /// Changes the state of a live rollout by an admin command, then steps it.
+    async fn command(
+        &self,
+        app: &App,
+        id: i64,
+        verb: &str,
+        allowed: &[RolloutState],
+        to: RolloutState,
+        reason: Option<String>,
+    ) -> Res<RolloutInfo> {
+        let _g = self.work.lock().await;
+        let Some(Snapshot { rec, plan, rows }) = self.snapshot(id) else {
+            return Err(match store::get(&app.db, id).await? {
+                Some((r, _)) => Problem::Conflict(format!(
+                    "rollout {id} is {}: it tells no machine anything any more",
+                    r.state.as_str()
+                )),
+                None => Problem::NotFound(format!("no rollout has the id {id}")),
+            });
+        };
+        if !allowed.contains(&rec.state) {
+            let hint = match (verb, rec.state) {
+                ("abort", RolloutState::Completed) => {
+                    format!(" (`semithin rollout rollback {id}` sends every machine back)")
+                }
+                ("rollback", RolloutState::Publishing) => {
+                    format!(" (its release is not signed yet: `semithin rollout abort {id}`)")
+                }
+                _ => String::new(),
+            };
+            return Err(Problem::Conflict(format!(
+                "rollout {id} is {}: it cannot be {}{hint}",
+                rec.state.as_str(),
+                match verb {
+                    "pause" => "paused",
+                    "resume" => "resumed",
+                    "abort" => "aborted",
+                    _ => "rolled back",
+                }
+            )));
+        }
+        let mut c = Change {
+            state: Some((to, reason)),
+            ..Change::default()
+        };
+        if verb == "resume" {
+            let seen: Vec<Seen> = rows
+                .iter()
+                .map(|r| seen_of(app, &r.machine, &rec.channel))
+                .collect();
+            for i in plan::resume_accepts(&plan, rec.state, &rows, &seen) {
+                c.acknowledged.push(rows[i].machine.clone());
+                c.events.push((
+                    rows[i].machine.clone(),
+                    "rollout".into(),
+                    format!(
+                        "failure of release {} accepted by resuming rollout {id}",
+                        short(&rec.release)
+                    ),
+                ));
+            }
+        }
+        if matches!(to, RolloutState::Aborted | RolloutState::RolledBack) {
+            for r in rows.iter().filter(|r| {
+                r.from.is_some() && (to == RolloutState::RolledBack || r.admitted_at.is_some())
+            }) {
+                c.events.push((
+                    r.machine.clone(),
+                    "rollout".into(),
+                    format!(
+                        "sent back to release {} by {} rollout {id}",
+                        short(r.from.as_deref().unwrap_or("")),
+                        if to == RolloutState::Aborted {
+                            "aborting"
+                        } else {
+                            "rolling back"
+                        }
+                    ),
+                ));
+            }
+        }
+        let t = now();
+        store::save(&app.db, id, &c, t).await?;
+        tracing::info!(
+            rollout = id,
+            from = rec.state.as_str(),
+            to = to.as_str(),
+            "rollout {verb}"
+        );
+        {
+            let mut live = self.live.write().expect("lock");
+            if let Some(l) = live.get_mut(&id) {
+                l.rec.state = to;
+                l.rec.reason = c.state.as_ref().and_then(|s| s.1.clone());
+                l.rec.updated_at = t;
+                for m in &c.acknowledged {
+                    if let Some(&i) = l.index.get(m) {
+                        l.rows[i].acknowledged = true;
+                    }
+                }
+            }
+        }
+        self.step_locked(app, id).await?;
+        self.info(app, id).await
+    }
+
+    pub async fn pause(&self, app: &App, id: i64) -> Res<RolloutInfo> {
+        use RolloutState::*;
+        self.command(
+            app,
+            id,
+            "pause",
+            &[Running],
+            Paused,
+            Some("paused by the admin".into()),
+        )
+        .await
+    }
+
+    pub async fn resume(&self, app: &App, id: i64) -> Res<RolloutInfo> {
+        use RolloutState::*;
+        self.command(app, id, "resume", &[Paused, Halted], Running, None)
+            .await
+    }
+
+    pub async fn abort(&self, app: &App, id: i64) -> Res<RolloutInfo> {
+        use RolloutState::*;
+        self.command(
+            app,
+            id,
+            "abort",
+            &[Publishing, Running, Paused, Halted],
+            Aborted,
+            Some("aborted by the admin: the machines it admitted go back to their release".into()),
+        )
+        .await
+    }
+
+    pub async fn rollback(&self, app: &App, id: i64) -> Res<RolloutInfo> {
+        use RolloutState::*;
+        self.command(
+            app,
+            id,
+            "rollback",
+            &[Running, Paused, Halted, Completed, Aborted],
+            RolledBack,
+            Some("rolled back by the admin: every machine goes back to its release".into()),
+        )
+        .await
+    }
+
+    fn snapshot(&self, id: i64) -> Option<Snapshot> {
+        self.live.read().expect("lock").get(&id).map(|l| Snapshot {
+            rec: l.rec.clone(),
+            plan: l.plan.clone(),
+            rows: l.rows.clone(),
+        })
+    }
+
+    fn stored(&self, rec: Record, rows: Vec<Row>) -> Res<Snapshot> {
+        let plan = plan_of(&rec, self.offline_after)?;
+        Ok(Snapshot { rec, plan, rows })
+    }
+
+    /// One rollout, live or stored.
+    pub async fn info(&self, app: &App, id: i64) -> Res<RolloutInfo> {
+        if let Some(s) = self.snapshot(id) {
+            return Ok(self.info_of(app, &s, true));
+        }
+        let (rec, rows) = store::get(&app.db, id)
+            .await?
+            .ok_or_else(|| Problem::NotFound(format!("no rollout has the id {id}")))?;
+        Ok(self.info_of(app, &self.stored(rec, rows)?, true))
+    }
+
+    /// The newest rollouts (of a channel), without their machines.
+    pub async fn list(&self, app: &App, channel: Option<&str>) -> Res<Vec<RolloutInfo>> {
+        let recs = store::list(&app.db, channel, 50).await?;
+        let mut out = Vec::new();
+        for rec in recs {
+            let s = match self.snapshot(rec.id) {
+                Some(s) => s,
+                None => {
+                    let rows = match store::get(&app.db, rec.id).await? {
+                        Some((_, rows)) => rows,
+                        None => Vec::new(),
+                    };
+                    self.stored(rec, rows)?
+                }
+            };
+            out.push(self.info_of(app, &s, false));
+        }
+        Ok(out)
+    }
+
+    /// Never called with `live` locked: it reads the machines (lock order: a machine, then
+    /// `live`, as a check-in does).
+    fn info_of(&self, app: &App, l: &Snapshot, machines: bool) -> RolloutInfo {
+        let published = app.published();
+        let t = now();
+        let seen: Vec<Seen> = l
+            .rows
+            .iter()
+            .map(|r| seen_of(app, &r.machine, &l.rec.channel))
+            .collect();
+        let sig = signed(&published, &l.rec);
+        // what the next step would say, without doing it
+        let d = plan::step(&l.plan, l.rec.state, sig, &l.rows, &seen, t);
+        let live_state = l.rec.state;
+        let spec = &l.rec.spec;
+        let mut waves = Vec::new();
+        for w in 0..l.plan.waves {
+            let f = plan::wave_figures(&l.plan, live_state, &l.rows, &seen, w);
+            waves.push(WaveInfo {
+                index: w,
+                name: wave_name(w),
+                percent: (w > 0).then(|| spec.waves[w as usize - 1]),
+                machines: f.machines,
+                admitted: f.admitted,
+                updated: f.updated,
+                failed: f.failed,
+                healthy_at: f.healthy_at,
+                soak_until: f.soak_until,
+            });
+        }
+        let governs = sig == Signed::Ours && live_state != RolloutState::Superseded;
+        let mut counts = BTreeMap::new();
+        let mut list = Vec::new();
+        for (row, s) in l.rows.iter().zip(&seen) {
+            let st = plan::classify(&l.plan, live_state, row, s);
+            *counts.entry(st.as_str().to_owned()).or_insert(0) += 1;
+            if !machines {
+                continue;
+            }
+            let told = if governs {
+                plan::told(&l.plan, live_state, row, s.current.as_deref(), t)
+            } else {
+                published.releases.get(&l.rec.channel).map(|c| c.to_hex())
+            };
+            list.push(RolloutMachine {
+                name: row.name.clone(),
+                id: row.machine.clone(),
+                wave: row.wave,
+                from: row.from.clone(),
+                state: st,
+                told,
+                admitted_at: row.admitted_at,
+                settled_at: row.settled_at,
+                current: s.current.clone(),
+                health: s.health,
+                last_error: s.last_error.clone(),
+                last_seen: s.last_seen,
+                offline: st != MachineState::Left
+                    && s.last_seen.is_none_or(|x| t - x > self.offline_after),
+            });
+        }
+        let mut allowed: Vec<String> = l
+            .rows
+            .iter()
+            .filter_map(|r| r.from.clone())
+            .filter(|f| *f != l.rec.release)
+            .collect();
+        allowed.sort();
+        allowed.dedup();
+        let waiting = d
+            .waiting
+            .as_ref()
+            .filter(|_| live_state != RolloutState::Superseded)
+            .map(|w| describe(w, &l.plan, l.rec.id, t));
+        RolloutInfo {
+            id: l.rec.id,
+            channel: l.rec.channel.clone(),
+            release: l.rec.release.clone(),
+            selector: l.rec.selector.clone(),
+            state: live_state,
+            reason: l.rec.reason.clone(),
+            plan: PlanInfo {
+                canary: spec.canary.to_string(),
+                waves: spec.waves.clone(),
+                soak_secs: spec.soak_secs,
+                max_failures: spec.max_failures.to_string(),
+                window: spec.window.clone(),
+                tz: spec
+                    .window
+                    .as_ref()
+                    .map(|_| spec.tz.clone().unwrap_or_else(|| "UTC".into())),
+                max_per_hour: spec.max_per_hour,
+            },
+            created_at: l.rec.created_at,
+            updated_at: l.rec.updated_at,
+            uid: l.rec.uid.clone(),
+            allowed,
+            wave: d.wave,
+            waiting,
+            waves,
+            machines: list,
+            counts,
+        }
+    }
+
+    /// Whether a live rollout of `channel` is active (publishing, running, paused, halted).
+    pub fn active_on(&self, channel: &str) -> Option<(i64, RolloutState)> {
+        self.live
+            .read()
+            .expect("lock")
+            .values()
+            .find(|l| l.rec.channel == channel && l.rec.state.is_active())
+            .map(|l| (l.rec.id, l.rec.state))
+    }
+}
+
+/// The planner's own task: steps every live rollout when poked (a report of one of their
+/// machines changed, a publish was noticed) and every few seconds, until the server stops.
+pub async fn run(app: std::sync::Arc<App>) {
+    let mut stop = app.shutdown.clone();
+    loop {
+        if let Err(e) = app.rollouts.step_all(&app).await {
+            tracing::warn!(error = %e, "stepping rollouts");
+        }
+        tokio::select! {
+            _ = app.rollouts.poke.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
