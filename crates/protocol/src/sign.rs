@@ -124,9 +124,44 @@ impl MachineKey {
     }
 }
 
+/// A machine's public key, decoded once (a server keeps it for every request of the machine).
+#[derive(Clone, Copy, Debug)]
+pub struct PublicKey(VerifyingKey);
+
+impl PublicKey {
+    pub fn from_bytes(public: &[u8; 32]) -> Result<Self> {
+        VerifyingKey::from_bytes(public)
+            .map(PublicKey)
+            .map_err(|_| {
+                Error::Signature("the enrolled public key is not a valid ed25519 point".into())
+            })
+    }
+}
+
 /// Checks a request's signature and date against the machine's public key.
 pub fn verify(
     public: &[u8; 32],
+    method: &str,
+    path_and_query: &str,
+    date: &str,
+    body: &[u8],
+    signature: &str,
+    now: i64,
+) -> Result<()> {
+    verify_key(
+        &PublicKey::from_bytes(public)?,
+        method,
+        path_and_query,
+        date,
+        body,
+        signature,
+        now,
+    )
+}
+
+/// [`verify`] with a key decoded before.
+pub fn verify_key(
+    key: &PublicKey,
     method: &str,
     path_and_query: &str,
     date: &str,
@@ -149,14 +184,12 @@ pub fn verify(
     else {
         return bad("the signature is not 64 bytes of hex");
     };
-    let Ok(key) = VerifyingKey::from_bytes(public) else {
-        return bad("the enrolled public key is not a valid ed25519 point");
-    };
-    key.verify_strict(
-        &signing_input(method, path_and_query, date, body),
-        &ed25519_dalek::Signature::from_bytes(&sig),
-    )
-    .or_else(|_| bad("the signature does not verify"))
+    key.0
+        .verify_strict(
+            &signing_input(method, path_and_query, date, body),
+            &ed25519_dalek::Signature::from_bytes(&sig),
+        )
+        .or_else(|_| bad("the signature does not verify"))
 }
 
 #[cfg(test)]

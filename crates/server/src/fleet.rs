@@ -16,6 +16,8 @@ use crate::db::MachineRow;
 pub struct Machine {
     pub id: String,
     pub public_key: [u8; 32],
+    /// The key decoded once, for every signed request (`None`: not a valid ed25519 point).
+    pub key: Option<semithin_protocol::sign::PublicKey>,
     pub row: Mutex<MachineRow>,
     /// Unix seconds of the last check-in (0: never); written to the database in batches.
     pub last_seen: AtomicI64,
@@ -31,6 +33,7 @@ impl Machine {
         Self {
             id: row.id.clone(),
             public_key: row.public_key,
+            key: semithin_protocol::sign::PublicKey::from_bytes(&row.public_key).ok(),
             row: Mutex::new(row),
             last_seen: AtomicI64::new(seen),
             last_seen_stored: AtomicI64::new(seen),

@@ -113,16 +113,15 @@ pub fn machine(
         )
     })?;
     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    sign::verify(
-        &m.public_key,
-        method.as_str(),
-        pq,
-        date,
-        body,
-        sig,
-        crate::now(),
-    )
-    .map_err(|e| ApiErr(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let key = m.key.as_ref().ok_or_else(|| {
+        ApiErr(
+            StatusCode::UNAUTHORIZED,
+            "request signature refused: the enrolled public key is not a valid ed25519 point"
+                .into(),
+        )
+    })?;
+    sign::verify_key(key, method.as_str(), pq, date, body, sig, crate::now())
+        .map_err(|e| ApiErr(StatusCode::UNAUTHORIZED, e.to_string()))?;
     Ok(m)
 }
 
