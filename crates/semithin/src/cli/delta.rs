@@ -83,11 +83,13 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
         s.trees
     );
     println!(
-        "  patches      {:>12}  {} changed files ({} against their old version by zstd, {} by bsdiff)",
+        "  patches      {:>12}  {} changed files ({} against their old version by zstd, {} by \
+         bsdiff, {} gzip files as their content)",
         human(s.patch_bytes),
-        s.files_prefixed + s.files_bsdiff,
+        s.files_prefixed + s.files_bsdiff + s.files_gzip,
         s.files_prefixed,
-        s.files_bsdiff
+        s.files_bsdiff,
+        s.files_gzip
     );
     println!(
         "  new content  {:>12}  {} files",
