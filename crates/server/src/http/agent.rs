@@ -496,45 +496,16 @@ pub async fn delta(
             format!("the pack has {size} bytes; a range from {start} is past its end"),
         ));
     }
-    let (tx, rx) = mpsc::channel(8);
+    let mut file = std::fs::File::open(&path).map_err(|e| ApiErr::internal(format!("{e}")))?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))
+        .map_err(|e| ApiErr::internal(format!("{e}")))?;
     let counters = app.clone();
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Seek};
-        let mut f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
-        if let Err(e) = f.seek(std::io::SeekFrom::Start(start)) {
-            let _ = tx.blocking_send(Err(e));
-            return;
-        }
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    counters
-                        .counters
-                        .delta_bytes_sent
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    if tx
-                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            }
-        }
+    let body = super::file_body(file, move |n| {
+        counters
+            .counters
+            .delta_bytes_sent
+            .fetch_add(n, Ordering::Relaxed);
     });
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut resp = (
         [
             (

@@ -4,11 +4,9 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::mpsc;
 
 use super::{ApiErr, ApiResult};
 use crate::App;
@@ -25,30 +23,7 @@ pub async fn get(
             return Err(ApiErr(axum::http::StatusCode::BAD_GATEWAY, e));
         }
     };
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut f = file;
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    if tx
-                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            }
-        }
-    });
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let body = super::file_body(file, |_| {});
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),

@@ -58,6 +58,33 @@ impl From<crate::Error> for ApiErr {
 
 pub type ApiResult<T> = std::result::Result<T, ApiErr>;
 
+/// A response body streaming an open file from a blocking task, in 256 KiB pieces; `sent` is
+/// told how many bytes each piece held. A read error breaks the body off.
+pub fn file_body(mut file: std::fs::File, sent: impl Fn(u64) + Send + 'static) -> axum::body::Body {
+    use std::io::Read;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<axum::body::Bytes>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    sent(n as u64);
+                    let piece = axum::body::Bytes::copy_from_slice(&buf[..n]);
+                    if tx.blocking_send(Ok(piece)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
 /// Parses a JSON body, naming what is wrong with it.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiErr::bad(format!("bad request body: {e}")))
