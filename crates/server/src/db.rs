@@ -118,11 +118,10 @@ pub async fn load_machines(pool: &SqlitePool) -> Result<Vec<MachineRow>> {
     Ok(out)
 }
 
-/// Stores a new machine; `ex` is the pool or a transaction (many rows in one).
-pub async fn insert_machine<'e, E>(ex: E, m: &MachineRow) -> Result<()>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
-{
+/// The statement that stores a new machine.
+fn machine_insert(
+    m: &MachineRow,
+) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
     sqlx::query(
         "INSERT INTO machines (id, name, public_key, status, labels, channel, report, \
          enrolled_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -136,9 +135,17 @@ where
     .bind(json(&m.report))
     .bind(m.enrolled_at)
     .bind(m.last_seen)
-    .execute(ex)
-    .await
-    .map_err(|e| Error::db("enrolling the machine", e))?;
+}
+
+/// Stores a new machine; `ex` is the pool or a transaction (many rows in one).
+pub async fn insert_machine<'e, E>(ex: E, m: &MachineRow) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    machine_insert(m)
+        .execute(ex)
+        .await
+        .map_err(|e| Error::db("enrolling the machine", e))?;
     Ok(())
 }
 
@@ -384,21 +391,7 @@ pub async fn enroll_machine(
         return Ok(Err(EnrollRefused::Token));
     }
     let m = make(&t);
-    let inserted = sqlx::query(
-        "INSERT INTO machines (id, name, public_key, status, labels, channel, report, \
-         enrolled_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(&m.id)
-    .bind(&m.name)
-    .bind(&m.public_key[..])
-    .bind(m.status.as_str())
-    .bind(json(&m.labels))
-    .bind(&m.channel)
-    .bind(json(&m.report))
-    .bind(m.enrolled_at)
-    .bind(m.last_seen)
-    .execute(&mut *tx)
-    .await;
+    let inserted = machine_insert(&m).execute(&mut *tx).await;
     match inserted {
         Ok(_) => {}
         Err(e)
