@@ -109,6 +109,12 @@ impl Repo {
 
     /// Opens a repository, checking its format version, and takes its lock.
     pub fn open(path: &Path, access: Access) -> Result<Self> {
+        Self::open_waiting(path, access, &mut || {})
+    }
+
+    /// [`Repo::open`], calling `waiting` once when the lock is held by another process, before
+    /// waiting for it (a command can say why it does not go on).
+    pub fn open_waiting(path: &Path, access: Access, waiting: &mut dyn FnMut()) -> Result<Self> {
         let config_path = path.join("config");
         let text = match std::fs::read_to_string(&config_path) {
             Ok(t) => t,
@@ -153,11 +159,25 @@ impl Repo {
             .truncate(false)
             .open(&lock_path)
             .map_err(Error::io("opening", &lock_path))?;
-        let op = match access {
-            Access::Read => FlockOperation::LockShared,
-            Access::Write => FlockOperation::LockExclusive,
+        let (op, try_op) = match access {
+            Access::Read => (
+                FlockOperation::LockShared,
+                FlockOperation::NonBlockingLockShared,
+            ),
+            Access::Write => (
+                FlockOperation::LockExclusive,
+                FlockOperation::NonBlockingLockExclusive,
+            ),
         };
-        rustix::fs::flock(&lock, op).map_err(|e| Error::io("locking", &lock_path)(e.into()))?;
+        match rustix::fs::flock(&lock, try_op) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                waiting();
+                rustix::fs::flock(&lock, op)
+                    .map_err(|e| Error::io("locking", &lock_path)(e.into()))?;
+            }
+            Err(e) => return Err(Error::io("locking", &lock_path)(e.into())),
+        }
         let tmp = path.join("objects/tmp");
         if access == Access::Write {
             // Only a writer makes temporary files, and we are the only writer now: whatever is

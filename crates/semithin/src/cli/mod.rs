@@ -181,7 +181,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn open(repo: Option<PathBuf>, access: Access) -> Result<Repo> {
     let path = repo.context("no repository given: pass --repo PATH or set SEMITHIN_REPO")?;
-    Ok(Repo::open(&path, access)?)
+    let mut say = || {
+        eprintln!(
+            "semithin: waiting for the repository {}: another process holds it{} \
+             (a running agent holds its own store for as long as it runs)",
+            path.display(),
+            if access == Access::Write {
+                ""
+            } else {
+                " for writing"
+            }
+        )
+    };
+    Ok(Repo::open_waiting(&path, access, &mut say)?)
 }
 
 /// Prints a value as pretty JSON on stdout.

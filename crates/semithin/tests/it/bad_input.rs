@@ -990,3 +990,49 @@ fn a_damaged_record_header_in_a_pack_is_reported() {
         "{v:#}"
     );
 }
+
+#[test]
+fn a_command_says_it_waits_for_a_repository_another_process_holds() {
+    let env = Env::new();
+    let lock = env.repo.join("lock");
+    // another process holds the repository for writing for a moment
+    let mut holder = Command::new("flock")
+        .arg("-x")
+        .arg(&lock)
+        .args(["-c", "sleep 1"])
+        .spawn()
+        .unwrap();
+    let held = || {
+        !Command::new("flock")
+            .arg("-n")
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    };
+    let start = Instant::now();
+    while !held() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "flock never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = env.run(&["log"]);
+    holder.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("waiting for the repository"), "{err}");
+    assert!(
+        err.contains("another process holds it for writing"),
+        "{err}"
+    );
+    // free, it says nothing
+    let out = env.run(&["log"]);
+    assert!(String::from_utf8_lossy(&out.stderr).is_empty());
+}
