@@ -274,41 +274,13 @@ fn token_row(r: &sqlx::sqlite::SqliteRow) -> TokenRow {
 }
 
 pub async fn tokens(pool: &SqlitePool) -> Result<Vec<TokenRow>> {
-    let rows = sqlx::query(
-        "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at \
-         FROM tokens ORDER BY created_at",
-    )
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{TOKEN_SELECT} ORDER BY created_at"
+    )))
     .fetch_all(pool)
     .await
     .map_err(|e| Error::db("listing tokens", e))?;
     Ok(rows.iter().map(token_row).collect())
-}
-
-/// Takes one use of the token with this secret hash, if it is valid at `now`.
-pub async fn use_token(pool: &SqlitePool, secret_hash: &str, now: i64) -> Result<Option<TokenRow>> {
-    let mut tx = pool.begin().await.map_err(|e| Error::db("token", e))?;
-    let row = sqlx::query(
-        "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at \
-         FROM tokens WHERE secret_hash = $1",
-    )
-    .bind(secret_hash)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(|e| Error::db("token", e))?;
-    let Some(row) = row else { return Ok(None) };
-    let t = token_row(&row);
-    if t.expires_at.is_some_and(|e| e <= now) || t.uses_left.is_some_and(|u| u <= 0) {
-        return Ok(None);
-    }
-    if t.uses_left.is_some() {
-        sqlx::query("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1")
-            .bind(&t.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| Error::db("token", e))?;
-    }
-    tx.commit().await.map_err(|e| Error::db("token", e))?;
-    Ok(Some(t))
 }
 
 pub async fn delete_token(pool: &SqlitePool, id: &str) -> Result<bool> {
@@ -324,12 +296,15 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("serialises")
 }
 
+/// Every column of a token, as `token_row` reads them.
+const TOKEN_SELECT: &str =
+    "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at FROM tokens";
+
 /// A token by the hash of its secret, valid or not.
 pub async fn find_token(pool: &SqlitePool, secret_hash: &str) -> Result<Option<TokenRow>> {
-    let row = sqlx::query(
-        "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at \
-         FROM tokens WHERE secret_hash = $1",
-    )
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{TOKEN_SELECT} WHERE secret_hash = $1"
+    )))
     .bind(secret_hash)
     .fetch_optional(pool)
     .await
@@ -376,10 +351,9 @@ pub async fn enroll_machine(
     // IMMEDIATE: the write lock from the start, so concurrent enrollments queue instead of
     // failing to upgrade a read lock.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-    let row = sqlx::query(
-        "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at \
-         FROM tokens WHERE secret_hash = $1",
-    )
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{TOKEN_SELECT} WHERE secret_hash = $1"
+    )))
     .bind(secret_hash)
     .fetch_optional(&mut *tx)
     .await
@@ -454,13 +428,10 @@ pub async fn renumber_legacy_tokens(
 
 /// One token by id.
 pub async fn token_by_id(pool: &SqlitePool, id: &str) -> Result<Option<TokenRow>> {
-    let row = sqlx::query(
-        "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at \
-         FROM tokens WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
-    .map_err(|e| Error::db("reading the token", e))?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{TOKEN_SELECT} WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| Error::db("reading the token", e))?;
     Ok(row.as_ref().map(token_row))
 }
