@@ -5,6 +5,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::id::CommitId;
 use crate::pack::ObjKind;
 use crate::progress::Progress;
 use crate::reach;
@@ -34,6 +35,25 @@ pub struct FsckReport {
 }
 
 pub fn fsck(repo: &Repo, progress: &dyn Progress) -> Result<FsckReport> {
+    check(repo, reach::commits(repo)?, progress)
+}
+
+/// fsck of a machine's store: exactly the `releases` given (a machine keeps no channels and
+/// no ancestors), and every pack's headers.
+pub fn fsck_releases(
+    repo: &Repo,
+    releases: &[CommitId],
+    progress: &dyn Progress,
+) -> Result<FsckReport> {
+    let commits = releases.iter().map(|c| (*c, "kept".to_owned())).collect();
+    check(repo, commits, progress)
+}
+
+fn check(
+    repo: &Repo,
+    commits: Vec<(CommitId, String)>,
+    progress: &dyn Progress,
+) -> Result<FsckReport> {
     let mut report = FsckReport {
         channels: crate::channel::list(repo)?.len() as u64,
         ..FsckReport::default()
@@ -55,7 +75,6 @@ pub fn fsck(repo: &Repo, progress: &dyn Progress) -> Result<FsckReport> {
             used_by: Vec::new(),
         });
     }
-    let commits = reach::commits(repo)?;
     report.commits = commits.len() as u64;
     let mut roots = Vec::new();
     for (id, channel) in &commits {
