@@ -90,6 +90,7 @@ impl Agent {
         let repo = Repo::open(&rp, Access::Write)?;
         let state = State::load(&layout.state())?;
         cfg.admin_keys()?;
+        cfg.etc_restore()?;
         let jobs = jobs::Jobs::open(&layout.jobs())?;
         if state.trial.is_none() {
             deploy::tidy_boot_trial(&layout)?;
@@ -867,6 +868,10 @@ fn report_of(
     let staged = verified
         .filter(|r| Some(*r) != current.as_deref() && layout.deployment(r).exists())
         .map(str::to_owned);
+    let integrity = state
+        .integrity
+        .clone()
+        .filter(|i| Some(&i.release) == current.as_ref());
     Ok(Report {
         previous: state
             .history
@@ -883,6 +888,7 @@ fn report_of(
         uptime_secs: uptime(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         fetched_bytes: state.fetched_bytes + unsaved_fetched,
+        integrity,
     })
 }
 
