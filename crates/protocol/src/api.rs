@@ -318,3 +318,37 @@ pub struct Stats {
     /// channel → release
     pub releases: std::collections::BTreeMap<String, String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_without_integrity_is_read_and_none_is_not_sent() {
+        let old = r#"{"current":null,"staged":null,"previous":null,"health":"healthy",
+            "phase":"idle","failed_release":null,"last_error":null,"disk_free":1,
+            "uptime_secs":2,"agent_version":"0.1.0","fetched_bytes":3}"#;
+        let r: Report = serde_json::from_str(old).unwrap();
+        assert_eq!(r.integrity, None);
+        assert!(!serde_json::to_string(&r).unwrap().contains("integrity"));
+        let with = serde_json::json!({"release": "ab", "checked_at": 5,
+            "tampered": {"count": 1, "paths": ["/usr/bin/x"]}});
+        let i: Integrity = serde_json::from_value(with).unwrap();
+        assert!(i.is_tampered());
+        assert!(i.repaired.is_empty() && i.etc_drift.is_empty());
+    }
+
+    #[test]
+    fn path_lists_are_bounded_and_count_everything() {
+        let mut l = PathList::default();
+        for n in 0..(MAX_INTEGRITY_PATHS + 7) {
+            l.push(&format!("/etc/{n}"));
+        }
+        assert_eq!(l.count, (MAX_INTEGRITY_PATHS + 7) as u64);
+        assert_eq!(l.paths.len(), MAX_INTEGRITY_PATHS);
+        let mut l = PathList::default();
+        l.push(&format!("/{}", "é".repeat(MAX_INTEGRITY_PATH_LEN)));
+        assert!(l.paths[0].len() <= MAX_INTEGRITY_PATH_LEN + '…'.len_utf8());
+        assert!(l.paths[0].ends_with('…'));
+    }
+}

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use semithin_store::TreeId;
@@ -100,9 +101,18 @@ pub(crate) fn scan(
             fix: Fix::Meta(root_entry),
         });
     }
+    let dev = md.dev();
     let mut stack: Vec<(Vec<u8>, TreeId)> = vec![(Vec::new(), commit.tree)];
     while let Some((rel, tree_id)) = stack.pop() {
         let dir = at(root, &rel);
+        // Something mounted over a directory is not the deployment: it is not looked into.
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.dev() != dev) {
+            s.errors.push(format!(
+                "/{}: another file system is mounted there; not verified",
+                String::from_utf8_lossy(&rel)
+            ));
+            continue;
+        }
         let tree = match objs.tree(tree_id) {
             Ok(t) => t,
             Err(e) => {
