@@ -36,7 +36,8 @@ pub struct Config {
     pub health_deadline_secs: u64,
     /// Deployments kept besides the current one, for rollback.
     pub keep: usize,
-    /// Seconds between re-hashes of the running deployment (0: never).
+    /// Seconds between verifications of the running deployment, which also runs after every
+    /// boot (0: never).
     pub verify_interval_secs: u64,
     /// Longest wait between retries when the server cannot be reached.
     pub max_backoff_secs: u64,

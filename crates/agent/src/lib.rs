@@ -778,7 +778,7 @@ impl Agent {
     }
 
     /// Runs until `stop` is set: long polls, reconciles, backs off when the server is away,
-    /// and re-verifies the running deployment every `verify_interval_secs`.
+    /// and verifies the running deployment when it is due ([`Agent::verify_when_due`]).
     pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
         let mut failures = 0u32;
         let mut wait = 0u32;
@@ -816,20 +816,8 @@ impl Agent {
                     }
                 }
             }
-            if self.cfg.verify_interval_secs > 0
-                && self.layout.current()?.is_some()
-                && self.state.trial.is_none()
-                && now() - self.state.last_verify > self.cfg.verify_interval_secs as i64
-            {
-                match self.verify(true) {
-                    Ok(r) if !r.problems.is_empty() => self.say(&format!(
-                        "verify: repaired {} of {} problems",
-                        r.repaired,
-                        r.problems.len()
-                    )),
-                    Ok(_) => {}
-                    Err(e) => self.say(&format!("verify failed: {e}")),
-                }
+            if let Err(e) = self.verify_when_due() {
+                self.say(&format!("verify failed: {e}"));
             }
         }
         Ok(())

@@ -63,6 +63,34 @@ fn shown(prefix: &str, rel: &[u8]) -> String {
 }
 
 impl Agent {
+    /// Verifies and repairs the running deployment when `verify_interval_secs` (not 0) have
+    /// passed since the last verification, or the machine has booted since: so a reboot puts a
+    /// tampered machine right. Never during a trial. Logs what it found.
+    pub fn verify_when_due(&mut self) -> Result<Option<VerifyReport>> {
+        let last = self.state.last_verify;
+        let due = self.cfg.verify_interval_secs > 0
+            && self.state.trial.is_none()
+            && self.layout.current()?.is_some()
+            && (now() - last > self.cfg.verify_interval_secs as i64
+                || crate::jobs::boot_time().is_some_and(|b| b > last));
+        if !due {
+            return Ok(None);
+        }
+        let r = self.verify(true)?;
+        if !r.problems.is_empty() || !r.errors.is_empty() {
+            self.say(&format!(
+                "verify: {} path(s) differed from the release, {} put back{}",
+                r.problems.len(),
+                r.repaired,
+                match r.errors.first() {
+                    Some(e) => format!("; {} error(s), the first: {e}", r.errors.len()),
+                    None => String::new(),
+                }
+            ));
+        }
+        Ok(Some(r))
+    }
+
     /// Verifies the running deployment and the /etc overlay against the release; with `fix`,
     /// puts back what differs (the overlay only where `etc_policy` says so). Saves what was
     /// found and reports it to the server when the machine is enrolled.

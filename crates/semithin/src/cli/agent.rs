@@ -63,7 +63,8 @@ pub struct Args {
     /// Deployments kept besides the current one [default: 1].
     #[arg(long)]
     keep: Option<usize>,
-    /// Seconds between re-hashes of the running deployment; 0 turns it off [default: 86400].
+    /// Seconds between verifications of the running deployment against its release (also
+    /// after every boot); 0 turns them off [default: 86400].
     #[arg(long, value_name = "SECS")]
     verify_interval: Option<u64>,
     /// The root file system jobs act on: apt and dpkg run chrooted into it (so do commands),
@@ -236,6 +237,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     if a.once {
         let o = agent.cycle(0)?;
+        // A timer's run verifies too, when it is due (after a boot, or every verify interval).
+        if let Err(e) = agent.verify_when_due() {
+            eprintln!("semithin-agent: verify failed: {e:#}");
+        }
         let what = match o.wait {
             WaitFor::Acceptance => "waiting for the admin to accept this machine",
             WaitFor::Rejected => "this machine was rejected by the admin",

@@ -302,3 +302,50 @@ fn etc_overlay_drift_is_reported_or_restored_by_policy() {
         "{err}"
     );
 }
+
+#[test]
+fn a_run_of_the_timer_verifies_when_due_repairs_and_reports() {
+    let s = Server::start();
+    let (a, src, _) = machine(&s, "m1");
+    let dep = a.deployment();
+    sh(&format!(
+        "set -e; cd {}; cp usr/bin/tool usr/bin/rootshell; chmod 4755 usr/bin/rootshell",
+        q(&dep)
+    ));
+    // never verified yet: due at once
+    let out = a.run(&[
+        "--verify-interval",
+        "3600",
+        "--inventory-interval",
+        "0",
+        "--once",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("verify: 1 path(s) differed from the release, 1 put back"),
+        "{err}"
+    );
+    assert_deployed(&src, &dep);
+    let m = s.machine("m1");
+    assert_eq!(
+        paths(&m["report"]["integrity"]["repaired"]),
+        ["/usr/bin/rootshell"],
+        "{m}"
+    );
+    // verified since the last boot and within the interval: not due
+    std::fs::write(dep.join("usr/bin/later"), "x").unwrap();
+    let out = a.run(&[
+        "--verify-interval",
+        "3600",
+        "--inventory-interval",
+        "0",
+        "--once",
+    ]);
+    assert!(out.status.success());
+    assert!(dep.join("usr/bin/later").exists());
+}
