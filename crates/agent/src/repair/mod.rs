@@ -339,6 +339,12 @@ mod tests {
         std::fs::create_dir_all(src.join("etc")).unwrap();
         let content: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
         std::fs::write(src.join("etc/data"), &content).unwrap();
+        sh(&format!(
+            "set -e; cd '{}'; mkdir -p dev tmp var/spool usr/bin; chmod 1777 tmp; \
+             mknod dev/null c 1 3; mkfifo dev/initctl; printf 'x' > usr/bin/tool; \
+             chmod 0755 usr/bin/tool; printf 'mail' > var/spool/mail",
+            src.display()
+        ));
         // The server's repository, and the machine's copy of it.
         let server_repo = dir.join("server-repo");
         Repo::init(&server_repo, RepoConfig::default()).unwrap();
@@ -367,6 +373,15 @@ mod tests {
         }
         deploy::point_current(&layout, Some(&release)).unwrap();
         (state, layout, release, server_repo, content)
+    }
+
+    fn sh(cmd: &str) {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{cmd}");
     }
 
     /// Flips a byte in every object of KIND in the machine's packs.
@@ -423,6 +438,51 @@ mod tests {
         assert!(!dep.join("etc/cron.d").exists());
         let q = r.quarantine.unwrap();
         assert!(q.join("deployment/etc/cron.d/evil").is_file());
+    }
+
+    #[test]
+    fn owner_xattrs_devices_fifos_sticky_bits_and_a_hijacked_directory_are_found_and_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, layout, release, _, _) = machine(dir.path());
+        let dep = layout.deployment(&release);
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        sh(&format!(
+            "set -e; cd '{}'; chown 1000:1000 usr/bin/tool; setfattr -n trusted.evil -v 1 etc/data; \
+             rm dev/null; mknod dev/null c 1 5; rm dev/initctl; : > dev/initctl; chmod 0777 tmp; \
+             rm -r var/spool; ln -s '{}' var/spool",
+            dep.display(),
+            outside.display()
+        ));
+        let mut agent = Agent::open(&state, Config::default(), Box::new(|_| {})).unwrap();
+        let r = agent.verify(false).unwrap();
+        let all = r.problems.join("\n");
+        for want in [
+            "/usr/bin/tool: owner 1000:1000, the release has 0:0",
+            "/etc/data: xattrs differ (not as released: trusted.evil)",
+            "/dev/null: is device 1:5, the release has 1:3",
+            "/dev/initctl: is a file, the release has a fifo",
+            "/tmp: mode 0777, the release has 1777",
+            "/var/spool: is a symlink, the release has a dir",
+        ] {
+            assert!(all.contains(want), "{want:?} not in\n{all}");
+        }
+        assert_eq!(r.problems.len(), 6, "{all}");
+        let i = r.integrity.as_ref().unwrap();
+        assert_eq!(i.tampered.count, 6);
+        assert_eq!(agent.report().unwrap().integrity.as_ref(), Some(i));
+
+        let r = agent.verify(true).unwrap();
+        assert_eq!(r.repaired, 6, "{r:?}");
+        assert!(r.errors.is_empty(), "{r:?}");
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing written through the link"
+        );
+        assert_eq!(std::fs::read(dep.join("var/spool/mail")).unwrap(), b"mail");
+        let r = agent.verify(false).unwrap();
+        assert!(r.problems.is_empty(), "{r:?}");
+        assert!(!r.unresolved());
     }
 
     #[test]
