@@ -76,7 +76,15 @@ impl Agent {
         if !due {
             return Ok(None);
         }
-        let r = self.verify(true)?;
+        let r = match self.verify(true) {
+            Ok(r) => r,
+            Err(e) => {
+                // Tried again at the next interval or boot, not at every cycle.
+                self.state.last_verify = now();
+                let _ = self.save();
+                return Err(e);
+            }
+        };
         if !r.problems.is_empty() || !r.errors.is_empty() {
             self.say(&format!(
                 "verify: {} path(s) differed from the release, {} put back{}",

@@ -98,9 +98,11 @@ pub struct Args {
 
 #[derive(Subcommand)]
 enum AgentCmd {
-    /// Re-hash the running deployment against its release; restore what changed (from the local
-    /// store, or from the server when the store is damaged). Exit 1 when something was wrong and
-    /// could not be restored.
+    /// Compare the whole running deployment with its release (added entries, content, modes,
+    /// owners, link targets, devices, xattrs) and the /etc overlay with the release's /etc (by
+    /// --etc-policy); put back what differs, from the local store or the server, moving what is
+    /// not the release's into STATE/quarantine/; report the findings to the server. Exit 1 when
+    /// something still differs or could not be verified.
     Verify {
         /// Only report; change nothing.
         #[arg(long)]
