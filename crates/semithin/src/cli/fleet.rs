@@ -16,7 +16,8 @@ use super::{human, print_json, time};
 
 #[derive(Subcommand)]
 pub enum FleetCmd {
-    /// List machines: name, labels, channel, current / target release, status, last seen.
+    /// List machines: name, labels, channel, current / target release, status, last seen; then
+    /// each tampered machine with the paths that differ from its release.
     List {
         /// Only the machines matching this selector (`site=school-12,class=lab`, a name, `*`).
         selector: Option<String>,
