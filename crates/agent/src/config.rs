@@ -36,7 +36,8 @@ pub struct Config {
     pub health_deadline_secs: u64,
     /// Deployments kept besides the current one, for rollback.
     pub keep: usize,
-    /// Seconds between re-hashes of the running deployment (0: never).
+    /// Seconds between verifications of the running deployment, which also runs after every
+    /// boot (0: never).
     pub verify_interval_secs: u64,
     /// Longest wait between retries when the server cannot be reached.
     pub max_backoff_secs: u64,
@@ -53,6 +54,40 @@ pub struct Config {
     pub reboot_command: Vec<String>,
     /// Seconds between the progress reports of a running job, which also learn of a cancel.
     pub job_progress_secs: u64,
+    /// The upper directory of the `/etc` overlay (docs/BOOT.md); default
+    /// STATE/overlay/etc/upper.
+    pub etc_upper: Option<PathBuf>,
+    /// What verification does with local changes in the `/etc` overlay.
+    pub etc_policy: EtcPolicy,
+    /// With `etc_policy = "restore"`: the paths in /etc put back to the release's version when
+    /// changed locally (globs such as `cron.d/*`, `sudoers`; a pattern that matches a directory
+    /// covers everything below it).
+    pub etc_restore: Vec<String>,
+}
+
+/// What verification does with local changes in the `/etc` overlay (docs/BOOT.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EtcPolicy {
+    /// List every changed path in the report; change nothing.
+    #[default]
+    Report,
+    /// Put back the paths that match `etc_restore` (the machine counts as tampered while they
+    /// differ); list the rest.
+    Restore,
+}
+
+impl std::str::FromStr for EtcPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "report" => Ok(EtcPolicy::Report),
+            "restore" => Ok(EtcPolicy::Restore),
+            _ => Err(format!(
+                "unknown /etc policy {s:?}: it is `report` or `restore`"
+            )),
+        }
+    }
 }
 
 impl Default for Config {
@@ -77,6 +112,9 @@ impl Default for Config {
             inventory_interval_secs: 3600,
             reboot_command: vec!["systemctl".into(), "reboot".into()],
             job_progress_secs: 5,
+            etc_upper: None,
+            etc_policy: EtcPolicy::Report,
+            etc_restore: Vec::new(),
         }
     }
 }
@@ -92,6 +130,26 @@ impl Config {
         self.admin_keys
             .iter()
             .map(|k| semithin_protocol::job::parse_public_key(k).map_err(Error::Config))
+            .collect()
+    }
+
+    /// The `etc_restore` patterns, parsed; a `restore` policy needs at least one.
+    pub fn etc_restore(&self) -> Result<Vec<glob::Pattern>> {
+        if self.etc_policy == EtcPolicy::Restore && self.etc_restore.is_empty() {
+            return Err(Error::Config(
+                "etc_policy = \"restore\" needs the paths to restore in etc_restore \
+                 (for example [\"cron.d/*\", \"sudoers.d/*\"]; \"**\" for all of /etc)"
+                    .into(),
+            ));
+        }
+        self.etc_restore
+            .iter()
+            .map(|p| {
+                let rel = p.trim_start_matches('/');
+                let rel = rel.strip_prefix("etc/").unwrap_or(rel);
+                glob::Pattern::new(rel)
+                    .map_err(|e| Error::Config(format!("etc_restore pattern {p:?}: {e}")))
+            })
             .collect()
     }
 

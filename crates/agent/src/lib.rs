@@ -90,6 +90,7 @@ impl Agent {
         let repo = Repo::open(&rp, Access::Write)?;
         let state = State::load(&layout.state())?;
         cfg.admin_keys()?;
+        cfg.etc_restore()?;
         let jobs = jobs::Jobs::open(&layout.jobs())?;
         if state.trial.is_none() {
             deploy::tidy_boot_trial(&layout)?;
@@ -777,7 +778,7 @@ impl Agent {
     }
 
     /// Runs until `stop` is set: long polls, reconciles, backs off when the server is away,
-    /// and re-verifies the running deployment every `verify_interval_secs`.
+    /// and verifies the running deployment when it is due ([`Agent::verify_when_due`]).
     pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
         let mut failures = 0u32;
         let mut wait = 0u32;
@@ -815,20 +816,8 @@ impl Agent {
                     }
                 }
             }
-            if self.cfg.verify_interval_secs > 0
-                && self.layout.current()?.is_some()
-                && self.state.trial.is_none()
-                && now() - self.state.last_verify > self.cfg.verify_interval_secs as i64
-            {
-                match self.verify(true) {
-                    Ok(r) if !r.problems.is_empty() => self.say(&format!(
-                        "verify: repaired {} of {} problems",
-                        r.repaired,
-                        r.problems.len()
-                    )),
-                    Ok(_) => {}
-                    Err(e) => self.say(&format!("verify failed: {e}")),
-                }
+            if let Err(e) = self.verify_when_due() {
+                self.say(&format!("verify failed: {e}"));
             }
         }
         Ok(())
@@ -867,6 +856,10 @@ fn report_of(
     let staged = verified
         .filter(|r| Some(*r) != current.as_deref() && layout.deployment(r).exists())
         .map(str::to_owned);
+    let integrity = state
+        .integrity
+        .clone()
+        .filter(|i| Some(&i.release) == current.as_ref());
     Ok(Report {
         previous: state
             .history
@@ -883,6 +876,7 @@ fn report_of(
         uptime_secs: uptime(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         fetched_bytes: state.fetched_bytes + unsaved_fetched,
+        integrity,
     })
 }
 

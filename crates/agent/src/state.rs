@@ -12,11 +12,12 @@
 //! STATE/trial-boots            "RELEASE N": boots of that trial, counted by the boot script
 //! STATE/trial-failed           "RELEASE REASON": the boot script switched back to PREVIOUS
 //! STATE/jobs/DELIVERY.json     a job delivery: started (before it runs), then its result
+//! STATE/quarantine/TIME-ID/    what verification moved out of deployment ID and the /etc overlay
 //! ```
 
 use std::path::{Path, PathBuf};
 
-use semithin_protocol::api::{Health, MachineStatus};
+use semithin_protocol::api::{Health, Integrity, MachineStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -59,6 +60,14 @@ impl Layout {
     /// One record per job delivery (crates/agent/src/jobs).
     pub fn jobs(&self) -> PathBuf {
         self.dir.join("jobs")
+    }
+    /// What verification moved aside: one directory per verification that moved anything.
+    pub fn quarantine(&self) -> PathBuf {
+        self.dir.join("quarantine")
+    }
+    /// The default upper directory of the `/etc` overlay (docs/BOOT.md).
+    pub fn etc_upper(&self) -> PathBuf {
+        self.dir.join("overlay/etc/upper")
     }
     pub fn current_link(&self) -> PathBuf {
         self.dir.join("current")
@@ -141,6 +150,9 @@ pub struct State {
     pub fetched_bytes: u64,
     /// Unix seconds of the last full verification of the running deployment.
     pub last_verify: i64,
+    /// What that verification found, reported while its release is current.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<Integrity>,
 }
 
 impl State {

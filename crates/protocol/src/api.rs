@@ -103,6 +103,73 @@ pub struct Report {
     pub agent_version: String,
     /// Bytes of objects and metadata this agent has fetched from the server in all.
     pub fetched_bytes: u64,
+    /// What the last verification of the running deployment found (absent: not verified
+    /// since the machine runs it, or an agent that does not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<Integrity>,
+}
+
+/// At most this many paths in each list of an [`Integrity`]; `count` says how many in all.
+pub const MAX_INTEGRITY_PATHS: usize = 50;
+/// A reported path longer than this many bytes is cut (at a character boundary) and ends in `…`.
+pub const MAX_INTEGRITY_PATH_LEN: usize = 512;
+
+/// Paths (at most [`MAX_INTEGRITY_PATHS`], the first ones found) and how many there were.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathList {
+    pub count: u64,
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+impl PathList {
+    /// Counts `path` and keeps it while there is room, cut to [`MAX_INTEGRITY_PATH_LEN`].
+    pub fn push(&mut self, path: &str) {
+        self.count += 1;
+        if self.paths.len() < MAX_INTEGRITY_PATHS {
+            let mut p = path.to_owned();
+            if p.len() > MAX_INTEGRITY_PATH_LEN {
+                let mut end = MAX_INTEGRITY_PATH_LEN;
+                while !p.is_char_boundary(end) {
+                    end -= 1;
+                }
+                p.truncate(end);
+                p.push('…');
+            }
+            self.paths.push(p);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// What a verification of the running deployment against its release found
+/// (docs/PROTOCOL.md, "Integrity"). Paths are as the booted system sees them (`/usr/bin/x`,
+/// `/etc/cron.d/y`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Integrity {
+    /// The release the deployment was checked against.
+    pub release: String,
+    /// Unix seconds of the check.
+    pub checked_at: i64,
+    /// Paths that differ from the release and were not put back: the machine is tampered.
+    #[serde(default)]
+    pub tampered: PathList,
+    /// Paths that differed and were put back by this check.
+    #[serde(default)]
+    pub repaired: PathList,
+    /// Local changes in the `/etc` overlay that the machine's policy only reports.
+    #[serde(default)]
+    pub etc_drift: PathList,
+}
+
+impl Integrity {
+    /// Something differs from the release and is still there.
+    pub fn is_tampered(&self) -> bool {
+        !self.tampered.is_empty()
+    }
 }
 
 /// `POST /api/v1/checkin` (signed).
@@ -250,4 +317,38 @@ pub struct Stats {
     pub checkins: u64,
     /// channel → release
     pub releases: std::collections::BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_without_integrity_is_read_and_none_is_not_sent() {
+        let old = r#"{"current":null,"staged":null,"previous":null,"health":"healthy",
+            "phase":"idle","failed_release":null,"last_error":null,"disk_free":1,
+            "uptime_secs":2,"agent_version":"0.1.0","fetched_bytes":3}"#;
+        let r: Report = serde_json::from_str(old).unwrap();
+        assert_eq!(r.integrity, None);
+        assert!(!serde_json::to_string(&r).unwrap().contains("integrity"));
+        let with = serde_json::json!({"release": "ab", "checked_at": 5,
+            "tampered": {"count": 1, "paths": ["/usr/bin/x"]}});
+        let i: Integrity = serde_json::from_value(with).unwrap();
+        assert!(i.is_tampered());
+        assert!(i.repaired.is_empty() && i.etc_drift.is_empty());
+    }
+
+    #[test]
+    fn path_lists_are_bounded_and_count_everything() {
+        let mut l = PathList::default();
+        for n in 0..(MAX_INTEGRITY_PATHS + 7) {
+            l.push(&format!("/etc/{n}"));
+        }
+        assert_eq!(l.count, (MAX_INTEGRITY_PATHS + 7) as u64);
+        assert_eq!(l.paths.len(), MAX_INTEGRITY_PATHS);
+        let mut l = PathList::default();
+        l.push(&format!("/{}", "é".repeat(MAX_INTEGRITY_PATH_LEN)));
+        assert!(l.paths[0].len() <= MAX_INTEGRITY_PATH_LEN + '…'.len_utf8());
+        assert!(l.paths[0].ends_with('…'));
+    }
 }

@@ -50,7 +50,7 @@ fn now() -> i64 {
 }
 
 /// When the running system booted (`btime` of /proc/stat).
-fn boot_time() -> Option<i64> {
+pub(crate) fn boot_time() -> Option<i64> {
     std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()

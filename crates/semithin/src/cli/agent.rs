@@ -63,7 +63,8 @@ pub struct Args {
     /// Deployments kept besides the current one [default: 1].
     #[arg(long)]
     keep: Option<usize>,
-    /// Seconds between re-hashes of the running deployment; 0 turns it off [default: 86400].
+    /// Seconds between verifications of the running deployment against its release (also
+    /// after every boot); 0 turns them off [default: 86400].
     #[arg(long, value_name = "SECS")]
     verify_interval: Option<u64>,
     /// The root file system jobs act on: apt and dpkg run chrooted into it (so do commands),
@@ -80,15 +81,28 @@ pub struct Args {
     /// Seconds between readings of the package inventory; 0 turns it off [default: 3600].
     #[arg(long, value_name = "SECS")]
     inventory_interval: Option<u64>,
+    /// The upper directory of the /etc overlay [default: STATE/overlay/etc/upper].
+    #[arg(long, value_name = "DIR")]
+    etc_upper: Option<PathBuf>,
+    /// What verification does with local changes in /etc: `report` them, or `restore` the
+    /// paths given with --etc-restore [default: report].
+    #[arg(long, value_name = "POLICY")]
+    etc_policy: Option<semithin_agent::config::EtcPolicy>,
+    /// A path or glob in /etc put back to the release's version when changed locally, with
+    /// `--etc-policy restore` (repeatable; `cron.d/*`, `sudoers`; a directory covers all below).
+    #[arg(long = "etc-restore", value_name = "GLOB")]
+    etc_restore: Vec<String>,
     #[command(subcommand)]
     command: Option<AgentCmd>,
 }
 
 #[derive(Subcommand)]
 enum AgentCmd {
-    /// Re-hash the running deployment against its release; restore what changed (from the local
-    /// store, or from the server when the store is damaged). Exit 1 when something was wrong and
-    /// could not be restored.
+    /// Compare the whole running deployment with its release (added entries, content, modes,
+    /// owners, link targets, devices, xattrs) and the /etc overlay with the release's /etc (by
+    /// --etc-policy); put back what differs, from the local store or the server, moving what is
+    /// not the release's into STATE/quarantine/; report the findings to the server. Exit 1 when
+    /// something still differs or could not be verified.
     Verify {
         /// Only report; change nothing.
         #[arg(long)]
@@ -167,6 +181,15 @@ fn config(a: &Args) -> Result<Config> {
     if let Some(v) = a.inventory_interval {
         c.inventory_interval_secs = v;
     }
+    if a.etc_upper.is_some() {
+        c.etc_upper = a.etc_upper.clone();
+    }
+    if let Some(p) = a.etc_policy {
+        c.etc_policy = p;
+    }
+    if !a.etc_restore.is_empty() {
+        c.etc_restore = a.etc_restore.clone();
+    }
     Ok(c)
 }
 
@@ -203,36 +226,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             if json {
                 print_json(&r)?;
             } else {
-                match &r.release {
-                    None => println!("no deployment is current: nothing to verify"),
-                    Some(rel) => {
-                        println!(
-                            "release {rel}: {} files, {} bytes checked",
-                            r.files, r.bytes
-                        );
-                        for p in &r.problems {
-                            println!("  {p}");
-                        }
-                        if !r.problems.is_empty() {
-                            println!(
-                                "{} problem(s), {} file(s) restored{}",
-                                r.problems.len(),
-                                r.repaired,
-                                if r.refetched_chunks > 0 {
-                                    format!(
-                                        ", {} chunk(s) fetched again from the server",
-                                        r.refetched_chunks
-                                    )
-                                } else {
-                                    String::new()
-                                }
-                            );
-                        }
-                    }
-                }
+                print_verify(&r);
             }
-            let unrepaired = r.problems.len() as u64 > r.repaired;
-            return Ok(if unrepaired {
+            return Ok(if r.unresolved() {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
@@ -243,6 +239,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     if a.once {
         let o = agent.cycle(0)?;
+        // A timer's run verifies too, when it is due (after a boot, or every verify interval).
+        if let Err(e) = agent.verify_when_due() {
+            eprintln!("semithin-agent: verify failed: {e:#}");
+        }
         let what = match o.wait {
             WaitFor::Acceptance => "waiting for the admin to accept this machine",
             WaitFor::Rejected => "this machine was rejected by the admin",
@@ -261,6 +261,49 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let never = AtomicBool::new(false);
     agent.run(&never)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_verify(r: &semithin_agent::repair::VerifyReport) {
+    let Some(rel) = &r.release else {
+        println!("no deployment is current: nothing to verify");
+        return;
+    };
+    println!(
+        "release {rel}: {} files, {} bytes checked",
+        r.files, r.bytes
+    );
+    for p in &r.problems {
+        println!("  {p}");
+    }
+    if !r.problems.is_empty() {
+        let f = r.refetched;
+        let fetched = f.chunks + f.trees + f.commits;
+        println!(
+            "{} problem(s), {} put back{}",
+            r.problems.len(),
+            r.repaired,
+            if fetched > 0 {
+                format!(
+                    ", {fetched} object(s) fetched again from the server ({} chunks, {} trees, {} commits)",
+                    f.chunks, f.trees, f.commits
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(q) = &r.quarantine {
+        println!("what was not the release's was moved to {}", q.display());
+    }
+    if !r.etc_drift.is_empty() {
+        println!("local changes in /etc (reported only, etc_policy):");
+        for d in &r.etc_drift {
+            println!("  {d}");
+        }
+    }
+    for e in &r.errors {
+        println!("error: {e}");
+    }
 }
 
 /// `agent status`: read from the state directory without its lock (works beside the daemon).
@@ -285,6 +328,9 @@ fn status(dir: &std::path::Path, json: bool) -> Result<ExitCode> {
         }
         if let Some(e) = &report.last_error {
             println!("error:     {e}");
+        }
+        if let Some(i) = &report.integrity {
+            println!("verified:  {}", super::fleet::integrity_text(i));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use semithin_protocol::api::{
-    Affected, AssignRequest, LabelRequest, MachineInfo, SelectorRequest, TokenInfo, TokenRequest,
+    Affected, AssignRequest, Integrity, LabelRequest, MachineInfo, PathList, SelectorRequest,
+    TokenInfo, TokenRequest,
 };
 use semithin_protocol::selector::{Selector, parse_label};
 
@@ -15,7 +16,8 @@ use super::{human, print_json, time};
 
 #[derive(Subcommand)]
 pub enum FleetCmd {
-    /// List machines: name, labels, channel, current / target release, status, last seen.
+    /// List machines: name, labels, channel, current / target release, status, last seen; then
+    /// each tampered machine with the paths that differ from its release.
     List {
         /// Only the machines matching this selector (`site=school-12,class=lab`, a name, `*`).
         selector: Option<String>,
@@ -106,6 +108,9 @@ fn state_text(m: &MachineInfo) -> String {
         MachineStatus::Rejected => return "rejected".into(),
         MachineStatus::Accepted => {}
     }
+    if tampered(m).is_some() {
+        return "tampered".into();
+    }
     if m.updated {
         return "updated".into();
     }
@@ -118,6 +123,59 @@ fn state_text(m: &MachineInfo) -> String {
         (Some(_), _) if m.last_seen.is_none() => "never seen".into(),
         (Some(_), _) => format!("updating ({:?})", m.report.phase).to_lowercase(),
     }
+}
+
+/// What the machine's last verification found still different from its running release.
+fn tampered(m: &MachineInfo) -> Option<&Integrity> {
+    m.report
+        .integrity
+        .as_ref()
+        .filter(|i| i.is_tampered() && Some(&i.release) == m.report.current.as_ref())
+}
+
+/// Up to `n` paths of a list, with how many more there are.
+fn paths_text(l: &PathList, n: usize) -> String {
+    let mut s = l
+        .paths
+        .iter()
+        .take(n)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = l.count.saturating_sub(l.paths.len().min(n) as u64);
+    if more > 0 {
+        s.push_str(&format!(" and {more} more"));
+    }
+    s
+}
+
+/// One line on a verification: when, and what it found.
+pub(crate) fn integrity_text(i: &Integrity) -> String {
+    let mut parts = Vec::new();
+    if i.is_tampered() {
+        parts.push(format!(
+            "TAMPERED, {} path(s) differ from the release: {}",
+            i.tampered.count,
+            paths_text(&i.tampered, 5)
+        ));
+    } else {
+        parts.push("matches the release".to_owned());
+    }
+    if !i.repaired.is_empty() {
+        parts.push(format!(
+            "{} put back: {}",
+            i.repaired.count,
+            paths_text(&i.repaired, 5)
+        ));
+    }
+    if !i.etc_drift.is_empty() {
+        parts.push(format!(
+            "{} local change(s) in /etc: {}",
+            i.etc_drift.count,
+            paths_text(&i.etc_drift, 5)
+        ));
+    }
+    format!("{} ({})", parts.join("; "), ago(Some(i.checked_at)))
 }
 
 pub(crate) fn ago(t: Option<i64>) -> String {
@@ -149,6 +207,16 @@ pub fn print_table(ms: &[MachineInfo]) {
             ago(m.last_seen),
             labels_text(&m.labels)
         );
+    }
+    for m in ms {
+        if let Some(i) = tampered(m) {
+            println!(
+                "{} is tampered: {} path(s) differ from its release: {}",
+                m.name,
+                i.tampered.count,
+                paths_text(&i.tampered, 3)
+            );
+        }
     }
 }
 
@@ -203,6 +271,18 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                     m.report.previous.as_deref().unwrap_or("-")
                 );
                 println!("health:     {:?}", m.report.health);
+                if let Some(i) = &m.report.integrity {
+                    println!("verified:   {}", integrity_text(i));
+                    for (what, l) in [
+                        ("tampered", &i.tampered),
+                        ("put back", &i.repaired),
+                        ("/etc drift", &i.etc_drift),
+                    ] {
+                        for p in &l.paths {
+                            println!("  {what:<10} {p}");
+                        }
+                    }
+                }
                 if let Some(f) = &m.report.failed_release {
                     println!("failed:     {f}");
                 }

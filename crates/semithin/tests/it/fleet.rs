@@ -13,7 +13,7 @@ use crate::common::{BIN, q, sh};
 /// A deployment has the image's content and metadata; its files share inodes with the agent's
 /// checkout cache and earlier deployments, so link counts are not compared, nor the mtimes and
 /// sizes of directories (which depend on the order their entries were made in).
-fn assert_deployed(src: &Path, dep: &Path) {
+pub(crate) fn assert_deployed(src: &Path, dep: &Path) {
     let out = Command::new("diff")
         .args(["-r", "--no-dereference"])
         .arg(src)

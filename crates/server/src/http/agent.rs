@@ -244,6 +244,25 @@ async fn record_events(app: &App, id: &str, old: Report, new: &Report) -> crate:
         tracing::warn!(machine = id, %detail, "release failed on machine");
         db::add_event(&app.db, id, t, "failed", &detail).await?;
     }
+    // A verification's findings: once per report of a check that found something.
+    if let Some(i) = &new.integrity
+        && old.integrity.as_ref() != Some(i)
+    {
+        let paths = |l: &semithin_protocol::api::PathList| {
+            let shown: Vec<&str> = l.paths.iter().take(5).map(String::as_str).collect();
+            format!("{} path(s): {}", l.count, shown.join(", "))
+        };
+        if i.is_tampered() {
+            let detail = format!("{}: {}", i.release, paths(&i.tampered));
+            tracing::warn!(machine = id, %detail, "machine differs from its release");
+            db::add_event(&app.db, id, t, "tampered", &detail).await?;
+        }
+        if !i.repaired.is_empty() {
+            let detail = format!("{}: {}", i.release, paths(&i.repaired));
+            tracing::warn!(machine = id, %detail, "machine put back parts of its release");
+            db::add_event(&app.db, id, t, "repaired", &detail).await?;
+        }
+    }
     Ok(())
 }
 
