@@ -74,7 +74,18 @@ pub fn prune(layout: &Layout, keep: &[&str]) -> Result<Vec<String>> {
         if keep.contains(&name.as_str()) {
             continue;
         }
-        remove_dir(&e.path())?;
+        if name.starts_with('.') {
+            // A staging or removal a kill interrupted: never a deployment.
+            remove_dir(&e.path())?;
+            continue;
+        }
+        // Out of the deployments' names first: a kill halfway through the removal must not
+        // leave a partial tree under a name that a later switch would take for the release.
+        let doomed = dir.join(format!(".removing-{name}"));
+        std::fs::rename(e.path(), &doomed).map_err(Error::io("renaming", &doomed))?;
+        semithin_store::fsutil::sync_dir(&dir)?;
+        crate::crash_point("prune");
+        remove_dir(&doomed)?;
         removed.push(name);
     }
     Ok(removed)
@@ -311,8 +322,8 @@ mod tests {
         // two saves) names only A
         let removed = prune(&layout, &[A]).unwrap();
         assert_eq!(names(&layout), vec![A.to_owned(), B.to_owned()]);
-        assert!(removed.contains(&C.to_owned()), "{removed:?}");
-        assert!(removed.iter().any(|r| r.starts_with(".staging-")));
+        assert_eq!(removed, vec![C.to_owned()], "leftovers are not deployments");
+        assert!(!layout.staging(C).exists());
         assert_eq!(layout.current().unwrap().as_deref(), Some(B));
         assert!(layout.deployment(B).join("etc/os-release").exists());
         // nothing named at all: still the current one

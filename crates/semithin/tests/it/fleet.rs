@@ -1787,6 +1787,41 @@ fn pruning_never_removes_the_running_deployment() {
     assert!(deployments(&a).contains(&v2));
 }
 
+/// Found by bench/crash.sh: a kill halfway through removing an old deployment left a partial
+/// tree under the release's name, and a later switch back to that release took it as deployed.
+#[test]
+fn killed_while_pruning_a_later_switch_back_restages_the_release() {
+    let s = Server::start();
+    let (t, src, v1) = machine_on_v1(&s, "m1", 3);
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    let a = Agent::new(&s, "m1", &t);
+    assert!(a.once().success(), "{}", a.log());
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=3\n").unwrap();
+    let v3 = s.release(&src, "lab/stable");
+    // keep 1 besides the current one: switching to v3 prunes v1, and the kill lands in it
+    let k = Agent::new(&s, "m1", &t).env("SEMITHIN_AGENT_CRASH_AT", "prune");
+    assert!(!k.once().success());
+    assert!(k.log().contains("killed at prune"), "{}", k.log());
+    assert_eq!(k.current().as_deref(), Some(v3.as_str()));
+    assert!(
+        !deployments(&k).contains(&v1),
+        "a half-removed deployment keeps its name: {:?}",
+        deployments(&k)
+    );
+    // back to v1: it is staged again, complete, and the leftover is gone
+    s.ok(&["channel", "set", "lab/stable", &v1]);
+    s.ok(&["publish", "lab/stable"]);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+    assert!(a.log().contains("staged release"), "{}", a.log());
+    let want = s.path("v1-checkout");
+    s.ok(&["checkout", &v1, want.to_str().unwrap()]);
+    assert_deployed(&want, &a.deployment());
+    assert_eq!(deployments(&a), sorted(vec![v1.clone(), v3.clone()]));
+    assert_ne!(v2, v1);
+}
+
 #[test]
 fn killed_while_rolling_back_the_failure_is_recorded_and_not_tried_again() {
     // Killed after the rollback was recorded (the link still on v2), and after the link moved
