@@ -14,5 +14,6 @@ mod jobs;
 mod packaging;
 mod real_root;
 mod rollout;
+mod trust_renew;
 mod tuf_client;
 mod tuf_publish;
