@@ -71,10 +71,24 @@ pub enum Looked {
 
 /// One look (blocking): renews snapshot and timestamp when due.
 pub fn look(repo: &Path, left: f64, now: i64) -> crate::Result<Looked> {
+    let dir = crate::releases::trust_dir(repo);
+    // Reading needs no lock (files are replaced atomically, timestamp last); only a renewal
+    // takes the repository's, and opens it again under the lock.
+    let t = TrustRepo::open(&dir)?;
+    if t.due_roles(&RENEWED, left, now).is_empty() {
+        return Ok(Looked::Done {
+            renewal: Ok(RefreshReport {
+                written: Vec::new(),
+                reasons: Default::default(),
+                warnings: t.warnings(now),
+            }),
+            status: Box::new(t.status(now)),
+        });
+    }
     let Some(_lock) = Repo::try_open(repo, Access::Write)? else {
         return Ok(Looked::Busy);
     };
-    let mut t = TrustRepo::open(&crate::releases::trust_dir(repo))?;
+    let mut t = TrustRepo::open(&dir)?;
     let renewal = t
         .refresh_roles(&RENEWED, left, false, now)
         .map_err(|e| error_chain(&e));

@@ -1218,7 +1218,17 @@ impl TrustRepo {
         })
     }
 
-    fn warnings(&self, now: i64) -> Vec<String> {
+    /// The roles of `roles` that [`Self::refresh_roles`] would sign now, without signing.
+    pub fn due_roles(&self, roles: &[Role], left: f64, now: i64) -> Vec<Role> {
+        roles
+            .iter()
+            .copied()
+            .filter(|r| *r != Role::Root && self.due(*r, now, left).is_some())
+            .collect()
+    }
+
+    /// What only the admin can solve (the root key is offline).
+    pub fn warnings(&self, now: i64) -> Vec<String> {
         let mut w = Vec::new();
         let left = self.root.expires_at() - now;
         if left < self.config.expires.root / 2 {
