@@ -52,8 +52,9 @@ pub enum TrustCmd {
         json: bool,
     },
     /// Sign the timestamp again when less than half of its lifetime is left (and targets or
-    /// snapshot likewise, and any online role not signed by its current key). Run it
-    /// periodically; clients reject an expired timestamp.
+    /// snapshot likewise, and any online role not signed by its current key). Clients reject
+    /// expired metadata: a running `semithin serve` renews snapshot and timestamp by itself,
+    /// but not targets, which this (or a publish) must sign at least every 90 days.
     Refresh {
         /// Sign a new timestamp even if the current one is fresh.
         #[arg(long)]
