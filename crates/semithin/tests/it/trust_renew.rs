@@ -248,3 +248,26 @@ fn trust_status_fails_on_anything_expired_and_names_it() {
     env.ok(&["trust", "refresh", "--force"]);
     assert!(status(None).status.success());
 }
+
+/// The renewal settings are checked before the server makes or serves anything.
+#[test]
+fn bad_renewal_settings_stop_the_server_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value, what) in [
+        ("--trust-renew-left", "1.5", "between 0 and 1"),
+        ("--trust-renew-left", "0", "between 0 and 1"),
+        ("--trust-check-interval", "0", "1 to 86400 seconds"),
+    ] {
+        let data = dir.path().join("data");
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", flag, value])
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {value}");
+        let t = text(&out);
+        assert!(t.contains(what), "{flag} {value}: {t}");
+        assert!(!data.exists(), "{flag} {value}: nothing made");
+    }
+}
