@@ -347,7 +347,8 @@ pub async fn run(
     };
     if !(cfg.trust_renew_left > 0.0 && cfg.trust_renew_left < 1.0) {
         return Err(Error::Config(format!(
-            "trust_renew_left = {}: renew when less than this part of a lifetime is left,              between 0 and 1 (e.g. 0.5)",
+            "trust_renew_left = {}: renew when less than this part of a lifetime is left, \
+             between 0 and 1 (e.g. 0.5)",
             cfg.trust_renew_left
         )));
     }
