@@ -11,8 +11,10 @@
 //! `ID.UNIX` for the occurrence of an `every` job that starts at UNIX seconds. A machine runs a
 //! delivery at most once.
 
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+
+mod signature;
+pub use signature::{AdminKey, SpecJson, parse_public_key, signing_input, verify};
 
 /// At most this much output of a job is kept (its start and its end, with a marker between).
 pub const MAX_OUTPUT: usize = 64 << 10;
@@ -23,7 +25,6 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
 const MAX_PACKAGES: usize = 1000;
 const MAX_ARGS: usize = 1024;
 const MAX_KEY: usize = 64 << 10;
-const SIGNING_CONTEXT: &[u8] = b"semithin-job-v1";
 
 /// What a job does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,7 +173,7 @@ pub struct JobSpec {
     pub created_at: i64,
 }
 
-/// An admin's ed25519 signature of a [`JobSpec`].
+/// An admin's ed25519 signature of a [`JobSpec`] as sent ([`SpecJson`], [`signing_input`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSignature {
     /// The public key, 64 hex digits.
@@ -185,7 +186,8 @@ pub struct JobSignature {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     pub delivery: String,
-    pub spec: JobSpec,
+    /// The spec as the admin sent it, which is what the signature covers.
+    pub spec: SpecJson,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<JobSignature>,
 }
@@ -257,7 +259,7 @@ pub struct Progress {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobRequest {
     pub selector: String,
-    pub spec: JobSpec,
+    pub spec: SpecJson,
     #[serde(default)]
     pub signature: Option<JobSignature>,
 }
@@ -650,84 +652,6 @@ impl JobSpec {
     }
 }
 
-/// The bytes an admin signature covers: a context, a NUL, then the spec as serde_json writes it
-/// (fields in declaration order, no white space).
-pub fn signing_input(spec: &JobSpec) -> Vec<u8> {
-    let mut out = SIGNING_CONTEXT.to_vec();
-    out.push(0);
-    out.extend(serde_json::to_vec(spec).expect("serialises"));
-    out
-}
-
-/// An admin's job-signing key: the 32-byte ed25519 seed, one line of hex in its file.
-pub struct AdminKey {
-    key: SigningKey,
-}
-
-impl AdminKey {
-    pub fn generate() -> Result<Self, String> {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| format!("no randomness: {e}"))?;
-        Ok(Self {
-            key: SigningKey::from_bytes(&seed),
-        })
-    }
-
-    pub fn from_file_text(text: &str) -> Result<Self, String> {
-        let seed: [u8; 32] = hex::decode(text.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or("not a job-signing key: expected a 32-byte ed25519 seed in hex, one line")?;
-        Ok(Self {
-            key: SigningKey::from_bytes(&seed),
-        })
-    }
-
-    pub fn file_text(&self) -> String {
-        format!("{}\n", hex::encode(self.key.to_bytes()))
-    }
-
-    pub fn public_hex(&self) -> String {
-        hex::encode(self.key.verifying_key().to_bytes())
-    }
-
-    pub fn sign(&self, spec: &JobSpec) -> JobSignature {
-        JobSignature {
-            key: self.public_hex(),
-            signature: hex::encode(self.key.sign(&signing_input(spec)).to_bytes()),
-        }
-    }
-}
-
-/// Parses a public key given as 64 hex digits.
-pub fn parse_public_key(hex_key: &str) -> Result<[u8; 32], String> {
-    hex::decode(hex_key.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| format!("bad admin public key {hex_key:?}: expected 64 hex digits"))
-}
-
-/// Checks that `sig` is a valid signature of `spec` by one of `trusted`.
-pub fn verify(spec: &JobSpec, sig: &JobSignature, trusted: &[[u8; 32]]) -> Result<(), String> {
-    let key = parse_public_key(&sig.key)?;
-    if !trusted.contains(&key) {
-        return Err(format!(
-            "it is signed by the admin key {}, which this machine does not trust",
-            sig.key
-        ));
-    }
-    let vk = VerifyingKey::from_bytes(&key).map_err(|e| format!("bad admin key: {e}"))?;
-    let bytes: [u8; 64] = hex::decode(&sig.signature)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or("the signature is not 64 bytes of hex")?;
-    vk.verify_strict(
-        &signing_input(spec),
-        &ed25519_dalek::Signature::from_bytes(&bytes),
-    )
-    .map_err(|_| "the signature does not verify: the job is not what the admin signed".into())
-}
-
 /// Cuts output to [`MAX_OUTPUT`] bytes: its start and its end, with a line saying what is left
 /// out, on character boundaries.
 pub fn bound_output(s: &str) -> String {
@@ -882,9 +806,10 @@ mod tests {
         let s = spec(Action::Command {
             argv: vec!["true".into()],
         });
-        let sig = k.sign(&s);
-        verify(&s, &sig, &trusted).unwrap();
-        let e = verify(&s, &other.sign(&s), &trusted).unwrap_err();
+        let sig = k.sign(&SpecJson::new(s.clone())).unwrap();
+        verify(&SpecJson::new(s.clone()), &sig, &trusted).unwrap();
+        let by_other = other.sign(&SpecJson::new(s.clone())).unwrap();
+        let e = verify(&SpecJson::new(s.clone()), &by_other, &trusted).unwrap_err();
         assert!(e.contains("does not trust"), "{e}");
         for changed in [
             JobSpec {
@@ -909,7 +834,7 @@ mod tests {
                 ..s.clone()
             },
         ] {
-            let e = verify(&changed, &sig, &trusted).unwrap_err();
+            let e = verify(&SpecJson::new(changed), &sig, &trusted).unwrap_err();
             assert!(e.contains("does not verify"), "{e}");
         }
         let k2 = AdminKey::from_file_text(&k.file_text()).unwrap();

@@ -5,7 +5,8 @@
 //! - [`sign`]: how an enrolled machine signs its requests with its own ed25519 key;
 //! - [`selector`]: label selectors (`site=school-12,class=lab`) and label syntax;
 //! - [`job`]: jobs for machines, their schema, signatures and schedules;
-//! - [`inventory`]: the packages a machine has and the updates it lacks.
+//! - [`inventory`]: the packages a machine has and the updates it lacks;
+//! - [`trust`]: the server's renewal of the signed metadata, for the admin.
 //!
 //! Plain synchronous Rust with no network: the server and the agent are the shells around it.
 
@@ -15,6 +16,7 @@ pub mod job;
 pub mod rollout;
 pub mod selector;
 pub mod sign;
+pub mod trust;
 
 /// The version of the protocol, the `v1` in `/api/v1`.
 pub const API: &str = "/api/v1";

@@ -173,7 +173,8 @@ pub fn verify_key(
     let Ok(date) = date.parse::<i64>() else {
         return bad("the date is not a number of seconds");
     };
-    if (date - now).abs() > MAX_SKEW {
+    // `abs_diff` cannot overflow, whatever the two dates (`i64::MIN - now` would).
+    if date.abs_diff(now) > MAX_SKEW.unsigned_abs() {
         return Err(Error::Signature(format!(
             "the request is dated {date}, more than {MAX_SKEW} s from the server's clock ({now})"
         )));
@@ -263,6 +264,48 @@ mod tests {
         );
         assert!(e.is_err());
         assert!(verify(&pk, "POST", "/api/v1/checkin", &date, b"{}", "zz", 1000).is_err());
+    }
+
+    #[test]
+    fn dates_at_the_ends_of_i64_are_refused_without_overflow() {
+        let k = MachineKey::from_seed([7; 32]);
+        let pk = k.public();
+        for (date, now) in [
+            (i64::MIN, 1000),
+            (i64::MAX, 1000),
+            (i64::MIN, i64::MAX),
+            (i64::MAX, i64::MIN),
+            (i64::MIN, -1),
+            (1000, i64::MIN),
+        ] {
+            let [_, _, (_, sig)] = k.sign("POST", "/api/v1/checkin", date, b"{}");
+            let e = verify(
+                &pk,
+                "POST",
+                "/api/v1/checkin",
+                &date.to_string(),
+                b"{}",
+                &sig,
+                now,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("more than 300 s"), "date {date}, now {now}: {e}");
+        }
+        // at the ends of the range, a date within the window still passes
+        for (date, now) in [(i64::MAX, i64::MAX - 300), (i64::MIN, i64::MIN + 300)] {
+            let [_, _, (_, sig)] = k.sign("POST", "/api/v1/checkin", date, b"{}");
+            verify(
+                &pk,
+                "POST",
+                "/api/v1/checkin",
+                &date.to_string(),
+                b"{}",
+                &sig,
+                now,
+            )
+            .unwrap();
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use semithin_protocol::api::MachineStatus;
 use semithin_protocol::inventory::{Inventory, Outdated};
 use semithin_protocol::job::{
-    self, Delivery, JobInfo, JobResult, JobSignature, JobSpec, JobStatus, MachineRun,
+    self, Delivery, JobInfo, JobResult, JobSignature, JobStatus, MachineRun, SpecJson,
 };
 use semithin_protocol::selector::Selector;
 use sqlx::Row;
@@ -33,7 +33,8 @@ fn is_final(state: &str) -> bool {
 
 /// A job that machines may still be given.
 pub struct Open {
-    pub spec: JobSpec,
+    /// As the admin sent it: what its signature covers.
+    pub spec: SpecJson,
     pub signature: Option<JobSignature>,
     pub targets: HashSet<String>,
     /// delivery → machine → state, for the current occurrence only.
@@ -82,7 +83,7 @@ pub struct Jobs {
     woken: Mutex<HashSet<String>>,
 }
 
-fn parse_spec(id: &str, text: &str) -> Result<JobSpec> {
+fn parse_spec(id: &str, text: &str) -> Result<SpecJson> {
     serde_json::from_str(text)
         .map_err(|e| Error::Config(format!("job {id} in the database: bad spec: {e}")))
 }
@@ -348,7 +349,7 @@ pub async fn create(
     jobs: &Jobs,
     fleet: &Fleet,
     selector: &str,
-    spec: JobSpec,
+    spec: SpecJson,
     signature: Option<JobSignature>,
     now: i64,
 ) -> Result<std::result::Result<JobInfo, Refused>> {
@@ -618,7 +619,7 @@ pub async fn info(
             } else {
                 spec.schedule.next_start(spec.created_at, now)
             },
-            spec,
+            spec: spec.spec().clone(),
         },
         runs,
     }))

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod http;
 pub mod jobs;
 pub mod releases;
+pub mod renew;
 pub mod rollout;
 
 use std::net::SocketAddr;
@@ -59,6 +60,21 @@ pub struct Config {
     /// How long a cached apt index (Release, Packages, ...) is served before it is fetched
     /// again, in seconds.
     pub apt_fresh_secs: u64,
+    /// The server signs a new snapshot and timestamp when less than this part (0 to 1) of
+    /// their lifetime is left (`renew`).
+    #[serde(default = "default_renew_left")]
+    pub trust_renew_left: f64,
+    /// Seconds between the server's looks at the trust metadata's expiry.
+    #[serde(default = "default_trust_check")]
+    pub trust_check_secs: u64,
+}
+
+fn default_renew_left() -> f64 {
+    0.5
+}
+
+fn default_trust_check() -> u64 {
+    60
 }
 
 impl Config {
@@ -77,6 +93,8 @@ impl Config {
             apt_upstreams: Default::default(),
             apt_cache_bytes: 4 << 30,
             apt_fresh_secs: 60,
+            trust_renew_left: default_renew_left(),
+            trust_check_secs: default_trust_check(),
         }
     }
 
@@ -106,6 +124,8 @@ pub struct App {
     pub jobs: jobs::Jobs,
     pub apt: aptcache::AptCache,
     pub rollouts: rollout::Rollouts,
+    /// The renewal of snapshot and timestamp, and what the admin must do.
+    pub renewal: renew::Renewal,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -325,6 +345,13 @@ pub async fn run(
             ));
         }
     };
+    if !(cfg.trust_renew_left > 0.0 && cfg.trust_renew_left < 1.0) {
+        return Err(Error::Config(format!(
+            "trust_renew_left = {}: renew when less than this part of a lifetime is left, \
+             between 0 and 1 (e.g. 0.5)",
+            cfg.trust_renew_left
+        )));
+    }
     let token = prepare(&cfg)?;
     let db = db::open(&cfg.data.join("fleet.db")).await?;
     let renumbered = db::renumber_legacy_tokens(&db, random_token_id).await?;
@@ -368,12 +395,15 @@ pub async fn run(
         db,
         fleet,
         rollouts,
+        renewal: renew::Renewal::new(cfg.trust_renew_left, cfg.trust_check_secs),
         published: RwLock::new(Arc::new(published)),
         admin_token_hash: blake3::hash(token.as_bytes()),
         counters: Counters::default(),
         shutdown: stop_rx,
         cfg,
     });
+    // Expired or nearly expired snapshot and timestamp are signed again before anyone is served.
+    renew::check(&app).await;
     let listener = tokio::net::TcpListener::bind(app.cfg.listen)
         .await
         .map_err(Error::io("listening on", app.cfg.listen.to_string()))?;
@@ -390,6 +420,7 @@ pub async fn run(
     );
     let background = tokio::spawn(background(app.clone()));
     let planner = tokio::spawn(rollout::run(app.clone()));
+    let renewer = tokio::spawn(renew::run(app.clone()));
     let router = http::router(app.clone());
     let stop_tx2 = stop_tx.clone();
     let shutdown = async move {
@@ -408,6 +439,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     background.abort();
     planner.abort();
+    renewer.abort();
     save_last_seen(&app).await?;
     app.db.close().await;
     tracing::info!("stopped");

@@ -115,6 +115,23 @@ impl Repo {
     /// [`Repo::open`], calling `waiting` once when the lock is held by another process, before
     /// waiting for it (a command can say why it does not go on).
     pub fn open_waiting(path: &Path, access: Access, waiting: &mut dyn FnMut()) -> Result<Self> {
+        match Self::open_with(path, access, Some(waiting))? {
+            Some(repo) => Ok(repo),
+            None => unreachable!("open_with waits for the lock when given a callback"),
+        }
+    }
+
+    /// [`Repo::open`] without waiting: `None` when another process holds the lock (a background
+    /// task tries again later instead of blocking).
+    pub fn try_open(path: &Path, access: Access) -> Result<Option<Self>> {
+        Self::open_with(path, access, None)
+    }
+
+    fn open_with(
+        path: &Path,
+        access: Access,
+        waiting: Option<&mut dyn FnMut()>,
+    ) -> Result<Option<Self>> {
         let config_path = path.join("config");
         let text = match std::fs::read_to_string(&config_path) {
             Ok(t) => t,
@@ -172,6 +189,9 @@ impl Repo {
         match rustix::fs::flock(&lock, try_op) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => {
+                let Some(waiting) = waiting else {
+                    return Ok(None);
+                };
                 waiting();
                 rustix::fs::flock(&lock, op)
                     .map_err(|e| Error::io("locking", &lock_path)(e.into()))?;
@@ -186,12 +206,12 @@ impl Repo {
             clear_dir(&path.join("tmp"))?;
         }
         let objects = ObjectStore::open(path.join("objects/packs"), tmp, config.compression_level)?;
-        Ok(Self {
+        Ok(Some(Self {
             path: path.to_owned(),
             config,
             objects,
             _lock: lock,
-        })
+        }))
     }
 
     pub fn path(&self) -> &Path {

@@ -510,14 +510,18 @@ impl<'a> Client<'a> {
 
     /// Loads (from disk if still current, else from the repository) a targets role whose keys
     /// and threshold are given by its delegator.
+    ///
+    /// One role name may be delegated by several roles with different keys (a diamond): what
+    /// this run already holds under the name was verified with another delegator's keys, so it
+    /// is verified again with the keys of this delegation, and refused if they do not sign it.
     fn load_targets_role(
         &mut self,
         role: &str,
         keys: &BTreeMap<String, Key>,
         rk: &RoleKeys,
     ) -> Result<()> {
-        if self.targets.contains_key(role) {
-            return Ok(());
+        if let Some(held) = self.targets.get(role) {
+            return keys::verify(role, &held.signed, keys, rk);
         }
         let file = format!("{role}.json");
         let meta: MetaFile = self

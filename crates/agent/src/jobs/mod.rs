@@ -478,19 +478,19 @@ impl Jobs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use semithin_protocol::job::{JobSpec, Schedule};
+    use semithin_protocol::job::{JobSpec, Schedule, SpecJson};
 
     fn delivery(action: Action) -> Delivery {
         let id = job::new_id().unwrap();
         Delivery {
             delivery: id.clone(),
-            spec: JobSpec {
+            spec: SpecJson::new(JobSpec {
                 id,
                 action,
                 timeout_secs: 30,
                 schedule: Schedule::default(),
                 created_at: now(),
-            },
+            }),
             signature: None,
         }
     }
@@ -519,7 +519,7 @@ mod tests {
                 format!("echo ran >> {}", marks.display()),
             ],
         });
-        d.signature = Some(key.sign(&d.spec));
+        d.signature = Some(key.sign(&d.spec).unwrap());
         let s = settings(&keys, true);
         let mut never = || false;
         let r = run(&store, &d, &s, &mut never, &|_| {}).unwrap().unwrap();
@@ -581,7 +581,7 @@ mod tests {
                 .unwrap()
                 .contains("not signed")
         );
-        d.signature = Some(key.sign(&d.spec));
+        d.signature = Some(key.sign(&d.spec).unwrap());
         assert!(
             refusal(&d, &settings(&[], true), t)
                 .unwrap()
@@ -593,12 +593,26 @@ mod tests {
         other.delivery = format!("{}.{t}", d.delivery);
         assert!(refusal(&other, &settings(&keys, true), t).is_some());
         let mut late = d.clone();
-        late.spec.schedule.window_secs = Some(60);
-        late.signature = Some(key.sign(&late.spec));
+        let mut spec = late.spec.spec().clone();
+        spec.schedule.window_secs = Some(60);
+        late.spec = SpecJson::new(spec);
+        late.signature = Some(key.sign(&late.spec).unwrap());
         assert!(
             refusal(&late, &settings(&keys, true), t + 3600)
                 .unwrap()
                 .contains("not an occurrence")
+        );
+        // what the server sent is verified, not what this agent made of it: a field the admin
+        // did not sign (ignored by this version's parser) makes the signature fail
+        let mut sent = serde_json::to_value(&d).unwrap();
+        sent["spec"]["action"]["shell"] = true.into();
+        sent["spec"]["run_as"] = "root".into();
+        let tampered: Delivery = serde_json::from_value(sent).unwrap();
+        assert_eq!(tampered.spec.spec(), d.spec.spec());
+        assert!(
+            refusal(&tampered, &settings(&keys, true), t)
+                .unwrap()
+                .contains("does not verify")
         );
         // typed jobs need no signature, but must fit their schema
         let bad = delivery(Action::AptInstall {

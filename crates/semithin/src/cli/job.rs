@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use semithin_protocol::inventory::Outdated;
 use semithin_protocol::job::{
-    self, Action, AdminKey, AptSource, JobInfo, JobRequest, JobSpec, JobStatus, Schedule, SourceKey,
+    self, Action, AdminKey, AptSource, JobInfo, JobRequest, JobSpec, JobStatus, Schedule,
+    SourceKey, SpecJson,
 };
 use semithin_protocol::selector::Selector;
 
@@ -219,8 +220,11 @@ fn submit(
     key: Option<&AdminKey>,
 ) -> Result<ExitCode> {
     Selector::parse(&selector)?;
-    let spec = spec(action, &when)?;
-    let signature = key.map(|k| k.sign(&spec));
+    let spec = SpecJson::new(spec(action, &when)?);
+    let signature = key
+        .map(|k| k.sign(&spec))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("signing the job: {e}"))?;
     let timeout = spec.timeout_secs;
     let info: JobInfo = c.post(
         "making the job",

@@ -20,7 +20,8 @@ pub struct Args {
     listen: Option<SocketAddr>,
     /// TOML file with any of these settings (the flag names with `_`: data, listen,
     /// checkin_interval, max_wait, request_deadline, max_body, delta_sources, tls_cert,
-    /// tls_key, admin_token, log_format, apt_cache_size, apt_fresh, and the table
+    /// tls_key, admin_token, log_format, apt_cache_size, apt_fresh, trust_renew_left,
+    /// trust_check_interval, and the table
     /// apt_upstreams of NAME = URL). Flags and environment win over it.
     #[arg(long, env = "SEMITHIN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -69,6 +70,15 @@ pub struct Args {
     /// again [default: 60].
     #[arg(long, value_name = "SECS")]
     apt_fresh: Option<u64>,
+    /// Sign a new TUF snapshot and timestamp when less than this part of their lifetime is
+    /// left, with the online keys in REPO/trust/keys (machines refuse expired metadata)
+    /// [default: 0.5, i.e. 12 h before a one-day timestamp expires].
+    #[arg(long, env = "SEMITHIN_TRUST_RENEW_LEFT", value_name = "FRACTION")]
+    trust_renew_left: Option<f64>,
+    /// Seconds between the server's looks at the trust metadata's expiry; it also looks at
+    /// start [default: 60].
+    #[arg(long, env = "SEMITHIN_TRUST_CHECK_INTERVAL", value_name = "SECS")]
+    trust_check_interval: Option<u64>,
     /// Log lines as `text` or `json` [default: text]. The level comes from SEMITHIN_LOG
     /// (e.g. `info`, `semithin_server=debug`).
     #[arg(long, env = "SEMITHIN_LOG_FORMAT", value_name = "FORMAT")]
@@ -93,6 +103,8 @@ struct File {
     apt_upstreams: Option<std::collections::BTreeMap<String, String>>,
     apt_cache_size: Option<u64>,
     apt_fresh: Option<u64>,
+    trust_renew_left: Option<f64>,
+    trust_check_interval: Option<u64>,
 }
 
 fn read_file(path: &Path) -> Result<File> {
@@ -166,6 +178,20 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     if let Some(v) = a.apt_fresh.or(f.apt_fresh) {
         cfg.apt_fresh_secs = v;
+    }
+    if let Some(v) = a.trust_renew_left.or(f.trust_renew_left) {
+        anyhow::ensure!(
+            v > 0.0 && v < 1.0,
+            "--trust-renew-left {v}: a part of the lifetime between 0 and 1 (e.g. 0.5)"
+        );
+        cfg.trust_renew_left = v;
+    }
+    if let Some(v) = a.trust_check_interval.or(f.trust_check_interval) {
+        anyhow::ensure!(
+            (1..=86_400).contains(&v),
+            "--trust-check-interval {v}: 1 to 86400 seconds"
+        );
+        cfg.trust_check_secs = v;
     }
     cfg.admin_token = std::env::var("SEMITHIN_ADMIN_TOKEN").ok().or(f.admin_token);
     init_logs(a.log_format.or(f.log_format).as_deref().unwrap_or("text"))?;

@@ -6,10 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
+use semithin_protocol::trust::TrustHealth;
 use semithin_store::{Access, Repo};
 use semithin_trust::clock;
 use semithin_trust::repo::{self as trust_repo, Role, TrustRepo, Written};
 
+use super::admin::ServerArgs;
 use super::{open, print_json};
 
 #[derive(Subcommand)]
@@ -50,8 +52,9 @@ pub enum TrustCmd {
         json: bool,
     },
     /// Sign the timestamp again when less than half of its lifetime is left (and targets or
-    /// snapshot likewise, and any online role not signed by its current key). Run it
-    /// periodically; clients reject an expired timestamp.
+    /// snapshot likewise, and any online role not signed by its current key). Clients reject
+    /// expired metadata: a running `semithin serve` renews snapshot and timestamp by itself,
+    /// but not targets, which this (or a publish) must sign at least every 90 days.
     Refresh {
         /// Sign a new timestamp even if the current one is fresh.
         #[arg(long)]
@@ -60,11 +63,16 @@ pub enum TrustCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show each role's version, expiry and keys, and the published channels.
+    /// Show each role's version, expiry and keys, and the published channels; with a server
+    /// configured (--server, SEMITHIN_SERVER, the admin config), also whether it keeps snapshot
+    /// and timestamp fresh. Exits 1 when a role has expired (machines then verify no release)
+    /// or the server reports a problem, naming it.
     Status {
         /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
     },
 }
 
@@ -233,18 +241,100 @@ pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
                 }
             }
         }
-        TrustCmd::Status { json } => {
+        TrustCmd::Status { json, server } => {
             let repo = open(repo, Access::Read)?;
             let t = TrustRepo::open(&dir(&repo))?;
             let s = t.status(now);
+            let health = server_health(&server);
             if json {
-                print_json(&s)?;
+                // the status as before, with what expired and what the server says added
+                let mut v = serde_json::to_value(&s)?;
+                v["expired"] = serde_json::to_value(expired(&s))?;
+                v["server"] = match &health {
+                    Some(Ok(h)) => serde_json::to_value(h)?,
+                    Some(Err(e)) => serde_json::json!({ "error": format!("{e:#}") }),
+                    None => serde_json::Value::Null,
+                };
+                print_json(&v)?;
             } else {
                 print_status(&dir(&repo), &s);
+                match &health {
+                    Some(Ok(h)) => print_health(h),
+                    Some(Err(e)) => println!("server: cannot ask it: {e:#}"),
+                    None => {}
+                }
+            }
+            let mut failed = false;
+            for (role, expires) in expired(&s) {
+                failed = true;
+                eprintln!(
+                    "error: {role} expired at {expires}: machines verify no release until it is \
+                     signed again ({})",
+                    what_to_do(&role)
+                );
+            }
+            if let Some(Ok(h)) = &health
+                && !h.ok
+            {
+                failed = true;
+                eprintln!("error: the server reports a problem with the trust metadata (above)");
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The roles whose metadata has expired, with their expiry.
+fn expired(s: &trust_repo::Status) -> Vec<(String, String)> {
+    Role::ALL
+        .into_iter()
+        .filter_map(|r| s.roles.get(r.name()).map(|st| (r, st)))
+        .filter(|(_, st)| st.expires_in <= 0)
+        .map(|(r, st)| (r.name().to_owned(), st.expires.clone()))
+        .collect()
+}
+
+fn what_to_do(role: &str) -> &'static str {
+    match role {
+        "root" => "sign a new root with `semithin trust rotate` and the offline root key",
+        "targets" => "`semithin trust refresh` or a publish signs it with the targets key",
+        _ => {
+            "a running `semithin serve` renews it within a minute; else run `semithin trust \
+             refresh`, and see `semithin serve`'s log for why it could not"
+        }
+    }
+}
+
+/// What the configured server says of its renewals (`None` without a server).
+fn server_health(server: &ServerArgs) -> Option<Result<TrustHealth>> {
+    if !server.configured() {
+        return None;
+    }
+    Some(
+        server
+            .client()
+            .and_then(|c| c.get("asking the server", "/api/v1/admin/trust")),
+    )
+}
+
+fn print_health(h: &TrustHealth) {
+    let at = |t: Option<i64>| t.map_or("never".to_owned(), super::time);
+    println!(
+        "server: renews snapshot and timestamp with less than {}% of their lifetime left; \
+         looked {}, last renewal {}",
+        (h.renew_left * 100.0).round(),
+        at(h.checked_at),
+        at(h.renewed_at)
+    );
+    for r in &h.renewed {
+        println!("  renewed {r}");
+    }
+    for p in &h.problems {
+        println!("server problem: {p}");
+    }
 }
 
 fn print_status(dir: &Path, s: &trust_repo::Status) {

@@ -15,5 +15,6 @@ mod packaging;
 mod real_root;
 mod rollout;
 mod tamper;
+mod trust_renew;
 mod tuf_client;
 mod tuf_publish;

@@ -1283,6 +1283,58 @@ fn delegated_key_changes_are_followed() {
     assert_eq!(w.artifacts(), ["one", "two"]);
 }
 
+/// A diamond: A and B both delegate C, B with a key that never signs C. C's metadata verified on
+/// the way through A must not be trusted on the way through B: in one run, a target only B
+/// delegates to C is refused (C lacks a threshold of B's keys for it), before as after the
+/// target that A delegates to C was found; alone it is refused too, and nothing of it is
+/// downloaded.
+#[test]
+fn a_role_delegated_by_two_parents_is_verified_against_each_delegator() {
+    let w = World::new(&[]);
+    w.sims(&[
+        &["delegate", "A", "*/*", "--no-publish"],
+        &["delegate", "B", "*/*", "--no-publish"],
+        &["delegate", "C", "a/*", "--parent", "A", "--no-publish"],
+        &[
+            "delegate",
+            "C",
+            "b/*",
+            "--parent",
+            "B",
+            "--foreign-key",
+            "--no-publish",
+        ],
+        &["publish", "C", "A", "B", "targets", "snapshot", "timestamp"],
+        &["add-target", "a/ok", "through A", "--role", "C"],
+        &["add-target", "b/evil", "through B", "--role", "C"],
+    ]);
+    let base = w.url("targets");
+    let dir = w.path("artifacts");
+    let download = |names: &[&str]| {
+        let mut args = Vec::new();
+        for n in names {
+            args.extend(["--target-name", n]);
+        }
+        args.extend([
+            "--target-base-url",
+            &base,
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "download",
+        ]);
+        w.client(&args, None)
+    };
+    // the target A delegates: found, C verified with A's delegation of it
+    ok(&download(&["a/ok"]));
+    assert_eq!(w.artifacts(), ["through A"]);
+    // in the same run after it: C is checked against B's keys, and refused
+    refused(&download(&["a/ok", "b/evil"]), "C: 0 valid signature(s)");
+    refused(&download(&["b/evil"]), "C: 0 valid signature(s)");
+    assert_eq!(w.artifacts(), ["through A"]);
+    // the trusted copy of C is still what A's delegation verified: a/ok is still found
+    ok(&download(&["a/ok"]));
+}
+
 /// test_rollback.py fast-forward recovery: after an attacker pushed timestamp, snapshot or
 /// targets to a huge version, rotating the keys of the timestamp or snapshot role lets the
 /// repository go back to small versions.

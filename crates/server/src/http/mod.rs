@@ -185,6 +185,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(admin::routes())
         .merge(jobs::routes())
         .merge(rollout::routes())
+        .merge(crate::renew::routes())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             deadline,

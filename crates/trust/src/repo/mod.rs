@@ -1091,8 +1091,8 @@ impl TrustRepo {
     }
 
     /// Whether an online role needs new metadata: not validly signed under the current root
-    /// (an interrupted rotation), or less than half its lifetime left.
-    fn due(&self, role: Role, now: i64) -> Option<String> {
+    /// (an interrupted rotation), or less than `left` (a fraction) of its lifetime left.
+    fn due(&self, role: Role, now: i64, left: f64) -> Option<String> {
         let (valid, expires_at, expires) = match role {
             Role::Targets => (
                 check_signed(role, &self.targets, &self.root.signed).is_ok(),
@@ -1115,25 +1115,77 @@ impl TrustRepo {
             return Some("not signed by the key the current root names".into());
         }
         let lifetime = self.config.expires.of(role);
-        if expires_at - now < lifetime / 2 {
-            return Some(format!(
-                "expires {expires}, less than half of its lifetime ({}) left",
-                format_duration(lifetime)
-            ));
+        // in whole seconds, rounded down: `left` of a lifetime, at least one second
+        let margin = ((lifetime as f64 * left) as i64).max(1);
+        if expires_at <= now {
+            return Some(format!("expired {expires}"));
+        }
+        if expires_at - now < margin {
+            return Some(if left == 0.5 {
+                format!(
+                    "expires {expires}, less than half of its lifetime ({}) left",
+                    format_duration(lifetime)
+                )
+            } else {
+                format!(
+                    "expires {expires}, less than {}% of its lifetime ({}) left",
+                    (left * 100.0).round(),
+                    format_duration(lifetime)
+                )
+            });
         }
         None
     }
 
-    /// Signs again the online roles that are due (see [`Self::due`]) and what depends on them;
-    /// `force` renews the timestamp in any case. Warns when the root needs the admin.
+    /// Signs again the online roles that are due (see [`Self::due`]: less than half of their
+    /// lifetime left) and what depends on them; `force` renews the timestamp in any case. Warns
+    /// when the root needs the admin.
     pub fn refresh(&mut self, force: bool, now: i64) -> Result<RefreshReport> {
+        self.refresh_roles(&Role::ONLINE, 0.5, force, now)
+    }
+
+    /// [`Self::refresh`] of some online roles only: those of `roles` that are due, with less
+    /// than `left` (a fraction between 0 and 1) of their lifetime left, and what depends on
+    /// them among `roles` (snapshot, then timestamp). A role not in `roles` is never signed,
+    /// and its key is not read: `semithin serve` renews snapshot and timestamp this way and
+    /// leaves targets, which vouches for the releases, to the admin.
+    pub fn refresh_roles(
+        &mut self,
+        roles: &[Role],
+        left: f64,
+        force: bool,
+        now: i64,
+    ) -> Result<RefreshReport> {
+        if !(left > 0.0 && left < 1.0) {
+            return Err(Error::TrustRepo {
+                path: self.dir.clone(),
+                reason: format!(
+                    "renewing with {left} of a lifetime left: it must be between 0 and 1"
+                ),
+            });
+        }
+        // What a role renews depends on it (targets -> snapshot -> timestamp): the roles must be
+        // a tail of that chain.
+        if let Some(gap) = Role::ONLINE
+            .into_iter()
+            .skip_while(|r| !roles.contains(r))
+            .find(|r| !roles.contains(r))
+        {
+            return Err(Error::TrustRepo {
+                path: self.dir.clone(),
+                reason: format!("renewing {roles:?} needs {gap} too, which depends on them"),
+            });
+        }
         let mut reasons = BTreeMap::new();
         for r in Role::ONLINE {
-            if let Some(why) = self.due(r, now) {
+            if !roles.contains(&r) {
+                continue;
+            }
+            if let Some(why) = self.due(r, now, left) {
                 reasons.insert(r.name().to_owned(), why);
             }
         }
-        if force && reasons.is_empty() {
+        if force && reasons.is_empty() && roles.contains(&Role::Timestamp) {
             reasons.insert("timestamp".into(), "forced".into());
         }
         let warnings = self.warnings(now);
@@ -1147,7 +1199,10 @@ impl TrustRepo {
                 warnings,
             });
         };
-        let needed: Vec<Role> = Role::ONLINE.into_iter().filter(|r| *r >= first).collect();
+        let needed: Vec<Role> = Role::ONLINE
+            .into_iter()
+            .filter(|r| *r >= first && roles.contains(r))
+            .collect();
         let keys = self.online_keys(&needed)?;
         let keys: BTreeMap<Role, &KeyPair> = keys.iter().map(|(r, k)| (*r, k)).collect();
         let mut pending = Pending::default();
@@ -1163,7 +1218,17 @@ impl TrustRepo {
         })
     }
 
-    fn warnings(&self, now: i64) -> Vec<String> {
+    /// The roles of `roles` that [`Self::refresh_roles`] would sign now, without signing.
+    pub fn due_roles(&self, roles: &[Role], left: f64, now: i64) -> Vec<Role> {
+        roles
+            .iter()
+            .copied()
+            .filter(|r| *r != Role::Root && self.due(*r, now, left).is_some())
+            .collect()
+    }
+
+    /// What only the admin can solve (the root key is offline).
+    pub fn warnings(&self, now: i64) -> Vec<String> {
         let mut w = Vec::new();
         let left = self.root.expires_at() - now;
         if left < self.config.expires.root / 2 {
@@ -1237,8 +1302,13 @@ impl TrustRepo {
             .collect();
         let mut warnings = self.warnings(now);
         for r in Role::ONLINE {
-            if let Some(why) = self.due(r, now) {
-                warnings.push(format!("{r}: {why}; run `semithin trust refresh`"));
+            if let Some(why) = self.due(r, now, 0.5) {
+                let who = if r == Role::Targets {
+                    "run `semithin trust refresh` or publish (the targets key signs it)"
+                } else {
+                    "a running `semithin serve` renews it, or run `semithin trust refresh`"
+                };
+                warnings.push(format!("{r}: {why}; {who}"));
             }
         }
         let e = self.config.expires;

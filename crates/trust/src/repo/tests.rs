@@ -215,6 +215,53 @@ fn refresh_follows_half_lifetimes() {
     assert!(r.warnings[0].contains("root expires"), "{r:?}");
 }
 
+/// What `semithin serve` does: snapshot and timestamp only, at its own margin, never targets
+/// (whose key it does not even read), also long after everything expired.
+#[test]
+fn refresh_roles_renews_only_the_roles_given() {
+    let (_d, mut t, cdir) = setup();
+    let server = [Role::Snapshot, Role::Timestamp];
+    // a quarter of a day left on the timestamp is not yet due at a margin of 0.2 ...
+    let r = t
+        .refresh_roles(&server, 0.2, false, NOW + 18 * 3600)
+        .unwrap();
+    assert!(r.written.is_empty(), "{r:?}");
+    // ... at 20 hours it is
+    let r = t
+        .refresh_roles(&server, 0.2, false, NOW + 20 * 3600)
+        .unwrap();
+    assert_eq!(r.written.len(), 1);
+    assert!(r.reasons["timestamp"].contains("less than 20%"), "{r:?}");
+    // 100 days later, all three expired: snapshot and timestamp renewed, targets left, and
+    // without its key
+    std::fs::remove_file(t.dir().join("keys/targets.key")).unwrap();
+    let later = NOW + 100 * DAY;
+    let r = t.refresh_roles(&server, 0.5, false, later).unwrap();
+    let roles: Vec<&str> = r.written.iter().map(|w| w.role.as_str()).collect();
+    assert_eq!(roles, ["snapshot", "timestamp"]);
+    assert!(r.reasons["snapshot"].contains("expired"), "{r:?}");
+    let e = client_sees(&t, &cdir, later).unwrap_err().to_string();
+    assert!(e.contains("targets: expired"), "{e}");
+    let s = t.status(later);
+    assert!(s.roles["targets"].expires_in < 0);
+    assert!(s.roles["timestamp"].expires_in > 0);
+    // a set of roles that would leave a dependent one stale, or a margin out of range, is refused
+    for (roles, left) in [
+        (&[Role::Snapshot][..], 0.5),
+        (&server[..], 1.0),
+        (&server[..], 0.0),
+    ] {
+        assert!(t.refresh_roles(roles, left, false, later).is_err());
+    }
+    // without the timestamp key: an error naming the file
+    std::fs::remove_file(t.dir().join("keys/timestamp.key")).unwrap();
+    let e = t
+        .refresh_roles(&server, 0.5, false, later + DAY)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("timestamp.key"), "{e}");
+}
+
 #[test]
 fn a_release_allows_only_releases_signed_before_and_a_client_sees_them() {
     let (_d, mut t, cdir) = setup();
