@@ -54,13 +54,13 @@ trap cleanup EXIT
 
 log() { printf 'crash: %s\n' "$*" >&2; }
 
-# --- three releases: the Debian root without documentation (v1), with a security-update-like
+# --- three releases: the Debian root without /usr/share, gconv and perl (v1, 50 MB), with a security-update-like
 # change of a few libraries and programs (v2), and with a new program tree added (v3).
 log "making three trees from $BASE"
 for v in 1 2 3; do
   rm -rf "$WORK/v$v"
   cp -a "$BASE" "$WORK/v$v"
-  rm -rf "$WORK/v$v"/usr/share/{doc,man,locale,info} "$WORK/v$v"/var/cache/apt/*.bin
+  rm -rf "$WORK/v$v"/usr/share "$WORK/v$v"/usr/lib/x86_64-linux-gnu/{gconv,perl-base} "$WORK/v$v"/var/cache/apt/*.bin
 done
 # v2: a few changed programs and libraries (bytes appended: changed files for the delta)
 for f in usr/bin/ls usr/bin/cp usr/lib/x86_64-linux-gnu/libc.so.6 usr/bin/apt-get; do
@@ -217,8 +217,8 @@ ELAPSED=$(($(date +%s) - START))
   echo "## Crash injection (kill -9 on the update and publish paths)"
   echo
   echo "Command: \`bench/crash.sh --kills $KILLS --seed $SEED\` ($(date -u +%Y-%m-%d), $(nproc) cores, ${ELAPSED} s)."
-  echo "Releases: a Debian bookworm minbase root without documentation (v1), a few changed"
-  echo "programs and libc (v2), v2 plus 20 MB of new files (v3); the machine keeps 1 deployment"
+  echo "Releases: a Debian bookworm minbase root without /usr/share, gconv and perl (v1, 50 MB), a few changed"
+  echo "programs and libc (v2), v2 plus 13 MB of new files (v3); the machine keeps 1 deployment"
   echo "besides the current one, so every update also prunes and collects its store."
   echo "One publish took ${PUBLISH_MS} ms, one update ${UPDATE_MS} ms; each kill lands at a uniformly random"
   echo "moment in [0, 1.2x] of that."
