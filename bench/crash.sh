@@ -218,7 +218,7 @@ ELAPSED=$(($(date +%s) - START))
   echo
   echo "Command: \`bench/crash.sh --kills $KILLS --seed $SEED\` ($(date -u +%Y-%m-%d), $(nproc) cores, ${ELAPSED} s)."
   echo "Releases: a Debian bookworm minbase root without /usr/share, gconv and perl (v1, 50 MB), a few changed"
-  echo "programs and libc (v2), v2 plus 13 MB of new files (v3); the machine keeps 1 deployment"
+  echo "programs and libc (v2), v2 plus 17 MB of new files (v3); the machine keeps 1 deployment"
   echo "besides the current one, so every update also prunes and collects its store."
   echo "One publish took ${PUBLISH_MS} ms, one update ${UPDATE_MS} ms; each kill lands at a uniformly random"
   echo "moment in [0, 1.2x] of that."
