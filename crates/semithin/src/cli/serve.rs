@@ -20,7 +20,8 @@ pub struct Args {
     listen: Option<SocketAddr>,
     /// TOML file with any of these settings (the flag names with `_`: data, listen,
     /// checkin_interval, max_wait, request_deadline, max_body, delta_sources, tls_cert,
-    /// tls_key, admin_token, log_format, apt_cache_size, apt_fresh, and the table
+    /// tls_key, admin_token, log_format, apt_cache_size, apt_fresh, header_timeout,
+    /// idle_timeout, max_connections, event_retention, and the table
     /// apt_upstreams of NAME = URL). Flags and environment win over it.
     #[arg(long, env = "SEMITHIN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -69,6 +70,22 @@ pub struct Args {
     /// again [default: 60].
     #[arg(long, value_name = "SECS")]
     apt_fresh: Option<u64>,
+    /// Seconds a connection has to send a whole request header (and finish its TLS handshake)
+    /// after opening or after its previous answer; idle connections close after it
+    /// [default: 15].
+    #[arg(long, env = "SEMITHIN_HEADER_TIMEOUT", value_name = "SECS")]
+    header_timeout: Option<u64>,
+    /// Seconds a client may take nothing of an answer before its connection is closed
+    /// [default: 60].
+    #[arg(long, env = "SEMITHIN_IDLE_TIMEOUT", value_name = "SECS")]
+    idle_timeout: Option<u64>,
+    /// The most connections open at once; more wait until one closes [default: 512]. Keep it
+    /// well under the process's file descriptor limit (`ulimit -n`).
+    #[arg(long, env = "SEMITHIN_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Days machine events are kept (enrollments are kept for good) [default: 90].
+    #[arg(long, env = "SEMITHIN_EVENT_RETENTION", value_name = "DAYS")]
+    event_retention: Option<u32>,
     /// Log lines as `text` or `json` [default: text]. The level comes from SEMITHIN_LOG
     /// (e.g. `info`, `semithin_server=debug`).
     #[arg(long, env = "SEMITHIN_LOG_FORMAT", value_name = "FORMAT")]
@@ -93,6 +110,10 @@ struct File {
     apt_upstreams: Option<std::collections::BTreeMap<String, String>>,
     apt_cache_size: Option<u64>,
     apt_fresh: Option<u64>,
+    header_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    max_connections: Option<usize>,
+    event_retention: Option<u32>,
 }
 
 fn read_file(path: &Path) -> Result<File> {
@@ -166,6 +187,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     if let Some(v) = a.apt_fresh.or(f.apt_fresh) {
         cfg.apt_fresh_secs = v;
+    }
+    if let Some(v) = a.header_timeout.or(f.header_timeout) {
+        anyhow::ensure!(v >= 1, "the header timeout must be at least 1 s");
+        cfg.header_timeout_secs = v;
+    }
+    if let Some(v) = a.idle_timeout.or(f.idle_timeout) {
+        anyhow::ensure!(v >= 1, "the idle timeout must be at least 1 s");
+        cfg.idle_timeout_secs = v;
+    }
+    if let Some(v) = a.max_connections.or(f.max_connections) {
+        anyhow::ensure!(v >= 1, "at least 1 connection must be allowed");
+        cfg.max_connections = v;
+    }
+    if let Some(v) = a.event_retention.or(f.event_retention) {
+        anyhow::ensure!(v >= 1, "events must be kept at least 1 day");
+        cfg.event_retention_days = v;
     }
     cfg.admin_token = std::env::var("SEMITHIN_ADMIN_TOKEN").ok().or(f.admin_token);
     init_logs(a.log_format.or(f.log_format).as_deref().unwrap_or("text"))?;

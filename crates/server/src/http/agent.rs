@@ -171,30 +171,30 @@ pub async fn checkin(
         return Err(ApiErr::forbidden("this machine was rejected by the admin"));
     }
     let req: CheckInRequest = parse(&body)?;
+    req.check()
+        .map_err(|e| ApiErr::bad(format!("check-in refused: {e}")))?;
     let t = now();
     app.counters.checkins.fetch_add(1, Ordering::Relaxed);
     m.last_seen.store(t, Ordering::Relaxed);
-    let (changed, old) = {
-        let mut r = m.row.lock().expect("lock");
-        let changed = r.report != req.report;
-        let old = changed.then(|| std::mem::replace(&mut r.report, req.report.clone()));
-        (changed, old)
-    };
-    if changed {
-        db::update_report(&app.db, &m.id, &req.report, t).await?;
-        m.last_seen_stored.store(t, Ordering::Relaxed);
-        record_events(&app, &m.id, old.unwrap_or_default(), &req.report).await?;
-        app.rollouts.poke_for(&m.id);
+    // A pending machine stores nothing but its enrollment (and when it was last seen): its
+    // report, job results and inventory count from its first check-in once accepted (accepting
+    // it wakes it, so that comes at once).
+    let pending = m.row.lock().expect("lock").status == MachineStatus::Pending;
+    if !pending {
+        if let Some(old) = m.store_report(&app.db, &req.report, t).await? {
+            record_events(&app, &m, old, &req.report).await?;
+            app.rollouts.poke_for(&m.id);
+        }
+        crate::jobs::receive(
+            &app.db,
+            &app.jobs,
+            &m,
+            &req.job_results,
+            req.inventory.as_ref(),
+            t,
+        )
+        .await?;
     }
-    crate::jobs::receive(
-        &app.db,
-        &app.jobs,
-        &m,
-        &req.job_results,
-        req.inventory.as_ref(),
-        t,
-    )
-    .await?;
     let (mut resp, actionable) = answer(&app, &m, false);
     with_jobs(&app, &m, &req, &mut resp).await?;
     let wait = req.wait_secs.min(app.cfg.max_wait_secs);
@@ -227,13 +227,13 @@ async fn with_jobs(
 }
 
 /// Notes what changed in a machine's report worth keeping: updates, failures, rollbacks.
-async fn record_events(app: &App, id: &str, old: Report, new: &Report) -> crate::Result<()> {
+async fn record_events(app: &App, m: &Machine, old: Report, new: &Report) -> crate::Result<()> {
     let t = now();
     if new.health == Health::Healthy
         && (old.current != new.current || old.health != Health::Healthy)
         && let Some(c) = &new.current
     {
-        db::add_event(&app.db, id, t, "healthy", c).await?;
+        add_event(app, m, t, "healthy", c).await?;
     }
     if new.failed_release.is_some() && new.failed_release != old.failed_release {
         let detail = format!(
@@ -241,8 +241,29 @@ async fn record_events(app: &App, id: &str, old: Report, new: &Report) -> crate:
             new.failed_release.as_deref().unwrap_or(""),
             new.last_error.as_deref().unwrap_or("no reason given")
         );
-        tracing::warn!(machine = id, %detail, "release failed on machine");
-        db::add_event(&app.db, id, t, "failed", &detail).await?;
+        tracing::warn!(machine = %m.id, %detail, "release failed on machine");
+        add_event(app, m, t, "failed", &detail).await?;
+    }
+    Ok(())
+}
+
+/// Stores an event of a machine within its allowance ([`crate::fleet::EventBudget`]), and keeps
+/// only its newest [`crate::fleet::MAX_EVENTS_PER_MACHINE`].
+async fn add_event(app: &App, m: &Machine, t: i64, kind: &str, detail: &str) -> crate::Result<()> {
+    let allowed = {
+        let mut budget = m.events.lock().expect("lock");
+        let ok = budget.take(t);
+        if !ok && budget.refused == 1 {
+            tracing::warn!(
+                machine = %m.id,
+                "this machine causes events faster than it may: they are not kept until it slows down"
+            );
+        }
+        ok
+    };
+    if allowed {
+        db::add_event(&app.db, &m.id, t, kind, detail).await?;
+        db::cap_events(&app.db, &m.id, crate::fleet::MAX_EVENTS_PER_MACHINE).await?;
     }
     Ok(())
 }

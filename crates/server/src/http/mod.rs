@@ -5,6 +5,9 @@ mod agent;
 mod apt;
 mod jobs;
 mod rollout;
+pub mod serve;
+#[cfg(test)]
+mod tests;
 pub mod tls;
 
 use std::sync::Arc;
