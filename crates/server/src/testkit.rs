@@ -14,7 +14,8 @@ pub const ADMIN: &str = "admin-token-of-the-tests-0123456789";
 pub struct TestServer {
     pub addr: SocketAddr,
     pub url: String,
-    pub dir: tempfile::TempDir,
+    /// Removed when the server is dropped.
+    _dir: tempfile::TempDir,
     pub data: std::path::PathBuf,
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -58,7 +59,7 @@ impl TestServer {
         let s = TestServer {
             addr,
             url: format!("{scheme}://127.0.0.1:{}", addr.port()),
-            dir,
+            _dir: dir,
             data,
             client: client.build().unwrap(),
             stop: Some(tx),

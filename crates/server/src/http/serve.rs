@@ -227,3 +227,132 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         this.watch(cx, p)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::testkit::TestServer;
+
+    /// A CA and a certificate it signed for 127.0.0.1, made with openssl: (cert, key, CA).
+    fn certs(
+        dir: &std::path::Path,
+    ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(
+                "set -e; \
+                 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+                   -subj '/CN=semithin test CA' -keyout ca.key -out ca.pem 2>/dev/null; \
+                 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+                   -subj '/CN=127.0.0.1' -keyout server.key -out server.csr 2>/dev/null; \
+                 printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > ext; \
+                 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                   -days 2 -extfile ext -out server.pem 2>/dev/null",
+            )
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            dir.join("server.pem"),
+            dir.join("server.key"),
+            dir.join("ca.pem"),
+        )
+    }
+
+    const IDLE: usize = 300;
+
+    async fn idle_connections_are_dropped(s: TestServer) {
+        let mut idle = Vec::with_capacity(IDLE);
+        for _ in 0..IDLE {
+            idle.push(tokio::net::TcpStream::connect(s.addr).await.unwrap());
+        }
+        // The server still answers, on a connection queued behind all the idle ones.
+        let start = Instant::now();
+        let r = s.client.get(s.at("/api/v1/health")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let waited = start.elapsed();
+        assert!(
+            waited < Duration::from_secs(20),
+            "health answered after {waited:?}"
+        );
+        // Every idle connection is closed by the server.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (i, mut c) in idle.into_iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(left, c.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {}
+                Ok(Ok(n)) => panic!("idle connection {i} got {n} bytes"),
+                Err(_) => panic!("idle connection {i} still open after 30 s"),
+            }
+        }
+        // ...and it keeps answering.
+        let r = s.client.get(s.at("/api/v1/health")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        s.stop().await;
+    }
+
+    fn tight(cfg: &mut crate::Config) {
+        cfg.header_timeout_secs = 1;
+        cfg.max_connections = 64;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_are_dropped_and_the_server_keeps_answering_over_http() {
+        idle_connections_are_dropped(TestServer::start(tight).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_are_dropped_and_the_server_keeps_answering_over_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = certs(dir.path());
+        idle_connections_are_dropped(TestServer::start_tls(Some(tls), tight).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_sends_half_a_header_is_closed() {
+        let s = TestServer::start(tight).await;
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "still open after 20 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_write_the_client_never_takes_fails_after_the_idle_timeout() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut g = Guarded::new(a, Duration::from_millis(300));
+        let start = Instant::now();
+        let err = loop {
+            match g.write(&[0u8; 64]).await {
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+}
