@@ -276,19 +276,35 @@ fn safe_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '%' | '+'))
 }
 
+/// A file of the trust metadata or targets. What is not a regular file there (missing, a
+/// directory, below a file) is not found; answers never name the server's paths.
 async fn send_file(app: &App, path: std::path::PathBuf) -> ApiResult<Response> {
-    let name = path.display().to_string();
-    match tokio::fs::read(&path).await {
-        Ok(b) => {
+    use std::io::ErrorKind;
+    let not_found = || ApiErr::not_found("no such file");
+    let read = async {
+        let md = tokio::fs::metadata(&path).await?;
+        if !md.is_file() {
+            return Ok(None);
+        }
+        tokio::fs::read(&path).await.map(Some)
+    };
+    match read.await {
+        Ok(Some(b)) => {
             app.counters
                 .metadata_bytes_sent
                 .fetch_add(b.len() as u64, Ordering::Relaxed);
             Ok(([(header::CONTENT_TYPE, "application/octet-stream")], b).into_response())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(ApiErr::not_found("no such file"))
+        Ok(None) => Err(not_found()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::IsADirectory
+            ) =>
+        {
+            Err(not_found())
         }
-        Err(e) => Err(ApiErr::internal(format!("reading {name}: {e}"))),
+        Err(e) => Err(ApiErr::internal(format!("reading {}: {e}", path.display()))),
     }
 }
 
@@ -487,7 +503,9 @@ pub async fn delta(
     // the machine fetches objects, which are checked one by one.
     let built = built.map_err(|e| {
         tracing::warn!(from = %from.short(), to = %to.short(), error = %e, "no delta pack");
-        ApiErr::not_found(format!("no delta pack could be made: {e}"))
+        ApiErr::not_found(
+            "no delta pack could be made (the server's log has the reason): fetch the objects",
+        )
     })?;
     let path = built.ok_or_else(|| {
         ApiErr::not_found(format!(

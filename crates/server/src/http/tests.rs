@@ -129,3 +129,73 @@ async fn a_machine_s_events_are_rate_limited() {
     assert_eq!(m["report"]["failed_release"], json!(release(99)), "{m}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_paths_that_are_no_file_are_4xx_and_no_answer_names_a_server_path() {
+    let s = TestServer::start(|_| {}).await;
+    let targets = crate::releases::trust_dir(&s.data.join("repo")).join("targets");
+    std::fs::create_dir_all(targets.join("channels/sub")).unwrap();
+    std::fs::write(targets.join("channels/stable"), b"x").unwrap();
+    let data = s.data.display().to_string();
+    let get = |path: String| {
+        let c = s.client.clone();
+        let url = s.at(&path);
+        async move {
+            let r = c
+                .get(url)
+                .bearer_auth(crate::testkit::ADMIN)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for (path, want) in [
+        ("/api/v1/trust/targets/channels", 404),
+        ("/api/v1/trust/targets/channels/sub", 404),
+        ("/api/v1/trust/targets/channels/missing", 404),
+        ("/api/v1/trust/targets/channels/stable/below-a-file", 404),
+        ("/api/v1/trust/targets/channels/a%5C..", 400),
+        ("/api/v1/trust/targets/channels/.hidden", 400),
+        ("/api/v1/trust/targets/channels/a%2F..%2F..", 400),
+        ("/api/v1/trust/metadata/missing.json", 404),
+        ("/api/v1/trust/metadata/..%2Froot-key.json", 400),
+    ] {
+        let (st, body) = get(path.to_owned()).await;
+        assert_eq!(st, want, "{path}: {body}");
+        let msg = error_of(&body);
+        assert!(!msg.contains(&data), "{path}: {msg}");
+    }
+    let (st, body) = get("/api/v1/trust/targets/channels/stable".into()).await;
+    assert_eq!((st, body.as_str()), (200, "x"));
+    // A failure of the server's own: an incident number, not the reason.
+    let t = s.token(true).await;
+    s.enroll(&t, "m1").await;
+    let db = s.data.join("fleet.db");
+    let pool = sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON machines \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (st, v) = s
+        .admin(
+            "POST",
+            "/api/v1/admin/assign",
+            Some(json!({"selector": "m1", "channel": "stable"})),
+        )
+        .await;
+    assert_eq!(st, 500, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("incident"), "{msg}");
+    assert!(
+        !msg.contains("refused by the test") && !msg.contains(&data),
+        "{msg}"
+    );
+    pool.close().await;
+    s.stop().await;
+}
