@@ -131,6 +131,8 @@ pub struct App {
     pub apt: aptcache::AptCache,
     pub rollouts: rollout::Rollouts,
     pub shutdown: watch::Receiver<bool>,
+    /// Failed enrollments per source address.
+    pub enroll_failures: http::throttle::Throttle,
 }
 
 impl App {
@@ -409,6 +411,7 @@ pub async fn run_on(
         admin_token_hash: blake3::hash(token.as_bytes()),
         counters: Counters::default(),
         shutdown: stop_rx,
+        enroll_failures: Default::default(),
         cfg,
     });
     let addr = listener

@@ -2,18 +2,19 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use semithin_protocol::api::{
     CheckInRequest, CheckInResponse, Desired, EnrollRequest, EnrollResponse, Health,
-    MAX_OBJECTS_PER_REQUEST, MachineStatus, ObjectsRequest, Report,
+    MAX_OBJECTS_PER_REQUEST, MachineStatus, ObjectsRequest, Report, limits,
 };
 use semithin_protocol::{selector, sign};
 use semithin_store::pack::ObjKind;
@@ -25,8 +26,67 @@ use crate::db::{self, MachineRow};
 use crate::fleet::Machine;
 use crate::{App, now};
 
-pub async fn enroll(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<Json<EnrollResponse>> {
-    let req: EnrollRequest = parse(&body)?;
+/// `POST /api/v1/enroll`, throttled per source address: after too many unknown, expired or used
+/// up tokens the address is refused for a while (429 with `Retry-After`), and each refusal is
+/// logged with the address.
+pub async fn enroll(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    use super::throttle::{Failed, MAX_FAILURES, WINDOW_SECS};
+    let ip = peer.ip();
+    if let Err(wait) = app.enroll_failures.check(ip, now()) {
+        tracing::debug!(%ip, "enrollment refused: throttled");
+        let mut r = ApiErr(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed enrollments from {ip}: try again in {wait} s (at most \
+                 {MAX_FAILURES} refused tokens in {WINDOW_SECS} s)"
+            ),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return r;
+    }
+    match enroll_with_token(&app, &body).await {
+        Ok(answer) => answer.into_response(),
+        // FORBIDDEN is only ever the token refused.
+        Err(e) if e.0 == StatusCode::FORBIDDEN => {
+            match app.enroll_failures.failed(ip, now()) {
+                Failed::Counted(n) => {
+                    tracing::warn!(%ip, failures = n, "enrollment refused: {}", e.1);
+                }
+                Failed::Blocked => tracing::warn!(
+                    %ip,
+                    "enrollment refused: {}; {MAX_FAILURES} refusals, the address is throttled \
+                     for {WINDOW_SECS} s",
+                    e.1
+                ),
+            }
+            e.into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn enroll_with_token(app: &App, body: &[u8]) -> ApiResult<Json<EnrollResponse>> {
+    let req: EnrollRequest = parse(body)?;
+    if req.token.len() > limits::TOKEN_BYTES {
+        return Err(ApiErr::bad(format!(
+            "token: {} bytes; at most {} are accepted",
+            req.token.len(),
+            limits::TOKEN_BYTES
+        )));
+    }
+    if req.labels.len() > limits::ENROLL_LABELS {
+        return Err(ApiErr::bad(format!(
+            "labels: {} labels; at most {} are accepted",
+            req.labels.len(),
+            limits::ENROLL_LABELS
+        )));
+    }
     let t = now();
     let refused = || ApiErr::forbidden("enrollment token unknown, expired or used up");
     // The token first: without one, nothing is said about names, keys or labels. A known key

@@ -8,6 +8,7 @@ mod rollout;
 pub mod serve;
 #[cfg(test)]
 mod tests;
+pub mod throttle;
 pub mod tls;
 
 use std::sync::Arc;

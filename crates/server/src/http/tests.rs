@@ -199,3 +199,67 @@ async fn target_paths_that_are_no_file_are_4xx_and_no_answer_names_a_server_path
     pool.close().await;
     s.stop().await;
 }
+
+/// Enrolls by hand from `from`: status, `Retry-After`, error message.
+async fn enroll_from(
+    s: &TestServer,
+    from: &str,
+    token: &str,
+    name: &str,
+) -> (u16, Option<String>, String) {
+    let client = reqwest::Client::builder()
+        .local_address(from.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let key = semithin_protocol::sign::MachineKey::generate().unwrap();
+    let body = json!({"token": token, "name": name, "public_key": hex::encode(key.public())});
+    let r = client
+        .post(s.at("/api/v1/enroll"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = r.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (st, retry, v["error"].as_str().unwrap_or("").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_enrollments_are_throttled_per_source_address() {
+    use super::throttle::{MAX_FAILURES, WINDOW_SECS};
+    let s = TestServer::start(|_| {}).await;
+    let good = s.token(false).await;
+    for i in 0..MAX_FAILURES {
+        let (st, _, msg) = enroll_from(&s, "127.0.0.1", &format!("guess-{i}"), "m").await;
+        assert_eq!(st, 403, "{msg}");
+    }
+    // refused now, even with a good token, and told when to come back
+    let (st, retry, msg) = enroll_from(&s, "127.0.0.1", &good, "m1").await;
+    assert_eq!(st, 429, "{msg}");
+    assert!(
+        msg.contains("too many failed enrollments from 127.0.0.1"),
+        "{msg}"
+    );
+    let retry: i64 = retry.expect("Retry-After").parse().unwrap();
+    assert!(retry > 0 && retry <= WINDOW_SECS, "{retry}");
+    // another address is not
+    let (st, _, msg) = enroll_from(&s, "127.0.0.2", &good, "m2").await;
+    assert_eq!(st, 200, "{msg}");
+    let (st, _, msg) = enroll_from(&s, "127.0.0.2", "bad", "m3").await;
+    assert_eq!(st, 403, "{msg}");
+    // nothing was enrolled from the throttled address
+    let (_, list) = s.admin("GET", "/api/v1/admin/machines", None).await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["m2"]);
+    s.stop().await;
+}
