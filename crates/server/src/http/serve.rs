@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,9 +22,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -57,6 +58,8 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);
+    // Tells handshakes still running that the server stops (they are dropped).
+    let (stopping, stop_rx) = tokio::sync::watch::channel(false);
     let mut at_cap = false;
     loop {
         let permit = match permits.clone().try_acquire_owned() {
@@ -92,52 +95,77 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let io = Guarded::new(tcp, limits.idle_timeout);
-        let router = router.clone();
-        let http = http.clone();
-        let tls = tls.clone();
+        let conn = Connection {
+            router: router.clone(),
+            http: http.clone(),
+            tls: tls.clone(),
+            peer,
+            handshake_timeout: limits.header_timeout,
+            stopping: stop_rx.clone(),
+        };
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                router.clone().oneshot(req.map(axum::body::Body::new))
-            });
-            let served =
-                match tls {
-                    None => {
-                        watcher
-                            .watch(http.serve_connection(TokioIo::new(io), svc))
-                            .await
-                    }
-                    Some(acceptor) => {
-                        let stream =
-                            match tokio::time::timeout(limits.header_timeout, acceptor.accept(io))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        watcher
-                            .watch(http.serve_connection(TokioIo::new(stream), svc))
-                            .await
-                    }
-                };
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "connection closed");
-            }
+            conn.serve(io, watcher).await;
         });
     }
     drop(listener);
+    let _ = stopping.send(true);
     tracing::debug!(%addr, "no longer accepting; finishing open requests");
     graceful.shutdown().await;
     Ok(())
+}
+
+/// What one connection's task needs.
+struct Connection {
+    router: Router,
+    http: hyper::server::conn::http1::Builder,
+    tls: Option<TlsAcceptor>,
+    peer: SocketAddr,
+    handshake_timeout: Duration,
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Serves the connection to its end (the TLS handshake first, if any; it is dropped when
+    /// the server stops meanwhile). Each request carries the peer's address.
+    async fn serve(mut self, io: Guarded<TcpStream>, watcher: Watcher) {
+        let peer = self.peer;
+        let router = self.router;
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let served = match self.tls {
+            None => {
+                let conn = self.http.serve_connection(TokioIo::new(io), svc);
+                watcher.watch(conn).await
+            }
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(self.handshake_timeout, acceptor.accept(io));
+                let done = tokio::select! {
+                    d = handshake => d,
+                    _ = self.stopping.wait_for(|s| *s) => return,
+                };
+                let stream = match done {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let conn = self.http.serve_connection(TokioIo::new(stream), svc);
+                watcher.watch(conn).await
+            }
+        };
+        if let Err(e) = served {
+            tracing::debug!(%peer, error = %e, "connection closed");
+        }
+    }
 }
 
 /// A connection whose writes fail once the client has taken nothing for `limit`.
@@ -335,6 +363,22 @@ mod tests {
             start.elapsed()
         );
         s.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_waits_neither_for_idle_connections_nor_for_handshakes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s =
+            TestServer::start_tls(Some(certs(dir.path())), |c| c.header_timeout_secs = 60).await;
+        let _silent = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = Instant::now();
+        s.stop().await;
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test]
