@@ -51,9 +51,16 @@ impl EventBudget {
         }
         let gained = now.saturating_sub(self.at) / EVENT_REFILL_SECS;
         if gained > 0 {
-            let gained = u32::try_from(gained).unwrap_or(u32::MAX);
-            self.left = self.left.saturating_add(gained).min(EVENT_BURST);
-            self.at = now;
+            self.left = self
+                .left
+                .saturating_add(u32::try_from(gained).unwrap_or(u32::MAX))
+                .min(EVENT_BURST);
+            // Time not yet worth an event counts towards the next, unless the allowance is full.
+            self.at = if self.left == EVENT_BURST {
+                now
+            } else {
+                self.at + gained * EVENT_REFILL_SECS
+            };
         }
         if self.left == 0 {
             self.refused += 1;
@@ -382,8 +389,10 @@ mod tests {
         assert!(!b.take(t));
         assert!(!b.take(t + EVENT_REFILL_SECS - 1));
         assert_eq!(b.refused, 2);
-        assert!(b.take(t + EVENT_REFILL_SECS));
-        assert!(!b.take(t + EVENT_REFILL_SECS));
+        assert!(b.take(t + EVENT_REFILL_SECS + 30));
+        assert!(!b.take(t + EVENT_REFILL_SECS + 30));
+        // the 30 s past the refill count towards the next event
+        assert!(b.take(t + 2 * EVENT_REFILL_SECS));
         // a long quiet time gives back the burst, no more
         let later = t + 1000 * EVENT_REFILL_SECS;
         for _ in 0..EVENT_BURST {
