@@ -1,6 +1,7 @@
 //! Failed attempts per source address: after [`MAX_FAILURES`] within [`WINDOW_SECS`], the address
 //! is refused for [`WINDOW_SECS`] (enrollment tokens cannot be guessed at network speed). `now`
-//! is passed in; at most [`MAX_ADDRESSES`] addresses are remembered.
+//! is passed in; at most [`MAX_ADDRESSES`] addresses are remembered. IPv6 addresses count by
+//! their /64 (one host usually holds a whole /64 and could rotate through it).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -33,9 +34,21 @@ pub enum Failed {
     Blocked,
 }
 
+/// The key an address counts under: itself for IPv4, its /64 for IPv6.
+fn key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 impl Throttle {
     /// `Err(seconds)`: the address is refused for that long still.
     pub fn check(&self, addr: IpAddr, now: i64) -> Result<(), i64> {
+        let addr = key(addr);
         let map = self.by_addr.lock().expect("lock");
         match map.get(&addr).and_then(|r| r.blocked_until) {
             Some(until) if until > now => Err(until - now),
@@ -45,6 +58,7 @@ impl Throttle {
 
     /// Notes a failure of `addr` at `now`.
     pub fn failed(&self, addr: IpAddr, now: i64) -> Failed {
+        let addr = key(addr);
         let mut map = self.by_addr.lock().expect("lock");
         if map.len() >= MAX_ADDRESSES && !map.contains_key(&addr) {
             map.retain(|_, r| {
@@ -105,6 +119,21 @@ mod tests {
             let r = t.failed(b, 10_000 + i64::from(i) * WINDOW_SECS / 5);
             assert_ne!(r, Failed::Blocked, "failure {i}");
         }
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let t = Throttle::default();
+        for i in 0..MAX_FAILURES {
+            let a: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap();
+            t.failed(a, 0);
+        }
+        let same: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(t.check(same, 1).is_err());
+        assert_eq!(t.check(other, 1), Ok(()));
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().unwrap();
+        assert_eq!(key(mapped), "192.0.2.9".parse::<IpAddr>().unwrap());
     }
 
     #[test]
