@@ -871,7 +871,10 @@ fn report_of(
         health: state.health,
         phase,
         failed_release: state.failed_release.clone(),
-        last_error: state.last_error.clone(),
+        last_error: state
+            .last_error
+            .as_deref()
+            .map(semithin_protocol::api::bound_error),
         disk_free: disk_free(&layout.dir),
         uptime_secs: uptime(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),

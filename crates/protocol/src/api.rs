@@ -172,6 +172,203 @@ impl Integrity {
     }
 }
 
+/// The most a machine may put in one check-in (docs/PROTOCOL.md, "Limits"); the server refuses
+/// a check-in past any of them with 400 naming the field, before anything of it is kept.
+pub mod limits {
+    /// Bytes of `report.last_error` (the agent cuts its error to this with [`super::bound_error`]).
+    pub const ERROR_BYTES: usize = 4096;
+    /// Bytes of `report.agent_version`.
+    pub const VERSION_BYTES: usize = 64;
+    /// Job results in one check-in.
+    pub const JOB_RESULTS: usize = 64;
+    /// Bytes of a job result's delivery id.
+    pub const DELIVERY_BYTES: usize = 256;
+    /// Installed packages, and upgrades, in an inventory.
+    pub const INVENTORY_PACKAGES: usize = 50_000;
+    /// Bytes of each text field of an inventory entry.
+    pub const INVENTORY_FIELD_BYTES: usize = 1024;
+    /// Labels a machine may give itself when it enrolls.
+    pub const ENROLL_LABELS: usize = 64;
+    /// Bytes of an enrollment token.
+    pub const TOKEN_BYTES: usize = 256;
+}
+
+/// A field of a request that is out of bounds or malformed, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct BadField {
+    /// The field as a JSON path (`report.last_error`, `inventory.packages[3].name`).
+    pub field: String,
+    pub reason: String,
+}
+
+fn bad(field: impl Into<String>, reason: impl Into<String>) -> BadField {
+    BadField {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn check_len(field: &str, s: &str, max: usize) -> Result<(), BadField> {
+    if s.len() > max {
+        return Err(bad(
+            field,
+            format!("{} bytes; at most {max} are accepted", s.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// A release as a machine reports it: a commit id, 64 lowercase hex digits.
+fn check_release(field: &str, s: &Option<String>) -> Result<(), BadField> {
+    match s {
+        Some(s)
+            if s.len() != 64
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Err(bad(
+                field,
+                "not a release id (64 lowercase hex digits of a commit)",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Cuts an error message to [`limits::ERROR_BYTES`] on a character boundary, marking the cut.
+pub fn bound_error(s: &str) -> String {
+    if s.len() <= limits::ERROR_BYTES {
+        return s.to_owned();
+    }
+    const MARK: &str = " [...]";
+    let mut end = limits::ERROR_BYTES - MARK.len();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &s[..end])
+}
+
+impl Report {
+    /// Every field within its bounds ([`limits`]), every release a commit id.
+    pub fn check(&self) -> Result<(), BadField> {
+        check_release("report.current", &self.current)?;
+        check_release("report.staged", &self.staged)?;
+        check_release("report.previous", &self.previous)?;
+        check_release("report.failed_release", &self.failed_release)?;
+        if let Some(e) = &self.last_error {
+            check_len("report.last_error", e, limits::ERROR_BYTES)?;
+        }
+        check_len(
+            "report.agent_version",
+            &self.agent_version,
+            limits::VERSION_BYTES,
+        )?;
+        if let Some(i) = &self.integrity {
+            i.check()?;
+        }
+        Ok(())
+    }
+}
+
+impl Integrity {
+    /// The release a commit id; each list at most [`MAX_INTEGRITY_PATHS`] paths of at most
+    /// [`MAX_INTEGRITY_PATH_LEN`] bytes (and the `…` the agent ends a cut one with).
+    pub fn check(&self) -> Result<(), BadField> {
+        check_release("report.integrity.release", &Some(self.release.clone()))?;
+        for (name, l) in [
+            ("tampered", &self.tampered),
+            ("repaired", &self.repaired),
+            ("etc_drift", &self.etc_drift),
+        ] {
+            if l.paths.len() > MAX_INTEGRITY_PATHS {
+                return Err(bad(
+                    &format!("report.integrity.{name}.paths"),
+                    format!(
+                        "{} paths; at most {MAX_INTEGRITY_PATHS}",
+                        l.paths.len()
+                    ),
+                ));
+            }
+            for (n, p) in l.paths.iter().enumerate() {
+                check_len(
+                    &format!("report.integrity.{name}.paths[{n}]"),
+                    p,
+                    MAX_INTEGRITY_PATH_LEN + '…'.len_utf8(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CheckInRequest {
+    /// The report, job results and inventory within their bounds ([`limits`]). Job output is
+    /// not refused for its size: the server keeps its start and end (`job::bound_output`).
+    pub fn check(&self) -> Result<(), BadField> {
+        self.report.check()?;
+        if self.job_results.len() > limits::JOB_RESULTS {
+            return Err(bad(
+                "job_results",
+                format!(
+                    "{} results; at most {} per check-in",
+                    self.job_results.len(),
+                    limits::JOB_RESULTS
+                ),
+            ));
+        }
+        for (i, r) in self.job_results.iter().enumerate() {
+            check_len(
+                &format!("job_results[{i}].delivery"),
+                &r.delivery,
+                limits::DELIVERY_BYTES,
+            )?;
+        }
+        if let Some(inv) = &self.inventory {
+            inv.check()?;
+        }
+        Ok(())
+    }
+}
+
+impl crate::inventory::Inventory {
+    /// At most [`limits::INVENTORY_PACKAGES`] entries of each kind, each field at most
+    /// [`limits::INVENTORY_FIELD_BYTES`].
+    pub fn check(&self) -> Result<(), BadField> {
+        let max = limits::INVENTORY_PACKAGES;
+        for (field, n) in [
+            ("inventory.packages", self.packages.len()),
+            ("inventory.upgradable", self.upgradable.len()),
+        ] {
+            if n > max {
+                return Err(bad(field, format!("{n} entries; at most {max}")));
+            }
+        }
+        let f = limits::INVENTORY_FIELD_BYTES;
+        for (i, p) in self.packages.iter().enumerate() {
+            for (name, v) in [
+                ("name", &p.name),
+                ("version", &p.version),
+                ("arch", &p.arch),
+            ] {
+                check_len(&format!("inventory.packages[{i}].{name}"), v, f)?;
+            }
+        }
+        for (i, u) in self.upgradable.iter().enumerate() {
+            for (name, v) in [
+                ("name", &u.name),
+                ("from", &u.from),
+                ("to", &u.to),
+                ("origin", &u.origin),
+            ] {
+                check_len(&format!("inventory.upgradable[{i}].{name}"), v, f)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `POST /api/v1/checkin` (signed).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CheckInRequest {
@@ -350,5 +547,167 @@ mod tests {
         l.push(&format!("/{}", "é".repeat(MAX_INTEGRITY_PATH_LEN)));
         assert!(l.paths[0].len() <= MAX_INTEGRITY_PATH_LEN + '…'.len_utf8());
         assert!(l.paths[0].ends_with('…'));
+    }
+
+    #[test]
+    fn integrity_out_of_its_bounds_is_refused_naming_the_field() {
+        let mut i = Integrity {
+            release: "a".repeat(64),
+            ..Integrity::default()
+        };
+        for n in 0..MAX_INTEGRITY_PATHS + 3 {
+            i.tampered.push(&format!("/etc/{n}"));
+        }
+        let r = Report {
+            integrity: Some(i.clone()),
+            ..Report::default()
+        };
+        r.check().unwrap();
+        let mut long = i.clone();
+        long.repaired.paths.push("x".repeat(MAX_INTEGRITY_PATH_LEN + 10));
+        let e = Report {
+            integrity: Some(long),
+            ..Report::default()
+        }
+        .check()
+        .unwrap_err();
+        assert!(e.to_string().contains("report.integrity.repaired.paths[0]"), "{e}");
+        let mut many = i.clone();
+        many.etc_drift.paths = vec!["/etc/x".into(); MAX_INTEGRITY_PATHS + 1];
+        let e = Report {
+            integrity: Some(many),
+            ..Report::default()
+        }
+        .check()
+        .unwrap_err();
+        assert!(e.to_string().contains("report.integrity.etc_drift.paths"), "{e}");
+        let e = Report {
+            integrity: Some(Integrity {
+                release: "é".into(),
+                ..i
+            }),
+            ..Report::default()
+        }
+        .check()
+        .unwrap_err();
+        assert!(e.to_string().contains("report.integrity.release"), "{e}");
+    }
+
+    fn id(c: char) -> Option<String> {
+        Some(c.to_string().repeat(64))
+    }
+
+    #[test]
+    fn a_report_within_its_bounds_passes_and_each_field_out_of_them_is_named() {
+        let ok = Report {
+            current: id('a'),
+            staged: id('b'),
+            previous: id('c'),
+            failed_release: id('d'),
+            last_error: Some("x".repeat(limits::ERROR_BYTES)),
+            agent_version: "0.1.0".into(),
+            ..Report::default()
+        };
+        ok.check().unwrap();
+        let cases: Vec<(&str, Report)> = vec![
+            (
+                "report.current",
+                Report {
+                    current: Some("é".repeat(32)),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "report.staged",
+                Report {
+                    staged: Some("A".repeat(64)),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "report.previous",
+                Report {
+                    previous: Some("a".repeat(65)),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "report.failed_release",
+                Report {
+                    failed_release: Some("x1".into()),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "report.last_error",
+                Report {
+                    last_error: Some("x".repeat(limits::ERROR_BYTES + 1)),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "report.agent_version",
+                Report {
+                    agent_version: "v".repeat(65),
+                    ..ok.clone()
+                },
+            ),
+        ];
+        for (field, r) in cases {
+            let e = r.check().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_check_in_bounds_job_results_and_the_inventory() {
+        let mut req = CheckInRequest::default();
+        req.check().unwrap();
+        let result = crate::job::JobResult {
+            delivery: "d".repeat(limits::DELIVERY_BYTES + 1),
+            outcome: crate::job::Outcome::Succeeded,
+            exit_code: Some(0),
+            output: String::new(),
+            started_at: 0,
+            duration_ms: 0,
+        };
+        req.job_results = vec![result.clone()];
+        assert_eq!(req.check().unwrap_err().field, "job_results[0].delivery");
+        req.job_results = vec![
+            crate::job::JobResult {
+                delivery: "d".into(),
+                ..result
+            };
+            limits::JOB_RESULTS + 1
+        ];
+        assert_eq!(req.check().unwrap_err().field, "job_results");
+        req.job_results.clear();
+        let pkg = crate::inventory::Package {
+            name: "p".into(),
+            version: "1".repeat(limits::INVENTORY_FIELD_BYTES + 1),
+            arch: "all".into(),
+        };
+        req.inventory = Some(crate::inventory::Inventory {
+            packages: vec![pkg],
+            ..Default::default()
+        });
+        assert_eq!(
+            req.check().unwrap_err().field,
+            "inventory.packages[0].version"
+        );
+    }
+
+    #[test]
+    fn a_long_error_is_cut_on_a_character_boundary_within_the_bound() {
+        let long = "é".repeat(limits::ERROR_BYTES);
+        let cut = bound_error(&long);
+        assert!(cut.len() <= limits::ERROR_BYTES, "{}", cut.len());
+        assert!(cut.ends_with(" [...]"));
+        assert_eq!(bound_error("short"), "short");
+        let r = Report {
+            last_error: Some(cut),
+            ..Report::default()
+        };
+        r.check().unwrap();
     }
 }

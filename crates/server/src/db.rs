@@ -149,16 +149,22 @@ where
     Ok(())
 }
 
-/// Writes the admin-controlled fields of a machine (status, labels, channel).
-pub async fn update_machine(pool: &SqlitePool, m: &MachineRow) -> Result<()> {
-    sqlx::query("UPDATE machines SET status = $1, labels = $2, channel = $3 WHERE id = $4")
-        .bind(m.status.as_str())
-        .bind(json(&m.labels))
-        .bind(&m.channel)
-        .bind(&m.id)
-        .execute(pool)
-        .await
-        .map_err(|e| Error::db("updating the machine", e))?;
+/// Writes the admin-controlled fields (status, labels, channel) of these machines, all or none:
+/// one transaction.
+pub async fn update_machines(pool: &SqlitePool, rows: &[MachineRow]) -> Result<()> {
+    let err = |e| Error::db("updating machines", e);
+    let mut tx = pool.begin().await.map_err(err)?;
+    for m in rows {
+        sqlx::query("UPDATE machines SET status = $1, labels = $2, channel = $3 WHERE id = $4")
+            .bind(m.status.as_str())
+            .bind(json(&m.labels))
+            .bind(&m.channel)
+            .bind(&m.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)?;
     Ok(())
 }
 
@@ -211,6 +217,43 @@ pub struct Event {
     pub at: i64,
     pub kind: String,
     pub detail: String,
+}
+
+/// Keeps the newest `keep` events of a machine (its `enrolled` event always stays).
+pub async fn cap_events(pool: &SqlitePool, machine: &str, keep: i64) -> Result<u64> {
+    let r = sqlx::query(
+        "DELETE FROM events WHERE machine = $1 AND kind != 'enrolled' AND id NOT IN \
+         (SELECT id FROM events WHERE machine = $1 AND kind != 'enrolled' \
+          ORDER BY id DESC LIMIT $2)",
+    )
+    .bind(machine)
+    .bind(keep)
+    .execute(pool)
+    .await
+    .map_err(|e| Error::db("pruning a machine's events", e))?;
+    Ok(r.rows_affected())
+}
+
+/// Removes events older than `before` and all but the newest `keep` of every machine (the
+/// `enrolled` events always stay: they name the token a machine enrolled with). Returns how
+/// many went.
+pub async fn prune_events(pool: &SqlitePool, before: i64, keep: i64) -> Result<u64> {
+    let err = |e| Error::db("pruning events", e);
+    let old = sqlx::query("DELETE FROM events WHERE at < $1 AND kind != 'enrolled'")
+        .bind(before)
+        .execute(pool)
+        .await
+        .map_err(err)?;
+    let over = sqlx::query(
+        "DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER \
+         (PARTITION BY machine ORDER BY id DESC) AS n FROM events WHERE kind != 'enrolled') \
+         AS ranked WHERE n > $1)",
+    )
+    .bind(keep)
+    .execute(pool)
+    .await
+    .map_err(err)?;
+    Ok(old.rows_affected() + over.rows_affected())
 }
 
 pub async fn events(pool: &SqlitePool, machine: &str, limit: i64) -> Result<Vec<Event>> {

@@ -12,6 +12,8 @@ pub mod jobs;
 pub mod releases;
 pub mod renew;
 pub mod rollout;
+#[cfg(test)]
+mod testkit;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,6 +69,15 @@ pub struct Config {
     /// Seconds between the server's looks at the trust metadata's expiry.
     #[serde(default = "default_trust_check")]
     pub trust_check_secs: u64,
+    /// A connection must send a whole request header (and finish its TLS handshake) within
+    /// this many seconds of opening or of its previous answer; idle ones close after it.
+    pub header_timeout_secs: u64,
+    /// A connection whose client takes nothing of an answer for this many seconds is closed.
+    pub idle_timeout_secs: u64,
+    /// The most connections open at once; more wait until one closes.
+    pub max_connections: usize,
+    /// Events older than this many days are removed (enrollments are kept).
+    pub event_retention_days: u32,
 }
 
 fn default_renew_left() -> f64 {
@@ -95,11 +106,24 @@ impl Config {
             apt_fresh_secs: 60,
             trust_renew_left: default_renew_left(),
             trust_check_secs: default_trust_check(),
+            header_timeout_secs: 15,
+            idle_timeout_secs: 60,
+            max_connections: 512,
+            event_retention_days: 90,
         }
     }
 
     pub fn repo(&self) -> PathBuf {
         self.data.join("repo")
+    }
+
+    /// The bounds of connections.
+    pub fn limits(&self) -> http::serve::Limits {
+        http::serve::Limits {
+            header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            max_connections: self.max_connections.max(1),
+        }
     }
 }
 
@@ -127,6 +151,8 @@ pub struct App {
     /// The renewal of snapshot and timestamp, and what the admin must do.
     pub renewal: renew::Renewal,
     pub shutdown: watch::Receiver<bool>,
+    /// Failed enrollments per source address.
+    pub enroll_failures: http::throttle::Throttle,
 }
 
 impl App {
@@ -335,6 +361,19 @@ pub async fn run(
     cfg: Config,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(Error::io("listening on", cfg.listen.to_string()))?;
+    run_on(cfg, listener, stop).await
+}
+
+/// [`run`] on a socket already bound (`cfg.listen` is not used): tests bind port 0 and learn
+/// the address before the server starts.
+pub async fn run_on(
+    cfg: Config,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     // A bad certificate or key stops the start, before anything is made or listens.
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
@@ -400,13 +439,11 @@ pub async fn run(
         admin_token_hash: blake3::hash(token.as_bytes()),
         counters: Counters::default(),
         shutdown: stop_rx,
+        enroll_failures: Default::default(),
         cfg,
     });
     // Expired or nearly expired snapshot and timestamp are signed again before anyone is served.
     renew::check(&app).await;
-    let listener = tokio::net::TcpListener::bind(app.cfg.listen)
-        .await
-        .map_err(Error::io("listening on", app.cfg.listen.to_string()))?;
     let addr = listener
         .local_addr()
         .map_err(Error::io("listening on", app.cfg.listen.to_string()))?;
@@ -428,14 +465,8 @@ pub async fn run(
         tracing::info!("shutting down");
         let _ = stop_tx2.send(true);
     };
-    let served = if let Some(tls) = tls {
-        http::tls::serve(listener, router, tls, shutdown).await
-    } else {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(Error::io("serving on", addr.to_string()))
-    };
+    let tls = tls.map(http::tls::acceptor);
+    let served = http::serve::serve(listener, router, tls, app.cfg.limits(), shutdown).await;
     let _ = stop_tx.send(true);
     background.abort();
     planner.abort();
@@ -450,8 +481,14 @@ pub async fn run(
 /// (a publish that did not tell the server).
 async fn background(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        // Hourly (and at start): events past their retention, and beyond each machine's cap.
+        if ticks.is_multiple_of(720) {
+            prune_events(&app).await;
+        }
+        ticks += 1;
         // Scheduled jobs whose occurrence started wake their machines.
         app.jobs.wake_due(&app.fleet, now());
         if let Err(e) = save_last_seen(&app).await {
@@ -469,6 +506,15 @@ async fn background(app: Arc<App>) {
                 Err(e) => tracing::warn!(error = %e, "reloading the repository"),
             }
         }
+    }
+}
+
+async fn prune_events(app: &App) {
+    let before = now().saturating_sub(i64::from(app.cfg.event_retention_days) * 86_400);
+    match db::prune_events(&app.db, before, fleet::MAX_EVENTS_PER_MACHINE).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(events = n, "old events removed"),
+        Err(e) => tracing::warn!(error = %e, "removing old events"),
     }
 }
 

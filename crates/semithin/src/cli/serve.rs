@@ -21,7 +21,8 @@ pub struct Args {
     /// TOML file with any of these settings (the flag names with `_`: data, listen,
     /// checkin_interval, max_wait, request_deadline, max_body, delta_sources, tls_cert,
     /// tls_key, admin_token, log_format, apt_cache_size, apt_fresh, trust_renew_left,
-    /// trust_check_interval, and the table
+    /// trust_check_interval, header_timeout, idle_timeout, max_connections, event_retention,
+    /// and the table
     /// apt_upstreams of NAME = URL). Flags and environment win over it.
     #[arg(long, env = "SEMITHIN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -79,6 +80,22 @@ pub struct Args {
     /// start [default: 60].
     #[arg(long, env = "SEMITHIN_TRUST_CHECK_INTERVAL", value_name = "SECS")]
     trust_check_interval: Option<u64>,
+    /// Seconds a connection has to send a whole request header (and finish its TLS handshake)
+    /// after opening or after its previous answer; idle connections close after it
+    /// [default: 15].
+    #[arg(long, env = "SEMITHIN_HEADER_TIMEOUT", value_name = "SECS")]
+    header_timeout: Option<u64>,
+    /// Seconds a client may take nothing of an answer before its connection is closed
+    /// [default: 60].
+    #[arg(long, env = "SEMITHIN_IDLE_TIMEOUT", value_name = "SECS")]
+    idle_timeout: Option<u64>,
+    /// The most connections open at once; more wait until one closes [default: 512]. Keep it
+    /// well under the process's file descriptor limit (`ulimit -n`).
+    #[arg(long, env = "SEMITHIN_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Days machine events are kept (enrollments are kept for good) [default: 90].
+    #[arg(long, env = "SEMITHIN_EVENT_RETENTION", value_name = "DAYS")]
+    event_retention: Option<u32>,
     /// Log lines as `text` or `json` [default: text]. The level comes from SEMITHIN_LOG
     /// (e.g. `info`, `semithin_server=debug`).
     #[arg(long, env = "SEMITHIN_LOG_FORMAT", value_name = "FORMAT")]
@@ -105,6 +122,10 @@ struct File {
     apt_fresh: Option<u64>,
     trust_renew_left: Option<f64>,
     trust_check_interval: Option<u64>,
+    header_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    max_connections: Option<usize>,
+    event_retention: Option<u32>,
 }
 
 fn read_file(path: &Path) -> Result<File> {
@@ -192,6 +213,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "--trust-check-interval {v}: 1 to 86400 seconds"
         );
         cfg.trust_check_secs = v;
+    }
+    if let Some(v) = a.header_timeout.or(f.header_timeout) {
+        anyhow::ensure!(v >= 1, "the header timeout must be at least 1 s");
+        cfg.header_timeout_secs = v;
+    }
+    if let Some(v) = a.idle_timeout.or(f.idle_timeout) {
+        anyhow::ensure!(v >= 1, "the idle timeout must be at least 1 s");
+        cfg.idle_timeout_secs = v;
+    }
+    if let Some(v) = a.max_connections.or(f.max_connections) {
+        anyhow::ensure!(v >= 1, "at least 1 connection must be allowed");
+        cfg.max_connections = v;
+    }
+    if let Some(v) = a.event_retention.or(f.event_retention) {
+        anyhow::ensure!(v >= 1, "events must be kept at least 1 day");
+        cfg.event_retention_days = v;
     }
     cfg.admin_token = std::env::var("SEMITHIN_ADMIN_TOKEN").ok().or(f.admin_token);
     init_logs(a.log_format.or(f.log_format).as_deref().unwrap_or("text"))?;

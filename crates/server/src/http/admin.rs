@@ -114,19 +114,21 @@ async fn label(
         .fleet
         .by_name(&name)
         .ok_or_else(|| ApiErr::not_found(format!("no machine named {name:?}")))?;
-    let row = {
-        let mut r = m.row.lock().expect("lock");
-        for k in &req.remove {
-            r.labels.remove(k);
-        }
-        r.labels.extend(req.set.clone());
-        r.clone()
-    };
-    db::update_machine(&app.db, &row).await?;
+    app.fleet
+        .change(&app.db, vec![m.clone()], |r| {
+            let before = r.labels.clone();
+            for k in &req.remove {
+                r.labels.remove(k);
+            }
+            r.labels.extend(req.set.clone());
+            r.labels != before
+        })
+        .await?;
     Ok(Json(info(&app, &m)))
 }
 
-/// Applies `f` to every selected machine and stores the ones it changed; wakes them.
+/// Applies `f` to every selected machine and stores the ones it changed (one transaction, then
+/// memory); wakes them.
 async fn change(
     app: &App,
     sel: &str,
@@ -137,19 +139,14 @@ async fn change(
     if machines.is_empty() {
         return Err(ApiErr::not_found(format!("no machine matches {sel}")));
     }
-    let mut names = Vec::new();
-    for m in machines {
-        let row = {
-            let mut r = m.row.lock().expect("lock");
-            if !f(&mut r) {
-                continue;
-            }
-            r.clone()
-        };
-        db::update_machine(&app.db, &row).await?;
-        names.push(row.name);
-        m.wake.notify_one();
-    }
+    let changed = app.fleet.change(&app.db, machines, f).await?;
+    let names = changed
+        .iter()
+        .map(|m| {
+            m.wake.notify_one();
+            m.row.lock().expect("lock").name.clone()
+        })
+        .collect();
     Ok(Json(Affected { machines: names }))
 }
 

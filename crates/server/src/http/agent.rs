@@ -2,18 +2,19 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use semithin_protocol::api::{
     CheckInRequest, CheckInResponse, Desired, EnrollRequest, EnrollResponse, Health,
-    MAX_OBJECTS_PER_REQUEST, MachineStatus, ObjectsRequest, Report,
+    MAX_OBJECTS_PER_REQUEST, MachineStatus, ObjectsRequest, Report, limits,
 };
 use semithin_protocol::{selector, sign};
 use semithin_store::pack::ObjKind;
@@ -25,8 +26,67 @@ use crate::db::{self, MachineRow};
 use crate::fleet::Machine;
 use crate::{App, now};
 
-pub async fn enroll(State(app): State<Arc<App>>, body: Bytes) -> ApiResult<Json<EnrollResponse>> {
-    let req: EnrollRequest = parse(&body)?;
+/// `POST /api/v1/enroll`, throttled per source address: after too many unknown, expired or used
+/// up tokens the address is refused for a while (429 with `Retry-After`), and each refusal is
+/// logged with the address.
+pub async fn enroll(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    use super::throttle::{Failed, MAX_FAILURES, WINDOW_SECS};
+    let ip = peer.ip();
+    if let Err(wait) = app.enroll_failures.check(ip, now()) {
+        tracing::debug!(%ip, "enrollment refused: throttled");
+        let mut r = ApiErr(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed enrollments from {ip}: try again in {wait} s (at most \
+                 {MAX_FAILURES} refused tokens in {WINDOW_SECS} s)"
+            ),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return r;
+    }
+    match enroll_with_token(&app, &body).await {
+        Ok(answer) => answer.into_response(),
+        // FORBIDDEN is only ever the token refused.
+        Err(e) if e.0 == StatusCode::FORBIDDEN => {
+            match app.enroll_failures.failed(ip, now()) {
+                Failed::Counted(n) => {
+                    tracing::warn!(%ip, failures = n, "enrollment refused: {}", e.1);
+                }
+                Failed::Blocked => tracing::warn!(
+                    %ip,
+                    "enrollment refused: {}; {MAX_FAILURES} refusals, the address is throttled \
+                     for {WINDOW_SECS} s",
+                    e.1
+                ),
+            }
+            e.into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn enroll_with_token(app: &App, body: &[u8]) -> ApiResult<Json<EnrollResponse>> {
+    let req: EnrollRequest = parse(body)?;
+    if req.token.len() > limits::TOKEN_BYTES {
+        return Err(ApiErr::bad(format!(
+            "token: {} bytes; at most {} are accepted",
+            req.token.len(),
+            limits::TOKEN_BYTES
+        )));
+    }
+    if req.labels.len() > limits::ENROLL_LABELS {
+        return Err(ApiErr::bad(format!(
+            "labels: {} labels; at most {} are accepted",
+            req.labels.len(),
+            limits::ENROLL_LABELS
+        )));
+    }
     let t = now();
     let refused = || ApiErr::forbidden("enrollment token unknown, expired or used up");
     // The token first: without one, nothing is said about names, keys or labels. A known key
@@ -171,30 +231,30 @@ pub async fn checkin(
         return Err(ApiErr::forbidden("this machine was rejected by the admin"));
     }
     let req: CheckInRequest = parse(&body)?;
+    req.check()
+        .map_err(|e| ApiErr::bad(format!("check-in refused: {e}")))?;
     let t = now();
     app.counters.checkins.fetch_add(1, Ordering::Relaxed);
     m.last_seen.store(t, Ordering::Relaxed);
-    let (changed, old) = {
-        let mut r = m.row.lock().expect("lock");
-        let changed = r.report != req.report;
-        let old = changed.then(|| std::mem::replace(&mut r.report, req.report.clone()));
-        (changed, old)
-    };
-    if changed {
-        db::update_report(&app.db, &m.id, &req.report, t).await?;
-        m.last_seen_stored.store(t, Ordering::Relaxed);
-        record_events(&app, &m.id, old.unwrap_or_default(), &req.report).await?;
-        app.rollouts.poke_for(&m.id);
+    // A pending machine stores nothing but its enrollment (and when it was last seen): its
+    // report, job results and inventory count from its first check-in once accepted (accepting
+    // it wakes it, so that comes at once).
+    let pending = m.row.lock().expect("lock").status == MachineStatus::Pending;
+    if !pending {
+        if let Some(old) = m.store_report(&app.db, &req.report, t).await? {
+            record_events(&app, &m, old, &req.report).await?;
+            app.rollouts.poke_for(&m.id);
+        }
+        crate::jobs::receive(
+            &app.db,
+            &app.jobs,
+            &m,
+            &req.job_results,
+            req.inventory.as_ref(),
+            t,
+        )
+        .await?;
     }
-    crate::jobs::receive(
-        &app.db,
-        &app.jobs,
-        &m,
-        &req.job_results,
-        req.inventory.as_ref(),
-        t,
-    )
-    .await?;
     let (mut resp, actionable) = answer(&app, &m, false);
     with_jobs(&app, &m, &req, &mut resp).await?;
     let wait = req.wait_secs.min(app.cfg.max_wait_secs);
@@ -227,13 +287,13 @@ async fn with_jobs(
 }
 
 /// Notes what changed in a machine's report worth keeping: updates, failures, rollbacks.
-async fn record_events(app: &App, id: &str, old: Report, new: &Report) -> crate::Result<()> {
+async fn record_events(app: &App, m: &Machine, old: Report, new: &Report) -> crate::Result<()> {
     let t = now();
     if new.health == Health::Healthy
         && (old.current != new.current || old.health != Health::Healthy)
         && let Some(c) = &new.current
     {
-        db::add_event(&app.db, id, t, "healthy", c).await?;
+        add_event(app, m, t, "healthy", c).await?;
     }
     if new.failed_release.is_some() && new.failed_release != old.failed_release {
         let detail = format!(
@@ -241,8 +301,8 @@ async fn record_events(app: &App, id: &str, old: Report, new: &Report) -> crate:
             new.failed_release.as_deref().unwrap_or(""),
             new.last_error.as_deref().unwrap_or("no reason given")
         );
-        tracing::warn!(machine = id, %detail, "release failed on machine");
-        db::add_event(&app.db, id, t, "failed", &detail).await?;
+        tracing::warn!(machine = %m.id, %detail, "release failed on machine");
+        add_event(app, m, t, "failed", &detail).await?;
     }
     // A verification's findings: once per report of a check that found something.
     if let Some(i) = &new.integrity
@@ -254,14 +314,35 @@ async fn record_events(app: &App, id: &str, old: Report, new: &Report) -> crate:
         };
         if i.is_tampered() {
             let detail = format!("{}: {}", i.release, paths(&i.tampered));
-            tracing::warn!(machine = id, %detail, "machine differs from its release");
-            db::add_event(&app.db, id, t, "tampered", &detail).await?;
+            tracing::warn!(machine = %m.id, %detail, "machine differs from its release");
+            add_event(app, m, t, "tampered", &detail).await?;
         }
         if !i.repaired.is_empty() {
             let detail = format!("{}: {}", i.release, paths(&i.repaired));
-            tracing::warn!(machine = id, %detail, "machine put back parts of its release");
-            db::add_event(&app.db, id, t, "repaired", &detail).await?;
+            tracing::warn!(machine = %m.id, %detail, "machine put back parts of its release");
+            add_event(app, m, t, "repaired", &detail).await?;
         }
+    }
+    Ok(())
+}
+
+/// Stores an event of a machine within its allowance ([`crate::fleet::EventBudget`]), and keeps
+/// only its newest [`crate::fleet::MAX_EVENTS_PER_MACHINE`].
+async fn add_event(app: &App, m: &Machine, t: i64, kind: &str, detail: &str) -> crate::Result<()> {
+    let allowed = {
+        let mut budget = m.events.lock().expect("lock");
+        let ok = budget.take(t);
+        if !ok && budget.refused == 1 {
+            tracing::warn!(
+                machine = %m.id,
+                "this machine causes events faster than it may: they are not kept until it slows down"
+            );
+        }
+        ok
+    };
+    if allowed {
+        db::add_event(&app.db, &m.id, t, kind, detail).await?;
+        db::cap_events(&app.db, &m.id, crate::fleet::MAX_EVENTS_PER_MACHINE).await?;
     }
     Ok(())
 }
@@ -274,19 +355,35 @@ fn safe_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '%' | '+'))
 }
 
+/// A file of the trust metadata or targets. What is not a regular file there (missing, a
+/// directory, below a file) is not found; answers never name the server's paths.
 async fn send_file(app: &App, path: std::path::PathBuf) -> ApiResult<Response> {
-    let name = path.display().to_string();
-    match tokio::fs::read(&path).await {
-        Ok(b) => {
+    use std::io::ErrorKind;
+    let not_found = || ApiErr::not_found("no such file");
+    let read = async {
+        let md = tokio::fs::metadata(&path).await?;
+        if !md.is_file() {
+            return Ok(None);
+        }
+        tokio::fs::read(&path).await.map(Some)
+    };
+    match read.await {
+        Ok(Some(b)) => {
             app.counters
                 .metadata_bytes_sent
                 .fetch_add(b.len() as u64, Ordering::Relaxed);
             Ok(([(header::CONTENT_TYPE, "application/octet-stream")], b).into_response())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(ApiErr::not_found("no such file"))
+        Ok(None) => Err(not_found()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::IsADirectory
+            ) =>
+        {
+            Err(not_found())
         }
-        Err(e) => Err(ApiErr::internal(format!("reading {name}: {e}"))),
+        Err(e) => Err(ApiErr::internal(format!("reading {}: {e}", path.display()))),
     }
 }
 
@@ -485,7 +582,9 @@ pub async fn delta(
     // the machine fetches objects, which are checked one by one.
     let built = built.map_err(|e| {
         tracing::warn!(from = %from.short(), to = %to.short(), error = %e, "no delta pack");
-        ApiErr::not_found(format!("no delta pack could be made: {e}"))
+        ApiErr::not_found(
+            "no delta pack could be made (the server's log has the reason): fetch the objects",
+        )
     })?;
     let path = built.ok_or_else(|| {
         ApiErr::not_found(format!(

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -16,20 +17,21 @@ pub async fn get(
     State(app): State<Arc<App>>,
     Path((name, path)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let (file, size) = match app.apt.get(&name, &path).await {
-        Answer::File(f, n) => (f, n),
+    let (body, size) = match app.apt.get(&name, &path).await {
+        Answer::File(f, n) => (super::file_body(f, |_| {}), Some(n)),
+        Answer::Stream(rx, n) => (
+            Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            n,
+        ),
+        Answer::Bad(e) => return Err(ApiErr::bad(e)),
         Answer::NotFound(e) => return Err(ApiErr::not_found(e)),
         Answer::Failed(e) => {
             return Err(ApiErr(axum::http::StatusCode::BAD_GATEWAY, e));
         }
     };
-    let body = super::file_body(file, |_| {});
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::CONTENT_LENGTH, size.to_string()),
-        ],
-        body,
-    )
-        .into_response())
+    let mut resp = ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response();
+    if let Some(n) = size {
+        resp.headers_mut().insert(header::CONTENT_LENGTH, n.into());
+    }
+    Ok(resp)
 }

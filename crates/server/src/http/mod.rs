@@ -5,6 +5,10 @@ mod agent;
 mod apt;
 mod jobs;
 mod rollout;
+pub mod serve;
+#[cfg(test)]
+mod tests;
+pub mod throttle;
 pub mod tls;
 
 use std::sync::Arc;
@@ -38,9 +42,17 @@ impl ApiErr {
     pub fn forbidden(msg: impl Into<String>) -> Self {
         ApiErr(StatusCode::FORBIDDEN, msg.into())
     }
+    /// A failure of the server's own: the reason (which may name paths, the database, ...) goes
+    /// to the log under an incident number; the answer gives only that number.
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %e, "request failed");
-        ApiErr(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        let incident = hex::encode(b);
+        tracing::error!(%incident, error = %e, "request failed");
+        ApiErr(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the server failed to answer (incident {incident}: its log has the reason)"),
+        )
     }
 }
 
