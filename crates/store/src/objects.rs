@@ -2,8 +2,12 @@
 //!
 //! Reads verify: every object is decompressed and re-hashed against its id before it is returned,
 //! so a flipped bit on disk is an error naming the object, never wrong data.
+//!
+//! The index and the packs on disk agree at all times: packs are added to it when they are
+//! written and leave it, through [`ObjectStore::remove_packs`], before their files are removed,
+//! so an object counts as present exactly while a pack that stays holds it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
@@ -19,8 +23,17 @@ type Key = (ObjKind, [u8; 32]);
 
 #[derive(Clone, Copy, Debug)]
 struct Loc {
+    /// The pack's slot in [`Packs::readers`].
     pack: usize,
     entry: IdxEntry,
+}
+
+/// The open packs and where each object is in them, under one lock so the two always agree.
+#[derive(Default)]
+struct Packs {
+    index: HashMap<Key, Loc>,
+    /// Open packs by slot; a removed pack leaves its slot empty, so locations never shift.
+    readers: Vec<Option<PackReader>>,
 }
 
 /// What a put did.
@@ -37,8 +50,7 @@ pub struct ObjectStore {
     packs_dir: PathBuf,
     tmp_dir: PathBuf,
     level: i32,
-    index: RwLock<HashMap<Key, Loc>>,
-    packs: RwLock<Vec<PackReader>>,
+    packs: RwLock<Packs>,
     writer: Mutex<Option<PackWriter>>,
     damaged: Vec<Error>,
 }
@@ -50,7 +62,6 @@ impl ObjectStore {
             packs_dir,
             tmp_dir,
             level,
-            index: RwLock::default(),
             packs: RwLock::default(),
             writer: Mutex::default(),
             damaged: Vec::new(),
@@ -102,18 +113,66 @@ impl ObjectStore {
 
     fn add_pack(&self, reader: PackReader, entries: Vec<IdxEntry>) {
         let mut packs = self.packs.write().expect("lock");
-        let pack = packs.len();
-        packs.push(reader);
-        let mut index = self.index.write().expect("lock");
+        let pack = packs.readers.len();
+        packs.readers.push(Some(reader));
         for entry in entries {
-            index
+            packs
+                .index
                 .entry((entry.kind(), entry.id))
                 .or_insert(Loc { pack, entry });
         }
     }
 
+    /// Removes packs: first from the index (their objects no longer count as present, so a
+    /// later put stores them again), then their files (index first, so a pack without its index
+    /// is what an interruption leaves, which gc removes), and last points each object that
+    /// another pack also holds (a copy gc made) at that pack.
+    pub fn remove_packs(&self, names: &[String]) -> Result<()> {
+        let names: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let mut packs = self.packs.write().expect("lock");
+        let Packs { index, readers } = &mut *packs;
+        let mut slots = HashSet::new();
+        for (slot, r) in readers.iter_mut().enumerate() {
+            if r.as_ref().is_some_and(|r| names.contains(r.name.as_str())) {
+                *r = None;
+                slots.insert(slot);
+            }
+        }
+        let mut orphans = HashSet::new();
+        index.retain(|key, loc| {
+            let gone = slots.contains(&loc.pack);
+            if gone {
+                orphans.insert(*key);
+            }
+            !gone
+        });
+        for name in &names {
+            remove_file(&self.packs_dir.join(format!("{name}.idx")))?;
+            remove_file(&self.packs_dir.join(format!("{name}.pack")))?;
+        }
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        for (slot, r) in readers.iter().enumerate() {
+            let Some(r) = r else { continue };
+            for entry in read_index(&self.packs_dir.join(format!("{}.idx", r.name)))? {
+                let key = (entry.kind(), entry.id);
+                if orphans.remove(&key) {
+                    index.insert(key, Loc { pack: slot, entry });
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn contains(&self, kind: ObjKind, id: &[u8; 32]) -> bool {
-        if self.index.read().expect("lock").contains_key(&(kind, *id)) {
+        if self
+            .packs
+            .read()
+            .expect("lock")
+            .index
+            .contains_key(&(kind, *id))
+        {
             return true;
         }
         let w = self.writer.lock().expect("lock");
@@ -126,13 +185,23 @@ impl ObjectStore {
 
     /// Every object in the store, with its sizes.
     pub fn list(&self) -> Vec<(ObjKind, [u8; 32], IdxEntry)> {
-        let index = self.index.read().expect("lock");
-        index.iter().map(|(k, l)| (k.0, k.1, l.entry)).collect()
+        let packs = self.packs.read().expect("lock");
+        packs
+            .index
+            .iter()
+            .map(|(k, l)| (k.0, k.1, l.entry))
+            .collect()
     }
 
     /// Compresses and stores `raw` under `id` unless it is already there.
     pub fn put(&self, kind: ObjKind, id: [u8; 32], raw: &[u8]) -> Result<Put> {
-        if self.index.read().expect("lock").contains_key(&(kind, id)) {
+        if self
+            .packs
+            .read()
+            .expect("lock")
+            .index
+            .contains_key(&(kind, id))
+        {
             return Ok(Put::Existing);
         }
         let frame = zstd::bulk::compress(raw, self.level).map_err(|e| Error::Tool {
@@ -195,18 +264,20 @@ impl ObjectStore {
         }
     }
 
-    fn locate(&self, kind: ObjKind, id: &[u8; 32]) -> Option<Loc> {
-        self.index.read().expect("lock").get(&(kind, *id)).copied()
-    }
-
     /// The stored (compressed) frame and raw length of an object, unverified.
     pub fn get_frame(&self, kind: ObjKind, id: &[u8; 32]) -> Result<(Vec<u8>, u32)> {
-        let loc = self.locate(kind, id).ok_or_else(|| Error::Missing {
+        let packs = self.packs.read().expect("lock");
+        let missing = || Error::Missing {
             kind: kind.name(),
             id: hex::encode(id),
-        })?;
-        let packs = self.packs.read().expect("lock");
-        Ok((packs[loc.pack].read_frame(&loc.entry)?, loc.entry.raw_len))
+        };
+        let loc = packs.index.get(&(kind, *id)).ok_or_else(missing)?;
+        let reader = packs
+            .readers
+            .get(loc.pack)
+            .and_then(Option::as_ref)
+            .ok_or_else(missing)?;
+        Ok((reader.read_frame(&loc.entry)?, loc.entry.raw_len))
     }
 
     /// Reads, decompresses and verifies an object.
@@ -241,8 +312,9 @@ impl ObjectStore {
 
     /// Commit ids starting with `prefix` (lowercase hex).
     pub fn commits_with_prefix(&self, prefix: &str) -> Vec<CommitId> {
-        let index = self.index.read().expect("lock");
-        index
+        let packs = self.packs.read().expect("lock");
+        packs
+            .index
             .keys()
             .filter(|(k, id)| *k == ObjKind::Commit && hex::encode(id).starts_with(prefix))
             .map(|(_, id)| CommitId::from_bytes(*id))
@@ -277,6 +349,14 @@ impl ObjectStore {
             out.push((name, entries));
         }
         Ok(out)
+    }
+}
+
+fn remove_file(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("removing", p)(e)),
     }
 }
 
