@@ -162,8 +162,8 @@ impl Agent {
                     .map(|(k, id)| format!("{}/{}", k.name(), hex::encode(id)))
                     .collect();
                 let stream = api.objects(&path, refs)?;
-                transfer::read_stream(&damaged, stream, |_, id, _, _, raw| {
-                    fetched.insert(id, raw);
+                transfer::read_stream(&damaged, stream, |obj, raw| {
+                    fetched.insert(*obj.id(), raw);
                     Ok(())
                 })?;
                 report.refetched_chunks = fetched.len() as u64;

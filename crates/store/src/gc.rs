@@ -117,8 +117,8 @@ fn collect(
         for e in entries {
             let key = (e.kind(), e.id);
             if live.contains(&key) && kept.insert(key) {
-                let (frame, raw_len) = store.get_frame(key.0, &key.1)?;
-                store.put_frame(key.0, key.1, &frame, raw_len)?;
+                // Verified on the way: gc never copies a damaged object as if it were whole.
+                store.append(&store.get_verified(key.0, &key.1)?, false)?;
             }
         }
         to_remove.push(name);

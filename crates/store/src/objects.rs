@@ -1,7 +1,8 @@
 //! The object store: typed get and put over pack files, with an in-memory index of every object.
 //!
 //! Reads verify: every object is decompressed and re-hashed against its id before it is returned,
-//! so a flipped bit on disk is an error naming the object, never wrong data.
+//! so a flipped bit on disk is an error naming the object, never wrong data. Writes take only a
+//! [`VerifiedObject`], whose id was established by hashing its content.
 //!
 //! The index and the packs on disk agree at all times: packs are added to it when they are
 //! written and leave it, through [`ObjectStore::remove_packs`], before their files are removed,
@@ -15,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, CommitId, TreeId};
 use crate::object::{Commit, Tree};
 use crate::pack::{IdxEntry, ObjKind, PackReader, PackWriter, read_index};
+use crate::verified::{VerifiedObject, verify_frame};
 
 /// A pack is closed and a new one started past this size.
 const PACK_TARGET: u64 = 64 << 20;
@@ -176,11 +178,7 @@ impl ObjectStore {
             return true;
         }
         let w = self.writer.lock().expect("lock");
-        w.as_ref().is_some_and(|w| {
-            w.entries()
-                .iter()
-                .any(|e| e.kind == kind as u8 && &e.id == id)
-        })
+        w.as_ref().is_some_and(|w| w.contains(kind, id))
     }
 
     /// Every object in the store, with its sizes.
@@ -193,49 +191,39 @@ impl ObjectStore {
             .collect()
     }
 
-    /// Compresses and stores `raw` under `id` unless it is already there.
-    pub fn put(&self, kind: ObjKind, id: [u8; 32], raw: &[u8]) -> Result<Put> {
-        if self
-            .packs
-            .read()
-            .expect("lock")
-            .index
-            .contains_key(&(kind, id))
-        {
+    /// Stores a verified object unless it is already there: raw content compressed, a received
+    /// frame as it came.
+    pub fn put(&self, obj: &VerifiedObject) -> Result<Put> {
+        if self.indexed(obj) {
             return Ok(Put::Existing);
         }
-        let frame = zstd::bulk::compress(raw, self.level).map_err(|e| Error::Tool {
-            tool: "zstd",
-            reason: e.to_string(),
-        })?;
-        let raw_len = u32::try_from(raw.len()).map_err(|_| Error::Tool {
-            tool: "store",
-            reason: "object larger than 4 GiB".into(),
-        })?;
-        self.put_frame(kind, id, &frame, raw_len)
+        self.append(obj, true)
     }
 
-    /// Stores an already compressed frame (used by gc to move objects without recompressing).
-    pub fn put_frame(
-        &self,
-        kind: ObjKind,
-        id: [u8; 32],
-        frame: &[u8],
-        raw_len: u32,
-    ) -> Result<Put> {
+    fn indexed(&self, obj: &VerifiedObject) -> bool {
+        let packs = self.packs.read().expect("lock");
+        packs.index.contains_key(&(obj.kind(), *obj.id()))
+    }
+
+    /// Appends an object to the pack being written unless that pack holds it already, and,
+    /// when `unless_indexed`, another pack (looked at again under the writer's lock, since a
+    /// pack may have been finished meanwhile). gc copies live objects out of packs it removes
+    /// with `unless_indexed` false.
+    pub(crate) fn append(&self, obj: &VerifiedObject, unless_indexed: bool) -> Result<Put> {
+        let (kind, id) = (obj.kind(), obj.id());
+        // Compressed before the lock, so parallel puts compress in parallel.
+        let frame = obj.frame(self.level)?;
         let mut guard = self.writer.lock().expect("lock");
-        if guard.as_ref().is_some_and(|w| {
-            w.entries()
-                .iter()
-                .any(|e| e.kind == kind as u8 && e.id == id)
-        }) {
+        if guard.as_ref().is_some_and(|w| w.contains(kind, id))
+            || (unless_indexed && self.indexed(obj))
+        {
             return Ok(Put::Existing);
         }
         if guard.is_none() {
             *guard = Some(PackWriter::create(&self.tmp_dir)?);
         }
         let w = guard.as_mut().expect("just set");
-        w.append(kind, id, frame, raw_len)?;
+        w.append(kind, *id, &frame, obj.raw_len())?;
         if w.len() >= PACK_TARGET {
             let w = guard.take().expect("present");
             self.finish_pack(w)?;
@@ -286,6 +274,12 @@ impl ObjectStore {
         verify_frame(kind, id, &frame, raw_len)
     }
 
+    /// Reads and verifies an object, keeping its stored frame (to store elsewhere as it is).
+    pub fn get_verified(&self, kind: ObjKind, id: &[u8; 32]) -> Result<VerifiedObject<'static>> {
+        let (frame, raw_len) = self.get_frame(kind, id)?;
+        Ok(VerifiedObject::from_frame(kind, *id, frame, raw_len)?.0)
+    }
+
     pub fn get_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
         self.get(ObjKind::Chunk, id.as_bytes())
     }
@@ -299,15 +293,13 @@ impl ObjectStore {
     }
 
     pub fn put_tree(&self, tree: &Tree) -> Result<(TreeId, Put)> {
-        let bytes = tree.encode();
-        let id = TreeId::of(&bytes);
-        Ok((id, self.put(ObjKind::Tree, *id.as_bytes(), &bytes)?))
+        let obj = VerifiedObject::from_raw(ObjKind::Tree, tree.encode())?;
+        Ok((TreeId::from_bytes(*obj.id()), self.put(&obj)?))
     }
 
     pub fn put_commit(&self, commit: &Commit) -> Result<(CommitId, Put)> {
-        let bytes = commit.encode();
-        let id = CommitId::of(&bytes);
-        Ok((id, self.put(ObjKind::Commit, *id.as_bytes(), &bytes)?))
+        let obj = VerifiedObject::from_raw(ObjKind::Commit, commit.encode())?;
+        Ok((CommitId::from_bytes(*obj.id()), self.put(&obj)?))
     }
 
     /// Commit ids starting with `prefix` (lowercase hex).
@@ -358,31 +350,4 @@ fn remove_file(p: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("removing", p)(e)),
     }
-}
-
-/// Decompresses a stored frame and checks that its content is the object `id` of `kind`: the
-/// one gate every object passes, read from a pack or received from elsewhere.
-pub fn verify_frame(kind: ObjKind, id: &[u8; 32], frame: &[u8], raw_len: u32) -> Result<Vec<u8>> {
-    let corrupt = |reason: String| Error::Corrupt {
-        kind: kind.name(),
-        id: hex::encode(id),
-        reason,
-    };
-    let raw = zstd::bulk::decompress(frame, raw_len as usize)
-        .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
-    if raw.len() != raw_len as usize {
-        return Err(corrupt(format!("{} bytes, expected {raw_len}", raw.len())));
-    }
-    let actual = match kind {
-        ObjKind::Chunk => *ChunkId::of(&raw).as_bytes(),
-        ObjKind::Tree => *TreeId::of(&raw).as_bytes(),
-        ObjKind::Commit => *CommitId::of(&raw).as_bytes(),
-    };
-    if &actual != id {
-        return Err(corrupt(format!(
-            "content hashes to {}",
-            hex::encode(actual)
-        )));
-    }
-    Ok(raw)
 }
