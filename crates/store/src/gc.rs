@@ -288,6 +288,65 @@ mod tests {
         }
     }
 
+    /// gc verifies what it copies: a damaged live object stops it with the object named, and
+    /// no pack is removed.
+    #[test]
+    fn a_damaged_live_object_stops_gc_before_anything_is_removed() {
+        use std::os::unix::fs::FileExt;
+        let d = tempfile::tempdir().unwrap();
+        let (dir, src) = (d.path().join("repo"), d.path().join("src"));
+        Repo::init(&dir, Config::default()).unwrap();
+        let repo = open(&dir);
+        let opts = CommitOptions {
+            channel: "c",
+            message: "",
+            time: Some(0),
+        };
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("shared"), b"in both versions").unwrap();
+        std::fs::write(src.join("old"), b"only in v1").unwrap();
+        commit(&repo, &src, &opts, &NoProgress).unwrap();
+        let first = repo.objects.pack_names().unwrap();
+        std::fs::remove_file(src.join("old")).unwrap();
+        let v2: CommitId = commit(&repo, &src, &opts, &NoProgress)
+            .unwrap()
+            .commit
+            .parse()
+            .unwrap();
+        // Flip a byte of the shared chunk's frame in the first pack, which gc rewrites.
+        let shared = crate::ChunkId::of(b"in both versions");
+        let (_, _, e) = repo
+            .objects
+            .list()
+            .into_iter()
+            .find(|(k, id, _)| *k == ObjKind::Chunk && id == shared.as_bytes())
+            .unwrap();
+        let pack = dir.join(format!("objects/packs/{}.pack", first[0]));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&pack)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, e.offset + u64::from(e.stored_len) - 1)
+            .unwrap();
+        f.write_all_at(&[b[0] ^ 0xff], e.offset + u64::from(e.stored_len) - 1)
+            .unwrap();
+        let before = repo.objects.pack_names().unwrap();
+        let err = gc_releases(&repo, &[v2], 0.0, &NoProgress).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("chunk object {shared} is corrupt")),
+            "{err}"
+        );
+        assert!(
+            before
+                .iter()
+                .all(|p| repo.objects.pack_names().unwrap().contains(p))
+        );
+        assert!(repo.objects.contains(ObjKind::Chunk, shared.as_bytes()));
+    }
+
     /// The same through an object stream, as an agent receives a release it ran before.
     #[test]
     fn a_release_received_again_after_gc_is_stored_whole() {

@@ -129,7 +129,7 @@ impl ObjectStore {
     /// later put stores them again), then their files (index first, so a pack without its index
     /// is what an interruption leaves, which gc removes), and last points each object that
     /// another pack also holds (a copy gc made) at that pack.
-    pub fn remove_packs(&self, names: &[String]) -> Result<()> {
+    pub(crate) fn remove_packs(&self, names: &[String]) -> Result<()> {
         let names: HashSet<&str> = names.iter().map(String::as_str).collect();
         let mut packs = self.packs.write().expect("lock");
         let Packs { index, readers } = &mut *packs;
