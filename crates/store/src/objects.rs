@@ -126,9 +126,9 @@ impl ObjectStore {
     }
 
     /// Removes packs: first from the index (their objects no longer count as present, so a
-    /// later put stores them again), then their files (index first, so a pack without its index
-    /// is what an interruption leaves, which gc removes), and last points each object that
-    /// another pack also holds (a copy gc made) at that pack.
+    /// later put stores them again, and each object another pack also holds, such as a copy gc
+    /// made, is found there), then their files (index first, so a pack without its index is
+    /// what an interruption leaves, which gc removes).
     pub(crate) fn remove_packs(&self, names: &[String]) -> Result<()> {
         let names: HashSet<&str> = names.iter().map(String::as_str).collect();
         let mut packs = self.packs.write().expect("lock");
@@ -148,21 +148,21 @@ impl ObjectStore {
             }
             !gone
         });
-        for name in &names {
-            remove_file(&self.packs_dir.join(format!("{name}.idx")))?;
-            remove_file(&self.packs_dir.join(format!("{name}.pack")))?;
-        }
-        if orphans.is_empty() {
-            return Ok(());
-        }
         for (slot, r) in readers.iter().enumerate() {
             let Some(r) = r else { continue };
+            if orphans.is_empty() {
+                break;
+            }
             for entry in read_index(&self.packs_dir.join(format!("{}.idx", r.name)))? {
                 let key = (entry.kind(), entry.id);
                 if orphans.remove(&key) {
                     index.insert(key, Loc { pack: slot, entry });
                 }
             }
+        }
+        for name in &names {
+            remove_file(&self.packs_dir.join(format!("{name}.idx")))?;
+            remove_file(&self.packs_dir.join(format!("{name}.pack")))?;
         }
         Ok(())
     }
