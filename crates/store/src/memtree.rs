@@ -425,6 +425,14 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(e.kind, EntryKind::Fifo);
+            let mut seen = Vec::new();
+            crate::walk::walk(&repo.objects, id, &mut |p, _| {
+                seen.push(p.len());
+                Ok(())
+            })
+            .unwrap();
+            let want: Vec<usize> = (1..=levels).map(|n| 2 * n - 1).collect();
+            assert_eq!(seen, want);
         };
         // Half of a test thread's stack, so recursion would show here first.
         std::thread::Builder::new()
