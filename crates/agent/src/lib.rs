@@ -27,7 +27,7 @@ use semithin_protocol::api::{
 use semithin_protocol::sign::MachineKey;
 use semithin_store::pack::ObjKind;
 use semithin_store::repo::Config as RepoConfig;
-use semithin_store::{Access, CommitId, NoProgress, Repo, transfer};
+use semithin_store::{Access, CommitId, NoProgress, Repo, VerifiedObject, transfer};
 use semithin_trust::client::{Client, Limits};
 use semithin_trust::release::ChannelRelease;
 
@@ -315,15 +315,14 @@ impl Agent {
             release: release.to_owned(),
             reason: "not a commit id".into(),
         })?;
-        if CommitId::of(&bytes) != id {
+        let obj = VerifiedObject::from_raw(ObjKind::Commit, bytes)?;
+        if obj.id() != id.as_bytes() {
             return Err(Error::Release {
                 release: release.to_owned(),
                 reason: "the signed target does not hold this commit".into(),
             });
         }
-        self.repo
-            .objects
-            .put(ObjKind::Commit, *id.as_bytes(), &bytes)?;
+        self.repo.objects.put(&obj)?;
         self.repo.objects.flush()?;
         self.verified = Some(release.to_owned());
         Ok(())

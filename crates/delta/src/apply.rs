@@ -10,7 +10,7 @@ use std::io::{BufReader, Read};
 use semithin_store::object::{FileContent, Tree};
 use semithin_store::objects::ObjectStore;
 use semithin_store::pack::ObjKind;
-use semithin_store::{ChunkId, CommitId, FileHash, TreeId};
+use semithin_store::{ChunkId, CommitId, FileHash, TreeId, VerifiedObject};
 use serde::Serialize;
 
 use crate::build::{read_file, read_tree};
@@ -139,16 +139,15 @@ impl State<'_> {
                 out
             }
         };
-        if TreeId::of(&bytes) != id {
+        let obj = VerifiedObject::from_raw(ObjKind::Tree, &bytes[..])?;
+        if obj.id() != id.as_bytes() {
             return Err(Error::bad(format!(
                 "{what} does not hash to {id}: the pack does not fit this release"
             )));
         }
         let tree = Tree::decode(id, &bytes)?;
         self.walk.expand(&path, &tree);
-        if let semithin_store::objects::Put::New { stored } =
-            self.store.put(ObjKind::Tree, *id.as_bytes(), &bytes)?
-        {
+        if let semithin_store::objects::Put::New { stored } = self.store.put(&obj)? {
             self.applied.stored_bytes += stored;
         }
         self.trees.push((path, tree));
@@ -157,15 +156,13 @@ impl State<'_> {
     }
 
     fn store_chunk(&mut self, id: &ChunkId, data: &[u8], what: &str) -> Result<()> {
-        if ChunkId::of(data) != *id {
+        let obj = VerifiedObject::from_raw(ObjKind::Chunk, data)?;
+        if obj.id() != id.as_bytes() {
             return Err(Error::bad(format!(
                 "{what}: a chunk does not hash to {id}: the pack does not fit this release"
             )));
         }
-        if !self.store.contains(ObjKind::Chunk, id.as_bytes())
-            && let semithin_store::objects::Put::New { stored } =
-                self.store.put(ObjKind::Chunk, *id.as_bytes(), data)?
-        {
+        if let semithin_store::objects::Put::New { stored } = self.store.put(&obj)? {
             self.applied.stored_bytes += stored;
         }
         Ok(())

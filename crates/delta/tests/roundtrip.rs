@@ -127,11 +127,11 @@ fn fixture() -> Fixture {
     let machine = repo(&dir.path().join("machine"));
     copy_release(&server, &machine, v1);
     // the agent stores the commit object from the signed release before it fetches
-    let c = server.objects.get(ObjKind::Commit, v2.as_bytes()).unwrap();
-    machine
+    let c = server
         .objects
-        .put(ObjKind::Commit, *v2.as_bytes(), &c)
+        .get_verified(ObjKind::Commit, v2.as_bytes())
         .unwrap();
+    machine.objects.put(&c).unwrap();
     machine.objects.flush().unwrap();
     Fixture {
         _dir: dir,
@@ -220,12 +220,9 @@ fn a_machine_without_the_old_release_gets_a_clear_error() {
     let c = f
         .server
         .objects
-        .get(ObjKind::Commit, f.v2.as_bytes())
+        .get_verified(ObjKind::Commit, f.v2.as_bytes())
         .unwrap();
-    empty
-        .objects
-        .put(ObjKind::Commit, *f.v2.as_bytes(), &c)
-        .unwrap();
+    empty.objects.put(&c).unwrap();
     empty.objects.flush().unwrap();
     let e = apply(&empty.objects, f.v1, f.v2, pack.as_slice()).unwrap_err();
     assert!(e.to_string().contains("does not hold all of it"), "{e}");

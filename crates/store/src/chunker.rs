@@ -10,6 +10,7 @@ use crate::object::{ChunkRef, FileContent};
 use crate::objects::{ObjectStore, Put};
 use crate::pack::ObjKind;
 use crate::repo::ChunkerConfig;
+use crate::verified::VerifiedObject;
 
 /// What storing some content cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,8 +44,9 @@ pub fn cut_points(cfg: &ChunkerConfig, data: &[u8]) -> Vec<(usize, usize)> {
 }
 
 fn put_chunk(store: &ObjectStore, data: &[u8], stats: &mut ContentStats) -> Result<ChunkRef> {
-    let id = ChunkId::of(data);
-    match store.put(ObjKind::Chunk, *id.as_bytes(), data)? {
+    let obj = VerifiedObject::from_raw(ObjKind::Chunk, data)?;
+    let id = ChunkId::from_bytes(*obj.id());
+    match store.put(&obj)? {
         Put::New { stored } => {
             stats.new_bytes += data.len() as u64;
             stats.stored_bytes += stored;

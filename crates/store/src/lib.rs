@@ -29,12 +29,14 @@ pub mod repo;
 mod scan_dir;
 mod scan_tar;
 pub mod transfer;
+pub mod verified;
 pub mod walk;
 
 pub use error::{Error, Result};
 pub use id::{ChunkId, CommitId, FileHash, TreeId};
 pub use progress::{NoProgress, Progress};
 pub use repo::{Access, Repo};
+pub use verified::VerifiedObject;
 
 /// Seconds since the Unix epoch.
 pub(crate) fn now() -> i64 {

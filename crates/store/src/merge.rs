@@ -231,7 +231,145 @@ fn merged_hardlinks(
 
 #[cfg(test)]
 mod tests {
-    use super::pick3;
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    use super::*;
+    use crate::repo::{Access, Config as RepoConfig};
+
+    /// A tree as a map (directory, name) -> content: directory 0 is the root, others are `dN`
+    /// below it; every entry is a symlink whose target is its content.
+    type Model = BTreeMap<(u8, u8), u8>;
+
+    fn leaf(name: u8, v: u8) -> Entry {
+        Entry {
+            name: format!("f{name}").into_bytes(),
+            meta: Meta::default(),
+            kind: EntryKind::Symlink(vec![b'0' + v]),
+        }
+    }
+
+    /// The directories below the root a model has (those with entries).
+    fn dirs(m: &Model) -> BTreeSet<u8> {
+        m.keys().map(|k| k.0).filter(|d| *d != 0).collect()
+    }
+
+    /// Stores the model with these directories below the root (empty ones too).
+    fn store_tree(store: &ObjectStore, m: &Model, dirs: &BTreeSet<u8>) -> TreeId {
+        let mut root: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+        let mut below: BTreeMap<u8, Vec<Entry>> = dirs.iter().map(|d| (*d, Vec::new())).collect();
+        for (&(d, f), &v) in m {
+            if d == 0 {
+                root.insert(format!("f{f}").into_bytes(), leaf(f, v));
+            } else {
+                below
+                    .get_mut(&d)
+                    .expect("a directory of the model")
+                    .push(leaf(f, v));
+            }
+        }
+        for (d, entries) in below {
+            let name = format!("d{d}").into_bytes();
+            let (id, _) = store.put_tree(&Tree { entries }).unwrap();
+            let kind = EntryKind::Dir(id);
+            let meta = Meta::default();
+            root.insert(name.clone(), Entry { name, meta, kind });
+        }
+        let entries = root.into_values().collect();
+        store.put_tree(&Tree { entries }).unwrap().0
+    }
+
+    fn store_model(store: &ObjectStore, m: &Model) -> TreeId {
+        store_tree(store, m, &dirs(m))
+    }
+
+    /// The three-way merge path by path, directories being entries of their own: the merged
+    /// entries and directories, or None when some path conflicts (also a directory one side
+    /// removed while the other changed something in it).
+    fn merge_model(b: &Model, o: &Model, t: &Model) -> Option<(Model, BTreeSet<u8>)> {
+        let keys: BTreeSet<_> = b.keys().chain(o.keys()).chain(t.keys()).collect();
+        let mut out = Model::new();
+        for k in keys {
+            if let Some(v) = pick3(&b.get(k), &o.get(k), &t.get(k))? {
+                out.insert(*k, *v);
+            }
+        }
+        let (db, d_o, dt) = (dirs(b), dirs(o), dirs(t));
+        let mut kept = BTreeSet::new();
+        for d in db.union(&d_o).chain(&dt) {
+            if pick3(&db.contains(d), &d_o.contains(d), &dt.contains(d))? {
+                kept.insert(*d);
+            }
+        }
+        (dirs(&out).is_subset(&kept)).then_some((out, kept))
+    }
+
+    fn model() -> impl Strategy<Value = Model> {
+        prop::collection::btree_map((0u8..3, 0u8..4), 0u8..4, 0..10)
+    }
+
+    /// A side: the base with a few entries changed, added or removed.
+    fn edited(base: Model) -> impl Strategy<Value = Model> {
+        prop::collection::vec(((0u8..3, 0u8..4), prop::option::of(0u8..4)), 0..4).prop_map(
+            move |edits| {
+                let mut m = base.clone();
+                for (k, v) in edits {
+                    match v {
+                        Some(v) => m.insert(k, v),
+                        None => m.remove(&k),
+                    };
+                }
+                m
+            },
+        )
+    }
+
+    #[test]
+    fn the_tree_merge_is_a_three_way_merge_path_by_path() {
+        let d = tempfile::tempdir().unwrap();
+        Repo::init(d.path(), RepoConfig::default()).unwrap();
+        let repo = Repo::open(d.path(), Access::Write).unwrap();
+        let store = &repo.objects;
+        let merge = |b: Option<TreeId>, o: TreeId, t: TreeId| {
+            let mut conflicts = Vec::new();
+            let id = merge_trees(store, b, o, t, b"", &mut conflicts).unwrap();
+            conflicts.is_empty().then_some(id)
+        };
+        let cases = model().prop_flat_map(|b| (Just(b.clone()), edited(b.clone()), edited(b)));
+        let mut runner = TestRunner::new(Config {
+            cases: 200,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(&cases, |(b, o, t)| {
+                let (bid, oid, tid) = (
+                    store_model(store, &b),
+                    store_model(store, &o),
+                    store_model(store, &t),
+                );
+                let empty = store_model(store, &Model::new());
+                // The merge reads only what is flushed.
+                store.flush().unwrap();
+                // Nothing changed on one side: the other side, whole.
+                prop_assert_eq!(merge(Some(bid), oid, bid), Some(oid));
+                prop_assert_eq!(merge(Some(bid), bid, tid), Some(tid));
+                prop_assert_eq!(merge(Some(bid), oid, oid), Some(oid));
+                // The sides are interchangeable.
+                let merged = merge(Some(bid), oid, tid);
+                prop_assert_eq!(merged, merge(Some(bid), tid, oid));
+                // Without a base, as against an empty tree.
+                prop_assert_eq!(merge(None, oid, tid), merge(Some(empty), oid, tid));
+                // Path by path, as the flat merge does.
+                let expected =
+                    merge_model(&b, &o, &t).map(|(m, kept)| store_tree(store, &m, &kept));
+                prop_assert_eq!(merged, expected);
+                Ok(())
+            })
+            .unwrap();
+    }
 
     #[test]
     fn three_way_choice() {

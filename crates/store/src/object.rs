@@ -118,6 +118,14 @@ pub struct Commit {
     pub bytes: u64,
 }
 
+/// The longest name a directory entry may have (Linux `NAME_MAX`): a longer one cannot be
+/// created, so a commit refuses it.
+pub const NAME_MAX: usize = 255;
+/// The kernel's `PATH_MAX`, counting the terminating NUL: every entry's path as the running system
+/// sees it (`/`, then its path in the tree) and every symlink target must fit, so a commit refuses
+/// a longer one. A path in a tree may thus have at most `PATH_MAX - 2` bytes.
+pub const PATH_MAX: usize = 4096;
+
 /// A name a directory entry may carry: not empty, not `.` or `..`, no `/` or NUL.
 pub fn check_name(name: &[u8]) -> std::result::Result<(), &'static str> {
     if name.is_empty() {

@@ -1,9 +1,14 @@
 //! The object store: typed get and put over pack files, with an in-memory index of every object.
 //!
 //! Reads verify: every object is decompressed and re-hashed against its id before it is returned,
-//! so a flipped bit on disk is an error naming the object, never wrong data.
+//! so a flipped bit on disk is an error naming the object, never wrong data. Writes take only a
+//! [`VerifiedObject`], whose id was established by hashing its content.
+//!
+//! The index and the packs on disk agree at all times: packs are added to it when they are
+//! written and leave it, through [`ObjectStore::remove_packs`], before their files are removed,
+//! so an object counts as present exactly while a pack that stays holds it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
@@ -11,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, CommitId, TreeId};
 use crate::object::{Commit, Tree};
 use crate::pack::{IdxEntry, ObjKind, PackReader, PackWriter, read_index};
+use crate::verified::{VerifiedObject, verify_frame};
 
 /// A pack is closed and a new one started past this size.
 const PACK_TARGET: u64 = 64 << 20;
@@ -19,8 +25,17 @@ type Key = (ObjKind, [u8; 32]);
 
 #[derive(Clone, Copy, Debug)]
 struct Loc {
+    /// The pack's slot in [`Packs::readers`].
     pack: usize,
     entry: IdxEntry,
+}
+
+/// The open packs and where each object is in them, under one lock so the two always agree.
+#[derive(Default)]
+struct Packs {
+    index: HashMap<Key, Loc>,
+    /// Open packs by slot; a removed pack leaves its slot empty, so locations never shift.
+    readers: Vec<Option<PackReader>>,
 }
 
 /// What a put did.
@@ -37,8 +52,7 @@ pub struct ObjectStore {
     packs_dir: PathBuf,
     tmp_dir: PathBuf,
     level: i32,
-    index: RwLock<HashMap<Key, Loc>>,
-    packs: RwLock<Vec<PackReader>>,
+    packs: RwLock<Packs>,
     writer: Mutex<Option<PackWriter>>,
     damaged: Vec<Error>,
 }
@@ -50,7 +64,6 @@ impl ObjectStore {
             packs_dir,
             tmp_dir,
             level,
-            index: RwLock::default(),
             packs: RwLock::default(),
             writer: Mutex::default(),
             damaged: Vec::new(),
@@ -102,71 +115,115 @@ impl ObjectStore {
 
     fn add_pack(&self, reader: PackReader, entries: Vec<IdxEntry>) {
         let mut packs = self.packs.write().expect("lock");
-        let pack = packs.len();
-        packs.push(reader);
-        let mut index = self.index.write().expect("lock");
+        let pack = packs.readers.len();
+        packs.readers.push(Some(reader));
         for entry in entries {
-            index
+            packs
+                .index
                 .entry((entry.kind(), entry.id))
                 .or_insert(Loc { pack, entry });
         }
     }
 
+    /// Removes packs: first from the index (their objects no longer count as present, so a
+    /// later put stores them again, and each object another pack also holds, such as a copy gc
+    /// made, is found there), then their files (index first, so a pack without its index is
+    /// what an interruption leaves, which gc removes).
+    pub(crate) fn remove_packs(&self, names: &[String]) -> Result<()> {
+        let names: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let mut packs = self.packs.write().expect("lock");
+        let Packs { index, readers } = &mut *packs;
+        let mut slots = HashSet::new();
+        for (slot, r) in readers.iter_mut().enumerate() {
+            if r.as_ref().is_some_and(|r| names.contains(r.name.as_str())) {
+                *r = None;
+                slots.insert(slot);
+            }
+        }
+        let mut orphans = HashSet::new();
+        index.retain(|key, loc| {
+            let gone = slots.contains(&loc.pack);
+            if gone {
+                orphans.insert(*key);
+            }
+            !gone
+        });
+        for (slot, r) in readers.iter().enumerate() {
+            let Some(r) = r else { continue };
+            if orphans.is_empty() {
+                break;
+            }
+            for entry in read_index(&self.packs_dir.join(format!("{}.idx", r.name)))? {
+                let key = (entry.kind(), entry.id);
+                if orphans.remove(&key) {
+                    index.insert(key, Loc { pack: slot, entry });
+                }
+            }
+        }
+        for name in &names {
+            remove_file(&self.packs_dir.join(format!("{name}.idx")))?;
+            remove_file(&self.packs_dir.join(format!("{name}.pack")))?;
+        }
+        Ok(())
+    }
+
     pub fn contains(&self, kind: ObjKind, id: &[u8; 32]) -> bool {
-        if self.index.read().expect("lock").contains_key(&(kind, *id)) {
+        if self
+            .packs
+            .read()
+            .expect("lock")
+            .index
+            .contains_key(&(kind, *id))
+        {
             return true;
         }
         let w = self.writer.lock().expect("lock");
-        w.as_ref().is_some_and(|w| {
-            w.entries()
-                .iter()
-                .any(|e| e.kind == kind as u8 && &e.id == id)
-        })
+        w.as_ref().is_some_and(|w| w.contains(kind, id))
     }
 
     /// Every object in the store, with its sizes.
     pub fn list(&self) -> Vec<(ObjKind, [u8; 32], IdxEntry)> {
-        let index = self.index.read().expect("lock");
-        index.iter().map(|(k, l)| (k.0, k.1, l.entry)).collect()
+        let packs = self.packs.read().expect("lock");
+        packs
+            .index
+            .iter()
+            .map(|(k, l)| (k.0, k.1, l.entry))
+            .collect()
     }
 
-    /// Compresses and stores `raw` under `id` unless it is already there.
-    pub fn put(&self, kind: ObjKind, id: [u8; 32], raw: &[u8]) -> Result<Put> {
-        if self.index.read().expect("lock").contains_key(&(kind, id)) {
+    /// Stores a verified object unless it is already there: raw content compressed, a received
+    /// frame as it came.
+    pub fn put(&self, obj: &VerifiedObject) -> Result<Put> {
+        if self.indexed(obj) {
             return Ok(Put::Existing);
         }
-        let frame = zstd::bulk::compress(raw, self.level).map_err(|e| Error::Tool {
-            tool: "zstd",
-            reason: e.to_string(),
-        })?;
-        let raw_len = u32::try_from(raw.len()).map_err(|_| Error::Tool {
-            tool: "store",
-            reason: "object larger than 4 GiB".into(),
-        })?;
-        self.put_frame(kind, id, &frame, raw_len)
+        self.append(obj, true)
     }
 
-    /// Stores an already compressed frame (used by gc to move objects without recompressing).
-    pub fn put_frame(
-        &self,
-        kind: ObjKind,
-        id: [u8; 32],
-        frame: &[u8],
-        raw_len: u32,
-    ) -> Result<Put> {
+    fn indexed(&self, obj: &VerifiedObject) -> bool {
+        let packs = self.packs.read().expect("lock");
+        packs.index.contains_key(&(obj.kind(), *obj.id()))
+    }
+
+    /// Appends an object to the pack being written unless that pack holds it already, and,
+    /// when `unless_indexed`, another pack (looked at again under the writer's lock, since a
+    /// pack may have been finished meanwhile). gc copies live objects out of packs it removes
+    /// with `unless_indexed` false.
+    pub(crate) fn append(&self, obj: &VerifiedObject, unless_indexed: bool) -> Result<Put> {
+        let (kind, id) = (obj.kind(), obj.id());
+        // Compressed before the lock, so parallel puts compress in parallel.
+        let frame = obj.frame(self.level)?;
         let mut guard = self.writer.lock().expect("lock");
-        if guard.as_ref().is_some_and(|w| {
-            w.entries()
-                .iter()
-                .any(|e| e.kind == kind as u8 && e.id == id)
-        }) {
+        if guard.as_ref().is_some_and(|w| w.contains(kind, id))
+            || (unless_indexed && self.indexed(obj))
+        {
             return Ok(Put::Existing);
         }
         if guard.is_none() {
             *guard = Some(PackWriter::create(&self.tmp_dir)?);
         }
         let w = guard.as_mut().expect("just set");
-        w.append(kind, id, frame, raw_len)?;
+        w.append(kind, *id, &frame, obj.raw_len())?;
         if w.len() >= PACK_TARGET {
             let w = guard.take().expect("present");
             self.finish_pack(w)?;
@@ -195,24 +252,32 @@ impl ObjectStore {
         }
     }
 
-    fn locate(&self, kind: ObjKind, id: &[u8; 32]) -> Option<Loc> {
-        self.index.read().expect("lock").get(&(kind, *id)).copied()
-    }
-
     /// The stored (compressed) frame and raw length of an object, unverified.
     pub fn get_frame(&self, kind: ObjKind, id: &[u8; 32]) -> Result<(Vec<u8>, u32)> {
-        let loc = self.locate(kind, id).ok_or_else(|| Error::Missing {
+        let packs = self.packs.read().expect("lock");
+        let missing = || Error::Missing {
             kind: kind.name(),
             id: hex::encode(id),
-        })?;
-        let packs = self.packs.read().expect("lock");
-        Ok((packs[loc.pack].read_frame(&loc.entry)?, loc.entry.raw_len))
+        };
+        let loc = packs.index.get(&(kind, *id)).ok_or_else(missing)?;
+        let reader = packs
+            .readers
+            .get(loc.pack)
+            .and_then(Option::as_ref)
+            .ok_or_else(missing)?;
+        Ok((reader.read_frame(&loc.entry)?, loc.entry.raw_len))
     }
 
     /// Reads, decompresses and verifies an object.
     pub fn get(&self, kind: ObjKind, id: &[u8; 32]) -> Result<Vec<u8>> {
         let (frame, raw_len) = self.get_frame(kind, id)?;
         verify_frame(kind, id, &frame, raw_len)
+    }
+
+    /// Reads and verifies an object, keeping its stored frame (to store elsewhere as it is).
+    pub fn get_verified(&self, kind: ObjKind, id: &[u8; 32]) -> Result<VerifiedObject<'static>> {
+        let (frame, raw_len) = self.get_frame(kind, id)?;
+        Ok(VerifiedObject::from_frame(kind, *id, frame, raw_len)?.0)
     }
 
     pub fn get_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
@@ -228,21 +293,20 @@ impl ObjectStore {
     }
 
     pub fn put_tree(&self, tree: &Tree) -> Result<(TreeId, Put)> {
-        let bytes = tree.encode();
-        let id = TreeId::of(&bytes);
-        Ok((id, self.put(ObjKind::Tree, *id.as_bytes(), &bytes)?))
+        let obj = VerifiedObject::from_raw(ObjKind::Tree, tree.encode())?;
+        Ok((TreeId::from_bytes(*obj.id()), self.put(&obj)?))
     }
 
     pub fn put_commit(&self, commit: &Commit) -> Result<(CommitId, Put)> {
-        let bytes = commit.encode();
-        let id = CommitId::of(&bytes);
-        Ok((id, self.put(ObjKind::Commit, *id.as_bytes(), &bytes)?))
+        let obj = VerifiedObject::from_raw(ObjKind::Commit, commit.encode())?;
+        Ok((CommitId::from_bytes(*obj.id()), self.put(&obj)?))
     }
 
     /// Commit ids starting with `prefix` (lowercase hex).
     pub fn commits_with_prefix(&self, prefix: &str) -> Vec<CommitId> {
-        let index = self.index.read().expect("lock");
-        index
+        let packs = self.packs.read().expect("lock");
+        packs
+            .index
             .keys()
             .filter(|(k, id)| *k == ObjKind::Commit && hex::encode(id).starts_with(prefix))
             .map(|(_, id)| CommitId::from_bytes(*id))
@@ -280,29 +344,10 @@ impl ObjectStore {
     }
 }
 
-/// Decompresses a stored frame and checks that its content is the object `id` of `kind`: the
-/// one gate every object passes, read from a pack or received from elsewhere.
-pub fn verify_frame(kind: ObjKind, id: &[u8; 32], frame: &[u8], raw_len: u32) -> Result<Vec<u8>> {
-    let corrupt = |reason: String| Error::Corrupt {
-        kind: kind.name(),
-        id: hex::encode(id),
-        reason,
-    };
-    let raw = zstd::bulk::decompress(frame, raw_len as usize)
-        .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
-    if raw.len() != raw_len as usize {
-        return Err(corrupt(format!("{} bytes, expected {raw_len}", raw.len())));
+fn remove_file(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("removing", p)(e)),
     }
-    let actual = match kind {
-        ObjKind::Chunk => *ChunkId::of(&raw).as_bytes(),
-        ObjKind::Tree => *TreeId::of(&raw).as_bytes(),
-        ObjKind::Commit => *CommitId::of(&raw).as_bytes(),
-    };
-    if &actual != id {
-        return Err(corrupt(format!(
-            "content hashes to {}",
-            hex::encode(actual)
-        )));
-    }
-    Ok(raw)
 }

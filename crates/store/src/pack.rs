@@ -5,6 +5,7 @@
 //! it. A pack counts only once its index exists: both are written under temporary names, synced,
 //! and renamed (pack first, index last), so an interrupted writer leaves nothing that is read.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -101,6 +102,8 @@ pub struct PackWriter {
     out: BufWriter<File>,
     len: u64,
     entries: Vec<IdxEntry>,
+    /// What `entries` holds, for lookups in constant time.
+    held: HashSet<(u8, [u8; 32])>,
 }
 
 impl PackWriter {
@@ -115,6 +118,7 @@ impl PackWriter {
             out,
             len: PACK_MAGIC.len() as u64,
             entries: Vec::new(),
+            held: HashSet::new(),
         })
     }
 
@@ -126,8 +130,9 @@ impl PackWriter {
         self.entries.is_empty()
     }
 
-    pub fn entries(&self) -> &[IdxEntry] {
-        &self.entries
+    /// Whether this pack holds the object already.
+    pub fn contains(&self, kind: ObjKind, id: &[u8; 32]) -> bool {
+        self.held.contains(&(kind as u8, *id))
     }
 
     /// Appends one compressed object; returns its index entry.
@@ -157,6 +162,7 @@ impl PackWriter {
         };
         self.len += RECORD_HEADER + u64::from(stored_len);
         self.entries.push(entry);
+        self.held.insert((entry.kind, entry.id));
         Ok(entry)
     }
 
@@ -240,5 +246,31 @@ impl PackReader {
             .read_exact_at(&mut buf, e.offset)
             .map_err(Error::io("reading pack", &self.path))?;
         Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_knows_what_it_holds_by_kind_and_id() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::create(d.path()).unwrap();
+        let frame = zstd::bulk::compress(b"x", 1).unwrap();
+        for i in 0u8..200 {
+            w.append(ObjKind::Chunk, [i; 32], &frame, 1).unwrap();
+        }
+        assert!(w.contains(ObjKind::Chunk, &[7; 32]));
+        assert!(!w.contains(ObjKind::Tree, &[7; 32]));
+        assert!(!w.contains(ObjKind::Chunk, &[200; 32]));
+        let packs = d.path().join("packs");
+        std::fs::create_dir(&packs).unwrap();
+        let (name, entries) = w.finish(&packs, d.path()).unwrap();
+        assert_eq!(entries.len(), 200);
+        assert_eq!(
+            read_index(&packs.join(format!("{name}.idx"))).unwrap(),
+            entries
+        );
     }
 }

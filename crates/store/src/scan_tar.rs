@@ -14,7 +14,7 @@ use tar::EntryType;
 use crate::acl;
 use crate::error::{Error, Result};
 use crate::import::{Compression, Importer};
-use crate::memtree::{self, Node, PlaceError};
+use crate::memtree::{self, Node};
 use crate::object::{DeviceKind, EntryKind, Meta, Xattr};
 
 /// Entries larger than this are streamed instead of buffered.
@@ -63,6 +63,20 @@ pub fn split_path(raw: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
         }
     }
     Ok(out)
+}
+
+/// A path as an error shows it: whole up to a few hundred bytes, else its start and end.
+fn shorten(path: &[u8]) -> String {
+    const KEEP: usize = 120;
+    if path.len() <= 3 * KEEP {
+        return String::from_utf8_lossy(path).into_owned();
+    }
+    format!(
+        "{}...({} bytes)...{}",
+        String::from_utf8_lossy(&path[..KEEP]),
+        path.len(),
+        String::from_utf8_lossy(&path[path.len() - KEEP..])
+    )
 }
 
 /// Parses pax extended header records (`LEN KEY=VALUE\n`, LEN counting the whole record).
@@ -228,7 +242,7 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
         let link_name = pax_get(b"linkpath")
             .or(long_link.take())
             .or_else(|| header.link_name_bytes().map(|l| l.into_owned()));
-        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let shown = shorten(&raw_path);
         let bad_entry = |reason: String| bad(format!("entry {shown:?}: {reason}"));
         let rel = split_path(&raw_path).map_err(&bad_entry)?;
         let number = |k: &[u8], header_value: std::io::Result<u64>| -> Result<u64> {
@@ -354,7 +368,7 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
                 let target = link_name
                     .clone()
                     .ok_or_else(|| bad_entry("hardlink without a target".into()))?;
-                let target_shown = String::from_utf8_lossy(&target).into_owned();
+                let target_shown = shorten(&target);
                 let target_rel = split_path(&target)
                     .map_err(|r| bad_entry(format!("hardlink target {target_shown:?}: {r}")))?;
                 let Some(Node::PendingFile { meta, content }) =
@@ -405,10 +419,7 @@ pub fn scan(imp: &mut Importer, archive: &Path, compression: Compression) -> Res
             }
             other => return Err(bad_entry(format!("unsupported entry type {other:?}"))),
         };
-        memtree::place(&mut imp.root, &rel, node).map_err(|e| match e {
-            PlaceError::ThroughSymlink(p) => bad_entry(format!("goes through the symlink {p:?}")),
-            PlaceError::NotADir(p) => bad_entry(format!("{p:?} is not a directory")),
-        })?;
+        memtree::place(&mut imp.root, &rel, node).map_err(|e| bad_entry(e.to_string()))?;
     }
     for (rel, shown, name, text) in text_acls {
         let user = |n: &str| acl::lookup_id(&passwd, n);
@@ -516,6 +527,85 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// Commits a tar archive of the entries `add` appends; the error, if any.
+    fn commit_tar(add: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Option<String> {
+        use crate::import::{CommitOptions, commit};
+        use crate::repo::{Access, Config, Repo};
+        let d = tempfile::tempdir().unwrap();
+        let repo_path = d.path().join("repo");
+        Repo::init(&repo_path, Config::default()).unwrap();
+        let repo = Repo::open(&repo_path, Access::Write).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        add(&mut b);
+        let archive = d.path().join("a.tar");
+        std::fs::write(&archive, b.into_inner().unwrap()).unwrap();
+        let opts = CommitOptions {
+            channel: "c",
+            message: "",
+            time: Some(0),
+        };
+        let r = commit(&repo, &archive, &opts, &crate::NoProgress);
+        let head = crate::channel::head(&repo, "c").unwrap();
+        assert_eq!(head.is_some(), r.is_ok());
+        r.err().map(|e| e.to_string())
+    }
+
+    fn header(kind: EntryType) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str) {
+        b.append_data(&mut header(EntryType::Regular), path, &[][..])
+            .unwrap();
+    }
+
+    /// Regression: a path 12,000 directories deep overflowed the stack, and names over 255
+    /// bytes, paths over 4,096 and such symlink targets were committed though no checkout could
+    /// make them.
+    #[test]
+    fn names_paths_and_targets_no_checkout_could_make_are_refused() {
+        let e = commit_tar(|b| file(b, &format!("d/{}", "n".repeat(256)))).unwrap();
+        assert!(
+            e.contains(&format!("entry \"d/{}\"", "n".repeat(256)))
+                && e.contains("is 256 bytes long, over the 255 a file name may have"),
+            "{e}"
+        );
+        let deep = "a/".repeat(12_000) + "f";
+        let e = commit_tar(|b| file(b, &deep)).unwrap();
+        assert!(
+            e.contains(&format!("entry \"{}...(24001 bytes)...", "a/".repeat(60)))
+                && e.contains("the path is 24001 bytes long, over the 4094 a path may have"),
+            "{e}"
+        );
+        let e = commit_tar(|b| {
+            let mut h = header(EntryType::Symlink);
+            b.append_link(&mut h, "l", "t".repeat(5000)).unwrap();
+        })
+        .unwrap();
+        assert!(
+            e.contains("entry \"l\": the symlink target is 5000 bytes long"),
+            "{e}"
+        );
+        // At the limits: 4094 bytes, names of 255.
+        let name = "n".repeat(255);
+        let at_limit = format!(
+            "{}{}",
+            format!("{name}/").repeat(15),
+            "x".repeat(4094 - 15 * 256)
+        );
+        assert_eq!(at_limit.len(), 4094);
+        assert_eq!(commit_tar(|b| file(b, &at_limit)), None);
+        let e = commit_tar(|b| file(b, &format!("{at_limit}x"))).unwrap();
+        assert!(e.contains("the path is 4095 bytes long"), "{e}");
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::io::{Read, Write};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, CommitId, TreeId};
 use crate::object::EntryKind;
-use crate::objects::{ObjectStore, Put, verify_frame};
+use crate::objects::{ObjectStore, Put};
 use crate::pack::ObjKind;
+use crate::verified::VerifiedObject;
 
 /// No single object in a stream may claim more than this, stored or raw.
 pub const MAX_OBJECT: u32 = 64 << 20;
@@ -74,26 +75,24 @@ fn receive_records(
     input: impl Read,
 ) -> Result<Received> {
     let mut got = Received::default();
-    read_stream(expected, input, |kind, id, frame, raw_len, _raw| {
+    read_stream(expected, input, |obj, _raw| {
         got.objects += 1;
-        if store.contains(kind, &id) {
-            got.duplicates += 1;
-            return Ok(());
-        }
-        if let Put::New { stored } = store.put_frame(kind, id, frame, raw_len)? {
-            got.stored_bytes += stored;
+        match store.put(&obj)? {
+            Put::New { stored } => got.stored_bytes += stored,
+            Put::Existing => got.duplicates += 1,
         }
         Ok(())
     })?;
     Ok(got)
 }
 
-/// Reads an object stream, verifying each object, and hands each to `f` (kind, id, stored
-/// frame, raw length, verified raw bytes). Only objects in `expected` are accepted.
+/// Reads an object stream, verifying each object, and hands each to `f` as a verified object
+/// (holding the frame as it came) with its raw content. Only objects in `expected` are
+/// accepted.
 pub fn read_stream(
     expected: &HashSet<(ObjKind, [u8; 32])>,
     mut input: impl Read,
-    mut f: impl FnMut(ObjKind, [u8; 32], &[u8], u32, Vec<u8>) -> Result<()>,
+    mut f: impl FnMut(VerifiedObject<'static>, Vec<u8>) -> Result<()>,
 ) -> Result<()> {
     let bad = |reason: String| Error::Tool {
         tool: "transfer",
@@ -129,8 +128,8 @@ pub fn read_stream(
         input
             .read_exact(&mut frame)
             .map_err(|e| bad(format!("cut inside {name} ({e})")))?;
-        let raw = verify_frame(kind, &id, &frame, raw_len)?;
-        f(kind, id, &frame, raw_len, raw)?;
+        let (obj, raw) = VerifiedObject::from_frame(kind, id, frame, raw_len)?;
+        f(obj, raw)?;
     }
 }
 

@@ -66,8 +66,8 @@ impl Remote<'_> {
                 .collect();
             let expected: HashSet<Key> = batch.iter().copied().collect();
             let stream = api.objects(&path, refs)?;
-            transfer::read_stream(&expected, stream, |k, id, _, _, raw| {
-                got.insert((k, id), raw);
+            transfer::read_stream(&expected, stream, |obj, raw| {
+                got.insert((obj.kind(), *obj.id()), raw);
                 Ok(())
             })?;
         }

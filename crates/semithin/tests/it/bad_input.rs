@@ -1036,3 +1036,61 @@ fn a_command_says_it_waits_for_a_repository_another_process_holds() {
     let out = env.run(&["log"]);
     assert!(String::from_utf8_lossy(&out.stderr).is_empty());
 }
+
+/// Regression: `semithin commit` of a directory 12,000 levels deep aborted with a stack overflow,
+/// and names over 255 bytes or paths over 4,096 were committed though no checkout could make
+/// them. Each is refused with the path named, and nothing is stored.
+#[test]
+fn names_and_paths_no_checkout_could_make_are_refused_at_commit() {
+    let env = Env::new();
+    // Deep trees are slow to make and remove on a disk: this source is in memory.
+    let mem = tempfile::tempdir_in("/dev/shm").unwrap();
+    let deep = mem.path().join("deep");
+    sh(&format!(
+        "python3 -c 'import os, sys
+os.makedirs(sys.argv[1]); os.chdir(sys.argv[1])
+for _ in range(12000): os.mkdir(\"a\"); os.chdir(\"a\")
+open(\"f\", \"w\").write(\"x\")' {}",
+        q(&deep)
+    ));
+    let channels = env.json(&["channel", "list"]);
+    let out = env.run(&["commit", "-c", "os", deep.to_str().unwrap()]);
+    sh(&format!("rm -rf {}", q(&deep)));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("source {}/a/a/a/a", deep.display()))
+            && err.contains("the path is longer than the 4095 bytes the kernel takes"),
+        "{err}"
+    );
+    assert_eq!(env.json(&["channel", "list"]), channels);
+
+    let long = env.path("long.tar");
+    python_tar(&long, true, &format!("d('d'); f('d/{}')", "n".repeat(256)));
+    refused(
+        &env,
+        &long,
+        &[
+            &format!("entry \"d/{}\"", "n".repeat(256)),
+            "is 256 bytes long, over the 255 a file name may have",
+        ],
+    );
+    let deep_tar = env.path("deep.tar");
+    python_tar(&deep_tar, true, "f('a/' * 12000 + 'f')");
+    refused(
+        &env,
+        &deep_tar,
+        &[
+            "(24001 bytes)",
+            "the path is 24001 bytes long, over the 4094",
+        ],
+    );
+    let target = env.path("target.tar");
+    python_tar(&target, true, "sym('l', 't' * 5000)");
+    refused(
+        &env,
+        &target,
+        &["entry \"l\": the symlink target is 5000 bytes long"],
+    );
+    good_commit_still_works(&env);
+}

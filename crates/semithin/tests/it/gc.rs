@@ -104,3 +104,70 @@ fn a_published_channel_cannot_be_removed() {
     assert!(env.ok(&["channel", "list"]).contains("lab/stable"));
     env.fsck_ok();
 }
+
+/// Regression: a running agent's gc removed packs from the disk but not from its store's index,
+/// so a release it got again later (published V1, V2, V3, then V1 once more) was "already there"
+/// and never stored: its commit and trees were missing once the agent restarted, which then
+/// refused delta packs and failed `agent verify`.
+#[test]
+fn a_running_agent_stores_whole_a_release_it_gets_again_after_gc() {
+    use crate::fleet::{Agent, Server, image, wait_until, wait_updated};
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    let mut a = Agent::new(&s, "m1", &t);
+    a.spawn();
+    wait_until("m1 enrolled", 30, || s.machines().len() == 1);
+    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    let mut releases = Vec::new();
+    for v in 1..=3 {
+        image(&src, v, 20);
+        let id = s.release(&src, "lab/stable");
+        wait_updated(&s, "m1", &id, 60);
+        releases.push(id);
+    }
+    let v1 = releases[0].clone();
+    // Keeping one deployment besides the current, the machine dropped v1 and what only it had.
+    wait_until("v1's objects collected", 30, || {
+        a.log()
+            .contains(&format!("removed deployment {}", &v1[..12]))
+            && a.log().contains("freed")
+    });
+    // The same process gets v1 once more.
+    s.ok(&["channel", "set", "lab/stable", &v1]);
+    s.ok(&["publish", "lab/stable"]);
+    wait_updated(&s, "m1", &v1, 60);
+    a.stop();
+    let repo = a.state.join("repo");
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("--repo")
+            .arg(&repo)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "semithin {args:?}: {text}");
+    };
+    run(&["show", &v1]);
+    run(&["fsck"]);
+    let out = a.run(&["verify", "--no-fix"]);
+    assert!(
+        out.status.success(),
+        "verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Restarted, the machine takes the next release as a delta pack again.
+    let deltas = |a: &Agent| a.log().matches("applied the delta pack").count();
+    let before = deltas(&a);
+    a.spawn();
+    image(&src, 4, 20);
+    let v4 = s.release(&src, "lab/stable");
+    wait_updated(&s, "m1", &v4, 60);
+    assert!(deltas(&a) > before, "{}", a.log());
+}

@@ -176,10 +176,11 @@ fn security_upgrade_stores_only_changed_content_and_travels_as_a_small_delta() {
             transfer::send(&server.objects, &want, &mut buf).unwrap();
             transfer::receive(&m.objects, &want.iter().copied().collect(), buf.as_slice()).unwrap();
         }
-        let commit = server.objects.get(ObjKind::Commit, c2.as_bytes()).unwrap();
-        m.objects
-            .put(ObjKind::Commit, *c2.as_bytes(), &commit)
+        let commit = server
+            .objects
+            .get_verified(ObjKind::Commit, c2.as_bytes())
             .unwrap();
+        m.objects.put(&commit).unwrap();
         m.objects.flush().unwrap();
     }
     let applied = Command::new(BIN)
