@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use semithin_protocol::api::{Health, MachineStatus};
+use semithin_protocol::api::{Failure, Health, MachineStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -141,6 +141,9 @@ pub struct State {
     pub fetched_bytes: u64,
     /// Unix seconds of the last full verification of the running deployment.
     pub last_verify: i64,
+    /// The last cycle failed (not reaching the server aside): reported until a cycle succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing: Option<Failure>,
 }
 
 impl State {
@@ -175,14 +178,14 @@ impl State {
         Some(t)
     }
 
-    /// The trial's release passed its checks.
+    /// The trial's release passed its checks. A failed release is forgotten: this one (tried
+    /// again after `agent retry`) or another, which the machine has moved past; it is tried
+    /// again if the server ever asks for it again.
     pub fn confirm_trial(&mut self) -> Option<Trial> {
         let t = self.trial.take()?;
         self.health = Health::Healthy;
         self.last_error = None;
-        if self.failed_release.as_deref() == Some(t.release.as_str()) {
-            self.failed_release = None;
-        }
+        self.failed_release = None;
         Some(t)
     }
 
@@ -340,5 +343,11 @@ mod tests {
         assert_eq!(s.last_error, None);
         assert_eq!(s.failed_release, None);
         assert_eq!(s.history, vec![B.to_owned(), A.to_owned()]);
+        // a failure of another release is forgotten once a release is confirmed here
+        let c = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+        s.failed_release = Some(c.into());
+        s.open_trial(A, Some(B.into()), 200, 900);
+        s.confirm_trial();
+        assert_eq!(s.failed_release, None);
     }
 }

@@ -284,6 +284,55 @@ impl Rollouts {
         Some(t.and_then(|s| s.parse().ok()))
     }
 
+    /// Why the rollout that governs `channel` tells machine `r` what it tells it, for the admin:
+    /// the rollout, its state and where the machine stands in it. `None` when no rollout
+    /// governs the channel or the machine has no row in it (it follows the channel).
+    pub fn hold_reason(
+        &self,
+        published: &Published,
+        r: &crate::db::MachineRow,
+        channel: &str,
+    ) -> Option<String> {
+        let uid = published.targets.get(channel)?.rollout.as_deref()?;
+        let live = self.live.read().expect("lock");
+        let l = live
+            .values()
+            .find(|l| l.rec.uid == uid && l.rec.channel == channel)?;
+        if l.rec.state == RolloutState::Superseded {
+            return None;
+        }
+        let row = &l.rows[*l.index.get(&r.id)?];
+        let seen = Seen {
+            on_channel: r.status == MachineStatus::Accepted
+                && r.channel.as_deref() == Some(channel),
+            current: r.report.current.clone(),
+            health: r.report.health,
+            failed_release: r.report.failed_release.clone(),
+            last_error: r.report.last_error.clone(),
+            last_seen: None,
+        };
+        let state = l.rec.state.as_str();
+        let why = match plan::classify(&l.plan, l.rec.state, row, &seen) {
+            MachineState::Held => format!("outside its selector {}", l.rec.selector),
+            MachineState::Waiting => format!(
+                "not admitted yet ({})",
+                wave_name(row.wave.unwrap_or_default())
+            ),
+            MachineState::Back | MachineState::Returning => {
+                "sent back to the release it ran before".into()
+            }
+            MachineState::Failed | MachineState::FailureAccepted => "it failed the release".into(),
+            MachineState::Updating | MachineState::Updated | MachineState::Left => {
+                format!("admitted while the rollout is {state}")
+            }
+        };
+        Some(format!(
+            "rollout {} ({state}) of release {}: {why}",
+            l.rec.id,
+            short(&l.rec.release)
+        ))
+    }
+
     /// Steps every live rollout.
     pub async fn step_all(&self, app: &App) -> crate::Result<()> {
         let _g = self.work.lock().await;
