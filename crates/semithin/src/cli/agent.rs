@@ -286,6 +286,14 @@ fn status(dir: &std::path::Path, json: bool) -> Result<ExitCode> {
         if let Some(e) = &report.last_error {
             println!("error:     {e}");
         }
+        if let Some(f) = &report.failing {
+            println!(
+                "failing:   {} since {}: {}",
+                f.phase.as_str(),
+                super::time(f.since),
+                f.reason
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
