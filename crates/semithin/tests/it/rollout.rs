@@ -610,6 +610,10 @@ fn abort_signs_the_earlier_release_back_and_fleet_states_are_true() {
         row.ends_with("failed") && !row.contains("healthy"),
         "{text}"
     );
+    assert!(
+        text.contains("canary settled with 1 failed (within --max-failures 1); soaking until"),
+        "{text}"
+    );
 
     // fleet list: m1 failed with its reason; m3 (outside --to) and m2 (not admitted) are held
     // on v1 while the channel signs v2, not "updated".

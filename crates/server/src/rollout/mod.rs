@@ -159,8 +159,9 @@ fn short(s: &str) -> &str {
     &s[..s.len().min(12)]
 }
 
-/// What a rollout waits for, in words.
-fn describe(w: &Waiting, p: &Plan, id: i64, now: i64) -> String {
+/// What a rollout waits for, in words (`waves`: the figures of each wave, so that a wave with
+/// failures is not called healthy).
+fn describe(w: &Waiting, p: &Plan, id: i64, now: i64, waves: &[WaveInfo]) -> String {
     match w {
         Waiting::Publish => {
             "waiting for its release to be signed for it (`semithin rollout start` \
@@ -205,12 +206,21 @@ fn describe(w: &Waiting, p: &Plan, id: i64, now: i64) -> String {
                 list.join(", ")
             )
         }
-        Waiting::Soak { wave, until } => format!(
-            "{} is healthy; soaking until {} ({} s left)",
-            wave_name(*wave),
-            utc(*until),
-            (until - now).max(0)
-        ),
+        Waiting::Soak { wave, until } => {
+            let how = match waves.get(*wave as usize).map_or(0, |f| f.failed) {
+                0 => "is healthy".to_owned(),
+                n => format!(
+                    "settled with {n} failed (within --max-failures {})",
+                    p.max_failures
+                ),
+            };
+            format!(
+                "{} {how}; soaking until {} ({} s left)",
+                wave_name(*wave),
+                utc(*until),
+                (until - now).max(0)
+            )
+        }
     }
 }
 
@@ -822,7 +832,7 @@ impl Rollouts {
             .waiting
             .as_ref()
             .filter(|_| live_state != RolloutState::Superseded)
-            .map(|w| describe(w, &l.plan, l.rec.id, t));
+            .map(|w| describe(w, &l.plan, l.rec.id, t, &waves));
         RolloutInfo {
             id: l.rec.id,
             channel: l.rec.channel.clone(),
