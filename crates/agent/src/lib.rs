@@ -716,6 +716,8 @@ impl Agent {
     /// something changed, report at once. An error is recorded and reported when possible.
     pub fn cycle(&mut self, wait: u32) -> Result<Outcome> {
         self.answer = None;
+        // what a failed cycle was doing is in `failing`, not in the phase the next one reports
+        self.phase = Phase::Idle;
         self.jobs.pending.clear();
         let sysroot = self.cfg.sysroot.clone();
         let log = &self.log;

@@ -244,12 +244,10 @@ async fn record_events(app: &App, id: &str, old: Report, new: &Report) -> crate:
         tracing::warn!(machine = id, %detail, "release failed on machine");
         db::add_event(&app.db, id, t, "failed", &detail).await?;
     }
+    // one event per failure (a new `since`), not per retry: a reason may name the time
     if let Some(f) = &new.failing
-        && old
-            .failing
-            .as_ref()
-            .map(|o| (o.phase, &o.release, &o.reason))
-            != Some((f.phase, &f.release, &f.reason))
+        && old.failing.as_ref().map(|o| (o.phase, &o.release, o.since))
+            != Some((f.phase, &f.release, f.since))
     {
         let detail = format!("{}: {}", f.phase.as_str(), f.reason);
         tracing::warn!(machine = id, %detail, "machine failing");
