@@ -296,39 +296,52 @@ fn undo(
         println!("rollout {id} is {} now", info.state.as_str());
     }
     let ch = &info.channel;
-    let said = match &restored {
+    let said = match restored {
         Ok(Restored::Signed(r)) => format!(
             "channel {ch} is signed at {} again, its release before rollout {id}",
-            short(r)
+            short(&r)
         ),
         Ok(Restored::Already(r)) => format!(
             "channel {ch} is signed at {} already (its release before rollout {id})",
-            short(r)
+            short(&r)
         ),
         Ok(Restored::Moved) => format!(
-            "channel {ch} was signed again since rollout {id} (or its release never was):              its signed release stays"
+            "channel {ch} was signed again since rollout {id} (or its release never was): \
+             its signed release stays"
         ),
-        Ok(Restored::NoEarlier) => format!(
-            "warning: channel {ch} had no release before rollout {id}: its signed release stays              {}, which machines that join it get; publish the one they should get              (`semithin publish {ch} REF`)",
-            short(&info.release)
-        ),
-        Err(e) => format!(
-            "rollout {id} is {}, but channel {ch} still signs release {}: machines assigned to              it get that release at once. Signing its earlier release failed: {e:#}. Run              `semithin rollout {verb} {id}` again where the repository and its keys are              (--repo)",
-            info.state.as_str(),
-            short(&info.release)
-        ),
+        Ok(Restored::NoEarlier) => {
+            eprintln!(
+                "warning: channel {ch} had no release before rollout {id}: its signed release \
+                 stays {}, which machines that join it get; publish the one they should get \
+                 (`semithin publish {ch} REF`)",
+                short(&info.release)
+            );
+            String::new()
+        }
+        Err(e) => {
+            if !json {
+                print_info(&info);
+            }
+            return Err(e.context(format!(
+                "rollout {id} is {}, but channel {ch} still signs release {}: machines assigned \
+                 to it get that release at once. Run `semithin rollout {verb} {id}` again where \
+                 the repository and its keys are (--repo) to sign its earlier release back",
+                info.state.as_str(),
+                short(&info.release)
+            )));
+        }
     };
     if json {
-        eprintln!("{said}");
+        if !said.is_empty() {
+            eprintln!("{said}");
+        }
     } else {
-        println!("{said}");
+        if !said.is_empty() {
+            println!("{said}");
+        }
         print_info(&info);
     }
-    Ok(if restored.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What [`restore`] did.

@@ -676,6 +676,29 @@ fn abort_signs_the_earlier_release_back_and_fleet_states_are_true() {
 
     // Abort: the channel is signed at v1 again (with the rollout's id, so it still tells its
     // machines where to be), and a machine assigned afterwards gets v1, not v2.
+    // Without the repository, the server aborts, and the command fails saying what is left.
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["rollout", "abort", &id.to_string()])
+        .env("SEMITHIN_SERVER", &s.url)
+        .env("SEMITHIN_ADMIN_TOKEN", &s.token)
+        .env("HOME", s.path(""))
+        .env_remove("SEMITHIN_REPO")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("still signs release {}", &v2[..12]))
+            && err.contains(&format!("`semithin rollout abort {id}` again"))
+            && err.contains("--repo"),
+        "{err}"
+    );
+    assert_eq!(rollout(&s, id)["state"], "aborted");
+    assert_eq!(
+        signed_target(&s, "lab/stable")["custom"]["commit"],
+        json!(v2)
+    );
+    // Again where the repository is: the signature is what is left to do.
     let out = s.ok(&["rollout", "abort", &id.to_string()]);
     assert!(out.contains("is aborted now"), "{out}");
     assert!(
