@@ -408,6 +408,15 @@ fn a_rollout_survives_a_server_restart_holds_the_unselected_and_rollback_sends_e
     // Rollback: the whole selector back to v1.
     let out = s.ok(&["rollout", "rollback", &id.to_string()]);
     assert!(out.contains("rolled_back"), "{out}");
+    // the channel is signed at v1 again: a machine that joins it now gets v1
+    assert!(
+        out.contains(&format!("is signed at {} again", &v1[..12])),
+        "{out}"
+    );
+    assert_eq!(
+        signed_target(&s, "lab/stable")["custom"]["commit"],
+        json!(v1)
+    );
     for a in &agents {
         wait_until(&format!("{} on v1", a.name), 60, || {
             s.machine(&a.name)["report"]["current"] == json!(v1)
