@@ -159,6 +159,8 @@ fn reasons(ms: &[MachineInfo]) -> Vec<String> {
             (FleetState::Failing, Some(f)) => format!(" (since {})", ago(Some(f.since))),
             _ => String::new(),
         };
+        // one line each: a health check's output may have several
+        let why = why.lines().map(str::trim).collect::<Vec<_>>().join(" / ");
         let key = format!("{}{since}: {why}", state_text(m));
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, names)) => names.push(&m.name),
