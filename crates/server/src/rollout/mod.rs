@@ -128,6 +128,7 @@ fn seen_of(app: &App, machine: &str, channel: &str) -> Seen {
         failed_release: r.report.failed_release.clone(),
         last_error: r.report.last_error.clone(),
         last_seen: (seen != 0).then_some(seen),
+        failing: r.report.failing.as_ref().map(|f| f.phase),
     }
 }
 

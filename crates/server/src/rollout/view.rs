@@ -111,6 +111,7 @@ impl Rollouts {
             failed_release: r.report.failed_release.clone(),
             last_error: r.report.last_error.clone(),
             last_seen: None,
+            failing: r.report.failing.as_ref().map(|f| f.phase),
         };
         let state = l.rec.state.as_str();
         let why = match plan::classify(&l.plan, l.rec.state, row, &seen) {
