@@ -55,7 +55,7 @@ pub struct Agent {
     verified: Option<String>,
     missing: Option<usize>,
     phase: Phase,
-    /// The release the server told in its last answer that named one, across cycles.
+    /// The release the server told in its last answer (`None`: none), across cycles.
     told: Option<String>,
     /// The running release whose health checks ran again (RecheckHealth) since the server told
     /// it: not run again until the server tells another release.
@@ -201,10 +201,9 @@ impl Agent {
             self.verified = None;
             self.missing = None;
         }
-        if let Some(d) = &resp.desired
-            && self.told.as_ref() != Some(&d.release)
-        {
-            self.told = Some(d.release.clone());
+        let told = resp.desired.as_ref().map(|d| d.release.clone());
+        if told != self.told {
+            self.told = told;
             self.rechecked = None;
         }
         self.answer = Some(resp);
