@@ -16,7 +16,9 @@ use super::{human, print_json, time};
 
 #[derive(Subcommand)]
 pub enum FleetCmd {
-    /// List machines: name, labels, channel, current / target release, status, last seen.
+    /// List machines: name, status, state (updated, held by a rollout, updating, failed,
+    /// failing, ...), channel, current / target release, last seen, labels; then why, for every
+    /// machine whose state has a reason.
     List {
         /// Only the machines matching this selector (`site=school-12,class=lab`, a name, `*`).
         selector: Option<String>,
