@@ -36,7 +36,9 @@ fn now() -> i64 {
 pub fn client_builder(ca: Option<&Path>) -> Result<ClientBuilder> {
     // reqwest is built without a provider of its own; a second install is a harmless no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let b = Client::builder();
+    // An idle connection is dropped before the server's header timeout (15 s by default) closes
+    // it, so a request is never sent on a connection the server is closing.
+    let b = Client::builder().pool_idle_timeout(std::time::Duration::from_secs(10));
     let Some(ca) = ca else { return Ok(b) };
     let pem = std::fs::read(ca).map_err(Error::io("reading the CA certificates", ca))?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use semithin_protocol::api::{
-    CheckInRequest, CheckInResponse, EnrollRequest, Health, Phase, Report,
+    CheckInRequest, CheckInResponse, EnrollRequest, Failure, Health, Phase, Report,
 };
 use semithin_protocol::sign::MachineKey;
 use semithin_store::pack::ObjKind;
@@ -55,6 +55,11 @@ pub struct Agent {
     verified: Option<String>,
     missing: Option<usize>,
     phase: Phase,
+    /// The release the server told in its last answer (`None`: none), across cycles.
+    told: Option<String>,
+    /// The running release whose health checks ran again (RecheckHealth) since the server told
+    /// it: not run again until the server tells another release.
+    rechecked: Option<String>,
     /// Job records, the jobs of the last answer, the package inventory.
     jobs: jobs::Jobs,
     /// Called with a line for each thing the agent does.
@@ -113,6 +118,8 @@ impl Agent {
             verified: None,
             missing: None,
             phase: Phase::Idle,
+            told: None,
+            rechecked: None,
             jobs,
             log,
             _lock: lock,
@@ -194,6 +201,11 @@ impl Agent {
         {
             self.verified = None;
             self.missing = None;
+        }
+        let told = resp.desired.as_ref().map(|d| d.release.clone());
+        if told != self.told {
+            self.told = told;
+            self.rechecked = None;
         }
         self.answer = Some(resp);
         Ok(self.answer.as_ref().expect("just set"))
@@ -437,6 +449,7 @@ impl Agent {
                 boot_failed: boot_failed.as_ref(),
                 failed_release: self.state.failed_release.as_deref(),
                 health: self.state.health,
+                rechecked: current.is_some() && self.rechecked == current,
                 verified: self.verified.is_some() && self.verified == desired,
                 missing: self.missing,
                 staged,
@@ -463,14 +476,9 @@ impl Agent {
                     self.record_boot_failure(&b)?;
                     worked = true;
                 }
-                Step::ForgetFailedRelease => {
-                    if let Some(f) = self.state.failed_release.take() {
-                        self.say(&format!(
-                            "forgetting failed release {}: the server asks for another one",
-                            short(&f)
-                        ));
-                    }
-                    self.save()?;
+                Step::RecheckHealth => {
+                    let c = current.expect("a current release to check");
+                    self.recheck_health(&c)?;
                     worked = true;
                 }
                 Step::CheckHealth => {
@@ -586,6 +594,39 @@ impl Agent {
         }
     }
 
+    /// Runs the health checks on the release that runs, outside a trial (nothing to roll back
+    /// to): they set its health, and say why when they fail.
+    fn recheck_health(&mut self, release: &str) -> Result<()> {
+        self.phase = Phase::Checking;
+        let res = deploy::health_checks(
+            &self.cfg.health_checks,
+            &self.layout.deployment(release),
+            release,
+            Duration::from_secs(self.cfg.health_timeout_secs),
+            &self.layout.dir,
+        );
+        self.rechecked = Some(release.to_owned());
+        match res {
+            Ok(()) => {
+                self.state.health = Health::Healthy;
+                self.say(&format!(
+                    "release {} (running) passed its health checks",
+                    short(release)
+                ));
+            }
+            Err(reason) => {
+                self.state.health = Health::Failed;
+                let e = format!(
+                    "release {} (running) fails its health checks: {reason}",
+                    short(release)
+                );
+                self.say(&e);
+                self.state.last_error = Some(e);
+            }
+        }
+        self.save()
+    }
+
     fn roll_back(&mut self, reason: &str) -> Result<()> {
         // The rollback is recorded before the link moves back: killed at any later point, the
         // next run finishes it (and records the failure) rather than taking it for a switch that
@@ -674,6 +715,8 @@ impl Agent {
     /// something changed, report at once. An error is recorded and reported when possible.
     pub fn cycle(&mut self, wait: u32) -> Result<Outcome> {
         self.answer = None;
+        // what a failed cycle was doing is in `failing`, not in the phase the next one reports
+        self.phase = Phase::Idle;
         self.jobs.pending.clear();
         let sysroot = self.cfg.sysroot.clone();
         let log = &self.log;
@@ -684,6 +727,7 @@ impl Agent {
             &|s| log(s),
         );
         let mut res = self.reconcile(wait);
+        self.note_failure(&res)?;
         // Jobs run once the release is settled (never during a trial), also when the update
         // failed: a job may be what repairs the machine.
         let ran = self.run_jobs()?;
@@ -722,6 +766,39 @@ impl Agent {
             self.save()?;
         }
         res
+    }
+
+    /// Keeps what the last cycle failed at (reported as `failing`), or forgets it once a cycle
+    /// succeeds. An error reaching the server changes nothing: it cannot be reported, and what
+    /// failed before is still what the server should know when it is back.
+    fn note_failure(&mut self, res: &Result<Outcome>) -> Result<()> {
+        match res {
+            Ok(_) if self.state.failing.is_some() => {
+                self.state.failing = None;
+                self.save()?;
+            }
+            Ok(_) => {}
+            Err(e) if !e.is_transient() => {
+                let release = self
+                    .answer
+                    .as_ref()
+                    .and_then(|a| a.desired.as_ref())
+                    .map(|d| d.release.clone());
+                let since = match &self.state.failing {
+                    Some(f) if f.phase == self.phase && f.release == release => f.since,
+                    _ => now(),
+                };
+                self.state.failing = Some(Failure {
+                    phase: self.phase,
+                    release,
+                    reason: e.to_string(),
+                    since,
+                });
+                // saved with the error below
+            }
+            Err(_) => {}
+        }
+        Ok(())
     }
 
     /// Runs the jobs of the last answer that have not run here; true when any did (or was
@@ -874,6 +951,7 @@ fn report_of(
             .last_error
             .as_deref()
             .map(semithin_protocol::api::bound_error),
+        failing: state.failing.clone(),
         disk_free: disk_free(&layout.dir),
         uptime_secs: uptime(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),

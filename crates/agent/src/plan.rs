@@ -22,6 +22,9 @@ pub struct Facts<'a> {
     pub failed_release: Option<&'a str>,
     /// `state.json`: how the current deployment is doing.
     pub health: Health,
+    /// The health checks already ran again on the current deployment since the server last
+    /// told a new release (they failed: running them again changes nothing until then).
+    pub rechecked: bool,
     /// The desired release was checked against the signed channel in this run.
     pub verified: bool,
     /// Objects the local store still lacks for the desired release (`None`: not counted yet).
@@ -47,9 +50,9 @@ pub enum Step {
     /// The boot script rolled back a release the state does not hold a trial for (state.json
     /// was moved aside): record it as failed.
     RecordBootFailure,
-    /// `failed_release` names a release the server no longer asks for, and the machine is
-    /// healthy on another one: forget it, so it is tried again if it is ever asked for again.
-    ForgetFailedRelease,
+    /// The server asks for the release that runs, and its health is not known to be good (a
+    /// rollback left it here, or `agent retry` cleared a failure): run the health checks on it.
+    RecheckHealth,
     /// Refresh the TUF metadata and check the desired release is the channel's signed release.
     Verify,
     /// Count what the store lacks.
@@ -115,14 +118,13 @@ pub fn next(f: &Facts) -> Step {
     let Some(desired) = f.desired else {
         return Step::Wait(WaitFor::Assignment);
     };
-    if let Some(failed) = f.failed_release
-        && failed != desired
-        && f.health == Health::Healthy
-        && f.current.is_some_and(|c| c != failed)
-    {
-        return Step::ForgetFailedRelease;
-    }
     if f.current == Some(desired) {
+        // Running what the server asks for: health `failed` there is about the release that
+        // was rolled back from (or about an earlier run of the checks), not a verdict on this
+        // one. The checks say, once per release told.
+        if matches!(f.health, Health::Failed | Health::Unknown) && !f.rechecked {
+            return Step::RecheckHealth;
+        }
         return Step::Wait(WaitFor::UpToDate);
     }
     if f.failed_release == Some(desired) {
@@ -209,7 +211,9 @@ mod tests {
         assert_eq!(next(&f), Step::Stage);
         f.staged = true;
         assert_eq!(next(&f), Step::Switch);
+        // (the trial confirmed)
         f.current = Some(B);
+        f.health = Health::Healthy;
         assert_eq!(next(&f), Step::Wait(WaitFor::UpToDate));
     }
 
@@ -294,26 +298,33 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_release_is_forgotten_once_the_machine_is_healthy_on_another() {
+    fn a_failed_release_is_not_tried_again_and_the_release_rolled_back_to_is_checked() {
         let mut f = accepted();
         f.failed_release = Some(B);
         f.current = Some(A);
         f.desired = Some(B);
         f.health = Health::Failed;
         assert_eq!(next(&f), Step::Wait(WaitFor::FailedRelease));
-        // still asked for: kept, even when healthy again
+        // still asked for: not tried, also once A is known healthy again
         f.health = Health::Healthy;
         assert_eq!(next(&f), Step::Wait(WaitFor::FailedRelease));
-        // the server asks for another release, the machine is healthy on A: forgotten
-        f.desired = Some(A);
-        assert_eq!(next(&f), Step::ForgetFailedRelease);
-        // not while the machine is not healthy
+        // the server asks for A, which runs (an abort, a reassignment): its checks run, once
         f.health = Health::Failed;
-        assert_eq!(next(&f), Step::Wait(WaitFor::UpToDate));
-        // nor while it runs the failed release itself
-        f.health = Health::Healthy;
-        f.current = Some(B);
         f.desired = Some(A);
+        assert_eq!(next(&f), Step::RecheckHealth);
+        f.rechecked = true;
+        assert_eq!(next(&f), Step::Wait(WaitFor::UpToDate));
+        // passed: up to date, and B stays failed (only a confirmed switch forgets it)
+        f.rechecked = false;
+        f.health = Health::Healthy;
+        assert_eq!(next(&f), Step::Wait(WaitFor::UpToDate));
+        // health unknown (`agent retry` on the release that runs): checked too
+        f.failed_release = None;
+        f.health = Health::Unknown;
+        assert_eq!(next(&f), Step::RecheckHealth);
+        // a release that is not the running one is fetched, whatever the health
+        f.health = Health::Failed;
+        f.current = Some(B);
         assert_eq!(next(&f), Step::Verify);
     }
 

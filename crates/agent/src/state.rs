@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-use semithin_protocol::api::{Health, Integrity, MachineStatus};
+use semithin_protocol::api::{Failure, Health, Integrity, MachineStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -153,6 +153,9 @@ pub struct State {
     /// What that verification found, reported while its release is current.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub integrity: Option<Integrity>,
+    /// The last cycle failed (not reaching the server aside): reported until a cycle succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing: Option<Failure>,
 }
 
 impl State {
@@ -187,14 +190,14 @@ impl State {
         Some(t)
     }
 
-    /// The trial's release passed its checks.
+    /// The trial's release passed its checks. A failed release is forgotten: this one (tried
+    /// again after `agent retry`) or another, which the machine has moved past; it is tried
+    /// again if the server ever asks for it again.
     pub fn confirm_trial(&mut self) -> Option<Trial> {
         let t = self.trial.take()?;
         self.health = Health::Healthy;
         self.last_error = None;
-        if self.failed_release.as_deref() == Some(t.release.as_str()) {
-            self.failed_release = None;
-        }
+        self.failed_release = None;
         Some(t)
     }
 
@@ -352,5 +355,11 @@ mod tests {
         assert_eq!(s.last_error, None);
         assert_eq!(s.failed_release, None);
         assert_eq!(s.history, vec![B.to_owned(), A.to_owned()]);
+        // a failure of another release is forgotten once a release is confirmed here
+        let c = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+        s.failed_release = Some(c.into());
+        s.open_trial(A, Some(B.into()), 200, 900);
+        s.confirm_trial();
+        assert_eq!(s.failed_release, None);
     }
 }

@@ -107,6 +107,11 @@ pub struct Report {
     /// since the machine runs it, or an agent that does not report it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integrity: Option<Integrity>,
+    /// The agent's last attempt failed and it has not succeeded since: what it was doing and
+    /// why (a release that does not verify, a store error). `None` once an attempt succeeds.
+    /// An error reaching the server is not reported here: it could not be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing: Option<Failure>,
 }
 
 /// At most this many paths in each list of an [`Integrity`]; `count` says how many in all.
@@ -268,6 +273,10 @@ impl Report {
         if let Some(i) = &self.integrity {
             i.check()?;
         }
+        if let Some(f) = &self.failing {
+            check_release("report.failing.release", &f.release)?;
+            check_len("report.failing.reason", &f.reason, limits::ERROR_BYTES)?;
+        }
         Ok(())
     }
 }
@@ -285,10 +294,7 @@ impl Integrity {
             if l.paths.len() > MAX_INTEGRITY_PATHS {
                 return Err(bad(
                     &format!("report.integrity.{name}.paths"),
-                    format!(
-                        "{} paths; at most {MAX_INTEGRITY_PATHS}",
-                        l.paths.len()
-                    ),
+                    format!("{} paths; at most {MAX_INTEGRITY_PATHS}", l.paths.len()),
                 ));
             }
             for (n, p) in l.paths.iter().enumerate() {
@@ -369,6 +375,33 @@ impl crate::inventory::Inventory {
     }
 }
 
+/// What keeps an agent from doing what it is told (`Report::failing`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// What it was doing: `verifying`, `fetching`, `staging`, ... (`idle`: before any step).
+    pub phase: Phase,
+    /// The release it was working on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// The error, in words.
+    pub reason: String,
+    /// Unix seconds of the first failure of this kind in a row (same phase and release).
+    pub since: i64,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Verifying => "verifying",
+            Phase::Fetching => "fetching",
+            Phase::Staging => "staging",
+            Phase::Checking => "checking",
+            Phase::Waiting => "waiting",
+        }
+    }
+}
+
 /// `POST /api/v1/checkin` (signed).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CheckInRequest {
@@ -440,7 +473,8 @@ pub struct MachineInfo {
     pub labels: Labels,
     pub status: MachineStatus,
     pub channel: Option<String>,
-    /// The release the machine should run (the channel's release).
+    /// The release the machine should run: its channel's release, or what the rollout that
+    /// governs the channel tells it.
     pub target: Option<String>,
     /// True when the machine runs its target and its health checks passed.
     pub updated: bool,
@@ -448,6 +482,74 @@ pub struct MachineInfo {
     pub enrolled_at: i64,
     /// Unix seconds of the last check-in, if any.
     pub last_seen: Option<i64>,
+    /// Where the machine stands, as the admin is told it (`fleet list`).
+    #[serde(default)]
+    pub state: FleetState,
+    /// Why, for the states that need a reason: the error of a failed or failing machine, the
+    /// rollout that holds one back, the release its channel is at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
+    /// The channel's signed release (`None`: no channel, or nothing published on it). It differs
+    /// from `target` while a rollout holds the machine on another release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_release: Option<String>,
+}
+
+/// Where a machine stands (`MachineInfo::state`), computed by the server from its status,
+/// channel, target and last report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetState {
+    /// Not told by the server (an older server).
+    #[default]
+    Unknown,
+    /// Enrolled, waiting for the admin.
+    Pending,
+    Rejected,
+    /// No channel assigned.
+    Unassigned,
+    /// Its channel has no published release.
+    Unpublished,
+    /// Accepted with a release to run, never checked in since.
+    NeverSeen,
+    /// Runs its target, healthy, and the target is its channel's release.
+    Updated,
+    /// Runs what it is told and is healthy, but its channel is at another release: a rollout
+    /// holds it back (outside its selector, not admitted yet, paused, halted, sent back).
+    Held,
+    /// On its way to its target (`report.phase` says where).
+    Updating,
+    /// Its health checks run on a release it just switched to.
+    Checking,
+    /// Its target failed here (health checks, deadline, boots) and was rolled back, or the
+    /// release it runs fails its health checks.
+    Failed,
+    /// The agent cannot do what it is told: `report.failing` says what and why (a release
+    /// that does not verify: a wrong trusted root, expired metadata).
+    Failing,
+    /// Its last verification found paths of the release it runs changed and not put back
+    /// (`report.integrity.tampered`).
+    Tampered,
+}
+
+impl FleetState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetState::Unknown => "unknown",
+            FleetState::Pending => "pending",
+            FleetState::Rejected => "rejected",
+            FleetState::Unassigned => "unassigned",
+            FleetState::Unpublished => "unpublished",
+            FleetState::NeverSeen => "never_seen",
+            FleetState::Updated => "updated",
+            FleetState::Held => "held",
+            FleetState::Updating => "updating",
+            FleetState::Checking => "checking",
+            FleetState::Failed => "failed",
+            FleetState::Failing => "failing",
+            FleetState::Tampered => "tampered",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -564,14 +666,19 @@ mod tests {
         };
         r.check().unwrap();
         let mut long = i.clone();
-        long.repaired.paths.push("x".repeat(MAX_INTEGRITY_PATH_LEN + 10));
+        long.repaired
+            .paths
+            .push("x".repeat(MAX_INTEGRITY_PATH_LEN + 10));
         let e = Report {
             integrity: Some(long),
             ..Report::default()
         }
         .check()
         .unwrap_err();
-        assert!(e.to_string().contains("report.integrity.repaired.paths[0]"), "{e}");
+        assert!(
+            e.to_string().contains("report.integrity.repaired.paths[0]"),
+            "{e}"
+        );
         let mut many = i.clone();
         many.etc_drift.paths = vec!["/etc/x".into(); MAX_INTEGRITY_PATHS + 1];
         let e = Report {
@@ -580,7 +687,10 @@ mod tests {
         }
         .check()
         .unwrap_err();
-        assert!(e.to_string().contains("report.integrity.etc_drift.paths"), "{e}");
+        assert!(
+            e.to_string().contains("report.integrity.etc_drift.paths"),
+            "{e}"
+        );
         let e = Report {
             integrity: Some(Integrity {
                 release: "é".into(),

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use semithin_protocol::api::{MachineInfo, MachineStatus, Report};
+use semithin_protocol::api::{FleetState, MachineInfo, MachineStatus, Report};
 use semithin_protocol::selector::Selector;
 use tokio::sync::Notify;
 
@@ -253,25 +253,299 @@ pub fn updated(report: &Report, target: Option<&str>) -> bool {
         && report.health == semithin_protocol::api::Health::Healthy
 }
 
-pub fn info(m: &Machine, target: Option<String>) -> MachineInfo {
+/// What the server tells about a machine besides its row: the release it is told to run, its
+/// channel's release, and, when a rollout holds it on another one, why.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub target: Option<String>,
+    pub channel_release: Option<String>,
+    /// Why the target is not the channel's release (a rollout that governs the channel).
+    pub held: Option<String>,
+}
+
+/// The view of a machine: what the rollout that governs its channel tells it, else its channel's
+/// release.
+pub fn view(app: &crate::App, r: &MachineRow) -> View {
+    let Some(channel) = r.channel.as_deref() else {
+        return View::default();
+    };
+    let p = app.published();
+    let channel_release = p.releases.get(channel).map(|c| c.to_hex());
+    if r.status != MachineStatus::Accepted {
+        return View {
+            channel_release,
+            ..View::default()
+        };
+    }
+    View {
+        target: app.target(r).map(|c| c.to_hex()),
+        held: app.rollouts.hold_reason(&p, r, channel),
+        channel_release,
+    }
+}
+
+fn short(s: &str) -> &str {
+    &s[..s.len().min(12)]
+}
+
+/// Where a machine stands, and why (for the states that need a reason): a pure function of its
+/// row, when it was last seen and its [`View`].
+pub fn state(r: &MachineRow, last_seen: Option<i64>, v: &View) -> (FleetState, Option<String>) {
+    use semithin_protocol::api::Health;
+    match r.status {
+        MachineStatus::Pending => return (FleetState::Pending, None),
+        MachineStatus::Rejected => return (FleetState::Rejected, None),
+        MachineStatus::Accepted => {}
+    }
+    let Some(channel) = r.channel.as_deref() else {
+        return (FleetState::Unassigned, None);
+    };
+    let rep = &r.report;
+    let held = || {
+        v.held.clone().or_else(|| {
+            v.channel_release
+                .as_deref()
+                .map(|c| format!("its channel {channel} is at {}", short(c)))
+        })
+    };
+    let Some(target) = v.target.as_deref() else {
+        return match v.channel_release {
+            None => (
+                FleetState::Unpublished,
+                Some(format!("channel {channel} has no published release")),
+            ),
+            Some(_) => (FleetState::Held, held()),
+        };
+    };
+    if last_seen.is_none() {
+        return (FleetState::NeverSeen, None);
+    }
+    if let Some(i) = &rep.integrity
+        && i.is_tampered()
+        && rep.current.as_deref() == Some(i.release.as_str())
+    {
+        let shown: Vec<&str> = i
+            .tampered
+            .paths
+            .iter()
+            .take(3)
+            .map(String::as_str)
+            .collect();
+        let more = i.tampered.count.saturating_sub(shown.len() as u64);
+        return (
+            FleetState::Tampered,
+            Some(format!(
+                "{} path(s) differ from release {}: {}{}",
+                i.tampered.count,
+                short(&i.release),
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            )),
+        );
+    }
+    if let Some(f) = &rep.failing {
+        let what = match &f.release {
+            Some(rel) => format!("{} release {}", f.phase.as_str(), short(rel)),
+            None => f.phase.as_str().to_owned(),
+        };
+        return (FleetState::Failing, Some(format!("{what}: {}", f.reason)));
+    }
+    let runs_target = rep.current.as_deref() == Some(target);
+    let reason = || {
+        rep.last_error
+            .clone()
+            .or_else(|| Some("no reason given".into()))
+    };
+    if !runs_target && rep.failed_release.as_deref() == Some(target) {
+        return (FleetState::Failed, reason());
+    }
+    if rep.health == Health::Checking {
+        return (FleetState::Checking, None);
+    }
+    if runs_target {
+        match rep.health {
+            Health::Healthy if v.channel_release.as_deref() == Some(target) => {
+                return (FleetState::Updated, None);
+            }
+            Health::Healthy => return (FleetState::Held, held()),
+            // the agent runs the checks on the release it runs when a rollback left it there:
+            // failed is their verdict (for a moment after the server told it this release, the
+            // verdict on the release it rolled back from)
+            Health::Failed => return (FleetState::Failed, reason()),
+            Health::Unknown | Health::Checking => {}
+        }
+    }
+    (FleetState::Updating, None)
+}
+
+pub fn info(m: &Machine, view: View) -> MachineInfo {
     let r = m.snapshot();
     let seen = m.last_seen.load(Ordering::Relaxed);
-    let target = if r.status == MachineStatus::Accepted {
-        target
-    } else {
-        None
-    };
+    let last_seen = (seen != 0).then_some(seen);
+    let (state, state_reason) = state(&r, last_seen, &view);
     MachineInfo {
-        updated: updated(&r.report, target.as_deref()),
+        updated: updated(&r.report, view.target.as_deref()),
         id: r.id,
         name: r.name,
         labels: r.labels,
         status: r.status,
         channel: r.channel,
-        target,
+        target: view.target,
         report: r.report,
         enrolled_at: r.enrolled_at,
-        last_seen: (seen != 0).then_some(seen),
+        last_seen,
+        state,
+        state_reason,
+        channel_release: view.channel_release,
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use semithin_protocol::api::{Failure, FleetState as S, Health, MachineStatus, Phase, Report};
+
+    use super::{View, state};
+    use crate::db::MachineRow;
+
+    const V1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const V2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn row(current: Option<&str>, health: Health) -> MachineRow {
+        MachineRow {
+            id: "m".into(),
+            name: "m".into(),
+            public_key: [0; 32],
+            status: MachineStatus::Accepted,
+            labels: Default::default(),
+            channel: Some("lab/stable".into()),
+            report: Report {
+                current: current.map(str::to_owned),
+                health,
+                ..Report::default()
+            },
+            enrolled_at: 0,
+            last_seen: Some(1),
+        }
+    }
+
+    fn view(target: Option<&str>, channel: Option<&str>) -> View {
+        View {
+            target: target.map(str::to_owned),
+            channel_release: channel.map(str::to_owned),
+            held: None,
+        }
+    }
+
+    #[test]
+    fn a_machine_whose_release_was_changed_is_tampered_until_it_is_put_back() {
+        use semithin_protocol::api::Integrity;
+        let seen = Some(1);
+        let on_v2 = view(Some(V2), Some(V2));
+        let mut r = row(Some(V2), Health::Healthy);
+        let mut i = Integrity {
+            release: V2.into(),
+            ..Integrity::default()
+        };
+        for p in ["/etc/cron.d/evil", "/usr/bin/x", "/usr/bin/y", "/usr/bin/z"] {
+            i.tampered.push(p);
+        }
+        r.report.integrity = Some(i.clone());
+        let (st, why) = state(&r, seen, &on_v2);
+        assert_eq!(st, S::Tampered);
+        let why = why.unwrap();
+        assert!(
+            why.starts_with("4 path(s) differ from release 222222222222: /etc/cron.d/evil"),
+            "{why}"
+        );
+        assert!(why.ends_with("and 1 more"), "{why}");
+        // a finding about another release than the one it runs is no longer true
+        r.report.integrity = Some(Integrity {
+            release: V1.into(),
+            ..i
+        });
+        assert_eq!(state(&r, seen, &on_v2).0, S::Updated);
+        // repaired: nothing tampered
+        r.report.integrity = Some(Integrity {
+            release: V2.into(),
+            ..Integrity::default()
+        });
+        assert_eq!(state(&r, seen, &on_v2).0, S::Updated);
+    }
+
+    #[test]
+    fn states_tell_the_truth() {
+        let seen = Some(1);
+        let on_v2 = view(Some(V2), Some(V2));
+        // updated only on its channel's release
+        let r = row(Some(V2), Health::Healthy);
+        assert_eq!(state(&r, seen, &on_v2), (S::Updated, None));
+        // held by a rollout on v1 while the channel is at v2: not "updated"
+        let mut held = view(Some(V1), Some(V2));
+        let r = row(Some(V1), Health::Healthy);
+        let (s, why) = state(&r, seen, &held);
+        assert_eq!(s, S::Held);
+        assert!(why.unwrap().contains("is at 222222222222"));
+        held.held =
+            Some("rollout 3 (running) of release 222222222222: outside its selector".into());
+        assert!(
+            state(&r, seen, &held)
+                .1
+                .unwrap()
+                .contains("outside its selector")
+        );
+
+        // cannot verify: failing, with the reason, not "updating (verifying)"
+        let mut r = row(Some(V1), Health::Healthy);
+        r.report.phase = Phase::Verifying;
+        r.report.failing = Some(Failure {
+            phase: Phase::Verifying,
+            release: Some(V2.into()),
+            reason: "timestamp: expired at 2026-12-01T00:00:00Z".into(),
+            since: 1,
+        });
+        let (s, why) = state(&r, seen, &on_v2);
+        assert_eq!(s, S::Failing);
+        let why = why.unwrap();
+        assert!(
+            why.starts_with("verifying release 222222222222: timestamp: expired"),
+            "{why}"
+        );
+
+        // its target failed here and was rolled back
+        let mut r = row(Some(V1), Health::Failed);
+        r.report.failed_release = Some(V2.into());
+        r.report.last_error = Some("health check failed".into());
+        assert_eq!(
+            state(&r, seen, &on_v2),
+            (S::Failed, Some("health check failed".into()))
+        );
+        // rolled back, then told the release it runs (reassigned, aborted): once the checks
+        // pass there it is updated, though the other release stays failed
+        let on_v1 = view(Some(V1), Some(V1));
+        r.report.health = Health::Healthy;
+        assert_eq!(state(&r, seen, &on_v1), (S::Updated, None));
+        // and while the checks fail on the release it runs: failed, not "updating (idle)"
+        r.report.health = Health::Failed;
+        assert_eq!(state(&r, seen, &on_v1).0, S::Failed);
+
+        // on its way; checking
+        let r = row(Some(V1), Health::Healthy);
+        assert_eq!(state(&r, seen, &on_v2).0, S::Updating);
+        let r = row(Some(V2), Health::Checking);
+        assert_eq!(state(&r, seen, &on_v2).0, S::Checking);
+        assert_eq!(state(&r, None, &on_v2).0, S::NeverSeen);
+
+        // no channel, nothing published, not accepted
+        let mut r = row(None, Health::Unknown);
+        assert_eq!(state(&r, seen, &view(None, None)).0, S::Unpublished);
+        r.channel = None;
+        assert_eq!(state(&r, seen, &view(None, None)).0, S::Unassigned);
+        r.status = MachineStatus::Pending;
+        assert_eq!(state(&r, seen, &view(None, None)).0, S::Pending);
     }
 }
 

@@ -41,7 +41,11 @@ impl TestServer {
         let data = dir.path().join("data");
         let mut cfg = Config::new(data.clone());
         cfg.admin_token = Some(ADMIN.into());
-        let mut client = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        // No pooled connections: a server with a short header timeout closes idle keep-alive
+        // connections, and a request sent on one just as it closes fails.
+        let mut client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(0);
         if let Some((cert, key, ca)) = &tls {
             cfg.tls_cert = Some(cert.clone());
             cfg.tls_key = Some(key.clone());

@@ -332,6 +332,14 @@ fn status(dir: &std::path::Path, json: bool) -> Result<ExitCode> {
         if let Some(i) = &report.integrity {
             println!("verified:  {}", super::fleet::integrity_text(i));
         }
+        if let Some(f) = &report.failing {
+            println!(
+                "failing:   {} since {}: {}",
+                f.phase.as_str(),
+                super::time(f.since),
+                f.reason
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

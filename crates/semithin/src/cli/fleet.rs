@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use semithin_protocol::api::{
-    Affected, AssignRequest, Integrity, LabelRequest, MachineInfo, PathList, SelectorRequest,
-    TokenInfo, TokenRequest,
+    Affected, AssignRequest, FleetState, Integrity, LabelRequest, MachineInfo, PathList,
+    SelectorRequest, TokenInfo, TokenRequest,
 };
 use semithin_protocol::selector::{Selector, parse_label};
 
@@ -16,8 +16,9 @@ use super::{human, print_json, time};
 
 #[derive(Subcommand)]
 pub enum FleetCmd {
-    /// List machines: name, labels, channel, current / target release, status, last seen; then
-    /// each tampered machine with the paths that differ from its release.
+    /// List machines: name, status, state (updated, held by a rollout, updating, failed,
+    /// failing, tampered, ...), channel, current / target release, last seen, labels; then why,
+    /// for every machine whose state has a reason, and each tampered machine with its paths.
     List {
         /// Only the machines matching this selector (`site=school-12,class=lab`, a name, `*`).
         selector: Option<String>,
@@ -101,7 +102,23 @@ fn labels_text(l: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
+/// The machine's state in a few words: the server's `state` (with the phase of an update or a
+/// failure).
 fn state_text(m: &MachineInfo) -> String {
+    match m.state {
+        FleetState::Unknown => legacy_state_text(m),
+        FleetState::Updating => format!("updating ({})", m.report.phase.as_str()),
+        FleetState::Failing => match &m.report.failing {
+            Some(f) => format!("failing ({})", f.phase.as_str()),
+            None => "failing".into(),
+        },
+        FleetState::NeverSeen => "never seen".into(),
+        s => s.as_str().into(),
+    }
+}
+
+/// What an older server that does not say `state` is taken to mean.
+fn legacy_state_text(m: &MachineInfo) -> String {
     use semithin_protocol::api::{Health, MachineStatus};
     match m.status {
         MachineStatus::Pending => return "pending".into(),
@@ -190,6 +207,37 @@ pub(crate) fn ago(t: Option<i64>) -> String {
     }
 }
 
+/// Why machines are held, failed or failing, one line per reason with the machines it
+/// concerns.
+fn reasons(ms: &[MachineInfo]) -> Vec<String> {
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for m in ms {
+        let Some(why) = &m.state_reason else { continue };
+        let since = match (&m.state, &m.report.failing) {
+            (FleetState::Failing, Some(f)) => format!(" (since {})", ago(Some(f.since))),
+            _ => String::new(),
+        };
+        // one line each: a health check's output may have several
+        let why = why.lines().map(str::trim).collect::<Vec<_>>().join(" / ");
+        let key = format!("{}{since}: {why}", state_text(m));
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, names)) => names.push(&m.name),
+            None => groups.push((key, vec![&m.name])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(key, names)| {
+            let more = names.len().saturating_sub(10);
+            let mut list = names[..names.len().min(10)].join(", ");
+            if more > 0 {
+                list.push_str(&format!(" and {more} more"));
+            }
+            format!("{list}: {key}")
+        })
+        .collect()
+}
+
 pub fn print_table(ms: &[MachineInfo]) {
     println!(
         "{:<16} {:<12} {:<14} {:<12} {:<12} {:<12} {:<10} LABELS",
@@ -208,7 +256,15 @@ pub fn print_table(ms: &[MachineInfo]) {
             labels_text(&m.labels)
         );
     }
-    for m in ms {
+    let why = reasons(ms);
+    if !why.is_empty() {
+        println!();
+        for line in why {
+            println!("{line}");
+        }
+    }
+    // an older server says no state: its tampered machines still get their line
+    for m in ms.iter().filter(|m| m.state == FleetState::Unknown) {
         if let Some(i) = tampered(m) {
             println!(
                 "{} is tampered: {} path(s) differ from its release: {}",
@@ -262,9 +318,26 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 println!("name:       {}", m.name);
                 println!("id:         {}", m.id);
                 println!("status:     {} ({})", m.status.as_str(), state_text(&m));
+                if let Some(why) = &m.state_reason {
+                    println!("why:        {why}");
+                }
+                if let Some(f) = &m.report.failing {
+                    println!(
+                        "failing:    {} since {}: {}",
+                        f.phase.as_str(),
+                        time(f.since),
+                        f.reason
+                    );
+                }
                 println!("labels:     {}", labels_text(&m.labels));
                 println!("channel:    {}", m.channel.as_deref().unwrap_or("-"));
                 println!("target:     {}", m.target.as_deref().unwrap_or("-"));
+                if m.channel_release.is_some() && m.channel_release != m.target {
+                    println!(
+                        "channel at: {}",
+                        m.channel_release.as_deref().unwrap_or("-")
+                    );
+                }
                 println!("current:    {}", m.report.current.as_deref().unwrap_or("-"));
                 println!(
                     "previous:   {}",

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use semithin_protocol::rollout::{RolloutInfo, RolloutState, StartRequest};
+use semithin_protocol::rollout::{RolloutInfo, RolloutState, StartRequest, WaveInfo};
 use semithin_protocol::selector::Selector;
 use semithin_store::{Access, channel, refs};
 use semithin_trust::release::ChannelRelease;
@@ -54,7 +54,10 @@ pub enum RolloutCmd {
         json: bool,
     },
     /// Stop the rollout: the machines it admitted go back to the release they ran when it
-    /// started; the others stay there.
+    /// started; the others stay there. The channel's release is signed back to the one it had
+    /// before the rollout (so it needs the repository and its keys, like `start`): machines
+    /// that join the channel afterwards get that one. Run it again to finish a signature that
+    /// failed.
     Abort {
         /// The rollout's id.
         id: i64,
@@ -63,7 +66,8 @@ pub enum RolloutCmd {
         json: bool,
     },
     /// Send every machine of the rollout back to the release it ran when the rollout started,
-    /// also after it completed.
+    /// also after it completed; the channel's release is signed back to the one it had before
+    /// the rollout, as for abort.
     Rollback {
         /// The rollout's id.
         id: i64,
@@ -138,8 +142,8 @@ pub fn run(repo: Option<PathBuf>, server: &ServerArgs, cmd: RolloutCmd) -> Resul
         RolloutCmd::Status { id, json } => status(&server.client()?, id, json),
         RolloutCmd::Pause { id, json } => command(server, id, "pause", json),
         RolloutCmd::Resume { id, json } => command(server, id, "resume", json),
-        RolloutCmd::Abort { id, json } => command(server, id, "abort", json),
-        RolloutCmd::Rollback { id, json } => command(server, id, "rollback", json),
+        RolloutCmd::Abort { id, json } => undo(repo, server, id, "abort", json),
+        RolloutCmd::Rollback { id, json } => undo(repo, server, id, "rollback", json),
     }
 }
 
@@ -246,6 +250,189 @@ fn command(server: &ServerArgs, id: i64, verb: &str, json: bool) -> Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+/// Abort or rollback: the server sends the machines back, then the channel's release is signed
+/// back to what it was before the rollout ([`restore`]), so that machines that join the
+/// channel later do not get the release given up. A rollout the server has aborted (rolled
+/// back) already is only restored: running the command again finishes a restore that failed.
+fn undo(
+    repo: Option<PathBuf>,
+    server: &ServerArgs,
+    id: i64,
+    verb: &str,
+    json: bool,
+) -> Result<ExitCode> {
+    let c = server.client()?;
+    let done = if verb == "abort" {
+        RolloutState::Aborted
+    } else {
+        RolloutState::RolledBack
+    };
+    let now: RolloutInfo = c.get(
+        "reading the rollout",
+        &format!("/api/v1/admin/rollouts/{id}"),
+    )?;
+    let info: RolloutInfo = if now.state == done {
+        now
+    } else {
+        c.post(
+            &format!("rollout {verb}"),
+            &format!("/api/v1/admin/rollouts/{id}/{verb}"),
+            &json!({}),
+        )?
+    };
+    let restored = restore(repo, &info);
+    if let Ok(Restored::Signed(_)) = &restored {
+        super::publish::tell_server(server, true)?;
+    }
+    let info: RolloutInfo = c
+        .get(
+            "reading the rollout",
+            &format!("/api/v1/admin/rollouts/{id}"),
+        )
+        .unwrap_or(info);
+    if json {
+        print_json(&info)?;
+    } else {
+        println!("rollout {id} is {} now", info.state.as_str());
+    }
+    let ch = &info.channel;
+    let said = match restored {
+        Ok(Restored::Signed(r)) => format!(
+            "channel {ch} is signed at {} again, its release before rollout {id}",
+            short(&r)
+        ),
+        Ok(Restored::Already(r)) => format!(
+            "channel {ch} is signed at {} already (its release before rollout {id})",
+            short(&r)
+        ),
+        Ok(Restored::Moved) => format!(
+            "channel {ch} was signed again since rollout {id} (or its release never was): \
+             its signed release stays"
+        ),
+        Ok(Restored::NoEarlier) => {
+            eprintln!(
+                "warning: channel {ch} had no release before rollout {id}: its signed release \
+                 stays {}, which machines that join it get; publish the one they should get \
+                 (`semithin publish {ch} REF`)",
+                short(&info.release)
+            );
+            String::new()
+        }
+        Err(e) => {
+            if !json {
+                print_info(&info);
+            }
+            return Err(e.context(format!(
+                "rollout {id} is {}, but channel {ch} still signs release {}: machines assigned \
+                 to it get that release at once. Run `semithin rollout {verb} {id}` again where \
+                 the repository and its keys are (--repo) to sign its earlier release back",
+                info.state.as_str(),
+                short(&info.release)
+            )));
+        }
+    };
+    if json {
+        if !said.is_empty() {
+            eprintln!("{said}");
+        }
+    } else {
+        if !said.is_empty() {
+            println!("{said}");
+        }
+        print_info(&info);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What [`restore`] did.
+enum Restored {
+    /// The channel's earlier release was signed (it is this one).
+    Signed(String),
+    /// The channel's signature already names its earlier release (this one).
+    Already(String),
+    /// The channel's signature does not name the rollout (a publish or another rollout since,
+    /// or the rollout was never signed): nothing to restore.
+    Moved,
+    /// The channel had no release before the rollout.
+    NoEarlier,
+}
+
+/// Signs channel `info.channel` back to the release it had before rollout `info`, while the
+/// rollout's signature is the channel's: with the rollout's uid (it still governs the
+/// channel, so its machines are told what abort and rollback say) and every release its
+/// machines ran (`from`), allowed.
+fn restore(repo: Option<PathBuf>, info: &RolloutInfo) -> Result<Restored> {
+    let repo = super::open(repo, Access::Write)?;
+    let dir = super::trust::dir(&repo);
+    let t = semithin_trust::repo::TrustRepo::open(&dir)?;
+    let target = format!("channels/{}", info.channel);
+    let signed = match t.targets().signed.targets.get(&target) {
+        Some(i) => ChannelRelease::from_custom(i.custom.as_ref())
+            .map_err(|e| anyhow::anyhow!("the signed target {target}: {e}"))?,
+        None => return Ok(Restored::Moved),
+    };
+    if signed.rollout.as_deref() != Some(info.uid.as_str()) {
+        return Ok(Restored::Moved);
+    }
+    if signed.commit != info.release {
+        return Ok(Restored::Already(signed.commit));
+    }
+    let Some(before) = release_before(&dir, &info.channel, &info.uid)? else {
+        return Ok(Restored::NoEarlier);
+    };
+    drop(t);
+    let id = before
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{before:?} in the signed history is not a commit id"))?;
+    let release = ChannelRelease {
+        commit: before.clone(),
+        allowed: info
+            .machines
+            .iter()
+            .filter_map(|m| m.from.clone())
+            .collect(),
+        rollout: Some(info.uid.clone()),
+    };
+    super::publish::sign_release(&repo, &info.channel, id, &release)?;
+    Ok(Restored::Signed(before))
+}
+
+/// The release channel `channel` had before rollout `uid` was signed: the newest targets
+/// version on disk whose target of the channel does not name the rollout (`None`: the channel
+/// had no target then).
+fn release_before(dir: &std::path::Path, channel: &str, uid: &str) -> Result<Option<String>> {
+    let meta = dir.join("metadata");
+    let mut versions = Vec::new();
+    for e in std::fs::read_dir(&meta).with_context(|| format!("listing {}", meta.display()))? {
+        let e = e.with_context(|| format!("listing {}", meta.display()))?;
+        let name = e.file_name();
+        if let Some(v) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".targets.json"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            versions.push(v);
+        }
+    }
+    versions.sort_unstable_by(|a, b| b.cmp(a));
+    let target = format!("channels/{channel}");
+    for v in versions {
+        let path = meta.join(format!("{v}.targets.json"));
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let doc: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let Some(custom) = doc["signed"]["targets"].get(&target).map(|t| &t["custom"]) else {
+            return Ok(None);
+        };
+        let r = ChannelRelease::from_custom(Some(custom))
+            .map_err(|e| anyhow::anyhow!("{target} in {}: {e}", path.display()))?;
+        if r.rollout.as_deref() != Some(uid) {
+            return Ok(Some(r.commit));
+        }
+    }
+    Ok(None)
+}
+
 fn status(c: &AdminClient, id: Option<i64>, json: bool) -> Result<ExitCode> {
     if let Some(id) = id {
         let info: RolloutInfo = c.get(
@@ -292,6 +479,32 @@ fn status(c: &AdminClient, id: Option<i64>, json: bool) -> Result<ExitCode> {
         print_info(&info);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A wave's state in words: never "healthy" when a machine of it failed.
+fn wave_state(w: &WaveInfo, now: i64) -> String {
+    if w.machines == 0 {
+        return "empty".into();
+    }
+    let failed = match w.failed {
+        0 => None,
+        n if n == w.machines => Some("failed".to_owned()),
+        n => Some(format!("{n} failed")),
+    };
+    match (w.soak_until, failed) {
+        (Some(_), Some(f)) if w.failed == w.machines => f,
+        (Some(until), f) => {
+            let how = f.unwrap_or_else(|| "healthy".into());
+            if until > now {
+                format!("{how}, soaking {} s more", until - now)
+            } else {
+                format!("{how}, soaked")
+            }
+        }
+        (None, _) if w.admitted == 0 => "waiting".into(),
+        (None, Some(f)) => format!("updating, {f}"),
+        (None, None) => "updating".into(),
+    }
 }
 
 fn print_info(r: &RolloutInfo) {
@@ -350,21 +563,9 @@ fn print_info(r: &RolloutInfo) {
         "  {:<8} {:>8} {:>8} {:>8} {:>7}  STATE",
         "WAVE", "MACHINES", "ADMITTED", "UPDATED", "FAILED"
     );
+    let now = semithin_server::now();
     for w in &r.waves {
-        let state = if w.machines == 0 {
-            "empty".to_owned()
-        } else if let Some(until) = w.soak_until {
-            let now = semithin_server::now();
-            if until > now {
-                format!("healthy, soaking {} s more", until - now)
-            } else {
-                "healthy, soaked".into()
-            }
-        } else if w.admitted == 0 {
-            "waiting".into()
-        } else {
-            "updating".into()
-        };
+        let state = wave_state(w, now);
         let name = match w.percent {
             Some(p) => format!("{} ({})", w.name, percent(p)),
             None => w.name.clone(),
@@ -439,5 +640,38 @@ mod tests {
         }
         assert_eq!(super::percent(250), "2.5%");
         assert_eq!(super::percent(5000), "50%");
+    }
+
+    #[test]
+    fn a_wave_with_a_failure_is_never_called_healthy() {
+        let wave = |machines, admitted, updated, failed, soak_until| super::WaveInfo {
+            index: 0,
+            name: "canary".into(),
+            percent: None,
+            machines,
+            admitted,
+            updated,
+            failed,
+            healthy_at: soak_until,
+            soak_until,
+        };
+        let st = |w| super::wave_state(&w, 1000);
+        assert_eq!(st(wave(0, 0, 0, 0, None)), "empty");
+        assert_eq!(st(wave(2, 0, 0, 0, None)), "waiting");
+        assert_eq!(st(wave(2, 2, 1, 0, None)), "updating");
+        assert_eq!(st(wave(2, 2, 0, 1, None)), "updating, 1 failed");
+        assert_eq!(
+            st(wave(2, 2, 2, 0, Some(1030))),
+            "healthy, soaking 30 s more"
+        );
+        assert_eq!(st(wave(2, 2, 2, 0, Some(900))), "healthy, soaked");
+        // a canary that failed within --max-failures: its soak passed, but it failed
+        assert_eq!(st(wave(1, 1, 0, 1, Some(900))), "failed");
+        assert_eq!(st(wave(1, 1, 0, 1, Some(1030))), "failed");
+        assert_eq!(st(wave(3, 3, 2, 1, Some(900))), "1 failed, soaked");
+        assert_eq!(
+            st(wave(3, 3, 2, 1, Some(1030))),
+            "1 failed, soaking 30 s more"
+        );
     }
 }

@@ -346,6 +346,8 @@ pub(crate) struct Agent {
     child: Option<Child>,
     extra: Vec<String>,
     env: Vec<(String, String)>,
+    /// Runs under `faketime -f OFFSET` (a clock that is off).
+    faketime: Option<String>,
 }
 
 impl Agent {
@@ -377,7 +379,25 @@ impl Agent {
             )
             .collect(),
             env: Vec::new(),
+            faketime: None,
         }
+    }
+
+    /// Trusts this root instead of the server's.
+    pub fn trusted_root(mut self, root: &Path) -> Self {
+        let i = self
+            .extra
+            .iter()
+            .position(|x| x == "--trusted-root")
+            .unwrap();
+        self.extra[i + 1] = root.display().to_string();
+        self
+    }
+
+    /// Runs with a clock off by `offset` (`faketime -f`, e.g. `+2m`).
+    pub fn faketime(mut self, offset: &str) -> Self {
+        self.faketime = Some(offset.into());
+        self
     }
 
     /// Another state directory (another machine) under the same name.
@@ -424,7 +444,14 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut c = Command::new(BIN);
+        let mut c = match &self.faketime {
+            Some(offset) => {
+                let mut c = Command::new("faketime");
+                c.args(["-f", offset]).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         c.arg("agent")
             .arg("--state")
             .arg(&self.state)
@@ -2025,4 +2052,94 @@ fn agent_retry_tries_a_failed_release_again_and_a_stale_failure_is_forgotten() {
     let m = s.machine("m1");
     assert_eq!(m["report"]["failed_release"], Value::Null, "{m}");
     assert_eq!(m["report"]["last_error"], Value::Null, "{m}");
+}
+
+/// The machine's line in `fleet list` and the reason lines under the table.
+fn fleet_line(s: &Server, name: &str) -> (String, String) {
+    let list = s.ok(&["fleet", "list"]);
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} not listed: {list}"))
+        .to_owned();
+    let why = list
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}: ")))
+        .unwrap_or_default()
+        .to_owned();
+    (line, why)
+}
+
+#[test]
+fn a_machine_that_cannot_verify_shows_as_failing_with_the_reason() {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 3);
+    let v1 = s.release(&src, "lab/stable");
+
+    // A wrong trusted root: another repository's.
+    let other = crate::common::Env::new();
+    let key = other.path("root.key");
+    other.ok(&["trust", "init", "--root-key", key.to_str().unwrap()]);
+    let wrong = other.repo.join("trust/metadata/1.root.json");
+    let a = Agent::new(&s, "wrong-root", &t).trusted_root(&wrong);
+    assert!(a.once().success(), "{}", a.log());
+    s.ok(&["fleet", "assign", "wrong-root", "lab/stable"]);
+    assert!(!a.once().success(), "{}", a.log());
+    let m = s.machine("wrong-root");
+    assert_eq!(m["state"], "failing", "{m:#}");
+    assert_eq!(m["report"]["failing"]["phase"], "verifying", "{m:#}");
+    assert_eq!(m["report"]["failing"]["release"], json!(v1), "{m:#}");
+    let why = m["state_reason"].as_str().unwrap();
+    assert!(
+        why.starts_with(&format!("verifying release {}: ", &v1[..12]))
+            && why.contains("valid signature(s) from authorised keys"),
+        "{why}"
+    );
+    assert!(m["events"].to_string().contains("failing"), "{m:#}");
+    let (line, reason) = fleet_line(&s, "wrong-root");
+    assert!(
+        line.contains("failing (verifying)") && !line.contains("updating"),
+        "{line}"
+    );
+    assert!(reason.contains("valid signature(s)"), "{reason}");
+    let shown = s.ok(&["fleet", "show", "wrong-root"]);
+    assert!(shown.contains("failing:    verifying since"), "{shown}");
+
+    // Expired metadata: the timestamp lives a minute, and this machine's clock is two minutes
+    // ahead (within the server's five minutes of skew for signed requests).
+    let config = s.repo().join("trust/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("timestamp = \"1d\"", "timestamp = \"60s\""),
+    )
+    .unwrap();
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    let late = Agent::new(&s, "late-clock", &t).faketime("+2m");
+    assert!(late.once().success(), "{}", late.log());
+    s.ok(&["fleet", "assign", "late-clock", "lab/stable"]);
+    assert!(!late.once().success(), "{}", late.log());
+    let m = s.machine("late-clock");
+    assert_eq!(m["state"], "failing", "{m:#}");
+    let why = m["state_reason"].as_str().unwrap();
+    assert!(
+        why.starts_with(&format!("verifying release {}: ", &v2[..12]))
+            && why.contains("timestamp: expired at"),
+        "{why}"
+    );
+    let (line, reason) = fleet_line(&s, "late-clock");
+    assert!(line.contains("failing (verifying)"), "{line}");
+    assert!(reason.contains("expired at"), "{reason}");
+
+    // Its clock fixed, it verifies and updates; the failure is gone from its report.
+    let fixed = Agent::new(&s, "late-clock", &t);
+    assert!(fixed.once().success(), "{}", fixed.log());
+    wait_updated(&s, "late-clock", &v2, 30);
+    let m = s.machine("late-clock");
+    assert_eq!(m["state"], "updated", "{m:#}");
+    assert_eq!(m["report"]["failing"], Value::Null, "{m:#}");
+    assert_eq!(m.get("state_reason"), None, "{m:#}");
 }

@@ -316,7 +316,11 @@ fn canary_waves_a_failing_health_check_halts_resume_then_abort_sends_everyone_ba
         events.contains("admitted by rollout") && events.contains("sent back"),
         "{events}"
     );
-    // nothing more is signed by abort; the machines went back under the rollout's signature
+    // abort signed the channel's release before the rollout, v1, again, still naming the
+    // rollout; no machine was ever asked for a release its channel's signature did not allow
+    let t = signed_target(&s, "lab/stable");
+    assert_eq!(t["custom"]["commit"], json!(v1), "{t:#}");
+    assert_eq!(t["custom"]["rollout"], started["uid"], "{t:#}");
     for a in &agents {
         assert!(
             !a.log().contains("signed release of channel"),
@@ -404,6 +408,15 @@ fn a_rollout_survives_a_server_restart_holds_the_unselected_and_rollback_sends_e
     // Rollback: the whole selector back to v1.
     let out = s.ok(&["rollout", "rollback", &id.to_string()]);
     assert!(out.contains("rolled_back"), "{out}");
+    // the channel is signed at v1 again: a machine that joins it now gets v1
+    assert!(
+        out.contains(&format!("is signed at {} again", &v1[..12])),
+        "{out}"
+    );
+    assert_eq!(
+        signed_target(&s, "lab/stable")["custom"]["commit"],
+        json!(v1)
+    );
     for a in &agents {
         wait_until(&format!("{} on v1", a.name), 60, || {
             s.machine(&a.name)["report"]["current"] == json!(v1)
@@ -548,4 +561,180 @@ fn bad_rollouts_are_refused_with_the_reason_before_anything_is_signed() {
     wait_state(&s, id, "completed", 30);
     refused(&["rollout", "resume", &id.to_string()], "cannot be resumed");
     refused(&["rollout", "pause", &id.to_string()], "cannot be paused");
+}
+
+/// The signed target of a channel, as `trust status` shows it.
+fn signed_target(s: &Server, channel: &str) -> Value {
+    let status: Value = serde_json::from_str(&s.ok(&["trust", "status", "--json"])).unwrap();
+    status["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == json!(format!("channels/{channel}")))
+        .unwrap()
+        .clone()
+}
+
+/// The row of a wave in `rollout status`.
+fn wave_row<'a>(text: &'a str, wave: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.trim_start().starts_with(wave) && l.starts_with("  "))
+        .unwrap_or_else(|| panic!("no row for {wave}: {text}"))
+}
+
+#[test]
+fn abort_signs_the_earlier_release_back_and_fleet_states_are_true() {
+    let s = Server::start();
+    let (_agents, src, v1) = fleet_on_v1(&s, 3, |i| if i <= 2 { "site=a" } else { "site=b" });
+    let v2 = commit(&s, &src, 2);
+    // the canary fails v2, within --max-failures 1; the soak keeps the rollout running
+    std::fs::write(fail_flag(&s, "m1"), "").unwrap();
+    let out = s.ok(&[
+        "rollout",
+        "start",
+        "lab/stable",
+        &v2,
+        "--to",
+        "site=a",
+        "--canary",
+        "m1",
+        "--soak",
+        "1h",
+        "--max-failures",
+        "1",
+        "--json",
+    ]);
+    let started: Value = serde_json::from_str(&out).unwrap();
+    let id = started["id"].as_i64().unwrap();
+    let uid = started["uid"].clone();
+    wait_until("the canary failed", 90, || {
+        machines(&rollout(&s, id))["m1"]["state"] == "failed"
+            && s.machine("m1")["report"]["health"] == "failed"
+    });
+
+    // The canary row says failed, never "healthy, soak...".
+    let text = s.ok(&["rollout", "status", &id.to_string()]);
+    let row = wave_row(&text, "canary");
+    assert!(
+        row.ends_with("failed") && !row.contains("healthy"),
+        "{text}"
+    );
+    assert!(
+        text.contains("canary settled with 1 failed (within --max-failures 1); soaking until"),
+        "{text}"
+    );
+
+    // fleet list: m1 failed with its reason; m3 (outside --to) and m2 (not admitted) are held
+    // on v1 while the channel signs v2, not "updated".
+    let m = s.machine("m1");
+    assert_eq!(m["state"], "failed", "{m:#}");
+    assert!(
+        m["state_reason"]
+            .as_str()
+            .unwrap()
+            .contains("fail marker for m1"),
+        "{m:#}"
+    );
+    for (n, why) in [
+        ("m3", "outside its selector site=a"),
+        ("m2", "not admitted yet (wave 1)"),
+    ] {
+        let m = s.machine(n);
+        assert_eq!(m["state"], "held", "{m:#}");
+        assert_eq!(m["channel_release"], json!(v2));
+        assert_eq!(m["target"], json!(v1));
+        let reason = m["state_reason"].as_str().unwrap();
+        assert!(
+            reason.contains(&format!("rollout {id} (running)")) && reason.contains(why),
+            "{m:#}"
+        );
+    }
+    let list = s.ok(&["fleet", "list"]);
+    let line = |n: &str| {
+        list.lines()
+            .find(|l| l.starts_with(&format!("{n} ")))
+            .unwrap_or_else(|| panic!("{n}: {list}"))
+            .to_owned()
+    };
+    assert!(line("m1").contains(" failed "), "{list}");
+    assert!(
+        line("m3").contains(" held ") && !line("m3").contains("updated"),
+        "{list}"
+    );
+    assert!(list.contains("m3: held: rollout"), "{list}");
+    assert!(list.contains("m1: failed: "), "{list}");
+
+    // m1, fixed and reassigned to a channel at v1, which it runs since its rollback: its
+    // checks run there and pass; it is updated, not "updating (idle)" with health failed.
+    std::fs::remove_file(fail_flag(&s, "m1")).unwrap();
+    s.ok(&["channel", "set", "lab/other", &v1]);
+    s.ok(&["publish", "lab/other"]);
+    s.ok(&["fleet", "assign", "m1", "lab/other"]);
+    wait_until("m1 healthy on v1", 60, || {
+        let m = s.machine("m1");
+        m["state"] == "updated" && m["updated"] == json!(true)
+    });
+    let m = s.machine("m1");
+    assert_eq!(m["report"]["health"], "healthy", "{m:#}");
+    assert_eq!(m["report"]["current"], json!(v1));
+    assert_eq!(
+        m["report"]["failed_release"],
+        json!(v2),
+        "v2 stays failed there: {m:#}"
+    );
+
+    // Abort: the channel is signed at v1 again (with the rollout's id, so it still tells its
+    // machines where to be), and a machine assigned afterwards gets v1, not v2.
+    // Without the repository, the server aborts, and the command fails saying what is left.
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["rollout", "abort", &id.to_string()])
+        .env("SEMITHIN_SERVER", &s.url)
+        .env("SEMITHIN_ADMIN_TOKEN", &s.token)
+        .env("HOME", s.path(""))
+        .env_remove("SEMITHIN_REPO")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("still signs release {}", &v2[..12]))
+            && err.contains(&format!("`semithin rollout abort {id}` again"))
+            && err.contains("--repo"),
+        "{err}"
+    );
+    assert_eq!(rollout(&s, id)["state"], "aborted");
+    assert_eq!(
+        signed_target(&s, "lab/stable")["custom"]["commit"],
+        json!(v2)
+    );
+    // Again where the repository is: the signature is what is left to do.
+    let out = s.ok(&["rollout", "abort", &id.to_string()]);
+    assert!(out.contains("is aborted now"), "{out}");
+    assert!(
+        out.contains(&format!("is signed at {} again", &v1[..12])),
+        "{out}"
+    );
+    let t = signed_target(&s, "lab/stable");
+    assert_eq!(t["custom"]["commit"], json!(v1), "{t:#}");
+    assert_eq!(t["custom"]["rollout"], uid, "{t:#}");
+    wait_until("the server reads the new signature", 30, || {
+        s.stats()["releases"]["lab/stable"] == json!(v1)
+    });
+    let tok = s.enroll_token(true);
+    let mut late = Agent::new(&s, "m4", &tok);
+    assert!(late.once().success(), "{}", late.log());
+    s.ok(&["fleet", "assign", "m4", "lab/stable"]);
+    late.spawn();
+    wait_updated(&s, "m4", &v1, 60);
+    assert_eq!(late.current().as_deref(), Some(v1.as_str()));
+    for n in ["m2", "m3", "m4"] {
+        let m = s.machine(n);
+        assert_eq!(m["state"], "updated", "{m:#}");
+        assert_eq!(m["report"]["current"], json!(v1), "{m:#}");
+    }
+    // Again: nothing more to sign.
+    let before = signed_target(&s, "lab/stable");
+    let out = s.ok(&["rollout", "abort", &id.to_string()]);
+    assert!(out.contains("already"), "{out}");
+    assert_eq!(signed_target(&s, "lab/stable"), before);
 }

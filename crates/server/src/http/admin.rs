@@ -42,8 +42,7 @@ fn selector(s: &str) -> ApiResult<Selector> {
 }
 
 fn info(app: &App, m: &Machine) -> MachineInfo {
-    let target = app.target(&m.snapshot()).map(|r| r.to_hex());
-    fleet::info(m, target)
+    fleet::info(m, fleet::view(app, &m.snapshot()))
 }
 
 #[derive(Deserialize)]

@@ -304,6 +304,15 @@ async fn record_events(app: &App, m: &Machine, old: Report, new: &Report) -> cra
         tracing::warn!(machine = %m.id, %detail, "release failed on machine");
         add_event(app, m, t, "failed", &detail).await?;
     }
+    // one event per failure (a new `since`), not per retry: a reason may name the time
+    if let Some(f) = &new.failing
+        && old.failing.as_ref().map(|o| (o.phase, &o.release, o.since))
+            != Some((f.phase, &f.release, f.since))
+    {
+        let detail = format!("{}: {}", f.phase.as_str(), f.reason);
+        tracing::warn!(machine = %m.id, %detail, "machine failing");
+        add_event(app, m, t, "failing", &detail).await?;
+    }
     // A verification's findings: once per report of a check that found something.
     if let Some(i) = &new.integrity
         && old.integrity.as_ref() != Some(i)

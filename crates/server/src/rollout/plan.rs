@@ -2,7 +2,7 @@
 //! this file draws it. The shell (`rollout/mod.rs`) gathers [`Seen`] from the fleet, calls
 //! [`step`], stores the [`Decision`] and wakes the machines whose answer ([`told`]) changed.
 
-use semithin_protocol::api::Health;
+use semithin_protocol::api::{Health, Phase};
 use semithin_protocol::rollout::{MachineState, RolloutState};
 
 use super::spec::{Canary, Threshold};
@@ -51,6 +51,8 @@ pub struct Seen {
     pub failed_release: Option<String>,
     pub last_error: Option<String>,
     pub last_seen: Option<i64>,
+    /// Its agent reports it cannot do what it is told (`report.failing`): in what phase.
+    pub failing: Option<Phase>,
 }
 
 /// Whom the channel's signed target names (`custom.rollout`).
@@ -314,6 +316,8 @@ pub fn step(
                 .map(|&i| {
                     if offline(p, &seen[i], now) {
                         format!("{} (offline)", rows[i].name)
+                    } else if let Some(phase) = seen[i].failing {
+                        format!("{} (failing: {})", rows[i].name, phase.as_str())
                     } else {
                         rows[i].name.clone()
                     }
@@ -1035,8 +1039,20 @@ mod tests {
             classify(&s.p, s.state, &s.rows[gone], &s.seen[gone]),
             MachineState::Left
         );
-        // it comes back and updates: done
+        // back, but it cannot verify the release: still pending, and said so
         s.seen[off].last_seen = Some(s.now);
+        s.seen[off].failing = Some(Phase::Verifying);
+        let d = s.run().clone();
+        assert_eq!(s.state, Running, "failing is not failed: it may be fixed");
+        assert_eq!(
+            d.waiting,
+            Some(Waiting::Machines {
+                wave: 1,
+                names: vec![format!("{} (failing: verifying)", w1[0])]
+            })
+        );
+        // fixed, it updates: done
+        s.seen[off].failing = None;
         s.machines_obey();
         s.run();
         assert_eq!(s.run().state, Completed);
