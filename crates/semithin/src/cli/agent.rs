@@ -29,7 +29,8 @@ pub struct Args {
     /// trusted then [default: the system's roots].
     #[arg(long, env = "SEMITHIN_CA", value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Enrollment token, needed only for the first run.
+    /// Enrollment token, needed only for the first run. A command line is visible to every
+    /// user of the machine (`ps`): prefer --token-file or the environment.
     #[arg(
         long,
         env = "SEMITHIN_ENROLL_TOKEN",
@@ -37,6 +38,15 @@ pub struct Args {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// A file holding the enrollment token (mode 0600); needed only until the machine is
+    /// enrolled, after which it may be deleted. Also `token_file` in the settings.
+    #[arg(
+        long,
+        env = "SEMITHIN_ENROLL_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
     /// This machine's name [default: the host name].
     #[arg(long)]
     name: Option<String>,
@@ -49,22 +59,21 @@ pub struct Args {
     /// Run once (enroll, check in, update, report) and exit: for a systemd timer.
     #[arg(long)]
     once: bool,
-    /// Seconds between check-ins when nothing wakes the agent [default: 300].
-    #[arg(long, value_name = "SECS")]
-    interval: Option<u32>,
+    /// Time between check-ins when nothing wakes the agent (`300`, `5m`) [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
+    interval: Option<u64>,
     /// A shell command that must exit 0 after a switch (repeatable); it sees
     /// SEMITHIN_DEPLOYMENT and SEMITHIN_RELEASE.
     #[arg(long = "health-check", value_name = "CMD")]
     health_checks: Vec<String>,
-    /// Roll back a switched release not confirmed healthy within this many seconds
-    /// [default: 900].
-    #[arg(long, value_name = "SECS")]
+    /// Roll back a switched release not confirmed healthy within this time [default: 15m].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
     health_deadline: Option<u64>,
     /// Deployments kept besides the current one [default: 1].
     #[arg(long)]
     keep: Option<usize>,
-    /// Seconds between re-hashes of the running deployment; 0 turns it off [default: 86400].
-    #[arg(long, value_name = "SECS")]
+    /// Time between re-hashes of the running deployment; 0 turns it off [default: 1d].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
     verify_interval: Option<u64>,
     /// The root file system jobs act on: apt and dpkg run chrooted into it (so do commands),
     /// and the package inventory is read from it [default: the running system].
@@ -77,8 +86,8 @@ pub struct Args {
     /// signed commands this machine runs (repeatable).
     #[arg(long = "admin-key", value_name = "HEX")]
     admin_keys: Vec<String>,
-    /// Seconds between readings of the package inventory; 0 turns it off [default: 3600].
-    #[arg(long, value_name = "SECS")]
+    /// Time between readings of the package inventory; 0 turns it off [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
     inventory_interval: Option<u64>,
     #[command(subcommand)]
     command: Option<AgentCmd>,
@@ -93,11 +102,13 @@ enum AgentCmd {
         /// Only report; change nothing.
         #[arg(long)]
         no_fix: bool,
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// What this machine runs and knows, from its state directory.
     Status {
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -124,6 +135,14 @@ fn config(a: &Args) -> Result<Config> {
     if a.token.is_some() {
         c.token = a.token.clone();
     }
+    if a.token_file.is_some() {
+        c.token_file = a.token_file.clone();
+    }
+    if c.token.is_none()
+        && let Some(p) = &c.token_file
+    {
+        c.token = read_token(p, &a.state)?;
+    }
     if a.name.is_some() {
         c.name = a.name.clone();
     }
@@ -136,7 +155,7 @@ fn config(a: &Args) -> Result<Config> {
     }
     if let Some(v) = a.interval {
         anyhow::ensure!(v >= 1, "the interval must be at least 1 s");
-        c.interval_secs = v;
+        c.interval_secs = u32::try_from(v).context("the interval is too long")?;
     }
     if !a.health_checks.is_empty() {
         c.health_checks = a.health_checks.clone();
@@ -170,6 +189,32 @@ fn config(a: &Args) -> Result<Config> {
     Ok(c)
 }
 
+/// The enrollment token in `path`. A file that is gone once the machine is enrolled is no
+/// error: the token is not needed any more.
+fn read_token(path: &std::path::Path, state: &std::path::Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => {
+            let t = t.trim();
+            anyhow::ensure!(
+                !t.is_empty(),
+                "the enrollment token file {} is empty",
+                path.display()
+            );
+            Ok(Some(t.to_owned()))
+        }
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && semithin_agent::status(state)
+                    .is_ok_and(|(s, _)| s.machine_id.is_some()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!("reading the enrollment token file {}", path.display())
+        }),
+    }
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
     let cfg = config(&a)?;
     let quiet = matches!(
@@ -179,7 +224,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let log: Box<dyn Fn(&str) + Send> = if quiet {
         Box::new(|_| {})
     } else {
-        Box::new(|s: &str| eprintln!("semithin-agent: {s}"))
+        Box::new(|s: &str| note!("semithin-agent: {s}"))
     };
     if let Some(AgentCmd::Status { json }) = a.command {
         return status(&a.state, json);
@@ -188,10 +233,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         match semithin_agent::retry(&a.state)
             .with_context(|| format!("retrying in {}", a.state.display()))?
         {
-            Some(f) => println!(
+            Some(f) => outln!(
                 "release {f} will be tried again at the next run (if the server still asks for it)"
             ),
-            None => println!("no release failed here: nothing to retry"),
+            None => outln!("no release failed here: nothing to retry"),
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -204,17 +249,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 print_json(&r)?;
             } else {
                 match &r.release {
-                    None => println!("no deployment is current: nothing to verify"),
+                    None => outln!("no deployment is current: nothing to verify"),
                     Some(rel) => {
-                        println!(
+                        outln!(
                             "release {rel}: {} files, {} bytes checked",
                             r.files, r.bytes
                         );
                         for p in &r.problems {
-                            println!("  {p}");
+                            outln!("  {p}");
                         }
                         if !r.problems.is_empty() {
-                            println!(
+                            outln!(
                                 "{} problem(s), {} file(s) restored{}",
                                 r.problems.len(),
                                 r.repaired,
@@ -250,7 +295,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             WaitFor::UpToDate => "up to date",
             WaitFor::FailedRelease => "the assigned release failed here; waiting for a new one",
         };
-        eprintln!("semithin-agent: {what}");
+        note!("semithin-agent: {what}");
         return Ok(if o.wait == WaitFor::Rejected {
             ExitCode::FAILURE
         } else {
@@ -270,21 +315,21 @@ fn status(dir: &std::path::Path, json: bool) -> Result<ExitCode> {
         print_json(&serde_json::json!({"state": state, "report": report}))?;
     } else {
         let s = &state;
-        println!(
+        outln!(
             "name:      {}",
             s.name.as_deref().unwrap_or("(not enrolled)")
         );
-        println!("machine:   {}", s.machine_id.as_deref().unwrap_or("-"));
-        println!("server:    {}", s.server.as_deref().unwrap_or("-"));
-        println!("status:    {}", s.status.map(|x| x.as_str()).unwrap_or("-"));
-        println!("current:   {}", report.current.as_deref().unwrap_or("-"));
-        println!("previous:  {}", report.previous.as_deref().unwrap_or("-"));
-        println!("health:    {:?}", report.health);
+        outln!("machine:   {}", s.machine_id.as_deref().unwrap_or("-"));
+        outln!("server:    {}", s.server.as_deref().unwrap_or("-"));
+        outln!("status:    {}", s.status.map(|x| x.as_str()).unwrap_or("-"));
+        outln!("current:   {}", report.current.as_deref().unwrap_or("-"));
+        outln!("previous:  {}", report.previous.as_deref().unwrap_or("-"));
+        outln!("health:    {:?}", report.health);
         if let Some(f) = &report.failed_release {
-            println!("failed:    {f}");
+            outln!("failed:    {f}");
         }
         if let Some(e) = &report.last_error {
-            println!("error:     {e}");
+            outln!("error:     {e}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -310,7 +355,7 @@ fn exit_on_signal() -> Result<()> {
                 _ = int.recv() => {}
             }
         });
-        eprintln!("semithin-agent: stopped");
+        note!("semithin-agent: stopped");
         std::process::exit(0);
     });
     Ok(())

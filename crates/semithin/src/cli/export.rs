@@ -17,7 +17,10 @@ enum Format {
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The version to write: a commit id (or a unique prefix), a channel, each optionally with
+    /// ~N.
     reference: String,
+    /// `tar` (pax, every xattr and ACL) or `squashfs` (through tar2sqfs).
     #[arg(long, value_enum)]
     format: Format,
     /// The file to write; `-` writes a tar to stdout.
@@ -59,7 +62,7 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
             );
             let dropped = export::write_squashfs(&repo.objects, id, &a.out, &bar)?;
             if dropped > 0 {
-                eprintln!(
+                note!(
                     "warning: squashfs cannot hold POSIX ACLs: left out on {dropped} entries"
                 );
             }
@@ -67,7 +70,7 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     }
     bar.finish();
     if a.out.as_os_str() != "-" {
-        eprintln!("wrote {}", a.out.display());
+        note!("wrote {}", a.out.display());
     }
     Ok(ExitCode::SUCCESS)
 }

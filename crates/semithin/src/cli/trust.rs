@@ -138,13 +138,14 @@ pub fn signed_commits(repo: &Repo) -> Result<Vec<semithin_store::CommitId>> {
     Ok(out)
 }
 
-fn print_written(written: &[Written]) {
+fn print_written(written: &[Written]) -> Result<()> {
     for w in written {
-        println!(
+        outln!(
             "  {:<20} {:<9} version {:<5} expires {}",
             w.file, w.role, w.version, w.expires
         );
     }
+    Ok(())
 }
 
 pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
@@ -160,19 +161,19 @@ pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
             if json {
                 print_json(&r)?;
             } else {
-                println!("trust initialised in {}", r.dir.display());
+                outln!("trust initialised in {}", r.dir.display());
                 for k in &r.root_keys {
-                    println!("root key {} written to {}", k.keyid, k.file.display());
+                    outln!("root key {} written to {}", k.keyid, k.file.display());
                 }
-                println!(
+                outln!(
                     "root threshold {}; keep the root key file(s) offline: `semithin trust rotate` \
                      needs them",
                     r.root_threshold
                 );
                 for k in &r.online_keys {
-                    println!("{} key {} in {}", k.role, k.keyid, k.file.display());
+                    outln!("{} key {} in {}", k.role, k.keyid, k.file.display());
                 }
-                println!(
+                outln!(
                     "clients start from {}",
                     dir(&repo).join("metadata/1.root.json").display()
                 );
@@ -191,7 +192,7 @@ pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
             if json {
                 print_json(&r)?;
             } else {
-                println!(
+                outln!(
                     "{} key rotated: {} -> {} (threshold {})",
                     r.role,
                     r.old_keyids.join(", "),
@@ -203,9 +204,9 @@ pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
                     r.threshold
                 );
                 for k in &r.new_keys {
-                    println!("new {} key in {}", k.role, k.file.display());
+                    outln!("new {} key in {}", k.role, k.file.display());
                 }
-                print_written(&r.written);
+                print_written(&r.written)?;
             }
         }
         TrustCmd::Refresh { force, json } => {
@@ -216,20 +217,20 @@ pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
                 print_json(&r)?;
             } else {
                 if r.written.is_empty() {
-                    println!(
+                    outln!(
                         "nothing to do: timestamp version {} expires {}",
                         t.timestamp().signed.version,
                         t.timestamp().signed.expires
                     );
                 } else {
                     for (role, why) in &r.reasons {
-                        println!("{role}: {why}");
+                        outln!("{role}: {why}");
                     }
-                    println!("signed:");
-                    print_written(&r.written);
+                    outln!("signed:");
+                    print_written(&r.written)?;
                 }
                 for w in &r.warnings {
-                    eprintln!("warning: {w}");
+                    note!("warning: {w}");
                 }
             }
         }
@@ -240,15 +241,15 @@ pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
             if json {
                 print_json(&s)?;
             } else {
-                print_status(&dir(&repo), &s);
+                print_status(&dir(&repo), &s)?;
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_status(dir: &Path, s: &trust_repo::Status) {
-    println!("trust metadata in {}", dir.display());
+fn print_status(dir: &Path, s: &trust_repo::Status) -> Result<()> {
+    outln!("trust metadata in {}", dir.display());
     for role in Role::ALL {
         let Some(r) = s.roles.get(role.name()) else {
             continue;
@@ -258,7 +259,7 @@ fn print_status(dir: &Path, s: &trust_repo::Status) {
         } else {
             format!("in {}", trust_repo::format_duration_rounded(r.expires_in))
         };
-        println!(
+        outln!(
             "{:<9} version {:<5} expires {} ({left}){}  keys {} (threshold {})",
             role.name(),
             r.version,
@@ -273,7 +274,7 @@ fn print_status(dir: &Path, s: &trust_repo::Status) {
         );
     }
     if s.targets.is_empty() {
-        println!("no channel published yet: `semithin publish CHANNEL`");
+        outln!("no channel published yet: `semithin publish CHANNEL`");
     }
     for t in &s.targets {
         let c = t.custom.as_ref();
@@ -283,9 +284,10 @@ fn print_status(dir: &Path, s: &trust_repo::Status) {
         let published = c
             .and_then(|c| c["published"].as_i64())
             .map_or("-".to_owned(), super::time);
-        println!("{:<30} {commit}  published {published}", t.target);
+        outln!("{:<30} {commit}  published {published}", t.target);
     }
     for w in &s.warnings {
-        println!("warning: {w}");
+        outln!("warning: {w}");
     }
+    Ok(())
 }
