@@ -32,13 +32,17 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     let bar = Bar::new(a.out.as_os_str() == "-");
     match a.format {
         Format::Tar if a.out.as_os_str() == "-" => {
-            export::write_tar(
-                &repo.objects,
-                id,
-                std::io::stdout().lock(),
-                TarOptions::default(),
-                &bar,
-            )?;
+            let mut out = PipeWatch {
+                inner: std::io::stdout().lock(),
+                broken: false,
+            };
+            let written =
+                export::write_tar(&repo.objects, id, &mut out, TarOptions::default(), &bar);
+            if out.broken {
+                // `| head -c`: the reader has what it wanted (main ends quietly).
+                return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe).into());
+            }
+            written?;
         }
         Format::Tar => {
             let tmp = a.out.with_extension("partial");
@@ -73,4 +77,24 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
         note!("wrote {}", a.out.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A writer that remembers a closed pipe, which the store's error reports only as text.
+struct PipeWatch<W> {
+    inner: W,
+    broken: bool,
+}
+
+impl<W: std::io::Write> std::io::Write for PipeWatch<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.broken |= matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe);
+        r
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.inner.flush();
+        self.broken |= matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe);
+        r
+    }
 }

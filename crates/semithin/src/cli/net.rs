@@ -48,8 +48,8 @@ fn causes<'a>(e: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'stati
         if let Some(io) = c.downcast_ref::<std::io::Error>()
             && let Some(inner) = io.get_ref()
         {
-            out.push(inner);
-            next = inner.source();
+            // An io::Error may wrap another one (hyper wraps the TLS stream's).
+            next = Some(inner);
             continue;
         }
         next = c.source();
@@ -235,3 +235,4 @@ mod tests {
         assert!(e.contains("--ca FILE"), "{e}");
     }
 }
+
