@@ -138,11 +138,7 @@ fn config(a: &Args) -> Result<Config> {
     if a.token_file.is_some() {
         c.token_file = a.token_file.clone();
     }
-    if c.token.is_none()
-        && let Some(p) = &c.token_file
-    {
-        c.token = read_token(p, &a.state)?;
-    }
+
     if a.name.is_some() {
         c.name = a.name.clone();
     }
@@ -216,7 +212,7 @@ fn read_token(path: &std::path::Path, state: &std::path::Path) -> Result<Option<
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let cfg = config(&a)?;
+    let mut cfg = config(&a)?;
     let quiet = matches!(
         a.command,
         Some(AgentCmd::Verify { json: true, .. }) | Some(AgentCmd::Status { json: true })
@@ -239,6 +235,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
             None => outln!("no release failed here: nothing to retry"),
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    if cfg.token.is_none()
+        && let Some(p) = &cfg.token_file
+    {
+        cfg.token = read_token(p, &a.state)?;
     }
     let mut agent = Agent::open(&a.state, cfg, log)
         .with_context(|| format!("opening the agent state in {}", a.state.display()))?;

@@ -373,7 +373,7 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
             } else {
                 outln!("{}", t.token.as_deref().unwrap_or(""));
                 note!(
-                    "token {} made{}; give the line above to `semithin agent --token` (it is not shown again)",
+                    "token {} made{}; put the line above in a file (mode 0600) for `semithin agent --token-file` (it is not shown again)",
                     t.id,
                     if t.preauthorized {
                         " (pre-authorised)"

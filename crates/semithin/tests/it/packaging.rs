@@ -75,12 +75,16 @@ fn the_example_agent_settings_are_what_the_agent_reads() {
     // The commented-out keys are settings too.
     let dir = tempdir();
     let (all, n) = uncommented(&read(&path));
-    assert_eq!(n, 2, "name and token are commented out:\n{all}");
+    assert_eq!(n, 3, "name, token_file and token are commented out:\n{all}");
     let all_path = dir.path().join("all.toml");
     std::fs::write(&all_path, &all).unwrap();
     let c = semithin_agent::Config::load(&all_path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.name.as_deref(), Some("lab-07"));
     assert!(c.token.is_some());
+    assert_eq!(
+        c.token_file.as_deref(),
+        Some(Path::new("/etc/semithin/enroll-token"))
+    );
 
     // The parser refuses what it does not know, so the checks above mean something.
     let bogus = dir.path().join("bogus.toml");
