@@ -28,7 +28,8 @@ pub fn parse(s: &str) -> Result<u64, DurationError> {
         return Err(err("it is empty"));
     }
     let secs = if t.bytes().all(|b| b.is_ascii_digit()) {
-        t.parse::<u64>().map_err(|_| err("the number is too large"))?
+        t.parse::<u64>()
+            .map_err(|_| err("the number is too large"))?
     } else {
         let span: Span = t.parse().map_err(|e: jiff::Error| {
             let text = e.to_string();
@@ -114,7 +115,12 @@ mod tests {
                 .to_string()
                 .contains("no fixed length")
         );
-        assert!(parse("101000d").unwrap_err().to_string().contains("100 years"));
+        assert!(
+            parse("101000d")
+                .unwrap_err()
+                .to_string()
+                .contains("100 years")
+        );
     }
 
     #[test]

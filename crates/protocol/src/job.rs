@@ -643,7 +643,9 @@ impl Schedule {
 }
 
 fn to_time(t: i64, tz: jiff::tz::TimeZone) -> Option<Zoned> {
-    Some(Zoned(jiff::Timestamp::from_second(t).ok()?.to_zoned_datetime(tz)))
+    Some(Zoned(
+        jiff::Timestamp::from_second(t).ok()?.to_zoned_datetime(tz),
+    ))
 }
 
 /// A time in a time zone, as croner searches over it (croner knows chrono and an older jiff;

@@ -56,10 +56,16 @@ mod tests {
         assert_eq!(near("lab/tesing", names), ["lab/testing"]);
         assert!(near("prd", names).is_empty(), "too short to guess");
         assert_eq!(near("PROD", names), ["prod"]);
-        assert!(near("lab-02", ["lab-01"]).is_empty(), "numbered names are names");
+        assert!(
+            near("lab-02", ["lab-01"]).is_empty(),
+            "numbered names are names"
+        );
         assert!(near("os", ["c", "h", "acl"]).is_empty());
         assert!(near("kiosk/edge", names).is_empty());
-        assert!(near("lab/stable", names).is_empty(), "a name is not near itself");
+        assert!(
+            near("lab/stable", names).is_empty(),
+            "a name is not near itself"
+        );
         assert_eq!(
             did_you_mean("lab/stabel", names),
             " (did you mean lab/stable?)"

@@ -76,7 +76,10 @@ impl ServerArgs {
                 .admin_token
                 .clone()
                 .or_else(|| env("SEMITHIN_ADMIN_TOKEN")),
-            ca: self.ca.clone().or_else(|| env("SEMITHIN_CA").map(PathBuf::from)),
+            ca: self
+                .ca
+                .clone()
+                .or_else(|| env("SEMITHIN_CA").map(PathBuf::from)),
         };
         flags.client_from_flags()
     }
@@ -130,10 +133,8 @@ impl AdminClient {
             Err(e) => match super::net::explain(&self.base, &e) {
                 Some(why) => bail!("{what}: {why}"),
                 None => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "{what}: cannot reach the server at {}",
-                        self.base
-                    )));
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("{what}: cannot reach the server at {}", self.base)));
                 }
             },
         };

@@ -200,14 +200,13 @@ fn read_token(path: &std::path::Path, state: &std::path::Path) -> Result<Option<
         }
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
-                && semithin_agent::status(state)
-                    .is_ok_and(|(s, _)| s.machine_id.is_some()) =>
+                && semithin_agent::status(state).is_ok_and(|(s, _)| s.machine_id.is_some()) =>
         {
             Ok(None)
         }
-        Err(e) => Err(e).with_context(|| {
-            format!("reading the enrollment token file {}", path.display())
-        }),
+        Err(e) => {
+            Err(e).with_context(|| format!("reading the enrollment token file {}", path.display()))
+        }
     }
 }
 
@@ -254,7 +253,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     Some(rel) => {
                         outln!(
                             "release {rel}: {} files, {} bytes checked",
-                            r.files, r.bytes
+                            r.files,
+                            r.bytes
                         );
                         for p in &r.problems {
                             outln!("  {p}");

@@ -3,8 +3,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use semithin_protocol::near;
-use semithin_store::{Repo, channel};
 use semithin_store::import::{self, CommitOptions};
+use semithin_store::{Repo, channel};
 
 use super::progress::Bar;
 use super::{human, print_json};

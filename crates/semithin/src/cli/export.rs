@@ -66,9 +66,7 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
             );
             let dropped = export::write_squashfs(&repo.objects, id, &a.out, &bar)?;
             if dropped > 0 {
-                note!(
-                    "warning: squashfs cannot hold POSIX ACLs: left out on {dropped} entries"
-                );
+                note!("warning: squashfs cannot hold POSIX ACLs: left out on {dropped} entries");
             }
         }
     }

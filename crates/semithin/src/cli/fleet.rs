@@ -173,7 +173,13 @@ pub(crate) fn ago(t: Option<i64>) -> String {
 pub fn print_table(ms: &[MachineInfo]) -> Result<()> {
     outln!(
         "{:<16} {:<12} {:<14} {:<12} {:<12} {:<12} {:<10} LABELS",
-        "NAME", "STATUS", "STATE", "CHANNEL", "CURRENT", "TARGET", "SEEN"
+        "NAME",
+        "STATUS",
+        "STATE",
+        "CHANNEL",
+        "CURRENT",
+        "TARGET",
+        "SEEN"
     );
     for m in ms {
         outln!(
@@ -402,7 +408,10 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
             } else {
                 outln!(
                     "{:<16} {:<6} {:<10} {:<24} LABELS",
-                    "ID", "PRE", "USES LEFT", "EXPIRES"
+                    "ID",
+                    "PRE",
+                    "USES LEFT",
+                    "EXPIRES"
                 );
                 for t in ts {
                     outln!(

@@ -409,7 +409,10 @@ pub fn run(server: &ServerArgs, cmd: JobCmd) -> Result<ExitCode> {
             } else {
                 outln!(
                     "{:<32} {:<24} {:<16} {:<30} WHAT",
-                    "ID", "CREATED", "SELECTOR", "STATES"
+                    "ID",
+                    "CREATED",
+                    "SELECTOR",
+                    "STATES"
                 );
                 for j in js {
                     outln!(
@@ -476,7 +479,10 @@ fn print_status(s: &JobStatus, json: bool) -> Result<()> {
     outln!();
     outln!(
         "{:<20} {:<12} {:<6} {:<10} DELIVERY",
-        "MACHINE", "STATE", "EXIT", "DURATION"
+        "MACHINE",
+        "STATE",
+        "EXIT",
+        "DURATION"
     );
     for r in &s.runs {
         outln!(
@@ -555,7 +561,10 @@ pub fn outdated(
     }
     outln!(
         "{:<20} {:<9} {:<9} {:<24} PACKAGES",
-        "MACHINE", "UPDATES", "SECURITY", "READ"
+        "MACHINE",
+        "UPDATES",
+        "SECURITY",
+        "READ"
     );
     for m in ms {
         let names: Vec<String> = m

@@ -151,11 +151,10 @@ fn tls(base: &str, host: &str, e: &rustls::Error) -> String {
         ),
         E::InvalidCertificate(c) => {
             let what = match c {
-                CertificateError::UnknownIssuer => format!(
-                    "is signed by a CA this client does not trust: pass --ca FILE (or `ca` in \
-                     the config) with the certificate of the CA that signed the server's \
-                     certificate"
-                ),
+                CertificateError::UnknownIssuer => "is signed by a CA this client does not trust: \
+                     pass --ca FILE (or `ca` in the config) with the certificate of the CA that \
+                     signed the server's certificate"
+                    .to_owned(),
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                     "has expired: renew it on the server".into()
                 }
@@ -226,7 +225,10 @@ mod tests {
             "127.0.0.1:1",
             &rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
         );
-        assert!(e.contains("plain HTTP") && e.contains("http://127.0.0.1:1"), "{e}");
+        assert!(
+            e.contains("plain HTTP") && e.contains("http://127.0.0.1:1"),
+            "{e}"
+        );
         let e = tls(
             "https://h:1",
             "h:1",
@@ -235,4 +237,3 @@ mod tests {
         assert!(e.contains("--ca FILE"), "{e}");
     }
 }
-

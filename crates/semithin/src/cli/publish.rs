@@ -168,7 +168,10 @@ fn publish(repo: &Repo, a: &Args) -> Result<()> {
         for w in &r.written {
             outln!(
                 "  {:<20} {:<9} version {:<5} expires {}",
-                w.file, w.role, w.version, w.expires
+                w.file,
+                w.role,
+                w.version,
+                w.expires
             );
         }
     }

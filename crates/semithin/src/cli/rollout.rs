@@ -152,8 +152,7 @@ fn start(repo: Option<PathBuf>, server: &ServerArgs, a: StartArgs) -> Result<Exi
     let read = super::open(repo.clone(), Access::Read)?;
     if channel::head(&read, name)?.is_none() {
         let names = channel::list(&read)?;
-        let hint =
-            semithin_protocol::near::did_you_mean(name, names.iter().map(String::as_str));
+        let hint = semithin_protocol::near::did_you_mean(name, names.iter().map(String::as_str));
         bail!(
             "no channel named {name:?}{hint}; the channels are: {}",
             if names.is_empty() {
@@ -299,7 +298,11 @@ fn status(c: &AdminClient, id: Option<i64>, json: bool) -> Result<ExitCode> {
     }
     outln!(
         "{:<5} {:<16} {:<12} {:<12} {:<20} STARTED",
-        "ID", "CHANNEL", "RELEASE", "STATE", "SELECTOR"
+        "ID",
+        "CHANNEL",
+        "RELEASE",
+        "STATE",
+        "SELECTOR"
     );
     for r in &list {
         outln!(
@@ -377,7 +380,11 @@ fn print_info(r: &RolloutInfo) -> Result<()> {
     }
     outln!(
         "  {:<8} {:>8} {:>8} {:>8} {:>7}  STATE",
-        "WAVE", "MACHINES", "ADMITTED", "UPDATED", "FAILED"
+        "WAVE",
+        "MACHINES",
+        "ADMITTED",
+        "UPDATED",
+        "FAILED"
     );
     for w in &r.waves {
         let state = if w.machines == 0 {
@@ -400,7 +407,11 @@ fn print_info(r: &RolloutInfo) -> Result<()> {
         };
         outln!(
             "  {:<8} {:>8} {:>8} {:>8} {:>7}  {state}",
-            name, w.machines, w.admitted, w.updated, w.failed
+            name,
+            w.machines,
+            w.admitted,
+            w.updated,
+            w.failed
         );
     }
     if r.machines.is_empty() {
@@ -408,7 +419,14 @@ fn print_info(r: &RolloutInfo) -> Result<()> {
     }
     outln!(
         "  {:<16} {:<7} {:<17} {:<12} {:<12} {:<12} {:<9} {:<9} LAST ERROR",
-        "NAME", "WAVE", "STATE", "FROM", "TOLD", "CURRENT", "HEALTH", "SEEN"
+        "NAME",
+        "WAVE",
+        "STATE",
+        "FROM",
+        "TOLD",
+        "CURRENT",
+        "HEALTH",
+        "SEEN"
     );
     for m in &r.machines {
         let wave = match m.wave {

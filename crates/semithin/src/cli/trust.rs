@@ -142,7 +142,10 @@ fn print_written(written: &[Written]) -> Result<()> {
     for w in written {
         outln!(
             "  {:<20} {:<9} version {:<5} expires {}",
-            w.file, w.role, w.version, w.expires
+            w.file,
+            w.role,
+            w.version,
+            w.expires
         );
     }
     Ok(())

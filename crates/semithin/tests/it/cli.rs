@@ -71,7 +71,10 @@ fn output_into_a_pipe_closed_early_ends_quietly() {
     ] {
         let (code, err) = piped(&env, args, reader);
         assert_eq!(code, 0, "semithin {args} | {reader}: {err}");
-        assert!(!err.contains("panicked"), "semithin {args} | {reader}: {err}");
+        assert!(
+            !err.contains("panicked"),
+            "semithin {args} | {reader}: {err}"
+        );
         assert_eq!(err, "", "semithin {args} | {reader}");
     }
     // `commit` is slower than `true` is to exit: its first line meets a closed pipe. The
@@ -80,7 +83,11 @@ fn output_into_a_pipe_closed_early_ends_quietly() {
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("panicked"), "{err}");
     let log = env.json(&["log", "-c", "c"]);
-    assert_eq!(log[0]["versions"].as_array().map(Vec::len), Some(3), "{log}");
+    assert_eq!(
+        log[0]["versions"].as_array().map(Vec::len),
+        Some(3),
+        "{log}"
+    );
 }
 
 #[test]
@@ -191,14 +198,24 @@ fn durations_share_one_syntax_and_a_start_in_the_past_is_refused() {
         &["job", "reboot", "*", "--at", "2020-01-01T00:00:00Z"],
         &admin,
     ));
-    assert!(err.contains("--at 2020-01-01T00:00:00Z is in the past"), "{err}");
+    assert!(
+        err.contains("--at 2020-01-01T00:00:00Z is in the past"),
+        "{err}"
+    );
     let err = stderr(&bare(&["job", "reboot", "*", "--at", "@1000"], &admin));
     assert!(err.contains("is in the past"), "{err}");
     // one message, with the syntax, for every duration flag
     for args in [
         &["fleet", "token", "create", "--expires-in", "soon"][..],
         &["job", "reboot", "*", "--window", "soon"],
-        &["agent", "--state", "/nonexistent", "--interval", "soon", "status"],
+        &[
+            "agent",
+            "--state",
+            "/nonexistent",
+            "--interval",
+            "soon",
+            "status",
+        ],
         &["serve", "--max-wait", "soon"],
     ] {
         let err = stderr(&bare(args, &admin));
@@ -222,7 +239,14 @@ fn durations_time_zones_and_daily_schedules_reach_the_server() {
     let t: serde_json::Value = serde_json::from_str(&out).unwrap();
     let left = t["expires_at"].as_i64().unwrap() - t["created_at"].as_i64().unwrap();
     assert_eq!(left, 3600, "{t}");
-    let out = s.ok(&["fleet", "token", "create", "--expires-in", "2d 3h", "--json"]);
+    let out = s.ok(&[
+        "fleet",
+        "token",
+        "create",
+        "--expires-in",
+        "2d 3h",
+        "--json",
+    ]);
     let t: serde_json::Value = serde_json::from_str(&out).unwrap();
     let left = t["expires_at"].as_i64().unwrap() - t["created_at"].as_i64().unwrap();
     assert_eq!(left, 2 * 86_400 + 3 * 3600, "{t}");
@@ -253,7 +277,15 @@ fn durations_time_zones_and_daily_schedules_reach_the_server() {
     let id = j["id"].as_str().unwrap();
     let status = s.ok(&["job", "status", id]);
     assert!(status.contains("@daily (Europe/Madrid)"), "{status}");
-    let out = s.cli(&["job", "reboot", "m1", "--every", "@daily", "--tz", "Mars/Base"]);
+    let out = s.cli(&[
+        "job",
+        "reboot",
+        "m1",
+        "--every",
+        "@daily",
+        "--tz",
+        "Mars/Base",
+    ]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("unknown time zone \"Mars/Base\""),
@@ -327,7 +359,9 @@ fn connection_errors_say_what_is_wrong_and_what_to_do() {
     let port = free_port();
     let err = list(&format!("http://127.0.0.1:{port}"), None);
     assert!(
-        err.contains(&format!("nothing answers at 127.0.0.1:{port} (connection refused)")),
+        err.contains(&format!(
+            "nothing answers at 127.0.0.1:{port} (connection refused)"
+        )),
         "{err}"
     );
     // https:// to a plain HTTP server
@@ -351,7 +385,10 @@ fn connection_errors_say_what_is_wrong_and_what_to_do() {
     let (other_ca, _, _) = make_certs(dir.path(), "other");
     let https = format!("https://127.0.0.1:{}", tls.port);
     let err = list(&https, Some(&other_ca));
-    assert!(err.contains("signed by a CA this client does not trust"), "{err}");
+    assert!(
+        err.contains("signed by a CA this client does not trust"),
+        "{err}"
+    );
     assert!(err.contains("--ca FILE"), "{err}");
     // and the right one works
     let out = bare(
@@ -406,7 +443,10 @@ fn machines_enrolled_with_a_token_file_can_be_removed_and_their_keys_stop_workin
     let out = s.cli(&["fleet", "assign", "m1", "lab/stabel"]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("nothing is published on channel \"lab/stabel\""), "{err}");
+    assert!(
+        err.contains("nothing is published on channel \"lab/stabel\""),
+        "{err}"
+    );
     assert!(err.contains("did you mean lab/stable?"), "{err}");
     assert_eq!(s.machine("m1")["channel"], serde_json::Value::Null);
     s.ok(&["fleet", "assign", "m1", "lab/stable"]);
@@ -427,9 +467,15 @@ fn machines_enrolled_with_a_token_file_can_be_removed_and_their_keys_stop_workin
     assert!(!status.success(), "{}", a.log());
     assert!(a.log().contains("enrolled here"), "{}", a.log());
     let out = s.cli(&["fleet", "remove", "m1", "--yes"]);
-    assert!(stderr(&out).contains("no machine matches m1"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no machine matches m1"),
+        "{}",
+        stderr(&out)
+    );
     let mut s = s;
     s.restart();
     assert!(s.machines().is_empty());
-    wait_until("the server answering", 10, || s.get("/api/v1/health").0 == 200);
+    wait_until("the server answering", 10, || {
+        s.get("/api/v1/health").0 == 200
+    });
 }

@@ -85,7 +85,15 @@ fn the_commands_a_kept_demo_prints_work() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let mut child = Command::new(BIN)
-        .args(["demo", "--machines", "2", "--timeout", "2m", "--keep", "--dir"])
+        .args([
+            "demo",
+            "--machines",
+            "2",
+            "--timeout",
+            "2m",
+            "--keep",
+            "--dir",
+        ])
         .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -146,6 +154,9 @@ fn the_commands_a_kept_demo_prints_work() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("m01") && text.contains("health:"), "{text}");
-    assert!(status.success(), "the demo ends cleanly on Ctrl-C: {status}");
+    assert!(
+        status.success(),
+        "the demo ends cleanly on Ctrl-C: {status}"
+    );
     assert_eq!(processes_in(&dir), Vec::<String>::new());
 }
