@@ -159,7 +159,8 @@ pub enum SourceCmd {
 #[derive(clap::Args, Clone, Default)]
 pub struct When {
     /// Not before this time: RFC 3339 (`2026-12-01T03:00:00Z`), `@UNIX_SECONDS`, or `+30m`
-    /// from now; a time in the past is refused.
+    /// from now; a time in the past is refused, but with --every (the occurrences from then on,
+    /// the one open now included; missed ones are not made up).
     #[arg(long, value_name = "TIME")]
     at: Option<String>,
     /// At every occurrence of a cron expression: 5 fields (minute hour day month weekday, e.g.
@@ -207,6 +208,7 @@ fn spec(action: Action, when: &When) -> Result<JobSpec> {
     let at = when.at.as_deref().map(|t| parse_time(t, now)).transpose()?;
     if let (Some(at), Some(text)) = (at, &when.at)
         && at < now
+        && when.every.is_none()
     {
         bail!(
             "--at {text} is in the past ({}; it is {} now): give a later time, `+10m`, or \

@@ -217,10 +217,12 @@ mod tests {
             ("10", 10),
             ("1w", 7 * 86_400),
             ("2d 3h", 2 * 86_400 + 3 * 3600),
+            ("1.5h", 5400),
+            ("10 minutes", 600),
         ] {
             assert_eq!(parse_duration(s), Ok(want), "{s}");
         }
-        for bad in ["", "m", "1.5h", "-3s", "3s4", "400d", "1mo"] {
+        for bad in ["", "m", "1.5s", "-3s", "3s4", "400d", "1mo"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(format_duration(5400), "1h30m");
@@ -293,7 +295,7 @@ mod tests {
         r.max_per_hour = Some(0);
         assert!(Spec::parse(&r).unwrap_err().contains("admit no machine"));
         r.max_per_hour = Some(10);
-        r.soak = Some("10 minutes".into());
+        r.soak = Some("10 fortnights".into());
         assert!(Spec::parse(&r).unwrap_err().contains("bad --soak"));
     }
 }
