@@ -192,6 +192,7 @@ async fn assign(
     admin(&app, &headers)?;
     let req: AssignRequest = parse(&body)?;
     semithin_store::channel::check_name(&req.channel).map_err(|e| ApiErr::bad(e.to_string()))?;
+    selector(&req.selector)?;
     if !req.unpublished {
         let p = app.published();
         if !p.releases.contains_key(&req.channel) {
