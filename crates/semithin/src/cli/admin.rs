@@ -109,7 +109,7 @@ impl ServerArgs {
                  admin_token_file in the admin config (the server writes DATA/admin-token)"
             ),
         };
-        super::net::check_url(&base).map_err(anyhow::Error::msg)?;
+        semithin_agent::neterr::check_url(&base).map_err(anyhow::Error::msg)?;
         let ca = self.ca.clone().or(file.ca);
         Ok(AdminClient {
             base: base.trim_end_matches('/').to_owned(),
@@ -130,7 +130,7 @@ impl AdminClient {
     ) -> Result<T> {
         let resp = match r {
             Ok(resp) => resp,
-            Err(e) => match super::net::explain(&self.base, &e) {
+            Err(e) => match semithin_agent::neterr::explain(&self.base, &e) {
                 Some(why) => bail!("{what}: {why}"),
                 None => {
                     return Err(anyhow::Error::new(e)

@@ -38,7 +38,6 @@ mod fsck;
 mod gc;
 mod history;
 mod job;
-mod net;
 mod progress;
 mod publish;
 mod repo;

@@ -366,6 +366,36 @@ fn connection_errors_say_what_is_wrong_and_what_to_do() {
     );
     // https:// to a plain HTTP server
     let plain = Server::start();
+    // the agent says it the same way
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "0".repeat(48)).unwrap();
+    let out = bare(
+        &[
+            "agent",
+            "--state",
+            dir.path().join("state").to_str().unwrap(),
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+            "--token-file",
+            token.to_str().unwrap(),
+            "--trusted-root",
+            plain.root_json().to_str().unwrap(),
+            "--once",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "nothing answers at 127.0.0.1:{port} (connection refused)"
+        )),
+        "{err}"
+    );
+    for j in jargon {
+        assert!(!err.contains(j), "agent: {err}");
+    }
     let err = list(&format!("https://127.0.0.1:{}", plain.port), None);
     assert!(err.contains("does not speak HTTPS"), "{err}");
     assert!(
@@ -381,7 +411,6 @@ fn connection_errors_say_what_is_wrong_and_what_to_do() {
         "{err}"
     );
     // a CA that did not sign the server's certificate
-    let dir = tempfile::tempdir().unwrap();
     let (other_ca, _, _) = make_certs(dir.path(), "other");
     let https = format!("https://127.0.0.1:{}", tls.port);
     let err = list(&https, Some(&other_ca));

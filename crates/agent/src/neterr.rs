@@ -1,4 +1,5 @@
-//! What went wrong on the way to a server, said in words an admin can act on: a URL that is not
+//! What went wrong on the way to a server, said in words an admin can act on (for the agent's
+//! errors and reports, and for the admin commands of `semithin`): a URL that is not
 //! one, plain HTTP to an HTTPS port or the other way round, a certificate this client does not
 //! trust (or a CA certificate used as the server's own), nothing listening, no answer in time.
 //! The HTTP and TLS libraries' own words ("relative URL without a base", "InvalidContentType",
@@ -216,6 +217,24 @@ mod tests {
         }
         check_url("https://updates.example:8470/").unwrap();
         check_url("http://127.0.0.1:8470").unwrap();
+    }
+
+    #[test]
+    fn a_server_that_does_not_answer_in_time_is_named() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        // accepts, reads nothing, answers nothing; the test's end drops it
+        let held = std::thread::spawn(move || l.accept().map(|(s, _)| s));
+        let c = crate::http::client_builder(None)
+            .unwrap()
+            .timeout(std::time::Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let e = c.get(format!("{base}/x")).send().unwrap_err();
+        let why = explain(&base, &e).unwrap();
+        assert!(why.contains("did not answer in time"), "{why}");
+        drop(held.join());
     }
 
     #[test]
