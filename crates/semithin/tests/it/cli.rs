@@ -486,6 +486,35 @@ fn machines_enrolled_with_a_token_file_can_be_removed_and_their_keys_stop_workin
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
     assert_eq!(s.machines().len(), 1);
+    // on a terminal it asks; "n" keeps the machine
+    let asked = |answer: &str| {
+        let out = Command::new("script")
+            .args([
+                "-qec",
+                &format!("{} fleet remove m1", q(Path::new(BIN))),
+                "/dev/null",
+            ])
+            .env("SEMITHIN_SERVER", &s.url)
+            .env("SEMITHIN_ADMIN_TOKEN", &s.token)
+            .env("HOME", s.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(answer.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = asked("n\n");
+    assert!(
+        text.contains("remove 1 machine(s) from the fleet: m1?"),
+        "{text}"
+    );
+    assert!(text.contains("nothing removed"), "{text}");
+    assert_eq!(s.machines().len(), 1);
     let out = s.ok(&["fleet", "remove", "m1", "--yes"]);
     assert!(out.contains("removed 1 machine(s): m1"), "{out}");
     assert!(s.machines().is_empty());
