@@ -20,6 +20,10 @@ pub struct Config {
     pub name: Option<String>,
     /// The enrollment token (needed only until the machine is enrolled).
     pub token: Option<String>,
+    /// A file holding the enrollment token, read by `semithin agent` when `token` is unset (so
+    /// the secret is in neither the settings nor a command line); it may be deleted once the
+    /// machine is enrolled.
+    pub token_file: Option<PathBuf>,
     /// Labels the machine asks for at enrollment.
     pub labels: Labels,
     /// The TUF root the machine trusts at first (a root.json baked into the image).
@@ -97,6 +101,7 @@ impl Default for Config {
             ca: None,
             name: None,
             token: None,
+            token_file: None,
             labels: Labels::new(),
             trusted_root: None,
             interval_secs: 300,

@@ -55,11 +55,7 @@ pub fn client_builder(ca: Option<&Path>) -> Result<ClientBuilder> {
 impl Api {
     pub fn new(base: &str, key: MachineKey, ca: Option<&Path>) -> Result<Self> {
         let base = base.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::Config(format!(
-                "server URL {base:?} must start with http:// or https://"
-            )));
-        }
+        crate::neterr::check_url(&base).map_err(Error::Config)?;
         let client = client_builder(ca)?
             .connect_timeout(Duration::from_secs(10))
             .timeout(None)
@@ -85,7 +81,7 @@ impl Api {
         let url = format!("{}{path}", self.base);
         move |e| Error::Server {
             url: url.clone(),
-            reason: error_chain(&e),
+            reason: crate::neterr::explain(&self.base, &e).unwrap_or_else(|| error_chain(&e)),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod deploy;
 pub mod error;
 pub mod http;
 pub mod jobs;
+pub mod neterr;
 pub mod plan;
 pub mod repair;
 pub mod state;

@@ -293,7 +293,7 @@ impl Integrity {
         ] {
             if l.paths.len() > MAX_INTEGRITY_PATHS {
                 return Err(bad(
-                    &format!("report.integrity.{name}.paths"),
+                    format!("report.integrity.{name}.paths"),
                     format!("{} paths; at most {MAX_INTEGRITY_PATHS}", l.paths.len()),
                 ));
             }
@@ -561,6 +561,10 @@ pub struct SelectorRequest {
 pub struct AssignRequest {
     pub selector: String,
     pub channel: String,
+    /// Assign a channel nothing is published on yet (its machines wait for its first release);
+    /// without it, such a channel is refused as a probable misspelling.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unpublished: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -135,7 +135,8 @@ impl SourceKey {
     }
 }
 
-/// When a job runs. Times are Unix seconds; cron expressions are 5 fields in UTC.
+/// When a job runs. Times are Unix seconds; cron expressions are 5 fields (or `@hourly`,
+/// `@daily`, `@weekly`, `@monthly`, `@yearly`), read in `tz` (UTC without one).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
     /// Not before this time (and for `every`, the first occurrence at or after it).
@@ -144,6 +145,10 @@ pub struct Schedule {
     /// A cron expression: the job runs at each occurrence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<String>,
+    /// The IANA time zone `every` is read in (`Europe/Madrid`): `0 3 * * *` is 03:00 there,
+    /// daylight saving time included. Absent: UTC. Only with `every`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
     /// A machine that checks in later than this long after an occurrence's start does not run
     /// it. Without one, a single job waits for its machines for ever, and an occurrence of an
     /// `every` job until the next one.
@@ -532,9 +537,10 @@ impl Schedule {
             return Ok(None);
         };
         let fields = e.split_whitespace().count();
-        if fields != 5 {
+        if fields != 5 && !e.trim().starts_with('@') {
             return Err(format!(
-                "bad cron expression {e:?}: 5 fields (minute hour day month weekday), {fields} given"
+                "bad cron expression {e:?}: 5 fields (minute hour day month weekday) or \
+                 @hourly, @daily, @weekly, @monthly, @yearly; {fields} field(s) given"
             ));
         }
         croner::parser::CronParser::builder()
@@ -546,8 +552,25 @@ impl Schedule {
             .map_err(|err| format!("bad cron expression {e:?}: {err}"))
     }
 
+    /// The time zone of `every`.
+    fn zone(&self) -> Result<jiff::tz::TimeZone, String> {
+        match &self.tz {
+            None => Ok(jiff::tz::TimeZone::UTC),
+            Some(name) => jiff::tz::TimeZone::get(name).map_err(|_| {
+                format!(
+                    "unknown time zone {name:?}: an IANA name such as Europe/Madrid or \
+                     America/New_York"
+                )
+            }),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.cron()?;
+        self.zone()?;
+        if self.tz.is_some() && self.every.is_none() {
+            return Err("a time zone is for a schedule with `every` (a cron expression)".into());
+        }
         if self.window_secs == Some(0) {
             return Err("a window must be at least 1 s".into());
         }
@@ -575,15 +598,15 @@ impl Schedule {
                 end,
             });
         };
-        let t = to_time(now)?;
-        let prev = cron.find_previous_occurrence(&t, true).ok()?.timestamp();
+        let t = to_time(now, self.zone().ok()?)?;
+        let prev = cron.find_previous_occurrence(&t, true).ok()?.seconds();
         if prev < first {
             return None;
         }
         let next = cron
             .find_next_occurrence(&t, false)
             .ok()
-            .map(|n| n.timestamp());
+            .map(|n| n.seconds());
         let end = match (self.window_secs, next) {
             (Some(w), Some(n)) => Some(prev.saturating_add(w as i64).min(n)),
             (Some(w), None) => Some(prev.saturating_add(w as i64)),
@@ -602,10 +625,10 @@ impl Schedule {
         match self.cron().ok()? {
             None => (first > now).then_some(first),
             Some(cron) => {
-                let from = to_time(now.max(first - 1))?;
+                let from = to_time(now.max(first - 1), self.zone().ok()?)?;
                 cron.find_next_occurrence(&from, false)
                     .ok()
-                    .map(|n| n.timestamp())
+                    .map(|n| n.seconds())
             }
         }
     }
@@ -621,8 +644,83 @@ impl Schedule {
     }
 }
 
-fn to_time(t: i64) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::from_timestamp(t, 0)
+fn to_time(t: i64, tz: jiff::tz::TimeZone) -> Option<Zoned> {
+    Some(Zoned(
+        jiff::Timestamp::from_second(t).ok()?.to_zoned_datetime(tz),
+    ))
+}
+
+/// A time in a time zone, as croner searches over it (croner knows chrono and an older jiff;
+/// this is its trait over the jiff the workspace uses).
+#[derive(Clone, Debug)]
+struct Zoned(jiff::ZonedDateTime);
+
+impl Zoned {
+    fn seconds(&self) -> i64 {
+        self.0.timestamp().as_second()
+    }
+}
+
+impl croner::CronDateTime for Zoned {
+    fn to_civil(&self) -> croner::CivilDateTime {
+        let d = self.0.datetime();
+        croner::CivilDateTime::new(
+            croner::CivilDate::from_parts_unchecked(
+                i32::from(d.year()),
+                d.month() as u32,
+                d.day() as u32,
+            ),
+            croner::CivilTime::from_parts_unchecked(
+                d.hour() as u32,
+                d.minute() as u32,
+                d.second() as u32,
+            ),
+        )
+    }
+
+    fn civil_weekday(&self) -> croner::Weekday {
+        croner::Weekday::from_days_from_sunday(self.0.weekday().to_sunday_zero_offset() as u32)
+    }
+
+    fn resolve_civil(
+        &self,
+        c: croner::CivilDateTime,
+    ) -> Result<croner::Resolution<Self>, croner::errors::CronError> {
+        use croner::errors::CronError;
+        let year = i16::try_from(c.year()).map_err(|_| CronError::InvalidDate)?;
+        let civil = jiff::civil::DateTime::new(
+            year,
+            c.month() as i8,
+            c.day() as i8,
+            c.hour() as i8,
+            c.minute() as i8,
+            c.second() as i8,
+            0,
+        )
+        .map_err(|_| CronError::InvalidDate)?;
+        let amb = self.0.time_zone().to_ambiguous_zoned_datetime(civil);
+        Ok(match amb.offset() {
+            jiff::tz::AmbiguousOffset::Unambiguous { .. } => croner::Resolution::Single(Zoned(
+                amb.unambiguous().map_err(|_| CronError::InvalidTime)?,
+            )),
+            jiff::tz::AmbiguousOffset::Fold { .. } => croner::Resolution::Ambiguous(
+                Zoned(amb.clone().earlier().map_err(|_| CronError::InvalidTime)?),
+                Zoned(amb.later().map_err(|_| CronError::InvalidTime)?),
+            ),
+            jiff::tz::AmbiguousOffset::Gap { .. } => croner::Resolution::Gap,
+        })
+    }
+
+    fn checked_add_seconds(&self, seconds: i64) -> Option<Self> {
+        self.0
+            .checked_add(jiff::SignedDuration::from_secs(seconds))
+            .ok()
+            .map(Zoned)
+    }
+
+    fn cmp_instant(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.timestamp().cmp(&other.0.timestamp())
+    }
 }
 
 impl JobSpec {
@@ -879,6 +977,7 @@ mod tests {
             at: Some(T0 + 3600),
             window_secs: Some(600),
             every: None,
+            tz: None,
         };
         assert!(at.occurrence(id, T0, T0).is_none());
         assert_eq!(at.next_start(T0, T0), Some(T0 + 3600));
@@ -903,6 +1002,7 @@ mod tests {
             every: Some("0 3 * * *".into()),
             window_secs: Some(1800),
             at: None,
+            tz: None,
         };
         s.validate().unwrap();
         let created = T0 + 5 * 3600; // 05:00, after that day's occurrence
@@ -965,6 +1065,77 @@ mod tests {
             assert!(s.validate().is_err(), "{bad:?}");
             assert!(s.occurrence(id, T0, T0).is_none());
         }
+    }
+
+    #[test]
+    fn cron_is_read_in_its_time_zone_and_takes_the_at_forms() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_second();
+        // 03:00 in Madrid is 02:00 UTC in winter (CET) and 01:00 UTC in summer (CEST).
+        let madrid = Schedule {
+            every: Some("0 3 * * *".into()),
+            tz: Some("Europe/Madrid".into()),
+            ..Schedule::default()
+        };
+        madrid.validate().unwrap();
+        let winter = at("2026-12-01T12:00:00Z");
+        assert_eq!(
+            madrid.next_start(winter, winter),
+            Some(at("2026-12-02T02:00:00Z"))
+        );
+        let summer = at("2026-07-01T12:00:00Z");
+        assert_eq!(
+            madrid.next_start(summer, summer),
+            Some(at("2026-07-02T01:00:00Z"))
+        );
+        // across the spring change (29 March 2026, 02:00 -> 03:00): still 03:00 local
+        let before = at("2026-03-28T12:00:00Z");
+        assert_eq!(
+            madrid.next_start(before, before),
+            Some(at("2026-03-29T01:00:00Z"))
+        );
+        let o = madrid
+            .occurrence(id, winter, at("2026-12-02T02:00:30Z"))
+            .unwrap();
+        assert_eq!(o.start, at("2026-12-02T02:00:00Z"));
+        // the same expression without a zone is UTC
+        let utc = Schedule {
+            tz: None,
+            ..madrid.clone()
+        };
+        assert_eq!(
+            utc.next_start(winter, winter),
+            Some(at("2026-12-02T03:00:00Z"))
+        );
+        // @daily, @hourly, @weekly (Sunday midnight)
+        for (e, want) in [
+            ("@daily", "2026-12-02T00:00:00Z"),
+            ("@hourly", "2026-12-01T13:00:00Z"),
+            ("@weekly", "2026-12-06T00:00:00Z"),
+        ] {
+            let s = Schedule {
+                every: Some(e.into()),
+                ..Schedule::default()
+            };
+            s.validate().unwrap_or_else(|err| panic!("{e}: {err}"));
+            assert_eq!(s.next_start(winter, winter), Some(at(want)), "{e}");
+        }
+        // a zone that does not exist, or one without `every`, is refused by name
+        let bad = Schedule {
+            tz: Some("Mars/Olympus".into()),
+            ..madrid.clone()
+        };
+        let e = bad.validate().unwrap_err();
+        assert!(e.contains("unknown time zone \"Mars/Olympus\""), "{e}");
+        assert!(bad.occurrence(id, winter, winter + 86_400).is_none());
+        let lonely = Schedule {
+            tz: Some("Europe/Madrid".into()),
+            ..Schedule::default()
+        };
+        assert!(lonely.validate().unwrap_err().contains("`every`"));
+        // signatures of jobs without a zone are unchanged: the field is left out
+        let json = serde_json::to_string(&utc).unwrap();
+        assert!(!json.contains("tz"), "{json}");
     }
 
     #[test]

@@ -4,15 +4,19 @@
 //! - [`rollout`]: the bodies of the rollout admin API;
 //! - [`sign`]: how an enrolled machine signs its requests with its own ed25519 key;
 //! - [`selector`]: label selectors (`site=school-12,class=lab`) and label syntax;
-//! - [`job`]: jobs for machines, their schema, signatures and schedules;
+//! - [`job`]: jobs for machines, their schema, signatures and schedules (cron in a time zone);
+//! - [`duration`]: the one syntax of durations (`30m`, `1h30m`, `2d 3h`);
 //! - [`inventory`]: the packages a machine has and the updates it lacks;
+//! - [`near`]: names near a misspelt one, for errors that suggest what was meant;
 //! - [`trust`]: the server's renewal of the signed metadata, for the admin.
 //!
 //! Plain synchronous Rust with no network: the server and the agent are the shells around it.
 
 pub mod api;
+pub mod duration;
 pub mod inventory;
 pub mod job;
+pub mod near;
 pub mod rollout;
 pub mod selector;
 pub mod sign;

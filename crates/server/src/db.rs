@@ -168,6 +168,25 @@ pub async fn update_machines(pool: &SqlitePool, rows: &[MachineRow]) -> Result<(
     Ok(())
 }
 
+/// Deletes a machine, its events and its inventory, in one transaction.
+pub async fn delete_machine(pool: &SqlitePool, id: &str) -> Result<()> {
+    let fail = |e: sqlx::Error| Error::db("removing the machine", e);
+    let mut tx = pool.begin().await.map_err(fail)?;
+    for sql in [
+        "DELETE FROM machines WHERE id = $1",
+        "DELETE FROM events WHERE machine = $1",
+        "DELETE FROM inventory WHERE machine = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+    }
+    tx.commit().await.map_err(fail)?;
+    Ok(())
+}
+
 pub async fn update_report(pool: &SqlitePool, id: &str, report: &Report, seen: i64) -> Result<()> {
     sqlx::query("UPDATE machines SET report = $1, last_seen = $2 WHERE id = $3")
         .bind(json(report))

@@ -138,6 +138,17 @@ impl Fleet {
         self.by_id.write().expect("lock").insert(m.id.clone(), m);
     }
 
+    /// Forgets a machine (its name is free again).
+    pub fn remove(&self, id: &str) -> Option<Arc<Machine>> {
+        let m = self.by_id.write().expect("lock").remove(id)?;
+        let name = m.row.lock().expect("lock").name.clone();
+        let mut by_name = self.by_name.write().expect("lock");
+        if by_name.get(&name).is_some_and(|i| i == id) {
+            by_name.remove(&name);
+        }
+        Some(m)
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<Machine>> {
         self.by_id.read().expect("lock").get(id).cloned()
     }

@@ -17,24 +17,26 @@ use semithin_protocol::api::ApiError;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+/// The global flags of the admin commands. Their environment variables are read here, not by
+/// clap, so that a usage line never shows a flag set in the environment as if it were required.
 #[derive(clap::Args, Clone, Default)]
 pub struct ServerArgs {
-    /// The server's URL.
-    #[arg(long, global = true, env = "SEMITHIN_SERVER", value_name = "URL")]
+    /// The server's URL, `http://HOST:PORT` or `https://HOST:PORT` [env: SEMITHIN_SERVER]
+    /// (see also SEMITHIN_ADMIN_CONFIG).
+    #[arg(long, global = true, value_name = "URL")]
     pub server: Option<String>,
-    /// The admin token (see also SEMITHIN_ADMIN_CONFIG).
-    #[arg(
-        long,
-        global = true,
-        env = "SEMITHIN_ADMIN_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
+    /// The admin token [env: SEMITHIN_ADMIN_TOKEN] (see also SEMITHIN_ADMIN_CONFIG).
+    #[arg(long, global = true, value_name = "TOKEN")]
     pub admin_token: Option<String>,
     /// PEM certificates of the CA that signed an https:// server's certificate; only these are
-    /// trusted then [default: the system's roots].
-    #[arg(long, global = true, env = "SEMITHIN_CA", value_name = "FILE")]
+    /// trusted then [env: SEMITHIN_CA] [default: the system's roots].
+    #[arg(long, global = true, value_name = "FILE")]
     pub ca: Option<PathBuf>,
+}
+
+/// A variable of the environment, unset when empty.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 #[derive(Default, Deserialize)]
@@ -47,7 +49,7 @@ struct File {
 }
 
 fn config_path() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("SEMITHIN_ADMIN_CONFIG") {
+    if let Some(p) = env("SEMITHIN_ADMIN_CONFIG") {
         return Some(PathBuf::from(p));
     }
     let home = std::env::var_os("HOME")?;
@@ -64,10 +66,25 @@ pub struct AdminClient {
 impl ServerArgs {
     /// Whether a server is configured at all (publish tells it when it is).
     pub fn configured(&self) -> bool {
-        self.server.is_some() || config_path().is_some()
+        self.server.is_some() || env("SEMITHIN_SERVER").is_some() || config_path().is_some()
     }
 
     pub fn client(&self) -> Result<AdminClient> {
+        let flags = ServerArgs {
+            server: self.server.clone().or_else(|| env("SEMITHIN_SERVER")),
+            admin_token: self
+                .admin_token
+                .clone()
+                .or_else(|| env("SEMITHIN_ADMIN_TOKEN")),
+            ca: self
+                .ca
+                .clone()
+                .or_else(|| env("SEMITHIN_CA").map(PathBuf::from)),
+        };
+        flags.client_from_flags()
+    }
+
+    fn client_from_flags(&self) -> Result<AdminClient> {
         let file = match config_path() {
             Some(p) => {
                 let text = std::fs::read_to_string(&p)
@@ -92,6 +109,7 @@ impl ServerArgs {
                  admin_token_file in the admin config (the server writes DATA/admin-token)"
             ),
         };
+        semithin_agent::neterr::check_url(&base).map_err(anyhow::Error::msg)?;
         let ca = self.ca.clone().or(file.ca);
         Ok(AdminClient {
             base: base.trim_end_matches('/').to_owned(),
@@ -110,8 +128,16 @@ impl AdminClient {
         what: &str,
         r: reqwest::Result<reqwest::blocking::Response>,
     ) -> Result<T> {
-        let resp =
-            r.with_context(|| format!("{what}: cannot reach the server at {}", self.base))?;
+        let resp = match r {
+            Ok(resp) => resp,
+            Err(e) => match semithin_agent::neterr::explain(&self.base, &e) {
+                Some(why) => bail!("{what}: {why}"),
+                None => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("{what}: cannot reach the server at {}", self.base)));
+                }
+            },
+        };
         let status = resp.status();
         let mut body = Vec::new();
         resp.take(64 << 20).read_to_end(&mut body)?;

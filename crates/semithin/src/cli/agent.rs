@@ -29,7 +29,8 @@ pub struct Args {
     /// trusted then [default: the system's roots].
     #[arg(long, env = "SEMITHIN_CA", value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Enrollment token, needed only for the first run.
+    /// Enrollment token, needed only for the first run. A command line is visible to every
+    /// user of the machine (`ps`): prefer --token-file or the environment.
     #[arg(
         long,
         env = "SEMITHIN_ENROLL_TOKEN",
@@ -37,6 +38,15 @@ pub struct Args {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// A file holding the enrollment token (mode 0600); needed only until the machine is
+    /// enrolled, after which it may be deleted. Also `token_file` in the settings.
+    #[arg(
+        long,
+        env = "SEMITHIN_ENROLL_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
     /// This machine's name [default: the host name].
     #[arg(long)]
     name: Option<String>,
@@ -49,23 +59,22 @@ pub struct Args {
     /// Run once (enroll, check in, update, report) and exit: for a systemd timer.
     #[arg(long)]
     once: bool,
-    /// Seconds between check-ins when nothing wakes the agent [default: 300].
-    #[arg(long, value_name = "SECS")]
-    interval: Option<u32>,
+    /// Time between check-ins when nothing wakes the agent (`300`, `5m`) [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
+    interval: Option<u64>,
     /// A shell command that must exit 0 after a switch (repeatable); it sees
     /// SEMITHIN_DEPLOYMENT and SEMITHIN_RELEASE.
     #[arg(long = "health-check", value_name = "CMD")]
     health_checks: Vec<String>,
-    /// Roll back a switched release not confirmed healthy within this many seconds
-    /// [default: 900].
-    #[arg(long, value_name = "SECS")]
+    /// Roll back a switched release not confirmed healthy within this time [default: 15m].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
     health_deadline: Option<u64>,
     /// Deployments kept besides the current one [default: 1].
     #[arg(long)]
     keep: Option<usize>,
-    /// Seconds between verifications of the running deployment against its release (also
-    /// after every boot); 0 turns them off [default: 86400].
-    #[arg(long, value_name = "SECS")]
+    /// Time between verifications of the running deployment against its release (also after
+    /// every boot); 0 turns them off [default: 1d].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
     verify_interval: Option<u64>,
     /// The root file system jobs act on: apt and dpkg run chrooted into it (so do commands),
     /// and the package inventory is read from it [default: the running system].
@@ -78,8 +87,8 @@ pub struct Args {
     /// signed commands this machine runs (repeatable).
     #[arg(long = "admin-key", value_name = "HEX")]
     admin_keys: Vec<String>,
-    /// Seconds between readings of the package inventory; 0 turns it off [default: 3600].
-    #[arg(long, value_name = "SECS")]
+    /// Time between readings of the package inventory; 0 turns it off [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
     inventory_interval: Option<u64>,
     /// The upper directory of the /etc overlay [default: STATE/overlay/etc/upper].
     #[arg(long, value_name = "DIR")]
@@ -107,11 +116,13 @@ enum AgentCmd {
         /// Only report; change nothing.
         #[arg(long)]
         no_fix: bool,
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// What this machine runs and knows, from its state directory.
     Status {
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -138,6 +149,10 @@ fn config(a: &Args) -> Result<Config> {
     if a.token.is_some() {
         c.token = a.token.clone();
     }
+    if a.token_file.is_some() {
+        c.token_file = a.token_file.clone();
+    }
+
     if a.name.is_some() {
         c.name = a.name.clone();
     }
@@ -150,7 +165,7 @@ fn config(a: &Args) -> Result<Config> {
     }
     if let Some(v) = a.interval {
         anyhow::ensure!(v >= 1, "the interval must be at least 1 s");
-        c.interval_secs = v;
+        c.interval_secs = u32::try_from(v).context("the interval is too long")?;
     }
     if !a.health_checks.is_empty() {
         c.health_checks = a.health_checks.clone();
@@ -193,8 +208,33 @@ fn config(a: &Args) -> Result<Config> {
     Ok(c)
 }
 
+/// The enrollment token in `path`. A file that is gone once the machine is enrolled is no
+/// error: the token is not needed any more.
+fn read_token(path: &std::path::Path, state: &std::path::Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => {
+            let t = t.trim();
+            anyhow::ensure!(
+                !t.is_empty(),
+                "the enrollment token file {} is empty",
+                path.display()
+            );
+            Ok(Some(t.to_owned()))
+        }
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && semithin_agent::status(state).is_ok_and(|(s, _)| s.machine_id.is_some()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("reading the enrollment token file {}", path.display()))
+        }
+    }
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
-    let cfg = config(&a)?;
+    let mut cfg = config(&a)?;
     let quiet = matches!(
         a.command,
         Some(AgentCmd::Verify { json: true, .. }) | Some(AgentCmd::Status { json: true })
@@ -202,7 +242,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let log: Box<dyn Fn(&str) + Send> = if quiet {
         Box::new(|_| {})
     } else {
-        Box::new(|s: &str| eprintln!("semithin-agent: {s}"))
+        Box::new(|s: &str| note!("semithin-agent: {s}"))
     };
     if let Some(AgentCmd::Status { json }) = a.command {
         return status(&a.state, json);
@@ -211,12 +251,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
         match semithin_agent::retry(&a.state)
             .with_context(|| format!("retrying in {}", a.state.display()))?
         {
-            Some(f) => println!(
+            Some(f) => outln!(
                 "release {f} will be tried again at the next run (if the server still asks for it)"
             ),
-            None => println!("no release failed here: nothing to retry"),
+            None => outln!("no release failed here: nothing to retry"),
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    if cfg.token.is_none()
+        && let Some(p) = &cfg.token_file
+    {
+        cfg.token = read_token(p, &a.state)?;
     }
     let mut agent = Agent::open(&a.state, cfg, log)
         .with_context(|| format!("opening the agent state in {}", a.state.display()))?;
@@ -226,7 +271,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             if json {
                 print_json(&r)?;
             } else {
-                print_verify(&r);
+                print_verify(&r)?;
             }
             return Ok(if r.unresolved() {
                 ExitCode::FAILURE
@@ -241,7 +286,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let o = agent.cycle(0)?;
         // A timer's run verifies too, when it is due (after a boot, or every verify interval).
         if let Err(e) = agent.verify_when_due() {
-            eprintln!("semithin-agent: verify failed: {e:#}");
+            note!("semithin-agent: verify failed: {e:#}");
         }
         let what = match o.wait {
             WaitFor::Acceptance => "waiting for the admin to accept this machine",
@@ -250,7 +295,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             WaitFor::UpToDate => "up to date",
             WaitFor::FailedRelease => "the assigned release failed here; waiting for a new one",
         };
-        eprintln!("semithin-agent: {what}");
+        note!("semithin-agent: {what}");
         return Ok(if o.wait == WaitFor::Rejected {
             ExitCode::FAILURE
         } else {
@@ -263,22 +308,23 @@ pub fn run(a: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_verify(r: &semithin_agent::repair::VerifyReport) {
+fn print_verify(r: &semithin_agent::repair::VerifyReport) -> Result<()> {
     let Some(rel) = &r.release else {
-        println!("no deployment is current: nothing to verify");
-        return;
+        outln!("no deployment is current: nothing to verify");
+        return Ok(());
     };
-    println!(
+    outln!(
         "release {rel}: {} files, {} bytes checked",
-        r.files, r.bytes
+        r.files,
+        r.bytes
     );
     for p in &r.problems {
-        println!("  {p}");
+        outln!("  {p}");
     }
     if !r.problems.is_empty() {
         let f = r.refetched;
         let fetched = f.chunks + f.trees + f.commits;
-        println!(
+        outln!(
             "{} problem(s), {} put back{}",
             r.problems.len(),
             r.repaired,
@@ -293,17 +339,18 @@ fn print_verify(r: &semithin_agent::repair::VerifyReport) {
         );
     }
     if let Some(q) = &r.quarantine {
-        println!("what was not the release's was moved to {}", q.display());
+        outln!("what was not the release's was moved to {}", q.display());
     }
     if !r.etc_drift.is_empty() {
-        println!("local changes in /etc (reported only, etc_policy):");
+        outln!("local changes in /etc (reported only, etc_policy):");
         for d in &r.etc_drift {
-            println!("  {d}");
+            outln!("  {d}");
         }
     }
     for e in &r.errors {
-        println!("error: {e}");
+        outln!("error: {e}");
     }
+    Ok(())
 }
 
 /// `agent status`: read from the state directory without its lock (works beside the daemon).
@@ -313,27 +360,27 @@ fn status(dir: &std::path::Path, json: bool) -> Result<ExitCode> {
         print_json(&serde_json::json!({"state": state, "report": report}))?;
     } else {
         let s = &state;
-        println!(
+        outln!(
             "name:      {}",
             s.name.as_deref().unwrap_or("(not enrolled)")
         );
-        println!("machine:   {}", s.machine_id.as_deref().unwrap_or("-"));
-        println!("server:    {}", s.server.as_deref().unwrap_or("-"));
-        println!("status:    {}", s.status.map(|x| x.as_str()).unwrap_or("-"));
-        println!("current:   {}", report.current.as_deref().unwrap_or("-"));
-        println!("previous:  {}", report.previous.as_deref().unwrap_or("-"));
-        println!("health:    {:?}", report.health);
+        outln!("machine:   {}", s.machine_id.as_deref().unwrap_or("-"));
+        outln!("server:    {}", s.server.as_deref().unwrap_or("-"));
+        outln!("status:    {}", s.status.map(|x| x.as_str()).unwrap_or("-"));
+        outln!("current:   {}", report.current.as_deref().unwrap_or("-"));
+        outln!("previous:  {}", report.previous.as_deref().unwrap_or("-"));
+        outln!("health:    {:?}", report.health);
         if let Some(f) = &report.failed_release {
-            println!("failed:    {f}");
+            outln!("failed:    {f}");
         }
         if let Some(e) = &report.last_error {
-            println!("error:     {e}");
+            outln!("error:     {e}");
         }
         if let Some(i) = &report.integrity {
-            println!("verified:  {}", super::fleet::integrity_text(i));
+            outln!("verified:  {}", super::fleet::integrity_text(i));
         }
         if let Some(f) = &report.failing {
-            println!(
+            outln!(
                 "failing:   {} since {}: {}",
                 f.phase.as_str(),
                 super::time(f.since),
@@ -364,7 +411,7 @@ fn exit_on_signal() -> Result<()> {
                 _ = int.recv() => {}
             }
         });
-        eprintln!("semithin-agent: stopped");
+        note!("semithin-agent: stopped");
         std::process::exit(0);
     });
     Ok(())

@@ -13,7 +13,10 @@ pub enum ChannelCmd {
     /// Move a channel to a version (a rollback moves it back). The move is recorded; history is
     /// never rewritten.
     Set {
+        /// The channel, e.g. `lab/stable` (made when it does not exist).
         name: String,
+        /// The version it moves to: a commit id (or a unique prefix), a channel, each
+        /// optionally with ~N.
         reference: String,
         /// Why (kept in the channel log).
         #[arg(long, short, default_value = "")]
@@ -21,12 +24,15 @@ pub enum ChannelCmd {
     },
     /// Show every move of a channel, oldest first.
     Log {
+        /// The channel.
         name: String,
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Delete a channel and its whole history; `gc` then frees what only it reached.
     Remove {
+        /// The channel.
         name: String,
         /// Required: the history cannot be recovered.
         #[arg(long)]
@@ -34,6 +40,7 @@ pub enum ChannelCmd {
     },
     /// List channels and their heads.
     List {
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -50,8 +57,8 @@ pub fn run(repo: Option<PathBuf>, cmd: ChannelCmd) -> Result<ExitCode> {
             let id = refs::resolve(&repo, &reference)?;
             let m = channel::move_to(&repo, &name, id, MoveKind::Set, &message)?;
             match m.previous {
-                Some(p) => println!("{name}: {} -> {}", p.0.short(), id.short()),
-                None => println!("{name}: created at {}", id.short()),
+                Some(p) => outln!("{name}: {} -> {}", p.0.short(), id.short()),
+                None => outln!("{name}: created at {}", id.short()),
             }
         }
         ChannelCmd::Log { name, json } => {
@@ -62,7 +69,7 @@ pub fn run(repo: Option<PathBuf>, cmd: ChannelCmd) -> Result<ExitCode> {
             } else {
                 for m in &moves {
                     let kind = serde_json::to_value(m.kind)?;
-                    println!(
+                    outln!(
                         "{}  {:<11} {} -> {}  {}",
                         time(m.time),
                         kind.as_str().unwrap_or(""),
@@ -88,7 +95,7 @@ pub fn run(repo: Option<PathBuf>, cmd: ChannelCmd) -> Result<ExitCode> {
                 );
             }
             channel::remove(&repo, &name)?;
-            println!("removed channel {name}; run `semithin gc` to free its objects");
+            outln!("removed channel {name}; run `semithin gc` to free its objects");
         }
         ChannelCmd::List { json } => {
             let repo = open(repo, Access::Read)?;
@@ -101,7 +108,7 @@ pub fn run(repo: Option<PathBuf>, cmd: ChannelCmd) -> Result<ExitCode> {
                 print_json(&out)?;
             } else {
                 for c in &out {
-                    println!(
+                    outln!(
                         "{:<30} {}",
                         c["channel"].as_str().unwrap_or(""),
                         c["head"].as_str().unwrap_or("")

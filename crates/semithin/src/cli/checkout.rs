@@ -22,6 +22,7 @@ pub struct Args {
     /// Sync everything written before returning.
     #[arg(long)]
     fsync: bool,
+    /// Print the result as JSON (for scripts).
     #[arg(long)]
     json: bool,
 }
@@ -37,12 +38,12 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
         .with_context(|| format!("checking out {} into {}", a.reference, a.dest.display()))?;
     bar.finish();
     for w in &stats.warnings {
-        eprintln!("warning: {w}");
+        note!("warning: {w}");
     }
     if a.json {
         print_json(&stats)?;
     } else {
-        println!(
+        outln!(
             "checked out {} into {}: {} entries, {} files ({}), {} written, {} files linked from the cache",
             &stats.commit[..12],
             a.dest.display(),

@@ -15,6 +15,7 @@ pub struct Args {
     /// Message of the new version (default: "cherry-pick ID: original message").
     #[arg(long, short)]
     message: Option<String>,
+    /// Print the result as JSON (for scripts).
     #[arg(long)]
     json: bool,
 }
@@ -25,8 +26,8 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     if a.json {
         print_json(&r)?;
     } else {
-        println!("{}", r.commit);
-        println!(
+        outln!("{}", r.commit);
+        outln!(
             "{}: applied {} onto {}",
             r.channel,
             &r.picked[..12],

@@ -1,18 +1,24 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use semithin_store::Repo;
+use anyhow::{Context, Result, bail};
+use semithin_protocol::near;
 use semithin_store::import::{self, CommitOptions};
+use semithin_store::{Repo, channel};
 
 use super::progress::Bar;
 use super::{human, print_json};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The channel the new version goes on; its current head becomes the parent.
+    /// The channel the new version goes on; its current head becomes the parent. A channel that
+    /// does not exist yet is made (see --new-channel).
     #[arg(long, short)]
     channel: String,
+    /// Make the channel even though its name is a few letters from an existing one (without
+    /// it, such a name is refused as a probable misspelling).
+    #[arg(long)]
+    new_channel: bool,
     /// What changed in this version.
     #[arg(long, short, default_value = "")]
     message: String,
@@ -24,6 +30,20 @@ pub struct Args {
 }
 
 pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
+    let new = channel::head(repo, &a.channel)?.is_none();
+    if new && !a.new_channel {
+        let names = channel::list(repo)?;
+        let near = near::near(&a.channel, names.iter().map(String::as_str));
+        if !near.is_empty() {
+            bail!(
+                "there is no channel {:?}, but there is {}: did you mean {}? (pass \
+                 --new-channel to make {0:?} all the same)",
+                a.channel,
+                near.join(", "),
+                near.join(" or ")
+            );
+        }
+    }
     let bar = Bar::new(a.json);
     let opts = CommitOptions {
         channel: &a.channel,
@@ -36,8 +56,11 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     if a.json {
         print_json(&stats)?;
     } else {
-        println!("{}", stats.commit);
-        println!(
+        outln!("{}", stats.commit);
+        if new {
+            note!("made the new channel {}", stats.channel);
+        }
+        outln!(
             "{} on {}: {} entries ({} files, {} dirs, {} symlinks, {} other, {} hardlinks), {}",
             if stats.parent.is_some() {
                 "new version"
@@ -53,7 +76,7 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
             stats.hardlinks,
             human(stats.bytes)
         );
-        println!(
+        outln!(
             "stored {} new ({} on disk after compression), {} already stored; {} new chunks, {} new trees",
             human(stats.new_bytes),
             human(stats.stored_bytes),

@@ -70,19 +70,19 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let s = &r.stats;
-    println!(
+    outln!(
         "{} -> {}: a machine downloads {} ({} bytes)",
         from.short(),
         to.short(),
         human(s.total_bytes),
         s.total_bytes
     );
-    println!(
+    outln!(
         "  metadata     {:>12}  header and {} trees",
         human(s.metadata_bytes),
         s.trees
     );
-    println!(
+    outln!(
         "  patches      {:>12}  {} changed files ({} against their old version by zstd, {} by \
          bsdiff, {} gzip files as their content)",
         human(s.patch_bytes),
@@ -91,12 +91,12 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
         s.files_bsdiff,
         s.files_gzip
     );
-    println!(
+    outln!(
         "  new content  {:>12}  {} files",
         human(s.new_bytes),
         s.files_new
     );
-    println!(
+    outln!(
         "  rebuilds {} of file content; built in {:.1} s",
         human(s.content_bytes),
         r.build_secs
@@ -108,6 +108,7 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
 pub struct ApplyArgs {
     /// The pack (from `semithin delta --out`, or a server's deltas/ directory).
     pack: PathBuf,
+    /// Print the result as JSON (for scripts).
     #[arg(long)]
     json: bool,
 }
@@ -140,7 +141,7 @@ pub fn apply(repo: &Repo, a: ApplyArgs) -> Result<ExitCode> {
             "still_missing": missing, "apply_secs": secs,
         }))?;
     } else {
-        println!(
+        outln!(
             "{} -> {}: {} trees and {} files rebuilt and verified, {} stored, in {:.2} s; {}",
             from.short(),
             to.short(),

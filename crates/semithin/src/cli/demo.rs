@@ -33,8 +33,8 @@ pub struct Args {
     /// Work in this (new or empty) directory and leave it behind, instead of a temporary one.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// Give up when the fleet has not converged within this many seconds, per release.
-    #[arg(long, default_value_t = 180, value_name = "SECS")]
+    /// Give up when the fleet has not converged within this time, per release (`180`, `3m`).
+    #[arg(long, default_value = "3m", value_name = "DURATION", value_parser = super::duration)]
     timeout: u64,
 }
 
@@ -309,7 +309,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if temporary && !(a.keep && res.is_ok()) {
         let _ = semithin_agent::deploy::remove_dir(&dir);
     } else if res.is_err() {
-        eprintln!("the demo's files (and logs) are in {}", dir.display());
+        note!("the demo's files (and logs) are in {}", dir.display());
     }
     res
 }
@@ -320,7 +320,7 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let n = a.machines;
-    println!(
+    outln!(
         "semithin demo: {n} machines, a server on {url}, files in {}",
         dir.display()
     );
@@ -374,7 +374,7 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
         ca: None,
     }
     .client()?;
-    println!(
+    outln!(
         "1. server started (SQLite fleet database, repository and TUF metadata in {})",
         data.display()
     );
@@ -394,7 +394,7 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
             .commit
             .parse::<CommitId>()?
     };
-    println!(
+    outln!(
         "2. sample root filesystem ({}) committed as v1 {}",
         human(image),
         v1.short()
@@ -409,6 +409,19 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
         },
     )?;
     let secret = t.token.context("the server returned no token secret")?;
+    // The token goes to the agents in a file (mode 0600), never on a command line, where every
+    // user of the machine could read it (`ps`).
+    let token_file = dir.join("enroll-token");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token_file)?;
+        f.write_all(secret.as_bytes())?;
+    }
     let root = repo_path.join("trust/metadata/1.root.json");
     let agents = dir.join("agents");
     std::fs::create_dir_all(&agents)?;
@@ -421,7 +434,9 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
                 .arg("agent")
                 .arg("--state")
                 .arg(&state)
-                .args(["--server", &url, "--token", &secret, "--name", &name])
+                .args(["--server", &url, "--name", &name])
+                .arg("--token-file")
+                .arg(&token_file)
                 .arg("--trusted-root")
                 .arg(&root)
                 .args(["--interval", "30", "--inventory-interval", "0"])
@@ -442,7 +457,7 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
             Ok(ms.len() as u32 == n)
         },
     )?;
-    println!("3. {n} agents started; each made its own key and enrolled: pending");
+    outln!("3. {n} agents started; each made its own key and enrolled: pending");
     let acc: semithin_protocol::api::Affected = c.post(
         "accepting",
         "/api/v1/admin/accept",
@@ -456,10 +471,13 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
         &AssignRequest {
             selector: "demo=yes".into(),
             channel: CHANNEL.into(),
+            // published in the next step: the publish is what wakes the machines
+            unpublished: true,
         },
     )?;
-    println!(
-        "4. admin: `fleet accept demo=yes` ({} machines), `fleet assign demo=yes {CHANNEL}`",
+    outln!(
+        "4. admin: `fleet accept demo=yes` ({} machines), \
+         `fleet assign --unpublished demo=yes {CHANNEL}`",
         acc.machines.len()
     );
 
@@ -468,7 +486,7 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
         super::publish::sign(&repo, CHANNEL, v1)?;
     }
     let _: serde_json::Value = c.post("publishing", "/api/v1/admin/published", &json!({}))?;
-    println!("5. v1 signed and published; the server wakes the machines (long poll):");
+    outln!("5. v1 signed and published; the server wakes the machines (long poll):");
     let before: Stats = c.get("reading stats", "/api/v1/admin/stats")?;
     let t1 = converge(&c, n, &v1.to_hex(), "v1", a.timeout)?;
     let mid: Stats = c.get("reading stats", "/api/v1/admin/stats")?;
@@ -481,7 +499,7 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
         "v2: a fixed tool, a larger library, a new tool, new motd",
     )?;
     let _: serde_json::Value = c.post("publishing", "/api/v1/admin/published", &json!({}))?;
-    println!(
+    outln!(
         "6. v2 {} (5 files changed, 1 added, 1 removed) committed and published:",
         v2.short()
     );
@@ -492,17 +510,17 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
     let sent1 = sent(&mid) - sent(&before);
     let sent2 = sent(&end) - sent(&mid);
     let pct = |x: u64| 100.0 * x as f64 / image as f64;
-    println!();
-    println!("Summary: {n}/{n} machines updated to v1, then v2; every one verified and healthy.");
-    println!("  image size:                       {}", human(image));
-    println!(
+    outln!();
+    outln!("Summary: {n}/{n} machines updated to v1, then v2; every one verified and healthy.");
+    outln!("  image size:                       {}", human(image));
+    outln!(
         "  v1 (full install): server sent    {} in all, {} per machine ({:.0}% of the image), converged in {:.1} s",
         human(sent1),
         human(sent1 / n as u64),
         pct(sent1 / n as u64),
         t1.as_secs_f64()
     );
-    println!(
+    outln!(
         "  v2 (update):       server sent    {} in all, {} per machine ({:.1}% of the image), converged in {:.1} s",
         human(sent2),
         human(sent2 / n as u64),
@@ -510,20 +528,20 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
         t2.as_secs_f64()
     );
     if a.keep {
-        println!();
-        println!("The fleet keeps running; try (Ctrl-C here ends the demo):");
-        println!("  export SEMITHIN_SERVER={url}");
-        println!("  export SEMITHIN_ADMIN_TOKEN={token}");
-        println!("  semithin fleet list");
-        println!("  semithin fleet show m01");
-        println!("  semithin --repo {} log", repo_path.display());
-        println!(
+        outln!();
+        outln!("The fleet keeps running; try (Ctrl-C here ends the demo):");
+        outln!("  export SEMITHIN_SERVER={url}");
+        outln!("  export SEMITHIN_ADMIN_TOKEN={token}");
+        outln!("  semithin fleet list");
+        outln!("  semithin fleet show m01");
+        outln!("  semithin --repo {} log", repo_path.display());
+        outln!(
             "  semithin --repo {} publish {CHANNEL} {}   # roll back to v1",
             repo_path.display(),
             v1.short()
         );
-        println!(
-            "  semithin agent status --state {}",
+        outln!(
+            "  semithin agent --state {} status",
             agents.join("m01").display()
         );
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -31,14 +31,14 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     if !a.stat {
         for c in &changes {
             if c.fields.is_empty() {
-                println!("{} {}", c.change.letter(), c.path);
+                outln!("{} {}", c.change.letter(), c.path);
             } else {
-                println!("{} {} ({})", c.change.letter(), c.path, c.fields.join(", "));
+                outln!("{} {} ({})", c.change.letter(), c.path, c.fields.join(", "));
             }
         }
     }
     let count = |k| changes.iter().filter(|c| c.change == k).count();
-    println!(
+    outln!(
         "{} added, {} removed, {} modified, {} changed type",
         count(diff::ChangeKind::Added),
         count(diff::ChangeKind::Removed),

@@ -17,7 +17,10 @@ enum Format {
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The version to write: a commit id (or a unique prefix), a channel, each optionally with
+    /// ~N.
     reference: String,
+    /// `tar` (pax, every xattr and ACL) or `squashfs` (through tar2sqfs).
     #[arg(long, value_enum)]
     format: Format,
     /// The file to write; `-` writes a tar to stdout.
@@ -29,13 +32,17 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     let bar = Bar::new(a.out.as_os_str() == "-");
     match a.format {
         Format::Tar if a.out.as_os_str() == "-" => {
-            export::write_tar(
-                &repo.objects,
-                id,
-                std::io::stdout().lock(),
-                TarOptions::default(),
-                &bar,
-            )?;
+            let mut out = PipeWatch {
+                inner: std::io::stdout().lock(),
+                broken: false,
+            };
+            let written =
+                export::write_tar(&repo.objects, id, &mut out, TarOptions::default(), &bar);
+            if out.broken {
+                // `| head -c`: the reader has what it wanted (main ends quietly).
+                return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe).into());
+            }
+            written?;
         }
         Format::Tar => {
             let tmp = a.out.with_extension("partial");
@@ -59,15 +66,33 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
             );
             let dropped = export::write_squashfs(&repo.objects, id, &a.out, &bar)?;
             if dropped > 0 {
-                eprintln!(
-                    "warning: squashfs cannot hold POSIX ACLs: left out on {dropped} entries"
-                );
+                note!("warning: squashfs cannot hold POSIX ACLs: left out on {dropped} entries");
             }
         }
     }
     bar.finish();
     if a.out.as_os_str() != "-" {
-        eprintln!("wrote {}", a.out.display());
+        note!("wrote {}", a.out.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A writer that remembers a closed pipe, which the store's error reports only as text.
+struct PipeWatch<W> {
+    inner: W,
+    broken: bool,
+}
+
+impl<W: std::io::Write> std::io::Write for PipeWatch<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.broken |= matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe);
+        r
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.inner.flush();
+        self.broken |= matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe);
+        r
+    }
 }

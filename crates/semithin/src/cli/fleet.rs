@@ -22,36 +22,69 @@ pub enum FleetCmd {
     List {
         /// Only the machines matching this selector (`site=school-12,class=lab`, a name, `*`).
         selector: Option<String>,
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Everything about one machine, with its recent events.
     Show {
+        /// The machine's name.
         name: String,
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Set labels (`k=v`) or remove them (`k-`).
     Label {
+        /// The machine's name.
         name: String,
+        /// `key=value` sets a label, `key-` removes one.
         #[arg(required = true, value_name = "K=V|K-")]
         labels: Vec<String>,
     },
     /// Accept pending machines (a name or a selector).
-    Accept { selector: String },
+    Accept {
+        /// A machine's name, `key=value[,key=value...]` or `*`.
+        selector: String,
+    },
     /// Refuse machines: every request of theirs is refused from now on.
-    Reject { selector: String },
-    /// Make machines follow a channel (they update to its published release).
-    Assign { selector: String, channel: String },
+    Reject {
+        /// A machine's name, `key=value[,key=value...]` or `*`.
+        selector: String,
+    },
+    /// Make machines follow a channel (they update to its published release); the channel
+    /// must have been published.
+    Assign {
+        /// The machines: a name, `key=value[,key=value...]` or `*`.
+        selector: String,
+        /// A published channel, e.g. `lab/stable`.
+        channel: String,
+        /// Assign a channel nothing is published on yet: its machines wait for its first
+        /// release (without it, such a channel is refused as a probable misspelling).
+        #[arg(long)]
+        unpublished: bool,
+    },
+    /// Remove machines from the fleet: they are forgotten and their keys open nothing from now
+    /// on (a machine comes back only by enrolling again, with a token). Asks first, unless
+    /// --yes.
+    Remove {
+        /// The machines: a name, `key=value[,key=value...]` or `*`.
+        selector: String,
+        /// Remove without asking (needed when there is no terminal to ask on).
+        #[arg(long, short)]
+        yes: bool,
+    },
     /// Enrollment tokens.
     #[command(subcommand)]
     Token(TokenCmd),
     /// Machines with pending package updates (from the inventory their agents report).
     Outdated {
+        /// Only the machines matching this selector (a name, `key=value[,...]`, `*`).
         selector: Option<String>,
         /// Only security updates.
         #[arg(long)]
         security: bool,
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -70,20 +103,25 @@ pub enum TokenCmd {
         /// How many machines may use it.
         #[arg(long)]
         uses: Option<u32>,
-        /// Seconds until it expires.
-        #[arg(long, value_name = "SECS")]
+        /// How long it can be used (`1h`, `7d`, `3600`) [default: for ever].
+        #[arg(long, value_name = "DURATION", value_parser = super::duration)]
         expires_in: Option<u64>,
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// List tokens (without their secrets).
     List {
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Revoke a token (by the id `token list` shows): it enrolls no machine from now on; the
     /// machines it enrolled stay.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id (not its secret).
+        id: String,
+    },
 }
 
 fn short(s: &Option<String>) -> String {
@@ -238,13 +276,19 @@ fn reasons(ms: &[MachineInfo]) -> Vec<String> {
         .collect()
 }
 
-pub fn print_table(ms: &[MachineInfo]) {
-    println!(
+pub fn print_table(ms: &[MachineInfo]) -> Result<()> {
+    outln!(
         "{:<16} {:<12} {:<14} {:<12} {:<12} {:<12} {:<10} LABELS",
-        "NAME", "STATUS", "STATE", "CHANNEL", "CURRENT", "TARGET", "SEEN"
+        "NAME",
+        "STATUS",
+        "STATE",
+        "CHANNEL",
+        "CURRENT",
+        "TARGET",
+        "SEEN"
     );
     for m in ms {
-        println!(
+        outln!(
             "{:<16} {:<12} {:<14} {:<12} {:<12} {:<12} {:<10} {}",
             m.name,
             m.status.as_str(),
@@ -258,15 +302,15 @@ pub fn print_table(ms: &[MachineInfo]) {
     }
     let why = reasons(ms);
     if !why.is_empty() {
-        println!();
+        outln!();
         for line in why {
-            println!("{line}");
+            outln!("{line}");
         }
     }
     // an older server says no state: its tampered machines still get their line
     for m in ms.iter().filter(|m| m.state == FleetState::Unknown) {
         if let Some(i) = tampered(m) {
-            println!(
+            outln!(
                 "{} is tampered: {} path(s) differ from its release: {}",
                 m.name,
                 i.tampered.count,
@@ -274,18 +318,20 @@ pub fn print_table(ms: &[MachineInfo]) {
             );
         }
     }
+    Ok(())
 }
 
-fn print_affected(verb: &str, a: &Affected) {
+fn print_affected(verb: &str, a: &Affected) -> Result<()> {
     if a.machines.is_empty() {
-        println!("nothing to change: every matching machine was {verb} already");
+        outln!("nothing to change: every matching machine was {verb} already");
     } else {
-        println!(
+        outln!(
             "{verb} {} machine(s): {}",
             a.machines.len(),
             a.machines.join(", ")
         );
     }
+    Ok(())
 }
 
 pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
@@ -303,7 +349,7 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
             if json {
                 print_json(&ms)?;
             } else {
-                print_table(&ms);
+                print_table(&ms)?;
             }
         }
         FleetCmd::Show { name, json } => {
@@ -315,62 +361,62 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 print_json(&v)?;
             } else {
                 let m: MachineInfo = serde_json::from_value(v.clone())?;
-                println!("name:       {}", m.name);
-                println!("id:         {}", m.id);
-                println!("status:     {} ({})", m.status.as_str(), state_text(&m));
+                outln!("name:       {}", m.name);
+                outln!("id:         {}", m.id);
+                outln!("status:     {} ({})", m.status.as_str(), state_text(&m));
                 if let Some(why) = &m.state_reason {
-                    println!("why:        {why}");
+                    outln!("why:        {why}");
                 }
                 if let Some(f) = &m.report.failing {
-                    println!(
+                    outln!(
                         "failing:    {} since {}: {}",
                         f.phase.as_str(),
                         time(f.since),
                         f.reason
                     );
                 }
-                println!("labels:     {}", labels_text(&m.labels));
-                println!("channel:    {}", m.channel.as_deref().unwrap_or("-"));
-                println!("target:     {}", m.target.as_deref().unwrap_or("-"));
+                outln!("labels:     {}", labels_text(&m.labels));
+                outln!("channel:    {}", m.channel.as_deref().unwrap_or("-"));
+                outln!("target:     {}", m.target.as_deref().unwrap_or("-"));
                 if m.channel_release.is_some() && m.channel_release != m.target {
-                    println!(
+                    outln!(
                         "channel at: {}",
                         m.channel_release.as_deref().unwrap_or("-")
                     );
                 }
-                println!("current:    {}", m.report.current.as_deref().unwrap_or("-"));
-                println!(
+                outln!("current:    {}", m.report.current.as_deref().unwrap_or("-"));
+                outln!(
                     "previous:   {}",
                     m.report.previous.as_deref().unwrap_or("-")
                 );
-                println!("health:     {:?}", m.report.health);
+                outln!("health:     {:?}", m.report.health);
                 if let Some(i) = &m.report.integrity {
-                    println!("verified:   {}", integrity_text(i));
+                    outln!("verified:   {}", integrity_text(i));
                     for (what, l) in [
                         ("tampered", &i.tampered),
                         ("put back", &i.repaired),
                         ("/etc drift", &i.etc_drift),
                     ] {
                         for p in &l.paths {
-                            println!("  {what:<10} {p}");
+                            outln!("  {what:<10} {p}");
                         }
                     }
                 }
                 if let Some(f) = &m.report.failed_release {
-                    println!("failed:     {f}");
+                    outln!("failed:     {f}");
                 }
                 if let Some(e) = &m.report.last_error {
-                    println!("last error: {e}");
+                    outln!("last error: {e}");
                 }
-                println!("disk free:  {}", human(m.report.disk_free));
-                println!("uptime:     {} s", m.report.uptime_secs);
-                println!("fetched:    {}", human(m.report.fetched_bytes));
-                println!("enrolled:   {}", time(m.enrolled_at));
-                println!("last seen:  {}", ago(m.last_seen));
+                outln!("disk free:  {}", human(m.report.disk_free));
+                outln!("uptime:     {} s", m.report.uptime_secs);
+                outln!("fetched:    {}", human(m.report.fetched_bytes));
+                outln!("enrolled:   {}", time(m.enrolled_at));
+                outln!("last seen:  {}", ago(m.last_seen));
                 if let Some(ev) = v.get("events").and_then(|e| e.as_array()) {
-                    println!("events:");
+                    outln!("events:");
                     for e in ev {
-                        println!(
+                        outln!(
                             "  {}  {:<8} {}",
                             time(e["at"].as_i64().unwrap_or(0)),
                             e["kind"].as_str().unwrap_or(""),
@@ -395,7 +441,7 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 &format!("/api/v1/admin/machines/{}/labels", urlencode(&name)),
                 &req,
             )?;
-            println!("{}: {}", m.name, labels_text(&m.labels));
+            outln!("{}: {}", m.name, labels_text(&m.labels));
         }
         FleetCmd::Accept { selector } => {
             Selector::parse(&selector)?;
@@ -404,7 +450,7 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 "/api/v1/admin/accept",
                 &SelectorRequest { selector },
             )?;
-            print_affected("accepted", &a);
+            print_affected("accepted", &a)?;
         }
         FleetCmd::Reject { selector } => {
             Selector::parse(&selector)?;
@@ -413,9 +459,13 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 "/api/v1/admin/reject",
                 &SelectorRequest { selector },
             )?;
-            print_affected("rejected", &a);
+            print_affected("rejected", &a)?;
         }
-        FleetCmd::Assign { selector, channel } => {
+        FleetCmd::Assign {
+            selector,
+            channel,
+            unpublished,
+        } => {
             Selector::parse(&selector)?;
             let a: Affected = c.post(
                 "assigning",
@@ -423,9 +473,41 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 &AssignRequest {
                     selector,
                     channel: channel.clone(),
+                    unpublished,
                 },
             )?;
-            print_affected(&format!("assigned to {channel}"), &a);
+            print_affected(&format!("assigned to {channel}"), &a)?;
+        }
+        FleetCmd::Remove { selector, yes } => {
+            Selector::parse(&selector)?;
+            let ms: Vec<MachineInfo> = c.get(
+                "listing machines",
+                &format!("/api/v1/admin/machines?selector={}", urlencode(&selector)),
+            )?;
+            if ms.is_empty() {
+                bail!("no machine matches {selector}: nothing to remove");
+            }
+            if !yes {
+                let names: Vec<&str> = ms.iter().map(|m| m.name.as_str()).collect();
+                if !confirm(&format!(
+                    "remove {} machine(s) from the fleet: {}? Their keys stop working; each \
+                     comes back only by enrolling again. [y/N] ",
+                    ms.len(),
+                    names.join(", ")
+                ))? {
+                    bail!("nothing removed");
+                }
+            }
+            let a: Affected = c.post(
+                "removing",
+                "/api/v1/admin/remove",
+                &SelectorRequest { selector },
+            )?;
+            outln!(
+                "removed {} machine(s): {}",
+                a.machines.len(),
+                a.machines.join(", ")
+            );
         }
         FleetCmd::Token(TokenCmd::Create {
             preauthorized,
@@ -448,9 +530,9 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
             if json {
                 print_json(&t)?;
             } else {
-                println!("{}", t.token.as_deref().unwrap_or(""));
-                eprintln!(
-                    "token {} made{}; give the line above to `semithin agent --token` (it is not shown again)",
+                outln!("{}", t.token.as_deref().unwrap_or(""));
+                note!(
+                    "token {} made{}; put the line above in a file (mode 0600) for `semithin agent --token-file` (it is not shown again)",
                     t.id,
                     if t.preauthorized {
                         " (pre-authorised)"
@@ -470,19 +552,22 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 "revoking the token",
                 &format!("/api/v1/admin/tokens/{}", urlencode(&id)),
             )?;
-            println!("token {} revoked", t.id);
+            outln!("token {} revoked", t.id);
         }
         FleetCmd::Token(TokenCmd::List { json }) => {
             let ts: Vec<TokenInfo> = c.get("listing tokens", "/api/v1/admin/tokens")?;
             if json {
                 print_json(&ts)?;
             } else {
-                println!(
+                outln!(
                     "{:<16} {:<6} {:<10} {:<24} LABELS",
-                    "ID", "PRE", "USES LEFT", "EXPIRES"
+                    "ID",
+                    "PRE",
+                    "USES LEFT",
+                    "EXPIRES"
                 );
                 for t in ts {
-                    println!(
+                    outln!(
                         "{:<16} {:<6} {:<10} {:<24} {}",
                         t.id,
                         if t.preauthorized { "yes" } else { "no" },
@@ -499,6 +584,20 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Asks a yes/no question on the terminal; refuses without one (scripts pass --yes).
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        bail!("not asking without a terminal: pass --yes to go ahead");
+    }
+    let mut err = std::io::stderr();
+    err.write_all(question.as_bytes())?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
 pub fn push(server: &ServerArgs, selector: String, json: bool) -> Result<ExitCode> {
     Selector::parse(&selector)?;
     let a: Affected = server.client()?.post(
@@ -511,7 +610,7 @@ pub fn push(server: &ServerArgs, selector: String, json: bool) -> Result<ExitCod
     } else if a.machines.is_empty() {
         bail!("no machine woken");
     } else {
-        println!("woke {} machine(s): they check in now", a.machines.len());
+        outln!("woke {} machine(s): they check in now", a.machines.len());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@ use super::{human, print_json};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Print the report as JSON.
+    /// Print the result as JSON (for scripts).
     #[arg(long)]
     json: bool,
     /// Check exactly this commit (a commit id, repeatable) instead of every channel's history:
@@ -39,12 +39,12 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     } else {
         for p in &r.problems {
             let id = if p.id.is_empty() { "-" } else { &p.id[..12] };
-            println!("{} {id} damaged: {}", p.kind, p.error);
+            outln!("{} {id} damaged: {}", p.kind, p.error);
             for u in &p.used_by {
-                println!("    used by {u}");
+                outln!("    used by {u}");
             }
         }
-        println!(
+        outln!(
             "checked {} channels, {} commits, {} trees, {} chunks ({}): {}",
             r.channels,
             r.commits,

@@ -8,6 +8,7 @@ use super::{human, print_json};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Print the result as JSON (for scripts).
     #[arg(long)]
     json: bool,
 }
@@ -22,7 +23,7 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     if a.json {
         print_json(&r)?;
     } else {
-        println!(
+        outln!(
             "removed {} unreachable objects ({} packs removed, {} rewritten), freed {}; {} objects kept; {} unused cache files removed",
             r.removed_objects,
             r.removed_packs,

@@ -14,6 +14,7 @@ pub struct LogArgs {
     /// At most this many versions per channel.
     #[arg(long, short = 'n')]
     limit: Option<usize>,
+    /// Print the result as JSON (for scripts).
     #[arg(long)]
     json: bool,
 }
@@ -22,6 +23,7 @@ pub struct LogArgs {
 pub struct ShowArgs {
     /// A commit id, a unique prefix of one, a channel name, each optionally with ~N (N back).
     reference: String,
+    /// Print the result as JSON (for scripts).
     #[arg(long)]
     json: bool,
 }
@@ -52,16 +54,17 @@ fn info(repo: &Repo, id: semithin_store::CommitId) -> Result<VersionInfo> {
     })
 }
 
-fn print_info(v: &VersionInfo) {
-    println!("commit {}", v.commit);
+fn print_info(v: &VersionInfo) -> Result<()> {
+    outln!("commit {}", v.commit);
     if let Some(p) = &v.parent {
-        println!("parent {p}");
+        outln!("parent {p}");
     }
-    println!("date   {}", time(v.time));
-    println!("size   {} entries, {}", v.entries, human(v.bytes));
+    outln!("date   {}", time(v.time));
+    outln!("size   {} entries, {}", v.entries, human(v.bytes));
     if !v.message.is_empty() {
-        println!("\n    {}", v.message.replace('\n', "\n    "));
+        outln!("\n    {}", v.message.replace('\n', "\n    "));
     }
+    Ok(())
 }
 
 pub fn log(repo: &Repo, a: LogArgs) -> Result<ExitCode> {
@@ -102,14 +105,14 @@ pub fn log(repo: &Repo, a: LogArgs) -> Result<ExitCode> {
         return print_json(&out).map(|_| ExitCode::SUCCESS);
     }
     for (name, versions) in &all {
-        println!("== {name}");
+        outln!("== {name}");
         for (i, v) in versions.iter().enumerate() {
             let tag = if i == 0 {
                 name.clone()
             } else {
                 format!("{name}~{i}")
             };
-            println!(
+            outln!(
                 "{}  {}  {:<16} {:>10}  {}",
                 &v.commit[..12],
                 time(v.time),
@@ -128,7 +131,7 @@ pub fn show(repo: &Repo, a: ShowArgs) -> Result<ExitCode> {
     if a.json {
         print_json(&v)?;
     } else {
-        print_info(&v);
+        print_info(&v)?;
     }
     Ok(ExitCode::SUCCESS)
 }

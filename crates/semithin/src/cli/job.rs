@@ -26,12 +26,14 @@ pub enum JobCmd {
     /// the agent's sysroot when it has one. Machines run it only when their agent allows
     /// commands and trusts the key that signed it.
     Run {
+        /// The machines: a name, `key=value[,key=value...]` or `*`.
         selector: String,
         /// The admin's job-signing key (made by `semithin job keygen`).
         #[arg(long, value_name = "FILE")]
         sign_key: PathBuf,
         #[command(flatten)]
         when: When,
+        /// The program and its arguments, after `--` (run as argv, no shell).
         #[arg(last = true, required = true, value_name = "COMMAND")]
         argv: Vec<String>,
     },
@@ -40,33 +42,45 @@ pub enum JobCmd {
     Apt(AptCmd),
     /// Reboot machines.
     Reboot {
+        /// The machines: a name, `key=value[,key=value...]` or `*`.
         selector: String,
         #[command(flatten)]
         when: When,
     },
     /// Every machine's result of a job.
     Status {
+        /// The job's id (as the job's command printed it).
         id: String,
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Jobs, newest first.
     List {
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Cancel a job: no machine is given it from now on, and machines running it stop it.
-    Cancel { id: String },
+    Cancel {
+        /// The job's id.
+        id: String,
+    },
     /// Make a job-signing key in FILE (mode 0600) and print its public key, for the agents'
     /// `admin_keys`.
-    Keygen { file: PathBuf },
+    Keygen {
+        /// Where the key is written (it must not exist yet).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum AptCmd {
     /// apt-get install PKG... (Debian package names, optionally `:ARCH` and `=VERSION`).
     Install {
+        /// The machines: a name, `key=value[,key=value...]` or `*`.
         selector: String,
+        /// Debian package names (`PKG`, `PKG:ARCH`, `PKG=VERSION`).
         #[arg(required = true)]
         packages: Vec<String>,
         #[command(flatten)]
@@ -74,7 +88,9 @@ pub enum AptCmd {
     },
     /// apt-get remove PKG...
     Remove {
+        /// The machines: a name, `key=value[,key=value...]` or `*`.
         selector: String,
+        /// Debian package names (`PKG`, `PKG:ARCH`, `PKG=VERSION`).
         #[arg(required = true)]
         packages: Vec<String>,
         #[command(flatten)]
@@ -82,12 +98,14 @@ pub enum AptCmd {
     },
     /// apt-get update
     Update {
+        /// The machines: a name, `key=value[,key=value...]` or `*`.
         selector: String,
         #[command(flatten)]
         when: When,
     },
     /// apt-get upgrade (or dist-upgrade).
     Upgrade {
+        /// The machines: a name, `key=value[,key=value...]` or `*`.
         selector: String,
         /// dist-upgrade: also install and remove packages to upgrade.
         #[arg(long)]
@@ -107,10 +125,14 @@ pub enum AptCmd {
 pub enum SourceCmd {
     /// Write /etc/apt/sources.list.d/NAME.sources, signed by the key in KEYFILE.
     Add {
+        /// The machines: a name, `key=value[,key=value...]` or `*`.
         selector: String,
+        /// The source's name: the file is /etc/apt/sources.list.d/NAME.sources.
         name: String,
+        /// The repository's URI (`http://deb.example/debian`).
         #[arg(long)]
         uri: String,
+        /// The suite (`bookworm`, `bookworm-security`).
         #[arg(long)]
         suite: String,
         /// Components, separated by spaces or commas (`main contrib`).
@@ -125,7 +147,9 @@ pub enum SourceCmd {
     },
     /// Remove NAME.sources and its key (one-line .list files are left intact).
     Remove {
+        /// The machines: a name, `key=value[,key=value...]` or `*`.
         selector: String,
+        /// The source's name (as given to `source add`).
         name: String,
         #[command(flatten)]
         when: When,
@@ -135,40 +159,31 @@ pub enum SourceCmd {
 /// When and how long: shared by every job.
 #[derive(clap::Args, Clone, Default)]
 pub struct When {
-    /// Not before this time: RFC 3339 (`2026-12-01T03:00:00Z`), `@UNIX_SECONDS`, or `+30m`.
+    /// Not before this time: RFC 3339 (`2026-12-01T03:00:00Z`), `@UNIX_SECONDS`, or `+30m`
+    /// from now; a time in the past is refused, but with --every (the occurrences from then on,
+    /// the one open now included; missed ones are not made up).
     #[arg(long, value_name = "TIME")]
     at: Option<String>,
-    /// At every occurrence of a cron expression (5 fields, UTC), e.g. `0 3 * * *`.
+    /// At every occurrence of a cron expression: 5 fields (minute hour day month weekday, e.g.
+    /// `0 3 * * *`) or @hourly, @daily, @weekly, @monthly, @yearly; in --tz.
     #[arg(long, value_name = "CRON")]
     every: Option<String>,
+    /// The time zone --every is read in, an IANA name such as Europe/Madrid (daylight saving
+    /// time included) [default: UTC].
+    #[arg(long, value_name = "ZONE", requires = "every")]
+    tz: Option<String>,
     /// Machines that check in later than this after a start do not run it (`90s`, `30m`, `2h`).
-    #[arg(long, value_name = "DURATION")]
-    window: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
+    window: Option<u64>,
     /// The longest the job may run on a machine [default: 1h].
-    #[arg(long, value_name = "DURATION")]
-    timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
+    timeout: Option<u64>,
     /// Wait until every machine has a result, print them; exit 1 unless all succeeded.
     #[arg(long)]
     wait: bool,
+    /// Print the job (or with --wait, every machine's result) as JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// `90`, `90s`, `30m`, `2h`, `1d`.
-pub fn parse_duration(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 's')) => (&s[..i], 1),
-        Some((i, 'm')) => (&s[..i], 60),
-        Some((i, 'h')) => (&s[..i], 3600),
-        Some((i, 'd')) => (&s[..i], 86_400),
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().with_context(|| {
-        format!("bad duration {s:?}: a number with s, m, h or d (90s, 30m, 2h)")
-    })?;
-    n.checked_mul(mult)
-        .with_context(|| format!("duration {s:?} is too long"))
 }
 
 /// RFC 3339, `@UNIX`, or `+DURATION` from now.
@@ -179,10 +194,11 @@ pub fn parse_time(s: &str, now: i64) -> Result<i64> {
             .with_context(|| format!("bad time {s:?}: @ and Unix seconds"));
     }
     if let Some(d) = s.strip_prefix('+') {
-        return Ok(now + parse_duration(d)? as i64);
+        let secs = semithin_protocol::duration::parse(d)?;
+        return Ok(now.saturating_add(secs as i64));
     }
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.timestamp())
+    s.parse::<jiff::Timestamp>()
+        .map(|t| t.as_second())
         .with_context(|| {
             format!("bad time {s:?}: RFC 3339 (2026-12-01T03:00:00Z), @UNIX_SECONDS or +30m")
         })
@@ -190,18 +206,28 @@ pub fn parse_time(s: &str, now: i64) -> Result<i64> {
 
 fn spec(action: Action, when: &When) -> Result<JobSpec> {
     let now = semithin_server::now();
+    let at = when.at.as_deref().map(|t| parse_time(t, now)).transpose()?;
+    if let (Some(at), Some(text)) = (at, &when.at)
+        && at < now
+        && when.every.is_none()
+    {
+        bail!(
+            "--at {text} is in the past ({}; it is {} now): give a later time, `+10m`, or \
+             leave --at out to start now",
+            time(at),
+            time(now)
+        );
+    }
     let schedule = Schedule {
-        at: when.at.as_deref().map(|t| parse_time(t, now)).transpose()?,
+        at,
         every: when.every.clone(),
-        window_secs: when.window.as_deref().map(parse_duration).transpose()?,
+        tz: when.tz.clone(),
+        window_secs: when.window,
     };
     let spec = JobSpec {
         id: job::new_id().map_err(anyhow::Error::msg)?,
         action,
-        timeout_secs: match &when.timeout {
-            Some(t) => parse_duration(t)?,
-            None => job::DEFAULT_TIMEOUT_SECS,
-        },
+        timeout_secs: when.timeout.unwrap_or(job::DEFAULT_TIMEOUT_SECS),
         schedule,
         created_at: now,
     };
@@ -239,8 +265,8 @@ fn submit(
         if when.json {
             print_json(&info)?;
         } else {
-            println!("{}", info.id);
-            eprintln!(
+            outln!("{}", info.id);
+            note!(
                 "job {}: {} on {} machine(s): {}{}",
                 info.id,
                 info.spec.action.describe(),
@@ -387,12 +413,15 @@ pub fn run(server: &ServerArgs, cmd: JobCmd) -> Result<ExitCode> {
             if json {
                 print_json(&js)?;
             } else {
-                println!(
+                outln!(
                     "{:<32} {:<24} {:<16} {:<30} WHAT",
-                    "ID", "CREATED", "SELECTOR", "STATES"
+                    "ID",
+                    "CREATED",
+                    "SELECTOR",
+                    "STATES"
                 );
                 for j in js {
-                    println!(
+                    outln!(
                         "{:<32} {:<24} {:<16} {:<30} {}",
                         j.id,
                         time(j.spec.created_at),
@@ -410,7 +439,7 @@ pub fn run(server: &ServerArgs, cmd: JobCmd) -> Result<ExitCode> {
                 &format!("/api/v1/admin/jobs/{}/cancel", urlencode(&id)),
                 &serde_json::json!({}),
             )?;
-            println!("job {} cancelled ({})", j.id, states_text(&j));
+            outln!("job {} cancelled ({})", j.id, states_text(&j));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -430,33 +459,39 @@ fn print_status(s: &JobStatus, json: bool) -> Result<()> {
         return print_json(s);
     }
     let j = &s.job;
-    println!("job:       {}", j.id);
-    println!("what:      {}", j.spec.action.describe());
-    println!(
+    outln!("job:       {}", j.id);
+    outln!("what:      {}", j.spec.action.describe());
+    outln!(
         "selector:  {} ({} machine(s))",
         j.selector,
         j.machines.len()
     );
-    println!("created:   {}", time(j.spec.created_at));
+    outln!("created:   {}", time(j.spec.created_at));
     if let Some(k) = &j.signed_by {
-        println!("signed by: {k}");
+        outln!("signed by: {k}");
     }
     if let Some(e) = &j.spec.schedule.every {
-        println!("every:     {e} (UTC)");
+        outln!(
+            "every:     {e} ({})",
+            j.spec.schedule.tz.as_deref().unwrap_or("UTC")
+        );
     }
     if let Some(t) = j.next_start {
-        println!("next:      {}", time(t));
+        outln!("next:      {}", time(t));
     }
     if let Some(t) = j.cancelled_at {
-        println!("cancelled: {}", time(t));
+        outln!("cancelled: {}", time(t));
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<20} {:<12} {:<6} {:<10} DELIVERY",
-        "MACHINE", "STATE", "EXIT", "DURATION"
+        "MACHINE",
+        "STATE",
+        "EXIT",
+        "DURATION"
     );
     for r in &s.runs {
-        println!(
+        outln!(
             "{:<20} {:<12} {:<6} {:<10} {}",
             r.machine,
             r.state,
@@ -470,7 +505,7 @@ fn print_status(s: &JobStatus, json: bool) -> Result<()> {
         );
         if let Some(o) = r.output.as_deref().filter(|o| !o.trim().is_empty()) {
             for line in o.trim_end().lines() {
-                println!("    | {line}");
+                outln!("    | {line}");
             }
         }
     }
@@ -490,8 +525,8 @@ fn keygen(file: &PathBuf) -> Result<ExitCode> {
     f.write_all(key.file_text().as_bytes())
         .and_then(|_| f.sync_all())
         .with_context(|| format!("writing {}", file.display()))?;
-    println!("{}", key.public_hex());
-    eprintln!(
+    outln!("{}", key.public_hex());
+    note!(
         "job-signing key written to {}; give the line above to the agents (`admin_keys` or \
          --admin-key) and keep the file secret",
         file.display()
@@ -524,15 +559,18 @@ pub fn outdated(
         return print_json(&ms);
     }
     if ms.is_empty() {
-        println!(
+        outln!(
             "no machine has pending {}updates",
             if security { "security " } else { "" }
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<20} {:<9} {:<9} {:<24} PACKAGES",
-        "MACHINE", "UPDATES", "SECURITY", "READ"
+        "MACHINE",
+        "UPDATES",
+        "SECURITY",
+        "READ"
     );
     for m in ms {
         let names: Vec<String> = m
@@ -540,7 +578,7 @@ pub fn outdated(
             .iter()
             .map(|p| format!("{}{}", p.name, if p.security { "*" } else { "" }))
             .collect();
-        println!(
+        outln!(
             "{:<20} {:<9} {:<9} {:<24} {}",
             m.machine,
             m.upgradable,
@@ -549,7 +587,7 @@ pub fn outdated(
             names.join(" ")
         );
     }
-    println!("(* security update)");
+    outln!("(* security update)");
     Ok(())
 }
 
@@ -558,17 +596,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_and_times() {
-        assert_eq!(parse_duration("90").unwrap(), 90);
-        assert_eq!(parse_duration("30m").unwrap(), 1800);
-        assert_eq!(parse_duration("2h").unwrap(), 7200);
-        assert!(parse_duration("soon").is_err());
+    fn times() {
         assert_eq!(parse_time("@1700000000", 0).unwrap(), 1_700_000_000);
         assert_eq!(parse_time("+10m", 100).unwrap(), 700);
+        assert_eq!(parse_time("+1h 30m", 0).unwrap(), 5400);
         assert_eq!(
             parse_time("2026-11-22T00:00:00Z", 0).unwrap(),
             1_795_305_600
         );
         assert!(parse_time("tomorrow", 0).is_err());
+        assert!(parse_time("+soon", 0).is_err());
     }
 }

@@ -1,4 +1,27 @@
 //! The command line: one module per subcommand.
+//!
+//! Output goes through [`outln!`] (stdout; a reader that went away, as in `semithin log | head`,
+//! ends the command quietly: the error travels up and `main` exits 0 without a word) and
+//! [`note!`] (stderr, for people; never fails the command).
+
+/// `println!` that returns the write's error to the caller (`?` inside): a closed pipe is an
+/// error to stop at, not a panic.
+macro_rules! outln {
+    () => {
+        $crate::cli::out(format_args!("\n"))?
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// `eprintln!` that never panics: messages for people on stderr, which may be gone too.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 mod admin;
 mod agent;
@@ -26,7 +49,7 @@ mod tuf_client;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use semithin_store::{Access, Repo};
 
@@ -40,15 +63,28 @@ use semithin_store::{Access, Repo};
     name = "semithin",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_help = ADMIN_HELP
 )]
 pub struct Cli {
-    /// The repository to work on.
-    #[arg(long, global = true, env = "SEMITHIN_REPO", value_name = "PATH")]
+    /// The repository to work on [env: SEMITHIN_REPO].
+    #[arg(long, global = true, value_name = "PATH")]
     repo: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
+
+/// How the admin commands find the server: shown under `--help`.
+const ADMIN_HELP: &str = "\
+The admin commands (fleet, job, rollout, push, publish) reach the server named by --server,
+--admin-token and --ca, else SEMITHIN_SERVER, SEMITHIN_ADMIN_TOKEN and SEMITHIN_CA, else the admin
+config file: SEMITHIN_ADMIN_CONFIG, or ~/.config/semithin/admin.toml when it exists. It is TOML:
+
+    server = \"https://updates.example:8470\"
+    admin_token_file = \"/var/lib/semithin-server/admin-token\"   # or admin_token = \"...\"
+    ca = \"/etc/semithin/ca.pem\"   # an https:// server with a certificate of your own CA
+
+Keep it readable by you alone when it holds the token.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -100,17 +136,23 @@ enum Command {
     /// check health, roll back, report. Also `agent verify` and `agent status`.
     Agent(agent::Args),
     /// The machines the server knows: list, show, label, accept, reject, assign, tokens.
+    #[command(after_help = ADMIN_HELP)]
     Fleet(FleetArgs),
     /// Jobs for machines: apt (install, remove, update, upgrade, sources), reboot, signed
     /// commands; at a time or at every occurrence of a cron expression; every machine's result.
+    #[command(after_help = ADMIN_HELP)]
     Job(JobArgs),
     /// Move a channel's machines to a release in waves: canary machines first, then
     /// percentages, each after the last is healthy and soaked, inside a window and a rate
     /// limit; halts by itself on failures. Also status, pause, resume, abort, rollback.
+    #[command(after_help = ADMIN_HELP)]
     Rollout(RolloutArgs),
     /// Wake machines (a name, a label selector or `*`): they check in at once.
+    #[command(after_help = ADMIN_HELP)]
     Push {
+        /// The machines: a name, `key=value[,key=value...]` or `*`.
         selector: String,
+        /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -147,7 +189,12 @@ struct FleetArgs {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    let repo = cli.repo;
+    // Read here rather than by clap, so that usage lines never show --repo as required.
+    let repo = cli.repo.or_else(|| {
+        std::env::var_os("SEMITHIN_REPO")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
     match cli.command {
         Command::Repo(c) => repo::run(c),
         Command::Commit(a) => commit::run(&open(repo, Access::Write)?, a),
@@ -181,8 +228,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn open(repo: Option<PathBuf>, access: Access) -> Result<Repo> {
     let path = repo.context("no repository given: pass --repo PATH or set SEMITHIN_REPO")?;
+    // `semithin serve --data DATA` keeps its repository in DATA/repo.
+    if !path.join("config").exists() && path.join("repo/config").is_file() {
+        bail!(
+            "{} is a server's data directory, not a repository: its repository is {} \
+             (pass --repo {0}/repo or set SEMITHIN_REPO to it)",
+            path.display(),
+            path.join("repo").display()
+        );
+    }
     let mut say = || {
-        eprintln!(
+        note!(
             "semithin: waiting for the repository {}: another process holds it{} \
              (a running agent holds its own store for as long as it runs)",
             path.display(),
@@ -196,9 +252,35 @@ fn open(repo: Option<PathBuf>, access: Access) -> Result<Repo> {
     Ok(Repo::open_waiting(&path, access, &mut say)?)
 }
 
+/// A duration flag (`90s`, `30m`, `1h30m`, `2d 3h`, or seconds), as seconds: the one syntax of
+/// every duration ([`semithin_protocol::duration`]).
+fn duration(s: &str) -> std::result::Result<u64, String> {
+    semithin_protocol::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// [`duration`] for a setting kept in 32 bits.
+fn duration_u32(s: &str) -> std::result::Result<u32, String> {
+    u32::try_from(duration(s)?).map_err(|_| format!("duration {s:?} is too long"))
+}
+
+/// Writes to stdout.
+pub(crate) fn out(args: std::fmt::Arguments) -> std::io::Result<()> {
+    use std::io::Write;
+    std::io::stdout().lock().write_fmt(args)
+}
+
+/// Whether an error is a write into a pipe whose reader is gone (`| head`): the command stops
+/// there, quietly, as other Unix tools do.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Prints a value as pretty JSON on stdout.
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -254,5 +336,35 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// Every command, flag and positional argument says what it is for (`--help` lists nothing
+    /// bare), and no usage line shows a global flag as if it were required.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        use clap::CommandFactory;
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", c.get_name());
+            if c.get_about().is_none() && !c.is_hide_set() {
+                missing.push(format!("{path}: the command"));
+            }
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") || a.is_hide_set() {
+                    continue;
+                }
+                if a.get_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+            for s in c.get_subcommands() {
+                walk(s, &path, missing);
+            }
+        }
+        let mut cli = super::Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        walk(&cli, "", &mut missing);
+        assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
     }
 }

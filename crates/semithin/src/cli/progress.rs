@@ -72,8 +72,8 @@ impl Progress for Bar {
 
     fn warn(&self, message: &str) {
         match self.bar.lock().expect("lock").as_ref() {
-            Some(b) => b.suspend(|| eprintln!("warning: {message}")),
-            None => eprintln!("warning: {message}"),
+            Some(b) => b.suspend(|| note!("warning: {message}")),
+            None => note!("warning: {message}"),
         }
     }
 }

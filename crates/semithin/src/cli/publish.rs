@@ -111,7 +111,7 @@ pub fn sign_release(
 pub(crate) fn tell_server(server: &ServerArgs, json: bool) -> Result<()> {
     if !server.configured() {
         if !json {
-            eprintln!(
+            note!(
                 "no server configured (--server, SEMITHIN_SERVER): a server on this repository \
                  notices the release within seconds by itself"
             );
@@ -121,10 +121,10 @@ pub(crate) fn tell_server(server: &ServerArgs, json: bool) -> Result<()> {
     match server.client().and_then(|c| {
         c.post::<Affected>("telling the server", "/api/v1/admin/published", &json!({}))
     }) {
-        Ok(a) if !json => eprintln!("the server woke {} machine(s)", a.machines.len()),
+        Ok(a) if !json => note!("the server woke {} machine(s)", a.machines.len()),
         Ok(_) => {}
         Err(e) => {
-            eprintln!("warning: published, but {e:#}; the server notices within seconds by itself")
+            note!("warning: published, but {e:#}; the server notices within seconds by itself")
         }
     }
     Ok(())
@@ -162,13 +162,16 @@ fn publish(repo: &Repo, a: &Args) -> Result<()> {
     if a.json {
         print_json(&r)?;
     } else {
-        println!("published {name} at {}{}", id.short(), {
+        outln!("published {name} at {}{}", id.short(), {
             if id == head { "" } else { " (not the head)" }
         });
         for w in &r.written {
-            println!(
+            outln!(
                 "  {:<20} {:<9} version {:<5} expires {}",
-                w.file, w.role, w.version, w.expires
+                w.file,
+                w.role,
+                w.version,
+                w.expires
             );
         }
     }

@@ -9,6 +9,7 @@ use semithin_store::repo::{Config, Repo};
 pub enum RepoCmd {
     /// Create an empty repository at PATH (a new or empty directory).
     Init {
+        /// Where the repository is made: a new or empty directory.
         path: PathBuf,
         /// zstd level for stored objects (1-19): higher is smaller and slower to commit.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
@@ -29,7 +30,7 @@ pub fn run(cmd: RepoCmd) -> Result<ExitCode> {
                     ..Config::default()
                 },
             )?;
-            println!(
+            outln!(
                 "initialised an empty semithin repository in {}",
                 path.display()
             );

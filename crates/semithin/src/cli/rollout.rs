@@ -154,9 +154,37 @@ fn start(repo: Option<PathBuf>, server: &ServerArgs, a: StartArgs) -> Result<Exi
     // Read under a shared lock, let go before the server is asked (it reads the repository
     // too when the version is new to it); the write lock is taken for signing only.
     let read = super::open(repo.clone(), Access::Read)?;
-    channel::head(&read, name)?.with_context(|| format!("no channel named {name:?}"))?;
+    if channel::head(&read, name)?.is_none() {
+        let names = channel::list(&read)?;
+        let hint = semithin_protocol::near::did_you_mean(name, names.iter().map(String::as_str));
+        bail!(
+            "no channel named {name:?}{hint}; the channels are: {}",
+            if names.is_empty() {
+                "none yet".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
     let id = refs::resolve(&read, &a.reference)?;
     if !super::publish::on_channel(&read, name, id)? {
+        // A version that is on a channel with a near name: the channel is probably misspelt.
+        let mut meant = Vec::new();
+        for other in channel::list(&read)? {
+            if other != *name && super::publish::on_channel(&read, &other, id)? {
+                meant.push(other);
+            }
+        }
+        let near = semithin_protocol::near::near(name, meant.iter().map(String::as_str));
+        if !near.is_empty() {
+            bail!(
+                "{} ({}) has never been on channel {name}, but it is on {}: did you mean {}?",
+                a.reference,
+                id.short(),
+                near.join(", "),
+                near.join(" or ")
+            );
+        }
         bail!(
             "{} ({}) has never been on channel {name}: move the channel there first \
              (`semithin channel set {name} {}`)",
@@ -185,8 +213,8 @@ fn start(repo: Option<PathBuf>, server: &ServerArgs, a: StartArgs) -> Result<Exi
         if a.json {
             print_json(&made)?;
         } else {
-            println!("dry run: nothing signed, nothing stored");
-            print_info(&made);
+            outln!("dry run: nothing signed, nothing stored");
+            print_info(&made)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -223,13 +251,13 @@ fn start(repo: Option<PathBuf>, server: &ServerArgs, a: StartArgs) -> Result<Exi
     if a.json {
         print_json(&info)?;
     } else {
-        println!(
+        outln!(
             "rollout {rid}: {name} to {} for {} (signed, allowing {} earlier release(s))",
             id.short(),
             a.to,
             info.allowed.len()
         );
-        print_info(&info);
+        print_info(&info)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -244,8 +272,8 @@ fn command(server: &ServerArgs, id: i64, verb: &str, json: bool) -> Result<ExitC
     if json {
         print_json(&info)?;
     } else {
-        println!("rollout {id} is {} now", info.state.as_str());
-        print_info(&info);
+        outln!("rollout {id} is {} now", info.state.as_str());
+        print_info(&info)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -293,7 +321,7 @@ fn undo(
     if json {
         print_json(&info)?;
     } else {
-        println!("rollout {id} is {} now", info.state.as_str());
+        outln!("rollout {id} is {} now", info.state.as_str());
     }
     let ch = &info.channel;
     let said = match restored {
@@ -310,7 +338,7 @@ fn undo(
              its signed release stays"
         ),
         Ok(Restored::NoEarlier) => {
-            eprintln!(
+            note!(
                 "warning: channel {ch} had no release before rollout {id}: its signed release \
                  stays {}, which machines that join it get; publish the one they should get \
                  (`semithin publish {ch} REF`)",
@@ -320,7 +348,7 @@ fn undo(
         }
         Err(e) => {
             if !json {
-                print_info(&info);
+                print_info(&info)?;
             }
             return Err(e.context(format!(
                 "rollout {id} is {}, but channel {ch} still signs release {}: machines assigned \
@@ -333,13 +361,13 @@ fn undo(
     };
     if json {
         if !said.is_empty() {
-            eprintln!("{said}");
+            note!("{said}");
         }
     } else {
         if !said.is_empty() {
-            println!("{said}");
+            outln!("{said}");
         }
-        print_info(&info);
+        print_info(&info)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -442,7 +470,7 @@ fn status(c: &AdminClient, id: Option<i64>, json: bool) -> Result<ExitCode> {
         if json {
             print_json(&info)?;
         } else {
-            print_info(&info);
+            print_info(&info)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -452,15 +480,19 @@ fn status(c: &AdminClient, id: Option<i64>, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if list.is_empty() {
-        println!("no rollouts yet: `semithin rollout start CHANNEL REF --to SELECTOR`");
+        outln!("no rollouts yet: `semithin rollout start CHANNEL REF --to SELECTOR`");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<5} {:<16} {:<12} {:<12} {:<20} STARTED",
-        "ID", "CHANNEL", "RELEASE", "STATE", "SELECTOR"
+        "ID",
+        "CHANNEL",
+        "RELEASE",
+        "STATE",
+        "SELECTOR"
     );
     for r in &list {
-        println!(
+        outln!(
             "{:<5} {:<16} {:<12} {:<12} {:<20} {}",
             r.id,
             r.channel,
@@ -475,8 +507,8 @@ fn status(c: &AdminClient, id: Option<i64>, json: bool) -> Result<ExitCode> {
             "reading the rollout",
             &format!("/api/v1/admin/rollouts/{}", r.id),
         )?;
-        println!();
-        print_info(&info);
+        outln!();
+        print_info(&info)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -507,13 +539,13 @@ fn wave_state(w: &WaveInfo, now: i64) -> String {
     }
 }
 
-fn print_info(r: &RolloutInfo) {
+fn print_info(r: &RolloutInfo) -> Result<()> {
     let title = if r.id == 0 {
         "rollout (plan)".to_owned()
     } else {
         format!("rollout {}", r.id)
     };
-    println!(
+    outln!(
         "{title} on {}: {}",
         r.channel,
         match r.state {
@@ -521,8 +553,8 @@ fn print_info(r: &RolloutInfo) {
             s => s.as_str(),
         }
     );
-    println!("  release    {}", r.release);
-    println!("  selector   {}", r.selector);
+    outln!("  release    {}", r.release);
+    outln!("  selector   {}", r.selector);
     let p = &r.plan;
     let mut plan = format!(
         "canary {}, waves {}, soak {} s, max failures {}",
@@ -544,24 +576,28 @@ fn print_info(r: &RolloutInfo) {
     if let Some(n) = p.max_per_hour {
         plan.push_str(&format!(", at most {n} an hour"));
     }
-    println!("  plan       {plan}");
+    outln!("  plan       {plan}");
     if !r.allowed.is_empty() {
         let list: Vec<&str> = r.allowed.iter().map(|a| short(a)).collect();
-        println!("  allowed    {}", list.join(", "));
+        outln!("  allowed    {}", list.join(", "));
     }
     if let Some(w) = &r.waiting {
-        println!("  now        {w}");
+        outln!("  now        {w}");
     }
     if let Some(why) = &r.reason {
-        println!("  reason     {why}");
+        outln!("  reason     {why}");
     }
     let counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     if !counts.is_empty() {
-        println!("  machines   {}", counts.join(", "));
+        outln!("  machines   {}", counts.join(", "));
     }
-    println!(
+    outln!(
         "  {:<8} {:>8} {:>8} {:>8} {:>7}  STATE",
-        "WAVE", "MACHINES", "ADMITTED", "UPDATED", "FAILED"
+        "WAVE",
+        "MACHINES",
+        "ADMITTED",
+        "UPDATED",
+        "FAILED"
     );
     let now = semithin_server::now();
     for w in &r.waves {
@@ -570,17 +606,28 @@ fn print_info(r: &RolloutInfo) {
             Some(p) => format!("{} ({})", w.name, percent(p)),
             None => w.name.clone(),
         };
-        println!(
+        outln!(
             "  {:<8} {:>8} {:>8} {:>8} {:>7}  {state}",
-            name, w.machines, w.admitted, w.updated, w.failed
+            name,
+            w.machines,
+            w.admitted,
+            w.updated,
+            w.failed
         );
     }
     if r.machines.is_empty() {
-        return;
+        return Ok(());
     }
-    println!(
+    outln!(
         "  {:<16} {:<7} {:<17} {:<12} {:<12} {:<12} {:<9} {:<9} LAST ERROR",
-        "NAME", "WAVE", "STATE", "FROM", "TOLD", "CURRENT", "HEALTH", "SEEN"
+        "NAME",
+        "WAVE",
+        "STATE",
+        "FROM",
+        "TOLD",
+        "CURRENT",
+        "HEALTH",
+        "SEEN"
     );
     for m in &r.machines {
         let wave = match m.wave {
@@ -600,7 +647,7 @@ fn print_info(r: &RolloutInfo) {
             .chars()
             .take(80)
             .collect();
-        println!(
+        outln!(
             "  {:<16} {:<7} {:<17} {:<12} {:<12} {:<12} {:<9} {:<9} {err}",
             m.name,
             wave,
@@ -612,6 +659,7 @@ fn print_info(r: &RolloutInfo) {
             seen
         );
     }
+    Ok(())
 }
 
 #[cfg(test)]

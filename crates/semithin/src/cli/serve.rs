@@ -18,7 +18,8 @@ pub struct Args {
     /// Address to listen on [default: 127.0.0.1:8470].
     #[arg(long, env = "SEMITHIN_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// TOML file with any of these settings (the flag names with `_`: data, listen,
+    /// TOML file with any of these settings (durations in seconds; the flag names with `_`:
+    /// data, listen,
     /// checkin_interval, max_wait, request_deadline, max_body, delta_sources, tls_cert,
     /// tls_key, admin_token, log_format, apt_cache_size, apt_fresh, trust_renew_left,
     /// trust_check_interval, header_timeout, idle_timeout, max_connections, event_retention,
@@ -26,15 +27,14 @@ pub struct Args {
     /// apt_upstreams of NAME = URL). Flags and environment win over it.
     #[arg(long, env = "SEMITHIN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Seconds between check-ins of a machine that nothing wakes [default: 300].
-    #[arg(long, env = "SEMITHIN_CHECKIN_INTERVAL", value_name = "SECS")]
+    /// Time between check-ins of a machine that nothing wakes (`300`, `5m`) [default: 5m].
+    #[arg(long, env = "SEMITHIN_CHECKIN_INTERVAL", value_name = "DURATION", value_parser = super::duration_u32)]
     checkin_interval: Option<u32>,
-    /// Longest a machine's long poll is held, in seconds [default: 300].
-    #[arg(long, env = "SEMITHIN_MAX_WAIT", value_name = "SECS")]
+    /// Longest a machine's long poll is held [default: 5m].
+    #[arg(long, env = "SEMITHIN_MAX_WAIT", value_name = "DURATION", value_parser = super::duration_u32)]
     max_wait: Option<u32>,
-    /// Deadline of every request except long polls and object streams, in seconds
-    /// [default: 30].
-    #[arg(long, env = "SEMITHIN_REQUEST_DEADLINE", value_name = "SECS")]
+    /// Deadline of every request except long polls and object streams [default: 30s].
+    #[arg(long, env = "SEMITHIN_REQUEST_DEADLINE", value_name = "DURATION", value_parser = super::duration)]
     request_deadline: Option<u64>,
     /// Largest request body, in bytes [default: 8388608].
     #[arg(long, env = "SEMITHIN_MAX_BODY", value_name = "BYTES")]
@@ -67,9 +67,9 @@ pub struct Args {
     /// [default: 4294967296].
     #[arg(long, env = "SEMITHIN_APT_CACHE_SIZE", value_name = "BYTES")]
     apt_cache_size: Option<u64>,
-    /// Seconds a cached apt index (Release, Packages, ...) is served before it is fetched
-    /// again [default: 60].
-    #[arg(long, value_name = "SECS")]
+    /// How long a cached apt index (Release, Packages, ...) is served before it is fetched
+    /// again [default: 1m].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
     apt_fresh: Option<u64>,
     /// Sign a new TUF snapshot and timestamp when less than this part of their lifetime is
     /// left, with the online keys in REPO/trust/keys (machines refuse expired metadata)

@@ -146,13 +146,17 @@ pub fn signed_commits(repo: &Repo) -> Result<Vec<semithin_store::CommitId>> {
     Ok(out)
 }
 
-fn print_written(written: &[Written]) {
+fn print_written(written: &[Written]) -> Result<()> {
     for w in written {
-        println!(
+        outln!(
             "  {:<20} {:<9} version {:<5} expires {}",
-            w.file, w.role, w.version, w.expires
+            w.file,
+            w.role,
+            w.version,
+            w.expires
         );
     }
+    Ok(())
 }
 
 pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
@@ -168,19 +172,19 @@ pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
             if json {
                 print_json(&r)?;
             } else {
-                println!("trust initialised in {}", r.dir.display());
+                outln!("trust initialised in {}", r.dir.display());
                 for k in &r.root_keys {
-                    println!("root key {} written to {}", k.keyid, k.file.display());
+                    outln!("root key {} written to {}", k.keyid, k.file.display());
                 }
-                println!(
+                outln!(
                     "root threshold {}; keep the root key file(s) offline: `semithin trust rotate` \
                      needs them",
                     r.root_threshold
                 );
                 for k in &r.online_keys {
-                    println!("{} key {} in {}", k.role, k.keyid, k.file.display());
+                    outln!("{} key {} in {}", k.role, k.keyid, k.file.display());
                 }
-                println!(
+                outln!(
                     "clients start from {}",
                     dir(&repo).join("metadata/1.root.json").display()
                 );
@@ -199,7 +203,7 @@ pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
             if json {
                 print_json(&r)?;
             } else {
-                println!(
+                outln!(
                     "{} key rotated: {} -> {} (threshold {})",
                     r.role,
                     r.old_keyids.join(", "),
@@ -211,9 +215,9 @@ pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
                     r.threshold
                 );
                 for k in &r.new_keys {
-                    println!("new {} key in {}", k.role, k.file.display());
+                    outln!("new {} key in {}", k.role, k.file.display());
                 }
-                print_written(&r.written);
+                print_written(&r.written)?;
             }
         }
         TrustCmd::Refresh { force, json } => {
@@ -224,20 +228,20 @@ pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
                 print_json(&r)?;
             } else {
                 if r.written.is_empty() {
-                    println!(
+                    outln!(
                         "nothing to do: timestamp version {} expires {}",
                         t.timestamp().signed.version,
                         t.timestamp().signed.expires
                     );
                 } else {
                     for (role, why) in &r.reasons {
-                        println!("{role}: {why}");
+                        outln!("{role}: {why}");
                     }
-                    println!("signed:");
-                    print_written(&r.written);
+                    outln!("signed:");
+                    print_written(&r.written)?;
                 }
                 for w in &r.warnings {
-                    eprintln!("warning: {w}");
+                    note!("warning: {w}");
                 }
             }
         }
@@ -257,17 +261,17 @@ pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
                 };
                 print_json(&v)?;
             } else {
-                print_status(&dir(&repo), &s);
+                print_status(&dir(&repo), &s)?;
                 match &health {
-                    Some(Ok(h)) => print_health(h),
-                    Some(Err(e)) => println!("server: cannot ask it: {e:#}"),
+                    Some(Ok(h)) => print_health(h)?,
+                    Some(Err(e)) => outln!("server: cannot ask it: {e:#}"),
                     None => {}
                 }
             }
             let mut failed = false;
             for (role, expires) in expired(&s) {
                 failed = true;
-                eprintln!(
+                note!(
                     "error: {role} expired at {expires}: machines verify no release until it is \
                      signed again ({})",
                     what_to_do(&role)
@@ -277,7 +281,7 @@ pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
                 && !h.ok
             {
                 failed = true;
-                eprintln!("error: the server reports a problem with the trust metadata (above)");
+                note!("error: the server reports a problem with the trust metadata (above)");
             }
             if failed {
                 return Ok(ExitCode::FAILURE);
@@ -320,9 +324,9 @@ fn server_health(server: &ServerArgs) -> Option<Result<TrustHealth>> {
     )
 }
 
-fn print_health(h: &TrustHealth) {
+fn print_health(h: &TrustHealth) -> Result<()> {
     let at = |t: Option<i64>| t.map_or("never".to_owned(), super::time);
-    println!(
+    outln!(
         "server: renews snapshot and timestamp with less than {}% of their lifetime left; \
          looked {}, last renewal {}",
         (h.renew_left * 100.0).round(),
@@ -330,15 +334,16 @@ fn print_health(h: &TrustHealth) {
         at(h.renewed_at)
     );
     for r in &h.renewed {
-        println!("  renewed {r}");
+        outln!("  renewed {r}");
     }
     for p in &h.problems {
-        println!("server problem: {p}");
+        outln!("server problem: {p}");
     }
+    Ok(())
 }
 
-fn print_status(dir: &Path, s: &trust_repo::Status) {
-    println!("trust metadata in {}", dir.display());
+fn print_status(dir: &Path, s: &trust_repo::Status) -> Result<()> {
+    outln!("trust metadata in {}", dir.display());
     for role in Role::ALL {
         let Some(r) = s.roles.get(role.name()) else {
             continue;
@@ -348,7 +353,7 @@ fn print_status(dir: &Path, s: &trust_repo::Status) {
         } else {
             format!("in {}", trust_repo::format_duration_rounded(r.expires_in))
         };
-        println!(
+        outln!(
             "{:<9} version {:<5} expires {} ({left}){}  keys {} (threshold {})",
             role.name(),
             r.version,
@@ -363,7 +368,7 @@ fn print_status(dir: &Path, s: &trust_repo::Status) {
         );
     }
     if s.targets.is_empty() {
-        println!("no channel published yet: `semithin publish CHANNEL`");
+        outln!("no channel published yet: `semithin publish CHANNEL`");
     }
     for t in &s.targets {
         let c = t.custom.as_ref();
@@ -373,9 +378,10 @@ fn print_status(dir: &Path, s: &trust_repo::Status) {
         let published = c
             .and_then(|c| c["published"].as_i64())
             .map_or("-".to_owned(), super::time);
-        println!("{:<30} {commit}  published {published}", t.target);
+        outln!("{:<30} {commit}  published {published}", t.target);
     }
     for w in &s.warnings {
-        println!("warning: {w}");
+        outln!("warning: {w}");
     }
+    Ok(())
 }

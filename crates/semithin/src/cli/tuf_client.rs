@@ -36,7 +36,10 @@ pub struct Args {
 #[derive(Subcommand)]
 enum Cmd {
     /// Trust TRUSTED_ROOT (a root.json) from now on. Makes no request.
-    Init { trusted_root: PathBuf },
+    Init {
+        /// The root.json to trust.
+        trusted_root: PathBuf,
+    },
     /// Update the trusted metadata following the TUF client workflow.
     Refresh,
     /// Refresh, then download and verify every --target-name into --target-dir.
@@ -132,7 +135,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     .find_target(name)?
                     .ok_or_else(|| Error::UnknownTarget(name.clone()))?;
                 let path = c.download_target(name, &info, &base, &dir)?;
-                println!("{}", path.display());
+                outln!("{}", path.display());
             }
         }
     }

@@ -1,8 +1,9 @@
 //! `semithin demo`, the main job: a fleet converges twice and everything it started is gone
 //! afterwards; a fleet that cannot converge in time is a failure with the reason.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::common::BIN;
 
@@ -74,5 +75,88 @@ fn a_demo_that_cannot_converge_in_time_fails_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("did not converge"), "{err}");
     assert!(err.contains("the demo's files (and logs) are in"), "{err}");
+    assert_eq!(processes_in(&dir), Vec::<String>::new());
+}
+
+/// `demo --keep` prints commands to try while the fleet runs: every one of them works, and the
+/// agents got their token from a file, never on a command line.
+#[test]
+fn the_commands_a_kept_demo_prints_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--machines",
+            "2",
+            "--timeout",
+            "2m",
+            "--keep",
+            "--dir",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut commands = Vec::new();
+    let mut reading = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.starts_with("The fleet keeps running") {
+            reading = true;
+            continue;
+        }
+        if reading {
+            commands.push(line.trim().to_owned());
+            if line.contains("agent --state") {
+                break;
+            }
+        }
+    }
+    // the agents' command lines hold no token
+    let agents = processes_in(&dir)
+        .into_iter()
+        .filter(|c| c.contains(" agent "))
+        .collect::<Vec<_>>();
+    assert_eq!(agents.len(), 2, "{agents:?}");
+    for a in &agents {
+        assert!(a.contains("--token-file") && !a.contains("--token "), "{a}");
+    }
+    assert!(
+        commands.iter().any(|c| c.contains("agent --state")),
+        "{commands:?}"
+    );
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = format!("set -e\n{}\n", commands.join("\n"));
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("PATH", path)
+        .env_remove("SEMITHIN_REPO")
+        .output()
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("m01") && text.contains("health:"), "{text}");
+    assert!(
+        status.success(),
+        "the demo ends cleanly on Ctrl-C: {status}"
+    );
     assert_eq!(processes_in(&dir), Vec::<String>::new());
 }

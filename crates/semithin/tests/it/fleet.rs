@@ -105,7 +105,7 @@ pub(crate) struct Server {
 
 /// A certificate authority of the fleet's own and a server certificate it signed for
 /// 127.0.0.1, made with openssl in `dir`: (CA certificate, server certificate, server key).
-fn make_certs(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn make_certs(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).unwrap();
     sh(&format!(
@@ -1275,7 +1275,7 @@ fn bad_requests_get_clear_errors() {
     assert_eq!(st, 400, "{v}");
     let (st, v) = s.post(
         "/api/v1/admin/assign",
-        &json!({"selector": "nobody", "channel": "c"}),
+        &json!({"selector": "nobody", "channel": "c", "unpublished": true}),
     );
     assert_eq!(st, 404, "{v}");
     assert!(v["error"].as_str().unwrap().contains("no machine matches"));
@@ -1908,7 +1908,7 @@ fn an_abandoned_switch_gives_back_the_health_it_had() {
     assert!(k.log().contains("killed at switch-trial"), "{}", k.log());
     assert_eq!(k.current().as_deref(), Some(v1.as_str()));
     // Meanwhile the machine is assigned a channel with nothing on it: the agent waits.
-    s.ok(&["fleet", "assign", "m1", "lab/nothing-yet"]);
+    s.ok(&["fleet", "assign", "--unpublished", "m1", "lab/nothing-yet"]);
     let a = Agent::new(&s, "m1", &t);
     assert!(a.once().success(), "{}", a.log());
     assert!(

@@ -5,6 +5,7 @@
 mod apt;
 mod bad_input;
 mod channels;
+mod cli;
 mod common;
 mod demo;
 mod fidelity;

@@ -75,7 +75,10 @@ fn the_example_agent_settings_are_what_the_agent_reads() {
     // The commented-out keys are settings too.
     let dir = tempdir();
     let (all, n) = uncommented(&read(&path));
-    assert_eq!(n, 3, "name, token and etc_upper are commented out:\n{all}");
+    assert_eq!(
+        n, 4,
+        "name, token_file, token and etc_upper are commented out:\n{all}"
+    );
     let all_path = dir.path().join("all.toml");
     std::fs::write(&all_path, &all).unwrap();
     let c = semithin_agent::Config::load(&all_path).unwrap_or_else(|e| panic!("{e}"));
@@ -84,6 +87,10 @@ fn the_example_agent_settings_are_what_the_agent_reads() {
     assert!(c.etc_upper.is_some());
     assert_eq!(c.etc_policy, semithin_agent::config::EtcPolicy::Restore);
     assert!(c.etc_restore().unwrap().len() >= 5);
+    assert_eq!(
+        c.token_file.as_deref(),
+        Some(Path::new("/etc/semithin/enroll-token"))
+    );
 
     // The parser refuses what it does not know, so the checks above mean something.
     let bogus = dir.path().join("bogus.toml");

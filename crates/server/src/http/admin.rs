@@ -30,6 +30,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/v1/admin/accept", post(accept))
         .route("/api/v1/admin/reject", post(reject))
         .route("/api/v1/admin/assign", post(assign))
+        .route("/api/v1/admin/remove", post(remove))
         .route("/api/v1/admin/push", post(push))
         .route("/api/v1/admin/tokens", get(tokens).post(new_token))
         .route("/api/v1/admin/tokens/{id}", delete(revoke_token))
@@ -187,6 +188,26 @@ async fn assign(
     admin(&app, &headers)?;
     let req: AssignRequest = parse(&body)?;
     semithin_store::channel::check_name(&req.channel).map_err(|e| ApiErr::bad(e.to_string()))?;
+    selector(&req.selector)?;
+    if !req.unpublished {
+        let p = app.published();
+        if !p.releases.contains_key(&req.channel) {
+            let names = p.releases.keys().map(String::as_str);
+            let hint = semithin_protocol::near::did_you_mean(&req.channel, names.clone());
+            let list: Vec<&str> = names.collect();
+            return Err(ApiErr::not_found(format!(
+                "nothing is published on channel {:?}{hint}; published channels: {}. Publish \
+                 it first, or assign it as unpublished (`fleet assign --unpublished`: its \
+                 machines wait for its first release)",
+                req.channel,
+                if list.is_empty() {
+                    "none yet".to_owned()
+                } else {
+                    list.join(", ")
+                }
+            )));
+        }
+    }
     let channel = req.channel.clone();
     change(&app, &req.selector, move |r| {
         let new = Some(channel.clone());
@@ -195,6 +216,30 @@ async fn assign(
         changed
     })
     .await
+}
+
+/// Forgets machines: their rows (and inventories) go, so their keys open nothing from now on;
+/// a long poll they hold ends. Jobs' and rollouts' records of them stay as history.
+async fn remove(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Affected>> {
+    admin(&app, &headers)?;
+    let req: SelectorRequest = parse(&body)?;
+    let sel = selector(&req.selector)?;
+    let machines = app.fleet.select(&sel);
+    if machines.is_empty() {
+        return Err(ApiErr::not_found(format!("no machine matches {sel}")));
+    }
+    let mut names = Vec::new();
+    for m in machines {
+        db::delete_machine(&app.db, &m.id).await?;
+        app.fleet.remove(&m.id);
+        m.wake.notify_one();
+        names.push(m.row.lock().expect("lock").name.clone());
+    }
+    Ok(Json(Affected { machines: names }))
 }
 
 async fn push(

@@ -1,66 +1,22 @@
 //! The syntax of a rollout's settings, as the command line and the API take them: durations
-//! (`30m`, `90s`, `1h30m`), percentages (`5%`, `2.5%`), waves (`5%,25%,100%`), failure
+//! (`30m`, `90s`, `1h30m`, the syntax of every duration), percentages (`5%`, `2.5%`), waves (`5%,25%,100%`), failure
 //! thresholds (`5%` or a count) and canaries (a count or names). Every error names the value.
 
 use serde::{Deserialize, Serialize};
 
-/// Seconds of `30s`, `10m`, `2h`, `1d`, `1h30m`; `0` alone is allowed.
+/// Seconds of a duration in the one syntax of every duration (`30s`, `10m`, `2h`, `1d`,
+/// `1h30m`, `2d 3h`, a bare number of seconds: [`semithin_protocol::duration`]), at most a year.
 pub fn parse_duration(s: &str) -> Result<i64, String> {
-    let t = s.trim();
-    let bad = || format!("bad duration {s:?}: expected e.g. 30s, 10m, 2h, 1d or 1h30m");
-    if t == "0" {
-        return Ok(0);
-    }
-    if t.is_empty() {
-        return Err(bad());
-    }
-    let mut total: i64 = 0;
-    let mut digits = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(bad()),
-        };
-        if digits.is_empty() {
-            return Err(bad());
-        }
-        let n: i64 = digits.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-        digits.clear();
-    }
-    if !digits.is_empty() {
-        return Err(bad());
-    }
-    if total > 366 * 86_400 {
+    let secs = semithin_protocol::duration::parse(s).map_err(|e| e.to_string())?;
+    if secs > 366 * 86_400 {
         return Err(format!("duration {s:?} is longer than a year"));
     }
-    Ok(total)
+    Ok(secs as i64)
 }
 
 /// `90s` as `1m30s`, `0` as `0s`.
 pub fn format_duration(secs: i64) -> String {
-    if secs <= 0 {
-        return "0s".into();
-    }
-    let mut out = String::new();
-    let mut rest = secs;
-    for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
-        if rest >= n {
-            out.push_str(&format!("{}{unit}", rest / n));
-            rest %= n;
-        }
-    }
-    out
+    semithin_protocol::duration::format(secs.max(0) as u64)
 }
 
 /// A percentage in hundredths of a percent: `5%` is 500, `2.5%` is 250; the `%` may be left
@@ -257,10 +213,16 @@ mod tests {
             ("1d", 86_400),
             ("1h30m", 5400),
             (" 3s ", 3),
+            // the syntax every duration flag shares
+            ("10", 10),
+            ("1w", 7 * 86_400),
+            ("2d 3h", 2 * 86_400 + 3 * 3600),
+            ("1.5h", 5400),
+            ("10 minutes", 600),
         ] {
             assert_eq!(parse_duration(s), Ok(want), "{s}");
         }
-        for bad in ["", "m", "10", "1.5h", "1w", "-3s", "3s4", "400d"] {
+        for bad in ["", "m", "1.5s", "-3s", "3s4", "400d", "1mo"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(format_duration(5400), "1h30m");
@@ -333,7 +295,7 @@ mod tests {
         r.max_per_hour = Some(0);
         assert!(Spec::parse(&r).unwrap_err().contains("admit no machine"));
         r.max_per_hour = Some(10);
-        r.soak = Some("10 minutes".into());
+        r.soak = Some("10 fortnights".into());
         assert!(Spec::parse(&r).unwrap_err().contains("bad --soak"));
     }
 }
