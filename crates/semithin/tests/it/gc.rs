@@ -118,7 +118,7 @@ fn a_running_agent_stores_whole_a_release_it_gets_again_after_gc() {
     let mut a = Agent::new(&s, "m1", &t);
     a.spawn();
     wait_until("m1 enrolled", 30, || s.machines().len() == 1);
-    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    s.ok(&["fleet", "assign", "--unpublished", "m1", "lab/stable"]);
     let mut releases = Vec::new();
     for v in 1..=3 {
         image(&src, v, 20);

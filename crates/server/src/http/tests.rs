@@ -186,7 +186,7 @@ async fn target_paths_that_are_no_file_are_4xx_and_no_answer_names_a_server_path
         .admin(
             "POST",
             "/api/v1/admin/assign",
-            Some(json!({"selector": "m1", "channel": "stable"})),
+            Some(json!({"selector": "m1", "channel": "stable", "unpublished": true})),
         )
         .await;
     assert_eq!(st, 500, "{v}");
