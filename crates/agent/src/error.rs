@@ -33,6 +33,9 @@ pub enum Error {
     Trust(#[from] semithin_trust::Error),
     #[error(transparent)]
     Protocol(#[from] semithin_protocol::Error),
+    /// A path the server named that could leave it (another host, outside `/api/v1/`).
+    #[error("refused a path the server named: {0}")]
+    BadPath(#[from] semithin_protocol::path::BadPath),
 }
 
 impl Error {

@@ -24,6 +24,7 @@ use std::time::Duration;
 use semithin_protocol::api::{
     CheckInRequest, CheckInResponse, EnrollRequest, Health, Phase, Report,
 };
+use semithin_protocol::path::ApiPath;
 use semithin_protocol::sign::MachineKey;
 use semithin_store::pack::ObjKind;
 use semithin_store::repo::Config as RepoConfig;
@@ -263,7 +264,7 @@ impl Agent {
         let meta_path = desired
             .as_ref()
             .map(|d| d.metadata_path.clone())
-            .unwrap_or_else(|| "/api/v1/trust/metadata/".into());
+            .unwrap_or_else(ApiPath::trust_metadata);
         let mut client = Client::new(
             &self.layout.trust(),
             &format!("{base}{meta_path}"),
@@ -307,7 +308,7 @@ impl Agent {
         let local = client.download_target(
             &target,
             &info,
-            &format!("{base}/api/v1/trust/targets/"),
+            &format!("{base}{}", ApiPath::trust_targets()),
             &self.layout.targets(),
         )?;
         let bytes = std::fs::read(&local).map_err(Error::io("reading", &local))?;
@@ -342,7 +343,7 @@ impl Agent {
                 .as_ref()
                 .and_then(|a| a.desired.as_ref())
                 .map(|d| d.objects_path.clone())
-                .unwrap_or_else(|| "/api/v1/objects".into());
+                .unwrap_or_else(ApiPath::objects);
             let want = (ObjKind::Commit, *id.as_bytes());
             let stream = self
                 .api()
@@ -361,7 +362,7 @@ impl Agent {
 
     /// Fetches every object the release lacks, level by level, in batched streams. Each object
     /// is verified before it is stored; an interrupted fetch keeps what arrived whole.
-    fn fetch(&mut self, release: &str, objects_path: &str) -> Result<u64> {
+    fn fetch(&mut self, release: &str, objects_path: &ApiPath) -> Result<u64> {
         self.phase = Phase::Fetching;
         let id: CommitId = release.parse().map_err(|_| Error::Release {
             release: release.to_owned(),

@@ -26,7 +26,10 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
         let ids = a
             .releases
             .iter()
-            .map(|r| r.parse().with_context(|| format!("--release {r}: not a commit id")))
+            .map(|r| {
+                r.parse()
+                    .with_context(|| format!("--release {r}: not a commit id"))
+            })
             .collect::<Result<Vec<CommitId>>>()?;
         fsck::fsck_releases(repo, &ids, &bar)?
     };

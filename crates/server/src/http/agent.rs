@@ -15,6 +15,7 @@ use semithin_protocol::api::{
     CheckInRequest, CheckInResponse, Desired, EnrollRequest, EnrollResponse, Health,
     MAX_OBJECTS_PER_REQUEST, MachineStatus, ObjectsRequest, Report,
 };
+use semithin_protocol::path::ApiPath;
 use semithin_protocol::{selector, sign};
 use semithin_store::pack::ObjKind;
 use semithin_store::transfer;
@@ -132,12 +133,14 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
                             .store
                             .contains(ObjKind::Commit, cur.as_bytes())
                 })
-                .map(|cur| format!("/api/v1/deltas/{}/{}", cur.to_hex(), rel.to_hex()));
+                .and_then(|cur| {
+                    ApiPath::new(format!("/api/v1/deltas/{}/{}", cur.to_hex(), rel.to_hex())).ok()
+                });
             Desired {
                 channel: c.clone(),
                 release: rel.to_hex(),
-                metadata_path: "/api/v1/trust/metadata/".into(),
-                objects_path: "/api/v1/objects".into(),
+                metadata_path: ApiPath::trust_metadata(),
+                objects_path: ApiPath::objects(),
                 delta_path,
             }
         }),
