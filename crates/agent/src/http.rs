@@ -12,7 +12,7 @@ use semithin_protocol::api::{
     ApiError, CheckInRequest, CheckInResponse, EnrollRequest, EnrollResponse, ObjectsRequest,
 };
 use semithin_protocol::path::ApiPath;
-use semithin_protocol::sign::MachineKey;
+use semithin_protocol::sign::{Counter, MachineKey};
 use semithin_trust::client::Fetcher;
 
 use crate::error::{Error, Result};
@@ -25,15 +25,10 @@ pub struct Api {
     base_url: Url,
     client: Client,
     key: MachineKey,
+    /// Every signed request takes the next counter, so none can be replayed.
+    counter: Counter,
     /// Bytes received from the server (objects and metadata).
     pub received: AtomicU64,
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// An HTTP client builder for talking to a semithin server. HTTPS is rustls with the ring
@@ -84,6 +79,7 @@ impl Api {
             base_url,
             client,
             key,
+            counter: Counter::default(),
             received: AtomicU64::new(0),
         })
     }
@@ -137,7 +133,8 @@ impl Api {
             "GET" => self.client.get(url),
             _ => self.client.post(url).body(body.clone()),
         };
-        for (k, v) in self.key.sign(method, path.as_str(), now(), &body) {
+        let counter = self.counter.next_now();
+        for (k, v) in self.key.sign(method, path.as_str(), counter, &body) {
             rb = rb.header(k, v);
         }
         Ok(rb)

@@ -4,7 +4,7 @@
 //! machine's last-seen time, which is written in batches.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use semithin_protocol::api::{MachineInfo, MachineStatus, Report};
@@ -12,6 +12,7 @@ use semithin_protocol::selector::Selector;
 use tokio::sync::Notify;
 
 use crate::db::MachineRow;
+use crate::replay::Window;
 
 pub struct Machine {
     pub id: String,
@@ -25,6 +26,10 @@ pub struct Machine {
     pub last_seen_stored: AtomicI64,
     /// Wakes this machine's long poll (a permit is kept when it is not waiting).
     pub wake: Notify,
+    /// The counters of its signed requests: each is accepted once.
+    pub replay: Mutex<Window>,
+    /// The highest counter stored in the database.
+    pub counter_stored: AtomicU64,
 }
 
 impl Machine {
@@ -38,7 +43,27 @@ impl Machine {
             last_seen: AtomicI64::new(seen),
             last_seen_stored: AtomicI64::new(seen),
             wake: Notify::new(),
+            replay: Mutex::new(Window::default()),
+            counter_stored: AtomicU64::new(0),
         }
+    }
+
+    /// Sets the highest counter stored (at start): everything up to it is refused.
+    pub fn set_stored_counter(&self, counter: u64) {
+        *self.replay.lock().expect("lock") = Window::from_stored(counter);
+        self.counter_stored.store(counter, Ordering::Relaxed);
+    }
+
+    /// Stores the highest counter accepted from this machine, when it is not stored yet: a
+    /// request that changes something calls this before it writes, so that after a restart it
+    /// cannot be replayed.
+    pub async fn store_counter(&self, db: &sqlx::SqlitePool) -> crate::Result<()> {
+        let high = self.replay.lock().expect("lock").highest();
+        if high > self.counter_stored.load(Ordering::Relaxed) {
+            crate::db::store_counters(db, &[(self.id.clone(), high)]).await?;
+            self.counter_stored.fetch_max(high, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     pub fn snapshot(&self) -> MachineRow {
@@ -109,6 +134,19 @@ impl Fleet {
         };
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Machines whose highest request counter is above the one stored.
+    pub fn unsaved_counters(&self) -> Vec<(Arc<Machine>, u64)> {
+        self.by_id
+            .read()
+            .expect("lock")
+            .values()
+            .filter_map(|m| {
+                let high = m.replay.lock().expect("lock").highest();
+                (high > m.counter_stored.load(Ordering::Relaxed)).then(|| (m.clone(), high))
+            })
+            .collect()
     }
 
     /// Machines whose last-seen time moved since it was last stored.

@@ -174,6 +174,14 @@ pub async fn checkin(
         return Err(ApiErr::forbidden("this machine was rejected by the admin"));
     }
     let req: CheckInRequest = parse(&body)?;
+    // What this request changes is written only once its counter is stored: replayed after a
+    // restart, it is refused.
+    let writes = !req.job_results.is_empty()
+        || req.inventory.is_some()
+        || m.row.lock().expect("lock").report != req.report;
+    if writes {
+        m.store_counter(&app.db).await?;
+    }
     let t = now();
     app.counters.checkins.fetch_add(1, Ordering::Relaxed);
     m.last_seen.store(t, Ordering::Relaxed);
