@@ -27,6 +27,9 @@ pub enum Error {
     Busy { dir: PathBuf },
     #[error("release {release}: {reason}")]
     Release { release: String, reason: String },
+    /// The server names a channel this machine does not follow.
+    #[error("channel refused: {0}")]
+    Channel(String),
     #[error(transparent)]
     Store(#[from] semithin_store::Error),
     #[error(transparent)]

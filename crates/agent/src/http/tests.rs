@@ -221,3 +221,116 @@ fn metadata_urls_and_job_paths_off_the_server_are_refused_before_any_request() {
     assert!(seen.lock().unwrap().is_empty());
     assert!(evil_seen.lock().unwrap().is_empty());
 }
+
+/// A server (or a man in the middle) whose check-in answers name `channel`, noting requests.
+fn naming_channel(channel: &'static str) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    serve(move |s| {
+        if s.target == "/api/v1/checkin" {
+            let a = serde_json::json!({"status": "accepted", "desired": {
+                "channel": channel, "release": "ab".repeat(32),
+                "metadata_path": "/api/v1/trust/metadata/",
+                "objects_path": "/api/v1/objects"}, "next_checkin_secs": 30});
+            (200, a)
+        } else {
+            (404, serde_json::json!({"error": "no such file"}))
+        }
+    })
+}
+
+/// The `last_error` of the reports the server received.
+fn reported_errors(seen: &Arc<Mutex<Vec<Seen>>>) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.target == "/api/v1/checkin")
+        .filter_map(|s| {
+            let v: serde_json::Value = serde_json::from_slice(&s.body).ok()?;
+            v["report"]["last_error"].as_str().map(str::to_owned)
+        })
+        .collect()
+}
+
+#[test]
+fn a_channel_other_than_the_pinned_one_is_refused_reported_and_nothing_is_fetched() {
+    let (url, seen) = naming_channel("lab/other");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        channel: Some("lab/stable".into()),
+        ..Config::default()
+    };
+    let mut agent = agent_of(dir.path(), &url, cfg);
+    let e = agent.cycle(0).unwrap_err().to_string();
+    assert!(
+        e.contains("\"lab/other\"") && e.contains("pinned to \"lab/stable\""),
+        "{e}"
+    );
+    // Reported to the server at once; nothing but check-ins was asked for.
+    assert!(
+        reported_errors(&seen).iter().any(|r| r.contains("pinned")),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.target == "/api/v1/checkin")
+    );
+    assert_eq!(agent.state.channel.as_deref(), Some("lab/stable"));
+    assert!(agent.answer.as_ref().is_some_and(|a| a.desired.is_none()));
+}
+
+#[test]
+fn without_a_pin_a_move_to_another_channel_is_refused_unless_the_config_follows_the_server() {
+    // The machine follows lab/stable (the first channel it was given); a man in the middle
+    // names lab/other.
+    let (url, seen) = naming_channel("lab/other");
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = agent_of(dir.path(), &url, Config::default());
+    agent.state.channel = Some("lab/stable".into());
+    agent.save().unwrap();
+    let e = agent.cycle(0).unwrap_err().to_string();
+    assert!(e.contains("nothing signed confirms the move"), "{e}");
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.target == "/api/v1/checkin")
+    );
+    assert!(
+        reported_errors(&seen)
+            .iter()
+            .any(|r| r.contains("moves this machine"))
+    );
+    let saved = State::load(&Layout::new(dir.path()).state()).unwrap();
+    assert_eq!(saved.channel.as_deref(), Some("lab/stable"));
+    drop(agent);
+
+    // Told to follow the server, it takes the move (and goes on to verify the release).
+    let cfg = Config {
+        follow_channel_changes: true,
+        ..Config::default()
+    };
+    let mut agent = Agent::open(dir.path(), cfg, Box::new(|_| {})).unwrap();
+    agent.cfg.inventory_interval_secs = 0;
+    let e = agent.cycle(0).unwrap_err().to_string();
+    assert!(!e.contains("channel refused"), "{e}");
+    assert_eq!(agent.state.channel.as_deref(), Some("lab/other"));
+    // (this machine has no trusted root: verifying the release is where it stops)
+    assert!(
+        e.contains("no trusted root"),
+        "it went on to verify the release: {e}"
+    );
+}
+
+#[test]
+fn the_first_channel_named_is_kept() {
+    let (url, _seen) = naming_channel("lab/stable");
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = agent_of(dir.path(), &url, Config::default());
+    // it goes on to verify (no trusted root here): the channel is kept all the same
+    let e = agent.cycle(0).unwrap_err().to_string();
+    assert!(e.contains("no trusted root"), "{e}");
+    let saved = State::load(&Layout::new(dir.path()).state()).unwrap();
+    assert_eq!(saved.channel.as_deref(), Some("lab/stable"));
+}
