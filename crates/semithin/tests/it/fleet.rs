@@ -1189,6 +1189,12 @@ fn a_replayed_signed_request_is_refused_and_changes_nothing_also_after_a_restart
     let meta = "/api/v1/trust/metadata/timestamp.json";
     let h_read = alice.sign("GET", meta, COUNTER.next_now(), b"");
     assert_eq!(send_captured(&s, "GET", meta, b"", &h_read).0, 200);
+    // Requests signed at once may arrive out of order: the later one first, then the earlier.
+    let h_early = alice.sign("GET", meta, COUNTER.next_now(), b"");
+    let h_late = alice.sign("GET", meta, COUNTER.next_now(), b"");
+    assert_eq!(send_captured(&s, "GET", meta, b"", &h_late).0, 200);
+    assert_eq!(send_captured(&s, "GET", meta, b"", &h_early).0, 200);
+    assert_eq!(send_captured(&s, "GET", meta, b"", &h_early).0, 409);
     let before = s.machine("alice");
     let failed_events = |m: &Value| {
         m["events"]
