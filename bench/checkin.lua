@@ -1,11 +1,14 @@
 -- wrk script of bench/fleet.sh: replays pre-signed "nothing new" check-ins.
 --
---   wrk -t THREADS ... -s bench/checkin.lua URL -- REQUESTS_FILE THREADS
+--   wrk -t THREADS ... -s bench/checkin.lua URL -- REQUESTS_FILE THREADS [SKIP]
 --
--- REQUESTS_FILE is written by `bench_fleet sign`: the date, the JSON body, then one
--- "MACHINE-ID SIGNATURE" line per machine. Thread t of T takes the machines i with i % T == t
--- and sends their requests round robin, each machine once per round. Every request is built
--- once, here, so wrk's own work per request is writing bytes and reading the answer.
+-- REQUESTS_FILE is written by `bench_fleet sign`: the date, the JSON body, the number of
+-- machines N, then "MACHINE-ID COUNTER SIGNATURE" lines, N per round. Thread t of T takes the
+-- machines i with i % T == t and sends their requests in order, each machine once per round;
+-- the first SKIP lines are left out (fleet.sh's probe sent one). The server accepts each signed request
+-- once, so the file must hold enough rounds for the run; past the last, requests are refused
+-- (409) and counted as errors. Every request is built once, here, so wrk's own work per request
+-- is writing bytes and reading the answer.
 -- done() prints one machine-readable line for the script (latencies in microseconds).
 
 local thread_count = 0
@@ -16,21 +19,23 @@ function setup(thread)
 end
 
 function init(args)
-  local file, threads = args[1], tonumber(args[2])
+  local file, threads, skip = args[1], tonumber(args[2]), tonumber(args[3] or "0")
   assert(file and threads, "usage: -s checkin.lua URL -- REQUESTS_FILE THREADS")
   local f = assert(io.open(file, "r"))
   local date = f:read("*l")
   local body = f:read("*l")
+  local machines = tonumber(f:read("*l"))
   reqs = {}
   local i = 0
   for line in f:lines() do
-    if i % threads == tid then
-      local id, sig = line:match("^(%x+) (%x+)$")
+    if i >= skip and (i % machines) % threads == tid then
+      local id, counter, sig = line:match("^(%x+) (%d+) (%x+)$")
       assert(id, "bad line in " .. file .. ": " .. line)
       reqs[#reqs + 1] = wrk.format("POST", "/api/v1/checkin", {
         ["content-type"] = "application/json",
         ["semithin-machine"] = id,
         ["semithin-date"] = date,
+        ["semithin-counter"] = counter,
         ["semithin-signature"] = sig,
       }, body)
     end

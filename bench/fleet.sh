@@ -18,6 +18,7 @@
 #                  only); default: make-trees.sh builds them in WORK_DIR/debian (a few minutes)
 #   SHARED_BENCH   where make-trees.sh is (default <this repo>/../shared/bench)
 #   MACHINES, DURATION, WARMUP, CONNECTIONS, THREADS   override the check-in load settings
+#   ROUNDS         signed check-ins per machine for the measured run (each is accepted once)
 #   WAIT_IDLE_MAX  seconds to wait for other processes' CPU load to end before the load starts
 #                  (default 60; 0 = do not wait); their CPU use during the run is reported
 #
@@ -265,33 +266,40 @@ if [ "$DO_CHECKIN" = 1 ]; then
   grep -q "machines=$MACHINES" "$A/server.log" || die "the server did not load $MACHINES machines; see $A/server.log"
   SERVER_RSS_START=$(proc_kib "$SERVER_PID" VmRSS)
 
-  say "check-ins: pre-signing one check-in per machine"
+  # Each signed check-in is accepted once: enough rounds for the run at up to 8,000 check-ins
+  # per second, and the warm-up's own (with counters below the run's).
+  WROUNDS=$((WARMUP * 8000 / MACHINES + 2))
+  ROUNDS=${ROUNDS:-$((DURATION * 8000 / MACHINES + 1))}
+  say "check-ins: pre-signing $((WROUNDS + ROUNDS)) check-in(s) per machine"
   t0=$(date +%s.%N)
-  "$HELPER" sign "$MACHINES" "$REL" "$A/requests.txt"
+  "$HELPER" sign "$MACHINES" "$REL" "$A/requests-warmup.txt" "$WROUNDS"
+  "$HELPER" sign "$MACHINES" "$REL" "$A/requests.txt" "$ROUNDS" "$WROUNDS"
   SIGN_S=$(since "$t0")
   SIGNED_AT=$(head -n 1 "$A/requests.txt")
 
   # one request by hand: 200 with the release and not woken; the same with another machine's
   # id must be refused (the signature is really checked)
-  DATE=$(sed -n 1p "$A/requests.txt") BODY=$(sed -n 2p "$A/requests.txt")
-  read -r ID0 SIG0 < <(sed -n 3p "$A/requests.txt")
-  read -r ID1 _ < <(sed -n 4p "$A/requests.txt")
+  DATE=$(sed -n 1p "$A/requests-warmup.txt") BODY=$(sed -n 2p "$A/requests-warmup.txt")
+  read -r ID0 COUNTER0 SIG0 < <(sed -n 4p "$A/requests-warmup.txt")
+  read -r ID1 _ < <(sed -n 5p "$A/requests-warmup.txt")
   probe() { # probe ID SIG -> "STATUS BODY"
     curl -s -o "$A/probe.out" -w '%{http_code}' -X POST "$URL/api/v1/checkin" \
       -H 'content-type: application/json' -H "semithin-machine: $1" -H "semithin-date: $DATE" \
-      -H "semithin-signature: $2" --data-binary "$BODY"
+      -H "semithin-counter: $COUNTER0" -H "semithin-signature: $2" --data-binary "$BODY"
   }
+  code=$(probe "$ID1" "$SIG0")
+  [ "$code" = 401 ] || die "a check-in with another machine's signature got HTTP $code, not 401"
   code=$(probe "$ID0" "$SIG0")
   [ "$code" = 200 ] || die "a pre-signed check-in got HTTP $code: $(cat "$A/probe.out")"
   grep -q "\"release\":\"$REL\".*\"woken\":false" "$A/probe.out" ||
     die "unexpected check-in answer: $(cat "$A/probe.out")"
-  code=$(probe "$ID1" "$SIG0")
-  [ "$code" = 401 ] || die "a check-in with another machine's signature got HTTP $code, not 401"
+  code=$(probe "$ID0" "$SIG0")
+  [ "$code" = 409 ] || die "a replayed check-in got HTTP $code, not 409"
 
   WRK=(wrk -t "$THREADS" -c "$CONNECTIONS" --timeout 5s -s "$SCRIPT_DIR/checkin.lua")
   wait_idle
   say "check-ins: warm-up, ${WARMUP} s"
-  "${WRK[@]}" -d "${WARMUP}s" "$URL" -- "$A/requests.txt" "$THREADS" >"$A/wrk-warmup.out" 2>&1 ||
+  "${WRK[@]}" -d "${WARMUP}s" "$URL" -- "$A/requests-warmup.txt" "$THREADS" 1 >"$A/wrk-warmup.out" 2>&1 ||
     die "wrk failed; see $A/wrk-warmup.out"
   alive "$SERVER_PID" "the server" "$A/server.log"
   sleep 6 # let the warm-up's last-seen batch be written before measuring

@@ -26,6 +26,15 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// Labels the machine asks for at enrollment.
     pub labels: Labels,
+    /// The channel this machine follows, whatever the server says: an answer naming another
+    /// one is refused and reported (docs/TRUST.md, "Channel assignment"). Without it, the first
+    /// channel the server names is kept, and a move to another is refused unless
+    /// `follow_channel_changes` is set.
+    pub channel: Option<String>,
+    /// Without a pinned `channel`: follow the server when it moves this machine to another
+    /// channel. Nothing signed confirms such a move, so only for a server reached over HTTPS
+    /// that is trusted to assign channels.
+    pub follow_channel_changes: bool,
     /// The TUF root the machine trusts at first (a root.json baked into the image).
     pub trusted_root: Option<PathBuf>,
     /// Seconds between check-ins when nothing wakes the agent (a tenth of it is jitter).
@@ -103,6 +112,8 @@ impl Default for Config {
             token: None,
             token_file: None,
             labels: Labels::new(),
+            channel: None,
+            follow_channel_changes: false,
             trusted_root: None,
             interval_secs: 300,
             health_checks: Vec::new(),

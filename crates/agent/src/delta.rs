@@ -8,6 +8,7 @@
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use semithin_protocol::path::ApiPath;
 use semithin_store::CommitId;
 
 use crate::error::{Error, Result};
@@ -46,14 +47,14 @@ impl Agent {
     }
 
     /// Downloads (or finishes downloading) the pack at `path` into `part`.
-    fn download_delta(&self, path: &str, part: &Path, etag_file: &Path) -> Result<bool> {
+    fn download_delta(&self, path: &ApiPath, part: &Path, etag_file: &Path) -> Result<bool> {
         let dir = part.parent().expect("a parent");
         std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
         let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
         let etag = std::fs::read_to_string(etag_file).ok();
         let api = self.api();
         let mut rb = api
-            .signed("GET", path, Vec::new())
+            .signed("GET", path, Vec::new())?
             .timeout(std::time::Duration::from_secs(1800));
         if have > 0
             && let Some(t) = &etag
@@ -122,7 +123,7 @@ impl Agent {
 
     /// Fetches `to` as a delta from `from` (the running release). `Ok(false)`: no usable pack;
     /// the caller fetches objects. Network errors are errors (the next run resumes).
-    pub(crate) fn fetch_delta(&mut self, path: &str, from: &str, to: &str) -> Result<bool> {
+    pub(crate) fn fetch_delta(&mut self, path: &ApiPath, from: &str, to: &str) -> Result<bool> {
         let (part, etag) = self.delta_files(from, to);
         self.clear_other_deltas(&part);
         if !self.download_delta(path, &part, &etag)? {

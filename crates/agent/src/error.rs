@@ -27,12 +27,18 @@ pub enum Error {
     Busy { dir: PathBuf },
     #[error("release {release}: {reason}")]
     Release { release: String, reason: String },
+    /// The server names a channel this machine does not follow.
+    #[error("channel refused: {0}")]
+    Channel(String),
     #[error(transparent)]
     Store(#[from] semithin_store::Error),
     #[error(transparent)]
     Trust(#[from] semithin_trust::Error),
     #[error(transparent)]
     Protocol(#[from] semithin_protocol::Error),
+    /// A path the server named that could leave it (another host, outside `/api/v1/`).
+    #[error("refused a path the server named: {0}")]
+    BadPath(#[from] semithin_protocol::path::BadPath),
 }
 
 impl Error {

@@ -6,28 +6,29 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use reqwest::Url;
 use reqwest::blocking::{Client, ClientBuilder, RequestBuilder, Response};
 use semithin_protocol::api::{
     ApiError, CheckInRequest, CheckInResponse, EnrollRequest, EnrollResponse, ObjectsRequest,
 };
-use semithin_protocol::sign::MachineKey;
+use semithin_protocol::path::ApiPath;
+use semithin_protocol::sign::{Counter, MachineKey};
 use semithin_trust::client::Fetcher;
 
 use crate::error::{Error, Result};
 
 pub struct Api {
+    /// The server URL as configured, without a trailing `/`.
     base: String,
+    /// The same, parsed: every request URL is this with an [`ApiPath`] appended to its path
+    /// ([`Api::url`]), so no answer of the server can change the scheme, host or port.
+    base_url: Url,
     client: Client,
     key: MachineKey,
+    /// Every signed request takes the next counter, so none can be replayed.
+    counter: Counter,
     /// Bytes received from the server (objects and metadata).
     pub received: AtomicU64,
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// An HTTP client builder for talking to a semithin server. HTTPS is rustls with the ring
@@ -56,6 +57,16 @@ impl Api {
     pub fn new(base: &str, key: MachineKey, ca: Option<&Path>) -> Result<Self> {
         let base = base.trim_end_matches('/').to_owned();
         crate::neterr::check_url(&base).map_err(Error::Config)?;
+        let base_url =
+            Url::parse(&base).map_err(|e| Error::Config(format!("server URL {base:?}: {e}")))?;
+        if base_url.query().is_some() || base_url.fragment().is_some() {
+            return Err(Error::Config(format!(
+                "server URL {base:?}: a query or fragment is not accepted"
+            )));
+        }
+        if base_url.host().is_none() {
+            return Err(Error::Config(format!("server URL {base:?} names no host")));
+        }
         let client = client_builder(ca)?
             .connect_timeout(Duration::from_secs(10))
             .timeout(None)
@@ -63,8 +74,10 @@ impl Api {
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
         Ok(Self {
             base,
+            base_url,
             client,
             key,
+            counter: Counter::default(),
             received: AtomicU64::new(0),
         })
     }
@@ -77,7 +90,28 @@ impl Api {
         &self.key
     }
 
-    fn fail(&self, path: &str) -> impl Fn(reqwest::Error) -> Error + '_ {
+    /// The URL of `path` on the server: the configured URL with `path` appended to its path
+    /// (a prefix such as `/semithin` is kept). An [`ApiPath`] holds no `@`, `:`, `//`, `..`,
+    /// `%`, `?` or `#`, so the scheme, host and port stay the configured ones; this is checked
+    /// again here.
+    pub fn url(&self, path: &ApiPath) -> Result<Url> {
+        let mut url = self.base_url.clone();
+        let joined = format!("{}{}", self.base_url.path().trim_end_matches('/'), path);
+        url.set_path(&joined);
+        let same = url.scheme() == self.base_url.scheme()
+            && url.host() == self.base_url.host()
+            && url.port_or_known_default() == self.base_url.port_or_known_default()
+            && url.path() == joined;
+        if !same {
+            return Err(Error::Config(format!(
+                "the path {path} does not stay on the server {}",
+                self.base
+            )));
+        }
+        Ok(url)
+    }
+
+    fn fail(&self, path: &ApiPath) -> impl Fn(reqwest::Error) -> Error + '_ {
         let url = format!("{}{path}", self.base);
         move |e| Error::Server {
             url: url.clone(),
@@ -85,20 +119,27 @@ impl Api {
         }
     }
 
-    pub(crate) fn signed(&self, method: &str, path: &str, body: Vec<u8>) -> RequestBuilder {
-        let url = format!("{}{path}", self.base);
+    /// A request signed for `path` (docs/PROTOCOL.md, "Signed requests").
+    pub(crate) fn signed(
+        &self,
+        method: &str,
+        path: &ApiPath,
+        body: Vec<u8>,
+    ) -> Result<RequestBuilder> {
+        let url = self.url(path)?;
         let mut rb = match method {
             "GET" => self.client.get(url),
             _ => self.client.post(url).body(body.clone()),
         };
-        for (k, v) in self.key.sign(method, path, now(), &body) {
+        let counter = self.counter.next_now();
+        for (k, v) in self.key.sign(method, path.as_str(), counter, &body) {
             rb = rb.header(k, v);
         }
-        rb
+        Ok(rb)
     }
 
     /// Sends and turns an error status into [`Error::Refused`] with the server's reason.
-    pub(crate) fn send(&self, what: &str, path: &str, rb: RequestBuilder) -> Result<Response> {
+    pub(crate) fn send(&self, what: &str, path: &ApiPath, rb: RequestBuilder) -> Result<Response> {
         let resp = rb.send().map_err(self.fail(path))?;
         let status = resp.status();
         if status.is_success() {
@@ -116,7 +157,7 @@ impl Api {
         })
     }
 
-    fn json<T: serde::de::DeserializeOwned>(&self, path: &str, resp: Response) -> Result<T> {
+    fn json<T: serde::de::DeserializeOwned>(&self, path: &ApiPath, resp: Response) -> Result<T> {
         let mut buf = Vec::new();
         resp.take(1 << 20)
             .read_to_end(&mut buf)
@@ -131,10 +172,10 @@ impl Api {
     }
 
     pub fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse> {
-        let path = "/api/v1/enroll";
+        let path = &ApiPath::enroll();
         let rb = self
             .client
-            .post(format!("{}{path}", self.base))
+            .post(self.url(path)?)
             .timeout(Duration::from_secs(30))
             .header("content-type", "application/json")
             .body(serde_json::to_vec(req).expect("serialises"));
@@ -143,21 +184,21 @@ impl Api {
     }
 
     pub fn checkin(&self, req: &CheckInRequest) -> Result<CheckInResponse> {
-        let path = "/api/v1/checkin";
+        let path = &ApiPath::checkin();
         let body = serde_json::to_vec(req).expect("serialises");
         let rb = self
-            .signed("POST", path, body)
+            .signed("POST", path, body)?
             .timeout(Duration::from_secs(req.wait_secs as u64 + 60));
         let resp = self.send("the check-in", path, rb)?;
         self.json(path, resp)
     }
 
     /// The object stream for `objects` (`KIND/ID` each).
-    pub fn objects(&self, path: &str, objects: Vec<String>) -> Result<Counted<'_, Response>> {
+    pub fn objects(&self, path: &ApiPath, objects: Vec<String>) -> Result<Counted<'_, Response>> {
         let body = serde_json::to_vec(&ObjectsRequest { objects }).expect("serialises");
         // A stalled stream is given up after half an hour; what arrived is kept.
         let rb = self
-            .signed("POST", path, body)
+            .signed("POST", path, body)?
             .timeout(Duration::from_secs(1800));
         let resp = self.send("the object request", path, rb)?;
         Ok(Counted {
@@ -170,9 +211,9 @@ impl Api {
 impl Api {
     /// Tells the server a job delivery runs; whether it was cancelled.
     pub fn job_progress(&self, delivery: &str) -> Result<bool> {
-        let path = format!("/api/v1/jobs/{delivery}/progress");
+        let path = ApiPath::new(format!("/api/v1/jobs/{delivery}/progress"))?;
         let rb = self
-            .signed("POST", &path, Vec::new())
+            .signed("POST", &path, Vec::new())?
             .timeout(Duration::from_secs(30));
         let resp = self.send("the job progress report", &path, rb)?;
         let p: semithin_protocol::job::Progress = self.json(&path, resp)?;
@@ -204,8 +245,10 @@ impl Fetcher for Api {
         let Some(path) = url.strip_prefix(&self.base) else {
             return Err(fail(format!("not on the server {}", self.base)));
         };
+        let path = ApiPath::new(path).map_err(|e| fail(e.to_string()))?;
         let resp = self
-            .signed("GET", path, Vec::new())
+            .signed("GET", &path, Vec::new())
+            .map_err(|e| fail(e.to_string()))?
             .timeout(Duration::from_secs(300))
             .send()
             .map_err(|e| fail(error_chain(&e)))?;
@@ -246,3 +289,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

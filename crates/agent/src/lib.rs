@@ -25,6 +25,7 @@ use std::time::Duration;
 use semithin_protocol::api::{
     CheckInRequest, CheckInResponse, EnrollRequest, Failure, Health, Phase, Report,
 };
+use semithin_protocol::path::ApiPath;
 use semithin_protocol::sign::MachineKey;
 use semithin_store::pack::ObjKind;
 use semithin_store::repo::Config as RepoConfig;
@@ -185,6 +186,15 @@ impl Agent {
         self.jobs.store.mark_reported(&sent)?;
         self.jobs.server_digest = resp.inventory_digest.clone();
         self.jobs.pending = resp.jobs.clone();
+        let mut resp = resp;
+        let refused = match resp.desired.as_ref() {
+            Some(d) => self.check_channel(&d.channel)?,
+            None => None,
+        };
+        if refused.is_some() {
+            // Nothing of a release on a channel this machine does not follow is acted on.
+            resp.desired = None;
+        }
         if self.state.status != Some(resp.status) {
             self.say(&format!(
                 "server says this machine is {}",
@@ -209,7 +219,56 @@ impl Agent {
             self.rechecked = None;
         }
         self.answer = Some(resp);
+        if let Some(reason) = refused {
+            return Err(Error::Channel(reason));
+        }
         Ok(self.answer.as_ref().expect("just set"))
+    }
+
+    /// Whether this machine follows `channel`, as the server names it: `Some(reason)` when it
+    /// does not. A channel assignment is not signed (docs/TRUST.md, "Channel assignment"): the
+    /// pinned channel wins; without one, the first channel named is kept and a move is followed
+    /// only with `follow_channel_changes`.
+    fn check_channel(&mut self, channel: &str) -> Result<Option<String>> {
+        let (follows, refusal) = match (&self.cfg.channel, &self.state.channel) {
+            (Some(pin), _) if pin != channel => (
+                pin.clone(),
+                Some(format!(
+                    "the server names channel {channel:?} for this machine, but it is pinned \
+                     to {pin:?} (`channel` in the agent's config): nothing is fetched from it"
+                )),
+            ),
+            (Some(pin), _) => (pin.clone(), None),
+            (None, Some(old)) if old != channel && !self.cfg.follow_channel_changes => (
+                old.clone(),
+                Some(format!(
+                    "the server moves this machine from channel {old:?} to {channel:?}, and \
+                     nothing signed confirms the move: to move it, set `channel = \
+                     \"{channel}\"` in the agent's config (or --channel); to let the server \
+                     move it, `follow_channel_changes = true`"
+                )),
+            ),
+            (None, Some(old)) if old != channel => {
+                self.say(&format!(
+                    "following the server from channel {old} to {channel} \
+                     (follow_channel_changes)"
+                ));
+                (channel.to_owned(), None)
+            }
+            (None, Some(old)) => (old.clone(), None),
+            (None, None) => {
+                self.say(&format!(
+                    "following channel {channel}, the first the server named (a move to \
+                     another is refused unless the config says so)"
+                ));
+                (channel.to_owned(), None)
+            }
+        };
+        if self.state.channel.as_deref() != Some(&follows) {
+            self.state.channel = Some(follows);
+            self.save()?;
+        }
+        Ok(refusal)
     }
 
     fn enroll(&mut self) -> Result<()> {
@@ -276,7 +335,7 @@ impl Agent {
         let meta_path = desired
             .as_ref()
             .map(|d| d.metadata_path.clone())
-            .unwrap_or_else(|| "/api/v1/trust/metadata/".into());
+            .unwrap_or_else(ApiPath::trust_metadata);
         let mut client = Client::new(
             &self.layout.trust(),
             &format!("{base}{meta_path}"),
@@ -320,7 +379,7 @@ impl Agent {
         let local = client.download_target(
             &target,
             &info,
-            &format!("{base}/api/v1/trust/targets/"),
+            &format!("{base}{}", ApiPath::trust_targets()),
             &self.layout.targets(),
         )?;
         let bytes = std::fs::read(&local).map_err(Error::io("reading", &local))?;
@@ -354,7 +413,7 @@ impl Agent {
                 .as_ref()
                 .and_then(|a| a.desired.as_ref())
                 .map(|d| d.objects_path.clone())
-                .unwrap_or_else(|| "/api/v1/objects".into());
+                .unwrap_or_else(ApiPath::objects);
             let want = (ObjKind::Commit, *id.as_bytes());
             let stream = self
                 .api()
@@ -373,7 +432,7 @@ impl Agent {
 
     /// Fetches every object the release lacks, level by level, in batched streams. Each object
     /// is verified before it is stored; an interrupted fetch keeps what arrived whole.
-    fn fetch(&mut self, release: &str, objects_path: &str) -> Result<u64> {
+    fn fetch(&mut self, release: &str, objects_path: &ApiPath) -> Result<u64> {
         self.phase = Phase::Fetching;
         let id: CommitId = release.parse().map_err(|_| Error::Release {
             release: release.to_owned(),

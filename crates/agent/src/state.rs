@@ -140,6 +140,10 @@ pub struct State {
     pub name: Option<String>,
     pub server: Option<String>,
     pub status: Option<MachineStatus>,
+    /// The channel this machine follows: its pinned one, else the first the server named
+    /// (docs/TRUST.md, "Channel assignment").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
     pub trial: Option<Trial>,
     pub health: Health,
     pub failed_release: Option<String>,

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::path::ApiPath;
 use crate::selector::Labels;
 
 /// Every error response: the HTTP status says what kind, `error` says what exactly.
@@ -422,19 +423,20 @@ pub struct CheckInRequest {
     pub inventory: Option<crate::inventory::Inventory>,
 }
 
-/// Where a machine fetches from; paths are relative to the server URL.
+/// Where a machine fetches from; paths are relative to the server URL and checked when read
+/// ([`ApiPath`]: they stay below `/api/v1/` on the server the machine was configured with).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Desired {
     pub channel: String,
     /// The release the machine should run: a commit id, signed as the channel's target.
     pub release: String,
-    pub metadata_path: String,
-    pub objects_path: String,
+    pub metadata_path: ApiPath,
+    pub objects_path: ApiPath,
     /// A delta pack from the machine's current release to this one (docs/FORMAT.md, "Delta
     /// packs"), when the server holds both: GET it (ranges resume a broken download), apply it,
     /// then fetch whatever is still missing from `objects_path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delta_path: Option<String>,
+    pub delta_path: Option<ApiPath>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! - [`api`]: the JSON bodies of `/api/v1`, for agents and for the admin;
 //! - [`rollout`]: the bodies of the rollout admin API;
 //! - [`sign`]: how an enrolled machine signs its requests with its own ed25519 key;
+//! - [`path`]: server-relative paths a check-in answer names, checked so they stay on the server;
 //! - [`selector`]: label selectors (`site=school-12,class=lab`) and label syntax;
 //! - [`job`]: jobs for machines, their schema, signatures and schedules (cron in a time zone);
 //! - [`duration`]: the one syntax of durations (`30m`, `1h30m`, `2d 3h`);
@@ -17,6 +18,7 @@ pub mod duration;
 pub mod inventory;
 pub mod job;
 pub mod near;
+pub mod path;
 pub mod rollout;
 pub mod selector;
 pub mod sign;

@@ -1,16 +1,21 @@
 //! Signed requests: how a machine proves who it is on every request after enrollment.
 //!
 //! A machine holds an ed25519 key it made itself; the server learns the public half at
-//! enrollment. Each request carries three headers:
+//! enrollment. Each request carries four headers:
 //!
 //! - `semithin-machine`: the machine id, the first 16 bytes of BLAKE3(public key) in hex;
 //! - `semithin-date`: the request time in Unix seconds;
+//! - `semithin-counter`: the request's counter, strictly increasing per machine: the request
+//!   time in microseconds, raised when needed to stay above the one before (so its seconds are
+//!   the date);
 //! - `semithin-signature`: hex ed25519 over [`signing_input`]: a fixed context, the method, the
-//!   path with its query, the date and BLAKE3 of the body.
+//!   path with its query, the date, the counter and BLAKE3 of the body.
 //!
-//! The server accepts a date within [`MAX_SKEW`] of its own clock. Signing the body's hash binds
-//! the report to the request; signing the path binds it to the endpoint, so a captured request
-//! cannot be replayed against another endpoint or with another body, nor after five minutes.
+//! The server accepts a date within [`MAX_SKEW`] of its own clock, and each counter once: one
+//! above every counter it accepted from the machine, or one of the last few below the highest
+//! that it has not seen (requests sent at once may arrive out of order). Signing the body's hash
+//! binds the report to the request; signing the path binds it to the endpoint; the counter
+//! makes every request usable once, so a captured request cannot be replayed at all.
 //! Signed requests (rather than client certificates) keep working through relays and
 //! TLS-terminating proxies and need no certificate authority on the server.
 
@@ -22,12 +27,16 @@ use crate::{Error, Result};
 
 pub const HEADER_MACHINE: &str = "semithin-machine";
 pub const HEADER_DATE: &str = "semithin-date";
+pub const HEADER_COUNTER: &str = "semithin-counter";
 pub const HEADER_SIGNATURE: &str = "semithin-signature";
 
 /// How far a request's date may be from the server's clock, in seconds.
 pub const MAX_SKEW: i64 = 300;
 
-const CONTEXT: &[u8] = b"semithin-request-v1";
+/// Counter units per second of the date: a counter is the request time in microseconds.
+pub const COUNTER_PER_SECOND: u64 = 1_000_000;
+
+const CONTEXT: &[u8] = b"semithin-request-v2";
 
 /// The machine id of a public key.
 pub fn machine_id(public: &[u8; 32]) -> String {
@@ -35,13 +44,20 @@ pub fn machine_id(public: &[u8; 32]) -> String {
 }
 
 /// The bytes a request signature covers.
-pub fn signing_input(method: &str, path_and_query: &str, date: i64, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(CONTEXT.len() + path_and_query.len() + 64);
+pub fn signing_input(
+    method: &str,
+    path_and_query: &str,
+    date: i64,
+    counter: u64,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CONTEXT.len() + path_and_query.len() + 96);
     for part in [
         CONTEXT,
         method.as_bytes(),
         path_and_query.as_bytes(),
         date.to_string().as_bytes(),
+        counter.to_string().as_bytes(),
     ] {
         out.extend_from_slice(part);
         out.push(0);
@@ -105,22 +121,67 @@ impl MachineKey {
         machine_id(&self.public())
     }
 
-    /// The three headers of a signed request.
+    /// The four headers of a signed request with this counter (its date is the counter's
+    /// seconds: [`date_of`]). Each counter may be used once ([`Counter`] makes them).
     pub fn sign(
         &self,
         method: &str,
         path_and_query: &str,
-        date: i64,
+        counter: u64,
         body: &[u8],
-    ) -> [(&'static str, String); 3] {
+    ) -> [(&'static str, String); 4] {
+        let date = date_of(counter);
         let sig = self
             .key
-            .sign(&signing_input(method, path_and_query, date, body));
+            .sign(&signing_input(method, path_and_query, date, counter, body));
         [
             (HEADER_MACHINE, self.id()),
             (HEADER_DATE, date.to_string()),
+            (HEADER_COUNTER, counter.to_string()),
             (HEADER_SIGNATURE, hex::encode(sig.to_bytes())),
         ]
+    }
+}
+
+/// The date (Unix seconds) of a counter.
+pub fn date_of(counter: u64) -> i64 {
+    i64::try_from(counter / COUNTER_PER_SECOND).unwrap_or(i64::MAX)
+}
+
+/// A machine's source of request counters: the time in microseconds, but always above the last
+/// one it gave (a clock that steps back does not repeat a counter). Shared by every request of
+/// a client, also when they are sent from several threads at once.
+#[derive(Debug, Default)]
+pub struct Counter(std::sync::atomic::AtomicU64);
+
+impl Counter {
+    pub const fn new() -> Self {
+        Counter(std::sync::atomic::AtomicU64::new(0))
+    }
+
+    /// The next counter at `now_micros`.
+    pub fn next(&self, now_micros: u64) -> u64 {
+        use std::sync::atomic::Ordering;
+        let mut prev = self.0.load(Ordering::Relaxed);
+        loop {
+            let next = now_micros.max(prev.saturating_add(1));
+            match self
+                .0
+                .compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(p) => prev = p,
+            }
+        }
+    }
+
+    /// The next counter at the system's time.
+    pub fn next_now(&self) -> u64 {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        self.next(micros)
     }
 }
 
@@ -138,23 +199,31 @@ impl PublicKey {
     }
 }
 
-/// Checks a request's signature and date against the machine's public key.
+/// What a signed request says about itself: the headers [`MachineKey::sign`] makes, as
+/// received.
+#[derive(Clone, Copy, Debug)]
+pub struct Headers<'a> {
+    pub date: &'a str,
+    pub counter: &'a str,
+    pub signature: &'a str,
+}
+
+/// Checks a request's signature, date and counter against the machine's public key; returns
+/// the counter (whether it was used before is for the caller to check).
 pub fn verify(
     public: &[u8; 32],
     method: &str,
     path_and_query: &str,
-    date: &str,
+    headers: Headers<'_>,
     body: &[u8],
-    signature: &str,
     now: i64,
-) -> Result<()> {
+) -> Result<u64> {
     verify_key(
         &PublicKey::from_bytes(public)?,
         method,
         path_and_query,
-        date,
+        headers,
         body,
-        signature,
         now,
     )
 }
@@ -164,13 +233,12 @@ pub fn verify_key(
     key: &PublicKey,
     method: &str,
     path_and_query: &str,
-    date: &str,
+    headers: Headers<'_>,
     body: &[u8],
-    signature: &str,
     now: i64,
-) -> Result<()> {
+) -> Result<u64> {
     let bad = |r: &str| Err(Error::Signature(r.into()));
-    let Ok(date) = date.parse::<i64>() else {
+    let Ok(date) = headers.date.parse::<i64>() else {
         return bad("the date is not a number of seconds");
     };
     // `abs_diff` cannot overflow, whatever the two dates (`i64::MIN - now` would).
@@ -179,6 +247,15 @@ pub fn verify_key(
             "the request is dated {date}, more than {MAX_SKEW} s from the server's clock ({now})"
         )));
     }
+    let Ok(counter) = headers.counter.parse::<u64>() else {
+        return bad("the counter is not a number (an agent older than the server sends none)");
+    };
+    if date_of(counter) != date {
+        return Err(Error::Signature(format!(
+            "the counter {counter} is not of the request's date {date} (microseconds)"
+        )));
+    }
+    let signature = headers.signature;
     let Some(sig) = hex::decode(signature)
         .ok()
         .and_then(|b| <[u8; 64]>::try_from(b).ok())
@@ -187,30 +264,50 @@ pub fn verify_key(
     };
     key.0
         .verify_strict(
-            &signing_input(method, path_and_query, date, body),
+            &signing_input(method, path_and_query, date, counter, body),
             &ed25519_dalek::Signature::from_bytes(&sig),
         )
-        .or_else(|_| bad("the signature does not verify"))
+        .map_err(|_| Error::Signature("the signature does not verify".into()))?;
+    Ok(counter)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn h<'a>(date: &'a str, counter: &'a str, signature: &'a str) -> Headers<'a> {
+        Headers {
+            date,
+            counter,
+            signature,
+        }
+    }
+
+    const C: u64 = 1000 * COUNTER_PER_SECOND + 17;
+
     #[test]
-    fn a_signature_binds_method_path_date_and_body() {
+    fn a_signature_binds_method_path_date_counter_and_body() {
         let k = MachineKey::from_seed([7; 32]);
-        let [(_, id), (_, date), (_, sig)] = k.sign("POST", "/api/v1/checkin", 1000, b"{}");
+        let [(_, id), (_, date), (_, counter), (_, sig)] =
+            k.sign("POST", "/api/v1/checkin", C, b"{}");
         assert_eq!(id, machine_id(&k.public()));
         assert_eq!(id.len(), 32);
+        assert_eq!((date.as_str(), counter.as_str()), ("1000", "1000000017"));
         let pk = k.public();
-        verify(&pk, "POST", "/api/v1/checkin", &date, b"{}", &sig, 1000).unwrap();
-        verify(&pk, "POST", "/api/v1/checkin", &date, b"{}", &sig, 1200).unwrap();
-        for (m, p, d, b, now, want) in [
+        let ok = h(&date, &counter, &sig);
+        assert_eq!(
+            verify(&pk, "POST", "/api/v1/checkin", ok, b"{}", 1000).unwrap(),
+            C
+        );
+        verify(&pk, "POST", "/api/v1/checkin", ok, b"{}", 1200).unwrap();
+        let other_counter = (C + 1).to_string();
+        let other_second = (C + COUNTER_PER_SECOND).to_string();
+        for (m, p, d, c, b, now, want) in [
             (
                 "GET",
                 "/api/v1/checkin",
                 "1000",
+                &counter[..],
                 &b"{}"[..],
                 1000,
                 "does not verify",
@@ -219,6 +316,7 @@ mod tests {
                 "POST",
                 "/api/v1/checkin?x",
                 "1000",
+                &counter,
                 b"{}",
                 1000,
                 "does not verify",
@@ -227,6 +325,16 @@ mod tests {
                 "POST",
                 "/api/v1/checkin",
                 "1001",
+                &counter,
+                b"{}",
+                1000,
+                "not of the request's date",
+            ),
+            (
+                "POST",
+                "/api/v1/checkin",
+                "1000",
+                &other_counter,
                 b"{}",
                 1000,
                 "does not verify",
@@ -235,6 +343,16 @@ mod tests {
                 "POST",
                 "/api/v1/checkin",
                 "1000",
+                &other_second,
+                b"{}",
+                1000,
+                "not of the request's date",
+            ),
+            (
+                "POST",
+                "/api/v1/checkin",
+                "1000",
+                &counter,
                 b"{ }",
                 1000,
                 "does not verify",
@@ -243,69 +361,107 @@ mod tests {
                 "POST",
                 "/api/v1/checkin",
                 "1000",
+                &counter,
                 b"{}",
                 1301,
                 "more than 300 s",
             ),
-            ("POST", "/api/v1/checkin", "x", b"{}", 1000, "not a number"),
+            (
+                "POST",
+                "/api/v1/checkin",
+                "x",
+                &counter,
+                b"{}",
+                1000,
+                "not a number",
+            ),
+            (
+                "POST",
+                "/api/v1/checkin",
+                "1000",
+                "",
+                b"{}",
+                1000,
+                "counter is not a number",
+            ),
+            (
+                "POST",
+                "/api/v1/checkin",
+                "1000",
+                "-1",
+                b"{}",
+                1000,
+                "counter is not a number",
+            ),
         ] {
-            let e = verify(&pk, m, p, d, b, &sig, now).unwrap_err().to_string();
-            assert!(e.contains(want), "{m} {p} {d}: {e}");
+            let e = verify(&pk, m, p, h(d, c, &sig), b, now)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{m} {p} {d} {c}: {e}");
         }
         let other = MachineKey::from_seed([8; 32]);
-        let e = verify(
-            &other.public(),
-            "POST",
-            "/api/v1/checkin",
-            &date,
-            b"{}",
-            &sig,
-            1000,
-        );
+        let e = verify(&other.public(), "POST", "/api/v1/checkin", ok, b"{}", 1000);
         assert!(e.is_err());
-        assert!(verify(&pk, "POST", "/api/v1/checkin", &date, b"{}", "zz", 1000).is_err());
+        assert!(
+            verify(
+                &pk,
+                "POST",
+                "/api/v1/checkin",
+                h(&date, &counter, "zz"),
+                b"{}",
+                1000
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn dates_at_the_ends_of_i64_are_refused_without_overflow() {
         let k = MachineKey::from_seed([7; 32]);
         let pk = k.public();
+        let [_, _, (_, counter), (_, sig)] = k.sign("POST", "/api/v1/checkin", C, b"{}");
         for (date, now) in [
             (i64::MIN, 1000),
             (i64::MAX, 1000),
             (i64::MIN, i64::MAX),
             (i64::MAX, i64::MIN),
-            (i64::MIN, -1),
             (1000, i64::MIN),
         ] {
-            let [_, _, (_, sig)] = k.sign("POST", "/api/v1/checkin", date, b"{}");
+            let d = date.to_string();
             let e = verify(
                 &pk,
                 "POST",
                 "/api/v1/checkin",
-                &date.to_string(),
+                h(&d, &counter, &sig),
                 b"{}",
-                &sig,
                 now,
             )
             .unwrap_err()
             .to_string();
             assert!(e.contains("more than 300 s"), "date {date}, now {now}: {e}");
         }
-        // at the ends of the range, a date within the window still passes
-        for (date, now) in [(i64::MAX, i64::MAX - 300), (i64::MIN, i64::MIN + 300)] {
-            let [_, _, (_, sig)] = k.sign("POST", "/api/v1/checkin", date, b"{}");
-            verify(
-                &pk,
-                "POST",
-                "/api/v1/checkin",
-                &date.to_string(),
-                b"{}",
-                &sig,
-                now,
-            )
-            .unwrap();
-        }
+    }
+
+    #[test]
+    fn counters_only_go_up() {
+        let c = Counter::default();
+        assert_eq!(c.next(100), 100);
+        assert_eq!(c.next(100), 101, "the same microsecond");
+        assert_eq!(c.next(50), 102, "a clock stepped back");
+        assert_eq!(c.next(5000), 5000);
+        let c = std::sync::Arc::new(Counter::default());
+        let got: Vec<u64> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    let c = c.clone();
+                    s.spawn(move || (0..1000).map(|_| c.next(7)).collect::<Vec<_>>())
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let set: std::collections::HashSet<u64> = got.iter().copied().collect();
+        assert_eq!(set.len(), 4000, "no counter given twice");
+        assert!(c.next_now() > 1_700_000_000 * COUNTER_PER_SECOND);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! bench_fleet init DATA                        make a server data directory (repo, trust, token)
 //! bench_fleet populate DATA N CHANNEL RELEASE  enroll N accepted machines on CHANNEL, in one
 //!                                              transaction, each reporting RELEASE as current
-//! bench_fleet sign N RELEASE OUT               pre-sign one "nothing new" check-in per machine
+//! bench_fleet sign N RELEASE OUT [ROUNDS [FIRST]]  pre-sign ROUNDS (default 1) "nothing new"
+//!                                              check-ins per machine, counters from FIRST on
 //! bench_fleet check DATA N CHANNEL RELEASE     count the machines whose stored report is still
 //!                                              the one `sign` sends, and those seen
 //! bench_fleet free-port                        a free TCP port on 127.0.0.1
@@ -16,9 +17,10 @@
 //! as usual and verifies every signed check-in.
 //!
 //! `sign` writes OUT as: the date (Unix seconds), the request body (one JSON line, the same for
-//! every machine: the report `populate` stored and `wait_secs` 0), then one line per machine:
-//! `MACHINE-ID SIGNATURE`, both hex. The signatures cover `POST /api/v1/checkin`, the date and
-//! the body; they are valid for 300 s around the date.
+//! every machine: the report `populate` stored and `wait_secs` 0), N, then one line per machine
+//! and round, round by round: `MACHINE-ID COUNTER SIGNATURE` (hex, decimal, hex). The signatures
+//! cover `POST /api/v1/checkin`, the date, the counter (the date's first microseconds, one per
+//! round, from FIRST on) and the body; each is accepted once, within 300 s of the date.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -110,7 +112,7 @@ fn populate(data: &Path, n: u64, channel: &str, release: &str) -> Result<()> {
     })
 }
 
-fn sign(n: u64, release: &str, out: &Path) -> Result<()> {
+fn sign(n: u64, rounds: u64, first_round: u64, release: &str, out: &Path) -> Result<()> {
     let body = serde_json::to_vec(&CheckInRequest {
         report: report(release),
         wait_secs: 0,
@@ -122,9 +124,14 @@ fn sign(n: u64, release: &str, out: &Path) -> Result<()> {
     writeln!(w, "{date}")?;
     w.write_all(&body)?;
     writeln!(w)?;
-    for i in 0..n {
-        let [(_, id), (_, _), (_, sig)] = key(i).sign("POST", CHECKIN_PATH, date, &body);
-        writeln!(w, "{id} {sig}")?;
+    writeln!(w, "{n}")?;
+    let first = u64::try_from(date)? * semithin_protocol::sign::COUNTER_PER_SECOND;
+    for round in 0..rounds {
+        for i in 0..n {
+            let counter = first + first_round + round;
+            let [(_, id), _, _, (_, sig)] = key(i).sign("POST", CHECKIN_PATH, counter, &body);
+            writeln!(w, "{id} {counter} {sig}")?;
+        }
     }
     w.flush()?;
     Ok(())
@@ -159,7 +166,17 @@ fn main() -> Result<()> {
         ["populate", data, n, channel, release] => {
             populate(&PathBuf::from(data), count(n)?, channel, release)
         }
-        ["sign", n, release, out] => sign(count(n)?, release, &PathBuf::from(out)),
+        ["sign", n, release, out] => sign(count(n)?, 1, 0, release, &PathBuf::from(out)),
+        ["sign", n, release, out, rounds] => {
+            sign(count(n)?, count(rounds)?, 0, release, &PathBuf::from(out))
+        }
+        ["sign", n, release, out, rounds, first] => sign(
+            count(n)?,
+            count(rounds)?,
+            first.parse().context("FIRST")?,
+            release,
+            &PathBuf::from(out),
+        ),
         ["check", data, n, channel, release] => {
             check(&PathBuf::from(data), count(n)?, channel, release)
         }

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_fleet.sql")),
     (2, include_str!("../migrations/0002_rollouts.sql")),
     (3, include_str!("../migrations/0003_jobs.sql")),
+    (5, include_str!("../migrations/0005_request_counters.sql")),
 ];
 
 pub async fn open(path: &Path) -> Result<SqlitePool> {
@@ -195,6 +196,37 @@ pub async fn update_report(pool: &SqlitePool, id: &str, report: &Report, seen: i
         .execute(pool)
         .await
         .map_err(|e| Error::db("storing the report", e))?;
+    Ok(())
+}
+
+/// The highest request counter stored for each machine (crate::replay).
+pub async fn load_counters(pool: &SqlitePool) -> Result<Vec<(String, u64)>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT machine, counter FROM request_counters")
+        .fetch_all(pool)
+        .await
+        .map_err(|e| Error::db("loading request counters", e))?;
+    Ok(rows
+        .into_iter()
+        .map(|(m, c)| (m, u64::try_from(c).unwrap_or(0)))
+        .collect())
+}
+
+/// Raises the stored request counters of machines (never lowers one), in one transaction.
+pub async fn store_counters(pool: &SqlitePool, counters: &[(String, u64)]) -> Result<()> {
+    let err = |e| Error::db("storing request counters", e);
+    let mut tx = pool.begin().await.map_err(err)?;
+    for (id, c) in counters {
+        sqlx::query(
+            "INSERT INTO request_counters (machine, counter) VALUES ($1, $2) \
+             ON CONFLICT (machine) DO UPDATE SET counter = MAX(counter, excluded.counter)",
+        )
+        .bind(id)
+        .bind(i64::try_from(*c).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 //! moves the machine's last-seen time, which is written in batches.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use semithin_protocol::api::{FleetState, MachineInfo, MachineStatus, Report};
@@ -71,6 +71,7 @@ impl EventBudget {
         true
     }
 }
+use crate::replay::Window;
 
 pub struct Machine {
     pub id: String,
@@ -88,6 +89,10 @@ pub struct Machine {
     reporting: tokio::sync::Mutex<()>,
     /// How many more events this machine may cause now.
     pub events: Mutex<EventBudget>,
+    /// The counters of its signed requests: each is accepted once.
+    pub replay: Mutex<Window>,
+    /// The highest counter stored in the database.
+    pub counter_stored: AtomicU64,
 }
 
 impl Machine {
@@ -103,7 +108,27 @@ impl Machine {
             wake: Notify::new(),
             reporting: tokio::sync::Mutex::new(()),
             events: Mutex::new(EventBudget::default()),
+            replay: Mutex::new(Window::default()),
+            counter_stored: AtomicU64::new(0),
         }
+    }
+
+    /// Sets the highest counter stored (at start): everything up to it is refused.
+    pub fn set_stored_counter(&self, counter: u64) {
+        *self.replay.lock().expect("lock") = Window::from_stored(counter);
+        self.counter_stored.store(counter, Ordering::Relaxed);
+    }
+
+    /// Stores the highest counter accepted from this machine, when it is not stored yet: a
+    /// request that changes something calls this before it writes, so that after a restart it
+    /// cannot be replayed.
+    pub async fn store_counter(&self, db: &sqlx::SqlitePool) -> crate::Result<()> {
+        let high = self.replay.lock().expect("lock").highest();
+        if high > self.counter_stored.load(Ordering::Relaxed) {
+            crate::db::store_counters(db, &[(self.id.clone(), high)]).await?;
+            self.counter_stored.fetch_max(high, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     pub fn snapshot(&self) -> MachineRow {
@@ -188,6 +213,19 @@ impl Fleet {
         };
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Machines whose highest request counter is above the one stored.
+    pub fn unsaved_counters(&self) -> Vec<(Arc<Machine>, u64)> {
+        self.by_id
+            .read()
+            .expect("lock")
+            .values()
+            .filter_map(|m| {
+                let high = m.replay.lock().expect("lock").highest();
+                (high > m.counter_stored.load(Ordering::Relaxed)).then(|| (m.clone(), high))
+            })
+            .collect()
     }
 
     /// Machines whose last-seen time moved since it was last stored.

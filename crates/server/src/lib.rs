@@ -11,6 +11,7 @@ pub mod http;
 pub mod jobs;
 pub mod releases;
 pub mod renew;
+pub mod replay;
 pub mod rollout;
 #[cfg(test)]
 mod testkit;
@@ -401,6 +402,11 @@ pub async fn run_on(
         );
     }
     let fleet = Fleet::load(db::load_machines(&db).await?);
+    for (id, counter) in db::load_counters(&db).await? {
+        if let Some(m) = fleet.get(&id) {
+            m.set_stored_counter(counter);
+        }
+    }
     let jobs = jobs::Jobs::load(&db, now()).await?;
     for (name, url) in &cfg.apt_upstreams {
         if semithin_protocol::selector::check_name(name).is_err()
@@ -518,7 +524,16 @@ async fn prune_events(app: &App) {
     }
 }
 
+/// Writes last-seen times, and the request counters not stored yet (crate::replay).
 async fn save_last_seen(app: &App) -> Result<()> {
+    let counters = app.fleet.unsaved_counters();
+    if !counters.is_empty() {
+        let rows: Vec<(String, u64)> = counters.iter().map(|(m, c)| (m.id.clone(), *c)).collect();
+        db::store_counters(&app.db, &rows).await?;
+        for (m, c) in counters {
+            m.counter_stored.fetch_max(c, Ordering::Relaxed);
+        }
+    }
     let dirty = app.fleet.unsaved_last_seen();
     if dirty.is_empty() {
         return Ok(());

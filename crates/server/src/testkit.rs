@@ -160,7 +160,9 @@ impl TestServer {
             .client
             .request(method.parse().unwrap(), self.at(path))
             .body(body.to_vec());
-        for (k, v) in key.sign(method, path, crate::now(), body) {
+        static COUNTER: std::sync::LazyLock<semithin_protocol::sign::Counter> =
+            std::sync::LazyLock::new(Default::default);
+        for (k, v) in key.sign(method, path, COUNTER.next_now(), body) {
             rb = rb.header(k, v);
         }
         let r = rb.send().await.unwrap();

@@ -412,7 +412,7 @@ mod tests {
         server_repo: PathBuf,
         release: &str,
     ) -> (Agent, Arc<Mutex<Vec<String>>>) {
-        let (url, seen) = fake_server(server_repo, release.to_owned(), "/mirror/v1/objects");
+        let (url, seen) = fake_server(server_repo, release.to_owned(), "/api/v1/mirror/objects");
         let key = MachineKey::generate().unwrap();
         std::fs::write(layout.key(), key.file_text()).unwrap();
         State {
@@ -510,7 +510,7 @@ mod tests {
         assert_eq!(std::fs::read(dep.join("etc/data")).unwrap(), content);
         let seen = seen.lock().unwrap().clone();
         assert!(
-            seen.contains(&"POST /mirror/v1/objects".to_owned()),
+            seen.contains(&"POST /api/v1/mirror/objects".to_owned()),
             "{seen:?}"
         );
         assert!(

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use semithin_protocol::api::{CheckInRequest, MAX_OBJECTS_PER_REQUEST, Report};
+use semithin_protocol::path::ApiPath;
 use semithin_store::object::{Commit, Tree};
 use semithin_store::objects::ObjectStore;
 use semithin_store::pack::ObjKind;
@@ -21,13 +22,13 @@ pub(crate) type Key = (ObjKind, [u8; 32]);
 pub(crate) struct Remote<'a> {
     pub api: Option<&'a Api>,
     /// The server's `objects_path`, when a check-in of this run named it already.
-    pub objects_path: Option<String>,
+    pub objects_path: Option<ApiPath>,
     /// The report to check in with when no path is known yet.
     pub report: Report,
 }
 
 impl Remote<'_> {
-    fn path(&mut self) -> Result<String> {
+    fn path(&mut self) -> Result<ApiPath> {
         if let Some(p) = &self.objects_path {
             return Ok(p.clone());
         }

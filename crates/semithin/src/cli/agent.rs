@@ -56,6 +56,10 @@ pub struct Args {
     /// The server's TUF root.json, trusted at first (shipped in the image).
     #[arg(long, value_name = "FILE")]
     trusted_root: Option<PathBuf>,
+    /// The channel this machine follows: a server answer naming another is refused and
+    /// reported [default: the first channel the server names].
+    #[arg(long, value_name = "NAME")]
+    channel: Option<String>,
     /// Run once (enroll, check in, update, report) and exit: for a systemd timer.
     #[arg(long)]
     once: bool,
@@ -162,6 +166,9 @@ fn config(a: &Args) -> Result<Config> {
     }
     if a.trusted_root.is_some() {
         c.trusted_root = a.trusted_root.clone();
+    }
+    if a.channel.is_some() {
+        c.channel = a.channel.clone();
     }
     if let Some(v) = a.interval {
         anyhow::ensure!(v >= 1, "the interval must be at least 1 s");

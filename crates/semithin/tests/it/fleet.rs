@@ -972,6 +972,9 @@ fn packs(repo: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The counters of the raw signed requests of these tests.
+static COUNTER: semithin_protocol::sign::Counter = semithin_protocol::sign::Counter::new();
+
 /// A raw signed request, as an agent (or an impostor) would send it.
 fn signed(
     s: &Server,
@@ -989,7 +992,13 @@ fn signed(
     } else {
         client.post(url).body(body.to_vec())
     };
-    for (k, v) in key.sign(method, path, date, body) {
+    // Today's requests take the next counter; others are dated at the start of their second.
+    let counter = if date == now() {
+        COUNTER.next_now()
+    } else {
+        u64::try_from(date).unwrap() * 1_000_000
+    };
+    for (k, v) in key.sign(method, path, counter, body) {
         if k == "semithin-machine"
             && let Some(id) = id
         {
@@ -1074,7 +1083,7 @@ fn no_machine_acts_for_another_and_the_admin_api_needs_its_token() {
     let mut rb = client
         .post(format!("{}/api/v1/checkin", s.url))
         .body(report.clone());
-    for (k, v) in alice.sign("POST", "/api/v1/checkin", now(), b"{}") {
+    for (k, v) in alice.sign("POST", "/api/v1/checkin", COUNTER.next_now(), b"{}") {
         rb = rb.header(k, v);
     }
     assert_eq!(rb.send().unwrap().status().as_u16(), 401);
@@ -1154,6 +1163,102 @@ fn no_machine_acts_for_another_and_the_admin_api_needs_its_token() {
     assert_ne!(after["report"]["current"], json!("f".repeat(64)), "{after}");
     assert_eq!(before["report"], after["report"], "the report was stored");
     assert_eq!(before["events"], after["events"], "events were recorded");
+}
+
+/// A request signed once and sent as captured (same bytes, same headers): (status, body).
+fn send_captured(
+    s: &Server,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&'static str, String); 4],
+) -> (u16, String) {
+    let client = http().build().unwrap();
+    let url = format!("{}{path}", s.url);
+    let mut rb = if method == "GET" {
+        client.get(url)
+    } else {
+        client.post(url).body(body.to_vec())
+    };
+    for (k, v) in headers {
+        rb = rb.header(*k, v);
+    }
+    let r = rb.send().unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn a_replayed_signed_request_is_refused_and_changes_nothing_also_after_a_restart() {
+    let mut s = Server::start();
+    let t = s.enroll_token(true);
+    let a = Agent::new(&s, "alice", &t);
+    assert!(a.once().success(), "{}", a.log());
+    let alice = MachineKey::load(&a.state.join("machine.key")).unwrap();
+    let report = |failed: Option<&str>| {
+        serde_json::to_vec(&json!({"report": {"current": "f".repeat(64),
+            "health": if failed.is_some() { "failed" } else { "healthy" },
+            "failed_release": failed, "last_error": failed.map(|_| "it broke"),
+            "phase": "idle", "disk_free": 1, "uptime_secs": 1,
+            "agent_version": "x", "fetched_bytes": 0}}))
+        .unwrap()
+    };
+    let path = "/api/v1/checkin";
+    // A check-in reporting a failure, then a newer one: healthy again.
+    let failing = report(Some(&"e".repeat(64)));
+    let h_failing = alice.sign("POST", path, COUNTER.next_now(), &failing);
+    let (st, body) = send_captured(&s, "POST", path, &failing, &h_failing);
+    assert_eq!(st, 200, "{body}");
+    let healthy = report(None);
+    let h_healthy = alice.sign("POST", path, COUNTER.next_now(), &healthy);
+    let (st, body) = send_captured(&s, "POST", path, &healthy, &h_healthy);
+    assert_eq!(st, 200, "{body}");
+    // A read, signed and sent once.
+    let meta = "/api/v1/trust/metadata/timestamp.json";
+    let h_read = alice.sign("GET", meta, COUNTER.next_now(), b"");
+    assert_eq!(send_captured(&s, "GET", meta, b"", &h_read).0, 200);
+    // Requests signed at once may arrive out of order: the later one first, then the earlier.
+    let h_early = alice.sign("GET", meta, COUNTER.next_now(), b"");
+    let h_late = alice.sign("GET", meta, COUNTER.next_now(), b"");
+    assert_eq!(send_captured(&s, "GET", meta, b"", &h_late).0, 200);
+    assert_eq!(send_captured(&s, "GET", meta, b"", &h_early).0, 200);
+    assert_eq!(send_captured(&s, "GET", meta, b"", &h_early).0, 409);
+    let before = s.machine("alice");
+    let failed_events = |m: &Value| {
+        m["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "failed")
+            .count()
+    };
+    assert_eq!(failed_events(&before), 1, "{before}");
+    assert_eq!(before["report"]["health"], "healthy");
+
+    let replays = |s: &Server| {
+        for (method, p, body, h) in [
+            ("POST", path, &failing[..], &h_failing),
+            ("POST", path, &healthy[..], &h_healthy),
+            ("GET", meta, &b""[..], &h_read),
+        ] {
+            let (st, text) = send_captured(s, method, p, body, h);
+            assert_eq!(st, 409, "{method} {p}: {text}");
+            assert!(text.contains("replayed"), "{text}");
+        }
+        let after = s.machine("alice");
+        assert_eq!(
+            after["report"], before["report"],
+            "a replay changed the report"
+        );
+        assert_eq!(after["events"], before["events"], "a replay added events");
+    };
+    replays(&s);
+    // The counters outlive a kill of the server (the read's with the last-seen batch, written
+    // every 5 s; the check-ins' before their reports).
+    std::thread::sleep(Duration::from_secs(6));
+    s.restart();
+    replays(&s);
+    // and the agent goes on as before
+    assert!(a.once().success(), "{}", a.log());
 }
 
 #[test]

@@ -76,14 +76,16 @@ fn the_example_agent_settings_are_what_the_agent_reads() {
     let dir = tempdir();
     let (all, n) = uncommented(&read(&path));
     assert_eq!(
-        n, 4,
-        "name, token_file, token and etc_upper are commented out:\n{all}"
+        n, 6,
+        "name, token_file, token, channel, follow_channel_changes and etc_upper are commented out:\n{all}"
     );
     let all_path = dir.path().join("all.toml");
     std::fs::write(&all_path, &all).unwrap();
     let c = semithin_agent::Config::load(&all_path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.name.as_deref(), Some("lab-07"));
     assert!(c.token.is_some());
+    assert_eq!(c.channel.as_deref(), Some("lab/stable"));
+    assert!(!c.follow_channel_changes);
     assert!(c.etc_upper.is_some());
     assert_eq!(c.etc_policy, semithin_agent::config::EtcPolicy::Restore);
     assert!(c.etc_restore().unwrap().len() >= 5);

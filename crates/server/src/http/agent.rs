@@ -16,6 +16,7 @@ use semithin_protocol::api::{
     CheckInRequest, CheckInResponse, Desired, EnrollRequest, EnrollResponse, Health,
     MAX_OBJECTS_PER_REQUEST, MachineStatus, ObjectsRequest, Report, limits,
 };
+use semithin_protocol::path::ApiPath;
 use semithin_protocol::{selector, sign};
 use semithin_store::pack::ObjKind;
 use semithin_store::transfer;
@@ -192,12 +193,14 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
                             .store
                             .contains(ObjKind::Commit, cur.as_bytes())
                 })
-                .map(|cur| format!("/api/v1/deltas/{}/{}", cur.to_hex(), rel.to_hex()));
+                .and_then(|cur| {
+                    ApiPath::new(format!("/api/v1/deltas/{}/{}", cur.to_hex(), rel.to_hex())).ok()
+                });
             Desired {
                 channel: c.clone(),
                 release: rel.to_hex(),
-                metadata_path: "/api/v1/trust/metadata/".into(),
-                objects_path: "/api/v1/objects".into(),
+                metadata_path: ApiPath::trust_metadata(),
+                objects_path: ApiPath::objects(),
                 delta_path,
             }
         }),
@@ -233,6 +236,14 @@ pub async fn checkin(
     let req: CheckInRequest = parse(&body)?;
     req.check()
         .map_err(|e| ApiErr::bad(format!("check-in refused: {e}")))?;
+    // What this request changes is written only once its counter is stored: replayed after a
+    // restart, it is refused.
+    let writes = !req.job_results.is_empty()
+        || req.inventory.is_some()
+        || m.row.lock().expect("lock").report != req.report;
+    if writes {
+        m.store_counter(&app.db).await?;
+    }
     let t = now();
     app.counters.checkins.fetch_add(1, Ordering::Relaxed);
     m.last_seen.store(t, Ordering::Relaxed);

@@ -119,6 +119,7 @@ async fn progress(
     if m.row.lock().expect("lock").status != MachineStatus::Accepted {
         return Err(ApiErr::forbidden("only accepted machines run jobs"));
     }
+    m.store_counter(&app.db).await?;
     let cancelled = jobs::progress(&app.db, &app.jobs, &m, &delivery, now())
         .await?
         .ok_or_else(|| {

@@ -123,7 +123,8 @@ pub fn admin(app: &App, headers: &HeaderMap) -> ApiResult<()> {
 }
 
 /// The machine that signed this request (any status: callers decide what a pending machine may
-/// do).
+/// do). Each signed request is accepted once (crate::replay): a replay is 409. A handler that
+/// changes something calls `Machine::store_counter` before it writes.
 pub fn machine(
     app: &App,
     method: &Method,
@@ -143,8 +144,11 @@ pub fn machine(
             })
     };
     let id = h(sign::HEADER_MACHINE)?;
-    let date = h(sign::HEADER_DATE)?;
-    let sig = h(sign::HEADER_SIGNATURE)?;
+    let signed = sign::Headers {
+        date: h(sign::HEADER_DATE)?,
+        counter: h(sign::HEADER_COUNTER)?,
+        signature: h(sign::HEADER_SIGNATURE)?,
+    };
     let m = app.fleet.get(id).ok_or_else(|| {
         ApiErr(
             StatusCode::UNAUTHORIZED,
@@ -159,8 +163,14 @@ pub fn machine(
                 .into(),
         )
     })?;
-    sign::verify_key(key, method.as_str(), pq, date, body, sig, crate::now())
+    let counter = sign::verify_key(key, method.as_str(), pq, signed, body, crate::now())
         .map_err(|e| ApiErr(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    // Only once the signature holds: an unsigned request cannot use up a counter.
+    m.replay
+        .lock()
+        .expect("lock")
+        .accept(counter)
+        .map_err(|e| ApiErr(StatusCode::CONFLICT, e.to_string()))?;
     Ok(m)
 }
 
