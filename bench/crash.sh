@@ -10,8 +10,9 @@
 #   - the server's repository passes `fsck`, its trust metadata `trust status`.
 #
 # Usage (as root, from the repository root):
-#   bench/crash.sh [--kills N] [--seed S] [--keep-work] [WORK_DIR]
-# N (default 1000) counts every kill -9, of the agent and of the server side. Every 4th round
+#   bench/crash.sh [--kills N] [--minutes M] [--seed S] [--keep-work] [WORK_DIR]
+# N (default 1000) counts every kill -9, of the agent and of the server side; with --minutes
+# the run also ends after M minutes, and the report says how many kills it made. Every 4th round
 # also kills `semithin publish` and every 8th `semithin serve` at a random moment.
 # It prints a markdown section and writes it to bench/RESULTS.md (replacing its own part).
 # Exit status 1 when any check failed after any kill (the failures are listed).
@@ -20,6 +21,7 @@ cd "$(dirname "$0")/.."
 REPO_DIR=$PWD
 
 KILLS=1000
+MINUTES=0
 SEED=$RANDOM
 KEEP_WORK=0
 WORK=""
@@ -27,8 +29,9 @@ while [ $# -gt 0 ]; do
   case $1 in
   --kills) KILLS=$2; shift 2 ;;
   --seed) SEED=$2; shift 2 ;;
+  --minutes) MINUTES=$2; shift 2 ;;
   --keep-work) KEEP_WORK=1; shift ;;
-  -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
   -*) echo "crash.sh: unknown option $1" >&2; exit 2 ;;
   *) WORK=$1; shift ;;
   esac
@@ -155,6 +158,10 @@ check() { # $1: the release that must be current
 
 START=$(date +%s)
 while [ $kills -lt "$KILLS" ]; do
+  if [ "$MINUTES" -gt 0 ] && [ $(($(date +%s) - START)) -ge $((MINUTES * 60)) ]; then
+    log "time is up after $kills kills"
+    break
+  fi
   round=$((round + 1))
   next=$(((current + RANDOM % 2) % 3 + 1))
   # the server's publish path
@@ -216,7 +223,9 @@ ELAPSED=$(($(date +%s) - START))
 {
   echo "## Crash injection (kill -9 on the update and publish paths)"
   echo
-  echo "Command: \`bench/crash.sh --kills $KILLS --seed $SEED\` ($(date -u +%Y-%m-%d), $(nproc) cores, ${ELAPSED} s)."
+  minutes=""
+  [ "$MINUTES" -gt 0 ] && minutes=" --minutes $MINUTES"
+  echo "Command: \`bench/crash.sh --kills $KILLS$minutes --seed $SEED\` ($(date -u +%Y-%m-%d), $(nproc) cores, ${ELAPSED} s, $kills kills made)."
   echo "Releases: a Debian bookworm minbase root without /usr/share, gconv and perl (v1, 50 MB), a few changed"
   echo "programs and libc (v2), v2 plus 17 MB of new files (v3); the machine keeps 1 deployment"
   echo "besides the current one, so every update also prunes and collects its store."
