@@ -200,6 +200,33 @@ pub fn build_plan(
     effort: Effort,
     out: &mut impl Write,
 ) -> Result<Stats> {
+    build_segmented(store, old, plan, (from, to), effort, SEGMENT, out)
+}
+
+/// [`build`] with patch segments of at most `segment` bytes (tests use small ones to cut many).
+#[doc(hidden)]
+pub fn build_small_segments(
+    store: &ObjectStore,
+    from: CommitId,
+    to: CommitId,
+    segment: u64,
+    out: &mut impl Write,
+) -> Result<Stats> {
+    let old = Listing::read(store, from)?;
+    let new = Listing::read(store, to)?;
+    let p = plan(&old, &new);
+    build_segmented(store, &old, &p, (from, to), Effort::Quick, segment, out)
+}
+
+fn build_segmented(
+    store: &ObjectStore,
+    old: &Listing,
+    plan: &Plan,
+    (from, to): (CommitId, CommitId),
+    effort: Effort,
+    segment: u64,
+    out: &mut impl Write,
+) -> Result<Stats> {
     let level = effort.zstd_level();
     let mut stats = Stats {
         from: from.to_hex(),
@@ -306,7 +333,7 @@ pub fn build_plan(
     for d in &decided {
         let b = d.body.len() as u64;
         let p = d.prefix.len() as u64;
-        if groups.is_empty() || body_len + b > SEGMENT || prefix_len + p > SEGMENT {
+        if groups.is_empty() || body_len + b > segment || prefix_len + p > segment {
             groups.push(Vec::new());
             (body_len, prefix_len) = (0, 0);
         }
