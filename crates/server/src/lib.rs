@@ -48,6 +48,10 @@ pub struct Config {
     /// How many earlier releases of a channel get a delta pack to each new release, built at
     /// publish (other starting points get one built on their first request).
     pub delta_sources: usize,
+    /// The most the delta packs kept (DATA/deltas) may take, in bytes; the least recently used
+    /// go first.
+    #[serde(default = "default_delta_cache_bytes")]
+    pub delta_cache_bytes: u64,
     /// PEM certificate chain and key: serve HTTPS instead of HTTP.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -61,6 +65,10 @@ pub struct Config {
     pub apt_fresh_secs: u64,
 }
 
+fn default_delta_cache_bytes() -> u64 {
+    8 << 30
+}
+
 impl Config {
     pub fn new(data: PathBuf) -> Self {
         Self {
@@ -72,6 +80,7 @@ impl Config {
             request_deadline_secs: 30,
             max_body_bytes: 8 << 20,
             delta_sources: 3,
+            delta_cache_bytes: default_delta_cache_bytes(),
             tls_cert: None,
             tls_key: None,
             apt_upstreams: Default::default(),
@@ -196,7 +205,8 @@ impl App {
             for (from, to) in pairs {
                 let store = app.published().store.clone();
                 let effort = semithin_delta::build::Effort::Full;
-                if let Err(e) = app.deltas.ensure(store, from, to, effort).await {
+                let why = deltas::Why::Publish;
+                if let Err(e) = app.deltas.ensure(store, from, to, effort, why).await {
                     tracing::warn!(error = %e, "building a delta pack");
                 }
             }
@@ -360,9 +370,8 @@ pub async fn run(
         .expect("load task")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let deltas_dir = cfg.data.join("deltas");
-    deltas::clear_leftovers(&deltas_dir);
     let app = Arc::new(App {
-        deltas: deltas::Deltas::new(deltas_dir, cfg.delta_sources),
+        deltas: deltas::Deltas::new(deltas_dir, cfg.delta_sources, cfg.delta_cache_bytes),
         jobs,
         apt,
         db,

@@ -1991,3 +1991,38 @@ fn agent_retry_tries_a_failed_release_again_and_a_stale_failure_is_forgotten() {
     assert_eq!(m["report"]["failed_release"], Value::Null, "{m}");
     assert_eq!(m["report"]["last_error"], Value::Null, "{m}");
 }
+
+#[test]
+fn a_machine_gets_delta_packs_only_between_releases_of_its_channel() {
+    let s = Server::start();
+    let (_, src, v1) = machine_on_v1(&s, "m1", 5);
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=x\n").unwrap();
+    let other = s.release(&src, "lab/other");
+    let key = MachineKey::load(&s.path("agents/m1/machine.key")).unwrap();
+    let get = |from: &str, to: &str| {
+        let path = format!("/api/v1/deltas/{from}/{to}");
+        signed(&s, &key, None, "GET", &path, b"", now())
+    };
+    // to a release of another channel, from one, or between two commits of no channel: refused
+    // before anything is built
+    let (st, body) = get(&v1, &other);
+    assert_eq!(st, 404, "{body}");
+    assert!(
+        body.contains("not a release this machine is told to run"),
+        "{body}"
+    );
+    let (st, body) = get(&other, &v2);
+    assert_eq!(st, 404, "{body}");
+    assert!(
+        body.contains("never a release of channel lab/stable"),
+        "{body}"
+    );
+    for (f, t) in [(&v1, &other), (&other, &v2)] {
+        assert!(!s.data.join(format!("deltas/{f}-{t}.pack")).exists());
+    }
+    // its own channel's releases: the pack
+    let (st, _) = get(&v1, &v2);
+    assert_eq!(st, 200);
+}
