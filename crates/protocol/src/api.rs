@@ -138,6 +138,10 @@ pub struct Desired {
     /// then fetch whatever is still missing from `objects_path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_path: Option<String>,
+    /// The size of that pack in bytes, when the server has built it: the agent downloads no
+    /// more than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_size: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -187,6 +187,12 @@ impl Deltas {
             && self.path(from, to).exists()
     }
 
+    /// The size of the pack when it is built.
+    pub fn size(&self, from: &CommitId, to: &CommitId) -> Option<u64> {
+        let s = self.state.lock().expect("lock");
+        s.kept.get(&(*from, *to)).map(|k| k.bytes)
+    }
+
     /// Whether the pack is being built now.
     pub fn is_building(&self, from: &CommitId, to: &CommitId) -> bool {
         self.state

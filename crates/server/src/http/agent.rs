@@ -120,7 +120,7 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
     let desired = match (r.status, &r.channel) {
         (MachineStatus::Accepted, Some(c)) => app.target(&r).map(|rel| {
             // a pack from what the machine runs, when the server holds that release too
-            let delta_path = r
+            let from = r
                 .report
                 .current
                 .as_deref()
@@ -131,14 +131,17 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
                             .published()
                             .store
                             .contains(ObjKind::Commit, cur.as_bytes())
-                })
-                .map(|cur| format!("/api/v1/deltas/{}/{}", cur.to_hex(), rel.to_hex()));
+                });
+            let delta_path =
+                from.map(|cur| format!("/api/v1/deltas/{}/{}", cur.to_hex(), rel.to_hex()));
+            let delta_size = from.and_then(|cur| app.deltas.size(&cur, &rel));
             Desired {
                 channel: c.clone(),
                 release: rel.to_hex(),
                 metadata_path: "/api/v1/trust/metadata/".into(),
                 objects_path: "/api/v1/objects".into(),
                 delta_path,
+                delta_size,
             }
         }),
         _ => None,
