@@ -12,7 +12,7 @@
 //! The directory is bounded: past `max_bytes`, the least recently used packs are deleted, never
 //! one being sent (each answer holds a [`Served`] lease on its pack until its last byte).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -52,6 +52,8 @@ struct Kept {
 struct State {
     /// One lock per pair being built (or waited for).
     building: HashMap<Pair, Arc<tokio::sync::Mutex<()>>>,
+    /// Pairs a publish prepares that are not built yet: machines that need one wait for it.
+    pending: HashSet<Pair>,
     kept: HashMap<Pair, Kept>,
     tick: u64,
 }
@@ -191,6 +193,12 @@ impl Deltas {
     pub fn size(&self, from: &CommitId, to: &CommitId) -> Option<u64> {
         let s = self.state.lock().expect("lock");
         s.kept.get(&(*from, *to)).map(|k| k.bytes)
+    }
+
+    /// Whether a publish is preparing this pack and it is not built yet.
+    pub fn is_pending(&self, from: &CommitId, to: &CommitId) -> bool {
+        let s = self.state.lock().expect("lock");
+        s.pending.contains(&(*from, *to)) && !s.kept.contains_key(&(*from, *to))
     }
 
     /// Whether the pack is being built now.
@@ -359,6 +367,125 @@ fn write_pack(
 }
 
 impl crate::App {
+    /// Starts building, in the background, the packs from the last releases of these channels
+    /// to their new release (the previous release first: most machines run it).
+    pub(crate) fn prepare_deltas(self: &Arc<Self>, channels: &[String]) {
+        let k = self.deltas.sources;
+        let published = self.published();
+        let mut pairs = Vec::new();
+        for c in channels {
+            let Some(to) = published.releases.get(c).copied() else {
+                continue;
+            };
+            for from in published.earlier.get(c).into_iter().flatten().take(k) {
+                pairs.push((c.clone(), *from, to));
+            }
+        }
+        self.prepare_pairs(pairs);
+    }
+
+    /// Starts building the packs to `to` from the channel's release and the ones before it,
+    /// before `to` is signed (a rollout starting): the same packs its publish would prepare.
+    pub fn prepare_release(self: &Arc<Self>, channel: &str, to: CommitId) {
+        let published = self.published();
+        let mut seen = HashSet::from([to]);
+        let froms: Vec<CommitId> = published
+            .releases
+            .get(channel)
+            .into_iter()
+            .chain(published.earlier.get(channel).into_iter().flatten())
+            .copied()
+            .filter(|c| seen.insert(*c))
+            .take(self.deltas.sources)
+            .collect();
+        let pairs = froms.into_iter().map(|f| (channel.to_owned(), f, to));
+        self.prepare_pairs(pairs.collect());
+    }
+
+    /// Builds these packs one after the other at full effort. Until its pack is built, a
+    /// machine on its starting release is told to stay (see `delta_hold`); it is woken when the
+    /// pack is there (or could not be made).
+    fn prepare_pairs(self: &Arc<Self>, pairs: Vec<(String, CommitId, CommitId)>) {
+        let pairs: Vec<_> = {
+            let mut guard = self.deltas.state.lock().expect("lock");
+            let s = &mut *guard;
+            pairs
+                .into_iter()
+                .filter(|(_, f, t)| !s.kept.contains_key(&(*f, *t)) && s.pending.insert((*f, *t)))
+                .collect()
+        };
+        if pairs.is_empty() {
+            return;
+        }
+        let app = self.clone();
+        tokio::spawn(async move {
+            for (channel, from, to) in pairs {
+                let store = app.published().store.clone();
+                let r = app
+                    .deltas
+                    .ensure(store, from, to, Effort::Full, Why::Publish)
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "building a delta pack");
+                }
+                app.deltas
+                    .state
+                    .lock()
+                    .expect("lock")
+                    .pending
+                    .remove(&(from, to));
+                let from_hex = from.to_hex();
+                for m in app
+                    .fleet
+                    .select(&semithin_protocol::selector::Selector::All)
+                {
+                    let r = m.row.lock().expect("lock");
+                    if r.channel.as_deref() == Some(channel.as_str())
+                        && r.report.current.as_deref() == Some(from_hex.as_str())
+                    {
+                        m.wake.notify_one();
+                    }
+                }
+            }
+        });
+    }
+
+    /// Why a machine running `from` is told to stay there for now instead of going to `to`:
+    /// its pack is being prepared, and fetching without it would cost the fleet far more.
+    pub fn delta_hold(&self, from: &CommitId, to: &CommitId) -> Option<String> {
+        self.deltas.is_pending(from, to).then(|| {
+            format!(
+                "release {} waits for its delta pack from {}, which the server is building; \
+                 this machine is woken when it is ready",
+                to.short(),
+                from.short()
+            )
+        })
+    }
+
+    /// For `rollout status`: the packs to `to` from these releases still being built.
+    pub fn building_note<'a>(
+        &self,
+        to: &str,
+        froms: impl Iterator<Item = &'a str>,
+    ) -> Option<String> {
+        let to: CommitId = to.parse().ok()?;
+        let mut waiting: Vec<String> = froms
+            .filter_map(|f| f.parse::<CommitId>().ok())
+            .filter(|f| self.deltas.is_pending(f, &to))
+            .map(|f| f.short())
+            .collect();
+        waiting.sort();
+        waiting.dedup();
+        (!waiting.is_empty()).then(|| {
+            format!(
+                "the server is building the delta pack(s) from {} (machines on those releases \
+                 wait for them)",
+                waiting.join(", ")
+            )
+        })
+    }
+
     /// Whether a machine may have the pack from `from` to `to`: both must be releases of its
     /// channel (the channel's release, those its signed target also allows, or one it pointed
     /// at before), and `to` what the machine is told to run or the channel's release. Anything

@@ -183,36 +183,6 @@ impl App {
 }
 
 impl App {
-    /// Starts building, in the background, the packs from the last releases of these channels
-    /// to their new release (the previous release first: most machines run it).
-    fn prepare_deltas(self: &Arc<Self>, channels: &[String]) {
-        let k = self.deltas.sources;
-        if k == 0 || channels.is_empty() {
-            return;
-        }
-        let published = self.published();
-        let mut pairs = Vec::new();
-        for c in channels {
-            let Some(to) = published.releases.get(c).copied() else {
-                continue;
-            };
-            for from in published.earlier.get(c).into_iter().flatten().take(k) {
-                pairs.push((*from, to));
-            }
-        }
-        let app = self.clone();
-        tokio::spawn(async move {
-            for (from, to) in pairs {
-                let store = app.published().store.clone();
-                let effort = semithin_delta::build::Effort::Full;
-                let why = deltas::Why::Publish;
-                if let Err(e) = app.deltas.ensure(store, from, to, effort, why).await {
-                    tracing::warn!(error = %e, "building a delta pack");
-                }
-            }
-        });
-    }
-
     /// How hard to work on a pack: full for the prepared starting points, quick for the rest.
     pub fn delta_effort(&self, from: &CommitId, to: &CommitId) -> semithin_delta::build::Effort {
         let p = self.published();

@@ -2026,3 +2026,39 @@ fn a_machine_gets_delta_packs_only_between_releases_of_its_channel() {
     let (st, _) = get(&v1, &v2);
     assert_eq!(st, 200);
 }
+
+#[test]
+fn a_machine_waits_for_the_pack_a_publish_prepares_and_is_told_why() {
+    let s = Server::start();
+    let (t, src, v1) = machine_on_v1(&s, "m1", 5);
+    // new content that does not compress: its pack takes the server a few seconds
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let big: Vec<u8> = (0..6_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    std::fs::write(src.join("usr/lib/new.bin"), &big).unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    let a = Agent::new(&s, "m1", &t);
+    assert!(a.once().success(), "{}", a.log());
+    let log = a.log();
+    assert!(
+        log.contains("waits for its delta pack from") && log.contains("woken when it is ready"),
+        "{log}"
+    );
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+    delta_pack(&s, &v1, &v2);
+    let before = s.stats();
+    assert!(a.once().success(), "{}", a.log());
+    assert!(a.log().contains("applied the delta pack"), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v2.as_str()));
+    let after = s.stats();
+    assert_eq!(
+        after["object_bytes_sent"], before["object_bytes_sent"],
+        "the release came as the prepared pack: {after}"
+    );
+}

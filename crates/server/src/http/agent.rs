@@ -135,6 +135,20 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
             let delta_path =
                 from.map(|cur| format!("/api/v1/deltas/{}/{}", cur.to_hex(), rel.to_hex()));
             let delta_size = from.and_then(|cur| app.deltas.size(&cur, &rel));
+            // its pack is being prepared: it stays where it is until the pack is ready
+            if let Some(cur) = from
+                && let Some(why) = app.delta_hold(&cur, &rel)
+            {
+                return Desired {
+                    channel: c.clone(),
+                    release: cur.to_hex(),
+                    metadata_path: "/api/v1/trust/metadata/".into(),
+                    objects_path: "/api/v1/objects".into(),
+                    delta_path: None,
+                    delta_size: None,
+                    waiting: Some(why),
+                };
+            }
             Desired {
                 channel: c.clone(),
                 release: rel.to_hex(),
@@ -142,6 +156,7 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
                 objects_path: "/api/v1/objects".into(),
                 delta_path,
                 delta_size,
+                waiting: None,
             }
         }),
         _ => None,

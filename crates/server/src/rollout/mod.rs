@@ -502,6 +502,8 @@ impl Rollouts {
         tracing::info!(rollout = id, channel = %rec.channel, release = %rec.release, machines = rows.len(), "rollout made");
         let l = Live::new(rec.clone(), rows.clone(), self.offline_after)?;
         self.live.write().expect("lock").insert(id, l);
+        // its packs are built while the release is being signed, not when the canary asks
+        app.prepare_release(&req.channel, release);
         Ok(self.info_of(app, &self.stored(rec, rows)?, true))
     }
 
@@ -774,6 +776,11 @@ impl Rollouts {
             .as_ref()
             .filter(|_| live_state != RolloutState::Superseded)
             .map(|w| describe(w, &l.plan, l.rec.id, t));
+        let froms = l.rows.iter().filter_map(|r| r.from.as_deref());
+        let waiting = match (waiting, app.building_note(&l.rec.release, froms)) {
+            (Some(w), Some(b)) => Some(format!("{w}; {b}")),
+            (w, b) => w.or(b),
+        };
         RolloutInfo {
             id: l.rec.id,
             channel: l.rec.channel.clone(),
