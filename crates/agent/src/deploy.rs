@@ -27,7 +27,14 @@ pub fn stage(repo: &Repo, layout: &Layout, release: &str) -> Result<u64> {
         cache: Some(repo.cache_dir()),
         fsync: true,
     };
-    let stats = checkout(repo, id, &staging, &opts, &NoProgress)?;
+    let stats = match checkout(repo, id, &staging, &opts, &NoProgress) {
+        Ok(s) => s,
+        Err(e) => {
+            // a half-made deployment (say, on a full disk) would keep the disk full
+            let _ = remove_dir(&staging);
+            return Err(e.into());
+        }
+    };
     crate::crash_point("stage");
     let dest = layout.deployment(release);
     std::fs::rename(&staging, &dest).map_err(Error::io("renaming into", &dest))?;

@@ -13,7 +13,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Config(String),
-    #[error("{what} {path}: {source}")]
+    /// The cause is not part of the message: [`render`] writes the whole chain.
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -52,3 +53,31 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// An error with every cause behind it, as the admin reads it (the agent's report, its log, the
+/// command line). A full disk is named as such, with what to do.
+pub fn render(e: &(dyn std::error::Error + 'static)) -> String {
+    let is_full = |x: &(dyn std::error::Error + 'static)| {
+        x.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+    };
+    let mut s = e.to_string();
+    let mut full = is_full(e);
+    let mut src = e.source();
+    while let Some(x) = src {
+        full |= is_full(x);
+        let t = x.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    if full {
+        s = format!(
+            "the disk is full: {s} (free space on the machine; what this try left is removed, \
+             and the next one starts again)"
+        );
+    }
+    s
+}

@@ -705,7 +705,7 @@ impl Agent {
             }
             Ok(_) => {}
             Err(e) => {
-                self.state.last_error = Some(e.to_string());
+                self.state.last_error = Some(error::render(e));
                 if let Some(api) = &self.api {
                     self.state.fetched_bytes += api.received.swap(0, Ordering::Relaxed);
                 }
@@ -816,7 +816,10 @@ impl Agent {
                     let base = 1u64 << failures.min(9);
                     let delay = base.min(self.cfg.max_backoff_secs.max(1));
                     let delay = jitter(delay as u32).max(1);
-                    self.say(&format!("error: {e}; retrying in {delay} s"));
+                    self.say(&format!(
+                        "error: {}; retrying in {delay} s",
+                        error::render(&e)
+                    ));
                     sleep_unless(stop, Duration::from_secs(delay as u64));
                     wait = 0;
                     if matches!(e, Error::Config(_)) && self.state.machine_id.is_none() {
@@ -836,7 +839,7 @@ impl Agent {
                         r.problems.len()
                     )),
                     Ok(_) => {}
-                    Err(e) => self.say(&format!("verify failed: {e}")),
+                    Err(e) => self.say(&format!("verify failed: {}", error::render(&e))),
                 }
             }
         }
