@@ -194,14 +194,13 @@ impl Agent {
             self.verified = None;
             self.missing = None;
         }
-        let waiting = |a: Option<&CheckInResponse>| {
-            a.and_then(|a| a.desired.as_ref())
-                .and_then(|d| d.waiting.clone())
-        };
-        if let Some(w) = waiting(Some(&resp))
-            && waiting(self.answer.as_ref()).as_ref() != Some(&w)
-        {
-            self.say(&format!("waiting: {w}"));
+        let waiting = resp.desired.as_ref().and_then(|d| d.waiting.clone());
+        if waiting != self.state.waiting {
+            if let Some(w) = &waiting {
+                self.say(&format!("waiting: {w}"));
+            }
+            self.state.waiting = waiting;
+            self.save()?;
         }
         self.answer = Some(resp);
         Ok(self.answer.as_ref().expect("just set"))

@@ -141,6 +141,10 @@ pub struct State {
     pub fetched_bytes: u64,
     /// Unix seconds of the last full verification of the running deployment.
     pub last_verify: i64,
+    /// Why the server keeps this machine on its release for now (its delta pack is being
+    /// built), as the last check-in said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 impl State {

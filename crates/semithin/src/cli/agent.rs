@@ -286,6 +286,9 @@ fn status(dir: &std::path::Path, json: bool) -> Result<ExitCode> {
         if let Some(e) = &report.last_error {
             println!("error:     {e}");
         }
+        if let Some(w) = &s.waiting {
+            println!("waiting:   {w}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

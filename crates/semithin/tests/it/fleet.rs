@@ -2051,6 +2051,14 @@ fn a_machine_waits_for_the_pack_a_publish_prepares_and_is_told_why() {
         "{log}"
     );
     assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+    let status = Command::new(BIN)
+        .args(["agent", "--state"])
+        .arg(&a.state)
+        .arg("status")
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("waiting:   release"), "{status}");
     delta_pack(&s, &v1, &v2);
     let before = s.stats();
     assert!(a.once().success(), "{}", a.log());
