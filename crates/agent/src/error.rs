@@ -81,3 +81,24 @@ pub fn render(e: &(dyn std::error::Error + 'static)) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_is_rendered_once_and_a_full_disk_is_named() {
+        let full =
+            Error::io("writing", "/state/tmp/a-b.pack.part")(std::io::Error::from_raw_os_error(28));
+        assert_eq!(full.to_string(), "writing /state/tmp/a-b.pack.part");
+        let r = render(&full);
+        assert!(
+            r.starts_with("the disk is full: writing /state/tmp/a-b.pack.part: "),
+            "{r}"
+        );
+        assert!(r.contains("No space left on device"), "{r}");
+        let denied = Error::io("writing", "/x")(std::io::Error::from_raw_os_error(13));
+        let r = render(&denied);
+        assert_eq!(r, "writing /x: Permission denied (os error 13)");
+    }
+}
