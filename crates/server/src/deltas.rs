@@ -179,16 +179,6 @@ impl Deltas {
             .join(format!("{}-{}.pack", from.to_hex(), to.to_hex()))
     }
 
-    /// Whether the pack is on disk now (nothing is built).
-    pub fn is_built(&self, from: &CommitId, to: &CommitId) -> bool {
-        self.state
-            .lock()
-            .expect("lock")
-            .kept
-            .contains_key(&(*from, *to))
-            && self.path(from, to).exists()
-    }
-
     /// The size of the pack when it is built.
     pub fn size(&self, from: &CommitId, to: &CommitId) -> Option<u64> {
         let s = self.state.lock().expect("lock");
