@@ -430,6 +430,7 @@ impl Agent {
     /// seconds (long poll) when nothing has been done yet.
     pub fn reconcile(&mut self, wait: u32) -> Result<Outcome> {
         let mut worked = false;
+        let mut held = 0;
         for _ in 0..64 {
             let (current, desired) = self.facts()?;
             let staged = desired
@@ -452,6 +453,13 @@ impl Agent {
             };
             let step = plan::next(&f);
             match step {
+                // The server keeps this machine on its release while the pack to its new one is
+                // built: a long poll ends when the pack is ready (the server wakes it).
+                Step::Wait(WaitFor::UpToDate) if self.state.waiting.is_some() && held < 3 => {
+                    held += 1;
+                    self.phase = Phase::Waiting;
+                    self.checkin(HELD_POLL_SECS)?;
+                }
                 Step::Wait(w) => {
                     self.phase = Phase::Idle;
                     return Ok(Outcome { wait: w, worked });
@@ -943,6 +951,10 @@ pub fn crash_point(name: &str) {
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 }
+
+/// How long one check-in waits for the server to finish the delta pack it holds this machine
+/// for (it is woken as soon as the pack is ready); three such waits at most per run.
+const HELD_POLL_SECS: u32 = 60;
 
 /// Objects per request: SEMITHIN_FETCH_BATCH, or the protocol's maximum.
 fn fetch_batch() -> usize {

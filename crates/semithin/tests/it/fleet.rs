@@ -2044,26 +2044,35 @@ fn a_machine_waits_for_the_pack_a_publish_prepares_and_is_told_why() {
     std::fs::write(src.join("usr/lib/new.bin"), &big).unwrap();
     let v2 = s.release(&src, "lab/stable");
     let a = Agent::new(&s, "m1", &t);
-    assert!(a.once().success(), "{}", a.log());
+    let before = s.stats();
+    // while its pack is built the machine stays on v1 and says why; then it goes, in the same
+    // run, as soon as the server wakes it
+    let status = std::thread::scope(|sc| {
+        let run = sc.spawn(|| a.once());
+        let mut seen = String::new();
+        wait_until("agent status to say it waits", 60, || {
+            let out = Command::new(BIN)
+                .args(["agent", "--state"])
+                .arg(&a.state)
+                .arg("status")
+                .output()
+                .unwrap();
+            seen = String::from_utf8_lossy(&out.stdout).into_owned();
+            seen.contains("waiting:   release") || run.is_finished()
+        });
+        assert!(run.join().unwrap().success(), "{}", a.log());
+        seen
+    });
+    assert!(status.contains("waiting:   release"), "{status}");
+    assert!(status.contains(&format!("current:   {v1}")), "{status}");
     let log = a.log();
     assert!(
         log.contains("waits for its delta pack from") && log.contains("woken when it is ready"),
         "{log}"
     );
-    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
-    let status = Command::new(BIN)
-        .args(["agent", "--state"])
-        .arg(&a.state)
-        .arg("status")
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&status.stdout);
-    assert!(status.contains("waiting:   release"), "{status}");
-    delta_pack(&s, &v1, &v2);
-    let before = s.stats();
-    assert!(a.once().success(), "{}", a.log());
-    assert!(a.log().contains("applied the delta pack"), "{}", a.log());
+    assert!(log.contains("applied the delta pack"), "{log}");
     assert_eq!(a.current().as_deref(), Some(v2.as_str()));
+    delta_pack(&s, &v1, &v2);
     let after = s.stats();
     assert_eq!(
         after["object_bytes_sent"], before["object_bytes_sent"],
