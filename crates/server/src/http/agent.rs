@@ -495,7 +495,8 @@ pub async fn delta(
     // the machine fetches objects, which are checked one by one.
     let built = built.map_err(|e| {
         tracing::warn!(from = %from.short(), to = %to.short(), error = %e, "no delta pack");
-        ApiErr::not_found(format!("no delta pack could be made: {e}"))
+        // the reason may name the server's files: it stays in the server's log
+        ApiErr::not_found("no delta pack could be made (the server's log says why)")
     })?;
     let served = built.ok_or_else(|| {
         ApiErr::not_found(format!(
