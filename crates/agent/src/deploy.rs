@@ -27,7 +27,14 @@ pub fn stage(repo: &Repo, layout: &Layout, release: &str) -> Result<u64> {
         cache: Some(repo.cache_dir()),
         fsync: true,
     };
-    let stats = checkout(repo, id, &staging, &opts, &NoProgress)?;
+    let stats = match checkout(repo, id, &staging, &opts, &NoProgress) {
+        Ok(s) => s,
+        Err(e) => {
+            // a half-made deployment (say, on a full disk) would keep the disk full
+            let _ = remove_dir(&staging);
+            return Err(e.into());
+        }
+    };
     crate::crash_point("stage");
     let dest = layout.deployment(release);
     std::fs::rename(&staging, &dest).map_err(Error::io("renaming into", &dest))?;
@@ -419,5 +426,61 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(gone(), "the check's child {pid} outlived the timeout");
+    }
+
+    /// A tmpfs of `size` at `dir`, unmounted when dropped.
+    struct Tmpfs(std::path::PathBuf);
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn a_stage_that_fills_the_disk_leaves_no_half_made_deployment() {
+        use semithin_store::import::{CommitOptions, commit};
+        let dir = tempfile::tempdir().unwrap();
+        // the machine's disk: room for the release in the store, not for a second copy
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=5M", "tmpfs"])
+            .arg(&state)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let _disk = Tmpfs(state.clone());
+        let rp = state.join("repo");
+        Repo::init(&rp, Default::default()).unwrap();
+        let repo = Repo::open(&rp, semithin_store::Access::Write).unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("usr/lib")).unwrap();
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let big: Vec<u8> = (0..3_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        std::fs::write(src.join("usr/lib/big.bin"), &big).unwrap();
+        let opts = CommitOptions {
+            channel: "lab/stable",
+            message: "v1",
+            time: Some(1_700_000_000),
+        };
+        let id = commit(&repo, &src, &opts, &NoProgress).unwrap().commit;
+        let layout = Layout::new(&state);
+        std::fs::create_dir_all(layout.deployments()).unwrap();
+        let e = stage(&repo, &layout, &id).unwrap_err();
+        let said = crate::error::render(&e);
+        assert!(said.starts_with("the disk is full"), "{said}");
+        let left: Vec<_> = std::fs::read_dir(layout.deployments())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -13,7 +13,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Config(String),
-    #[error("{what} {path}: {source}")]
+    /// The cause is not part of the message: [`render`] writes the whole chain.
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -58,3 +59,52 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// An error with every cause behind it, as the admin reads it (the agent's report, its log, the
+/// command line). A full disk is named as such, with what to do.
+pub fn render(e: &(dyn std::error::Error + 'static)) -> String {
+    let is_full = |x: &(dyn std::error::Error + 'static)| {
+        x.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+    };
+    let mut s = e.to_string();
+    let mut full = is_full(e);
+    let mut src = e.source();
+    while let Some(x) = src {
+        full |= is_full(x);
+        let t = x.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    if full {
+        s = format!(
+            "the disk is full: {s} (free space on the machine; what this try left is removed, \
+             and the next one starts again)"
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_is_rendered_once_and_a_full_disk_is_named() {
+        let full =
+            Error::io("writing", "/state/tmp/a-b.pack.part")(std::io::Error::from_raw_os_error(28));
+        assert_eq!(full.to_string(), "writing /state/tmp/a-b.pack.part");
+        let r = render(&full);
+        assert!(
+            r.starts_with("the disk is full: writing /state/tmp/a-b.pack.part: "),
+            "{r}"
+        );
+        assert!(r.contains("No space left on device"), "{r}");
+        let denied = Error::io("writing", "/x")(std::io::Error::from_raw_os_error(13));
+        let r = render(&denied);
+        assert_eq!(r, "writing /x: Permission denied (os error 13)");
+    }
+}

@@ -218,6 +218,14 @@ impl Agent {
             self.told = told;
             self.rechecked = None;
         }
+        let waiting = resp.desired.as_ref().and_then(|d| d.waiting.clone());
+        if waiting != self.state.waiting {
+            if let Some(w) = &waiting {
+                self.say(&format!("waiting: {w}"));
+            }
+            self.state.waiting = waiting;
+            self.save()?;
+        }
         self.answer = Some(resp);
         if let Some(reason) = refused {
             return Err(Error::Channel(reason));
@@ -494,6 +502,7 @@ impl Agent {
     /// seconds (long poll) when nothing has been done yet.
     pub fn reconcile(&mut self, wait: u32) -> Result<Outcome> {
         let mut worked = false;
+        let mut held = 0;
         for _ in 0..64 {
             let (current, desired) = self.facts()?;
             let staged = desired
@@ -517,6 +526,13 @@ impl Agent {
             };
             let step = plan::next(&f);
             match step {
+                // The server keeps this machine on its release while the pack to its new one is
+                // built: a long poll ends when the pack is ready (the server wakes it).
+                Step::Wait(WaitFor::UpToDate) if self.state.waiting.is_some() && held < 3 => {
+                    held += 1;
+                    self.phase = Phase::Waiting;
+                    self.checkin(HELD_POLL_SECS)?;
+                }
                 Step::Wait(w) => {
                     self.phase = Phase::Idle;
                     return Ok(Outcome { wait: w, worked });
@@ -800,7 +816,7 @@ impl Agent {
             }
             Ok(_) => {}
             Err(e) => {
-                self.state.last_error = Some(e.to_string());
+                self.state.last_error = Some(error::render(e));
                 if let Some(api) = &self.api {
                     self.state.fetched_bytes += api.received.swap(0, Ordering::Relaxed);
                 }
@@ -944,7 +960,10 @@ impl Agent {
                     let base = 1u64 << failures.min(9);
                     let delay = base.min(self.cfg.max_backoff_secs.max(1));
                     let delay = jitter(delay as u32).max(1);
-                    self.say(&format!("error: {e}; retrying in {delay} s"));
+                    self.say(&format!(
+                        "error: {}; retrying in {delay} s",
+                        error::render(&e)
+                    ));
                     sleep_unless(stop, Duration::from_secs(delay as u64));
                     wait = 0;
                     if matches!(e, Error::Config(_)) && self.state.machine_id.is_none() {
@@ -953,7 +972,7 @@ impl Agent {
                 }
             }
             if let Err(e) = self.verify_when_due() {
-                self.say(&format!("verify failed: {e}"));
+                self.say(&format!("verify failed: {}", error::render(&e)));
             }
         }
         Ok(())
@@ -1066,6 +1085,10 @@ pub fn crash_point(name: &str) {
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 }
+
+/// How long one check-in waits for the server to finish the delta pack it holds this machine
+/// for (it is woken as soon as the pack is ready); three such waits at most per run.
+const HELD_POLL_SECS: u32 = 60;
 
 /// Objects per request: SEMITHIN_FETCH_BATCH, or the protocol's maximum.
 fn fetch_batch() -> usize {

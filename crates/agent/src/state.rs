@@ -160,6 +160,10 @@ pub struct State {
     /// The last cycle failed (not reaching the server aside): reported until a cycle succeeds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failing: Option<Failure>,
+    /// Why the server keeps this machine on its release for now (its delta pack is being
+    /// built), as the last check-in said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 impl State {

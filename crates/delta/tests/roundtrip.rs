@@ -42,7 +42,22 @@ fn repo(dir: &Path) -> Repo {
     Repo::open(dir, Access::Write).unwrap()
 }
 
+/// Gives everything under `dir` one modification time, so a commit of it has the same id on
+/// every run.
+fn settle(dir: &Path) {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            settle(&p);
+        }
+        std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
+    }
+    std::fs::File::open(dir).unwrap().set_modified(t).unwrap();
+}
+
 fn commit_dir(r: &Repo, src: &Path, msg: &str) -> CommitId {
+    settle(src);
     let opts = CommitOptions {
         channel: "lab/stable",
         message: msg,
@@ -90,6 +105,15 @@ fn fixture() -> Fixture {
     }
     write(&src, "etc/motd", b"hello\n");
     write(&src, "etc/gone", b"removed in v2\n");
+    let page = |v: &str| {
+        let text = format!("tool {v}\n{}", ".TH a line of a man page\n".repeat(300));
+        semithin_delta::gz::compress(
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03",
+            9,
+            text.as_bytes(),
+        )
+    };
+    write(&src, "usr/share/man/man1/tool.1.gz", &page("1"));
     let server = repo(&dir.path().join("server"));
     let v1 = commit_dir(&server, &src, "v1");
 
@@ -122,6 +146,16 @@ fn fixture() -> Fixture {
     );
     write(&src, "etc/empty", b"");
     std::fs::remove_file(src.join("etc/gone")).unwrap();
+    write(&src, "usr/share/man/man1/tool.1.gz", &page("2"));
+    write(
+        &src,
+        "usr/share/doc/new/changelog.gz",
+        &semithin_delta::gz::compress(
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03",
+            9,
+            "a change\n".repeat(300).as_bytes(),
+        ),
+    );
     let v2 = commit_dir(&server, &src, "v2");
 
     let machine = repo(&dir.path().join("machine"));
@@ -152,10 +186,11 @@ fn a_pack_brings_the_machine_the_whole_release_for_a_fraction_of_its_changes() {
         stats.total_bytes,
         stats.metadata_bytes + stats.patch_bytes + stats.new_bytes
     );
-    // tool, libfoo (renamed), three modules and big.bin are patched; newprog, README, the empty
-    // file are new
+    // tool, libfoo (renamed), three modules and big.bin are patched, the man page as its text;
+    // newprog, README, the changelog and the empty file are new
     assert_eq!(stats.files_prefixed + stats.files_bsdiff, 6, "{stats:?}");
-    assert_eq!(stats.files_new, 3, "{stats:?}");
+    assert_eq!(stats.files_gzip, 1, "{stats:?}");
+    assert_eq!(stats.files_new, 4, "{stats:?}");
     // the changed files hold 3.6 MB; their patches cost a few kilobytes
     assert!(stats.patch_bytes < 20_000, "{stats:?}");
     assert!(stats.content_bytes > 3_900_000, "{stats:?}");
@@ -166,7 +201,7 @@ fn a_pack_brings_the_machine_the_whole_release_for_a_fraction_of_its_changes() {
             .is_empty()
     );
     let applied = apply(&f.machine.objects, f.v1, f.v2, pack.as_slice()).unwrap();
-    assert_eq!(applied.files, 9);
+    assert_eq!(applied.files, 11);
     assert_eq!(applied.pack_bytes, pack.len() as u64);
     assert_eq!(
         transfer::missing(&f.machine.objects, f.v2).unwrap(),
@@ -226,4 +261,49 @@ fn a_machine_without_the_old_release_gets_a_clear_error() {
     empty.objects.flush().unwrap();
     let e = apply(&empty.objects, f.v1, f.v2, pack.as_slice()).unwrap_err();
     assert!(e.to_string().contains("does not hold all of it"), "{e}");
+}
+
+/// The pack format is fixed: the same releases give the same bytes as they did before packs
+/// were built through temporary files (hashes taken from the in-memory builder), with one patch
+/// segment and with many.
+#[test]
+fn golden_packs_keep_their_bytes() {
+    let f = fixture();
+    let hash = |p: &[u8]| blake3::hash(p).to_hex().to_string();
+    let mut full = Vec::new();
+    build(&f.server.objects, f.v1, f.v2, Effort::Full, &mut full).unwrap();
+    let mut quick = Vec::new();
+    build(&f.server.objects, f.v1, f.v2, Effort::Quick, &mut quick).unwrap();
+    let mut cut = Vec::new();
+    let stats = semithin_delta::build::build_small_segments(
+        &f.server.objects,
+        f.v1,
+        f.v2,
+        300_000,
+        &mut cut,
+    )
+    .unwrap();
+    let (_, _, header, _) = semithin_delta::pack::read_start(&mut cut.as_slice()).unwrap();
+    let patch_segments = header
+        .segments
+        .iter()
+        .filter(|s| s.kind == semithin_delta::pack::Kind::Patches)
+        .count();
+    assert!(patch_segments >= 3, "{stats:?}");
+    assert_eq!(stats.total_bytes, cut.len() as u64);
+    apply(&f.machine.objects, f.v1, f.v2, cut.as_slice()).unwrap();
+    assert!(
+        transfer::missing(&f.machine.objects, f.v2)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        [hash(&full), hash(&quick), hash(&cut)],
+        [
+            "2575dbc614c15a2c1512e2e781701b4db613750ec0d4c01cf32e9ed375268e53",
+            "992425679bfec024f9d0a04eda32052a2113724481246f595e3000f1916fc027",
+            "b8ba27b9faad2a347964ebce40db1b33c381f3c819c5df35b10aed8e4542abdb",
+        ],
+        "the pack bytes changed"
+    );
 }

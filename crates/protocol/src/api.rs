@@ -437,6 +437,14 @@ pub struct Desired {
     /// then fetch whatever is still missing from `objects_path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_path: Option<ApiPath>,
+    /// The size of that pack in bytes, when the server has built it: the agent downloads no
+    /// more than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_size: Option<u64>,
+    /// Why `release` is the one the machine runs, not yet its new one: the server is building
+    /// the delta pack to it, and wakes the machine when it is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -52,6 +52,10 @@ pub struct Config {
     /// How many earlier releases of a channel get a delta pack to each new release, built at
     /// publish (other starting points get one built on their first request).
     pub delta_sources: usize,
+    /// The most the delta packs kept (DATA/deltas) may take, in bytes; the least recently used
+    /// go first.
+    #[serde(default = "default_delta_cache_bytes")]
+    pub delta_cache_bytes: u64,
     /// PEM certificate chain and key: serve HTTPS instead of HTTP.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -89,6 +93,10 @@ fn default_trust_check() -> u64 {
     60
 }
 
+fn default_delta_cache_bytes() -> u64 {
+    8 << 30
+}
+
 impl Config {
     pub fn new(data: PathBuf) -> Self {
         Self {
@@ -100,6 +108,7 @@ impl Config {
             request_deadline_secs: 30,
             max_body_bytes: 8 << 20,
             delta_sources: 3,
+            delta_cache_bytes: default_delta_cache_bytes(),
             tls_cert: None,
             tls_key: None,
             apt_upstreams: Default::default(),
@@ -221,35 +230,6 @@ impl App {
 }
 
 impl App {
-    /// Starts building, in the background, the packs from the last releases of these channels
-    /// to their new release (the previous release first: most machines run it).
-    fn prepare_deltas(self: &Arc<Self>, channels: &[String]) {
-        let k = self.deltas.sources;
-        if k == 0 || channels.is_empty() {
-            return;
-        }
-        let published = self.published();
-        let mut pairs = Vec::new();
-        for c in channels {
-            let Some(to) = published.releases.get(c).copied() else {
-                continue;
-            };
-            for from in published.earlier.get(c).into_iter().flatten().take(k) {
-                pairs.push((*from, to));
-            }
-        }
-        let app = self.clone();
-        tokio::spawn(async move {
-            for (from, to) in pairs {
-                let store = app.published().store.clone();
-                let effort = semithin_delta::build::Effort::Full;
-                if let Err(e) = app.deltas.ensure(store, from, to, effort).await {
-                    tracing::warn!(error = %e, "building a delta pack");
-                }
-            }
-        });
-    }
-
     /// How hard to work on a pack: full for the prepared starting points, quick for the rest.
     pub fn delta_effort(&self, from: &CommitId, to: &CommitId) -> semithin_delta::build::Effort {
         let p = self.published();
@@ -432,9 +412,8 @@ pub async fn run_on(
         .expect("load task")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let deltas_dir = cfg.data.join("deltas");
-    deltas::clear_leftovers(&deltas_dir);
     let app = Arc::new(App {
-        deltas: deltas::Deltas::new(deltas_dir, cfg.delta_sources),
+        deltas: deltas::Deltas::new(deltas_dir, cfg.delta_sources, cfg.delta_cache_bytes),
         jobs,
         apt,
         db,

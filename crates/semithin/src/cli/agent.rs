@@ -394,6 +394,9 @@ fn status(dir: &std::path::Path, json: bool) -> Result<ExitCode> {
                 f.reason
             );
         }
+        if let Some(w) = &s.waiting {
+            println!("waiting:   {w}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use semithin_delta::build::{Effort, Stats, build};
+use semithin_delta::build::{Effort, Stats, build, build_in};
 use semithin_store::pack::ObjKind;
 use semithin_store::{Repo, refs};
 use serde::Serialize;
@@ -52,7 +52,12 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
                 std::fs::File::create(&tmp)
                     .with_context(|| format!("creating {}", tmp.display()))?,
             );
-            let s = build(&repo.objects, from, to, effort, &mut f)?;
+            // temporary files beside the pack: the system's may be small or in memory
+            let scratch = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => std::path::PathBuf::from("."),
+            };
+            let s = build_in(&repo.objects, from, to, effort, &scratch, &mut f)?;
             f.flush()?;
             f.into_inner()?.sync_all()?;
             std::fs::rename(&tmp, path)

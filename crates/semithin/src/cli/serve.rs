@@ -19,11 +19,10 @@ pub struct Args {
     #[arg(long, env = "SEMITHIN_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// TOML file with any of these settings (durations in seconds; the flag names with `_`:
-    /// data, listen,
-    /// checkin_interval, max_wait, request_deadline, max_body, delta_sources, tls_cert,
-    /// tls_key, admin_token, log_format, apt_cache_size, apt_fresh, trust_renew_left,
-    /// trust_check_interval, header_timeout, idle_timeout, max_connections, event_retention,
-    /// and the table
+    /// data, listen, checkin_interval, max_wait, request_deadline, max_body, delta_sources,
+    /// delta_cache_size, tls_cert, tls_key, admin_token, log_format, apt_cache_size, apt_fresh,
+    /// trust_renew_left, trust_check_interval, header_timeout, idle_timeout, max_connections,
+    /// event_retention, and the table
     /// apt_upstreams of NAME = URL). Flags and environment win over it.
     #[arg(long, env = "SEMITHIN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -43,6 +42,10 @@ pub struct Args {
     /// it is published; machines on other releases get one built on first request [default: 3].
     #[arg(long, env = "SEMITHIN_DELTA_SOURCES", value_name = "N")]
     delta_sources: Option<usize>,
+    /// The most the delta packs kept may take, in bytes (least recently used packs go first,
+    /// never one being sent) [default: 8589934592].
+    #[arg(long, env = "SEMITHIN_DELTA_CACHE_SIZE", value_name = "BYTES")]
+    delta_cache_size: Option<u64>,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(
         long,
@@ -113,6 +116,7 @@ struct File {
     request_deadline: Option<u64>,
     max_body: Option<usize>,
     delta_sources: Option<usize>,
+    delta_cache_size: Option<u64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     admin_token: Option<String>,
@@ -180,6 +184,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(v) = a.delta_sources.or(f.delta_sources) {
         anyhow::ensure!(v <= 64, "at most 64 delta sources per release");
         cfg.delta_sources = v;
+    }
+    if let Some(v) = a.delta_cache_size.or(f.delta_cache_size) {
+        cfg.delta_cache_bytes = v;
     }
     cfg.tls_cert = a.tls_cert.or(f.tls_cert);
     cfg.tls_key = a.tls_key.or(f.tls_key);

@@ -2248,3 +2248,188 @@ fn a_machine_that_cannot_verify_shows_as_failing_with_the_reason() {
     assert_eq!(m["report"]["failing"], Value::Null, "{m:#}");
     assert_eq!(m.get("state_reason"), None, "{m:#}");
 }
+
+#[test]
+fn a_machine_gets_delta_packs_only_between_releases_of_its_channel() {
+    let s = Server::start();
+    let (_, src, v1) = machine_on_v1(&s, "m1", 5);
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    std::fs::write(src.join("etc/os-release"), "VERSION_ID=x\n").unwrap();
+    let other = s.release(&src, "lab/other");
+    let key = MachineKey::load(&s.path("agents/m1/machine.key")).unwrap();
+    let get = |from: &str, to: &str| {
+        let path = format!("/api/v1/deltas/{from}/{to}");
+        signed(&s, &key, None, "GET", &path, b"", now())
+    };
+    // to a release of another channel, from one, or between two commits of no channel: refused
+    // before anything is built
+    let (st, body) = get(&v1, &other);
+    assert_eq!(st, 404, "{body}");
+    assert!(
+        body.contains("not a release this machine is told to run"),
+        "{body}"
+    );
+    let (st, body) = get(&other, &v2);
+    assert_eq!(st, 404, "{body}");
+    assert!(
+        body.contains("never a release of channel lab/stable"),
+        "{body}"
+    );
+    for (f, t) in [(&v1, &other), (&other, &v2)] {
+        assert!(!s.data.join(format!("deltas/{f}-{t}.pack")).exists());
+    }
+    // its own channel's releases: the pack
+    let (st, _) = get(&v1, &v2);
+    assert_eq!(st, 200);
+}
+
+#[test]
+fn a_machine_waits_for_the_pack_a_publish_prepares_and_is_told_why() {
+    let s = Server::start();
+    let (t, src, v1) = machine_on_v1(&s, "m1", 5);
+    // new content that does not compress: its pack takes the server a few seconds
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let big: Vec<u8> = (0..6_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    std::fs::write(src.join("usr/lib/new.bin"), &big).unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    let a = Agent::new(&s, "m1", &t);
+    let before = s.stats();
+    // while its pack is built the machine stays on v1 and says why; then it goes, in the same
+    // run, as soon as the server wakes it
+    let status = std::thread::scope(|sc| {
+        let run = sc.spawn(|| a.once());
+        let mut seen = String::new();
+        wait_until("agent status to say it waits", 60, || {
+            let out = Command::new(BIN)
+                .args(["agent", "--state"])
+                .arg(&a.state)
+                .arg("status")
+                .output()
+                .unwrap();
+            seen = String::from_utf8_lossy(&out.stdout).into_owned();
+            seen.contains("waiting:   release") || run.is_finished()
+        });
+        assert!(run.join().unwrap().success(), "{}", a.log());
+        seen
+    });
+    assert!(status.contains("waiting:   release"), "{status}");
+    assert!(status.contains(&format!("current:   {v1}")), "{status}");
+    let log = a.log();
+    assert!(
+        log.contains("waits for its delta pack from") && log.contains("woken when it is ready"),
+        "{log}"
+    );
+    assert!(log.contains("applied the delta pack"), "{log}");
+    assert_eq!(a.current().as_deref(), Some(v2.as_str()));
+    delta_pack(&s, &v1, &v2);
+    let after = s.stats();
+    assert_eq!(
+        after["object_bytes_sent"], before["object_bytes_sent"],
+        "the release came as the prepared pack: {after}"
+    );
+}
+
+/// A tmpfs mounted at a directory, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs at {}", dir.display());
+        Tmpfs(dir.to_owned())
+    }
+
+    fn resize(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Bytes in use.
+    fn used(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=used", "-B1"])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+
+    /// Files under it whose name contains `pat`.
+    fn find(&self, pat: &str) -> Vec<String> {
+        sh(&format!("find {} -name '*{pat}*'", q(&self.0)))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_reported_as_such_and_leaves_nothing_that_keeps_it_full() {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 5);
+    let v1 = s.release(&src, "lab/stable");
+    let a = Agent::new(&s, "m1", &t);
+    let disk = Tmpfs::mount(&a.state, "256M");
+    assert!(a.once().success(), "{}", a.log());
+    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+    // v2 brings 12 MB that do not compress; the machine has 4 MB left
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let big: Vec<u8> = (0..12_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    std::fs::write(src.join("usr/lib/new.bin"), &big).unwrap();
+    let v2 = s.release(&src, "lab/stable");
+    delta_pack(&s, &v1, &v2);
+    disk.resize(&format!("{}", disk.used() + (4 << 20)));
+    for _ in 0..2 {
+        assert!(!a.once().success(), "{}", a.log());
+        assert_eq!(a.current().as_deref(), Some(v1.as_str()));
+        // nothing of the failed try is left to keep the disk full
+        assert_eq!(disk.find(".part"), Vec::<String>::new());
+        assert_eq!(disk.find(".staging-"), Vec::<String>::new());
+    }
+    // the admin reads the cause
+    let err = s.machine("m1")["report"]["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(err.contains("the disk is full"), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    // once there is room, the next try succeeds
+    disk.resize("256M");
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v2.as_str()));
+}

@@ -738,3 +738,71 @@ fn abort_signs_the_earlier_release_back_and_fleet_states_are_true() {
     assert!(out.contains("already"), "{out}");
     assert_eq!(signed_target(&s, "lab/stable"), before);
 }
+
+#[test]
+fn a_rollout_builds_its_packs_before_the_canary_asks_and_its_status_says_so() {
+    let s = Server::start();
+    let (mut agents, src, v1) = fleet_on_v1(&s, 2, |_| "room=lab");
+    // new content that does not compress: its pack takes the server a few seconds
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let big: Vec<u8> = (0..6_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    std::fs::write(src.join("usr/lib/new.bin"), &big).unwrap();
+    let v2 = commit(&s, &src, 2);
+    let before = s.stats();
+    let started: Value = serde_json::from_str(&s.ok(&[
+        "rollout",
+        "start",
+        "lab/stable",
+        &v2,
+        "--to",
+        "room=lab",
+        "--canary",
+        "1",
+        "--waves",
+        "100%",
+        "--soak",
+        "1s",
+        "--json",
+    ]))
+    .unwrap();
+    let id = started["id"].as_i64().unwrap();
+    let r = rollout(&s, id);
+    let waiting = r["waiting"].as_str().unwrap_or("");
+    assert!(
+        waiting.contains(&format!(
+            "the server is building the delta pack(s) from {}",
+            &v1[..12]
+        )),
+        "{r:#}"
+    );
+    let text = s.ok(&["rollout", "status", &id.to_string()]);
+    assert!(text.contains("building the delta pack"), "{text}");
+    let r = wait_state(&s, id, "completed", 180);
+    assert!(
+        !r["waiting"]
+            .as_str()
+            .unwrap_or("")
+            .contains("building the delta pack"),
+        "{r:#}"
+    );
+    for a in &agents {
+        assert_eq!(a.current().as_deref(), Some(v2.as_str()), "{}", a.name);
+        assert!(a.log().contains("applied the delta pack"), "{}", a.log());
+    }
+    // every machine got the prepared pack: no object was sent for v2
+    let after = s.stats();
+    assert_eq!(
+        after["object_bytes_sent"], before["object_bytes_sent"],
+        "{after}"
+    );
+    for a in &mut agents {
+        a.stop();
+    }
+}

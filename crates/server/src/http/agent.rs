@@ -181,7 +181,7 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
     let desired = match (r.status, &r.channel) {
         (MachineStatus::Accepted, Some(c)) => app.target(&r).map(|rel| {
             // a pack from what the machine runs, when the server holds that release too
-            let delta_path = r
+            let from = r
                 .report
                 .current
                 .as_deref()
@@ -192,16 +192,33 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
                             .published()
                             .store
                             .contains(ObjKind::Commit, cur.as_bytes())
-                })
-                .and_then(|cur| {
-                    ApiPath::new(format!("/api/v1/deltas/{}/{}", cur.to_hex(), rel.to_hex())).ok()
                 });
+            let delta_path = from.and_then(|cur| {
+                ApiPath::new(format!("/api/v1/deltas/{}/{}", cur.to_hex(), rel.to_hex())).ok()
+            });
+            let delta_size = from.and_then(|cur| app.deltas.size(&cur, &rel));
+            // its pack is being prepared: it stays where it is until the pack is ready
+            if let Some(cur) = from
+                && let Some(why) = app.delta_hold(&cur, &rel)
+            {
+                return Desired {
+                    channel: c.clone(),
+                    release: cur.to_hex(),
+                    metadata_path: ApiPath::trust_metadata(),
+                    objects_path: ApiPath::objects(),
+                    delta_path: None,
+                    delta_size: None,
+                    waiting: Some(why),
+                };
+            }
             Desired {
                 channel: c.clone(),
                 release: rel.to_hex(),
                 metadata_path: ApiPath::trust_metadata(),
                 objects_path: ApiPath::objects(),
                 delta_path,
+                delta_size,
+                waiting: None,
             }
         }),
         _ => None,
@@ -589,30 +606,41 @@ pub async fn delta(
     headers: HeaderMap,
     Path((from, to)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    reader(&app, &method, &uri, &headers, b"")?;
+    let machine = reader(&app, &method, &uri, &headers, b"")?;
     let parse = |s: &str| {
         s.parse::<semithin_store::CommitId>()
             .map_err(|_| ApiErr::bad(format!("{s:?} is not a release (a commit id)")))
     };
     let (from, to) = (parse(&from)?, parse(&to)?);
+    if let Some(m) = &machine {
+        let row = m.snapshot();
+        app.delta_allowed(&row, &from, &to).map_err(|e| {
+            ApiErr::not_found(format!(
+                "no delta pack from {} to {} for this machine: {e}",
+                from.short(),
+                to.short()
+            ))
+        })?;
+    }
     let store = app.published().store.clone();
     let effort = app.delta_effort(&from, &to);
-    let built = app.deltas.ensure(store, from, to, effort).await;
+    let why = crate::deltas::Why::Demand;
+    let built = app.deltas.ensure(store, from, to, effort, why).await;
     // A pack that cannot be made (say, a damaged object on the server) is simply not there:
     // the machine fetches objects, which are checked one by one.
     let built = built.map_err(|e| {
         tracing::warn!(from = %from.short(), to = %to.short(), error = %e, "no delta pack");
-        ApiErr::not_found(
-            "no delta pack could be made (the server's log has the reason): fetch the objects",
-        )
+        // the reason may name the server's files: it stays in the server's log
+        ApiErr::not_found("no delta pack could be made (the server's log says why)")
     })?;
-    let path = built.ok_or_else(|| {
+    let served = built.ok_or_else(|| {
         ApiErr::not_found(format!(
             "no delta from {} to {}: the server does not hold both releases",
             from.short(),
             to.short()
         ))
     })?;
+    let path = served.path.clone();
     let md = std::fs::metadata(&path).map_err(|e| ApiErr::internal(format!("{e}")))?;
     let size = md.len();
     // The pack for a pair never changes once written; its size and mtime name this copy.
@@ -639,6 +667,8 @@ pub async fn delta(
         .map_err(|e| ApiErr::internal(format!("{e}")))?;
     let counters = app.clone();
     let body = super::file_body(file, move |n| {
+        // the pack is not deleted to make room while it is being sent
+        let _lease = &served;
         counters
             .counters
             .delta_bytes_sent

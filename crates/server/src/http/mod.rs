@@ -181,13 +181,14 @@ pub fn reader(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> ApiResult<()> {
+) -> ApiResult<Option<Arc<Machine>>> {
     if headers.contains_key(axum::http::header::AUTHORIZATION) {
-        return admin(app, headers);
+        return admin(app, headers).map(|_| None);
     }
     let m = machine(app, method, uri, headers, body)?;
-    match m.row.lock().expect("lock").status {
-        MachineStatus::Accepted => Ok(()),
+    let status = m.row.lock().expect("lock").status;
+    match status {
+        MachineStatus::Accepted => Ok(Some(m)),
         s => Err(ApiErr::forbidden(format!(
             "this machine is {}: only accepted machines fetch releases",
             s.as_str()

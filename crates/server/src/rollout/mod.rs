@@ -441,6 +441,8 @@ impl Rollouts {
         tracing::info!(rollout = id, channel = %rec.channel, release = %rec.release, machines = rows.len(), "rollout made");
         let l = Live::new(rec.clone(), rows.clone(), self.offline_after)?;
         self.live.write().expect("lock").insert(id, l);
+        // its packs are built while the release is being signed, not when the canary asks
+        app.prepare_release(&req.channel, release);
         Ok(self.info_of(app, &self.stored(rec, rows)?, true))
     }
 

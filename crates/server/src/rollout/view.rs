@@ -240,6 +240,11 @@ impl Rollouts {
             .as_ref()
             .filter(|_| live_state != RolloutState::Superseded)
             .map(|w| describe(w, &l.plan, l.rec.id, t, &waves));
+        let froms = l.rows.iter().filter_map(|r| r.from.as_deref());
+        let waiting = match (waiting, app.building_note(&l.rec.release, froms)) {
+            (Some(w), Some(b)) => Some(format!("{w}; {b}")),
+            (w, b) => w.or(b),
+        };
         RolloutInfo {
             id: l.rec.id,
             channel: l.rec.channel.clone(),
