@@ -23,6 +23,9 @@ fn fleet_on_v1(
     let v1 = s.release(&src, "lab/stable");
     let flags = s.path("flags");
     std::fs::create_dir_all(&flags).unwrap();
+    // the tests move machines between channels with `fleet assign`: these follow the server
+    let config = s.path("agent.toml");
+    std::fs::write(&config, "follow_channel_changes = true\n").unwrap();
     let mut agents: Vec<Agent> = (1..=n)
         .map(|i| {
             let name = format!("m{i}");
@@ -32,6 +35,8 @@ fn fleet_on_v1(
                 q(&flag)
             );
             Agent::new(s, &name, &t)
+                .arg("--config")
+                .arg(config.to_str().unwrap())
                 .arg("--health-check")
                 .arg(&check)
                 .arg("--label")
