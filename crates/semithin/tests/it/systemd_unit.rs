@@ -4,8 +4,8 @@
 //! installed in it. The container shares the host's network, so its agents reach the test's
 //! server and apt repository on loopback. apt jobs succeed under the shipped unit and fail under
 //! the unit as it was (`ProtectSystem=full`, `ProtectKernelModules=yes`); `systemd-analyze
-//! verify` accepts the units. Slow (a boot, real apt and dpkg): nextest runs tests named
-//! `slow_` one at a time (.config/nextest.toml).
+//! verify` accepts the units. Slow (a boot, real apt and dpkg): nextest runs tests whose names
+//! start with `slow_` one at a time (.config/nextest.toml).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
