@@ -43,6 +43,8 @@ cargo nextest --version >&2
 
 step "building the Debian root filesystem fixture (cached after the first run)"
 tests/fixtures/debian-root.sh base >/dev/null
+step "building the Debian root with systemd that the slow_ tests boot with systemd-nspawn (cached)"
+tests/fixtures/debian-root.sh systemd >/dev/null
 step "preparing python-tuf, the reference TUF implementation (cached after the first run)"
 tests/fixtures/python-tuf.sh >/dev/null
 

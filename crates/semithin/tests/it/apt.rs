@@ -15,12 +15,12 @@ use crate::common::{q, sh};
 use crate::fleet::{Agent, Server, wait_until};
 
 /// Files below `dir` over HTTP/1.1 on loopback; every request path is counted.
-struct Http {
-    port: u16,
+pub(crate) struct Http {
+    pub(crate) port: u16,
     requests: Arc<Mutex<Vec<String>>>,
 }
 
-fn serve(dir: PathBuf) -> Http {
+pub(crate) fn serve(dir: PathBuf) -> Http {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let requests = Arc::new(Mutex::new(Vec::new()));
@@ -84,7 +84,7 @@ fn deb(work: &Path, name: &str, version: &str) -> PathBuf {
 
 /// A repository with suites `testing` and `testing-security`, each with these packages, its
 /// Release files signed (InRelease) by the key in `gnupg`.
-fn publish_repo(work: &Path, suites: &[(&str, &[(&str, &str)])]) {
+pub(crate) fn publish_repo(work: &Path, suites: &[(&str, &[(&str, &str)])]) {
     let repo = work.join("repo");
     let arch = sh("dpkg --print-architecture").trim().to_owned();
     for (suite, pkgs) in suites {
@@ -115,7 +115,7 @@ fn publish_repo(work: &Path, suites: &[(&str, &[(&str, &str)])]) {
 }
 
 /// A throwaway signing key; its public half exported to work/key.asc.
-fn gpg_key(work: &Path) -> PathBuf {
+pub(crate) fn gpg_key(work: &Path) -> PathBuf {
     sh(&format!(
         "set -e; mkdir -p -m 700 {w}/gnupg; \
          gpg --homedir {w}/gnupg --batch --passphrase '' --quick-gen-key \
@@ -126,7 +126,7 @@ fn gpg_key(work: &Path) -> PathBuf {
     work.join("key.asc")
 }
 
-fn installed(root: &Path, pkg: &str) -> Option<String> {
+pub(crate) fn installed(root: &Path, pkg: &str) -> Option<String> {
     let out = std::process::Command::new("chroot")
         .arg(root)
         .args(["dpkg-query", "-W", "-f=${db:Status-Abbrev}${Version}", pkg])
@@ -143,7 +143,7 @@ fn outdated(s: &Server, extra: &[&str]) -> Value {
 }
 
 /// Runs a job with --wait; its status (all machines succeeded, else the test fails).
-fn job(s: &Server, args: &[&str]) -> Value {
+pub(crate) fn job(s: &Server, args: &[&str]) -> Value {
     let mut a = vec!["job"];
     a.extend_from_slice(args);
     a.extend(["--wait", "--json", "--timeout", "5m"]);

@@ -15,6 +15,7 @@ mod jobs;
 mod packaging;
 mod real_root;
 mod rollout;
+mod systemd_unit;
 mod tamper;
 mod trust_renew;
 mod tuf_client;
