@@ -253,21 +253,22 @@ pub async fn checkin(
     let req: CheckInRequest = parse(&body)?;
     req.check()
         .map_err(|e| ApiErr::bad(format!("check-in refused: {e}")))?;
+    // A pending machine stores nothing but its enrollment (and when it was last seen): its
+    // report, job results and inventory count from its first check-in once accepted (accepting
+    // it wakes it, so that comes at once).
+    let pending = m.row.lock().expect("lock").status == MachineStatus::Pending;
     // What this request changes is written only once its counter is stored: replayed after a
-    // restart, it is refused.
-    let writes = !req.job_results.is_empty()
-        || req.inventory.is_some()
-        || m.row.lock().expect("lock").report != req.report;
+    // restart, it is refused. A pending machine's check-ins change nothing.
+    let writes = !pending
+        && (!req.job_results.is_empty()
+            || req.inventory.is_some()
+            || m.row.lock().expect("lock").report != req.report);
     if writes {
         m.store_counter(&app.db).await?;
     }
     let t = now();
     app.counters.checkins.fetch_add(1, Ordering::Relaxed);
     m.last_seen.store(t, Ordering::Relaxed);
-    // A pending machine stores nothing but its enrollment (and when it was last seen): its
-    // report, job results and inventory count from its first check-in once accepted (accepting
-    // it wakes it, so that comes at once).
-    let pending = m.row.lock().expect("lock").status == MachineStatus::Pending;
     if !pending {
         if let Some(old) = m.store_report(&app.db, &req.report, t).await? {
             record_events(&app, &m, old, &req.report).await?;
