@@ -5,12 +5,20 @@ use serde::de::DeserializeOwned;
 
 use crate::api::BadField;
 
-/// `bytes` as a `T`, or what is wrong and where (`field` is `.` for the document itself).
+/// `bytes` as a `T`, or what is wrong and where (`field` is `(document)` when the JSON itself
+/// is malformed or of the wrong kind).
 pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BadField> {
     let d = &mut serde_json::Deserializer::from_slice(bytes);
-    let v = serde_path_to_error::deserialize(d).map_err(|e| BadField {
-        field: e.path().to_string(),
-        reason: e.inner().to_string(),
+    let v = serde_path_to_error::deserialize(d).map_err(|e| {
+        let field = e.path().to_string();
+        BadField {
+            field: if field == "." {
+                "(document)".into()
+            } else {
+                field
+            },
+            reason: e.inner().to_string(),
+        }
     })?;
     Ok(v)
 }

@@ -973,7 +973,7 @@ fn packs(repo: &Path) -> Vec<PathBuf> {
 }
 
 /// A raw signed request, as an agent (or an impostor) would send it.
-fn signed(
+pub(crate) fn signed(
     s: &Server,
     key: &MachineKey,
     id: Option<&str>,
@@ -1002,7 +1002,7 @@ fn signed(
     (r.status().as_u16(), r.text().unwrap())
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -1332,7 +1332,7 @@ fn raw_request(port: u16, request: &str) -> (u16, String) {
 }
 
 /// Enrolls `key` as `name` with `token` by hand; the status and the answer.
-fn enroll_raw(s: &Server, token: &str, name: &str, key: &MachineKey) -> (u16, Value) {
+pub(crate) fn enroll_raw(s: &Server, token: &str, name: &str, key: &MachineKey) -> (u16, Value) {
     let r = http()
         .build()
         .unwrap()
