@@ -42,5 +42,7 @@ mod tests {
             assert_eq!(e.field, "desired.release", "{e}");
             assert!(e.reason.contains("release id"), "{e}");
         }
+        let e = super::from_slice::<CheckInResponse>(b"{").unwrap_err();
+        assert_eq!(e.field, "(document)", "{e}");
     }
 }
