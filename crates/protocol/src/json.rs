@@ -12,7 +12,8 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BadField> {
     let v = serde_path_to_error::deserialize(d).map_err(|e| {
         let field = e.path().to_string();
         BadField {
-            field: if field == "." {
+            // `?`: inside an object whose next key was never read (the JSON ends or breaks)
+            field: if field == "." || field == "?" {
                 "(document)".into()
             } else {
                 field
