@@ -165,7 +165,8 @@ impl Api {
                 url: format!("{}{path}", self.base),
                 reason: format!("reading the answer: {e}"),
             })?;
-        serde_json::from_slice(&buf).map_err(|e| Error::Server {
+        // a malformed answer names its field (`desired.release: ...`)
+        semithin_protocol::json::from_slice(&buf).map_err(|e| Error::Server {
             url: format!("{}{path}", self.base),
             reason: format!("bad answer: {e}"),
         })

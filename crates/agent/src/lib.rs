@@ -25,6 +25,7 @@ use std::time::Duration;
 use semithin_protocol::api::{
     CheckInRequest, CheckInResponse, EnrollRequest, Failure, Health, Phase, Report,
 };
+use semithin_protocol::ids::ReleaseId;
 use semithin_protocol::path::ApiPath;
 use semithin_protocol::sign::MachineKey;
 use semithin_store::pack::ObjKind;
@@ -213,7 +214,7 @@ impl Agent {
             self.verified = None;
             self.missing = None;
         }
-        let told = resp.desired.as_ref().map(|d| d.release.clone());
+        let told = resp.desired.as_ref().map(|d| d.release.to_string());
         if told != self.told {
             self.told = told;
             self.rechecked = None;
@@ -494,7 +495,7 @@ impl Agent {
             .answer
             .as_ref()
             .and_then(|a| a.desired.as_ref())
-            .map(|d| d.release.clone());
+            .map(|d| d.release.to_string());
         Ok((current, desired))
     }
 
@@ -573,10 +574,10 @@ impl Agent {
                         .expect("verify needs a desired release");
                     self.say(&format!(
                         "verifying release {} of {}",
-                        short(&d.release),
+                        d.release.short(),
                         d.channel
                     ));
-                    self.verify_release(&d.channel, &d.release)?;
+                    self.verify_release(&d.channel, &d.release.to_string())?;
                 }
                 Step::Count => {
                     let d = desired.expect("count needs a desired release");
@@ -593,11 +594,11 @@ impl Agent {
                         .and_then(|a| a.desired.clone())
                         .expect("fetch needs a desired release");
                     let before = self.api().received.load(Ordering::Relaxed);
-                    self.fetch(&d.release, &d.objects_path)?;
+                    self.fetch(&d.release.to_string(), &d.objects_path)?;
                     let got = self.api().received.load(Ordering::Relaxed) - before;
                     self.say(&format!(
                         "fetched release {} ({got} bytes)",
-                        short(&d.release)
+                        d.release.short()
                     ));
                     self.missing = Some(0);
                     worked = true;
@@ -859,7 +860,7 @@ impl Agent {
                     .answer
                     .as_ref()
                     .and_then(|a| a.desired.as_ref())
-                    .map(|d| d.release.clone());
+                    .map(|d| d.release);
                 let since = match &self.state.failing {
                     Some(f) if f.phase == self.phase && f.release == release => f.since,
                     _ => now(),
@@ -1007,25 +1008,28 @@ fn report_of(
     unsaved_fetched: u64,
     phase: Phase,
 ) -> Result<Report> {
+    // every release the agent holds came to it as a ReleaseId; one that does not parse back
+    // (a state file edited by hand) is not reported
+    let rel = |s: &str| s.parse::<ReleaseId>().ok();
     let current = layout.current()?;
     let staged = verified
         .filter(|r| Some(*r) != current.as_deref() && layout.deployment(r).exists())
-        .map(str::to_owned);
+        .and_then(rel);
     let integrity = state
         .integrity
         .clone()
-        .filter(|i| Some(&i.release) == current.as_ref());
+        .filter(|i| current.as_deref() == Some(i.release.to_string().as_str()));
     Ok(Report {
         previous: state
             .history
             .iter()
             .find(|h| Some(*h) != current.as_ref())
-            .cloned(),
-        current,
+            .and_then(|h| rel(h)),
+        current: current.as_deref().and_then(rel),
         staged,
         health: state.health,
         phase,
-        failed_release: state.failed_release.clone(),
+        failed_release: state.failed_release.as_deref().and_then(rel),
         last_error: state
             .last_error
             .as_deref()
@@ -1115,9 +1119,7 @@ fn jitter(secs: u32) -> u32 {
     secs.saturating_sub(u32::from_le_bytes(b) % span)
 }
 
-pub fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
-}
+pub use semithin_protocol::ids::short_str as short;
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;

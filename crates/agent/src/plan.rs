@@ -177,9 +177,7 @@ pub fn keep(
     (hist, keep)
 }
 
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
-}
+use semithin_protocol::ids::short_str as short;
 
 #[cfg(test)]
 mod tests {

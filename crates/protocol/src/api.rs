@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::ReleaseId;
 use crate::path::ApiPath;
 use crate::selector::Labels;
 
@@ -88,15 +89,15 @@ pub enum Phase {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// The release (commit id) the current deployment holds.
-    pub current: Option<String>,
+    pub current: Option<ReleaseId>,
     /// A release staged beside it, not yet switched to.
-    pub staged: Option<String>,
+    pub staged: Option<ReleaseId>,
     /// The deployment kept for rollback.
-    pub previous: Option<String>,
+    pub previous: Option<ReleaseId>,
     pub health: Health,
     pub phase: Phase,
     /// A release that failed its health checks and is not tried again.
-    pub failed_release: Option<String>,
+    pub failed_release: Option<ReleaseId>,
     pub last_error: Option<String>,
     /// Bytes free on the deployments' file system.
     pub disk_free: u64,
@@ -154,10 +155,10 @@ impl PathList {
 /// What a verification of the running deployment against its release found
 /// (docs/PROTOCOL.md, "Integrity"). Paths are as the booted system sees them (`/usr/bin/x`,
 /// `/etc/cron.d/y`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Integrity {
     /// The release the deployment was checked against.
-    pub release: String,
+    pub release: ReleaseId,
     /// Unix seconds of the check.
     pub checked_at: i64,
     /// Paths that differ from the release and were not put back: the machine is tampered.
@@ -172,6 +173,17 @@ pub struct Integrity {
 }
 
 impl Integrity {
+    /// Nothing found yet: a verification against `release` at `checked_at`.
+    pub fn new(release: ReleaseId, checked_at: i64) -> Self {
+        Self {
+            release,
+            checked_at,
+            tampered: PathList::default(),
+            repaired: PathList::default(),
+            etc_drift: PathList::default(),
+        }
+    }
+
     /// Something differs from the release and is still there.
     pub fn is_tampered(&self) -> bool {
         !self.tampered.is_empty()
@@ -225,24 +237,6 @@ fn check_len(field: &str, s: &str, max: usize) -> Result<(), BadField> {
     Ok(())
 }
 
-/// A release as a machine reports it: a commit id, 64 lowercase hex digits.
-fn check_release(field: &str, s: &Option<String>) -> Result<(), BadField> {
-    match s {
-        Some(s)
-            if s.len() != 64
-                || !s
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-        {
-            Err(bad(
-                field,
-                "not a release id (64 lowercase hex digits of a commit)",
-            ))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Cuts an error message to [`limits::ERROR_BYTES`] on a character boundary, marking the cut.
 pub fn bound_error(s: &str) -> String {
     if s.len() <= limits::ERROR_BYTES {
@@ -253,16 +247,13 @@ pub fn bound_error(s: &str) -> String {
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}{MARK}", &s[..end])
+    format!("{}{MARK}", s.get(..end).unwrap_or_default())
 }
 
 impl Report {
-    /// Every field within its bounds ([`limits`]), every release a commit id.
+    /// Every field within its bounds ([`limits`]). Releases are [`ReleaseId`]s, refused when
+    /// malformed as the report is parsed.
     pub fn check(&self) -> Result<(), BadField> {
-        check_release("report.current", &self.current)?;
-        check_release("report.staged", &self.staged)?;
-        check_release("report.previous", &self.previous)?;
-        check_release("report.failed_release", &self.failed_release)?;
         if let Some(e) = &self.last_error {
             check_len("report.last_error", e, limits::ERROR_BYTES)?;
         }
@@ -275,7 +266,6 @@ impl Report {
             i.check()?;
         }
         if let Some(f) = &self.failing {
-            check_release("report.failing.release", &f.release)?;
             check_len("report.failing.reason", &f.reason, limits::ERROR_BYTES)?;
         }
         Ok(())
@@ -283,10 +273,9 @@ impl Report {
 }
 
 impl Integrity {
-    /// The release a commit id; each list at most [`MAX_INTEGRITY_PATHS`] paths of at most
+    /// Each list at most [`MAX_INTEGRITY_PATHS`] paths of at most
     /// [`MAX_INTEGRITY_PATH_LEN`] bytes (and the `…` the agent ends a cut one with).
     pub fn check(&self) -> Result<(), BadField> {
-        check_release("report.integrity.release", &Some(self.release.clone()))?;
         for (name, l) in [
             ("tampered", &self.tampered),
             ("repaired", &self.repaired),
@@ -383,7 +372,7 @@ pub struct Failure {
     pub phase: Phase,
     /// The release it was working on, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub release: Option<String>,
+    pub release: Option<ReleaseId>,
     /// The error, in words.
     pub reason: String,
     /// Unix seconds of the first failure of this kind in a row (same phase and release).
@@ -429,7 +418,7 @@ pub struct CheckInRequest {
 pub struct Desired {
     pub channel: String,
     /// The release the machine should run: a commit id, signed as the channel's target.
-    pub release: String,
+    pub release: ReleaseId,
     pub metadata_path: ApiPath,
     pub objects_path: ApiPath,
     /// A delta pack from the machine's current release to this one (docs/FORMAT.md, "Delta
@@ -485,7 +474,7 @@ pub struct MachineInfo {
     pub channel: Option<String>,
     /// The release the machine should run: its channel's release, or what the rollout that
     /// governs the channel tells it.
-    pub target: Option<String>,
+    pub target: Option<ReleaseId>,
     /// True when the machine runs its target and its health checks passed.
     pub updated: bool,
     pub report: Report,
@@ -502,7 +491,7 @@ pub struct MachineInfo {
     /// The channel's signed release (`None`: no channel, or nothing published on it). It differs
     /// from `target` while a rollout holds the machine on another release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channel_release: Option<String>,
+    pub channel_release: Option<ReleaseId>,
 }
 
 /// Where a machine stands (`MachineInfo::state`), computed by the server from its status,
@@ -644,7 +633,7 @@ mod tests {
         let r: Report = serde_json::from_str(old).unwrap();
         assert_eq!(r.integrity, None);
         assert!(!serde_json::to_string(&r).unwrap().contains("integrity"));
-        let with = serde_json::json!({"release": "ab", "checked_at": 5,
+        let with = serde_json::json!({"release": "ab".repeat(32), "checked_at": 5,
             "tampered": {"count": 1, "paths": ["/usr/bin/x"]}});
         let i: Integrity = serde_json::from_value(with).unwrap();
         assert!(i.is_tampered());
@@ -667,10 +656,7 @@ mod tests {
 
     #[test]
     fn integrity_out_of_its_bounds_is_refused_naming_the_field() {
-        let mut i = Integrity {
-            release: "a".repeat(64),
-            ..Integrity::default()
-        };
+        let mut i = Integrity::new(rel('a'), 0);
         for n in 0..MAX_INTEGRITY_PATHS + 3 {
             i.tampered.push(&format!("/etc/{n}"));
         }
@@ -705,20 +691,22 @@ mod tests {
             e.to_string().contains("report.integrity.etc_drift.paths"),
             "{e}"
         );
-        let e = Report {
-            integrity: Some(Integrity {
-                release: "é".into(),
-                ..i
-            }),
+        let mut json = serde_json::to_value(Report {
+            integrity: Some(i),
             ..Report::default()
-        }
-        .check()
-        .unwrap_err();
-        assert!(e.to_string().contains("report.integrity.release"), "{e}");
+        })
+        .unwrap();
+        json["integrity"]["release"] = "é".into();
+        let e = crate::json::from_slice::<Report>(json.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, "integrity.release", "{e}");
     }
 
-    fn id(c: char) -> Option<String> {
-        Some(c.to_string().repeat(64))
+    fn rel(c: char) -> ReleaseId {
+        c.to_string().repeat(64).parse().unwrap()
+    }
+
+    fn id(c: char) -> Option<ReleaseId> {
+        Some(rel(c))
     }
 
     #[test]
@@ -734,34 +722,6 @@ mod tests {
         };
         ok.check().unwrap();
         let cases: Vec<(&str, Report)> = vec![
-            (
-                "report.current",
-                Report {
-                    current: Some("é".repeat(32)),
-                    ..ok.clone()
-                },
-            ),
-            (
-                "report.staged",
-                Report {
-                    staged: Some("A".repeat(64)),
-                    ..ok.clone()
-                },
-            ),
-            (
-                "report.previous",
-                Report {
-                    previous: Some("a".repeat(65)),
-                    ..ok.clone()
-                },
-            ),
-            (
-                "report.failed_release",
-                Report {
-                    failed_release: Some("x1".into()),
-                    ..ok.clone()
-                },
-            ),
             (
                 "report.last_error",
                 Report {
@@ -781,6 +741,37 @@ mod tests {
             let e = r.check().unwrap_err();
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn a_report_with_a_malformed_release_is_refused_at_parse_naming_the_field() {
+        let ok = serde_json::to_value(Report {
+            current: id('a'),
+            failing: Some(Failure {
+                phase: Phase::Fetching,
+                release: id('b'),
+                reason: "x".into(),
+                since: 0,
+            }),
+            ..Report::default()
+        })
+        .unwrap();
+        crate::json::from_slice::<Report>(ok.to_string().as_bytes()).unwrap();
+        for (field, bad) in [
+            ("current", "é".repeat(32)),
+            ("staged", "A".repeat(64)),
+            ("previous", "a".repeat(65)),
+            ("failed_release", "x1".into()),
+        ] {
+            let mut v = ok.clone();
+            v[field] = bad.into();
+            let e = crate::json::from_slice::<Report>(v.to_string().as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        let mut v = ok.clone();
+        v["failing"]["release"] = "\u{1b}[2J".into();
+        let e = crate::json::from_slice::<Report>(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, "failing.release", "{e}");
     }
 
     #[test]

@@ -763,9 +763,9 @@ pub fn bound_output(s: &str) -> String {
     }
     format!(
         "{}\n[... {} bytes left out ...]\n{}",
-        &s[..head],
+        s.get(..head).unwrap_or_default(),
         tail_start - head,
-        &s[tail_start..]
+        s.get(tail_start..).unwrap_or_default()
     )
 }
 

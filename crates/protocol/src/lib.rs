@@ -1,12 +1,14 @@
 //! What the semithin server and agent say to each other (docs/PROTOCOL.md), in one place.
 //!
 //! - [`api`]: the JSON bodies of `/api/v1`, for agents and for the admin;
+//! - [`ids`]: the ids that cross the network (`ReleaseId`, `MachineId`, ...), validated at parse;
 //! - [`rollout`]: the bodies of the rollout admin API;
 //! - [`sign`]: how an enrolled machine signs its requests with its own ed25519 key;
 //! - [`path`]: server-relative paths a check-in answer names, checked so they stay on the server;
 //! - [`selector`]: label selectors (`site=school-12,class=lab`) and label syntax;
 //! - [`job`]: jobs for machines, their schema, signatures and schedules (cron in a time zone);
 //! - [`duration`]: the one syntax of durations (`30m`, `1h30m`, `2d 3h`);
+//! - [`json`]: parsing outside JSON with errors that name the field;
 //! - [`inventory`]: the packages a machine has and the updates it lacks;
 //! - [`near`]: names near a misspelt one, for errors that suggest what was meant;
 //! - [`trust`]: the server's renewal of the signed metadata, for the admin.
@@ -15,8 +17,10 @@
 
 pub mod api;
 pub mod duration;
+pub mod ids;
 pub mod inventory;
 pub mod job;
+pub mod json;
 pub mod near;
 pub mod path;
 pub mod rollout;

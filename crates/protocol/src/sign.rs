@@ -307,7 +307,7 @@ mod tests {
                 "GET",
                 "/api/v1/checkin",
                 "1000",
-                &counter[..],
+                counter.as_str(),
                 &b"{}"[..],
                 1000,
                 "does not verify",

@@ -46,7 +46,7 @@ fn name(i: u64) -> String {
 /// What every benchmark machine reports: up to date and healthy on `release`, nothing staged.
 fn report(release: &str) -> Report {
     Report {
-        current: Some(release.to_owned()),
+        current: Some(release.parse().expect("a release id")),
         staged: None,
         previous: None,
         health: Health::Healthy,

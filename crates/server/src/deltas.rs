@@ -424,14 +424,13 @@ impl crate::App {
                     .expect("lock")
                     .pending
                     .remove(&(from, to));
-                let from_hex = from.to_hex();
                 for m in app
                     .fleet
                     .select(&semithin_protocol::selector::Selector::All)
                 {
                     let r = m.row.lock().expect("lock");
                     if r.channel.as_deref() == Some(channel.as_str())
-                        && r.report.current.as_deref() == Some(from_hex.as_str())
+                        && r.report.current.as_ref().is_some_and(|c| *c == from)
                     {
                         m.wake.notify_one();
                     }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use semithin_protocol::api::{FleetState, MachineInfo, MachineStatus, Report};
+use semithin_protocol::ids::ReleaseId;
 use semithin_protocol::selector::Selector;
 use tokio::sync::Notify;
 
@@ -297,8 +298,8 @@ impl Machine {
 }
 
 /// Whether the machine runs its target release and passed its health checks there.
-pub fn updated(report: &Report, target: Option<&str>) -> bool {
-    target.is_some_and(|t| report.current.as_deref() == Some(t))
+pub fn updated(report: &Report, target: Option<ReleaseId>) -> bool {
+    target.is_some_and(|t| report.current == Some(t))
         && report.health == semithin_protocol::api::Health::Healthy
 }
 
@@ -306,8 +307,8 @@ pub fn updated(report: &Report, target: Option<&str>) -> bool {
 /// channel's release, and, when a rollout holds it on another one, why.
 #[derive(Clone, Debug, Default)]
 pub struct View {
-    pub target: Option<String>,
-    pub channel_release: Option<String>,
+    pub target: Option<ReleaseId>,
+    pub channel_release: Option<ReleaseId>,
     /// Why the target is not the channel's release (a rollout that governs the channel).
     pub held: Option<String>,
 }
@@ -319,7 +320,7 @@ pub fn view(app: &crate::App, r: &MachineRow) -> View {
         return View::default();
     };
     let p = app.published();
-    let channel_release = p.releases.get(channel).map(|c| c.to_hex());
+    let channel_release = p.releases.get(channel).map(|&c| ReleaseId::from(c));
     if r.status != MachineStatus::Accepted {
         return View {
             channel_release,
@@ -327,14 +328,10 @@ pub fn view(app: &crate::App, r: &MachineRow) -> View {
         };
     }
     View {
-        target: app.target(r).map(|c| c.to_hex()),
+        target: app.target(r).map(ReleaseId::from),
         held: app.rollouts.hold_reason(&p, r, channel),
         channel_release,
     }
-}
-
-fn short(s: &str) -> &str {
-    &s[..s.len().min(12)]
 }
 
 /// Where a machine stands, and why (for the states that need a reason): a pure function of its
@@ -353,11 +350,10 @@ pub fn state(r: &MachineRow, last_seen: Option<i64>, v: &View) -> (FleetState, O
     let held = || {
         v.held.clone().or_else(|| {
             v.channel_release
-                .as_deref()
-                .map(|c| format!("its channel {channel} is at {}", short(c)))
+                .map(|c| format!("its channel {channel} is at {}", c.short()))
         })
     };
-    let Some(target) = v.target.as_deref() else {
+    let Some(target) = v.target else {
         return match v.channel_release {
             None => (
                 FleetState::Unpublished,
@@ -371,7 +367,7 @@ pub fn state(r: &MachineRow, last_seen: Option<i64>, v: &View) -> (FleetState, O
     }
     if let Some(i) = &rep.integrity
         && i.is_tampered()
-        && rep.current.as_deref() == Some(i.release.as_str())
+        && rep.current == Some(i.release)
     {
         let shown: Vec<&str> = i
             .tampered
@@ -386,7 +382,7 @@ pub fn state(r: &MachineRow, last_seen: Option<i64>, v: &View) -> (FleetState, O
             Some(format!(
                 "{} path(s) differ from release {}: {}{}",
                 i.tampered.count,
-                short(&i.release),
+                i.release.short(),
                 shown.join(", "),
                 if more > 0 {
                     format!(" and {more} more")
@@ -398,18 +394,18 @@ pub fn state(r: &MachineRow, last_seen: Option<i64>, v: &View) -> (FleetState, O
     }
     if let Some(f) = &rep.failing {
         let what = match &f.release {
-            Some(rel) => format!("{} release {}", f.phase.as_str(), short(rel)),
+            Some(rel) => format!("{} release {}", f.phase.as_str(), rel.short()),
             None => f.phase.as_str().to_owned(),
         };
         return (FleetState::Failing, Some(format!("{what}: {}", f.reason)));
     }
-    let runs_target = rep.current.as_deref() == Some(target);
+    let runs_target = rep.current == Some(target);
     let reason = || {
         rep.last_error
             .clone()
             .or_else(|| Some("no reason given".into()))
     };
-    if !runs_target && rep.failed_release.as_deref() == Some(target) {
+    if !runs_target && rep.failed_release == Some(target) {
         return (FleetState::Failed, reason());
     }
     if rep.health == Health::Checking {
@@ -417,7 +413,7 @@ pub fn state(r: &MachineRow, last_seen: Option<i64>, v: &View) -> (FleetState, O
     }
     if runs_target {
         match rep.health {
-            Health::Healthy if v.channel_release.as_deref() == Some(target) => {
+            Health::Healthy if v.channel_release == Some(target) => {
                 return (FleetState::Updated, None);
             }
             Health::Healthy => return (FleetState::Held, held()),
@@ -437,7 +433,7 @@ pub fn info(m: &Machine, view: View) -> MachineInfo {
     let last_seen = (seen != 0).then_some(seen);
     let (state, state_reason) = state(&r, last_seen, &view);
     MachineInfo {
-        updated: updated(&r.report, view.target.as_deref()),
+        updated: updated(&r.report, view.target),
         id: r.id,
         name: r.name,
         labels: r.labels,
@@ -457,11 +453,15 @@ pub fn info(m: &Machine, view: View) -> MachineInfo {
 mod state_tests {
     use semithin_protocol::api::{Failure, FleetState as S, Health, MachineStatus, Phase, Report};
 
-    use super::{View, state};
+    use super::{ReleaseId, View, state};
     use crate::db::MachineRow;
 
     const V1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const V2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn rel(s: &str) -> ReleaseId {
+        s.parse().unwrap()
+    }
 
     fn row(current: Option<&str>, health: Health) -> MachineRow {
         MachineRow {
@@ -472,7 +472,7 @@ mod state_tests {
             labels: Default::default(),
             channel: Some("lab/stable".into()),
             report: Report {
-                current: current.map(str::to_owned),
+                current: current.map(rel),
                 health,
                 ..Report::default()
             },
@@ -483,8 +483,8 @@ mod state_tests {
 
     fn view(target: Option<&str>, channel: Option<&str>) -> View {
         View {
-            target: target.map(str::to_owned),
-            channel_release: channel.map(str::to_owned),
+            target: target.map(rel),
+            channel_release: channel.map(rel),
             held: None,
         }
     }
@@ -495,10 +495,7 @@ mod state_tests {
         let seen = Some(1);
         let on_v2 = view(Some(V2), Some(V2));
         let mut r = row(Some(V2), Health::Healthy);
-        let mut i = Integrity {
-            release: V2.into(),
-            ..Integrity::default()
-        };
+        let mut i = Integrity::new(rel(V2), 0);
         for p in ["/etc/cron.d/evil", "/usr/bin/x", "/usr/bin/y", "/usr/bin/z"] {
             i.tampered.push(p);
         }
@@ -513,15 +510,12 @@ mod state_tests {
         assert!(why.ends_with("and 1 more"), "{why}");
         // a finding about another release than the one it runs is no longer true
         r.report.integrity = Some(Integrity {
-            release: V1.into(),
+            release: rel(V1),
             ..i
         });
         assert_eq!(state(&r, seen, &on_v2).0, S::Updated);
         // repaired: nothing tampered
-        r.report.integrity = Some(Integrity {
-            release: V2.into(),
-            ..Integrity::default()
-        });
+        r.report.integrity = Some(Integrity::new(rel(V2), 0));
         assert_eq!(state(&r, seen, &on_v2).0, S::Updated);
     }
 
@@ -552,7 +546,7 @@ mod state_tests {
         r.report.phase = Phase::Verifying;
         r.report.failing = Some(Failure {
             phase: Phase::Verifying,
-            release: Some(V2.into()),
+            release: Some(rel(V2)),
             reason: "timestamp: expired at 2026-12-01T00:00:00Z".into(),
             since: 1,
         });
@@ -566,7 +560,7 @@ mod state_tests {
 
         // its target failed here and was rolled back
         let mut r = row(Some(V1), Health::Failed);
-        r.report.failed_release = Some(V2.into());
+        r.report.failed_release = Some(rel(V2));
         r.report.last_error = Some("health check failed".into());
         assert_eq!(
             state(&r, seen, &on_v2),

@@ -179,7 +179,8 @@ impl App {
     pub fn target(&self, m: &db::MachineRow) -> Option<CommitId> {
         let channel = m.channel.as_deref()?;
         let p = self.published();
-        let current = m.report.current.as_deref();
+        let current = m.report.current.map(|c| c.to_string());
+        let current = current.as_deref();
         match self.rollouts.told(&p, &m.id, channel, current, now()) {
             Some(told) => told,
             None => p.releases.get(channel).copied(),

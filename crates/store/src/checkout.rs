@@ -386,8 +386,11 @@ fn cache_path(cache: &Path, content: &FileContent, meta: &Meta) -> PathBuf {
     h.update(content.hash.as_bytes());
     h.update(&content.size.to_le_bytes());
     h.update(&postcard::to_stdvec(meta).expect("meta encodes"));
-    let hex = h.finalize().to_hex();
-    cache.join(&hex[..2]).join(&hex[2..])
+    let hash = h.finalize();
+    let bytes = hash.as_bytes();
+    cache
+        .join(hex::encode(&bytes[..1]))
+        .join(hex::encode(&bytes[1..]))
 }
 
 /// Links DEST to a cached file with the same content and metadata; false when there is none.

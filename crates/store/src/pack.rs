@@ -176,7 +176,7 @@ impl PackWriter {
             .map_err(Error::io("syncing", &self.tmp_path))?;
         drop(file);
         let idx = encode_index(&self.entries);
-        let name = blake3::hash(&idx).to_hex()[..32].to_string();
+        let name = hex::encode(&blake3::hash(&idx).as_bytes()[..16]);
         let idx_tmp = fsutil::unique_tmp(tmp_dir, "idx");
         fsutil::write_synced(&idx_tmp, &idx)?;
         let pack_path = packs_dir.join(format!("{name}.pack"));

@@ -103,10 +103,10 @@ pub fn parse_simulation(text: &str) -> Vec<Upgrade> {
             let rest = rest.strip_prefix('[')?;
             let (from, rest) = rest.split_once(']')?;
             let inner = rest.trim_start().strip_prefix('(')?;
-            let inner = &inner[..inner.rfind(')')?];
+            let (inner, _) = inner.rsplit_once(')')?;
             let (to, rest) = inner.split_once(' ').unwrap_or((inner, ""));
-            let origin = match rest.rfind(" [") {
-                Some(i) => &rest[..i],
+            let origin = match rest.rsplit_once(" [") {
+                Some((o, _)) => o,
                 None if rest.starts_with('[') => "",
                 None => rest,
             }

@@ -150,11 +150,7 @@ impl Agent {
         let (drift, errors) = overlay::scan(&mut objs, &upper, etc, root_owner);
         report.errors.extend(errors);
 
-        let mut integrity = Integrity {
-            release: release.clone(),
-            checked_at: now(),
-            ..Integrity::default()
-        };
+        let mut integrity = Integrity::new(id.into(), now());
         let mut q = fix::Quarantine::new(&self.layout.quarantine(), &release, now());
         let outcome = if fix {
             fix::repair(

@@ -155,8 +155,8 @@ pub(crate) fn covered(rel: &[u8], patterns: &[glob::Pattern]) -> bool {
         if patterns.iter().any(|p| p.matches_with(prefix, opts)) {
             return true;
         }
-        match prefix.rfind('/') {
-            Some(i) => prefix = &prefix[..i],
+        match prefix.rsplit_once('/') {
+            Some((p, _)) => prefix = p,
             None => return false,
         }
     }

@@ -214,7 +214,7 @@ mod tests {
             r#""schedule_v2":{"every":"* * * * *"}"#,
             r#""at":null"#,
         ] {
-            let tampered = format!("{},{extra}}}", &sent[..sent.len() - 1]);
+            let tampered = format!("{},{extra}}}", sent.strip_suffix('}').unwrap());
             let d = received(&tampered, &sig);
             assert_eq!(d.spec.spec(), signed.spec(), "{tampered}");
             let e = verify(&d.spec, &sig, &trusted).unwrap_err();
@@ -226,7 +226,7 @@ mod tests {
         let e = verify(&received(&tampered, &sig).spec, &sig, &trusted).unwrap_err();
         assert!(e.contains("does not verify"), "{e}");
         // A float (not canonical JSON) is refused with the reason.
-        let float = format!("{},\"x\":1.5}}", &sent[..sent.len() - 1]);
+        let float = format!("{},\"x\":1.5}}", sent.strip_suffix('}').unwrap());
         let e = verify(&received(&float, &sig).spec, &sig, &trusted).unwrap_err();
         assert!(e.contains("not canonical JSON"), "{e}");
     }

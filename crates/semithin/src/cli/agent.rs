@@ -11,6 +11,7 @@ use semithin_agent::{Agent, Config};
 use semithin_protocol::selector::parse_label;
 
 use super::print_json;
+use super::safe::{safe, safe_or_dash};
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = false)]
@@ -369,19 +370,22 @@ fn status(dir: &std::path::Path, json: bool) -> Result<ExitCode> {
         let s = &state;
         outln!(
             "name:      {}",
-            s.name.as_deref().unwrap_or("(not enrolled)")
+            safe(s.name.as_deref().unwrap_or("(not enrolled)"))
         );
-        outln!("machine:   {}", s.machine_id.as_deref().unwrap_or("-"));
-        outln!("server:    {}", s.server.as_deref().unwrap_or("-"));
+        outln!("machine:   {}", safe_or_dash(s.machine_id.as_deref()));
+        outln!("server:    {}", safe_or_dash(s.server.as_deref()));
         outln!("status:    {}", s.status.map(|x| x.as_str()).unwrap_or("-"));
-        outln!("current:   {}", report.current.as_deref().unwrap_or("-"));
-        outln!("previous:  {}", report.previous.as_deref().unwrap_or("-"));
+        let or_dash = |r: Option<semithin_protocol::ids::ReleaseId>| {
+            r.map(|r| r.to_string()).unwrap_or_else(|| "-".into())
+        };
+        outln!("current:   {}", or_dash(report.current));
+        outln!("previous:  {}", or_dash(report.previous));
         outln!("health:    {:?}", report.health);
         if let Some(f) = &report.failed_release {
             outln!("failed:    {f}");
         }
         if let Some(e) = &report.last_error {
-            outln!("error:     {e}");
+            outln!("error:     {}", safe(e));
         }
         if let Some(i) = &report.integrity {
             outln!("verified:  {}", super::fleet::integrity_text(i));
@@ -391,7 +395,7 @@ fn status(dir: &std::path::Path, json: bool) -> Result<ExitCode> {
                 "failing:   {} since {}: {}",
                 f.phase.as_str(),
                 super::time(f.since),
-                f.reason
+                safe(&f.reason)
             );
         }
         if let Some(w) = &s.waiting {

@@ -45,7 +45,7 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     } else {
         outln!(
             "checked out {} into {}: {} entries, {} files ({}), {} written, {} files linked from the cache",
-            &stats.commit[..12],
+            semithin_protocol::ids::short_str(&stats.commit),
             a.dest.display(),
             stats.entries,
             stats.files,

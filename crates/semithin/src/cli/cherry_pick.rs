@@ -30,8 +30,8 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
         outln!(
             "{}: applied {} onto {}",
             r.channel,
-            &r.picked[..12],
-            &r.parent[..12]
+            semithin_protocol::ids::short_str(&r.picked),
+            semithin_protocol::ids::short_str(&r.parent)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -217,11 +217,15 @@ fn converge(c: &AdminClient, n: u32, release: &str, label: &str, timeout: u64) -
         let ms: Vec<MachineInfo> = c.get("listing machines", "/api/v1/admin/machines")?;
         let updated = ms
             .iter()
-            .filter(|m| m.report.current.as_deref() == Some(release) && m.updated)
+            .filter(|m| m.report.current.is_some_and(|c| c.to_string() == release) && m.updated)
             .count();
         let failed: Vec<&MachineInfo> = ms
             .iter()
-            .filter(|m| m.report.failed_release.as_deref() == Some(release))
+            .filter(|m| {
+                m.report
+                    .failed_release
+                    .is_some_and(|c| c.to_string() == release)
+            })
             .collect();
         let stats: Stats = c.get("reading stats", "/api/v1/admin/stats")?;
         bar.set_position(updated as u64);
@@ -238,7 +242,7 @@ fn converge(c: &AdminClient, n: u32, release: &str, label: &str, timeout: u64) -
             bar.abandon();
             bail!(
                 "release {} failed on {}: {}",
-                &release[..12],
+                semithin_protocol::ids::short_str(release),
                 failed[0].name,
                 failed[0]
                     .report
@@ -267,7 +271,7 @@ fn converge(c: &AdminClient, n: u32, release: &str, label: &str, timeout: u64) -
             bail!(
                 "the fleet did not converge on {} within {timeout} s: {updated}/{n} updated; \
                  behind: {}",
-                &release[..12],
+                semithin_protocol::ids::short_str(release),
                 lagging.join(", ")
             );
         }

@@ -9,9 +9,11 @@ use semithin_protocol::api::{
     Affected, AssignRequest, FleetState, Integrity, LabelRequest, MachineInfo, PathList,
     SelectorRequest, TokenInfo, TokenRequest,
 };
+use semithin_protocol::ids::ReleaseId;
 use semithin_protocol::selector::{Selector, parse_label};
 
 use super::admin::ServerArgs;
+use super::safe::{safe, safe_or_dash};
 use super::{human, print_json, time};
 
 #[derive(Subcommand)]
@@ -124,10 +126,21 @@ pub enum TokenCmd {
     },
 }
 
-fn short(s: &Option<String>) -> String {
-    s.as_deref()
-        .map(|s| s[..s.len().min(12)].to_owned())
-        .unwrap_or_else(|| "-".into())
+fn short(s: &Option<ReleaseId>) -> String {
+    s.map(|s| s.short()).unwrap_or_else(|| "-".into())
+}
+
+fn release_or_dash(s: &Option<ReleaseId>) -> String {
+    s.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// Names a server sent, each shown safely, joined by `, `.
+fn names_text(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| safe(n).to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn labels_text(l: &BTreeMap<String, String>) -> String {
@@ -135,7 +148,7 @@ fn labels_text(l: &BTreeMap<String, String>) -> String {
         return "-".into();
     }
     l.iter()
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, v)| format!("{}={}", safe(k), safe(v)))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -185,7 +198,7 @@ fn tampered(m: &MachineInfo) -> Option<&Integrity> {
     m.report
         .integrity
         .as_ref()
-        .filter(|i| i.is_tampered() && Some(&i.release) == m.report.current.as_ref())
+        .filter(|i| i.is_tampered() && Some(i.release) == m.report.current)
 }
 
 /// Up to `n` paths of a list, with how many more there are.
@@ -194,7 +207,7 @@ fn paths_text(l: &PathList, n: usize) -> String {
         .paths
         .iter()
         .take(n)
-        .cloned()
+        .map(|p| safe(p).to_string())
         .collect::<Vec<_>>()
         .join(", ");
     let more = l.count.saturating_sub(l.paths.len().min(n) as u64);
@@ -248,7 +261,7 @@ pub(crate) fn ago(t: Option<i64>) -> String {
 /// Why machines are held, failed or failing, one line per reason with the machines it
 /// concerns.
 fn reasons(ms: &[MachineInfo]) -> Vec<String> {
-    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for m in ms {
         let Some(why) = &m.state_reason else { continue };
         let since = match (&m.state, &m.report.failing) {
@@ -256,18 +269,25 @@ fn reasons(ms: &[MachineInfo]) -> Vec<String> {
             _ => String::new(),
         };
         // one line each: a health check's output may have several
-        let why = why.lines().map(str::trim).collect::<Vec<_>>().join(" / ");
+        let why = why
+            .lines()
+            .map(|l| safe(l.trim()).to_string())
+            .collect::<Vec<_>>()
+            .join(" / ");
         let key = format!("{}{since}: {why}", state_text(m));
         match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, names)) => names.push(&m.name),
-            None => groups.push((key, vec![&m.name])),
+            Some((_, names)) => names.push(safe(&m.name).to_string()),
+            None => groups.push((key, vec![safe(&m.name).to_string()])),
         }
     }
     groups
         .into_iter()
         .map(|(key, names)| {
             let more = names.len().saturating_sub(10);
-            let mut list = names[..names.len().min(10)].join(", ");
+            let mut list = names
+                .get(..names.len().min(10))
+                .unwrap_or_default()
+                .join(", ");
             if more > 0 {
                 list.push_str(&format!(" and {more} more"));
             }
@@ -290,10 +310,10 @@ pub fn print_table(ms: &[MachineInfo]) -> Result<()> {
     for m in ms {
         outln!(
             "{:<16} {:<12} {:<14} {:<12} {:<12} {:<12} {:<10} {}",
-            m.name,
+            safe(&m.name),
             m.status.as_str(),
             state_text(m),
-            m.channel.as_deref().unwrap_or("-"),
+            safe_or_dash(m.channel.as_deref()),
             short(&m.report.current),
             short(&m.target),
             ago(m.last_seen),
@@ -312,7 +332,7 @@ pub fn print_table(ms: &[MachineInfo]) -> Result<()> {
         if let Some(i) = tampered(m) {
             outln!(
                 "{} is tampered: {} path(s) differ from its release: {}",
-                m.name,
+                safe(&m.name),
                 i.tampered.count,
                 paths_text(&i.tampered, 3)
             );
@@ -328,7 +348,7 @@ fn print_affected(verb: &str, a: &Affected) -> Result<()> {
         outln!(
             "{verb} {} machine(s): {}",
             a.machines.len(),
-            a.machines.join(", ")
+            names_text(&a.machines)
         );
     }
     Ok(())
@@ -361,34 +381,28 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 print_json(&v)?;
             } else {
                 let m: MachineInfo = serde_json::from_value(v.clone())?;
-                outln!("name:       {}", m.name);
-                outln!("id:         {}", m.id);
+                outln!("name:       {}", safe(&m.name));
+                outln!("id:         {}", safe(&m.id));
                 outln!("status:     {} ({})", m.status.as_str(), state_text(&m));
                 if let Some(why) = &m.state_reason {
-                    outln!("why:        {why}");
+                    outln!("why:        {}", safe(why));
                 }
                 if let Some(f) = &m.report.failing {
                     outln!(
                         "failing:    {} since {}: {}",
                         f.phase.as_str(),
                         time(f.since),
-                        f.reason
+                        safe(&f.reason)
                     );
                 }
                 outln!("labels:     {}", labels_text(&m.labels));
-                outln!("channel:    {}", m.channel.as_deref().unwrap_or("-"));
-                outln!("target:     {}", m.target.as_deref().unwrap_or("-"));
+                outln!("channel:    {}", safe_or_dash(m.channel.as_deref()));
+                outln!("target:     {}", release_or_dash(&m.target));
                 if m.channel_release.is_some() && m.channel_release != m.target {
-                    outln!(
-                        "channel at: {}",
-                        m.channel_release.as_deref().unwrap_or("-")
-                    );
+                    outln!("channel at: {}", release_or_dash(&m.channel_release));
                 }
-                outln!("current:    {}", m.report.current.as_deref().unwrap_or("-"));
-                outln!(
-                    "previous:   {}",
-                    m.report.previous.as_deref().unwrap_or("-")
-                );
+                outln!("current:    {}", release_or_dash(&m.report.current));
+                outln!("previous:   {}", release_or_dash(&m.report.previous));
                 outln!("health:     {:?}", m.report.health);
                 if let Some(i) = &m.report.integrity {
                     outln!("verified:   {}", integrity_text(i));
@@ -398,7 +412,7 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                         ("/etc drift", &i.etc_drift),
                     ] {
                         for p in &l.paths {
-                            outln!("  {what:<10} {p}");
+                            outln!("  {what:<10} {}", safe(p));
                         }
                     }
                 }
@@ -406,7 +420,7 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                     outln!("failed:     {f}");
                 }
                 if let Some(e) = &m.report.last_error {
-                    outln!("last error: {e}");
+                    outln!("last error: {}", safe(e));
                 }
                 outln!("disk free:  {}", human(m.report.disk_free));
                 outln!("uptime:     {} s", m.report.uptime_secs);
@@ -419,8 +433,8 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                         outln!(
                             "  {}  {:<8} {}",
                             time(e["at"].as_i64().unwrap_or(0)),
-                            e["kind"].as_str().unwrap_or(""),
-                            e["detail"].as_str().unwrap_or("")
+                            safe(e["kind"].as_str().unwrap_or("")),
+                            safe(e["detail"].as_str().unwrap_or(""))
                         );
                     }
                 }
@@ -441,7 +455,7 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 &format!("/api/v1/admin/machines/{}/labels", urlencode(&name)),
                 &req,
             )?;
-            outln!("{}: {}", m.name, labels_text(&m.labels));
+            outln!("{}: {}", safe(&m.name), labels_text(&m.labels));
         }
         FleetCmd::Accept { selector } => {
             Selector::parse(&selector)?;
@@ -488,7 +502,7 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 bail!("no machine matches {selector}: nothing to remove");
             }
             if !yes {
-                let names: Vec<&str> = ms.iter().map(|m| m.name.as_str()).collect();
+                let names: Vec<String> = ms.iter().map(|m| safe(&m.name).to_string()).collect();
                 if !confirm(&format!(
                     "remove {} machine(s) from the fleet: {}? Their keys stop working; each \
                      comes back only by enrolling again. [y/N] ",
@@ -506,7 +520,7 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
             outln!(
                 "removed {} machine(s): {}",
                 a.machines.len(),
-                a.machines.join(", ")
+                names_text(&a.machines)
             );
         }
         FleetCmd::Token(TokenCmd::Create {

@@ -38,7 +38,11 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
         print_json(&r)?;
     } else {
         for p in &r.problems {
-            let id = if p.id.is_empty() { "-" } else { &p.id[..12] };
+            let id = if p.id.is_empty() {
+                "-"
+            } else {
+                semithin_protocol::ids::short_str(&p.id)
+            };
             outln!("{} {id} damaged: {}", p.kind, p.error);
             for u in &p.used_by {
                 outln!("    used by {u}");

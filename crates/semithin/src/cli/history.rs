@@ -114,7 +114,7 @@ pub fn log(repo: &Repo, a: LogArgs) -> Result<ExitCode> {
             };
             outln!(
                 "{}  {}  {:<16} {:>10}  {}",
-                &v.commit[..12],
+                semithin_protocol::ids::short_str(&v.commit),
                 time(v.time),
                 tag,
                 human(v.bytes),

@@ -18,6 +18,7 @@ use semithin_protocol::selector::Selector;
 
 use super::admin::{AdminClient, ServerArgs};
 use super::fleet::urlencode;
+use super::safe::{safe, safe_or_dash};
 use super::{print_json, time};
 
 #[derive(Subcommand)]
@@ -425,7 +426,7 @@ pub fn run(server: &ServerArgs, cmd: JobCmd) -> Result<ExitCode> {
                         "{:<32} {:<24} {:<16} {:<30} {}",
                         j.id,
                         time(j.spec.created_at),
-                        j.selector,
+                        safe(&j.selector),
                         states_text(&j),
                         j.spec.action.describe()
                     );
@@ -493,19 +494,19 @@ fn print_status(s: &JobStatus, json: bool) -> Result<()> {
     for r in &s.runs {
         outln!(
             "{:<20} {:<12} {:<6} {:<10} {}",
-            r.machine,
-            r.state,
+            safe(&r.machine),
+            safe(&r.state),
             r.exit_code
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into()),
             r.duration_ms
                 .map(|d| format!("{:.1} s", d as f64 / 1000.0))
                 .unwrap_or_else(|| "-".into()),
-            r.delivery.as_deref().unwrap_or("-")
+            safe_or_dash(r.delivery.as_deref())
         );
         if let Some(o) = r.output.as_deref().filter(|o| !o.trim().is_empty()) {
             for line in o.trim_end().lines() {
-                outln!("    | {line}");
+                outln!("    | {}", safe(line));
             }
         }
     }
@@ -576,11 +577,11 @@ pub fn outdated(
         let names: Vec<String> = m
             .packages
             .iter()
-            .map(|p| format!("{}{}", p.name, if p.security { "*" } else { "" }))
+            .map(|p| format!("{}{}", safe(&p.name), if p.security { "*" } else { "" }))
             .collect();
         outln!(
             "{:<20} {:<9} {:<9} {:<24} {}",
-            m.machine,
+            safe(&m.machine),
             m.upgradable,
             m.security,
             time(m.collected_at),

@@ -42,6 +42,7 @@ mod progress;
 mod publish;
 mod repo;
 mod rollout;
+mod safe;
 mod serve;
 mod trust;
 mod tuf_client;

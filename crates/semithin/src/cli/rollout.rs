@@ -122,9 +122,8 @@ pub struct StartArgs {
     json: bool,
 }
 
-fn short(s: &str) -> &str {
-    &s[..s.len().min(12)]
-}
+use super::safe::safe;
+use semithin_protocol::ids::short_str as short;
 
 fn opt_short(s: &Option<String>) -> String {
     s.as_deref()
@@ -495,10 +494,10 @@ fn status(c: &AdminClient, id: Option<i64>, json: bool) -> Result<ExitCode> {
         outln!(
             "{:<5} {:<16} {:<12} {:<12} {:<20} {}",
             r.id,
-            r.channel,
+            safe(&r.channel),
             short(&r.release),
             r.state.as_str(),
-            r.selector,
+            safe(&r.selector),
             time(r.created_at)
         );
     }
@@ -582,10 +581,10 @@ fn print_info(r: &RolloutInfo) -> Result<()> {
         outln!("  allowed    {}", list.join(", "));
     }
     if let Some(w) = &r.waiting {
-        outln!("  now        {w}");
+        outln!("  now        {}", safe(w));
     }
     if let Some(why) = &r.reason {
-        outln!("  reason     {why}");
+        outln!("  reason     {}", safe(why));
     }
     let counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     if !counts.is_empty() {
@@ -647,9 +646,10 @@ fn print_info(r: &RolloutInfo) -> Result<()> {
             .chars()
             .take(80)
             .collect();
+        let err = safe(&err);
         outln!(
             "  {:<16} {:<7} {:<17} {:<12} {:<12} {:<12} {:<9} {:<9} {err}",
-            m.name,
+            safe(&m.name),
             wave,
             m.state.as_str(),
             opt_short(&m.from),

@@ -361,7 +361,7 @@ fn print_status(dir: &Path, s: &trust_repo::Status) -> Result<()> {
             if r.signed { "" } else { "  NOT VALIDLY SIGNED" },
             r.keyids
                 .iter()
-                .map(|k| &k[..k.len().min(12)])
+                .map(|k| semithin_protocol::ids::short_str(k))
                 .collect::<Vec<_>>()
                 .join(", "),
             r.threshold
@@ -374,7 +374,9 @@ fn print_status(dir: &Path, s: &trust_repo::Status) -> Result<()> {
         let c = t.custom.as_ref();
         let commit = c
             .and_then(|c| c["commit"].as_str())
-            .map_or("-".to_owned(), |h| h[..h.len().min(12)].to_owned());
+            .map_or("-".to_owned(), |h| {
+                semithin_protocol::ids::short_str(h).to_owned()
+            });
         let published = c
             .and_then(|c| c["published"].as_i64())
             .map_or("-".to_owned(), super::time);

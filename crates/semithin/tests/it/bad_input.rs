@@ -453,7 +453,7 @@ print(pos + 32, len(pack))' {} {}"#,
         p["error"].as_str().unwrap().contains("is corrupt"),
         "{report:#}"
     );
-    let user = format!("{}:/usr/lib/big.bin", &id[..12]);
+    let user = format!("{}:/usr/lib/big.bin", id.get(..12).unwrap());
     assert!(
         p["used_by"]
             .as_array()
@@ -467,7 +467,7 @@ print(pos + 32, len(pack))' {} {}"#,
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!("chunk {} damaged", &chunk[..12]))
+        text.contains(&format!("chunk {} damaged", chunk.get(..12).unwrap()))
             && text.contains(&format!("used by {user}"))
             && text.contains("1 PROBLEMS"),
         "{text}"

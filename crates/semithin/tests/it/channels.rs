@@ -100,10 +100,10 @@ fn log_lists_versions_newest_first_and_references_resolve() {
     assert_eq!(first["message"], "first");
     assert_eq!(first["parent"], Value::Null);
     // A unique prefix of an id, in either case, and a whole id; ~N works after an id too.
-    assert_eq!(commit_of(&env, &c1[..8]), c1);
-    assert_eq!(commit_of(&env, &c1[..8].to_uppercase()), c1);
+    assert_eq!(commit_of(&env, c1.get(..8).unwrap()), c1);
+    assert_eq!(commit_of(&env, &c1.get(..8).unwrap().to_uppercase()), c1);
     assert_eq!(commit_of(&env, &c1), c1);
-    assert_eq!(commit_of(&env, &format!("{}~2", &c3[..10])), c1);
+    assert_eq!(commit_of(&env, &format!("{}~2", c3.get(..10).unwrap())), c1);
     // Text output names the commit and its parent.
     let text = env.ok(&["show", "lab/stable~1"]);
     assert!(
@@ -127,7 +127,14 @@ fn a_rollback_is_a_recorded_move_and_history_is_never_rewritten() {
         "-m",
         "bad update",
     ]);
-    assert_eq!(out, format!("lab/stable: {} -> {}\n", &c3[..12], &c1[..12]));
+    assert_eq!(
+        out,
+        format!(
+            "lab/stable: {} -> {}\n",
+            c3.get(..12).unwrap(),
+            c1.get(..12).unwrap()
+        )
+    );
     let moves = env.json(&["channel", "log", "lab/stable"]);
     let m = moves.as_array().unwrap();
     assert_eq!(m.len(), 4, "{moves:#}");
@@ -150,7 +157,7 @@ fn a_rollback_is_a_recorded_move_and_history_is_never_rewritten() {
     );
     assert_eq!(m[3]["note"], "bad update");
     // The earlier moves are untouched, times included, in the same order.
-    assert_eq!(&m[..3], before.as_array().unwrap().as_slice());
+    assert_eq!(m.get(..3).unwrap(), before.as_array().unwrap().as_slice());
     assert_eq!(commit_of(&env, "lab/stable"), c1);
     let log = env.json(&["log", "--channel", "lab/stable"]);
     assert_eq!(strs(&log[0]["versions"], "commit"), [json!(c1)]);
@@ -259,7 +266,10 @@ fn cherry_pick_applies_one_change_and_refuses_conflicts() {
     let show = env.json(&["show", "b"]);
     assert_eq!(show["commit"], json!(picked));
     assert_eq!(show["parent"], json!(c2));
-    assert_eq!(show["message"], format!("cherry-pick {}: fix x", &c1[..12]));
+    assert_eq!(
+        show["message"],
+        format!("cherry-pick {}: fix x", c1.get(..12).unwrap())
+    );
     let moves = env.json(&["channel", "log", "b"]);
     assert_eq!(
         strs(&moves, "kind"),

@@ -41,9 +41,9 @@ fn the_demo_converges_twice_reports_the_bytes_and_leaves_nothing_running() {
     // the update costs a small part of the full install
     let per_machine = |label: &str| -> f64 {
         let line = text.lines().find(|l| l.contains(label)).unwrap();
-        let end = line.find("% of the image").unwrap();
-        let start = line[..end].rfind('(').unwrap() + 1;
-        line[start..end].trim().parse().unwrap()
+        let (before, _) = line.split_once("% of the image").unwrap();
+        let (_, n) = before.rsplit_once('(').unwrap();
+        n.trim().parse().unwrap()
     };
     let (full, update) = (per_machine("v1 (full install)"), per_machine("v2 (update)"));
     assert!(full > 20.0 && update < full / 10.0, "{full}% vs {update}%");

@@ -976,7 +976,7 @@ fn packs(repo: &Path) -> Vec<PathBuf> {
 static COUNTER: semithin_protocol::sign::Counter = semithin_protocol::sign::Counter::new();
 
 /// A raw signed request, as an agent (or an impostor) would send it.
-fn signed(
+pub(crate) fn signed(
     s: &Server,
     key: &MachineKey,
     id: Option<&str>,
@@ -1011,7 +1011,7 @@ fn signed(
     (r.status().as_u16(), r.text().unwrap())
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -1427,7 +1427,7 @@ fn raw_request(port: u16, request: &str) -> (u16, String) {
                 .unwrap_or(0);
             if body.len() >= len {
                 let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-                return (status, body[..len].to_owned());
+                return (status, body.get(..len).unwrap().to_owned());
             }
         }
         let n = conn.read(&mut buf).unwrap();
@@ -1437,7 +1437,7 @@ fn raw_request(port: u16, request: &str) -> (u16, String) {
 }
 
 /// Enrolls `key` as `name` with `token` by hand; the status and the answer.
-fn enroll_raw(s: &Server, token: &str, name: &str, key: &MachineKey) -> (u16, Value) {
+pub(crate) fn enroll_raw(s: &Server, token: &str, name: &str, key: &MachineKey) -> (u16, Value) {
     let r = http()
         .build()
         .unwrap()
@@ -1461,7 +1461,7 @@ fn uses_left(s: &Server, token: &str) -> Value {
         .dir
         .path()
         .join("token-ids")
-        .join(&token[..16])
+        .join(token.get(..16).unwrap())
         .to_string_lossy()
         .into_owned();
     let id = std::fs::read_to_string(id).unwrap();
@@ -1480,7 +1480,11 @@ fn token_with_uses(s: &Server, uses: u32) -> String {
     let secret = v["token"].as_str().unwrap().to_owned();
     let dir = s.dir.path().join("token-ids");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(&secret[..16]), v["id"].as_str().unwrap()).unwrap();
+    std::fs::write(
+        dir.join(secret.get(..16).unwrap()),
+        v["id"].as_str().unwrap(),
+    )
+    .unwrap();
     secret
 }
 
@@ -1595,7 +1599,7 @@ fn tokens_are_revoked_and_listings_show_no_part_of_a_secret() {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let pool = semithin_server::db::open(&db_path).await.unwrap();
         let row = semithin_server::db::TokenRow {
-            id: old[..8].to_owned(),
+            id: old.get(..8).unwrap().to_owned(),
             preauthorized: true,
             labels: Default::default(),
             uses_left: None,
@@ -1610,11 +1614,11 @@ fn tokens_are_revoked_and_listings_show_no_part_of_a_secret() {
     });
     s.restart();
     let (_, list) = s.get("/api/v1/admin/tokens");
-    assert!(!list.to_string().contains(&old[..8]), "{list}");
+    assert!(!list.to_string().contains(old.get(..8).unwrap()), "{list}");
     let c = Agent::new(&s, "m3", old);
     assert!(c.once().success(), "{}", c.log());
     let shown = s.machine("m3")["events"].to_string();
-    assert!(!shown.contains(&old[..8]), "{shown}");
+    assert!(!shown.contains(old.get(..8).unwrap()), "{shown}");
 }
 
 #[test]
@@ -1975,7 +1979,7 @@ fn killed_while_rolling_back_the_failure_is_recorded_and_not_tried_again() {
         );
         let want = if on_v1 { &v1 } else { &v2 };
         assert_eq!(k.current().as_deref(), Some(want.as_str()), "{point}");
-        let switched = format!("switched to release {}", &v2[..12]);
+        let switched = format!("switched to release {}", v2.get(..12).unwrap());
         assert_eq!(k.log().matches(&switched).count(), 1, "{}", k.log());
 
         let a = Agent::new(&s, "m1", &t)
@@ -2089,7 +2093,7 @@ fn a_release_the_boot_script_rolled_back_is_reported_as_failed() {
         assert!(!a.state.join(f).exists(), "{f} left behind");
     }
     assert_eq!(deployments(&a), vec![v1.clone()]);
-    let switched = format!("switched to release {}", &v2[..12]);
+    let switched = format!("switched to release {}", v2.get(..12).unwrap());
     assert_eq!(a.log().matches(&switched).count(), 1, "{}", a.log());
     // A later run waits for another release.
     assert!(a.once().success(), "{}", a.log());
@@ -2198,7 +2202,7 @@ fn a_machine_that_cannot_verify_shows_as_failing_with_the_reason() {
     assert_eq!(m["report"]["failing"]["release"], json!(v1), "{m:#}");
     let why = m["state_reason"].as_str().unwrap();
     assert!(
-        why.starts_with(&format!("verifying release {}: ", &v1[..12]))
+        why.starts_with(&format!("verifying release {}: ", v1.get(..12).unwrap()))
             && why.contains("valid signature(s) from authorised keys"),
         "{why}"
     );
@@ -2231,7 +2235,7 @@ fn a_machine_that_cannot_verify_shows_as_failing_with_the_reason() {
     assert_eq!(m["state"], "failing", "{m:#}");
     let why = m["state_reason"].as_str().unwrap();
     assert!(
-        why.starts_with(&format!("verifying release {}: ", &v2[..12]))
+        why.starts_with(&format!("verifying release {}: ", v2.get(..12).unwrap()))
             && why.contains("timestamp: expired at"),
         "{why}"
     );

@@ -130,7 +130,7 @@ fn a_running_agent_stores_whole_a_release_it_gets_again_after_gc() {
     // Keeping one deployment besides the current, the machine dropped v1 and what only it had.
     wait_until("v1's objects collected", 30, || {
         a.log()
-            .contains(&format!("removed deployment {}", &v1[..12]))
+            .contains(&format!("removed deployment {}", v1.get(..12).unwrap()))
             && a.log().contains("freed")
     });
     // The same process gets v1 once more.

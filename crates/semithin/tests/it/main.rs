@@ -11,6 +11,7 @@ mod demo;
 mod fidelity;
 mod fleet;
 mod gc;
+mod hostile_text;
 mod jobs;
 mod packaging;
 mod real_root;

@@ -415,7 +415,7 @@ fn a_rollout_survives_a_server_restart_holds_the_unselected_and_rollback_sends_e
     assert!(out.contains("rolled_back"), "{out}");
     // the channel is signed at v1 again: a machine that joins it now gets v1
     assert!(
-        out.contains(&format!("is signed at {} again", &v1[..12])),
+        out.contains(&format!("is signed at {} again", v1.get(..12).unwrap())),
         "{out}"
     );
     assert_eq!(
@@ -702,7 +702,7 @@ fn abort_signs_the_earlier_release_back_and_fleet_states_are_true() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains(&format!("still signs release {}", &v2[..12]))
+        err.contains(&format!("still signs release {}", v2.get(..12).unwrap()))
             && err.contains(&format!("`semithin rollout abort {id}` again"))
             && err.contains("--repo"),
         "{err}"
@@ -716,7 +716,7 @@ fn abort_signs_the_earlier_release_back_and_fleet_states_are_true() {
     let out = s.ok(&["rollout", "abort", &id.to_string()]);
     assert!(out.contains("is aborted now"), "{out}");
     assert!(
-        out.contains(&format!("is signed at {} again", &v1[..12])),
+        out.contains(&format!("is signed at {} again", v1.get(..12).unwrap())),
         "{out}"
     );
     let t = signed_target(&s, "lab/stable");
@@ -783,7 +783,7 @@ fn a_rollout_builds_its_packs_before_the_canary_asks_and_its_status_says_so() {
     assert!(
         waiting.contains(&format!(
             "the server is building the delta pack(s) from {}",
-            &v1[..12]
+            v1.get(..12).unwrap()
         )),
         "{r:#}"
     );

@@ -120,7 +120,7 @@ fn an_added_setuid_file_a_cron_entry_a_directory_mode_and_a_hijacked_link_are_re
         list.contains(&format!(
             "m1: tampered: 4 path(s) differ from release {}: /etc/cron.d/evil, \
              /usr/bin/rootshell, /usr/bin/alias and 1 more",
-            &v1[..12]
+            v1.get(..12).unwrap()
         )),
         "{list}"
     );

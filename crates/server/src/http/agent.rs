@@ -184,8 +184,7 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
             let from = r
                 .report
                 .current
-                .as_deref()
-                .and_then(|cur| cur.parse::<semithin_store::CommitId>().ok())
+                .map(semithin_store::CommitId::from)
                 .filter(|cur| {
                     *cur != rel
                         && app
@@ -203,7 +202,7 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
             {
                 return Desired {
                     channel: c.clone(),
-                    release: cur.to_hex(),
+                    release: cur.into(),
                     metadata_path: ApiPath::trust_metadata(),
                     objects_path: ApiPath::objects(),
                     delta_path: None,
@@ -213,7 +212,7 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
             }
             Desired {
                 channel: c.clone(),
-                release: rel.to_hex(),
+                release: rel.into(),
                 metadata_path: ApiPath::trust_metadata(),
                 objects_path: ApiPath::objects(),
                 delta_path,
@@ -224,8 +223,7 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
         _ => None,
     };
     let actionable = desired.as_ref().is_some_and(|d| {
-        r.report.current.as_deref() != Some(&d.release)
-            && r.report.failed_release.as_deref() != Some(&d.release)
+        r.report.current != Some(d.release) && r.report.failed_release != Some(d.release)
     });
     let resp = CheckInResponse {
         status: r.status,
@@ -322,12 +320,14 @@ async fn record_events(app: &App, m: &Machine, old: Report, new: &Report) -> cra
         && (old.current != new.current || old.health != Health::Healthy)
         && let Some(c) = &new.current
     {
-        add_event(app, m, t, "healthy", c).await?;
+        add_event(app, m, t, "healthy", &c.to_string()).await?;
     }
     if new.failed_release.is_some() && new.failed_release != old.failed_release {
         let detail = format!(
             "{}: {}",
-            new.failed_release.as_deref().unwrap_or(""),
+            new.failed_release
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
             new.last_error.as_deref().unwrap_or("no reason given")
         );
         tracing::warn!(machine = %m.id, %detail, "release failed on machine");

@@ -99,7 +99,8 @@ pub fn file_body(mut file: std::fs::File, sent: impl Fn(u64) + Send + 'static) -
 
 /// Parses a JSON body, naming what is wrong with it.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiErr::bad(format!("bad request body: {e}")))
+    semithin_protocol::json::from_slice(body)
+        .map_err(|e| ApiErr::bad(format!("bad request body: {e}")))
 }
 
 /// The admin token from `Authorization: Bearer TOKEN`.

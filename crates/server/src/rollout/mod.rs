@@ -123,9 +123,9 @@ fn seen_of(app: &App, machine: &str, channel: &str) -> Seen {
     let seen = m.last_seen.load(Ordering::Relaxed);
     Seen {
         on_channel: r.status == MachineStatus::Accepted && r.channel.as_deref() == Some(channel),
-        current: r.report.current.clone(),
+        current: r.report.current.map(|c| c.to_string()),
         health: r.report.health,
-        failed_release: r.report.failed_release.clone(),
+        failed_release: r.report.failed_release.map(|c| c.to_string()),
         last_error: r.report.last_error.clone(),
         last_seen: (seen != 0).then_some(seen),
         failing: r.report.failing.as_ref().map(|f| f.phase),
@@ -149,9 +149,7 @@ fn wave_name(w: u32) -> String {
     }
 }
 
-fn short(s: &str) -> &str {
-    &s[..s.len().min(12)]
-}
+use semithin_protocol::ids::short_str as short;
 
 impl Rollouts {
     /// Loads the live rollouts from the database.
@@ -370,8 +368,8 @@ impl Rollouts {
             // What it runs, if that was signed here; a machine that runs nothing yet keeps what
             // it was getting, the channel's release until now. A machine on a version never
             // signed here has nothing it could be told: it is left where it is.
-            let from = match &r.report.current {
-                Some(c) => Some(c.clone()).filter(|c| *c == rel || signed_before.contains(c)),
+            let from = match r.report.current {
+                Some(c) => Some(c.to_string()).filter(|c| *c == rel || signed_before.contains(c)),
                 None => before.clone(),
             };
             cands.push(plan::Candidate {

@@ -190,9 +190,7 @@ pub fn resume_accepts(p: &Plan, state: RolloutState, rows: &[Row], seen: &[Seen]
         .collect()
 }
 
-fn short(s: &str) -> &str {
-    &s[..s.len().min(12)]
-}
+use semithin_protocol::ids::short_str as short;
 
 fn halt_reason(p: &Plan, rows: &[Row], seen: &[Seen], failed: &[usize], admitted: usize) -> String {
     let mut parts: Vec<String> = failed

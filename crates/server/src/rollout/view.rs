@@ -106,9 +106,9 @@ impl Rollouts {
         let seen = Seen {
             on_channel: r.status == MachineStatus::Accepted
                 && r.channel.as_deref() == Some(channel),
-            current: r.report.current.clone(),
+            current: r.report.current.map(|c| c.to_string()),
             health: r.report.health,
-            failed_release: r.report.failed_release.clone(),
+            failed_release: r.report.failed_release.map(|c| c.to_string()),
             last_error: r.report.last_error.clone(),
             last_seen: None,
             failing: r.report.failing.as_ref().map(|f| f.phase),

@@ -85,7 +85,8 @@ pub fn parse_duration(s: &str) -> Option<i64> {
         'd' => DAY,
         _ => return None,
     };
-    let digits = &s[..s.len() - 1];
+    // the unit is one ASCII byte
+    let digits = s.get(..s.len() - 1)?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
