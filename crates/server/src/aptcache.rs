@@ -100,8 +100,8 @@ fn immutable(path: &str) -> bool {
         .any(|s| path.ends_with(s))
 }
 
-/// A path of an apt repository: plain segments only.
-fn check_path(path: &str) -> Result<(), String> {
+/// A path of an apt repository: plain segments only. Public for the fuzz targets.
+pub fn check_path(path: &str) -> Result<(), String> {
     let segs: Vec<&str> = path.split('/').collect();
     if path.is_empty() || segs.len() > 16 || path.len() > 1024 {
         return Err(format!("bad repository path {path:?}"));
