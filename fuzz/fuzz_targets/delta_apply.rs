@@ -55,25 +55,31 @@ fn fixture() -> Fixture {
     prog_new[500] ^= 0xff;
     let (gz_old, gz_new) = (gz(&text(300, 1)), gz(&text(300, 2)));
     let old = dir.path().join("old");
-    write_tree(&old, &[
-        ("etc/hostname", Some(&b"old\n"[..])),
-        ("usr/share/big.txt", Some(&big_old[..])),
-        ("usr/bin/prog", Some(&prog_old[..])),
-        ("usr/lib/libx.so.1.2", Some(&b"library one two"[..])),
-        ("usr/share/doc/changelog.gz", Some(&gz_old[..])),
-        ("var/empty", None),
-    ]);
+    write_tree(
+        &old,
+        &[
+            ("etc/hostname", Some(&b"old\n"[..])),
+            ("usr/share/big.txt", Some(&big_old[..])),
+            ("usr/bin/prog", Some(&prog_old[..])),
+            ("usr/lib/libx.so.1.2", Some(&b"library one two"[..])),
+            ("usr/share/doc/changelog.gz", Some(&gz_old[..])),
+            ("var/empty", None),
+        ],
+    );
     let new = dir.path().join("new");
-    write_tree(&new, &[
-        ("etc/hostname", Some(&b"new\n"[..])),
-        ("etc/added", Some(&b"a new file"[..])),
-        ("usr/share/big.txt", Some(&big_new[..])),
-        ("usr/bin/prog", Some(&prog_new[..])),
-        ("usr/lib/libx.so.1.3", Some(&b"library one two three"[..])),
-        ("usr/share/doc/changelog.gz", Some(&gz_new[..])),
-        ("var/empty", None),
-        ("var/new/dir/deep", Some(&b"deep"[..])),
-    ]);
+    write_tree(
+        &new,
+        &[
+            ("etc/hostname", Some(&b"new\n"[..])),
+            ("etc/added", Some(&b"a new file"[..])),
+            ("usr/share/big.txt", Some(&big_new[..])),
+            ("usr/bin/prog", Some(&prog_new[..])),
+            ("usr/lib/libx.so.1.3", Some(&b"library one two three"[..])),
+            ("usr/share/doc/changelog.gz", Some(&gz_new[..])),
+            ("var/empty", None),
+            ("var/new/dir/deep", Some(&b"deep"[..])),
+        ],
+    );
     let from = commit_dir(&repo, &old, "fixture", 1);
     let to = commit_dir(&repo, &new, "fixture", 2);
     let mut packs = Vec::new();
@@ -95,7 +101,14 @@ fn fixture() -> Fixture {
     store.flush().unwrap();
     let new_objects = reachable(&repo.objects, to);
     drop(store);
-    Fixture { base: machine.join("packs"), _dir: dir, from, to, new_objects, packs }
+    Fixture {
+        base: machine.join("packs"),
+        _dir: dir,
+        from,
+        to,
+        new_objects,
+        packs,
+    }
 }
 
 fuzz_target!(

@@ -22,7 +22,10 @@ fn start(data: &[u8]) {
 fn patch(data: &[u8]) {
     if let Ok(crate_layout) = bspatch::join(data) {
         // `join` checks every length, so the pack's layout comes back exactly.
-        assert_eq!(bspatch::split(&crate_layout).expect("split what join made"), data);
+        assert_eq!(
+            bspatch::split(&crate_layout).expect("split what join made"),
+            data
+        );
     }
 }
 
@@ -39,10 +42,18 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
             kind: Kind::Patches,
             codec: Codec::Zstd,
             items: vec![
-                Item { target: Target::File(0), method: Method::Bsdiff(b"usr/bin/x".to_vec()), len: 9 },
+                Item {
+                    target: Target::File(0),
+                    method: Method::Bsdiff(b"usr/bin/x".to_vec()),
+                    len: 9,
+                },
                 Item {
                     target: Target::Tree(1),
-                    method: Method::Gzip { base: Some(b"a.gz".to_vec()), level: 9, header: vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3] },
+                    method: Method::Gzip {
+                        base: Some(b"a.gz".to_vec()),
+                        level: 9,
+                        header: vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3],
+                    },
                     len: 4,
                 },
             ],
@@ -60,8 +71,16 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     let mut p = vec![1u8];
     p.extend(bspatch::split(&raw_patch).unwrap());
     let mut g = vec![2u8];
-    g.extend(gz::compress(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3], 9, b"hello hello hello\n"));
-    vec![("start".into(), s), ("bsdiff".into(), p), ("gzip".into(), g)]
+    g.extend(gz::compress(
+        &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3],
+        9,
+        b"hello hello hello\n",
+    ));
+    vec![
+        ("start".into(), s),
+        ("bsdiff".into(), p),
+        ("gzip".into(), g),
+    ]
 }
 
 fuzz_target!(init: write_seeds(seeds()), |data: &[u8]| {

@@ -32,14 +32,32 @@ fn spec(action: Action, schedule: Schedule) -> JobSpec {
 /// The specs the admin key signed: the seeds.
 fn signed_specs() -> Vec<JobSpec> {
     vec![
-        spec(Action::Command { argv: vec!["/bin/true".into(), "x".into()] }, Schedule::default()),
         spec(
-            Action::AptInstall { packages: vec!["vim".into(), "libc6:amd64=2.36-9".into()] },
-            Schedule { at: Some(1_800_000_100), every: None, window_secs: Some(3600) },
+            Action::Command {
+                argv: vec!["/bin/true".into(), "x".into()],
+            },
+            Schedule::default(),
         ),
         spec(
-            Action::AptUpgrade { dist: true, security_only: true },
-            Schedule { at: None, every: Some("30 2 * * 1-5".into()), window_secs: Some(600) },
+            Action::AptInstall {
+                packages: vec!["vim".into(), "libc6:amd64=2.36-9".into()],
+            },
+            Schedule {
+                at: Some(1_800_000_100),
+                every: None,
+                window_secs: Some(3600),
+            },
+        ),
+        spec(
+            Action::AptUpgrade {
+                dist: true,
+                security_only: true,
+            },
+            Schedule {
+                at: None,
+                every: Some("30 2 * * 1-5".into()),
+                window_secs: Some(600),
+            },
         ),
         spec(
             Action::AptSourceAdd(AptSource {
@@ -51,7 +69,14 @@ fn signed_specs() -> Vec<JobSpec> {
             }),
             Schedule::default(),
         ),
-        spec(Action::Reboot, Schedule { at: None, every: Some("*/5 * * * *".into()), window_secs: None }),
+        spec(
+            Action::Reboot,
+            Schedule {
+                at: None,
+                every: Some("*/5 * * * *".into()),
+                window_secs: None,
+            },
+        ),
     ]
 }
 
@@ -77,11 +102,18 @@ fn check(d: &Delivery, now: i64, trusted: &[[u8; 32]]) {
     let back: Delivery = serde_json::from_slice(&serde_json::to_vec(d).unwrap()).unwrap();
     assert_eq!(&back, d, "a delivery changed on a round trip");
     let s = &d.spec;
-    let _ = (s.action.kind(), s.action.describe(), job_of_delivery(&d.delivery));
+    let _ = (
+        s.action.kind(),
+        s.action.describe(),
+        job_of_delivery(&d.delivery),
+    );
     if let Some(sig) = &d.signature
         && verify(s, sig, trusted).is_ok()
     {
-        assert!(signed_specs().contains(s), "a spec nobody signed verifies: {s:?}");
+        assert!(
+            signed_specs().contains(s),
+            "a spec nobody signed verifies: {s:?}"
+        );
     }
     if s.validate().is_err() {
         return;
@@ -89,7 +121,10 @@ fn check(d: &Delivery, now: i64, trusted: &[[u8; 32]]) {
     let _ = s.schedule.next_start(s.created_at, now);
     let occurrence = s.occurrence(now);
     if let Some(o) = &occurrence {
-        assert!(o.start <= now && o.end.is_none_or(|e| now < e), "{o:?} at {now}");
+        assert!(
+            o.start <= now && o.end.is_none_or(|e| now < e),
+            "{o:?} at {now}"
+        );
         assert_eq!(job_of_delivery(&o.delivery), Ok(s.id.as_str()), "{o:?}");
         assert!(s.delivery_is_due(&o.delivery, now));
     }

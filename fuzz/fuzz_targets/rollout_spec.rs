@@ -17,7 +17,17 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         "request".to_owned(),
         br#"{"channel":"lab","release":"aa","selector":"site=a","canary":"lab-01,lab-02","waves":"5%,25.5%,100%","soak":"1h30m","max_failures":"2.5%","window":"Mon-Fri 18:00-06:00","tz":"Europe/Madrid","max_per_hour":20}"#.to_vec(),
     )];
-    for (i, s) in ["90s", "1d2h3m4s", "12.34%", "3", "5%,100%", "lab-01, lab-07"].iter().enumerate() {
+    for (i, s) in [
+        "90s",
+        "1d2h3m4s",
+        "12.34%",
+        "3",
+        "5%,100%",
+        "lab-01, lab-07",
+    ]
+    .iter()
+    .enumerate()
+    {
         out.push((format!("text-{i}"), s.as_bytes().to_vec()));
     }
     out

@@ -8,11 +8,18 @@ use semithin_fuzz::write_seeds;
 use semithin_protocol::selector::{Labels, Selector, check_name, parse_label};
 
 fn seeds() -> Vec<(String, Vec<u8>)> {
-    ["*", "lab-07", "site=school-12,class=lab", " hw/model=x1 , os=debian ", "a=b,a=c", "k="]
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (format!("sel-{i}"), s.as_bytes().to_vec()))
-        .collect()
+    [
+        "*",
+        "lab-07",
+        "site=school-12,class=lab",
+        " hw/model=x1 , os=debian ",
+        "a=b,a=c",
+        "k=",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, s)| (format!("sel-{i}"), s.as_bytes().to_vec()))
+    .collect()
 }
 
 fuzz_target!(init: write_seeds(seeds()), |data: &[u8]| {

@@ -20,7 +20,10 @@ fn meta(u: &mut Unstructured) -> Result<Meta> {
     let n = u.int_in_range(0..=2)?;
     let mut xattrs = Vec::new();
     for _ in 0..n {
-        xattrs.push(Xattr { name: u.arbitrary()?, value: u.arbitrary()? });
+        xattrs.push(Xattr {
+            name: u.arbitrary()?,
+            value: u.arbitrary()?,
+        });
     }
     Ok(Meta {
         mode: u.arbitrary()?,
@@ -39,16 +42,27 @@ fn kind(u: &mut Unstructured) -> Result<EntryKind> {
             let n = u.int_in_range(0..=3)?;
             let mut chunks = Vec::new();
             for _ in 0..n {
-                chunks.push(ChunkRef { id: ChunkId::from_bytes(id(u)?), len: u.arbitrary()? });
+                chunks.push(ChunkRef {
+                    id: ChunkId::from_bytes(id(u)?),
+                    len: u.arbitrary()?,
+                });
             }
             let sum: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
             // Mostly consistent sizes, sometimes not.
             let size = if u.ratio(1, 8)? { u.arbitrary()? } else { sum };
-            EntryKind::File(FileContent { size, hash: FileHash::from_bytes(id(u)?), chunks })
+            EntryKind::File(FileContent {
+                size,
+                hash: FileHash::from_bytes(id(u)?),
+                chunks,
+            })
         }
         2 => EntryKind::Symlink(u.arbitrary()?),
         3 => EntryKind::Device {
-            kind: if u.arbitrary()? { DeviceKind::Char } else { DeviceKind::Block },
+            kind: if u.arbitrary()? {
+                DeviceKind::Char
+            } else {
+                DeviceKind::Block
+            },
             major: u.arbitrary()?,
             minor: u.arbitrary()?,
         },
@@ -60,7 +74,11 @@ fn tree(u: &mut Unstructured) -> Result<Tree> {
     let n = u.int_in_range(0..=6)?;
     let mut entries = Vec::new();
     for _ in 0..n {
-        entries.push(Entry { name: u.arbitrary()?, meta: meta(u)?, kind: kind(u)? });
+        entries.push(Entry {
+            name: u.arbitrary()?,
+            meta: meta(u)?,
+            kind: kind(u)?,
+        });
     }
     if u.arbitrary()? {
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -87,7 +105,11 @@ fn commit(u: &mut Unstructured) -> Result<Commit> {
     Ok(Commit {
         tree: TreeId::from_bytes(id(u)?),
         root_meta: meta(u)?,
-        parent: if u.arbitrary()? { Some(CommitId::from_bytes(id(u)?)) } else { None },
+        parent: if u.arbitrary()? {
+            Some(CommitId::from_bytes(id(u)?))
+        } else {
+            None
+        },
         time: u.arbitrary()?,
         message: u.arbitrary()?,
         hardlinks,
@@ -98,13 +120,22 @@ fn commit(u: &mut Unstructured) -> Result<Commit> {
 
 fn raw(data: &[u8]) {
     if let Ok(t) = Tree::decode(TreeId::of(data), data) {
-        assert!(well_formed(&t), "a decoded tree breaks the invariants: {t:?}");
+        assert!(
+            well_formed(&t),
+            "a decoded tree breaks the invariants: {t:?}"
+        );
         let again = t.encode();
-        assert_eq!(Tree::decode(TreeId::of(&again), &again).expect("re-encoded tree decodes"), t);
+        assert_eq!(
+            Tree::decode(TreeId::of(&again), &again).expect("re-encoded tree decodes"),
+            t
+        );
     }
     if let Ok(c) = Commit::decode(CommitId::of(data), data) {
         let again = c.encode();
-        assert_eq!(Commit::decode(CommitId::of(&again), &again).expect("re-encoded commit"), c);
+        assert_eq!(
+            Commit::decode(CommitId::of(&again), &again).expect("re-encoded commit"),
+            c
+        );
     }
 }
 
@@ -117,11 +148,17 @@ fn structured(data: &[u8]) -> Result<()> {
             assert!(well_formed(&t), "a malformed tree was accepted: {t:?}");
             assert_eq!(back, t);
         }
-        Err(e) => assert!(!well_formed(&t), "a well-formed tree was refused ({e}): {t:?}"),
+        Err(e) => assert!(
+            !well_formed(&t),
+            "a well-formed tree was refused ({e}): {t:?}"
+        ),
     }
     let c = commit(&mut u)?;
     let bytes = c.encode();
-    assert_eq!(Commit::decode(CommitId::of(&bytes), &bytes).expect("any commit decodes"), c);
+    assert_eq!(
+        Commit::decode(CommitId::of(&bytes), &bytes).expect("any commit decodes"),
+        c
+    );
     Ok(())
 }
 
@@ -130,20 +167,29 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         entries: vec![
             Entry {
                 name: b"bin".to_vec(),
-                meta: Meta { mode: 0o755, ..Meta::default() },
+                meta: Meta {
+                    mode: 0o755,
+                    ..Meta::default()
+                },
                 kind: EntryKind::Dir(TreeId::of(b"x")),
             },
             Entry {
                 name: b"f".to_vec(),
                 meta: Meta {
                     mode: 0o644,
-                    xattrs: vec![Xattr { name: b"user.a".to_vec(), value: b"1".to_vec() }],
+                    xattrs: vec![Xattr {
+                        name: b"user.a".to_vec(),
+                        value: b"1".to_vec(),
+                    }],
                     ..Meta::default()
                 },
                 kind: EntryKind::File(FileContent {
                     size: 3,
                     hash: FileHash::of(b"abc"),
-                    chunks: vec![ChunkRef { id: ChunkId::of(b"abc"), len: 3 }],
+                    chunks: vec![ChunkRef {
+                        id: ChunkId::of(b"abc"),
+                        len: 3,
+                    }],
                 }),
             },
             Entry {
@@ -167,7 +213,11 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     t.extend(tree.encode());
     let mut c = vec![0u8];
     c.extend(commit.encode());
-    vec![("tree".into(), t), ("commit".into(), c), ("structured".into(), vec![1u8; 200])]
+    vec![
+        ("tree".into(), t),
+        ("commit".into(), c),
+        ("structured".into(), vec![1u8; 200]),
+    ]
 }
 
 fuzz_target!(init: write_seeds(seeds()), |data: &[u8]| {

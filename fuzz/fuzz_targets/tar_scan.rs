@@ -24,18 +24,39 @@ fn entry(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: tar::EntryType, data: 
 fn archive(pax: bool, long: bool) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     entry(&mut b, "etc/", tar::EntryType::Directory, b"", "");
-    entry(&mut b, "etc/hostname", tar::EntryType::Regular, b"machine\n", "");
+    entry(
+        &mut b,
+        "etc/hostname",
+        tar::EntryType::Regular,
+        b"machine\n",
+        "",
+    );
     entry(&mut b, "etc/empty", tar::EntryType::Regular, b"", "");
     entry(&mut b, "etc/motd", tar::EntryType::Symlink, b"", "hostname");
-    entry(&mut b, "etc/hosts2", tar::EntryType::Link, b"", "etc/hostname");
+    entry(
+        &mut b,
+        "etc/hosts2",
+        tar::EntryType::Link,
+        b"",
+        "etc/hostname",
+    );
     entry(&mut b, "dev/null", tar::EntryType::Char, b"", "");
     entry(&mut b, "run/fifo", tar::EntryType::Fifo, b"", "");
-    entry(&mut b, "usr/bin/big", tar::EntryType::Regular, &vec![7u8; 70_000], "");
+    entry(
+        &mut b,
+        "usr/bin/big",
+        tar::EntryType::Regular,
+        &vec![7u8; 70_000],
+        "",
+    );
     if pax {
         b.append_pax_extensions([
             ("SCHILY.xattr.user.k", b"v\nw".as_slice()),
             ("mtime", b"1700000000.5"),
-            ("SCHILY.acl.access", b"user::rwx,user:1000:r-x,group::r-x,mask::r-x,other::r-x"),
+            (
+                "SCHILY.acl.access",
+                b"user::rwx,user:1000:r-x,group::r-x,mask::r-x,other::r-x",
+            ),
         ])
         .unwrap();
         entry(&mut b, "etc/pax", tar::EntryType::Regular, b"pax", "");

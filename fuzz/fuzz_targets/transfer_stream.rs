@@ -51,9 +51,16 @@ fn claimed(mut data: &[u8]) -> HashSet<(ObjKind, [u8; 32])> {
 fn check_store(store: &ObjectStore, expected: &HashSet<(ObjKind, [u8; 32])>) -> usize {
     let listed = store.list();
     for (kind, id, _) in &listed {
-        assert!(expected.contains(&(*kind, *id)), "an object nobody asked for was stored");
+        assert!(
+            expected.contains(&(*kind, *id)),
+            "an object nobody asked for was stored"
+        );
         let raw = store.get(*kind, id).expect("a stored object reads back");
-        assert_eq!(&id_of(*kind, &raw), id, "a stored object does not hash to its id");
+        assert_eq!(
+            &id_of(*kind, &raw),
+            id,
+            "a stored object does not hash to its id"
+        );
     }
     listed.len()
 }

@@ -50,11 +50,15 @@ fn fixture() -> Fixture {
     let root_key = dir.path().join("root.key");
     semithin_trust::repo::init(&t, &[root_key.clone()], 1, NOW).unwrap();
     let mut repo = semithin_trust::repo::TrustRepo::open(&t).unwrap();
-    repo.publish(TARGET, b"release", serde_json::json!({"n": 1}), NOW).unwrap();
+    repo.publish(TARGET, b"release", serde_json::json!({"n": 1}), NOW)
+        .unwrap();
     let mut files = BTreeMap::new();
     for e in std::fs::read_dir(t.join("metadata")).unwrap() {
         let e = e.unwrap();
-        files.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap());
+        files.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read(e.path()).unwrap(),
+        );
     }
     let mut keys = vec![KeyPair::load(&root_key).unwrap()];
     for role in ["timestamp", "snapshot", "targets"] {
@@ -62,7 +66,13 @@ fn fixture() -> Fixture {
     }
     let root = files["1.root.json"].clone();
     let target = repo.targets().signed.targets[TARGET].clone();
-    Fixture { _dir: dir, files, root, keys, target }
+    Fixture {
+        _dir: dir,
+        files,
+        root,
+        keys,
+        target,
+    }
 }
 
 struct Files<'a>(&'a BTreeMap<String, Vec<u8>>);
@@ -71,7 +81,10 @@ impl Fetcher for Files<'_> {
     fn fetch(&self, url: &str, max_len: u64) -> semithin_trust::Result<Option<Vec<u8>>> {
         let name = url.rsplit('/').next().unwrap_or_default();
         // As the HTTP fetcher: more than the limit is not read.
-        Ok(self.0.get(name).map(|b| b[..b.len().min(max_len as usize)].to_vec()))
+        Ok(self
+            .0
+            .get(name)
+            .map(|b| b[..b.len().min(max_len as usize)].to_vec()))
     }
 }
 
@@ -82,7 +95,9 @@ fn served(f: &Fixture, mut data: &[u8]) -> (BTreeMap<String, Vec<u8>>, bool) {
     let mut files = f.files.clone();
     let mut signed = false;
     for _ in 0..3 {
-        let [name, key, l0, l1, rest @ ..] = data else { break };
+        let [name, key, l0, l1, rest @ ..] = data else {
+            break;
+        };
         let n = (u16::from_le_bytes([*l0, *l1]) as usize).min(rest.len());
         let (bytes, rest) = rest.split_at(n);
         data = rest;
@@ -92,7 +107,9 @@ fn served(f: &Fixture, mut data: &[u8]) -> (BTreeMap<String, Vec<u8>>, bool) {
                 let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
                     continue;
                 };
-                let Ok(canonical) = semithin_trust::cjson::to_vec(&v) else { continue };
+                let Ok(canonical) = semithin_trust::cjson::to_vec(&v) else {
+                    continue;
+                };
                 signed = true;
                 envelope(&v, &[key.sign(&canonical)]).unwrap()
             }
@@ -109,19 +126,35 @@ fn run(f: &Fixture, data: &[u8]) {
     let cdir = dir.path().join("client");
     client::init(&cdir, &f.root).unwrap();
     let fetcher = Files(&files);
-    let found = Client::new(&cdir, "https://repo.invalid/metadata", &fetcher, Limits::default(), NOW)
-        .and_then(|mut c| {
-            c.refresh()?;
-            // A path no role names walks every delegation the fuzzer made up.
-            let _ = c.find_target("channels/other/x");
-            c.find_target(TARGET)
-        });
+    let found = Client::new(
+        &cdir,
+        "https://repo.invalid/metadata",
+        &fetcher,
+        Limits::default(),
+        NOW,
+    )
+    .and_then(|mut c| {
+        c.refresh()?;
+        // A path no role names walks every delegation the fuzzer made up.
+        let _ = c.find_target("channels/other/x");
+        c.find_target(TARGET)
+    });
     if !signed && let Ok(found) = found {
-        assert_eq!(found.as_ref(), Some(&f.target), "unsigned bytes changed what is trusted");
+        assert_eq!(
+            found.as_ref(),
+            Some(&f.target),
+            "unsigned bytes changed what is trusted"
+        );
     }
     // What was kept is read again by the next run, served the published files.
     let genuine = Files(&f.files);
-    if let Ok(mut c) = Client::new(&cdir, "https://repo.invalid/metadata", &genuine, Limits::default(), NOW) {
+    if let Ok(mut c) = Client::new(
+        &cdir,
+        "https://repo.invalid/metadata",
+        &genuine,
+        Limits::default(),
+        NOW,
+    ) {
         let _ = c.refresh().and_then(|()| c.find_target(TARGET));
     }
 }

@@ -10,7 +10,9 @@ use semithin_trust::metadata::{RoleMeta, Root, Signed, Snapshot, Targets, Timest
 use semithin_trust::release::ChannelRelease;
 
 fn round_trip<T: RoleMeta + PartialEq>(role: &str, data: &[u8]) {
-    let Ok(s) = Signed::<T>::parse(role, data) else { return };
+    let Ok(s) = Signed::<T>::parse(role, data) else {
+        return;
+    };
     let again = envelope(&s.signed, &s.signatures).expect("parsed metadata is written back");
     let back = Signed::<T>::parse(role, &again).expect("written metadata parses");
     assert!(back.signed == s.signed, "the role changed on a round trip");
@@ -20,12 +22,19 @@ fn round_trip<T: RoleMeta + PartialEq>(role: &str, data: &[u8]) {
     // are checked over the bytes received, never over a re-serialisation.)
     let twice = envelope(&back.signed, &back.signatures).expect("written again");
     let third = Signed::<T>::parse(role, &twice).expect("parses again");
-    assert_eq!(third.canonical, back.canonical, "the signed bytes are not stable");
+    assert_eq!(
+        third.canonical, back.canonical,
+        "the signed bytes are not stable"
+    );
 }
 
 fn custom(data: &[u8]) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return };
-    let Ok(r) = ChannelRelease::from_custom(Some(&v)) else { return };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let Ok(r) = ChannelRelease::from_custom(Some(&v)) else {
+        return;
+    };
     assert!(r.permits(&r.commit));
     let back = ChannelRelease::from_custom(Some(&r.to_custom("c", 1))).expect("written back");
     assert_eq!(back, r);
@@ -37,7 +46,12 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     let t = dir.path().join("trust");
     semithin_trust::repo::init(&t, &[dir.path().join("root.key")], 1, 1_800_000_000).unwrap();
     let mut out = Vec::new();
-    for (sel, name) in [(0u8, "1.root.json"), (1, "timestamp.json"), (2, "1.snapshot.json"), (3, "1.targets.json")] {
+    for (sel, name) in [
+        (0u8, "1.root.json"),
+        (1, "timestamp.json"),
+        (2, "1.snapshot.json"),
+        (3, "1.targets.json"),
+    ] {
         let mut s = vec![sel];
         s.extend(std::fs::read(t.join("metadata").join(name)).unwrap());
         out.push((name.to_owned(), s));

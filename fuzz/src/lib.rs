@@ -95,7 +95,9 @@ pub fn check_commit(store: &ObjectStore, id: CommitId) -> Whole {
     let mut stack: Vec<(Vec<u8>, TreeId)> = vec![(Vec::new(), commit.tree)];
     let mut files: Vec<Vec<u8>> = Vec::new();
     while let Some((path, tree_id)) = stack.pop() {
-        let tree = store.get_tree(&tree_id).expect("a reachable tree reads back");
+        let tree = store
+            .get_tree(&tree_id)
+            .expect("a reachable tree reads back");
         for e in tree.entries {
             whole.entries += 1;
             let mut p = path.clone();
