@@ -175,7 +175,9 @@ impl Window {
         }
         let (mut date, _, _) = self.local(t)?;
         let mut best: Option<i64> = None;
-        for _ in 0..9 {
+        // Two weeks and a day: a weekly span that a daylight saving change skips opens a week
+        // later.
+        for _ in 0..15 {
             let wd = date.weekday().to_monday_zero_offset() as usize;
             for s in self.spans.iter().filter(|s| s.days[wd]) {
                 // A span whose whole time was skipped that day (a daylight saving change) does
@@ -307,6 +309,10 @@ mod tests {
             ny.local_text(next)
         );
         assert_eq!(next, at("America/New_York", 2026, 3, 8, 3, 0));
+        // A weekly span skipped whole: from the Sunday before, the next opening is a week later.
+        let ny = Window::parse("Sun 02:30-02:45", Some("America/New_York")).unwrap();
+        let next = ny.next_open(at("America/New_York", 2026, 3, 1, 3, 0));
+        assert_eq!(next, Some(at("America/New_York", 2026, 3, 15, 2, 30)));
     }
 
     #[test]
