@@ -32,8 +32,8 @@ cat <<MD
 
 ## $started — fuzz: \`bench/fuzz.sh $secs${*:+ $*}\`
 
-$(rustc +nightly -V), cargo-fuzz $(cargo fuzz --version | awk '{print $2}'), libFuzzer with
-AddressSanitizer, debug assertions on; one target at a time on $cores cores shared with other
+$(rustc +nightly -V), cargo-fuzz $(cargo fuzz --version | awk '{print $2}'), libFuzzer without
+a sanitizer (see fuzz/run.sh), debug assertions on; one target at a time on $cores cores shared with other
 work (nice ${NICE:-19}); the corpus in \`FUZZ_CORPUS_DIR\` grows over runs.
 
 | target | seconds | executions | exec/s | corpus | coverage | result |
