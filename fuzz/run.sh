@@ -53,7 +53,19 @@ bin_dir=$target_dir/$host/release
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/semithin-fuzz.XXXXXX")
 keep_work=
-cleanup() { [ -n "$keep_work" ] || rm -rf "$work"; }
+# The targets' scratch repositories (and the fixtures they hold for a whole run), in memory
+# when /dev/shm exists; removed at the end whatever happened.
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+  scratch=$(mktemp -d /dev/shm/semithin-fuzz-run.XXXXXX)
+else
+  scratch=$work/scratch
+  mkdir -p "$scratch"
+fi
+export SEMITHIN_FUZZ_SCRATCH=$scratch
+cleanup() {
+  rm -rf "$scratch"
+  [ -n "$keep_work" ] || rm -rf "$work"
+}
 trap cleanup EXIT
 corpus_root=${FUZZ_CORPUS_DIR:-$work/corpus}
 

@@ -11,9 +11,17 @@ use semithin_store::objects::ObjectStore;
 use semithin_store::repo::Config;
 use semithin_store::{Access, CommitId, FileHash, Repo, TreeId};
 
-/// A scratch directory, in `/dev/shm` when there is one (the targets write small repositories
-/// at every run, and fsync there costs nothing).
+/// A scratch directory under `$SEMITHIN_FUZZ_SCRATCH` (`run.sh` makes one per run and removes
+/// it, with what a crash or a fixture held for the whole run left there), else in `/dev/shm`
+/// when there is one (the targets write small repositories at every run, and fsync there costs
+/// nothing).
 pub fn scratch() -> tempfile::TempDir {
+    if let Some(dir) = std::env::var_os("SEMITHIN_FUZZ_SCRATCH") {
+        return tempfile::Builder::new()
+            .prefix("semithin-fuzz-")
+            .tempdir_in(dir)
+            .expect("a scratch directory");
+    }
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         if let Ok(d) = tempfile::Builder::new()
