@@ -2,7 +2,9 @@
 # Runs the whole test suite of semithin, also on a fresh Debian machine:
 #   1. installs what the tests need (Debian packages, cargo-nextest) if it is missing,
 #   2. builds the Debian root filesystem fixture once (cached, see tests/fixtures/debian-root.sh),
-#   3. cargo fmt --check, cargo clippy -D warnings, cargo nextest run.
+#   3. cargo fmt --check, cargo clippy -D warnings,
+#   4. a short run of every fuzz target (fuzz/run.sh; FUZZ_SECONDS each, default 8),
+#   5. cargo nextest run (last, so its summary closes the output).
 # Usage: sudo ./test.sh [EXTRA NEXTEST ARGS...]   (must run as root: chroot, mounts, ownership)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -48,11 +50,15 @@ tests/fixtures/debian-root.sh systemd >/dev/null
 step "preparing python-tuf, the reference TUF implementation (cached after the first run)"
 tests/fixtures/python-tuf.sh >/dev/null
 
-step "cargo fmt --all -- --check"
+step "cargo fmt --all -- --check (and the fuzz crate, its own workspace)"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "fuzz/run.sh ${FUZZ_SECONDS:-8}: every fuzz target briefly (nightly, cargo-fuzz; built in \$CARGO_TARGET_DIR/fuzz)"
+fuzz/run.sh "${FUZZ_SECONDS:-8}"
 
 step "cargo nextest run --workspace --no-fail-fast${*:+ $*}"
 cargo nextest run --workspace --no-fail-fast "$@"

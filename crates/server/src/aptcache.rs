@@ -142,8 +142,8 @@ fn immutable(path: &str) -> bool {
 /// digits and `. _ - + ~ : = @`, none empty, `.`, `..` or hidden. A `%` left after that one
 /// decoding is an encoded encoding (`%252F`), which an upstream that decodes again would turn
 /// into `/` or `..`: refused, as are backslashes and NUL. What passes cannot leave the
-/// upstream's base, however the upstream decodes it.
-fn check_path(path: &str) -> Result<(), String> {
+/// upstream's base, however the upstream decodes it. Public for the fuzz targets.
+pub fn check_path(path: &str) -> Result<(), String> {
     let bad = |why: &str| Err(format!("bad repository path {path:?}: {why}"));
     if path.is_empty() || path.len() > 1024 {
         return bad("it must be 1 to 1024 bytes");

@@ -5,7 +5,7 @@
 
 use jiff::Timestamp;
 use jiff::civil::Date;
-use jiff::tz::TimeZone;
+use jiff::tz::{AmbiguousOffset, TimeZone};
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 const FULL: [&str; 7] = [
@@ -175,15 +175,15 @@ impl Window {
         }
         let (mut date, _, _) = self.local(t)?;
         let mut best: Option<i64> = None;
-        for _ in 0..9 {
+        // Two weeks and a day: a weekly span that a daylight saving change skips opens a week
+        // later.
+        for _ in 0..15 {
             let wd = date.weekday().to_monday_zero_offset() as usize;
             for s in self.spans.iter().filter(|s| s.days[wd]) {
-                let at = date
-                    .at((s.start / 60) as i8, (s.start % 60) as i8, 0, 0)
-                    .to_zoned_datetime(self.tz.clone())
-                    .ok()
-                    .map(|z| z.timestamp().as_second());
-                if let Some(at) = at.filter(|a| *a > t) {
+                // A span whose whole time was skipped that day (a daylight saving change) does
+                // not open then.
+                let at = self.start_at(date, s.start);
+                if let Some(at) = at.filter(|a| *a > t && self.contains(*a)) {
                     best = Some(best.map_or(at, |b| b.min(at)));
                 }
             }
@@ -193,6 +193,24 @@ impl Window {
             date = date.tomorrow().ok()?;
         }
         best
+    }
+
+    /// The instant the local time `minute` of `date` begins: when a daylight saving change
+    /// skips that time, the end of the gap (the first instant after it).
+    fn start_at(&self, date: Date, minute: u16) -> Option<i64> {
+        let local = date.at((minute / 60) as i8, (minute % 60) as i8, 0, 0);
+        let amb = self.tz.to_ambiguous_timestamp(local);
+        let gap = matches!(amb.offset(), AmbiguousOffset::Gap { .. });
+        let later = amb.later().ok()?;
+        if !gap {
+            return amb.compatible().ok().map(|ts| ts.as_second());
+        }
+        // `later` lies at or after the transition that opened the gap.
+        let just_after = Timestamp::from_second(later.as_second().checked_add(1)?).ok()?;
+        self.tz
+            .preceding(just_after)
+            .next()
+            .map(|tr| tr.timestamp().as_second())
     }
 
     /// A local time for people: `2026-11-20 18:00 Europe/Madrid`.
@@ -265,6 +283,36 @@ mod tests {
         // 2026-03-27's night is, and ends at 06:00 local on Saturday
         assert!(madrid.contains(at("Europe/Madrid", 2026, 3, 28, 5, 59)));
         assert!(!madrid.contains(at("Europe/Madrid", 2026, 3, 28, 6, 0)));
+    }
+
+    #[test]
+    fn next_open_skips_a_span_that_daylight_saving_skips_and_opens_at_a_gap_end() {
+        // Lord Howe moves its clocks from 02:00 to 02:30 on 2026-10-04: a 02:00-02:30 window
+        // does not exist that day and opens the next.
+        let lh = Window::parse("02:00-02:30", Some("Australia/Lord_Howe")).unwrap();
+        let t = at("Australia/Lord_Howe", 2026, 10, 4, 1, 0);
+        let next = lh.next_open(t).unwrap();
+        assert!(
+            lh.contains(next),
+            "not open at next_open: {}",
+            lh.local_text(next)
+        );
+        assert_eq!(next, at("Australia/Lord_Howe", 2026, 10, 5, 2, 0));
+        // New York skips 02:00-03:00 on 2026-03-08: a 02:30-03:30 window opens at 03:00.
+        let ny = Window::parse("Sun 02:30-03:30", Some("America/New_York")).unwrap();
+        let next = ny
+            .next_open(at("America/New_York", 2026, 3, 8, 0, 0))
+            .unwrap();
+        assert!(
+            ny.contains(next),
+            "not open at next_open: {}",
+            ny.local_text(next)
+        );
+        assert_eq!(next, at("America/New_York", 2026, 3, 8, 3, 0));
+        // A weekly span skipped whole: from the Sunday before, the next opening is a week later.
+        let ny = Window::parse("Sun 02:30-02:45", Some("America/New_York")).unwrap();
+        let next = ny.next_open(at("America/New_York", 2026, 3, 1, 3, 0));
+        assert_eq!(next, Some(at("America/New_York", 2026, 3, 15, 2, 30)));
     }
 
     #[test]
