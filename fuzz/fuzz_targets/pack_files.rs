@@ -29,7 +29,8 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         (ObjKind::Tree, &[1, 0]),
         (ObjKind::Commit, b"commit bytes"),
     ] {
-        store.put(kind, id_of(kind, raw), raw).unwrap();
+        let obj = semithin_store::VerifiedObject::from_raw(kind, raw).unwrap();
+        store.put(&obj).unwrap();
     }
     store.flush().unwrap();
     let name = &store.pack_names().unwrap()[0];

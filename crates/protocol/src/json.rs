@@ -32,7 +32,7 @@ mod tests {
     fn a_bad_release_in_an_answer_is_an_error_naming_the_field() {
         let good = format!(
             r#"{{"status":"accepted","next_checkin_secs":60,"desired":{{"channel":"c",
-            "release":"{}","metadata_path":"/m","objects_path":"/o"}}}}"#,
+            "release":"{}","metadata_path":"/api/v1/trust/metadata/","objects_path":"/api/v1/objects"}}}}"#,
             "a".repeat(64)
         );
         let r: CheckInResponse = super::from_slice(good.as_bytes()).unwrap();
