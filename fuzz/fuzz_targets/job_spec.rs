@@ -10,7 +10,8 @@
 use libfuzzer_sys::fuzz_target;
 use semithin_fuzz::write_seeds;
 use semithin_protocol::job::{
-    Action, AdminKey, AptSource, Delivery, JobSpec, Schedule, SourceKey, job_of_delivery, verify,
+    Action, AdminKey, AptSource, Delivery, JobSpec, Schedule, SourceKey, SpecJson, job_of_delivery,
+    verify,
 };
 
 const MAX_TIME: u64 = 253_402_300_799;
@@ -46,6 +47,7 @@ fn signed_specs() -> Vec<JobSpec> {
                 at: Some(1_800_000_100),
                 every: None,
                 window_secs: Some(3600),
+                tz: None,
             },
         ),
         spec(
@@ -57,6 +59,7 @@ fn signed_specs() -> Vec<JobSpec> {
                 at: None,
                 every: Some("30 2 * * 1-5".into()),
                 window_secs: Some(600),
+                tz: None,
             },
         ),
         spec(
@@ -75,6 +78,7 @@ fn signed_specs() -> Vec<JobSpec> {
                 at: None,
                 every: Some("*/5 * * * *".into()),
                 window_secs: None,
+                tz: None,
             },
         ),
     ]
@@ -86,9 +90,10 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
+            let s = SpecJson::new(s);
             let d = Delivery {
                 delivery: s.id.clone(),
-                signature: Some(k.sign(&s)),
+                signature: Some(k.sign(&s).unwrap()),
                 spec: s,
             };
             let mut b = 1_800_000_050u64.to_le_bytes().to_vec();
@@ -111,7 +116,7 @@ fn check(d: &Delivery, now: i64, trusted: &[[u8; 32]]) {
         && verify(s, sig, trusted).is_ok()
     {
         assert!(
-            signed_specs().contains(s),
+            signed_specs().contains(s.spec()),
             "a spec nobody signed verifies: {s:?}"
         );
     }
