@@ -297,6 +297,21 @@ mod tests {
             }
         }
         let (db, d_o, dt) = (dirs(b), dirs(o), dirs(t));
+        // A directory one side removed while the other changed something in it is a conflict
+        // as a whole (a modify/delete of the directory), even when the changes inside agree.
+        let under = |m: &Model, d: u8| -> Model {
+            m.iter()
+                .filter(|(k, _)| k.0 == d)
+                .map(|(k, v)| (*k, *v))
+                .collect()
+        };
+        for d in &db {
+            for (one, other) in [(&d_o, t), (&dt, o)] {
+                if !one.contains(d) && dirs(other).contains(d) && under(other, *d) != under(b, *d) {
+                    return None;
+                }
+            }
+        }
         let mut kept = BTreeSet::new();
         for d in db.union(&d_o).chain(&dt) {
             if pick3(&db.contains(d), &d_o.contains(d), &dt.contains(d))? {
