@@ -57,8 +57,18 @@ pub fn target_file_path(target: &str, sha256: &str) -> String {
 
 /// The highest N of the files `N.ROLE.json` in `dir`.
 pub(super) fn highest_version(dir: &Path, role: Role) -> Result<Option<u64>> {
+    highest_version_of(dir, role.name())
+}
+
+/// The highest N of the files `N.ROLE.json` in `dir`, for any role name.
+pub(super) fn highest_version_of(dir: &Path, role: &str) -> Result<Option<u64>> {
+    Ok(versions_of(dir, role)?.into_iter().max())
+}
+
+/// Every N of the files `N.ROLE.json` in `dir`.
+pub(super) fn versions_of(dir: &Path, role: &str) -> Result<Vec<u64>> {
     let suffix = format!(".{role}.json");
-    let mut best = None;
+    let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(Error::io("listing", dir))? {
         let e = e.map_err(Error::io("listing", dir))?;
         let name = e.file_name();
@@ -70,7 +80,7 @@ pub(super) fn highest_version(dir: &Path, role: Role) -> Result<Option<u64>> {
         else {
             continue;
         };
-        best = best.max(Some(n));
+        out.push(n);
     }
-    Ok(best)
+    Ok(out)
 }

@@ -224,6 +224,8 @@ pub fn init(
         write_atomic(&l.tmp(), &m.join("1.targets.json"), &targets.raw, 0o644)?;
         write_atomic(&l.tmp(), &m.join("1.snapshot.json"), &snapshot.raw, 0o644)?;
         write_atomic(&l.tmp(), &m.join("timestamp.json"), &timestamp.raw, 0o644)?;
+        // channel assignments are signed from the start (repo/assign.rs)
+        TrustRepo::open(&staging)?.enable_assignments(now)?;
         sync_dir(&staging)
     })();
     if let Err(e) = result {

@@ -47,6 +47,7 @@ pub const DIR_NAME: &str = "trust";
 /// Name of the settings file inside the trust directory.
 pub const CONFIG_FILE: &str = "config.toml";
 
+pub mod assign;
 mod config;
 mod files;
 mod init;
@@ -176,8 +177,13 @@ fn meta_file<T: RoleMeta>(s: &Signed<T>) -> MetaFile {
 
 /// Signs `signed` with every key of `signers`, and parses the result back as a client would.
 fn sign<T: RoleMeta>(role: Role, signed: &T, signers: &[&KeyPair]) -> Result<Signed<T>> {
+    sign_as(role.name(), signed, signers)
+}
+
+/// [`sign`] for any role name, delegated ones included.
+fn sign_as<T: RoleMeta>(role: &str, signed: &T, signers: &[&KeyPair]) -> Result<Signed<T>> {
     let canonical = cjson::to_vec(signed).map_err(|reason| Error::Parse {
-        role: role.name().into(),
+        role: role.into(),
         reason,
     })?;
     let mut seen = BTreeSet::new();
@@ -187,10 +193,10 @@ fn sign<T: RoleMeta>(role: Role, signed: &T, signers: &[&KeyPair]) -> Result<Sig
         .map(|k| k.sign(&canonical))
         .collect();
     let bytes = envelope(signed, &sigs)?;
-    let parsed = Signed::<T>::parse(role.name(), &bytes)?;
+    let parsed = Signed::<T>::parse(role, &bytes)?;
     if parsed.canonical != canonical {
         return Err(Error::invalid(
-            role.name(),
+            role,
             "the written metadata does not read back as what was signed",
         ));
     }
@@ -233,19 +239,23 @@ fn snapshot_and_timestamp(
     timestamp_version: u64,
     timestamp_key: &KeyPair,
 ) -> Result<(Signed<Snapshot>, Signed<Timestamp>)> {
-    let snapshot = new_snapshot(config, now, targets, snapshot_version, snapshot_key)?;
+    let none = BTreeMap::new();
+    let snapshot = new_snapshot(config, now, targets, &none, snapshot_version, snapshot_key)?;
     let timestamp = new_timestamp(config, now, &snapshot, timestamp_version, timestamp_key)?;
     Ok((snapshot, timestamp))
 }
 
+/// A snapshot listing `targets` and the delegated targets roles in `delegated` (`NAME.json` ->
+/// how it is described).
 fn new_snapshot(
     config: &Config,
     now: i64,
     targets: &Signed<Targets>,
+    delegated: &BTreeMap<String, MetaFile>,
     version: u64,
     key: &KeyPair,
 ) -> Result<Signed<Snapshot>> {
-    let mut meta = BTreeMap::new();
+    let mut meta = delegated.clone();
     meta.insert("targets.json".to_owned(), meta_file(targets));
     let snapshot = Snapshot {
         kind: "snapshot".into(),
@@ -278,10 +288,15 @@ fn new_timestamp(
     sign(Role::Timestamp, &timestamp, &[key])
 }
 
+/// Delegated targets roles: (name, metadata).
+type Delegated = Vec<(String, Signed<Targets>)>;
+
 /// New metadata waiting to be written, in writing order.
 #[derive(Default)]
 struct Pending {
     root: Option<Signed<Root>>,
+    /// Delegated targets roles (name, metadata), written before the targets role.
+    delegated: Delegated,
     targets: Option<Signed<Targets>>,
     snapshot: Option<Signed<Snapshot>>,
     timestamp: Option<Signed<Timestamp>>,
@@ -433,9 +448,9 @@ impl TrustRepo {
         let l = self.layout();
         let (m, tmp) = (l.metadata(), l.tmp());
         let mut written = Vec::new();
-        let mut note = |role: Role, version: u64, expires: &str, file: String| {
+        let mut note = |role: &str, version: u64, expires: &str, file: String| {
             written.push(Written {
-                role: role.name().into(),
+                role: role.into(),
                 version,
                 expires: expires.to_owned(),
                 file,
@@ -445,22 +460,37 @@ impl TrustRepo {
             let name = format!("{}.root.json", r.signed.version);
             write_atomic(&tmp, &m.join(&name), &r.raw, 0o644)?;
             write_atomic(&tmp, &m.join("root.json"), &r.raw, 0o644)?;
-            note(Role::Root, r.signed.version, &r.signed.expires, name);
+            note(Role::Root.name(), r.signed.version, &r.signed.expires, name);
+        }
+        for (role, d) in &p.delegated {
+            let name = format!("{}.{role}.json", d.signed.version);
+            write_atomic(&tmp, &m.join(&name), &d.raw, 0o644)?;
+            note(role, d.signed.version, &d.signed.expires, name);
         }
         if let Some(t) = &p.targets {
             let name = format!("{}.targets.json", t.signed.version);
             write_atomic(&tmp, &m.join(&name), &t.raw, 0o644)?;
-            note(Role::Targets, t.signed.version, &t.signed.expires, name);
+            note(
+                Role::Targets.name(),
+                t.signed.version,
+                &t.signed.expires,
+                name,
+            );
         }
         if let Some(s) = &p.snapshot {
             let name = format!("{}.snapshot.json", s.signed.version);
             write_atomic(&tmp, &m.join(&name), &s.raw, 0o644)?;
-            note(Role::Snapshot, s.signed.version, &s.signed.expires, name);
+            note(
+                Role::Snapshot.name(),
+                s.signed.version,
+                &s.signed.expires,
+                name,
+            );
         }
         if let Some(t) = &p.timestamp {
             write_atomic(&tmp, &m.join("timestamp.json"), &t.raw, 0o644)?;
             note(
-                Role::Timestamp,
+                Role::Timestamp.name(),
                 t.signed.version,
                 &t.signed.expires,
                 "timestamp.json".into(),
@@ -489,6 +519,27 @@ impl TrustRepo {
         };
         if let Some(t) = &p.targets {
             wrap(Role::Targets, check_signed(Role::Targets, t, &root.signed))?;
+        }
+        let targets = p.targets.as_ref().unwrap_or(&self.targets);
+        for (name, d) in &p.delegated {
+            // the delegator: the top-level targets for `assignments`, that role for its bins
+            let delegator = if name == assign::ROLE {
+                targets.signed.delegations.clone()
+            } else {
+                p.delegated
+                    .iter()
+                    .find(|(n, _)| n == assign::ROLE)
+                    .map(|(_, r)| Ok(r.clone()))
+                    .unwrap_or_else(|| self.read_delegated(assign::ROLE))?
+                    .signed
+                    .delegations
+            };
+            let rk = delegator
+                .as_ref()
+                .and_then(|dl| dl.role_keys(name).map(|rk| (dl, rk)))
+                .ok_or_else(|| Error::invalid(name, "self-check failed: not delegated"))?;
+            keys::verify(name, d, &rk.0.keys, &rk.1)
+                .map_err(|e| Error::invalid(name, format!("self-check failed: {e}")))?;
         }
         if let Some(s) = &p.snapshot {
             wrap(
@@ -525,6 +576,8 @@ impl TrustRepo {
         now: i64,
     ) -> Result<PublishReport> {
         check_target_name(name)?;
+        // a repository made before assignments were signed gets them with its next publish
+        self.enable_assignments(now)?;
         let keys = self.online_keys(&Role::ONLINE)?;
         let sha = sha256_hex(content);
         let mut hashes = BTreeMap::new();
@@ -546,6 +599,7 @@ impl TrustRepo {
             &self.config,
             now,
             &targets,
+            &self.delegated_meta(),
             self.next_version(Role::Snapshot)?,
             &keys[&Role::Snapshot],
         )?;
@@ -558,6 +612,7 @@ impl TrustRepo {
         )?;
         let pending = Pending {
             root: None,
+            delegated: Vec::new(),
             targets: Some(targets),
             snapshot: Some(snapshot),
             timestamp: Some(timestamp),

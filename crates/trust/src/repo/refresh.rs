@@ -25,6 +25,7 @@ impl TrustRepo {
                 &self.config,
                 now,
                 targets,
+                &self.delegated_meta_with(&pending.delegated),
                 self.next_version(Role::Snapshot)?,
                 keys[&Role::Snapshot],
             )?);
@@ -127,6 +128,35 @@ impl TrustRepo {
             });
         }
         let mut reasons = BTreeMap::new();
+        let mut warnings = Vec::new();
+        let mut written = Vec::new();
+        // The assignments are signed again by whoever signs snapshots (the server), with the
+        // snapshot. A missing assignments key is a warning, never a reason not to renew
+        // snapshot and timestamp.
+        let mut delegated = Vec::new();
+        if roles.contains(&Role::Snapshot) {
+            match self.assignments_due(left, now).and_then(|due| match due {
+                true => self
+                    .assignments_pending(&BTreeMap::new(), true, now)
+                    .map(Some),
+                false => Ok(None),
+            }) {
+                Ok(None) => {}
+                Ok(Some((d, _))) => {
+                    reasons.insert(
+                        assign::ROLE.into(),
+                        "due (less than the snapshot's margin of its lifetime left)".into(),
+                    );
+                    delegated = d;
+                }
+                Err(e) => warnings.push(format!(
+                    "the channel assignments cannot be signed again: {e}; once they expire, \
+                     machines refuse to move to another channel. The server needs \
+                     REPO/trust/keys/assignments.key, the key the targets role delegates \
+                     assignments to"
+                )),
+            }
+        }
         for r in Role::ONLINE {
             if !roles.contains(&r) {
                 continue;
@@ -138,29 +168,32 @@ impl TrustRepo {
         if force && reasons.is_empty() && roles.contains(&Role::Timestamp) {
             reasons.insert("timestamp".into(), "forced".into());
         }
-        let warnings = self.warnings(now);
-        let first = Role::ONLINE
-            .into_iter()
-            .find(|r| reasons.contains_key(r.name()));
-        let Some(first) = first else {
-            return Ok(RefreshReport {
-                written: Vec::new(),
-                reasons,
-                warnings,
-            });
-        };
-        let needed: Vec<Role> = Role::ONLINE
-            .into_iter()
-            .filter(|r| *r >= first && roles.contains(r))
-            .collect();
-        let keys = self.online_keys(&needed)?;
-        let keys: BTreeMap<Role, &KeyPair> = keys.iter().map(|(r, k)| (*r, k)).collect();
-        let mut pending = Pending::default();
-        self.renew(&mut pending, first, &keys, now)?;
-        self.self_check(&pending)?;
-        self.clean_tmp()?;
-        self.repair_root_copy()?;
-        let written = self.write(pending)?;
+        warnings.extend(self.warnings(now));
+        if roles.contains(&Role::Targets) && !self.assignments_enabled() {
+            written.extend(self.enable_assignments(now)?);
+            reasons.insert(
+                assign::ROLE.into(),
+                "set up: channel assignments are signed from now on".into(),
+            );
+        }
+        let first = Role::ONLINE.into_iter().find(|r| {
+            reasons.contains_key(r.name()) || (*r == Role::Snapshot && !delegated.is_empty())
+        });
+        if let Some(first) = first {
+            let needed: Vec<Role> = Role::ONLINE
+                .into_iter()
+                .filter(|r| *r >= first && roles.contains(r))
+                .collect();
+            let keys = self.online_keys(&needed)?;
+            let keys: BTreeMap<Role, &KeyPair> = keys.iter().map(|(r, k)| (*r, k)).collect();
+            let mut pending = Pending {
+                delegated,
+                ..Default::default()
+            };
+            self.renew(&mut pending, first, &keys, now)?;
+            self.repair_root_copy()?;
+            written.extend(self.write_delegated(pending)?.0);
+        }
         Ok(RefreshReport {
             written,
             reasons,

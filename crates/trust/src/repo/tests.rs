@@ -70,6 +70,7 @@ fn versions_skip_files_a_crash_left_behind() {
     let m = t.dir().join("metadata");
     std::fs::write(m.join("7.targets.json"), b"partial").unwrap();
     std::fs::write(m.join("5.snapshot.json"), b"partial").unwrap();
+    let timestamp = t.timestamp().signed.version;
     let r = t
         .publish("channels/a", b"two", serde_json::json!({"n": 2}), NOW)
         .unwrap();
@@ -83,7 +84,7 @@ fn versions_skip_files_a_crash_left_behind() {
         [
             ("targets".into(), 8),
             ("snapshot".into(), 6),
-            ("timestamp".into(), 3)
+            ("timestamp".into(), timestamp + 1)
         ]
     );
     assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"two");
@@ -96,6 +97,7 @@ fn an_interrupted_rotation_is_finished_by_the_next_command() {
     let keys = t.dir().join("keys");
     let old_key = std::fs::read(keys.join("timestamp.key")).unwrap();
     let old_ts = std::fs::read(t.dir().join("metadata/timestamp.json")).unwrap();
+    let old_version = t.timestamp().signed.version;
     t.rotate(Role::Timestamp, &root_key, &[], None, NOW)
         .unwrap();
     // Put back what a crash right after writing the new root would have left: the new key
@@ -114,8 +116,8 @@ fn an_interrupted_rotation_is_finished_by_the_next_command() {
     assert!(!keys.join("timestamp.key.new").exists());
     assert!(t.status(NOW).roles["timestamp"].signed);
     assert_eq!(client_sees(&t, &cdir, NOW).unwrap(), b"one");
-    // The crashed rotation never wrote its timestamp 3: the repair is version 3.
-    assert_eq!(t.timestamp().signed.version, 3);
+    // The crashed rotation never wrote its new timestamp: the repair has that version.
+    assert_eq!(t.timestamp().signed.version, old_version + 1);
 }
 
 #[test]
@@ -203,12 +205,13 @@ fn refresh_follows_half_lifetimes() {
     assert_eq!(r.written.len(), 1);
     assert_eq!(r.written[0].role, "timestamp");
     // 16 days later the snapshot too; 46 the targets; the root warns after half a year.
+    // (the channel assignments live as long as the snapshot and are renewed with it)
     let r = t.refresh(false, NOW + 16 * DAY).unwrap();
     let roles: Vec<&str> = r.written.iter().map(|w| w.role.as_str()).collect();
-    assert_eq!(roles, ["snapshot", "timestamp"]);
+    assert_eq!(roles, ["assignments", "snapshot", "timestamp"]);
     let r = t.refresh(false, NOW + 46 * DAY).unwrap();
     let roles: Vec<&str> = r.written.iter().map(|w| w.role.as_str()).collect();
-    assert_eq!(roles, ["targets", "snapshot", "timestamp"]);
+    assert_eq!(roles, ["assignments", "targets", "snapshot", "timestamp"]);
     assert!(r.warnings.is_empty());
     assert_eq!(client_sees(&t, &cdir, NOW + 46 * DAY).unwrap(), b"one");
     let r = t.refresh(false, NOW + 200 * DAY).unwrap();
@@ -238,7 +241,7 @@ fn refresh_roles_renews_only_the_roles_given() {
     let later = NOW + 100 * DAY;
     let r = t.refresh_roles(&server, 0.5, false, later).unwrap();
     let roles: Vec<&str> = r.written.iter().map(|w| w.role.as_str()).collect();
-    assert_eq!(roles, ["snapshot", "timestamp"]);
+    assert_eq!(roles, ["assignments", "snapshot", "timestamp"]);
     assert!(r.reasons["snapshot"].contains("expired"), "{r:?}");
     let e = client_sees(&t, &cdir, later).unwrap_err().to_string();
     assert!(e.contains("targets: expired"), "{e}");
@@ -312,4 +315,194 @@ fn a_release_allows_only_releases_signed_before_and_a_client_sees_them() {
     let info = cl.find_target("channels/lab").unwrap().unwrap();
     let seen = ChannelRelease::from_custom(info.custom.as_ref()).unwrap();
     assert!(!seen.permits(&a) && seen.rollout.is_none());
+}
+
+/// The channel a client finds signed for `machine`, at time `now`.
+fn client_assignment(
+    t: &TrustRepo,
+    cdir: &Path,
+    machine: &str,
+    now: i64,
+) -> Result<Option<String>> {
+    let m = format!("file://{}", t.dir().join("metadata").display());
+    let mut c = Client::new(cdir, &m, &Files, Limits::default(), now)?;
+    c.refresh()?;
+    Ok(c.find_target(&assign::target_path(machine))?
+        .map(|info| assign::channel_of(&info).unwrap()))
+}
+
+#[test]
+fn signed_assignments_move_machines_and_touch_only_their_bins() {
+    let (_d, mut t, cdir) = setup();
+    assert!(t.assignments_enabled(), "trust init sets them up");
+    assert_eq!(client_assignment(&t, &cdir, "m1", NOW).unwrap(), None);
+    let changes = BTreeMap::from([
+        ("m1".to_owned(), Some("lab/a".to_owned())),
+        ("m2".to_owned(), Some("lab/b".to_owned())),
+    ]);
+    let r = t.sign_assignments(&changes, NOW).unwrap();
+    assert_eq!((r.changed, r.bins), (2, 2));
+    assert_eq!(
+        client_assignment(&t, &cdir, "m1", NOW).unwrap().as_deref(),
+        Some("lab/a")
+    );
+    assert_eq!(
+        client_assignment(&t, &cdir, "m2", NOW).unwrap().as_deref(),
+        Some("lab/b")
+    );
+    assert_eq!(client_assignment(&t, &cdir, "m3", NOW).unwrap(), None);
+    // the same again signs nothing
+    let before = t.timestamp().signed.version;
+    assert_eq!(t.sign_assignments(&changes, NOW).unwrap().changed, 0);
+    assert_eq!(t.timestamp().signed.version, before);
+    // a move and a removal
+    let r = t
+        .sign_assignments(
+            &BTreeMap::from([
+                ("m1".to_owned(), Some("lab/b".to_owned())),
+                ("m2".to_owned(), None),
+            ]),
+            NOW + 10,
+        )
+        .unwrap();
+    assert_eq!(r.changed, 2);
+    assert_eq!(
+        client_assignment(&t, &cdir, "m1", NOW + 10)
+            .unwrap()
+            .as_deref(),
+        Some("lab/b")
+    );
+    assert_eq!(client_assignment(&t, &cdir, "m2", NOW + 10).unwrap(), None);
+    assert_eq!(
+        t.assignments().unwrap(),
+        BTreeMap::from([("m1".into(), "lab/b".into())])
+    );
+    // a publish keeps them, and the channel's release is found as before
+    t.publish("channels/a", b"two", serde_json::json!({"n": 2}), NOW + 20)
+        .unwrap();
+    assert_eq!(client_sees(&t, &cdir, NOW + 20).unwrap(), b"two");
+    assert_eq!(
+        client_assignment(&t, &cdir, "m1", NOW + 20)
+            .unwrap()
+            .as_deref(),
+        Some("lab/b")
+    );
+    // old versions of a bin go, the one before the current stays for clients in the middle
+    let bin = crate::metadata::SuccinctRoles {
+        keyids: vec![],
+        threshold: 1,
+        bit_length: 8,
+        name_prefix: assign::ROLE.into(),
+        extra: Default::default(),
+    }
+    .role_for(&assign::target_path("m1"));
+    let versions = files::versions_of(&t.dir().join("metadata"), &bin).unwrap();
+    assert_eq!(versions.len(), 2, "{bin}: {versions:?}");
+    // the server renews them with the snapshot; 40 days on, the client still finds them
+    t.refresh_roles(
+        &[Role::Snapshot, Role::Timestamp],
+        0.5,
+        false,
+        NOW + 16 * DAY,
+    )
+    .unwrap();
+    t.refresh_roles(
+        &[Role::Snapshot, Role::Timestamp],
+        0.5,
+        false,
+        NOW + 32 * DAY,
+    )
+    .unwrap();
+    let r = t
+        .refresh_roles(
+            &[Role::Snapshot, Role::Timestamp],
+            0.5,
+            false,
+            NOW + 40 * DAY,
+        )
+        .unwrap();
+    assert!(!r.reasons.contains_key(assign::ROLE), "{r:?}");
+    assert_eq!(
+        client_assignment(&t, &cdir, "m1", NOW + 40 * DAY)
+            .unwrap()
+            .as_deref(),
+        Some("lab/b")
+    );
+}
+
+#[test]
+fn the_assignments_key_signs_nothing_but_assignments() {
+    let (_d, mut t, cdir) = setup();
+    // Whoever holds the assignments key (the server) puts a channel's release in a bin, with a
+    // snapshot and timestamp that list it: a client looking for that channel never sees it.
+    let bin_name = format!("{}-00", assign::ROLE);
+    let mut bin = t.read_delegated(&bin_name).unwrap().signed;
+    bin.version += 1;
+    bin.targets.insert(
+        "channels/evil".into(),
+        crate::metadata::TargetFile {
+            length: 3,
+            hashes: BTreeMap::from([("sha256".into(), sha256_hex(b"bad"))]),
+            custom: None,
+            extra: Default::default(),
+        },
+    );
+    let akey = KeyPair::load(&t.dir().join("keys/assignments.key")).unwrap();
+    let signed = sign_as(&bin_name, &bin, &[&akey]).unwrap();
+    let delegated = vec![(bin_name, signed)];
+    let keys = t.online_keys(&[Role::Snapshot, Role::Timestamp]).unwrap();
+    let snapshot = new_snapshot(
+        &t.config,
+        NOW,
+        &t.targets,
+        &t.delegated_meta_with(&delegated),
+        t.next_version(Role::Snapshot).unwrap(),
+        &keys[&Role::Snapshot],
+    )
+    .unwrap();
+    let timestamp = new_timestamp(
+        &t.config,
+        NOW,
+        &snapshot,
+        t.next_version(Role::Timestamp).unwrap(),
+        &keys[&Role::Timestamp],
+    )
+    .unwrap();
+    t.write_delegated(Pending {
+        delegated,
+        snapshot: Some(snapshot),
+        timestamp: Some(timestamp),
+        ..Default::default()
+    })
+    .unwrap();
+    let m = format!("file://{}", t.dir().join("metadata").display());
+    let mut c = Client::new(&cdir, &m, &Files, Limits::default(), NOW).unwrap();
+    c.refresh().unwrap();
+    assert_eq!(c.find_target("channels/evil").unwrap(), None);
+    assert!(c.find_target("channels/a").unwrap().is_some());
+}
+
+#[test]
+fn assignments_without_their_key_are_refused_naming_the_file() {
+    let (_d, mut t, _cdir) = setup();
+    std::fs::remove_file(t.dir().join("keys/assignments.key")).unwrap();
+    let e = t
+        .sign_assignments(
+            &BTreeMap::from([("m1".to_owned(), Some("lab/a".to_owned()))]),
+            NOW,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("assignments.key"), "{e}");
+    // bad names are refused before anything is signed
+    let key = KeyPair::generate().unwrap();
+    key.save(&t.dir().join("keys/assignments.key")).unwrap();
+    let e = t
+        .sign_assignments(
+            &BTreeMap::from([("m1".to_owned(), Some("lab/a".to_owned()))]),
+            NOW,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not the key the targets role delegates"), "{e}");
 }
