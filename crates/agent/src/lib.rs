@@ -6,6 +6,7 @@
 //! gathers the facts and performs the steps. Everything it does survives being killed at any
 //! moment: the next run starts from what is on disk and continues.
 
+mod assignment;
 pub mod config;
 mod delta;
 pub mod deploy;
@@ -191,7 +192,7 @@ impl Agent {
         self.jobs.pending = resp.jobs.clone();
         let mut resp = resp;
         let refused = match resp.desired.as_ref() {
-            Some(d) => self.check_channel(&d.channel)?,
+            Some(d) => self.check_channel(&d.channel, &d.metadata_path)?,
             None => None,
         };
         if refused.is_some() {
@@ -234,52 +235,6 @@ impl Agent {
             return Err(Error::Channel(reason));
         }
         Ok(self.answer.as_ref().expect("just set"))
-    }
-
-    /// Whether this machine follows `channel`, as the server names it: `Some(reason)` when it
-    /// does not. A channel assignment is not signed (docs/TRUST.md, "Channel assignment"): the
-    /// pinned channel wins; without one, the first channel named is kept and a move is followed
-    /// only with `follow_channel_changes`.
-    fn check_channel(&mut self, channel: &str) -> Result<Option<String>> {
-        let (follows, refusal) = match (&self.cfg.channel, &self.state.channel) {
-            (Some(pin), _) if pin != channel => (
-                pin.clone(),
-                Some(format!(
-                    "the server names channel {channel:?} for this machine, but it is pinned \
-                     to {pin:?} (`channel` in the agent's config): nothing is fetched from it"
-                )),
-            ),
-            (Some(pin), _) => (pin.clone(), None),
-            (None, Some(old)) if old != channel && !self.cfg.follow_channel_changes => (
-                old.clone(),
-                Some(format!(
-                    "the server moves this machine from channel {old:?} to {channel:?}, and \
-                     nothing signed confirms the move: to move it, set `channel = \
-                     \"{channel}\"` in the agent's config (or --channel); to let the server \
-                     move it, `follow_channel_changes = true`"
-                )),
-            ),
-            (None, Some(old)) if old != channel => {
-                self.say(&format!(
-                    "following the server from channel {old} to {channel} \
-                     (follow_channel_changes)"
-                ));
-                (channel.to_owned(), None)
-            }
-            (None, Some(old)) => (old.clone(), None),
-            (None, None) => {
-                self.say(&format!(
-                    "following channel {channel}, the first the server named (a move to \
-                     another is refused unless the config says so)"
-                ));
-                (channel.to_owned(), None)
-            }
-        };
-        if self.state.channel.as_deref() != Some(&follows) {
-            self.state.channel = Some(follows);
-            self.save()?;
-        }
-        Ok(refusal)
     }
 
     fn enroll(&mut self) -> Result<()> {

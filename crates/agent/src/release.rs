@@ -20,27 +20,44 @@ impl Agent {
         Ok(())
     }
 
+    /// A TUF client over the server's metadata at `meta_path`, refreshed.
+    pub(crate) fn trust_client(&self, meta_path: &ApiPath) -> Result<Client<'_>> {
+        self.init_trust()?;
+        let api = self.api();
+        let mut client = Client::new(
+            &self.layout.trust(),
+            &format!("{}{meta_path}", api.base()),
+            api,
+            Limits::default(),
+            now(),
+        )?;
+        client.refresh()?;
+        Ok(client)
+    }
+
     /// Refreshes the TUF metadata and checks that the signed target of `channel` allows
     /// `release` (its release, or an earlier one it lists for a rollout); stores the commit
     /// object.
     pub(crate) fn verify_release(&mut self, channel: &str, release: &str) -> Result<()> {
         self.phase = Phase::Verifying;
         self.init_trust()?;
-        let api = self.api();
-        let base = api.base().to_owned();
+        let base = self.api().base().to_owned();
         let desired = self.answer.as_ref().and_then(|a| a.desired.clone());
         let meta_path = desired
             .as_ref()
             .map(|d| d.metadata_path.clone())
             .unwrap_or_else(ApiPath::trust_metadata);
-        let mut client = Client::new(
-            &self.layout.trust(),
-            &format!("{base}{meta_path}"),
-            api,
-            Limits::default(),
-            now(),
-        )?;
-        client.refresh()?;
+        let mut client = self.trust_client(&meta_path)?;
+        if self.cfg.channel.is_none()
+            && let Some(signed) = self.signed_assignment(&mut client)?
+            && signed.as_deref() != Some(channel)
+        {
+            return Err(Error::Channel(format!(
+                "the server names channel {channel:?} for this machine, but its signed \
+                 assignment says {}: nothing is fetched",
+                signed.map_or("none".to_owned(), |s| format!("{s:?}"))
+            )));
+        }
         let target = format!("channels/{channel}");
         let info = client.find_target(&target)?.ok_or_else(|| Error::Release {
             release: release.to_owned(),

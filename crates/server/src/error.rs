@@ -21,6 +21,9 @@ pub enum Error {
     Store(#[from] semithin_store::Error),
     #[error(transparent)]
     Trust(#[from] semithin_trust::Error),
+    /// Something another process holds: try again later (503).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl Error {

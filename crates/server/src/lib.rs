@@ -3,6 +3,7 @@
 //! reported state and tells each one what it should run. See docs/PROTOCOL.md.
 
 pub mod aptcache;
+pub mod assignments;
 pub mod db;
 pub mod deltas;
 pub mod error;
@@ -160,6 +161,8 @@ pub struct App {
     pub rollouts: rollout::Rollouts,
     /// The renewal of snapshot and timestamp, and what the admin must do.
     pub renewal: renew::Renewal,
+    /// The channel assignments signed in the trust metadata.
+    pub assignments: assignments::SignedAssignments,
     pub shutdown: watch::Receiver<bool>,
     /// Failed enrollments per source address.
     pub enroll_failures: http::throttle::Throttle,
@@ -421,6 +424,7 @@ pub async fn run_on(
         fleet,
         rollouts,
         renewal: renew::Renewal::new(cfg.trust_renew_left, cfg.trust_check_secs),
+        assignments: Default::default(),
         published: RwLock::new(Arc::new(published)),
         admin_token_hash: blake3::hash(token.as_bytes()),
         counters: Counters::default(),
@@ -430,6 +434,8 @@ pub async fn run_on(
     });
     // Expired or nearly expired snapshot and timestamp are signed again before anyone is served.
     renew::check(&app).await;
+    // What the database assigns is signed before machines ask (after a crash, or an upgrade).
+    assignments::sign_logged(&app).await;
     let addr = listener
         .local_addr()
         .map_err(Error::io("listening on", app.cfg.listen.to_string()))?;

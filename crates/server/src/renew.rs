@@ -75,7 +75,8 @@ pub fn look(repo: &Path, left: f64, now: i64) -> crate::Result<Looked> {
     // Reading needs no lock (files are replaced atomically, timestamp last); only a renewal
     // takes the repository's, and opens it again under the lock.
     let t = TrustRepo::open(&dir)?;
-    if t.due_roles(&RENEWED, left, now).is_empty() {
+    if t.due_roles(&RENEWED, left, now).is_empty() && !t.assignments_due(left, now).unwrap_or(false)
+    {
         return Ok(Looked::Done {
             renewal: Ok(RefreshReport {
                 written: Vec::new(),
@@ -267,6 +268,7 @@ pub async fn run(app: Arc<App>) {
             return;
         }
         check(&app).await;
+        crate::assignments::sign_logged(&app).await;
     }
 }
 
@@ -336,7 +338,7 @@ mod tests {
         // timestamp renewed; the expired targets is a problem for the admin, with what to do
         let late = t0 + 100 * DAY;
         let (r, s) = done(look(&repo, 0.5, late).unwrap());
-        assert_eq!(written(&r), ["snapshot", "timestamp"]);
+        assert_eq!(written(&r), ["assignments", "snapshot", "timestamp"]);
         assert!(s.roles["timestamp"].expires_in > 0 && s.roles["snapshot"].expires_in > 0);
         let p = problems(&r, &s, 0.5);
         assert_eq!(p.len(), 1, "{p:?}");

@@ -564,6 +564,16 @@ impl<'a> Client<'a> {
         Ok(())
     }
 
+    /// Whether the top-level targets role delegates to a role named `role`. Call after
+    /// [`Client::refresh`].
+    pub fn delegates(&self, role: &str) -> bool {
+        self.targets
+            .get("targets")
+            .and_then(|t| t.signed.signed.delegations.as_ref())
+            .and_then(|d| d.roles.as_ref())
+            .is_some_and(|roles| roles.iter().any(|r| r.name == role))
+    }
+
     /// Finds a target by walking the delegation graph in pre-order (section 5.6.7), starting at
     /// the top-level targets role. Call after [`Client::refresh`].
     pub fn find_target(&mut self, path: &str) -> Result<Option<TargetFile>> {

@@ -3,6 +3,7 @@
 //! setcap, setfacl, unsquashfs, debootstrap, and python3 to write hostile tar archives.
 
 mod apt;
+mod assignment;
 mod bad_input;
 mod channels;
 mod cli;

@@ -130,6 +130,12 @@ fn a_server_started_after_expiry_renews_at_once_or_says_why_it_cannot() {
     let src = s.path("img");
     image(&src, 1, 5);
     s.ok(&["commit", src.to_str().unwrap(), "--channel", "lab/stable"]);
+    // a machine on the channel (its assignment is signed now, before the publish below)
+    let t = s.enroll_token(true);
+    let a = Agent::new(&s, "m1", &t);
+    a.once();
+    wait_until("m1 enrolled", 30, || s.machines().len() == 1);
+    s.ok(&["fleet", "assign", "m1", "lab/stable", "--unpublished"]);
     let out = cli_at(&s, "-25 hours", &["publish", "lab/stable", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let v1: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -149,12 +155,7 @@ fn a_server_started_after_expiry_renews_at_once_or_says_why_it_cannot() {
     assert_eq!(j["expired"][0][0], "timestamp", "{j}");
     assert_eq!(j["server"]["check_interval_secs"], 3600, "{j}");
 
-    // a machine cannot verify the release meanwhile
-    let t = s.enroll_token(true);
-    let a = Agent::new(&s, "m1", &t);
-    a.once();
-    wait_until("m1 enrolled", 30, || s.machines().len() == 1);
-    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    // the machine cannot verify the release meanwhile
     assert!(!a.once().success());
     assert!(a.log().contains("timestamp: expired"), "{}", a.log());
     assert_eq!(a.current(), None);

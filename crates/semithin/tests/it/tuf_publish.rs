@@ -198,11 +198,13 @@ fn init_writes_version_one_of_every_role_and_keeps_the_root_key_out() {
         assert_eq!(k["keytype"], "ed25519", "{role}");
     }
     let s = status(&env);
+    // (targets, snapshot and timestamp 2: version 1 and the set-up of signed channel
+    // assignments, docs/TRUST.md)
     for (role, v) in [
         ("root", 1),
-        ("targets", 1),
-        ("snapshot", 1),
-        ("timestamp", 1),
+        ("targets", 2),
+        ("snapshot", 2),
+        ("timestamp", 2),
     ] {
         assert_eq!(s["roles"][role]["version"], v, "{s:#}");
         assert_eq!(s["roles"][role]["signed"], true, "{s:#}");
@@ -246,7 +248,7 @@ fn semithin_client_follows_publishes_and_every_rotation() {
         bytes
     );
     client.expect(&env, TARGET, &c1);
-    assert_eq!(client.trusted("targets"), 2);
+    assert_eq!(client.trusted("targets"), 3);
 
     // A second channel, then a new version of the first: publishing keeps the others.
     let t1 = commit_version(&env, "lab/testing", "t1");
@@ -255,8 +257,8 @@ fn semithin_client_follows_publishes_and_every_rotation() {
     env.ok(&["publish", "lab/stable"]);
     client.expect(&env, TARGET, &c2);
     client.expect(&env, "channels/lab/testing", &t1);
-    assert_eq!(client.trusted("targets"), 4);
-    assert_eq!(client.trusted("timestamp"), 4);
+    assert_eq!(client.trusted("targets"), 5);
+    assert_eq!(client.trusted("timestamp"), 5);
 
     // Every rotation: a new root signed by the old root key, the role re-signed.
     let mut root_version = 1;
@@ -437,14 +439,14 @@ fn python_tuf_client_reads_what_semithin_publishes() {
     python_got(&env, &got, &c1);
     assert_eq!(got["downloaded"], true);
     assert_eq!(got["versions"]["root"], 1);
-    assert_eq!(got["versions"]["targets"], 2);
+    assert_eq!(got["versions"]["targets"], 3);
 
     let c2 = commit_version(&env, "lab/stable", "2");
     env.ok(&["publish", "lab/stable"]);
     let got = python_tuf_download(&py, &srv, &env, &state);
     python_got(&env, &got, &c2);
     assert_eq!(got["downloaded"], true);
-    assert_eq!(got["versions"]["targets"], 3);
+    assert_eq!(got["versions"]["targets"], 4);
 
     // Root rotation (old and new root keys sign root 2), then a timestamp key rotation (root 3).
     let key2 = env.path("root2.key");
@@ -552,7 +554,7 @@ fn refresh_renews_what_is_due_and_nothing_else() {
         .map(|w| w["role"].as_str().unwrap())
         .collect();
     assert_eq!(written, ["timestamp"], "{r:#}");
-    assert_eq!(version(&env, "timestamp"), 3);
+    assert_eq!(version(&env, "timestamp"), 4);
     let left = status(&env)["roles"]["timestamp"]["expires_in"]
         .as_i64()
         .unwrap();
@@ -576,15 +578,16 @@ fn refresh_renews_what_is_due_and_nothing_else() {
         .iter()
         .map(|w| w["role"].as_str().unwrap())
         .collect();
-    assert_eq!(written, ["snapshot", "timestamp"], "{r:#}");
-    assert_eq!(version(&env, "targets"), 2);
+    // (the channel assignments live as long as the snapshot: due with it)
+    assert_eq!(written, ["assignments", "snapshot", "timestamp"], "{r:#}");
+    assert_eq!(version(&env, "targets"), 3);
     client.expect(&env, TARGET, &c1);
 
     // --force always signs a new timestamp.
     env.ok(&["trust", "refresh", "--force"]);
-    assert_eq!(version(&env, "timestamp"), 5);
+    assert_eq!(version(&env, "timestamp"), 6);
     client.expect(&env, TARGET, &c1);
-    assert_eq!(client.trusted("timestamp"), 5);
+    assert_eq!(client.trusted("timestamp"), 6);
 
     // A bad setting is named, and nothing is written.
     let text = std::fs::read_to_string(&config).unwrap();

@@ -140,6 +140,9 @@ async fn change(
         return Err(ApiErr::not_found(format!("no machine matches {sel}")));
     }
     let changed = app.fleet.change(&app.db, machines, f).await?;
+    // A moved machine follows once the move is signed (docs/TRUST.md, "Channel assignment"):
+    // signed before the machines are woken.
+    crate::assignments::sign(app).await?;
     let names = changed
         .iter()
         .map(|m| {
@@ -209,13 +212,14 @@ async fn assign(
         }
     }
     let channel = req.channel.clone();
-    change(&app, &req.selector, move |r| {
+    let affected = change(&app, &req.selector, move |r| {
         let new = Some(channel.clone());
         let changed = r.channel != new;
         r.channel = new;
         changed
     })
-    .await
+    .await?;
+    Ok(affected)
 }
 
 /// Forgets machines: their rows (and inventories) go, so their keys open nothing from now on;
@@ -239,6 +243,7 @@ async fn remove(
         m.wake.notify_one();
         names.push(m.row.lock().expect("lock").name.clone());
     }
+    crate::assignments::sign(&app).await?;
     Ok(Json(Affected { machines: names }))
 }
 

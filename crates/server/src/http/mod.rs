@@ -64,7 +64,10 @@ impl IntoResponse for ApiErr {
 
 impl From<crate::Error> for ApiErr {
     fn from(e: crate::Error) -> Self {
-        ApiErr::internal(e)
+        match e {
+            crate::Error::Busy(m) => ApiErr(StatusCode::SERVICE_UNAVAILABLE, m),
+            e => ApiErr::internal(e),
+        }
     }
 }
 
