@@ -27,13 +27,13 @@ pub struct Config {
     /// Labels the machine asks for at enrollment.
     pub labels: Labels,
     /// The channel this machine follows, whatever the server says: an answer naming another
-    /// one is refused and reported (docs/TRUST.md, "Channel assignment"). Without it, the first
-    /// channel the server names is kept, and a move to another is refused unless
-    /// `follow_channel_changes` is set.
+    /// one is refused and reported (docs/TRUST.md, "Channel assignment"). Without it, the
+    /// channel signed for this machine in the trust metadata (`fleet assign`) is followed.
     pub channel: Option<String>,
-    /// Without a pinned `channel`: follow the server when it moves this machine to another
-    /// channel. Nothing signed confirms such a move, so only for a server reached over HTTPS
-    /// that is trusted to assign channels.
+    /// Only for a repository that does not sign channel assignments yet (made before they
+    /// were, and not published since): follow the server when it moves this machine to another
+    /// channel, though nothing signed confirms the move. Otherwise the first channel named is
+    /// kept.
     pub follow_channel_changes: bool,
     /// The TUF root the machine trusts at first (a root.json baked into the image).
     pub trusted_root: Option<PathBuf>,
