@@ -23,9 +23,8 @@ fn fleet_on_v1(
     let v1 = s.release(&src, "lab/stable");
     let flags = s.path("flags");
     std::fs::create_dir_all(&flags).unwrap();
-    // the tests move machines between channels with `fleet assign`: these follow the server
-    let config = s.path("agent.toml");
-    std::fs::write(&config, "follow_channel_changes = true\n").unwrap();
+    // (the tests move machines between channels with `fleet assign`: they follow the signed
+    // assignments, with no setting of their own)
     let mut agents: Vec<Agent> = (1..=n)
         .map(|i| {
             let name = format!("m{i}");
@@ -35,8 +34,6 @@ fn fleet_on_v1(
                 q(&flag)
             );
             Agent::new(s, &name, &t)
-                .arg("--config")
-                .arg(config.to_str().unwrap())
                 .arg("--health-check")
                 .arg(&check)
                 .arg("--label")
@@ -117,12 +114,18 @@ fn wait_state(s: &Server, id: i64, state: &str, secs: u64) -> Value {
 }
 
 /// The version of the signed targets metadata: it moves with every signature.
+/// The version of the targets role the current snapshot names.
 fn targets_version(s: &Server) -> u64 {
-    let snap: Value = serde_json::from_slice(
-        &std::fs::read(s.repo().join("trust/metadata/timestamp.json")).unwrap(),
-    )
-    .unwrap();
-    snap["signed"]["version"].as_u64().unwrap()
+    let read = |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(s.repo().join("trust/metadata").join(name)).unwrap())
+            .unwrap()
+    };
+    let snapshot = read("timestamp.json")["signed"]["meta"]["snapshot.json"]["version"]
+        .as_u64()
+        .unwrap();
+    read(&format!("{snapshot}.snapshot.json"))["signed"]["meta"]["targets.json"]["version"]
+        .as_u64()
+        .unwrap()
 }
 
 #[test]
