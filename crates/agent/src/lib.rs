@@ -186,7 +186,11 @@ impl Agent {
         };
         let resp = self.api().checkin(&req)?;
         // The server has the results and the inventory once it answered.
-        let sent: Vec<String> = req.job_results.iter().map(|r| r.delivery.clone()).collect();
+        let sent: Vec<String> = req
+            .job_results
+            .iter()
+            .map(|r| r.delivery.to_string())
+            .collect();
         self.jobs.store.mark_reported(&sent)?;
         self.jobs.server_digest = resp.inventory_digest.clone();
         self.jobs.pending = resp.jobs.clone();
@@ -265,7 +269,7 @@ impl Agent {
             resp.machine_id,
             resp.status.as_str()
         ));
-        self.state.machine_id = Some(resp.machine_id);
+        self.state.machine_id = Some(resp.machine_id.to_string());
         self.state.name = Some(name);
         self.state.server = Some(self.api().base().to_owned());
         self.state.status = Some(resp.status);
@@ -514,7 +518,7 @@ impl Agent {
         for d in &pending {
             let api = self.api.as_ref().expect("an answer means connected");
             let log = &self.log;
-            let mut progress = || match api.job_progress(&d.delivery) {
+            let mut progress = || match api.job_progress(d.delivery.as_ref()) {
                 Ok(cancelled) => cancelled,
                 Err(e) => {
                     log(&format!("job {}: progress report failed: {e}", d.delivery));

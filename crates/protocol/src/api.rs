@@ -55,7 +55,7 @@ pub struct EnrollRequest {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EnrollResponse {
-    pub machine_id: String,
+    pub machine_id: crate::ids::MachineId,
     pub status: MachineStatus,
 }
 
@@ -200,7 +200,7 @@ pub mod limits {
     /// Job results in one check-in.
     pub const JOB_RESULTS: usize = 64;
     /// Bytes of a job result's delivery id.
-    pub const DELIVERY_BYTES: usize = 256;
+    pub const DELIVERY_BYTES: usize = crate::ids::DeliveryId::MAX;
     /// Installed packages, and upgrades, in an inventory.
     pub const INVENTORY_PACKAGES: usize = 50_000;
     /// Bytes of each text field of an inventory entry.
@@ -313,13 +313,6 @@ impl CheckInRequest {
                     limits::JOB_RESULTS
                 ),
             ));
-        }
-        for (i, r) in self.job_results.iter().enumerate() {
-            check_len(
-                &format!("job_results[{i}].delivery"),
-                &r.delivery,
-                limits::DELIVERY_BYTES,
-            )?;
         }
         if let Some(inv) = &self.inventory {
             inv.check()?;
@@ -467,7 +460,7 @@ pub const MAX_OBJECTS_PER_REQUEST: usize = 20_000;
 /// One machine as the admin sees it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MachineInfo {
-    pub id: String,
+    pub id: crate::ids::MachineId,
     pub name: String,
     pub labels: Labels,
     pub status: MachineStatus,
@@ -598,7 +591,7 @@ pub struct TokenRequest {
 pub struct TokenInfo {
     /// The secret, shown only when the token is made.
     pub token: Option<String>,
-    pub id: String,
+    pub id: crate::ids::TokenId,
     pub preauthorized: bool,
     pub labels: Labels,
     pub uses_left: Option<u32>,
@@ -779,22 +772,23 @@ mod tests {
         let mut req = CheckInRequest::default();
         req.check().unwrap();
         let result = crate::job::JobResult {
-            delivery: "d".repeat(limits::DELIVERY_BYTES + 1),
+            delivery: "d".parse().unwrap(),
             outcome: crate::job::Outcome::Succeeded,
             exit_code: Some(0),
             output: String::new(),
             started_at: 0,
             duration_ms: 0,
         };
-        req.job_results = vec![result.clone()];
-        assert_eq!(req.check().unwrap_err().field, "job_results[0].delivery");
-        req.job_results = vec![
-            crate::job::JobResult {
-                delivery: "d".into(),
-                ..result
-            };
-            limits::JOB_RESULTS + 1
-        ];
+        // a delivery id too long (or of other characters) is refused as the request is read
+        let mut json = serde_json::to_value(CheckInRequest {
+            job_results: vec![result.clone()],
+            ..Default::default()
+        })
+        .unwrap();
+        json["job_results"][0]["delivery"] = "d".repeat(limits::DELIVERY_BYTES + 1).into();
+        let e = crate::json::from_slice::<CheckInRequest>(json.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, "job_results[0].delivery", "{e}");
+        req.job_results = vec![result; limits::JOB_RESULTS + 1];
         assert_eq!(req.check().unwrap_err().field, "job_results");
         req.job_results.clear();
         let pkg = crate::inventory::Package {

@@ -190,7 +190,7 @@ pub struct JobSignature {
 /// What the server gives a machine to run (in the check-in answer).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
-    pub delivery: String,
+    pub delivery: crate::ids::DeliveryId,
     /// The spec as the admin sent it, which is what the signature covers.
     pub spec: SpecJson,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,7 +243,7 @@ impl Outcome {
 /// A machine's result of one delivery (in the check-in request, until the server has it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobResult {
-    pub delivery: String,
+    pub delivery: crate::ids::DeliveryId,
     pub outcome: Outcome,
     /// The exit code, when the program exited.
     pub exit_code: Option<i32>,
@@ -290,7 +290,7 @@ pub struct JobInfo {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MachineRun {
     pub machine: String,
-    pub delivery: Option<String>,
+    pub delivery: Option<crate::ids::DeliveryId>,
     /// `pending` (not yet given to it), `delivered`, `running`, one of [`Outcome`]'s values, or
     /// `expired` (its window passed before it checked in) or `cancelled` before it ran.
     pub state: String,

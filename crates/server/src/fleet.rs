@@ -434,7 +434,7 @@ pub fn info(m: &Machine, view: View) -> MachineInfo {
     let (state, state_reason) = state(&r, last_seen, &view);
     MachineInfo {
         updated: updated(&r.report, view.target),
-        id: r.id,
+        id: r.id.parse().expect("machine ids are hex digests of keys"),
         name: r.name,
         labels: r.labels,
         status: r.status,

@@ -256,7 +256,7 @@ async fn record_result(
     r: &JobResult,
     now: i64,
 ) -> Result<()> {
-    let Ok(job_id) = job::job_of_delivery(&r.delivery) else {
+    let Ok(job_id) = job::job_of_delivery(r.delivery.as_ref()) else {
         tracing::warn!(machine = %m.id, delivery = %r.delivery, "result of a malformed delivery id ignored");
         return Ok(());
     };
@@ -274,7 +274,7 @@ async fn record_result(
          duration_ms = excluded.duration_ms, exit_code = excluded.exit_code, \
          output = excluded.output WHERE job_runs.state IN ('delivered', 'running')",
     )
-    .bind(&r.delivery)
+    .bind(r.delivery.as_ref())
     .bind(&m.id)
     .bind(job_id)
     .bind(state)
@@ -292,7 +292,7 @@ async fn record_result(
     }
     let open = jobs.open.read().expect("lock").get(job_id).cloned();
     if let Some(j) = open {
-        j.set_state(&r.delivery, &m.id, state);
+        j.set_state(r.delivery.as_ref(), &m.id, state);
         if j.finished() {
             jobs.open.write().expect("lock").remove(job_id);
         }
@@ -312,6 +312,11 @@ pub async fn deliveries(
     }
     let mut out = Vec::new();
     for (j, delivery) in jobs.due(&m.id, now) {
+        // made here from a checked job id: always a valid delivery id
+        let Ok(id) = delivery.parse::<semithin_protocol::ids::DeliveryId>() else {
+            tracing::error!(%delivery, "not a delivery id: not given to the machine");
+            continue;
+        };
         if j.state(&delivery, &m.id).is_none() {
             sqlx::query(
                 "INSERT INTO job_runs (delivery, machine, job, state, delivered_at) \
@@ -327,7 +332,7 @@ pub async fn deliveries(
             j.set_state(&delivery, &m.id, "delivered");
         }
         out.push(Delivery {
-            delivery,
+            delivery: id,
             spec: j.spec.clone(),
             signature: j.signature.clone(),
         });
@@ -557,7 +562,7 @@ pub async fn info(
         seen.insert((delivery.clone(), machine.clone()));
         runs.push(MachineRun {
             machine: name_of(fleet, &machine),
-            delivery: Some(delivery),
+            delivery: delivery.parse().ok(),
             state,
             delivered_at: r.get(3),
             started_at: r.get(4),
@@ -589,7 +594,7 @@ pub async fn info(
             };
             runs.push(MachineRun {
                 machine: name_of(fleet, t),
-                delivery: current.as_ref().map(|o| o.delivery.clone()),
+                delivery: current.as_ref().and_then(|o| o.delivery.parse().ok()),
                 state: state.into(),
                 exit_code: None,
                 output: None,

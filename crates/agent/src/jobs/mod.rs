@@ -27,7 +27,7 @@ const KEEP_SECS: i64 = 90 * 86_400;
 /// What the agent keeps of one delivery.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Record {
-    pub delivery: String,
+    pub delivery: semithin_protocol::ids::DeliveryId,
     pub kind: String,
     pub started_at: i64,
     #[serde(default)]
@@ -69,7 +69,7 @@ impl Store {
         for mut r in s.records()? {
             if r.result.is_some() {
                 if r.reported && now() - r.started_at > KEEP_SECS {
-                    let p = s.path(&r.delivery);
+                    let p = s.path(r.delivery.as_ref());
                     std::fs::remove_file(&p).map_err(Error::io("removing", &p))?;
                 }
                 continue;
@@ -144,7 +144,7 @@ impl Store {
         let tmp = self.dir.join(format!(".{}.tmp", r.delivery));
         let bytes = serde_json::to_vec_pretty(r).expect("serialises");
         semithin_store::fsutil::write_synced(&tmp, &bytes)?;
-        let p = self.path(&r.delivery);
+        let p = self.path(r.delivery.as_ref());
         std::fs::rename(&tmp, &p).map_err(Error::io("renaming", &p))?;
         semithin_store::fsutil::sync_dir(&self.dir)?;
         Ok(())
@@ -185,7 +185,7 @@ pub struct Settings<'a> {
 
 /// Why a delivery is refused, or `None` when it may run.
 pub fn refusal(d: &Delivery, s: &Settings, now: i64) -> Option<String> {
-    if job::job_of_delivery(&d.delivery).ok() != Some(d.spec.id.as_str()) {
+    if job::job_of_delivery(d.delivery.as_ref()).ok() != Some(d.spec.id.as_str()) {
         return Some(format!(
             "the delivery {} is not of job {}",
             d.delivery, d.spec.id
@@ -213,7 +213,7 @@ pub fn refusal(d: &Delivery, s: &Settings, now: i64) -> Option<String> {
         if let Err(e) = job::verify(&d.spec, sig, s.admin_keys) {
             return Some(format!("the command is refused: {e}"));
         }
-        if !d.spec.delivery_is_due(&d.delivery, now) {
+        if !d.spec.delivery_is_due(d.delivery.as_ref(), now) {
             return Some(format!(
                 "the delivery {} is not an occurrence the signed schedule has now",
                 d.delivery
@@ -247,14 +247,14 @@ pub fn run(
     progress: &mut dyn FnMut() -> bool,
     log: &dyn Fn(&str),
 ) -> Result<Option<JobResult>> {
-    let Ok(_) = job::job_of_delivery(&d.delivery) else {
+    let Ok(_) = job::job_of_delivery(d.delivery.as_ref()) else {
         log(&format!(
             "ignoring a delivery with a bad id {:?}",
             d.delivery
         ));
         return Ok(None);
     };
-    let existing = match store.read(&d.delivery) {
+    let existing = match store.read(d.delivery.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             log(&format!("not running job {}: {e}", d.delivery));
@@ -313,7 +313,7 @@ pub fn run(
             cancelled: progress,
             poll_every: s.progress_every,
         };
-        execute(&d.spec.action, &d.delivery, s, &mut runner)
+        execute(&d.spec.action, d.delivery.as_ref(), s, &mut runner)
     };
     let result = JobResult {
         delivery: d.delivery.clone(),
@@ -483,7 +483,7 @@ mod tests {
     fn delivery(action: Action) -> Delivery {
         let id = job::new_id().unwrap();
         Delivery {
-            delivery: id.clone(),
+            delivery: id.parse().unwrap(),
             spec: SpecJson::new(JobSpec {
                 id,
                 action,
@@ -527,7 +527,7 @@ mod tests {
         assert!(run(&store, &d, &s, &mut never, &|_| {}).unwrap().is_none());
         assert_eq!(std::fs::read_to_string(&marks).unwrap(), "ran\n");
         assert_eq!(store.unreported().unwrap().len(), 1);
-        store.mark_reported(&[d.delivery.clone()]).unwrap();
+        store.mark_reported(&[d.delivery.to_string()]).unwrap();
         assert!(store.unreported().unwrap().is_empty());
         // delivered again: not run, reported again
         assert!(run(&store, &d, &s, &mut never, &|_| {}).unwrap().is_none());
@@ -535,7 +535,7 @@ mod tests {
 
         // a record that started and has no result: the agent stopped while it ran
         let started = Record {
-            delivery: job::new_id().unwrap(),
+            delivery: job::new_id().unwrap().parse().unwrap(),
             kind: "command".into(),
             started_at: now(),
             result: None,
@@ -545,7 +545,7 @@ mod tests {
         std::fs::write(dir.path().join(".half.tmp"), b"{").unwrap();
         let store = Store::open(dir.path()).unwrap();
         let r = store
-            .read(&started.delivery)
+            .read(started.delivery.as_ref())
             .unwrap()
             .unwrap()
             .result
@@ -590,7 +590,7 @@ mod tests {
         assert_eq!(refusal(&d, &settings(&keys, true), t), None);
         // replayed under another delivery id, or at another time than its schedule says
         let mut other = d.clone();
-        other.delivery = format!("{}.{t}", d.delivery);
+        other.delivery = format!("{}.{t}", d.delivery).parse().unwrap();
         assert!(refusal(&other, &settings(&keys, true), t).is_some());
         let mut late = d.clone();
         let mut spec = late.spec.spec().clone();

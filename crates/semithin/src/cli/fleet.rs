@@ -382,7 +382,7 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
             } else {
                 let m: MachineInfo = serde_json::from_value(v.clone())?;
                 outln!("name:       {}", safe(&m.name));
-                outln!("id:         {}", safe(&m.id));
+                outln!("id:         {}", m.id);
                 outln!("status:     {} ({})", m.status.as_str(), state_text(&m));
                 if let Some(why) = &m.state_reason {
                     outln!("why:        {}", safe(why));

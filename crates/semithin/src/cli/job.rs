@@ -502,7 +502,7 @@ fn print_status(s: &JobStatus, json: bool) -> Result<()> {
             r.duration_ms
                 .map(|d| format!("{:.1} s", d as f64 / 1000.0))
                 .unwrap_or_else(|| "-".into()),
-            safe_or_dash(r.delivery.as_deref())
+            safe_or_dash(r.delivery.as_ref().map(AsRef::as_ref))
         );
         if let Some(o) = r.output.as_deref().filter(|o| !o.trim().is_empty()) {
             for line in o.trim_end().lines() {

@@ -272,7 +272,7 @@ async fn push(
 fn token_info(t: &TokenRow, secret: Option<String>) -> TokenInfo {
     TokenInfo {
         token: secret,
-        id: t.id.clone(),
+        id: t.id.parse().expect("token ids are random hex"),
         preauthorized: t.preauthorized,
         labels: t.labels.clone(),
         uses_left: t.uses_left.map(|u| u.max(0) as u32),

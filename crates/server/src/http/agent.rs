@@ -125,7 +125,7 @@ async fn enroll_with_token(app: &App, body: &[u8]) -> ApiResult<Json<EnrollRespo
             ));
         }
         return Ok(Json(EnrollResponse {
-            machine_id: id,
+            machine_id: id.parse().map_err(ApiErr::internal)?,
             status: r.status,
         }));
     }
@@ -170,7 +170,7 @@ async fn enroll_with_token(app: &App, body: &[u8]) -> ApiResult<Json<EnrollRespo
     tracing::info!(machine = %row.name, %id, status = status.as_str(), "enrolled");
     app.fleet.insert(Arc::new(Machine::new(row)));
     Ok(Json(EnrollResponse {
-        machine_id: id,
+        machine_id: id.parse().map_err(ApiErr::internal)?,
         status,
     }))
 }
