@@ -625,7 +625,7 @@ impl Schedule {
         match self.cron().ok()? {
             None => (first > now).then_some(first),
             Some(cron) => {
-                let from = to_time(now.max(first - 1), self.zone().ok()?)?;
+                let from = to_time(now.max(first.saturating_sub(1)), self.zone().ok()?)?;
                 cron.find_next_occurrence(&from, false)
                     .ok()
                     .map(|n| n.seconds())
@@ -726,6 +726,9 @@ impl croner::CronDateTime for Zoned {
 impl JobSpec {
     pub fn validate(&self) -> Result<(), String> {
         check_id(&self.id)?;
+        if !(0..=253_402_300_799).contains(&self.created_at) {
+            return Err(format!("bad creation time {}", self.created_at));
+        }
         if self.timeout_secs == 0 || self.timeout_secs > MAX_TIMEOUT_SECS {
             return Err(format!(
                 "the timeout must be 1 to {MAX_TIMEOUT_SECS} s, not {}",
@@ -788,6 +791,21 @@ mod tests {
             schedule: Schedule::default(),
             created_at: 1_000_000,
         }
+    }
+
+    #[test]
+    fn a_creation_time_out_of_range_is_refused_and_never_overflows() {
+        let mut s = spec(Action::Reboot);
+        s.validate().unwrap();
+        for bad in [i64::MIN, -1, 253_402_300_800, i64::MAX] {
+            s.created_at = bad;
+            let e = s.validate().unwrap_err();
+            assert!(e.contains("bad creation time"), "{e}");
+            // what a server or agent might still compute from it does not panic
+            let _ = s.schedule.next_start(bad, 0);
+        }
+        s.schedule.every = Some("0 3 * * *".into());
+        let _ = s.schedule.next_start(i64::MIN, i64::MIN);
     }
 
     #[test]

@@ -241,6 +241,25 @@ impl PackReader {
 
     /// Reads the stored (compressed) bytes of an object.
     pub fn read_frame(&self, e: &IdxEntry) -> Result<Vec<u8>> {
+        // A damaged index may give any length: never allocate past the end of the file.
+        let len = self
+            .file
+            .metadata()
+            .map_err(Error::io("reading pack", &self.path))?
+            .len();
+        if e.offset
+            .checked_add(u64::from(e.stored_len))
+            .is_none_or(|end| end > len)
+        {
+            return Err(Error::Corrupt {
+                kind: ObjKind::from_u8(e.kind).map_or("unknown", ObjKind::name),
+                id: hex::encode(e.id),
+                reason: format!(
+                    "the index puts it at {}..+{} in pack {}, past its end ({len} bytes)",
+                    e.offset, e.stored_len, self.name
+                ),
+            });
+        }
         let mut buf = vec![0u8; e.stored_len as usize];
         self.file
             .read_exact_at(&mut buf, e.offset)
@@ -252,6 +271,28 @@ impl PackReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_index_length_is_refused_before_anything_is_allocated() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::create(d.path()).unwrap();
+        let frame = zstd::bulk::compress(b"x", 1).unwrap();
+        w.append(ObjKind::Chunk, [1; 32], &frame, 1).unwrap();
+        let packs = d.path().join("packs");
+        std::fs::create_dir(&packs).unwrap();
+        let (name, entries) = w.finish(&packs, d.path()).unwrap();
+        let r = PackReader::open(packs.join(format!("{name}.pack")), name).unwrap();
+        assert_eq!(r.read_frame(&entries[0]).unwrap(), frame);
+        for (offset, stored_len) in [(entries[0].offset, u32::MAX), (u64::MAX - 1, 8)] {
+            let bad = IdxEntry {
+                offset,
+                stored_len,
+                ..entries[0]
+            };
+            let e = r.read_frame(&bad).unwrap_err().to_string();
+            assert!(e.contains("past its end"), "{e}");
+        }
+    }
 
     #[test]
     fn a_writer_knows_what_it_holds_by_kind_and_id() {
