@@ -98,7 +98,13 @@ impl Agent {
         // The agent is the only writer of its repository; an interrupted fetch leaves only
         // temporary files, which opening for writing clears.
         let repo = Repo::open(&rp, Access::Write)?;
-        let state = State::load(&layout.state())?;
+        let mut state = State::load(&layout.state())?;
+        // What the check at boot found, for the next check-in.
+        let at_boot = repair::boot::take(&layout, &mut state)?;
+        if at_boot.is_some() {
+            state.save(&layout.state())?;
+            repair::boot::forget(&layout)?;
+        }
         cfg.admin_keys()?;
         cfg.etc_restore()?;
         let jobs = jobs::Jobs::open(&layout.jobs())?;
@@ -129,6 +135,19 @@ impl Agent {
             log,
             _lock: lock,
         };
+        if let Some(r) = at_boot.filter(|r| !r.problems.is_empty() || !r.errors.is_empty()) {
+            let i = &r.integrity;
+            agent.say(&format!(
+                "the check at boot found {} path(s) different from release {}, put back {}{}",
+                r.problems.len(),
+                i.release.short(),
+                i.repaired.count,
+                match r.errors.first() {
+                    Some(e) => format!("; the deployment was not booted: {e}"),
+                    None => String::new(),
+                }
+            ));
+        }
         if agent.layout.key().exists() {
             agent.connect()?;
         }
@@ -717,7 +736,7 @@ pub fn retry(dir: &Path) -> Result<Option<String>> {
 }
 
 /// Takes STATE/lock, so two agents never work on one state directory at once.
-fn lock_state(layout: &Layout) -> Result<std::fs::File> {
+pub(crate) fn lock_state(layout: &Layout) -> Result<std::fs::File> {
     let path = layout.dir.join("lock");
     let f = std::fs::OpenOptions::new()
         .read(true)

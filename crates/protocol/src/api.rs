@@ -181,6 +181,7 @@ impl Integrity {
             tampered: PathList::default(),
             repaired: PathList::default(),
             etc_drift: PathList::default(),
+            at_boot: false,
         }
     }
 
