@@ -133,8 +133,12 @@ pub fn take(layout: &Layout, state: &mut State) -> Result<Option<BootRecord>> {
             path.display()
         ))
     })?;
-    state.last_verify = state.last_verify.max(record.integrity.checked_at);
     state.integrity = Some(record.integrity.clone());
+    // A deployment put right counts as verified at boot; one that was not booted is verified
+    // again as soon as the agent can (after this boot), with the network.
+    if record.errors.is_empty() {
+        state.last_verify = state.last_verify.max(record.integrity.checked_at);
+    }
     if let Some(first) = record.errors.first() {
         state.last_error = Some(format!(
             "at boot, release {} was not booted: {first}{}",

@@ -4,6 +4,7 @@
 
 mod apt;
 mod bad_input;
+mod boot;
 mod channels;
 mod cli;
 mod common;
@@ -14,6 +15,7 @@ mod gc;
 mod hostile_text;
 mod jobs;
 mod packaging;
+mod qemu;
 mod real_root;
 mod rollout;
 mod systemd_unit;
