@@ -61,6 +61,7 @@ fn machine(s: &Server, src: &Path, state: &Path) -> (Agent, String) {
     let release = s.release(src, "lab/stable");
     let mut a = Agent::new(s, "m1", &t);
     a.state = state.to_owned();
+    std::fs::create_dir_all(a.log.parent().unwrap()).unwrap();
     assert!(a.once().success(), "{}", a.log());
     s.ok(&["fleet", "assign", "m1", "lab/stable"]);
     assert!(a.once().success(), "{}", a.log());
