@@ -88,7 +88,7 @@ boot() { # MODE RUN -> "wall uptime verify_s"
   up=$(tr -d '\r' <"$log" | sed -n 's/^BENCH-INIT uptime=//p')
   v=$(tr -d '\r' <"$log" | sed -n 's/.*bytes verified against the release in \([0-9.]*\) s.*/\1/p')
   [ "$1" = off ] || [ -n "$v" ] || die "no verification line on the console (run $2)"
-  echo "$(echo "$t1 - $t0" | bc) $up ${v:--}"
+  echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') $up ${v:--}"
 }
 
 declare -A WALL UP VER
@@ -98,7 +98,7 @@ for r in $(seq 1 "$RUNS"); do
     WALL[$m,$r]=$w
     UP[$m,$r]=$u
     VER[$m,$r]=$v
-    printf 'boot-verify: %s run %s: %.2f s wall, init at %s s uptime, verify %s s\n' "$m" "$r" "$w" "$u" "$v" >&2
+    printf 'boot-verify: %s run %s: %s s wall, init at %s s uptime, verify %s s\n' "$m" "$r" "$w" "$u" "$v" >&2
   done
 done
 # The full check's own figure (files, bytes), from the last full boot.
@@ -110,7 +110,7 @@ col() { local m=$1 k=$2 r s=""; for r in $(seq 1 "$RUNS"); do eval "s=\"\$s \${$
 echo "## $(date -u '+%Y-%m-%d %H:%M UTC') — boot verification: \`SEMITHIN=$(basename "$SEMITHIN") RUNS=$RUNS bench/boot-verify.sh\`"
 echo
 echo "- machine: $(nproc) cores, $(uname -r), qemu $("$QEMU" --version | head -1 | awk '{print $4}') under TCG (no KVM), -m $MEM"
-echo "- image: $(basename "$IMAGE") with busybox and a reporting /sbin/init: $files entries, $bytes bytes (apparent size); the check at boot: ${VERIFIED:-?}"
+echo "- image: $(basename "$IMAGE") with busybox and a reporting /sbin/init: $files entries, $bytes bytes (apparent size); the check at boot reads ${VERIFIED:-?} (regular files)"
 echo "- disk: ext4 image of $mb MiB made with mkfs.ext4 -d; kernel $(basename "$(ls "$ROOT"/boot/vmlinuz-* | tail -1)"), initramfs by initramfs-tools (MODULES=list, gzip)"
 echo "- each boot: qemu started, the initramfs mounts the disk, the boot script (with or without the check) mounts the deployment, its init prints the kernel's uptime and powers off"
 echo
@@ -126,5 +126,6 @@ wf=$(col full WALL | median)
 uo=$(col off UP | median)
 uf=$(col full UP | median)
 vf=$(col full VER | median)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b / a}'; }
 echo
-echo "Medians: wall $wo s off, $wf s full (ratio $(echo "scale=2; $wf / $wo" | bc)); uptime at init $uo s off, $uf s full (ratio $(echo "scale=2; $uf / $uo" | bc), +$(echo "$uf - $uo" | bc) s); the check itself $vf s."
+echo "Medians: wall $wo s off, $wf s full (ratio $(ratio "$wo" "$wf")); uptime at init $uo s off, $uf s full (ratio $(ratio "$uo" "$uf"), $(awk -v a="$uo" -v b="$uf" 'BEGIN {printf "%+.2f", b - a}') s); the check itself $vf s."

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{VerifyReport, fix, note, objects, scan, shown};
 use crate::error::{Error, Result};
-use crate::state::{Layout, State};
 use crate::now;
+use crate::state::{Layout, State};
 
 /// `STATE/boot-verify.json`: what the check at boot found.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -94,7 +94,10 @@ fn check(
     let commit = objs.commit(id)?;
     let root = layout.deployment(release);
     if !root.is_dir() {
-        return Err(Error::Config(format!("{} is not a directory", root.display())));
+        return Err(Error::Config(format!(
+            "{} is not a directory",
+            root.display()
+        )));
     }
     let found = scan::scan(&mut objs, &root, &commit, true)?;
     report.files = found.files;

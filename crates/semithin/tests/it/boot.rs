@@ -234,7 +234,11 @@ fn boot_verify_refuses_a_deployment_the_store_cannot_put_back_and_the_agent_says
     // There, with the network, the damaged chunks come from the server again, and the next
     // boot finds the deployment whole.
     let out = a.run(&["verify"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_deployed(&src, &dep);
     let out = a.run(&["boot-verify"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -271,7 +275,10 @@ fn slow_boot_puts_a_tampered_deployment_back_before_booting_it() {
     let part = dir.path().join("part");
     let (a, release) = machine(&s, &src, &partition(&kit, &part));
     let dep = a.deployment();
-    let tool_sum = sh(&format!("sha256sum {} | cut -d' ' -f1", q(&src.join("usr/bin/tool"))));
+    let tool_sum = sh(&format!(
+        "sha256sum {} | cut -d' ' -f1",
+        q(&src.join("usr/bin/tool"))
+    ));
     tamper(&dep);
     let disk = dir.path().join("disk.img");
     ext4_image(&part, &disk, 160);
@@ -282,7 +289,8 @@ fn slow_boot_puts_a_tampered_deployment_back_before_booting_it() {
         "{console}"
     );
     assert!(
-        console.contains("semithin: deployment ") && console.contains("5 path(s) differed, 5 put back"),
+        console.contains("semithin: deployment ")
+            && console.contains("5 path(s) differed, 5 put back"),
         "{console}"
     );
     let line = |key: &str| -> String {
@@ -299,7 +307,10 @@ fn slow_boot_puts_a_tampered_deployment_back_before_booting_it() {
     assert_eq!(line("x-mode"), "755", "{console}");
     assert_eq!(line("alias"), "tool", "{console}");
     let quarantined = line("quarantine");
-    for want in ["/deployment/usr/bin/rootshell", "/deployment/etc/cron.d/evil"] {
+    for want in [
+        "/deployment/usr/bin/rootshell",
+        "/deployment/etc/cron.d/evil",
+    ] {
         assert!(quarantined.contains(want), "{want} not in {quarantined}");
     }
     // What the boot found is on the disk for the agent to report.
@@ -345,7 +356,9 @@ fn slow_boot_refuses_a_deployment_that_cannot_be_put_back_and_says_why() {
     let console = boot(&kit, dir.path(), &disk, "semithin.verify=off");
     assert!(console.contains("SEMITHIN-TEST booted"), "{console}");
     assert!(
-        console.contains("semithin: semithin.verify=off: the deployment is booted without being verified"),
+        console.contains(
+            "semithin: semithin.verify=off: the deployment is booted without being verified"
+        ),
         "{console}"
     );
 }

@@ -30,7 +30,10 @@ impl Kit {
     pub fn get() -> Kit {
         let qemu = PathBuf::from(fixture("qemu.sh"));
         let root = PathBuf::from(fixture("boot-root.sh root"));
-        let out = PathBuf::from(fixture(&format!("boot-root.sh initrd {}", q(Path::new(BIN)))));
+        let out = PathBuf::from(fixture(&format!(
+            "boot-root.sh initrd {}",
+            q(Path::new(BIN))
+        )));
         Kit {
             qemu,
             kernel: out.join("vmlinuz"),
@@ -155,7 +158,10 @@ impl Vm {
                 return t;
             }
             if let Some(s) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("qemu ended ({s}) before {marker:?}; console:\n{}", self.tail());
+                panic!(
+                    "qemu ended ({s}) before {marker:?}; console:\n{}",
+                    self.tail()
+                );
             }
             assert!(
                 Instant::now() < end,
