@@ -333,6 +333,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
 fn boot_verify(state: &std::path::Path) -> ExitCode {
     let say = |s: &str| eprintln!("semithin: {s}");
     let start = std::time::Instant::now();
+    say("verifying the deployment against its release (semithin.verify=off skips this)");
     let r = match semithin_agent::repair::boot::boot_verify(state) {
         Ok(r) => r,
         Err(e) => {

@@ -254,6 +254,7 @@ fn boot(kit: &Kit, dir: &Path, disk: &Path, append: &str) -> String {
         append: format!("root=/dev/vda {append}"),
         memory_mb: 512,
         console: dir.join("console.log"),
+        extra: Vec::new(),
     });
     let text = vm.wait_off(120);
     text.replace('\r', "")

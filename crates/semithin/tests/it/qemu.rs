@@ -96,6 +96,8 @@ pub(crate) struct Boot<'a> {
     pub memory_mb: u32,
     /// Where the serial console goes.
     pub console: PathBuf,
+    /// More qemu arguments (a network, another drive).
+    pub extra: Vec<String>,
 }
 
 /// A running qemu; killed when dropped.
@@ -125,6 +127,7 @@ impl Vm {
             c.arg("-drive")
                 .arg(format!("file={},format=raw,if=virtio", d.display()));
         }
+        c.args(&b.extra);
         let log = b.console.with_extension("qemu.log");
         let child = c
             .stdin(Stdio::null())
