@@ -43,7 +43,8 @@ impl Kit {
     }
 }
 
-/// Makes `dir` a tiny system: busybox (with `/bin/sh`) and the libraries it needs, and the
+/// Makes `dir` (new, or without libraries) a tiny system: busybox (with `/bin/sh`) and the
+/// libraries it needs, copied from the kit's root (never through its absolute symlinks), and the
 /// directories a root has, with `/sbin/init` running `init` (a shell script's body), then
 /// powering off.
 pub(crate) fn busybox_root(kit: &Kit, dir: &Path, init: &str) {
@@ -51,8 +52,8 @@ pub(crate) fn busybox_root(kit: &Kit, dir: &Path, init: &str) {
         "set -e; R={r}; D={d}; mkdir -p $D; cd $D; \
          mkdir -p bin sbin lib/x86_64-linux-gnu lib64 etc var dev proc sys run tmp; \
          chmod 1777 tmp; cp $R/usr/bin/busybox bin/busybox; ln -sf busybox bin/sh; \
-         for l in libc.so.6 libresolv.so.2; do cp -L $R/lib/x86_64-linux-gnu/$l lib/x86_64-linux-gnu/; done; \
-         cp -L $R/lib64/ld-linux-x86-64.so.2 lib64/",
+         for l in libc.so.6 libresolv.so.2; do cp $R/usr/lib/x86_64-linux-gnu/$l lib/x86_64-linux-gnu/; done; \
+         cp $R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 lib64/",
         r = q(&kit.root),
         d = q(dir)
     ));
