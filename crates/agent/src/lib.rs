@@ -100,9 +100,15 @@ impl Agent {
         let repo = Repo::open(&rp, Access::Write)?;
         let mut state = State::load(&layout.state())?;
         // What the check at boot found, for the next check-in.
-        let at_boot = repair::boot::take(&layout, &mut state)?;
+        // A record that cannot be read is dropped (and said), never a reason not to start.
+        let (at_boot, unreadable) = match repair::boot::take(&layout, &mut state) {
+            Ok(r) => (r, None),
+            Err(e) => (None, Some(e)),
+        };
         if at_boot.is_some() {
             state.save(&layout.state())?;
+        }
+        if at_boot.is_some() || unreadable.is_some() {
             repair::boot::forget(&layout)?;
         }
         cfg.admin_keys()?;
@@ -135,6 +141,9 @@ impl Agent {
             log,
             _lock: lock,
         };
+        if let Some(e) = unreadable {
+            agent.say(&format!("removed what the check at boot left: {e}"));
+        }
         if let Some(r) = at_boot.filter(|r| !r.problems.is_empty() || !r.errors.is_empty()) {
             let i = &r.integrity;
             agent.say(&format!(

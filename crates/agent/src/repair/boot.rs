@@ -70,7 +70,13 @@ pub fn boot_verify(dir: &Path) -> Result<VerifyReport> {
         quarantine: report.quarantine.clone(),
     };
     let bytes = serde_json::to_vec_pretty(&record).expect("a record serialises");
-    semithin_store::fsutil::replace_atomic(&record_path(&layout), &layout.dir, &bytes)?;
+    // A deployment put right is booted even when the record cannot be written (a full disk):
+    // the agent then only misses what was found.
+    if let Err(e) =
+        semithin_store::fsutil::replace_atomic(&record_path(&layout), &layout.dir, &bytes)
+    {
+        report.unrecorded = Some(e.to_string());
+    }
     report.integrity = Some(integrity);
     Ok(report)
 }
@@ -132,7 +138,7 @@ pub fn take(layout: &Layout, state: &mut State) -> Result<Option<BootRecord>> {
     };
     let record: BootRecord = serde_json::from_slice(&bytes).map_err(|e| {
         Error::Config(format!(
-            "{} is not what the check at boot writes ({e}); remove it",
+            "{} is not what the check at boot writes ({e})",
             path.display()
         ))
     })?;
@@ -162,5 +168,46 @@ pub fn forget(layout: &Layout) -> Result<()> {
         Ok(()) => Ok(semithin_store::fsutil::sync_dir(&layout.dir)?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("removing", &path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Agent, Config};
+
+    #[test]
+    fn a_record_the_agent_cannot_read_is_dropped_and_said_and_the_agent_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        std::fs::create_dir_all(&layout.dir).unwrap();
+        std::fs::write(record_path(&layout), b"{not json").unwrap();
+        let mut state = State::default();
+        let e = take(&layout, &mut state).unwrap_err().to_string();
+        assert!(e.contains("is not what the check at boot writes"), "{e}");
+        let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = said.clone();
+        let agent = Agent::open(
+            dir.path(),
+            Config::default(),
+            Box::new(move |s| log.lock().unwrap().push(s.to_owned())),
+        )
+        .unwrap();
+        drop(agent);
+        assert!(!record_path(&layout).exists());
+        let said = said.lock().unwrap().join("\n");
+        assert!(
+            said.contains("removed what the check at boot left: "),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn no_current_deployment_is_nothing_to_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = boot_verify(dir.path()).unwrap();
+        assert!(r.release.is_none());
+        assert!(!r.unresolved());
+        assert!(!record_path(&Layout::new(dir.path())).exists());
     }
 }

@@ -51,6 +51,9 @@ pub struct VerifyReport {
     pub quarantine: Option<std::path::PathBuf>,
     /// What is reported to the server.
     pub integrity: Option<Integrity>,
+    /// The check at boot could not leave its record for the agent: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrecorded: Option<String>,
 }
 
 impl VerifyReport {

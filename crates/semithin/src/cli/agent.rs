@@ -371,6 +371,12 @@ fn boot_verify(state: &std::path::Path) -> ExitCode {
     for e in &failed {
         say(&format!("error: {}", safe(e)));
     }
+    if let Some(e) = &r.unrecorded {
+        say(&format!(
+            "warning: what was found is not recorded for the agent: {}",
+            safe(e)
+        ));
+    }
     if r.unresolved() {
         say(&format!(
             "deployment {short} could not be verified or put right from the local store"

@@ -928,7 +928,10 @@ fn the_initramfs_hook_and_boot_script_are_well_formed() {
         "{hook_text}"
     );
     assert!(read(&mount_sh()).contains("${SEMITHIN_BIN:-/usr/lib/semithin/semithin}"));
-    assert!(boot_text.contains("\nSEMITHIN_VERIFY=full\n"), "{boot_text}");
+    assert!(
+        boot_text.contains("\nSEMITHIN_VERIFY=full\n"),
+        "{boot_text}"
+    );
     let installed = "/usr/local/lib/semithin/semithin-mount.sh";
     assert!(
         hook_text.contains(&format!("src={installed}\n")),
