@@ -319,6 +319,21 @@ fn slow_boot_puts_a_tampered_deployment_back_before_booting_it() {
     let record: Value = serde_json::from_slice(&record).unwrap();
     assert_eq!(record["integrity"]["at_boot"], json!(true), "{record}");
     assert_eq!(sorted(&record["integrity"]["repaired"]), TAMPERED);
+    // The agent on that state directory, as the booted system leaves it, reports it.
+    let after = dir.path().join("after");
+    std::fs::create_dir(&after).unwrap();
+    sh(&format!(
+        "debugfs -R 'rdump /var/lib/semithin {}' {} 2>/dev/null",
+        q(&after),
+        q(&disk)
+    ));
+    let mut a = a;
+    a.state = after.join("semithin");
+    assert!(a.once().success(), "{}", a.log());
+    let m = s.machine("m1");
+    let i = &m["report"]["integrity"];
+    assert_eq!(i["at_boot"], json!(true), "{m}");
+    assert_eq!(sorted(&i["repaired"]), TAMPERED, "{m}");
 }
 
 #[test]
