@@ -99,18 +99,8 @@ impl Agent {
         // temporary files, which opening for writing clears.
         let repo = Repo::open(&rp, Access::Write)?;
         let mut state = State::load(&layout.state())?;
-        // What the check at boot found, for the next check-in.
-        // A record that cannot be read is dropped (and said), never a reason not to start.
-        let (at_boot, unreadable) = match repair::boot::take(&layout, &mut state) {
-            Ok(r) => (r, None),
-            Err(e) => (None, Some(e)),
-        };
-        if at_boot.is_some() {
-            state.save(&layout.state())?;
-        }
-        if at_boot.is_some() || unreadable.is_some() {
-            repair::boot::forget(&layout)?;
-        }
+        // What the check at boot found (docs/BOOT.md), reported at the next check-in.
+        let at_boot = repair::boot::take_at_start(&layout, &mut state)?;
         cfg.admin_keys()?;
         cfg.etc_restore()?;
         let jobs = jobs::Jobs::open(&layout.jobs())?;
@@ -141,21 +131,8 @@ impl Agent {
             log,
             _lock: lock,
         };
-        if let Some(e) = unreadable {
-            agent.say(&format!("removed what the check at boot left: {e}"));
-        }
-        if let Some(r) = at_boot.filter(|r| !r.problems.is_empty() || !r.errors.is_empty()) {
-            let i = &r.integrity;
-            agent.say(&format!(
-                "the check at boot found {} path(s) different from release {}, put back {}{}",
-                r.problems.len(),
-                i.release.short(),
-                i.repaired.count,
-                match r.errors.first() {
-                    Some(e) => format!("; the deployment was not booted: {e}"),
-                    None => String::new(),
-                }
-            ));
+        if let Some(line) = at_boot {
+            agent.say(&line);
         }
         if agent.layout.key().exists() {
             agent.connect()?;

@@ -161,6 +161,36 @@ pub fn take(layout: &Layout, state: &mut State) -> Result<Option<BootRecord>> {
     Ok(Some(record))
 }
 
+/// At the agent's start ([`crate::Agent::open`]): [`take`], `state` saved, the record removed.
+/// A record that cannot be read is removed too: never a reason for the agent not to start.
+/// Returns the line to log, when there is something to say.
+pub(crate) fn take_at_start(layout: &Layout, state: &mut State) -> Result<Option<String>> {
+    let record = match take(layout, state) {
+        Ok(None) => return Ok(None),
+        Ok(Some(r)) => r,
+        Err(e) => {
+            forget(layout)?;
+            return Ok(Some(format!("removed what the check at boot left: {e}")));
+        }
+    };
+    state.save(&layout.state())?;
+    forget(layout)?;
+    if record.problems.is_empty() && record.errors.is_empty() {
+        return Ok(None);
+    }
+    let i = &record.integrity;
+    Ok(Some(format!(
+        "the check at boot found {} path(s) different from release {}, put back {}{}",
+        record.problems.len(),
+        i.release.short(),
+        i.repaired.count,
+        match record.errors.first() {
+            Some(e) => format!("; the deployment was not booted: {e}"),
+            None => String::new(),
+        }
+    )))
+}
+
 /// Removes `STATE/boot-verify.json` (after [`take`] and the save of the state).
 pub fn forget(layout: &Layout) -> Result<()> {
     let path = record_path(layout);

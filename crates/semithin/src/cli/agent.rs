@@ -350,7 +350,6 @@ fn boot_verify(state: &std::path::Path) -> ExitCode {
         return ExitCode::SUCCESS;
     };
     let short = rel.get(..12).unwrap_or(rel);
-    let failed: Vec<&str> = r.errors.iter().map(String::as_str).collect();
     for p in &r.problems {
         say(&format!("  {}", safe(p)));
     }
@@ -368,7 +367,7 @@ fn boot_verify(state: &std::path::Path) -> ExitCode {
             safe(&q.display().to_string())
         ));
     }
-    for e in &failed {
+    for e in &r.errors {
         say(&format!("error: {}", safe(e)));
     }
     if let Some(e) = &r.unrecorded {
