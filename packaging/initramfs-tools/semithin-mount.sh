@@ -31,7 +31,18 @@
 #       partition back (and read-only again if it was); returns 2 if even that fails. Before all
 #       that, when STATE/trial exists, it remounts the partition read-write and runs
 #       semithin_trial with $SEMITHIN_TRIES (the boot script sets it from semithin.tries=); a
-#       release under trial whose boot cannot be counted is not booted.
+#       release under trial whose boot cannot be counted is not booted. With SEMITHIN_VERIFY=full
+#       (the boot script sets it from semithin.verify=; unset means off) it runs semithin_verify
+#       once the partition is writable, and boots nothing of a deployment that fails it.
+#
+#   semithin_verify PART STATE
+#       Verifies the deployment STATE/current points at against its release with the agent's
+#       binary ($SEMITHIN_BIN, default /usr/lib/semithin/semithin, where the hook puts it):
+#       `semithin agent --state PART/STATE boot-verify` puts back from the local store what
+#       differs, moves what is not the release's into STATE/quarantine/, and leaves what it
+#       found in STATE/boot-verify.json for the agent to report. Returns non-zero, having said
+#       why, when the deployment could not be verified or put right: it must not be booted. The
+#       partition must be writable.
 #
 #   semithin_trial PART STATE [TRIES]
 #       Boot counting for a release under trial. While a release it switched to is not yet
@@ -270,6 +281,19 @@ semithin_trial() {
 	return 0
 }
 
+semithin_verify() {
+	_sv_bin=${SEMITHIN_BIN:-/usr/lib/semithin/semithin}
+	if [ ! -x "$_sv_bin" ]; then
+		semithin_say "$_sv_bin is missing, so the deployment cannot be verified (semithin.verify=full): rebuild the initramfs with the semithin hook"
+		return 1
+	fi
+	if ! "$_sv_bin" agent --state "$1$2" boot-verify; then
+		semithin_say "the deployment failed its verification: it is not booted"
+		return 1
+	fi
+	return 0
+}
+
 # Whether the file system mounted at $1 is mounted read-only (from /proc/mounts).
 semithin_is_ro() {
 	_sm_ro=n
@@ -335,6 +359,10 @@ semithin_boot() {
 			semithin_say "cannot remount the root partition read-write (the /etc overlay needs it)"
 			return 1
 		fi
+	fi
+	if [ "${SEMITHIN_VERIFY:-off}" != off ] && ! semithin_verify "$_sb_root" "$_sb_state"; then
+		semithin_undo_rw "$_sb_root" "$_sb_was_ro"
+		return 1
 	fi
 	if ! mkdir -p "$_sb_sys" || ! mount -o move "$_sb_root" "$_sb_sys"; then
 		semithin_say "cannot move the root partition from $_sb_root to $_sb_sys"

@@ -99,7 +99,9 @@ impl Agent {
         // The agent is the only writer of its repository; an interrupted fetch leaves only
         // temporary files, which opening for writing clears.
         let repo = Repo::open(&rp, Access::Write)?;
-        let state = State::load(&layout.state())?;
+        let mut state = State::load(&layout.state())?;
+        // What the check at boot found (docs/BOOT.md), reported at the next check-in.
+        let at_boot = repair::boot::take_at_start(&layout, &mut state)?;
         cfg.admin_keys()?;
         cfg.etc_restore()?;
         let jobs = jobs::Jobs::open(&layout.jobs())?;
@@ -130,6 +132,9 @@ impl Agent {
             log,
             _lock: lock,
         };
+        if let Some(line) = at_boot {
+            agent.say(&line);
+        }
         if agent.layout.key().exists() {
             agent.connect()?;
         }
@@ -676,7 +681,7 @@ pub fn retry(dir: &Path) -> Result<Option<String>> {
 }
 
 /// Takes STATE/lock, so two agents never work on one state directory at once.
-fn lock_state(layout: &Layout) -> Result<std::fs::File> {
+pub(crate) fn lock_state(layout: &Layout) -> Result<std::fs::File> {
     let path = layout.dir.join("lock");
     let f = std::fs::OpenOptions::new()
         .read(true)

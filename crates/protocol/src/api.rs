@@ -170,6 +170,10 @@ pub struct Integrity {
     /// Local changes in the `/etc` overlay that the machine's policy only reports.
     #[serde(default)]
     pub etc_drift: PathList,
+    /// Found by the check at boot, before the deployment was mounted (docs/BOOT.md): it looks
+    /// at the deployment alone, not at the `/etc` overlay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_boot: bool,
 }
 
 impl Integrity {
@@ -181,6 +185,7 @@ impl Integrity {
             tampered: PathList::default(),
             repaired: PathList::default(),
             etc_drift: PathList::default(),
+            at_boot: false,
         }
     }
 

@@ -7,11 +7,13 @@
 //! - `fix`: moving aside what is not the release's (STATE/quarantine/) and making it anew;
 //! - `objects`: the release's trees, commit and chunks from the store, or fetched again from
 //!   the server when the local copy is damaged or missing;
-//! - `meta`: comparing and setting one entry.
+//! - `meta`: comparing and setting one entry;
+//! - `boot`: the same check before the deployment is booted, from the initramfs, offline.
 //!
 //! What was found is kept in `state.json` and reported at check-ins (`Report::integrity`): a
 //! path still different from the release makes the machine `tampered` for the admin.
 
+pub mod boot;
 mod fix;
 mod meta;
 mod objects;
@@ -49,6 +51,9 @@ pub struct VerifyReport {
     pub quarantine: Option<std::path::PathBuf>,
     /// What is reported to the server.
     pub integrity: Option<Integrity>,
+    /// The check at boot could not leave its record for the agent: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrecorded: Option<String>,
 }
 
 impl VerifyReport {
@@ -130,6 +135,7 @@ impl Agent {
                 .and_then(|a| a.desired.as_ref())
                 .map(|d| d.objects_path.clone()),
             report: self.report()?,
+            offline: false,
         };
         let mut objs = objects::Objects::new(&self.repo.objects, remote);
         let commit = objs.commit(id)?;

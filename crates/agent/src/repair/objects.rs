@@ -25,12 +25,19 @@ pub(crate) struct Remote<'a> {
     pub objects_path: Option<ApiPath>,
     /// The report to check in with when no path is known yet.
     pub report: Report,
+    /// At boot: there is no network, only the local store.
+    pub offline: bool,
 }
 
 impl Remote<'_> {
     fn path(&mut self) -> Result<ApiPath> {
         if let Some(p) = &self.objects_path {
             return Ok(p.clone());
+        }
+        if self.offline {
+            return Err(Error::Config(
+                "there is no network at boot: only the local store can give it back".into(),
+            ));
         }
         let api = self.api.ok_or_else(|| {
             Error::Config("the machine is not enrolled, so there is no server to fetch from".into())

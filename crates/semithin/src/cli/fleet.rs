@@ -243,7 +243,8 @@ pub(crate) fn integrity_text(i: &Integrity) -> String {
             paths_text(&i.etc_drift, 5)
         ));
     }
-    format!("{} ({})", parts.join("; "), ago(Some(i.checked_at)))
+    let when = if i.at_boot { "at boot, " } else { "" };
+    format!("{} ({when}{})", parts.join("; "), ago(Some(i.checked_at)))
 }
 
 pub(crate) fn ago(t: Option<i64>) -> String {

@@ -5,6 +5,7 @@
 mod apt;
 mod assignment;
 mod bad_input;
+mod boot;
 mod channels;
 mod cli;
 mod common;
@@ -15,6 +16,7 @@ mod gc;
 mod hostile_text;
 mod jobs;
 mod packaging;
+mod qemu;
 mod real_root;
 mod rollout;
 mod systemd_unit;

@@ -673,6 +673,76 @@ echo done
 }
 
 #[test]
+fn a_deployment_that_fails_its_check_at_boot_is_not_mounted_and_the_partition_goes_back() {
+    let dir = tempdir();
+    let script = format!(
+        "{SETUP}{}",
+        r#"
+R=$T/root
+Y=$T/run/semithin/sysroot
+mkdir -p "$R"
+mount -t tmpfs partition "$R"
+make_partition "$R"
+mount -o remount,ro "$R"
+# The agent's binary as the hook puts it in the initramfs: here one that says how it was run
+# and whether the partition was writable then, and fails or not.
+SEMITHIN_BIN=$T/fake-semithin
+printf '#!/bin/sh\necho "$*" > %s/args\ntouch "$3/written" && echo rw >> %s/args\nexit $(cat %s/rc)\n' "$T" "$T" "$T" > "$SEMITHIN_BIN"
+chmod 0755 "$SEMITHIN_BIN"
+before=$(sort /proc/self/mountinfo)
+
+SEMITHIN_VERIFY=full
+echo 1 > "$T/rc"
+rc=0
+semithin_boot "$R" "$S" "$Y" /sbin/init 2>"$T/msg" || rc=$?
+[ "$rc" = 1 ] || fail "a failed check: semithin_boot returned $rc"
+echo "message: $(tr '\n' ' ' < "$T/msg")"
+echo "args: $(tr '\n' ' ' < "$T/args")"
+[ "$(cat "$R/marker")" = partition ] || fail "the partition is not back at $R"
+semithin_is_ro "$R" || fail "the partition is not read-only again"
+[ "$(sort /proc/self/mountinfo)" = "$before" ] || fail "the mounts differ from before"
+
+rm "$SEMITHIN_BIN"
+rc=0
+semithin_boot "$R" "$S" "$Y" /sbin/init 2>"$T/msg" || rc=$?
+[ "$rc" = 1 ] || fail "no binary: semithin_boot returned $rc"
+echo "message: $(tr '\n' ' ' < "$T/msg")"
+[ "$(sort /proc/self/mountinfo)" = "$before" ] || fail "the mounts differ from before"
+
+# semithin.verify=off: the binary is not needed.
+SEMITHIN_VERIFY=off
+semithin_boot "$R" "$S" "$Y" /sbin/init 2>"$T/msg" || fail "verify=off: $(cat "$T/msg")"
+[ "$(cat "$Y/marker")" = partition ] || fail "verify=off: the partition is not at $Y"
+echo done
+"#
+    );
+    let out = in_mount_namespace(dir.path(), &script);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.ends_with("done\n"), "{all}");
+    let args = format!(
+        "args: agent --state {}/root/var/lib/semithin boot-verify rw ",
+        dir.path().display()
+    );
+    assert!(stdout.contains(&args), "{args:?} not in {all}");
+    let messages: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("message: "))
+        .collect();
+    assert_eq!(messages.len(), 2, "{all}");
+    assert!(
+        messages[0].contains("semithin: the deployment failed its verification: it is not booted"),
+        "{all}"
+    );
+    assert!(
+        messages[1].contains("fake-semithin is missing, so the deployment cannot be verified"),
+        "{all}"
+    );
+    dir.close().unwrap();
+}
+
+#[test]
 fn a_release_under_trial_is_booted_once_then_switched_back_unless_confirmed() {
     let dir = tempdir();
     let script = format!(
@@ -849,6 +919,17 @@ fn the_initramfs_hook_and_boot_script_are_well_formed() {
     );
     assert!(
         boot_text.contains(&format!("\n. {in_initramfs}\n")),
+        "{boot_text}"
+    );
+    // The binary that verifies the deployment at boot: where the hook puts it is where the
+    // functions run it from, and the boot script verifies unless told not to.
+    assert!(
+        hook_text.contains("copy_exec \"$bin\" /usr/lib/semithin/semithin\n"),
+        "{hook_text}"
+    );
+    assert!(read(&mount_sh()).contains("${SEMITHIN_BIN:-/usr/lib/semithin/semithin}"));
+    assert!(
+        boot_text.contains("\nSEMITHIN_VERIFY=full\n"),
         "{boot_text}"
     );
     let installed = "/usr/local/lib/semithin/semithin-mount.sh";

@@ -350,13 +350,14 @@ async fn record_events(app: &App, m: &Machine, old: Report, new: &Report) -> cra
             let shown: Vec<&str> = l.paths.iter().take(5).map(String::as_str).collect();
             format!("{} path(s): {}", l.count, shown.join(", "))
         };
+        let when = if i.at_boot { " (at boot)" } else { "" };
         if i.is_tampered() {
-            let detail = format!("{}: {}", i.release, paths(&i.tampered));
+            let detail = format!("{}{when}: {}", i.release, paths(&i.tampered));
             tracing::warn!(machine = %m.id, %detail, "machine differs from its release");
             add_event(app, m, t, "tampered", &detail).await?;
         }
         if !i.repaired.is_empty() {
-            let detail = format!("{}: {}", i.release, paths(&i.repaired));
+            let detail = format!("{}{when}: {}", i.release, paths(&i.repaired));
             tracing::warn!(machine = %m.id, %detail, "machine put back parts of its release");
             add_event(app, m, t, "repaired", &detail).await?;
         }
