@@ -279,6 +279,42 @@ fn converge(c: &AdminClient, n: u32, release: &str, label: &str, timeout: u64) -
     }
 }
 
+/// Step 7: m01 is stopped (as at shutdown), its deployment tampered with, and the check the
+/// initramfs runs before it mounts the deployment (docs/BOOT.md, "Verification at boot") puts it
+/// back from the machine's own store; then m01 runs again.
+fn boot_check(
+    exe: &Path,
+    agents: &Path,
+    m01: &mut Child,
+    spawn: impl Fn() -> Result<Child>,
+) -> Result<()> {
+    let _ = m01.kill();
+    let _ = m01.wait();
+    let state = agents.join("m01");
+    let current = std::fs::canonicalize(state.join("current")).context("reading m01's current")?;
+    std::fs::write(current.join("usr/bin/tool1"), b"#!/bin/sh\necho owned\n")?;
+    write(&current, "usr/bin/helper", b"#!/bin/sh\nexec sh\n", 0o4755)?;
+    let out = Command::new(exe)
+        .arg("agent")
+        .arg("--state")
+        .arg(&state)
+        .arg("boot-verify")
+        .output()
+        .context("running the check at boot")?;
+    outln!(
+        "7. m01 tampered with (usr/bin/tool1 changed, a setuid usr/bin/helper added); the check \
+         its initramfs runs at the next boot (`agent boot-verify`) puts it back:"
+    );
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        outln!("   {line}");
+    }
+    if !out.status.success() {
+        bail!("the check at boot failed on m01 (see above)");
+    }
+    *m01 = spawn()?;
+    Ok(())
+}
+
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
     let start = Instant::now();
     loop {
@@ -429,29 +465,32 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
     let root = repo_path.join("trust/metadata/1.root.json");
     let agents = dir.join("agents");
     std::fs::create_dir_all(&agents)?;
+    let spawn_agent = |name: &str| -> Result<Child> {
+        let state = agents.join(name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(agents.join(format!("{name}.log")))?;
+        Command::new(&exe)
+            .arg("agent")
+            .arg("--state")
+            .arg(&state)
+            .args(["--server", &url, "--name", name])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--trusted-root")
+            .arg(&root)
+            .args(["--interval", "30", "--inventory-interval", "0"])
+            .arg("--health-check")
+            .arg("test -s \"$SEMITHIN_DEPLOYMENT/etc/os-release\"")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting an agent")
+    };
     for i in 1..=n {
-        let name = format!("m{i:02}");
-        let state = agents.join(&name);
-        let log = std::fs::File::create(agents.join(format!("{name}.log")))?;
-        fleet.agents.push(
-            Command::new(&exe)
-                .arg("agent")
-                .arg("--state")
-                .arg(&state)
-                .args(["--server", &url, "--name", &name])
-                .arg("--token-file")
-                .arg(&token_file)
-                .arg("--trusted-root")
-                .arg(&root)
-                .args(["--interval", "30", "--inventory-interval", "0"])
-                .arg("--health-check")
-                .arg("test -s \"$SEMITHIN_DEPLOYMENT/etc/os-release\"")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("starting an agent")?,
-        );
+        fleet.agents.push(spawn_agent(&format!("m{i:02}"))?);
     }
     wait_for(
         "the agents enrolling (see agents/*.log)",
@@ -509,6 +548,8 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
     );
     let t2 = converge(&c, n, &v2.to_hex(), "v2", a.timeout)?;
     let end: Stats = c.get("reading stats", "/api/v1/admin/stats")?;
+
+    boot_check(&exe, &agents, &mut fleet.agents[0], || spawn_agent("m01"))?;
 
     let sent = |s: &Stats| s.object_bytes_sent + s.metadata_bytes_sent + s.delta_bytes_sent;
     let sent1 = sent(&mid) - sent(&before);

@@ -38,6 +38,13 @@ fn the_demo_converges_twice_reports_the_bytes_and_leaves_nothing_running() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("Summary: 4/4 machines updated"), "{text}");
+    // the check at boot put m01's tampered deployment back: both paths named, both put back
+    let step7 = text.split("7. ").nth(1).unwrap_or_default();
+    assert!(
+        step7.contains("usr/bin/tool1") && step7.contains("usr/bin/helper"),
+        "{text}"
+    );
+    assert!(step7.contains("2 path(s) differed, 2 put back"), "{text}");
     // the update costs a small part of the full install
     let per_machine = |label: &str| -> f64 {
         let line = text.lines().find(|l| l.contains(label)).unwrap();
