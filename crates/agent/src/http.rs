@@ -67,11 +67,28 @@ impl Api {
         if base_url.host().is_none() {
             return Err(Error::Config(format!("server URL {base:?} names no host")));
         }
-        let client = client_builder(ca)?
+        let mut builder = client_builder(ca)?;
+        let https = base_url.scheme() == "https";
+        if !https && ca.is_none() {
+            // Plain HTTP needs no certificate: the system's are not even read, so a machine
+            // without ca-certificates works.
+            builder = builder.tls_certs_only(Vec::new());
+        }
+        let client = builder
             .connect_timeout(Duration::from_secs(10))
             .timeout(None)
             .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+            .map_err(|e| {
+                Error::Config(if https && ca.is_none() {
+                    format!(
+                        "HTTP client: {e}: the system's CA certificates cannot be loaded for \
+                         {base}: install ca-certificates, or give --ca with the certificate of \
+                         the fleet's CA"
+                    )
+                } else {
+                    format!("HTTP client: {e}")
+                })
+            })?;
         Ok(Self {
             base,
             base_url,

@@ -2437,3 +2437,27 @@ fn a_full_disk_is_reported_as_such_and_leaves_nothing_that_keeps_it_full() {
     assert!(a.once().success(), "{}", a.log());
     assert_eq!(a.current().as_deref(), Some(v2.as_str()));
 }
+
+/// A machine without the system's CA certificates (no ca-certificates package) still talks
+/// plain HTTP to its server; over HTTPS without `--ca` it says what is missing.
+#[test]
+fn an_agent_without_system_certificates_works_over_http_and_says_what_https_needs() {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let no_roots = |a: Agent| {
+        a.env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+            .env("SSL_CERT_DIR", "/nonexistent")
+    };
+    let a = no_roots(Agent::new(&s, "m1", &t));
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(s.machines().len(), 1, "enrolled over http");
+    let mut b = no_roots(Agent::new(&s, "m2", &t));
+    let i = b.extra.iter().position(|x| x == "--server").unwrap();
+    b.extra[i + 1] = s.url.replace("http:", "https:");
+    assert!(!b.once().success());
+    assert!(
+        b.log().contains("install ca-certificates, or give --ca"),
+        "{}",
+        b.log()
+    );
+}
