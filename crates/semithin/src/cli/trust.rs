@@ -51,6 +51,15 @@ pub enum TrustCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Replace the key the server signs channel assignments with (REPO/trust/keys/
+    /// assignments.key, docs/TRUST.md "Channel assignment"): a new key, a targets role that
+    /// delegates assignments to it, and every assignment signed again. Needs the targets key,
+    /// not the root key. Restart or wait for the server: it reads the key when it signs.
+    RotateAssignments {
+        /// Print the result as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Sign the timestamp again when less than half of its lifetime is left (and targets or
     /// snapshot likewise, and any online role not signed by its current key). Clients reject
     /// expired metadata: a running `semithin serve` renews snapshot and timestamp by itself,
@@ -217,6 +226,20 @@ pub fn run(repo: Option<PathBuf>, cmd: TrustCmd) -> Result<ExitCode> {
                 for k in &r.new_keys {
                     outln!("new {} key in {}", k.role, k.file.display());
                 }
+                print_written(&r.written)?;
+            }
+        }
+        TrustCmd::RotateAssignments { json } => {
+            let repo = open(repo, Access::Write)?;
+            let mut t = TrustRepo::open(&dir(&repo))?;
+            let r = t.rotate_assignments_key(now)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                outln!(
+                    "assignments key rotated: {} bins signed again with the new key",
+                    r.bins
+                );
                 print_written(&r.written)?;
             }
         }

@@ -70,4 +70,14 @@ fn a_machine_follows_signed_moves_and_refuses_a_channel_named_without_a_signatur
         std::thread::sleep(Duration::from_millis(500));
         let _ = a.once();
     }
+
+    // The assignments key replaced (targets key only): the server signs with the new one, the
+    // machine follows the new delegation and the next move.
+    let old = std::fs::read(&key).unwrap();
+    let out = s.ok(&["trust", "rotate-assignments"]);
+    assert!(out.contains("assignments key rotated"), "{out}");
+    assert_ne!(std::fs::read(&key).unwrap(), old);
+    s.ok(&["fleet", "assign", "m1", "lab/b"]);
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(vb.as_str()));
 }

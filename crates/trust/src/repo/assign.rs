@@ -146,6 +146,15 @@ impl TrustRepo {
             })?;
         let k = KeyPair::load(&path)?;
         if !r.keyids.contains(&k.id) {
+            // an interrupted rotation: the delegation names the new key, not yet in place
+            let pending = self.layout().keys().join(format!("{ROLE}.key.new"));
+            if let Ok(n) = KeyPair::load(&pending)
+                && r.keyids.contains(&n.id)
+            {
+                std::fs::rename(&pending, &path).map_err(Error::io("renaming into", &path))?;
+                sync_dir(&self.layout().keys())?;
+                return Ok(n);
+            }
             return Err(Error::KeyFile {
                 path,
                 reason: format!(
@@ -253,6 +262,92 @@ impl TrustRepo {
         self.self_check(&pending)?;
         self.clean_tmp()?;
         Ok(without_bins(self.write(pending)?).0)
+    }
+
+    /// Replaces the assignments key: a targets role delegating `assignments/*` to a new key, and
+    /// the role and all its bins signed with it (their content unchanged), then snapshot and
+    /// timestamp. Needs the targets key. The new key is written as `assignments.key.new` first
+    /// and renamed over the old one once the metadata naming it is written; a command that
+    /// finds the delegation naming the pending key takes it.
+    pub fn rotate_assignments_key(&mut self, now: i64) -> Result<AssignReport> {
+        let old = self.assignments_key()?;
+        let keys = self.online_keys(&Role::ONLINE)?;
+        let new = KeyPair::generate()?;
+        let l = self.layout();
+        let pending_path = l.keys().join(format!("{ROLE}.key.new"));
+        let _ = std::fs::remove_file(&pending_path);
+        new.save(&pending_path)?;
+        sync_dir(&l.keys())?;
+
+        let mut t = self.targets.signed.clone();
+        t.version = self.next_version(Role::Targets)?;
+        t.expires = clock::format(now + self.config.expires.targets);
+        let d = t
+            .delegations
+            .as_mut()
+            .expect("assignments_key found the delegation");
+        for r in d.roles.iter_mut().flatten() {
+            if r.name == ROLE {
+                r.keyids = vec![new.id.clone()];
+            }
+        }
+        let still_used = d.roles.iter().flatten().any(|r| r.keyids.contains(&old.id));
+        if !still_used {
+            d.keys.remove(&old.id);
+        }
+        d.keys.insert(new.id.clone(), new.public.clone());
+        let targets = sign(Role::Targets, &t, &[&keys[&Role::Targets]])?;
+
+        let expires = clock::format(now + self.config.expires.snapshot);
+        let mut delegated = Vec::new();
+        let mut role = self.read_delegated(ROLE)?.signed;
+        role.version = self.next_delegated_version(ROLE)?;
+        role.expires = expires.clone();
+        role.delegations = Some(Delegations {
+            keys: BTreeMap::from([(new.id.clone(), new.public.clone())]),
+            roles: None,
+            succinct_roles: Some(bins(&new.id)),
+            extra: Default::default(),
+        });
+        delegated.push((ROLE.to_owned(), sign_as(ROLE, &role, &[&new])?));
+        for bin in 0..(1u32 << BIN_BITS) {
+            let name = format!("{ROLE}-{bin:02x}");
+            let mut b = self.read_delegated(&name)?.signed;
+            b.version = self.next_delegated_version(&name)?;
+            b.expires = expires.clone();
+            delegated.push((name.clone(), sign_as(&name, &b, &[&new])?));
+        }
+        let snapshot = new_snapshot(
+            &self.config,
+            now,
+            &targets,
+            &self.delegated_meta_with(&delegated),
+            self.next_version(Role::Snapshot)?,
+            &keys[&Role::Snapshot],
+        )?;
+        let timestamp = new_timestamp(
+            &self.config,
+            now,
+            &snapshot,
+            self.next_version(Role::Timestamp)?,
+            &keys[&Role::Timestamp],
+        )?;
+        let pending = Pending {
+            root: None,
+            delegated,
+            targets: Some(targets),
+            snapshot: Some(snapshot),
+            timestamp: Some(timestamp),
+        };
+        let (written, bins) = self.write_delegated(pending)?;
+        let path = self.assignments_key_path();
+        std::fs::rename(&pending_path, &path).map_err(Error::io("renaming into", &path))?;
+        sync_dir(&self.layout().keys())?;
+        Ok(AssignReport {
+            changed: 0,
+            bins,
+            written,
+        })
     }
 
     /// The next version of a delegated role: above every file of it on disk.

@@ -506,3 +506,49 @@ fn assignments_without_their_key_are_refused_naming_the_file() {
         .to_string();
     assert!(e.contains("not the key the targets role delegates"), "{e}");
 }
+
+#[test]
+fn the_assignments_key_rotates_and_clients_follow() {
+    let (_d, mut t, cdir) = setup();
+    let m1 = BTreeMap::from([("m1".to_owned(), Some("lab/a".to_owned()))]);
+    t.sign_assignments(&m1, NOW).unwrap();
+    assert_eq!(
+        client_assignment(&t, &cdir, "m1", NOW).unwrap().as_deref(),
+        Some("lab/a")
+    );
+    let key = t.dir().join("keys/assignments.key");
+    let old = std::fs::read(&key).unwrap();
+    t.rotate_assignments_key(NOW + 10).unwrap();
+    let first = std::fs::read(&key).unwrap();
+    assert_ne!(first, old, "a new key");
+    assert!(!t.dir().join("keys/assignments.key.new").exists());
+    // the client, which trusted the old delegation, follows and still finds the assignment
+    assert_eq!(
+        client_assignment(&t, &cdir, "m1", NOW + 10)
+            .unwrap()
+            .as_deref(),
+        Some("lab/a")
+    );
+    // the old key signs nothing any more
+    std::fs::write(&key, &old).unwrap();
+    let e = t.sign_assignments(&m1, NOW + 20).unwrap_err().to_string();
+    assert!(e.contains("not the key the targets role delegates"), "{e}");
+
+    // a rotation cut short after its metadata, before the key was renamed into place: the next
+    // signing takes the pending key the delegation names
+    let mut t = TrustRepo::open(t.dir()).unwrap();
+    std::fs::write(&key, &first).unwrap();
+    t.rotate_assignments_key(NOW + 30).unwrap();
+    let rotated = std::fs::read(&key).unwrap();
+    std::fs::rename(&key, t.dir().join("keys/assignments.key.new")).unwrap();
+    std::fs::write(&key, &old).unwrap();
+    let moved = BTreeMap::from([("m1".to_owned(), Some("lab/b".to_owned()))]);
+    assert_eq!(t.sign_assignments(&moved, NOW + 40).unwrap().changed, 1);
+    assert_eq!(std::fs::read(&key).unwrap(), rotated);
+    assert_eq!(
+        client_assignment(&t, &cdir, "m1", NOW + 40)
+            .unwrap()
+            .as_deref(),
+        Some("lab/b")
+    );
+}
