@@ -211,6 +211,18 @@ pub async fn load_counters(pool: &SqlitePool) -> Result<Vec<(String, u64)>> {
         .collect())
 }
 
+/// The highest request counter stored for one machine (0: none): it outlives the machine's
+/// removal, so a key that enrolls again cannot have its earlier requests replayed.
+pub async fn load_counter(pool: &SqlitePool, machine: &str) -> Result<u64> {
+    let c: Option<(i64,)> =
+        sqlx::query_as("SELECT counter FROM request_counters WHERE machine = $1")
+            .bind(machine)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| Error::db("loading a request counter", e))?;
+    Ok(c.map_or(0, |(c,)| c.max(0) as u64))
+}
+
 /// Raises the stored request counters of machines (never lowers one), in one transaction.
 pub async fn store_counters(pool: &SqlitePool, counters: &[(String, u64)]) -> Result<()> {
     let err = |e| Error::db("storing request counters", e);

@@ -1259,6 +1259,21 @@ fn a_replayed_signed_request_is_refused_and_changes_nothing_also_after_a_restart
     replays(&s);
     // and the agent goes on as before
     assert!(a.once().success(), "{}", a.log());
+
+    // Removed, and the same key enrolled again (as a reinstalled machine would): what it
+    // signed before is still refused, without a restart of the server.
+    s.ok(&["fleet", "remove", "alice", "--yes"]);
+    let b = Agent::new(&s, "alice", &t).state_dir("alice-again");
+    std::fs::create_dir_all(&b.state).unwrap();
+    std::fs::copy(a.state.join("machine.key"), b.state.join("machine.key")).unwrap();
+    assert!(b.once().success(), "{}", b.log());
+    for (method, p, body, h) in [
+        ("POST", path, &failing[..], &h_failing),
+        ("GET", meta, &b""[..], &h_read),
+    ] {
+        let (st, text) = send_captured(&s, method, p, body, h);
+        assert_eq!(st, 409, "{method} {p} after enrolling again: {text}");
+    }
 }
 
 #[test]

@@ -168,7 +168,10 @@ async fn enroll_with_token(app: &App, body: &[u8]) -> ApiResult<Json<EnrollRespo
     };
     let status = row.status;
     tracing::info!(machine = %row.name, %id, status = status.as_str(), "enrolled");
-    app.fleet.insert(Arc::new(Machine::new(row)));
+    let counter = db::load_counter(&app.db, &row.id).await?;
+    let machine = Machine::new(row);
+    machine.set_stored_counter(counter);
+    app.fleet.insert(Arc::new(machine));
     Ok(Json(EnrollResponse {
         machine_id: id.parse().map_err(ApiErr::internal)?,
         status,
