@@ -82,6 +82,8 @@ pub struct Config {
     pub idle_timeout_secs: u64,
     /// The most connections open at once; more wait until one closes.
     pub max_connections: usize,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (for the enrollment throttle).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Events older than this many days are removed (enrollments are kept).
     pub event_retention_days: u32,
 }
@@ -120,6 +122,7 @@ impl Config {
             header_timeout_secs: 15,
             idle_timeout_secs: 60,
             max_connections: 512,
+            trusted_proxies: Vec::new(),
             event_retention_days: 90,
         }
     }

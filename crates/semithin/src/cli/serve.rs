@@ -22,7 +22,7 @@ pub struct Args {
     /// data, listen, checkin_interval, max_wait, request_deadline, max_body, delta_sources,
     /// delta_cache_size, tls_cert, tls_key, admin_token, log_format, apt_cache_size, apt_fresh,
     /// trust_renew_left, trust_check_interval, header_timeout, idle_timeout, max_connections,
-    /// event_retention, and the table
+    /// trusted_proxies (a list), event_retention, and the table
     /// apt_upstreams of NAME = URL). Flags and environment win over it.
     #[arg(long, env = "SEMITHIN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -96,6 +96,17 @@ pub struct Args {
     /// well under the process's file descriptor limit (`ulimit -n`).
     #[arg(long, env = "SEMITHIN_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
+    /// The address of a reverse proxy in front of the server (repeat, or comma-separated in
+    /// the environment): from it, the client's address is taken from `X-Forwarded-For`, so
+    /// that failed enrollments are throttled per client, not for everyone behind the proxy.
+    /// Never name an address whose clients could reach the server directly.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SEMITHIN_TRUSTED_PROXIES",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<std::net::IpAddr>,
     /// Days machine events are kept (enrollments are kept for good) [default: 90].
     #[arg(long, env = "SEMITHIN_EVENT_RETENTION", value_name = "DAYS")]
     event_retention: Option<u32>,
@@ -129,6 +140,7 @@ struct File {
     header_timeout: Option<u64>,
     idle_timeout: Option<u64>,
     max_connections: Option<usize>,
+    trusted_proxies: Option<Vec<std::net::IpAddr>>,
     event_retention: Option<u32>,
 }
 
@@ -233,6 +245,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         anyhow::ensure!(v >= 1, "at least 1 connection must be allowed");
         cfg.max_connections = v;
     }
+    cfg.trusted_proxies = if a.trusted_proxies.is_empty() {
+        f.trusted_proxies.clone().unwrap_or_default()
+    } else {
+        a.trusted_proxies.clone()
+    };
     if let Some(v) = a.event_retention.or(f.event_retention) {
         anyhow::ensure!(v >= 1, "events must be kept at least 1 day");
         cfg.event_retention_days = v;

@@ -33,10 +33,11 @@ use crate::{App, now};
 pub async fn enroll(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     use super::throttle::{Failed, MAX_FAILURES, WINDOW_SECS};
-    let ip = peer.ip();
+    let ip = super::throttle::client_ip(peer.ip(), &headers, &app.cfg.trusted_proxies);
     if let Err(wait) = app.enroll_failures.check(ip, now()) {
         tracing::debug!(%ip, "enrollment refused: throttled");
         let mut r = ApiErr(

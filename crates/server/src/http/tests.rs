@@ -229,6 +229,50 @@ async fn enroll_from(
     (st, retry, v["error"].as_str().unwrap_or("").to_owned())
 }
 
+/// Behind a reverse proxy (`--trusted-proxy`), failed enrollments are throttled per client it
+/// names, not for everyone behind it; without the setting the header changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_failed_enrollments_are_throttled_per_forwarded_client() {
+    use super::throttle::MAX_FAILURES;
+    let enroll = |s: &TestServer, forwarded: &str, token: &str| {
+        let (url, forwarded, token) = (
+            s.at("/api/v1/enroll"),
+            forwarded.to_owned(),
+            token.to_owned(),
+        );
+        async move {
+            let key = semithin_protocol::sign::MachineKey::generate().unwrap();
+            let body =
+                json!({"token": token, "name": "m", "public_key": hex::encode(key.public())});
+            reqwest::Client::new()
+                .post(url)
+                .header("x-forwarded-for", forwarded)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let s = TestServer::start(|c| c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()]).await;
+    for i in 0..MAX_FAILURES {
+        assert_eq!(enroll(&s, "203.0.113.1", &format!("guess-{i}")).await, 403);
+    }
+    assert_eq!(enroll(&s, "203.0.113.1", "bad").await, 429);
+    // another client behind the same proxy is not throttled
+    assert_eq!(enroll(&s, "203.0.113.2", "bad").await, 403);
+    s.stop().await;
+
+    // Without the setting, a client cannot escape the throttle by naming other addresses.
+    let s = TestServer::start(|_| {}).await;
+    for i in 0..MAX_FAILURES {
+        assert_eq!(enroll(&s, &format!("203.0.113.{i}"), "bad").await, 403);
+    }
+    assert_eq!(enroll(&s, "203.0.113.200", "bad").await, 429);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_enrollments_are_throttled_per_source_address() {
     use super::throttle::{MAX_FAILURES, WINDOW_SECS};

@@ -7,7 +7,32 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+use axum::http::HeaderMap;
+
 pub const MAX_FAILURES: u32 = 10;
+
+/// The address a request comes from: the peer's, or, when the peer is one of the reverse
+/// proxies in `trusted` (`--trusted-proxy`), the one its `X-Forwarded-For` names, read from the
+/// right and past other trusted proxies. A header from anyone else is ignored (it would let a
+/// client name any address it likes), as is a malformed one.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let mut hops: Vec<&str> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let Ok(v) = v.to_str() else { return peer };
+        hops.extend(v.split(',').map(str::trim));
+    }
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return ip,
+            Err(_) => return peer,
+        }
+    }
+    peer
+}
 pub const WINDOW_SECS: i64 = 60;
 pub const MAX_ADDRESSES: usize = 10_000;
 
@@ -95,6 +120,33 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_taken_from_x_forwarded_for_only_behind_a_trusted_proxy() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let proxy = ip("10.0.0.1");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
+        // from anyone else, the header is not believed
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), &h, &[proxy]),
+            ip("198.51.100.1")
+        );
+        // from the proxy: the rightmost hop that is not a trusted proxy
+        assert_eq!(client_ip(proxy, &h, &[proxy]), ip("10.0.0.2"));
+        assert_eq!(
+            client_ip(proxy, &h, &[proxy, ip("10.0.0.2")]),
+            ip("203.0.113.9")
+        );
+        // several header lines count as one list
+        h.append("x-forwarded-for", "2001:db8::1".parse().unwrap());
+        assert_eq!(client_ip(proxy, &h, &[proxy]), ip("2001:db8::1"));
+        // malformed, or nothing but proxies: the proxy itself
+        let mut bad = HeaderMap::new();
+        bad.insert("x-forwarded-for", "203.0.113.9, nonsense".parse().unwrap());
+        assert_eq!(client_ip(proxy, &bad, &[proxy]), proxy);
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &[proxy]), proxy);
+    }
 
     #[test]
     fn an_address_is_refused_after_its_failures_for_a_while_and_others_are_not() {
