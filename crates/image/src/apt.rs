@@ -48,9 +48,13 @@ pub fn explain(output: &str) -> Option<String> {
         }
         // "Err:1 http://127.0.0.1:9/debian bookworm InRelease" and the reason on the next line
         if let Some(rest) = l.strip_prefix("Err:") {
-            let url = rest.split_whitespace().nth(1).unwrap_or(rest);
+            let mut words = rest.split_whitespace().skip(1);
+            let url = words.next().unwrap_or(rest);
+            let what = words.collect::<Vec<_>>().join(" ");
             let reason = lines.get(i + 1).map_or("", |r| r.trim());
-            return Some(format!("the apt source {url} cannot be reached: {reason}"));
+            return Some(format!(
+                "the apt source {url} failed ({what}): {reason}"
+            ));
         }
         if let Some(rest) = l.strip_prefix("E: Failed to fetch ") {
             return Some(format!("apt failed to fetch {}", rest.trim()));
@@ -129,7 +133,7 @@ mod tests {
             ),
             (
                 "Ign:1 x\nErr:1 http://127.0.0.1:9/debian bookworm InRelease\n  Could not connect to 127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)\n",
-                "the apt source http://127.0.0.1:9/debian cannot be reached: Could not connect",
+                "the apt source http://127.0.0.1:9/debian failed (bookworm InRelease): Could not connect",
             ),
             (
                 "W: GPG error: http://127.0.0.1:5/x testing InRelease: The following signatures couldn't be verified\n",

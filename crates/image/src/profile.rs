@@ -106,11 +106,18 @@ pub fn parse(text: &str, file: &Path) -> Result<Raw, ProfileError> {
     toml::from_str(text).map_err(|e| invalid(file, e.message().to_owned() + &at(text, e.span())))
 }
 
-/// " (line N)" for a TOML error's place.
+/// " (line N: `the line`)" for a TOML error's place, so the field is named.
 fn at(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    span.and_then(|s| text.get(..s.start))
-        .map(|before| format!(" (line {})", before.lines().count().max(1)))
-        .unwrap_or_default()
+    let Some(start) = span.map(|s| s.start) else {
+        return String::new();
+    };
+    let Some(before) = text.get(..start) else {
+        return String::new();
+    };
+    let n = before.matches('\n').count();
+    let line = text.lines().nth(n).unwrap_or("").trim();
+    let line: String = line.chars().take(80).collect();
+    format!(" (line {}: `{line}`)", n + 1)
 }
 
 /// A Debian package name (policy 5.6.7), optionally `:ARCH` and `=VERSION`.

@@ -12,6 +12,7 @@ mod demo;
 mod fidelity;
 mod fleet;
 mod gc;
+mod image;
 mod hostile_text;
 mod jobs;
 mod packaging;
