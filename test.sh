@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite of semithin, also on a fresh Debian machine:
 #   1. installs what the tests need (Debian packages, cargo-nextest) if it is missing,
-#   2. builds the Debian root filesystem fixture once (cached, see tests/fixtures/debian-root.sh),
+#   2. builds the Debian root filesystem fixture and a local Debian mirror once (cached, see
+#      tests/fixtures/debian-root.sh and debian-mirror.sh),
 #   3. cargo fmt --check, cargo clippy -D warnings,
 #   4. a short run of every fuzz target (fuzz/run.sh; FUZZ_SECONDS each, default 8),
 #   5. cargo nextest run (last, so its summary closes the output).
@@ -18,7 +19,7 @@ die() {
 [ "$(id -u)" -eq 0 ] || die "must be run as root (the tests chroot, mount and create files owned by other users)"
 command -v cargo >/dev/null || die "cargo is not installed"
 
-DEB_PACKAGES=(debootstrap openssl squashfs-tools squashfs-tools-ng attr acl libcap2-bin zstd python3 python3-venv faketime time apt-utils gpg)
+DEB_PACKAGES=(debootstrap mmdebstrap openssl squashfs-tools squashfs-tools-ng attr acl libcap2-bin zstd python3 python3-venv faketime time apt-utils gpg)
 
 step "checking Debian packages: ${DEB_PACKAGES[*]}"
 missing=()
@@ -47,6 +48,8 @@ step "building the Debian root filesystem fixture (cached after the first run)"
 tests/fixtures/debian-root.sh base >/dev/null
 step "building the Debian root with systemd that the slow_ tests boot with systemd-nspawn (cached)"
 tests/fixtures/debian-root.sh systemd >/dev/null
+step "building the local signed Debian mirror the image tests build from (cached)"
+tests/fixtures/debian-mirror.sh >/dev/null
 step "preparing python-tuf, the reference TUF implementation (cached after the first run)"
 tests/fixtures/python-tuf.sh >/dev/null
 

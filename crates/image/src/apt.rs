@@ -24,10 +24,11 @@ pub fn explain(output: &str) -> Option<String> {
             && let Some((v, rest)) = rest.split_once('\'')
         {
             let p = rest.split('\'').nth(1).unwrap_or("?");
-            return Some(format!("package {p:?} has no version {v:?} in the apt sources"));
+            return Some(format!(
+                "package {p:?} has no version {v:?} in the apt sources"
+            ));
         }
-        if l.starts_with("E: Unable to correct problems")
-            || l.starts_with("E: Unmet dependencies")
+        if l.starts_with("E: Unable to correct problems") || l.starts_with("E: Unmet dependencies")
         {
             let held: Vec<&str> = lines
                 .iter()
@@ -52,9 +53,7 @@ pub fn explain(output: &str) -> Option<String> {
             let url = words.next().unwrap_or(rest);
             let what = words.collect::<Vec<_>>().join(" ");
             let reason = lines.get(i + 1).map_or("", |r| r.trim());
-            return Some(format!(
-                "the apt source {url} failed ({what}): {reason}"
-            ));
+            return Some(format!("the apt source {url} failed ({what}): {reason}"));
         }
         if let Some(rest) = l.strip_prefix("E: Failed to fetch ") {
             return Some(format!("apt failed to fetch {}", rest.trim()));

@@ -48,12 +48,7 @@ impl Drop for BuildDir {
 
 /// The time of every file the build makes: the profile's `source_date_epoch`, else the
 /// caller's (the environment's, or the mirror's Release date).
-pub fn build(
-    p: &Profile,
-    sde: i64,
-    dir: &BuildDir,
-    report: &dyn Fn(Event),
-) -> Result<(), Error> {
+pub fn build(p: &Profile, sde: i64, dir: &BuildDir, report: &dyn Fn(Event)) -> Result<(), Error> {
     let root = dir.root();
     report(Event::Step(&format!(
         "mmdebstrap --variant=minbase {} from {}",
@@ -111,7 +106,12 @@ fn mmdebstrap(p: &Profile, root: &Path, sde: i64, report: &dyn Fn(Event)) -> Res
     ));
     apt_env(&mut cmd);
     cmd.env("SOURCE_DATE_EPOCH", sde.to_string());
-    run_logged(cmd, &format!("mmdebstrap of {} from {}", p.suite, p.mirror), report).map(|_| ())
+    run_logged(
+        cmd,
+        &format!("mmdebstrap of {} from {}", p.suite, p.mirror),
+        report,
+    )
+    .map(|_| ())
 }
 
 /// A key file's name in the image: apt reads `.asc` as armored and `.gpg` as binary.

@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use crate::{Error, Event, apt};
 
 /// `/usr/sbin/policy-rc.d` that refuses every service start (invoke-rc.d's convention).
-const POLICY_RC_D: &str = "#!/bin/sh\n# semithin image build: no daemon starts in a chroot\nexit 101\n";
+const POLICY_RC_D: &str =
+    "#!/bin/sh\n# semithin image build: no daemon starts in a chroot\nexit 101\n";
 
 /// Mount points at or below `dir`, deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {

@@ -478,7 +478,11 @@ mod tests {
             assert!(e.contains(want), "{extra}: {e}");
             assert!(e.contains("p.toml"), "{e}");
         }
-        let f = write(d.path(), "q.toml", "suite = \"bookworm\"\nmirror = \"ftp://x\"\n");
+        let f = write(
+            d.path(),
+            "q.toml",
+            "suite = \"bookworm\"\nmirror = \"ftp://x\"\n",
+        );
         let e = load(&f).unwrap_err().to_string();
         assert!(e.contains("channel: missing"), "{e}");
         let f = write(
@@ -493,12 +497,24 @@ mod tests {
     #[test]
     fn extends_cycles_are_refused() {
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), "a.toml", "extends = \"b.toml\"\nchannel = \"a\"\n");
-        write(d.path(), "b.toml", "extends = \"a.toml\"\nchannel = \"b\"\n");
+        write(
+            d.path(),
+            "a.toml",
+            "extends = \"b.toml\"\nchannel = \"a\"\n",
+        );
+        write(
+            d.path(),
+            "b.toml",
+            "extends = \"a.toml\"\nchannel = \"b\"\n",
+        );
         let e = load(&d.path().join("a.toml")).unwrap_err();
         assert!(matches!(e, ProfileError::Cycle { .. }), "{e}");
         assert!(e.to_string().contains("cycle"), "{e}");
-        write(d.path(), "c.toml", "extends = \"c.toml\"\nchannel = \"c\"\n");
+        write(
+            d.path(),
+            "c.toml",
+            "extends = \"c.toml\"\nchannel = \"c\"\n",
+        );
         assert!(matches!(
             load(&d.path().join("c.toml")),
             Err(ProfileError::Cycle { .. })
@@ -509,10 +525,26 @@ mod tests {
 
     #[test]
     fn package_names() {
-        for ok in ["hello", "libc6", "g++", "libstdc++6:amd64", "hello=2.10-3", "a0"] {
+        for ok in [
+            "hello",
+            "libc6",
+            "g++",
+            "libstdc++6:amd64",
+            "hello=2.10-3",
+            "a0",
+        ] {
             check_package(ok).unwrap();
         }
-        for bad in ["", "h", "Hello", "-x", "he llo", "hello=", "x;rm", "hello:AMD"] {
+        for bad in [
+            "",
+            "h",
+            "Hello",
+            "-x",
+            "he llo",
+            "hello=",
+            "x;rm",
+            "hello:AMD",
+        ] {
             assert!(check_package(bad).is_err(), "{bad}");
         }
     }

@@ -67,7 +67,11 @@ fn ask(interactive: bool, question: &str, given: Option<String>, default: &str) 
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
     let v = line.trim();
-    Ok(if v.is_empty() { default.to_owned() } else { v.to_owned() })
+    Ok(if v.is_empty() {
+        default.to_owned()
+    } else {
+        v.to_owned()
+    })
 }
 
 /// A TOML string.
@@ -94,8 +98,7 @@ pub fn run(repo: Option<PathBuf>, a: Args) -> Result<ExitCode> {
         a.server_url,
         &format!("http://{host}:8470"),
     )?;
-    semithin_agent::neterr::check_url(&server)
-        .map_err(|e| anyhow::anyhow!("--server-url: {e}"))?;
+    semithin_agent::neterr::check_url(&server).map_err(|e| anyhow::anyhow!("--server-url: {e}"))?;
     let suite = ask(interactive, "the Debian suite", a.suite, "bookworm")?;
     let mirror = ask(
         interactive,
@@ -185,7 +188,10 @@ pub fn run(repo: Option<PathBuf>, a: Args) -> Result<ExitCode> {
         });
         std::fs::copy(k, &dest).with_context(|| format!("copying {}", k.display()))?;
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned());
-        text.push_str(&format!("mirror_key = {}\n", quoted(&name.unwrap_or_default())));
+        text.push_str(&format!(
+            "mirror_key = {}\n",
+            quoted(&name.unwrap_or_default())
+        ));
     }
     let list: Vec<String> = packages.iter().map(|p| quoted(p)).collect();
     text.push_str(&format!(
@@ -195,13 +201,8 @@ pub fn run(repo: Option<PathBuf>, a: Args) -> Result<ExitCode> {
     std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     note!("wrote {}", file.display());
 
-    let built = super::image::build_profile(
-        Some(repo_path.clone()),
-        &file,
-        &a.work_dir,
-        true,
-        false,
-    )?;
+    let built =
+        super::image::build_profile(Some(repo_path.clone()), &file, &a.work_dir, true, false)?;
     next_steps(&repo_path, &built.channel, &server, &file);
     Ok(ExitCode::SUCCESS)
 }

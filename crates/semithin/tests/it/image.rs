@@ -28,10 +28,12 @@ struct Site {
 impl Site {
     fn new(extra: &[(&str, &[(&str, &str)])]) -> Site {
         let env = Env::new();
-        let mirror = sh(&format!(
-            "{} 2>/dev/null",
-            q(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/debian-mirror.sh"))
-        ));
+        let mirror =
+            sh(&format!(
+                "{} 2>/dev/null",
+                q(&Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../tests/fixtures/debian-mirror.sh"))
+            ));
         let mirror = PathBuf::from(mirror.trim());
         let www = env.path("www");
         let extra_dir = env.path("extra");
@@ -118,7 +120,13 @@ impl Site {
         v.as_array()
             .unwrap()
             .iter()
-            .map(|p| format!("{} {}", p["name"].as_str().unwrap(), p["version"].as_str().unwrap()))
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p["name"].as_str().unwrap(),
+                    p["version"].as_str().unwrap()
+                )
+            })
             .collect()
     }
 
@@ -153,7 +161,11 @@ fn names(changes: &Value, kind: &str) -> Vec<String> {
 fn dpkg_list(root: &Path) -> Vec<String> {
     let out = Command::new("chroot")
         .arg(root)
-        .args(["dpkg-query", "-W", "-f=${db:Status-Abbrev}${Package} ${Version}\\n"])
+        .args([
+            "dpkg-query",
+            "-W",
+            "-f=${db:Status-Abbrev}${Package} ${Version}\\n",
+        ])
         .output()
         .unwrap();
     let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -199,7 +211,10 @@ fn image_build_refuses_bad_profiles_and_a_dead_mirror_changing_nothing() {
         "{e}"
     );
     // With its time given, the build starts and apt's failure is read back: the mirror named.
-    let f = s.profile("dead2.toml", &format!("source_date_epoch = 1700000000\n{dead}"));
+    let f = s.profile(
+        "dead2.toml",
+        &format!("source_date_epoch = 1700000000\n{dead}"),
+    );
     let e = s.fails(&["image", "build", f.to_str().unwrap()]);
     assert!(e.contains("channel lab/bad left as it was"), "{e}");
     assert!(e.contains("127.0.0.1:9"), "{e}");
@@ -234,7 +249,13 @@ fn slow_image_build_makes_the_profiles_packages_and_the_same_tree_twice() {
     assert_eq!(a["packages"].as_u64().unwrap() as usize, pk.len());
     // The first version's message lists every package as added.
     let m = s.message("lab/base");
-    assert!(m.contains(&format!("packages: {} added, 0 removed, 0 changed", pk.len())), "{m}");
+    assert!(
+        m.contains(&format!(
+            "packages: {} added, 0 removed, 0 changed",
+            pk.len()
+        )),
+        "{m}"
+    );
     assert!(m.contains("\n+ stone 1.0\n"), "{m}");
 
     // What dpkg itself says in the tree is what `image packages` read from the status file.
@@ -254,16 +275,32 @@ fn slow_image_build_makes_the_profiles_packages_and_the_same_tree_twice() {
     assert!(root.join("etc/apt/sources.list.d/extra.sources").is_file());
     assert!(!root.join("usr/sbin/policy-rc.d").exists());
     let lists = sh(&format!("ls {}", q(&root.join("var/lib/apt/lists"))));
-    assert_eq!(lists.split_whitespace().collect::<Vec<_>>(), ["lock", "partial"]);
-    assert_eq!(sh(&format!("ls {}/var/cache/apt/archives/*.deb 2>/dev/null | wc -l", q(&root))).trim(), "0");
+    assert_eq!(
+        lists.split_whitespace().collect::<Vec<_>>(),
+        ["lock", "partial"]
+    );
+    assert_eq!(
+        sh(&format!(
+            "ls {}/var/cache/apt/archives/*.deb 2>/dev/null | wc -l",
+            q(&root)
+        ))
+        .trim(),
+        "0"
+    );
 
     // The same inputs again: the same tree, and a message that says nothing changed.
     let b = s.json(&["image", "build", f.to_str().unwrap()]);
     s.assert_clean();
-    assert_eq!(a["tree"], b["tree"], "two builds of the same profile differ");
+    assert_eq!(
+        a["tree"], b["tree"],
+        "two builds of the same profile differ"
+    );
     assert_ne!(a["commit"], b["commit"]);
     assert_eq!(a["source_date_epoch"], b["source_date_epoch"]);
-    assert!(s.message("lab/base").contains("packages: 0 added, 0 removed, 0 changed"));
+    assert!(
+        s.message("lab/base")
+            .contains("packages: 0 added, 0 removed, 0 changed")
+    );
 }
 
 /// A profile that extends another takes its settings and adds to them; a package apt does not
@@ -290,7 +327,10 @@ fn slow_image_build_extends_and_names_an_unknown_package() {
          source_date_epoch = 1700000000\n",
     );
     let e = s.fails(&["image", "build", bad.to_str().unwrap()]);
-    assert!(e.contains("package \"nosuchpkg\" is not in any of the image's apt sources"), "{e}");
+    assert!(
+        e.contains("package \"nosuchpkg\" is not in any of the image's apt sources"),
+        "{e}"
+    );
     assert_eq!(s.head("lab/room"), head);
 }
 
@@ -330,8 +370,15 @@ fn slow_image_init_and_the_wizards_commit_exactly_their_package_changes() {
     assert_ne!(signed.trim(), "0", "the first release is not signed");
     assert!(site.join("root.key").is_file());
     let agent = std::fs::read_to_string(site.join("overlay/etc/semithin/agent.toml")).unwrap();
-    assert!(agent.contains("server = \"http://updates.example:8470\""), "{agent}");
-    assert!(s.packages("site/stable").iter().any(|p| p.starts_with("hello ")));
+    assert!(
+        agent.contains("server = \"http://updates.example:8470\""),
+        "{agent}"
+    );
+    assert!(
+        s.packages("site/stable")
+            .iter()
+            .any(|p| p.starts_with("hello "))
+    );
     let first = s.head("site/stable").unwrap();
 
     // A shell (scripted through stdin) adds the extra source and its key.
@@ -351,28 +398,57 @@ fn slow_image_init_and_the_wizards_commit_exactly_their_package_changes() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let o = child.wait_with_output().unwrap();
-    let (so, se) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let (so, se) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
     assert!(o.status.success(), "{so}{se}");
-    assert!(so.contains("A /etc/apt/sources.list.d/extra.sources"), "{so}");
-    assert!(se.contains("base: the published release of site/stable"), "{se}");
+    assert!(
+        so.contains("A /etc/apt/sources.list.d/extra.sources"),
+        "{so}"
+    );
+    assert!(
+        se.contains("base: the published release of site/stable"),
+        "{se}"
+    );
     s.assert_clean();
 
     // The head is not published now: a wizard says which base it takes.
-    let r = s.json(&["image", "add", "site/stable", "stone", "pebble", "--from", "head", "--publish"]);
+    let r = s.json(&[
+        "image",
+        "add",
+        "site/stable",
+        "stone",
+        "pebble",
+        "--from",
+        "head",
+        "--publish",
+    ]);
     s.assert_clean();
     let c = &r["changes"];
     assert_eq!(names(c, "added"), ["pebble 1.0", "stone 1.0"]);
     assert!(names(c, "removed").is_empty() && names(c, "changed").is_empty());
     let m = s.message("site/stable");
     assert!(m.contains("base: the head of site/stable"), "{m}");
-    assert!(m.contains("packages: 2 added, 0 removed, 0 changed\n+ pebble 1.0\n+ stone 1.0\n"), "{m}");
+    assert!(
+        m.contains("packages: 2 added, 0 removed, 0 changed\n+ pebble 1.0\n+ stone 1.0\n"),
+        "{m}"
+    );
     let added = s.head("site/stable").unwrap();
 
     // A package apt does not know: named, nothing changes.
     let e = s.fails(&["image", "add", "site/stable", "nosuchpkg"]);
-    assert!(e.contains("package \"nosuchpkg\" is not in any of the image's apt sources"), "{e}");
+    assert!(
+        e.contains("package \"nosuchpkg\" is not in any of the image's apt sources"),
+        "{e}"
+    );
     assert_eq!(s.head("site/stable").unwrap(), added);
 
     // Newer versions on the repository: stone in testing, pebble in testing-security.
@@ -399,7 +475,9 @@ fn slow_image_init_and_the_wizards_commit_exactly_their_package_changes() {
     assert!(names(&r["changes"], "added").is_empty());
 
     // The whole way from the first release, by package.
-    let d = s.env.json(&["image", "diff", &first, "site/stable", "--packages"]);
+    let d = s
+        .env
+        .json(&["image", "diff", &first, "site/stable", "--packages"]);
     assert_eq!(names(&d, "added"), ["pebble 1.1"]);
     assert!(names(&d, "removed").is_empty() && names(&d, "changed").is_empty());
     s.env.fsck_ok();

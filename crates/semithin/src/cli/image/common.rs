@@ -149,7 +149,10 @@ pub(crate) fn fetch_release(mirror: &str, suite: &str) -> Result<String> {
                 return Ok(t);
             }
         }
-        bail!("the mirror {mirror} has no suite {suite}: no {}/InRelease", dir.display());
+        bail!(
+            "the mirror {mirror} has no suite {suite}: no {}/InRelease",
+            dir.display()
+        );
     }
     let client = semithin_agent::http::client_builder(None)?
         .timeout(std::time::Duration::from_secs(30))
@@ -174,9 +177,8 @@ pub(crate) fn fetch_release(mirror: &str, suite: &str) -> Result<String> {
 
 /// Refuses to start without a program the steps need.
 pub(crate) fn need_tool(name: &str) -> Result<()> {
-    let found = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join(name).is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()));
     if !found {
         bail!("{name} is not installed (on Debian: apt-get install {name})");
     }

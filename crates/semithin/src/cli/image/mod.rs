@@ -221,7 +221,7 @@ pub(crate) fn build_profile(
     let title = format!(
         "image build {} from {} ({} {})",
         p.channel,
-        file.file_name().map_or(file.into(), Path::new).display(),
+        file.file_name().map_or(file, Path::new).display(),
         p.suite,
         p.packages.join(" ")
     );

@@ -107,7 +107,10 @@ fn base(repo: &Repo, name: &str, from: Option<From>, report: &Reporter) -> Resul
                     p.short()
                 ));
             }
-            (p, format!("the published release of {name} ({})", p.short()))
+            (
+                p,
+                format!("the published release of {name} ({})", p.short()),
+            )
         }
         (Some(From::Head), Some(p)) if p != head => {
             report.note(&format!(
@@ -116,11 +119,17 @@ fn base(repo: &Repo, name: &str, from: Option<From>, report: &Reporter) -> Resul
                 head.short(),
                 p.short()
             ));
-            (head, format!("the head of {name} ({}, not published)", head.short()))
+            (
+                head,
+                format!("the head of {name} ({}, not published)", head.short()),
+            )
         }
         (Some(From::Head), Some(_)) => (
             head,
-            format!("the head of {name} ({}, the published release)", head.short()),
+            format!(
+                "the head of {name} ({}, the published release)",
+                head.short()
+            ),
         ),
         (_, None) => (
             head,
@@ -262,7 +271,11 @@ pub fn add(repo: Option<PathBuf>, a: PkgArgs, remove: bool) -> Result<ExitCode> 
         }
     }
     let verb = if remove { "remove" } else { "add" };
-    let title = format!("image {verb} {}: {}", a.common.channel, a.packages.join(" "));
+    let title = format!(
+        "image {verb} {}: {}",
+        a.common.channel,
+        a.packages.join(" ")
+    );
     finish(repo, &a.common, &b, &root, &old, &title, &report)
 }
 
@@ -289,7 +302,11 @@ pub fn upgrade(repo: Option<PathBuf>, a: UpgradeArgs) -> Result<ExitCode> {
             report.finish();
             outln!(
                 "nothing to upgrade{} in {}: no new version of {}",
-                if a.security_only { " from security suites" } else { "" },
+                if a.security_only {
+                    " from security suites"
+                } else {
+                    ""
+                },
                 b.words,
                 a.common.channel
             );
@@ -315,19 +332,27 @@ pub fn upgrade(repo: Option<PathBuf>, a: UpgradeArgs) -> Result<ExitCode> {
     let title = format!(
         "image upgrade {}{}",
         a.common.channel,
-        if a.security_only { " --security-only" } else { "" }
+        if a.security_only {
+            " --security-only"
+        } else {
+            ""
+        }
     );
     finish(repo, &a.common, &b, &root, &old, &title, &report)
 }
 
+/// What tells an entry changed: mode (kind included), size, mtime, ctime (s, ns), inode.
+type Stamp = (u32, u64, i64, i64, i64, u64);
+
 /// Every entry below `root` by path: (kind and mode, size, mtime, ctime, inode), to tell what
 /// a shell changed without another checkout.
-fn snapshot(root: &Path) -> Result<BTreeMap<PathBuf, (u32, u64, i64, i64, i64, u64)>> {
+fn snapshot(root: &Path) -> Result<BTreeMap<PathBuf, Stamp>> {
     use std::os::unix::fs::MetadataExt;
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_owned()];
     while let Some(p) = stack.pop() {
-        let m = std::fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
+        let m =
+            std::fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
         if m.is_dir() {
             for e in std::fs::read_dir(&p)? {
                 stack.push(e?.path());
@@ -336,7 +361,14 @@ fn snapshot(root: &Path) -> Result<BTreeMap<PathBuf, (u32, u64, i64, i64, i64, u
         let rel = p.strip_prefix(root).unwrap_or(&p).to_owned();
         out.insert(
             rel,
-            (m.mode(), m.size(), m.mtime(), m.ctime(), m.ctime_nsec(), m.ino()),
+            (
+                m.mode(),
+                m.size(),
+                m.mtime(),
+                m.ctime(),
+                m.ctime_nsec(),
+                m.ino(),
+            ),
         );
     }
     Ok(out)
@@ -392,7 +424,11 @@ pub fn shell(repo: Option<PathBuf>, a: ShellArgs) -> Result<ExitCode> {
     if files.len() > 200 {
         outln!("... and {} more", files.len() - 200);
     }
-    outln!("{} path(s) changed; packages: {}", files.len(), changes.summary());
+    outln!(
+        "{} path(s) changed; packages: {}",
+        files.len(),
+        changes.summary()
+    );
     let commit = if a.yes {
         true
     } else if a.no {
@@ -411,9 +447,7 @@ pub fn shell(repo: Option<PathBuf>, a: ShellArgs) -> Result<ExitCode> {
         a.common.channel,
         files.len()
     );
-    finish_with(
-        repo, &a.common, &b, &root, &changes, &title, &report, false,
-    )
+    finish_with(repo, &a.common, &b, &root, &changes, &title, &report, false)
 }
 
 /// A yes/no question on the terminal.
