@@ -50,37 +50,44 @@ impl Drop for BuildDir {
 /// caller's (the environment's, or the mirror's Release date).
 pub fn build(p: &Profile, sde: i64, dir: &BuildDir, report: &dyn Fn(Event)) -> Result<(), Error> {
     let root = dir.root();
-    report(Event::Step(&format!(
+    let step = |s: &str| {
+        if crate::interrupted() {
+            return Err(Error::Interrupted);
+        }
+        report(Event::Step(s));
+        Ok(())
+    };
+    step(&format!(
         "mmdebstrap --variant=minbase {} from {}",
         p.suite, p.mirror
-    )));
+    ))?;
     mmdebstrap(p, &root, sde, report)?;
     let mut c = Chroot::enter(&root)?;
     c.set_env("SOURCE_DATE_EPOCH", &sde.to_string());
-    report(Event::Step("writing the apt sources"));
+    step("writing the apt sources")?;
     write_sources(&root, p)?;
     if !p.packages.is_empty() || !p.sources.is_empty() {
-        report(Event::Step("apt-get update"));
+        step("apt-get update")?;
         c.run("apt-get update", &["apt-get", "update"], report)?;
     }
     if !p.packages.is_empty() {
-        report(Event::Step(&format!(
+        step(&format!(
             "installing {} package(s): {}",
             p.packages.len(),
             p.packages.join(" ")
-        )));
+        ))?;
         install(&c, &p.packages, report)?;
     }
     for o in &p.overlays {
-        report(Event::Step(&format!("laying over {}", o.display())));
+        step(&format!("laying over {}", o.display()))?;
         overlay(&root, o)?;
     }
     for s in &p.scripts {
-        report(Event::Step(&format!("running {}", s.display())));
+        step(&format!("running {}", s.display()))?;
         script(&c, s, report)?;
     }
     drop(c);
-    report(Event::Step("cleaning apt lists, caches and logs"));
+    step("cleaning apt lists, caches and logs")?;
     clean(&root)?;
     clamp_times(&root, sde)?;
     Ok(())

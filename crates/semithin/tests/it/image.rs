@@ -482,3 +482,56 @@ fn slow_image_init_and_the_wizards_commit_exactly_their_package_changes() {
     assert!(names(&d, "removed").is_empty() && names(&d, "changed").is_empty());
     s.env.fsck_ok();
 }
+
+/// ctrl-c in the middle of a wizard (the whole process group, as a terminal sends it): the
+/// chroot's mounts are undone, the checkout removed, nothing committed.
+#[test]
+fn image_shell_interrupted_leaves_no_mounts_and_commits_nothing() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let base = sh(&format!(
+        "{} base",
+        q(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/debian-root.sh"))
+    ));
+    env.ok(&["commit", "-c", "lab/x", base.trim()]);
+    let head = env.ok(&["channel", "list"]);
+    let work = env.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut child = Command::new(crate::common::BIN)
+        .args([
+            "--repo",
+            env.repo.to_str().unwrap(),
+            "image",
+            "shell",
+            "lab/x",
+            "--yes",
+        ])
+        .args(["--work-dir", work.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"touch /etc/touched\nsleep 60\n").unwrap();
+    let w = work.to_str().unwrap().to_owned();
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&w)
+    };
+    crate::fleet::wait_until("the chroot's mounts", 60, mounted);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    sh(&format!("kill -INT -- -{}", child.id()));
+    let o = child.wait_with_output().unwrap();
+    drop(stdin);
+    let se = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{se}");
+    assert!(se.contains("interrupted: nothing committed"), "{se}");
+    assert!(!mounted(), "mounts left below {w}");
+    let left: Vec<_> = std::fs::read_dir(&work).unwrap().collect();
+    assert!(left.is_empty(), "left: {left:?}");
+    assert_eq!(env.ok(&["channel", "list"]), head);
+}

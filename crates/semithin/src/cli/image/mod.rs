@@ -211,6 +211,9 @@ pub(crate) fn build_profile(
             bail!("package {name:?} of the profile is not installed in the built tree");
         }
     }
+    if semithin_image::interrupted() {
+        bail!("interrupted: channel {} left as it was", p.channel);
+    }
     report.step("committing");
     let repo = open(repo_path, Access::Write)?;
     let old = match channel::head(&repo, &p.channel)? {

@@ -207,6 +207,9 @@ fn finish_with(
     if !c.json {
         crate::cli::out(format_args!("{}", changes.lines()))?;
     }
+    if semithin_image::interrupted() {
+        bail!("interrupted: nothing committed, {} is as it was", c.channel);
+    }
     let msg = dpkg::message(&format!("{title}\nbase: {}", b.words), changes);
     report.step("committing");
     let repo = open(repo_path, Access::Write)?;
@@ -394,6 +397,12 @@ pub fn shell(repo: Option<PathBuf>, a: ShellArgs) -> Result<ExitCode> {
             b.words
         );
         let st = ch.interactive(&[sh])?;
+        if semithin_image::interrupted() {
+            bail!(
+                "interrupted: nothing committed, {} is as it was",
+                a.common.channel
+            );
+        }
         if !st.success() {
             note!("the shell ended with {st}");
         }
