@@ -141,7 +141,10 @@ OUT=$W/section.md
   echo
   echo "semithin's build is mmdebstrap's plus a second apt pass in a chroot (the sources written as"
   echo "deb822 with their keys, apt-get update, the packages installed on their own so a failure names"
-  echo "them), the cleaning and clamping of times, and the commit into the repository."
+  echo "them), the cleaning and clamping of times, and the commit into the repository. A different"
+  echo "package count means a tool chose another set for \"minbase\" (debootstrap's own selection of"
+  echo "the required packages is smaller than mmdebstrap's): its tree is smaller by that much. The"
+  echo "machine is shared, so runs of one tool vary; compare the best runs."
 } >"$OUT"
 cat "$OUT"
 NEWRES=$W/RESULTS.md
