@@ -201,15 +201,21 @@ pub fn run(repo: Option<PathBuf>, a: Args) -> Result<ExitCode> {
     std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     note!("wrote {}", file.display());
 
-    let built =
-        super::image::build_profile(Some(repo_path.clone()), &file, &a.work_dir, true, false)
-            .with_context(|| {
-                format!(
-                    "the repository, trust and {} are ready; once the problem is fixed, \
+    let built = super::image::build_profile(
+        Some(repo_path.clone()),
+        &file,
+        &a.work_dir,
+        true,
+        true,
+        false,
+    )
+    .with_context(|| {
+        format!(
+            "the repository, trust and {} are ready; once the problem is fixed, \
                      `semithin image build {0} --publish` makes the first release",
-                    file.display()
-                )
-            })?;
+            file.display()
+        )
+    })?;
     next_steps(&repo_path, &built.channel, &server, &file);
     Ok(ExitCode::SUCCESS)
 }

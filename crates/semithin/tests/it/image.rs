@@ -202,6 +202,14 @@ fn image_build_refuses_bad_profiles_and_a_dead_mirror_changing_nothing() {
         assert!(e.contains(want), "{want}: {e}");
         assert!(e.contains("bad.toml"), "{e}");
     }
+    // A new channel a letter from an existing one: a probable misspelling.
+    let tree = s.env.path("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    s.env.commit("lab/stable", &tree);
+    let f = s.profile("typo.toml", &s.base_profile("lab/stabel", "\"hello\""));
+    let e = s.fails(&["image", "build", f.to_str().unwrap()]);
+    assert!(e.contains("did you mean lab/stable?"), "{e}");
+    assert!(e.contains("--new-channel"), "{e}");
     // A mirror nobody answers on: said before anything is built.
     let dead = ok.replace(&s.url, "http://127.0.0.1:9");
     let f = s.profile("dead.toml", &dead);

@@ -70,6 +70,10 @@ pub struct BuildArgs {
     /// Where the build directory is made (removed afterwards, also on failure).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp")]
     work_dir: PathBuf,
+    /// Make the profile's channel even though its name is a few letters from an existing one
+    /// (without it, such a name is refused as a probable misspelling).
+    #[arg(long)]
+    new_channel: bool,
     /// Print the result as JSON (for scripts).
     #[arg(long)]
     json: bool,
@@ -80,7 +84,14 @@ pub struct BuildArgs {
 pub fn run(repo: Option<PathBuf>, cmd: ImageCmd) -> Result<ExitCode> {
     match cmd {
         ImageCmd::Build(a) => {
-            let r = build_profile(repo, &a.profile, &a.work_dir, a.publish, a.json)?;
+            let r = build_profile(
+                repo,
+                &a.profile,
+                &a.work_dir,
+                a.publish,
+                a.new_channel,
+                a.json,
+            )?;
             if a.json {
                 print_json(&r)?;
             }
@@ -177,6 +188,7 @@ pub(crate) fn build_profile(
     file: &Path,
     work_dir: &Path,
     publish: bool,
+    new_channel: bool,
     json: bool,
 ) -> Result<Built> {
     let p = profile::load(file)?;
@@ -185,8 +197,23 @@ pub(crate) fn build_profile(
     for t in ["mmdebstrap", "chroot", "mount", "tar"] {
         common::need_tool(t)?;
     }
-    // The repository must exist before a minute of building.
-    drop(open(repo_path.clone(), Access::Read)?);
+    // The repository must exist, and the channel be meant, before a minute of building.
+    let repo = open(repo_path.clone(), Access::Read)?;
+    if !new_channel && channel::head(&repo, &p.channel)?.is_none() {
+        let names = channel::list(&repo)?;
+        let near = semithin_protocol::near::near(&p.channel, names.iter().map(String::as_str));
+        if !near.is_empty() {
+            bail!(
+                "profile {}: there is no channel {:?}, but there is {}: did you mean {}? (pass \
+                 --new-channel to make {1:?} all the same)",
+                file.display(),
+                p.channel,
+                near.join(", "),
+                near.join(" or ")
+            );
+        }
+    }
+    drop(repo);
     let (sde, why) = source_date_epoch(&p)?;
     common::catch_interrupts();
     let report = Reporter::new(json);
