@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite of semithin, also on a fresh Debian machine:
 #   1. installs what the tests need (Debian packages, cargo-nextest) if it is missing,
-#   2. builds the Debian root filesystem fixtures once (cached, see tests/fixtures/debian-root.sh)
-#      and qemu (tests/fixtures/qemu.sh),
+#   2. builds the Debian root filesystem fixtures, a local Debian mirror and qemu once (cached,
+#      see tests/fixtures/debian-root.sh, debian-mirror.sh and qemu.sh),
 #   3. cargo fmt --check, cargo clippy -D warnings,
 #   4. a short run of every fuzz target (fuzz/run.sh; FUZZ_SECONDS each, default 8),
 #   5. cargo nextest run (last, so its summary closes the output).
@@ -19,7 +19,7 @@ die() {
 [ "$(id -u)" -eq 0 ] || die "must be run as root (the tests chroot, mount and create files owned by other users)"
 command -v cargo >/dev/null || die "cargo is not installed"
 
-DEB_PACKAGES=(debootstrap openssl squashfs-tools squashfs-tools-ng attr acl libcap2-bin zstd python3 python3-venv faketime time apt-utils gpg e2fsprogs binutils)
+DEB_PACKAGES=(debootstrap mmdebstrap openssl squashfs-tools squashfs-tools-ng attr acl libcap2-bin zstd python3 python3-venv faketime time apt-utils gpg e2fsprogs binutils)
 
 step "checking Debian packages: ${DEB_PACKAGES[*]}"
 missing=()
@@ -52,6 +52,8 @@ step "building the Debian root with a kernel and initramfs-tools that the slow_b
 tests/fixtures/debian-root.sh boot >/dev/null
 step "checking qemu-system-x86_64 (unpacked from Debian's packages into the cache when it is not installed)"
 tests/fixtures/qemu.sh >/dev/null
+step "building the local signed Debian mirror the image tests build from (cached)"
+tests/fixtures/debian-mirror.sh >/dev/null
 step "preparing python-tuf, the reference TUF implementation (cached after the first run)"
 tests/fixtures/python-tuf.sh >/dev/null
 

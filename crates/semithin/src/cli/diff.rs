@@ -20,6 +20,18 @@ pub struct Args {
     stat: bool,
 }
 
+impl Args {
+    /// The file diff of `from` and `to` (for `image diff` without --packages).
+    pub fn new(from: String, to: String, json: bool) -> Self {
+        Self {
+            from,
+            to,
+            json,
+            stat: false,
+        }
+    }
+}
+
 pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     let from = refs::resolve(repo, &a.from)?;
     let to = refs::resolve(repo, &a.to)?;

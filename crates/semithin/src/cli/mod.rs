@@ -37,6 +37,8 @@ mod fleet;
 mod fsck;
 mod gc;
 mod history;
+mod image;
+mod init;
 mod job;
 mod progress;
 mod publish;
@@ -159,6 +161,15 @@ enum Command {
         #[command(flatten)]
         server: admin::ServerArgs,
     },
+    /// Root filesystems from a package list: `image build PROFILE.toml` (mmdebstrap, packages,
+    /// overlays, scripts; committed with the package changes), wizards that change a channel's
+    /// packages (add, remove, upgrade, shell), and its packages (packages, diff --packages).
+    #[command(subcommand)]
+    Image(image::ImageCmd),
+    /// The first run of a new site: asks (or takes as flags) the server URL, the suite and the
+    /// software, writes a profile, builds, commits and publishes the first release, and says
+    /// what to do next.
+    Init(init::Args),
     /// The whole story on this machine: a server on loopback, a sample image, N agents (each its
     /// own process) that enroll, get accepted and assigned, update to v1 and then to v2 — with
     /// live progress and a summary of what crossed the network.
@@ -223,6 +234,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             json,
             server,
         } => fleet::push(&server, selector, json),
+        Command::Image(c) => image::run(repo, c),
+        Command::Init(a) => init::run(repo, a),
         Command::Demo(a) => demo::run(a),
     }
 }

@@ -47,6 +47,7 @@ pub(crate) fn serve(dir: PathBuf) -> Http {
                 let method = parts.next().unwrap_or("").to_owned();
                 let path = parts.next().unwrap_or("/").to_owned();
                 seen.lock().unwrap().push(path.clone());
+                let path = percent_decode(&path);
                 let rel = path.trim_start_matches('/');
                 let file = dir.join(rel);
                 let body = (!rel.contains("..") && file.is_file())
@@ -68,6 +69,30 @@ pub(crate) fn serve(dir: PathBuf) -> Http {
         }
     });
     Http { port, requests }
+}
+
+/// A request path with its `%XX` escapes decoded (apt asks for `pool/main/a_1.0%2bdeb12u1.deb`).
+fn percent_decode(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A tiny package: one file saying its version.

@@ -14,6 +14,7 @@ mod fidelity;
 mod fleet;
 mod gc;
 mod hostile_text;
+mod image;
 mod jobs;
 mod packaging;
 mod qemu;
