@@ -273,7 +273,11 @@ mod tests {
         assert!(!m("site=b,fact.dmi_vendor=LENOVO", Some(&f)));
         // no facts reported: no fact condition matches, and `matches` never sees facts
         assert!(!m("fact.dmi_vendor=LENOVO", None));
-        assert!(!Selector::parse("fact.hostname=h1").unwrap().matches("m", &l));
+        assert!(
+            !Selector::parse("fact.hostname=h1")
+                .unwrap()
+                .matches("m", &l)
+        );
         assert!(Selector::parse("fact.hostname=h1").unwrap().uses_facts());
         assert!(!Selector::parse("site=a").unwrap().uses_facts());
         for (s, want) in [

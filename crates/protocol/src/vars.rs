@@ -587,7 +587,12 @@ mod tests {
 
     #[test]
     fn scopes_parse_and_print_back() {
-        for s in ["global", "channel:lab/stable", "label:site=a", "machine:lab-1"] {
+        for s in [
+            "global",
+            "channel:lab/stable",
+            "label:site=a",
+            "machine:lab-1",
+        ] {
             assert_eq!(Scope::parse(s).unwrap().to_string(), s);
         }
         for (s, want) in [
@@ -615,7 +620,9 @@ mod tests {
                 .unwrap_err()
                 .contains("at most")
         );
-        let many: Vec<(String, Value)> = (0..=MAX_VARS).map(|i| (format!("v{i}"), 1.into())).collect();
+        let many: Vec<(String, Value)> = (0..=MAX_VARS)
+            .map(|i| (format!("v{i}"), 1.into()))
+            .collect();
         let s = VarSet {
             scope: "global".into(),
             version: 1,
@@ -632,15 +639,28 @@ mod tests {
         let s = SignedSet::sign(set("label:site=a", &[("ntp", "10.0.0.1".into())]), &k).unwrap();
         let text = serde_json::to_string(&s).unwrap();
         let back: SignedSet = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.verify(&trusted).unwrap(), Scope::Label("site".into(), "a".into()));
+        assert_eq!(
+            back.verify(&trusted).unwrap(),
+            Scope::Label("site".into(), "a".into())
+        );
         // a value changed
         let forged: SignedSet =
             serde_json::from_str(&text.replace("10.0.0.1", "10.6.6.6")).unwrap();
-        assert!(forged.verify(&trusted).unwrap_err().contains("does not verify"));
+        assert!(
+            forged
+                .verify(&trusted)
+                .unwrap_err()
+                .contains("does not verify")
+        );
         // moved to another scope
         let moved: SignedSet =
             serde_json::from_str(&text.replace("label:site=a", "global")).unwrap();
-        assert!(moved.verify(&trusted).unwrap_err().contains("does not verify"));
+        assert!(
+            moved
+                .verify(&trusted)
+                .unwrap_err()
+                .contains("does not verify")
+        );
         // a field added that this version ignores
         let added: SignedSet =
             serde_json::from_str(&text.replace("\"version\"", "\"x\":1,\"version\"")).unwrap();
