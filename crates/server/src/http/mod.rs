@@ -8,6 +8,7 @@ mod rollout;
 pub mod serve;
 #[cfg(test)]
 mod tests;
+mod vars;
 pub mod throttle;
 pub mod tls;
 
@@ -212,6 +213,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(admin::routes())
         .merge(jobs::routes())
         .merge(rollout::routes())
+        .merge(vars::routes())
         .merge(crate::renew::routes())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
