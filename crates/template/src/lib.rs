@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 
 use minijinja::value::Serde;
 use minijinja::{Environment, UndefinedBehavior};
-use semithin_protocol::selector::Labels;
 use semithin_protocol::vars::Facts;
 use serde::Deserialize;
 use serde_json::Value;
@@ -186,15 +185,15 @@ pub struct Rendered {
     pub content: Vec<u8>,
 }
 
-/// What a machine is, for its templates.
+/// What a machine is, for its templates. Its labels are not here: they are the server's, not
+/// signed by the admin; what differs by label reaches a template as a label scope's variables.
 pub struct Machine<'a> {
     pub name: &'a str,
     pub channel: Option<&'a str>,
-    pub labels: &'a Labels,
 }
 
 /// The context a template sees: the variables at the top level, `facts` (what the machine
-/// reported) and `machine` (`name`, `channel`, `labels`).
+/// reported) and `machine` (`name`, `channel`).
 pub fn context(vars: &BTreeMap<String, Value>, facts: Option<&Facts>, m: &Machine) -> Value {
     let mut ctx: serde_json::Map<String, Value> =
         vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -206,7 +205,7 @@ pub fn context(vars: &BTreeMap<String, Value>, facts: Option<&Facts>, m: &Machin
     );
     ctx.insert(
         "machine".into(),
-        serde_json::json!({"name": m.name, "channel": m.channel, "labels": m.labels}),
+        serde_json::json!({"name": m.name, "channel": m.channel}),
     );
     Value::Object(ctx)
 }
@@ -297,7 +296,6 @@ mod tests {
     }
 
     fn ctx(vars: &[(&str, Value)]) -> Value {
-        let labels = Labels::from([("site".to_string(), "a".to_string())]);
         let vars = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
@@ -312,7 +310,6 @@ mod tests {
             &Machine {
                 name: "m1",
                 channel: Some("lab"),
-                labels: &labels,
             },
         )
     }
@@ -320,7 +317,7 @@ mod tests {
     fn sources(name: &str) -> Result<Vec<u8>, String> {
         match name {
             "motd.j2" => Ok(
-                b"{{ machine.name }} at {{ machine.labels.site }} ({{ facts.hostname }})\n"
+                b"{{ machine.name }} on {{ machine.channel }} ({{ facts.hostname }})\n"
                     .to_vec(),
             ),
             "ntp/chrony.j2" => {
@@ -337,7 +334,7 @@ mod tests {
         assert_eq!(t[1].gid, 5);
         assert_eq!(t[1].rel(), "chrony/chrony.conf");
         let out = render_all(&t, sources, &ctx(&[("ntp", serde_json::json!(["a", "b"]))])).unwrap();
-        assert_eq!(out[0].content, b"m1 at a (h1)\n");
+        assert_eq!(out[0].content, b"m1 on lab (h1)\n");
         assert_eq!(out[1].content, b"server a iburst\nserver b iburst\n");
     }
 

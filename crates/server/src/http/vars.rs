@@ -136,7 +136,6 @@ async fn render(
         &template::Machine {
             name: &r.name,
             channel: r.channel.as_deref(),
-            labels: &r.labels,
         },
     );
     let path = req.path.clone();

@@ -1,0 +1,388 @@
+//! The machine's rendered configuration (docs/CONFIG.md): variable sets received in check-in
+//! answers, verified against the admin keys this machine trusts, and the release's templates
+//! rendered with them into the `/etc` overlay's upper layer.
+//!
+//! `STATE/config.json` (written atomically) holds the sets accepted, the highest version
+//! applied per scope (an older set is refused: no rollback of a variable), and a record of each
+//! file rendered (its BLAKE3, mode and owner), which verification uses to tell the machine's
+//! configuration from local drift. Every template is rendered before anything is written; a
+//! refused set or a failed rendering is reported (`Report::config`) and leaves the files
+//! rendered before as they were.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use semithin_protocol::vars::{self, Bundle, ConfigReport, Facts, MAX_BUNDLE_SETS, Scope};
+use semithin_template as template;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One file rendered into `/etc`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// BLAKE3 of the content, hex.
+    pub hash: String,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub template: String,
+}
+
+/// `STATE/config.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Rendering {
+    /// The variable sets accepted last, lowest precedence first.
+    #[serde(default)]
+    pub bundle: Option<Bundle>,
+    /// The digest of the last bundle given, accepted or refused (reported, so the server sends
+    /// a bundle once, not at every check-in).
+    #[serde(default)]
+    pub seen: Option<String>,
+    /// Why the last bundle was refused.
+    #[serde(default)]
+    pub refused: Option<String>,
+    /// The highest version applied of each scope.
+    #[serde(default)]
+    pub versions: BTreeMap<String, u64>,
+    /// Files rendered, by path relative to `/etc`.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileRecord>,
+    /// Directories made in the upper layer for them (relative to `/etc`).
+    #[serde(default)]
+    pub dirs: BTreeSet<String>,
+    /// What the last rendering was made from (release, bundle, facts), when it succeeded.
+    #[serde(default)]
+    pub applied: Option<String>,
+    /// What the last attempt was made from, successful or not (not tried again).
+    #[serde(default)]
+    pub tried: Option<String>,
+    /// Why the last rendering failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `STATE/config.json`.
+pub fn path(layout: &crate::state::Layout) -> PathBuf {
+    layout.dir.join("config.json")
+}
+
+impl Rendering {
+    pub fn load(path: &Path) -> Result<Self> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                Error::Config(format!("{}: damaged ({e}); move it aside", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(Error::io("reading", path)(e)),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().expect("a file in the state directory");
+        let bytes = serde_json::to_vec_pretty(self).expect("serialises");
+        semithin_store::fsutil::replace_atomic(path, dir, &bytes)?;
+        Ok(())
+    }
+
+    pub fn report(&self) -> ConfigReport {
+        ConfigReport {
+            vars_digest: self.seen.clone(),
+            files: self.files.len() as u32,
+            error: self
+                .refused
+                .clone()
+                .or_else(|| self.error.clone())
+                .map(|e| semithin_protocol::api::bound_error(&e)),
+        }
+    }
+
+    /// Takes a bundle from a check-in answer: every set signed by a trusted admin key, in
+    /// precedence order, naming this machine and its channel, none older than one applied.
+    /// Refused, the sets held before stay.
+    pub fn receive(
+        &mut self,
+        b: &Bundle,
+        trusted: &[[u8; 32]],
+        name: &str,
+        channel: Option<&str>,
+    ) -> std::result::Result<(), String> {
+        self.seen = Some(b.digest.clone());
+        let res = check(b, trusted, name, channel, &self.versions);
+        match res {
+            Ok(versions) => {
+                self.versions.extend(versions);
+                self.bundle = Some(b.clone());
+                self.refused = None;
+                Ok(())
+            }
+            Err(e) => {
+                let e = format!("variable sets refused: {e}");
+                self.refused = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// The variables the templates see, merged from the accepted sets.
+    pub fn vars(&self) -> BTreeMap<String, serde_json::Value> {
+        match &self.bundle {
+            Some(b) => vars::merge(b.sets.iter().map(|s| s.set.set())),
+            None => BTreeMap::new(),
+        }
+    }
+
+    /// Whether the path (relative to `/etc`) in the upper layer is this machine's rendered
+    /// configuration, as rendered: then it is no local drift.
+    pub fn owns(&self, upper: &Path, rel: &str) -> bool {
+        let p = upper.join(rel);
+        if self.dirs.contains(rel) {
+            return p.is_dir();
+        }
+        let Some(r) = self.files.get(rel) else {
+            return false;
+        };
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            return false;
+        };
+        md.is_file()
+            && md.mode() & 0o7777 == r.mode
+            && md.uid() == r.uid
+            && md.gid() == r.gid
+            && std::fs::read(&p).is_ok_and(|b| blake3::hash(&b).to_hex().as_str() == r.hash)
+    }
+}
+
+fn check(
+    b: &Bundle,
+    trusted: &[[u8; 32]],
+    name: &str,
+    channel: Option<&str>,
+    applied: &BTreeMap<String, u64>,
+) -> std::result::Result<Vec<(String, u64)>, String> {
+    if b.sets.len() > MAX_BUNDLE_SETS {
+        return Err(format!(
+            "{} sets; at most {MAX_BUNDLE_SETS}",
+            b.sets.len()
+        ));
+    }
+    if !b.sets.is_empty() && trusted.is_empty() {
+        return Err("this machine trusts no admin key (admin_keys in the agent's settings)".into());
+    }
+    let mut rank = 0;
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for s in &b.sets {
+        let scope = s.verify(trusted)?;
+        if scope.rank() < rank || !seen.insert(scope.to_string()) {
+            return Err(format!("{scope} is out of order or given twice"));
+        }
+        rank = scope.rank();
+        match &scope {
+            Scope::Machine(m) if m != name => {
+                return Err(format!("{scope} is for another machine (this one is {name})"));
+            }
+            Scope::Channel(c) if channel.is_some_and(|ch| ch != c) => {
+                return Err(format!(
+                    "{scope} is for another channel (this machine follows {})",
+                    channel.unwrap_or_default()
+                ));
+            }
+            _ => {}
+        }
+        let key = scope.to_string();
+        if let Some(had) = applied.get(&key)
+            && s.set.version < *had
+        {
+            return Err(format!(
+                "{scope} is version {}, older than version {had} applied here",
+                s.set.version
+            ));
+        }
+        out.push((key, s.set.version));
+    }
+    Ok(out)
+}
+
+/// Where rendered files are written: through `/etc` when it is the overlay over `upper`
+/// (writing into a mounted overlay's upper directory directly is not allowed), else into
+/// `upper` itself (the overlay is mounted at the next boot).
+pub fn write_root(upper: &Path) -> PathBuf {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return upper.to_owned();
+    };
+    let want = format!("upperdir={}", upper.display());
+    let mounted = info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.get(4) == Some(&"/etc")
+            && l.split(" - ").nth(1).is_some_and(|rest| {
+                rest.starts_with("overlay ") && rest.split([',', ' ']).any(|o| o == want)
+            })
+    });
+    if mounted {
+        PathBuf::from("/etc")
+    } else {
+        upper.to_owned()
+    }
+}
+
+/// What a rendering did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Files written (their content, mode or owner changed).
+    pub written: Vec<String>,
+    /// Files removed (their template is gone from the release).
+    pub removed: Vec<String>,
+    /// Units to restart (templates whose file changed).
+    pub restart: BTreeSet<String>,
+}
+
+/// Renders the templates of the deployment at `root` and writes what changed below `etc`
+/// (the write root, [`write_root`]); `upper` is where the files land, for the records.
+pub fn render(
+    r: &mut Rendering,
+    root: &Path,
+    etc: &Path,
+    ctx: &serde_json::Value,
+) -> std::result::Result<Outcome, String> {
+    let dir = root.join(template::DIR);
+    let manifest = dir.join(template::MANIFEST);
+    let templates = match std::fs::read_to_string(&manifest) {
+        Ok(t) => template::parse_manifest(&t).map_err(|e| e.to_string())?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("/{}/{}: {e}", template::DIR, template::MANIFEST)),
+    };
+    let read = |src: &str| -> std::result::Result<Vec<u8>, String> {
+        let p = dir.join(src);
+        let md = std::fs::symlink_metadata(&p).map_err(|e| e.to_string())?;
+        if !md.is_file() {
+            return Err("not a regular file".into());
+        }
+        if md.len() > template::MAX_BYTES as u64 {
+            return Err(format!("{} bytes; at most {}", md.len(), template::MAX_BYTES));
+        }
+        std::fs::read(&p).map_err(|e| e.to_string())
+    };
+    let rendered = template::render_all(&templates, read, ctx).map_err(|e| e.to_string())?;
+    let mut out = Outcome::default();
+    let mut files = BTreeMap::new();
+    for f in &rendered {
+        let t = &f.template;
+        let rel = t.rel().to_owned();
+        let path = etc.join(&rel);
+        let same = std::fs::symlink_metadata(&path).is_ok_and(|md| {
+            md.is_file()
+                && md.mode() & 0o7777 == t.mode
+                && md.uid() == t.uid
+                && md.gid() == t.gid
+                && std::fs::read(&path).is_ok_and(|b| b == f.content)
+        });
+        if !same {
+            make_dirs(r, etc, &rel).map_err(|e| e.to_string())?;
+            write_file(&path, &f.content, t.mode, t.uid, t.gid).map_err(|e| e.to_string())?;
+            out.written.push(t.target.clone());
+            if let Some(u) = &t.restart {
+                out.restart.insert(u.clone());
+            }
+        }
+        files.insert(
+            rel,
+            FileRecord {
+                hash: blake3::hash(&f.content).to_hex().to_string(),
+                mode: t.mode,
+                uid: t.uid,
+                gid: t.gid,
+                template: t.source.clone(),
+            },
+        );
+    }
+    // Files whose template is gone: removed when still as rendered (a local edit stays).
+    for (rel, rec) in &r.files {
+        if files.contains_key(rel) {
+            continue;
+        }
+        let p = etc.join(rel);
+        if std::fs::read(&p).is_ok_and(|b| blake3::hash(&b).to_hex().as_str() == rec.hash) {
+            std::fs::remove_file(&p).map_err(|e| format!("removing {}: {e}", p.display()))?;
+            out.removed.push(format!("/etc/{rel}"));
+        }
+    }
+    r.files = files;
+    Ok(out)
+}
+
+/// Makes the directories above `rel` that are missing below `etc` (0755, root), recording
+/// them.
+fn make_dirs(r: &mut Rendering, etc: &Path, rel: &str) -> std::io::Result<()> {
+    let mut at = String::new();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for p in parts.iter().take(parts.len().saturating_sub(1)) {
+        if !at.is_empty() {
+            at.push('/');
+        }
+        at.push_str(p);
+        let d = etc.join(&at);
+        match std::fs::symlink_metadata(&d) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{} is in the way: not a directory",
+                    d.display()
+                )));
+            }
+            Err(_) => {
+                std::fs::create_dir(&d)?;
+                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+                r.dirs.insert(at.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file atomically with its mode and owner: temporary file beside it, fsync,
+/// rename, fsync of the directory.
+fn write_file(path: &Path, bytes: &[u8], mode: u32, uid: u32, gid: u32) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let tmp = semithin_store::fsutil::unique_tmp(dir, ".semithin-render");
+    let res = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::fchown(
+                &f,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )?;
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// What the rendering is made from: when it changes, the templates are rendered again.
+pub fn key(release: &str, r: &Rendering, facts: Option<&Facts>) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(release.as_bytes());
+    h.update(b"\0");
+    if let Some(b) = &r.bundle {
+        h.update(b.digest.as_bytes());
+    }
+    h.update(b"\0");
+    if let Some(f) = facts {
+        h.update(f.digest().as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
