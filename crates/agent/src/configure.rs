@@ -101,7 +101,8 @@ impl Agent {
         }
         let root = self.layout.deployment(&current);
         self.rendering.tried = Some(key.clone());
-        match templates::render(&mut self.rendering, &root, &etc, &ctx) {
+        let state = templates::path(&self.layout);
+        match templates::render(&mut self.rendering, &root, &etc, &ctx, &state) {
             Ok(out) => {
                 self.rendering.applied = Some(key);
                 self.rendering.error = None;

@@ -50,6 +50,10 @@ pub struct Rendering {
     /// Files rendered, by path relative to `/etc`.
     #[serde(default)]
     pub files: BTreeMap<String, FileRecord>,
+    /// The records of files being replaced while a rendering writes (a kill then leaves either
+    /// content, both known); empty once it is done.
+    #[serde(default)]
+    pub previous: BTreeMap<String, FileRecord>,
     /// Directories made in the upper layer for them (relative to `/etc`).
     #[serde(default)]
     pub dirs: BTreeSet<String>,
@@ -141,17 +145,23 @@ impl Rendering {
         if self.dirs.contains(rel) {
             return p.is_dir();
         }
-        let Some(r) = self.files.get(rel) else {
-            return false;
-        };
         let Ok(md) = std::fs::symlink_metadata(&p) else {
             return false;
         };
-        md.is_file()
-            && md.mode() & 0o7777 == r.mode
-            && md.uid() == r.uid
-            && md.gid() == r.gid
-            && std::fs::read(&p).is_ok_and(|b| blake3::hash(&b).to_hex().as_str() == r.hash)
+        let records: Vec<&FileRecord> = [self.files.get(rel), self.previous.get(rel)]
+            .into_iter()
+            .flatten()
+            .collect();
+        if records.is_empty() || !md.is_file() {
+            return false;
+        }
+        let Ok(bytes) = std::fs::read(&p) else {
+            return false;
+        };
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        records.iter().any(|r| {
+            md.mode() & 0o7777 == r.mode && md.uid() == r.uid && md.gid() == r.gid && hash == r.hash
+        })
     }
 }
 
@@ -240,12 +250,14 @@ pub struct Outcome {
 }
 
 /// Renders the templates of the deployment at `root` and writes what changed below `etc`
-/// (the write root, [`write_root`]); `upper` is where the files land, for the records.
+/// (the write root, [`write_root`]); the records are saved to `state` before any file is
+/// written.
 pub fn render(
     r: &mut Rendering,
     root: &Path,
     etc: &Path,
     ctx: &serde_json::Value,
+    state: &Path,
 ) -> std::result::Result<Outcome, String> {
     let dir = root.join(template::DIR);
     let manifest = dir.join(template::MANIFEST);
@@ -266,8 +278,11 @@ pub fn render(
         std::fs::read(&p).map_err(|e| e.to_string())
     };
     let rendered = template::render_all(&templates, read, ctx).map_err(|e| e.to_string())?;
+    // What changes, recorded before anything is written: killed while writing, every file is
+    // either as recorded now or as recorded before.
     let mut out = Outcome::default();
     let mut files = BTreeMap::new();
+    let mut changed = Vec::new();
     for f in &rendered {
         let t = &f.template;
         let rel = t.rel().to_owned();
@@ -280,11 +295,9 @@ pub fn render(
                 && std::fs::read(&path).is_ok_and(|b| b == f.content)
         });
         if !same {
-            make_dirs(r, etc, &rel).map_err(|e| e.to_string())?;
-            write_file(&path, &f.content, t.mode, t.uid, t.gid).map_err(|e| e.to_string())?;
-            out.written.push(t.target.clone());
-            if let Some(u) = &t.restart {
-                out.restart.insert(u.clone());
+            changed.push(f);
+            for d in missing_dirs(etc, &rel).map_err(|e| e.to_string())? {
+                r.dirs.insert(d);
             }
         }
         files.insert(
@@ -298,24 +311,39 @@ pub fn render(
             },
         );
     }
-    // Files whose template is gone: removed when still as rendered (a local edit stays).
-    for (rel, rec) in &r.files {
-        if files.contains_key(rel) {
-            continue;
+    let gone: Vec<(String, FileRecord)> = r
+        .files
+        .iter()
+        .filter(|(rel, _)| !files.contains_key(*rel))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    r.previous = std::mem::replace(&mut r.files, files);
+    r.save(state).map_err(|e| e.to_string())?;
+    for f in changed {
+        let t = &f.template;
+        let path = etc.join(t.rel());
+        make_dirs(etc, t.rel()).map_err(|e| e.to_string())?;
+        write_file(&path, &f.content, t.mode, t.uid, t.gid).map_err(|e| e.to_string())?;
+        out.written.push(t.target.clone());
+        if let Some(u) = &t.restart {
+            out.restart.insert(u.clone());
         }
-        let p = etc.join(rel);
+    }
+    // Files whose template is gone: removed when still as rendered (a local edit stays).
+    for (rel, rec) in gone {
+        let p = etc.join(&rel);
         if std::fs::read(&p).is_ok_and(|b| blake3::hash(&b).to_hex().as_str() == rec.hash) {
             std::fs::remove_file(&p).map_err(|e| format!("removing {}: {e}", p.display()))?;
             out.removed.push(format!("/etc/{rel}"));
         }
     }
-    r.files = files;
+    r.previous.clear();
     Ok(out)
 }
 
-/// Makes the directories above `rel` that are missing below `etc` (0755, root), recording
-/// them.
-fn make_dirs(r: &mut Rendering, etc: &Path, rel: &str) -> std::io::Result<()> {
+/// The directories above `rel` missing below `etc` (relative to `/etc`), outermost first.
+fn missing_dirs(etc: &Path, rel: &str) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
     let mut at = String::new();
     let parts: Vec<&str> = rel.split('/').collect();
     for p in parts.iter().take(parts.len().saturating_sub(1)) {
@@ -323,21 +351,26 @@ fn make_dirs(r: &mut Rendering, etc: &Path, rel: &str) -> std::io::Result<()> {
             at.push('/');
         }
         at.push_str(p);
-        let d = etc.join(&at);
-        match std::fs::symlink_metadata(&d) {
+        match std::fs::symlink_metadata(etc.join(&at)) {
             Ok(md) if md.is_dir() => {}
             Ok(_) => {
                 return Err(std::io::Error::other(format!(
                     "{} is in the way: not a directory",
-                    d.display()
+                    etc.join(&at).display()
                 )));
             }
-            Err(_) => {
-                std::fs::create_dir(&d)?;
-                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
-                r.dirs.insert(at.clone());
-            }
+            Err(_) => out.push(at.clone()),
         }
+    }
+    Ok(out)
+}
+
+/// Makes the directories above `rel` that are missing below `etc` (0755, root).
+fn make_dirs(etc: &Path, rel: &str) -> std::io::Result<()> {
+    for d in missing_dirs(etc, rel)? {
+        let p = etc.join(&d);
+        std::fs::create_dir(&p)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
     }
     Ok(())
 }
