@@ -24,11 +24,7 @@ impl Agent {
             None => true,
         };
         if due {
-            let root = self
-                .cfg
-                .facts_root
-                .clone()
-                .unwrap_or_else(|| "/".into());
+            let root = self.cfg.facts_root.clone().unwrap_or_else(|| "/".into());
             self.facts = Some((t, facts::gather(&root)));
         }
     }
@@ -110,7 +106,9 @@ impl Agent {
                     self.say(&format!("configuration: rendered {f}"));
                 }
                 for f in &out.removed {
-                    self.say(&format!("configuration: removed {f} (its template is gone)"));
+                    self.say(&format!(
+                        "configuration: removed {f} (its template is gone)"
+                    ));
                 }
                 let mut failed = Vec::new();
                 for unit in &out.restart {

@@ -148,7 +148,11 @@ mod tests {
             "proc/cpuinfo",
             "processor\t: 0\nmodel name\t: Test CPU @ 2GHz\n\nprocessor\t: 1\nmodel name\t: Test CPU @ 2GHz\n",
         );
-        put(r, "proc/meminfo", "MemTotal:        2048000 kB\nMemFree: 1 kB\n");
+        put(
+            r,
+            "proc/meminfo",
+            "MemTotal:        2048000 kB\nMemFree: 1 kB\n",
+        );
         put(r, "sys/class/net/lo/address", "00:00:00:00:00:00\n");
         put(r, "sys/class/net/eth9/address", "52:54:00:12:34:56\n");
         put(r, "sys/block/vdz/size", "2048\n");
@@ -167,7 +171,10 @@ mod tests {
         assert_eq!(f.disks[0].size_bytes, 2048 * 512);
         assert_eq!(f.disks[0].model.as_deref(), Some("Disk[2J X"));
         assert_eq!(f.dmi_vendor.as_deref(), Some("LENOVO"));
-        assert_eq!(f.dmi_product.as_ref().unwrap().len(), fact_limits::TEXT_BYTES);
+        assert_eq!(
+            f.dmi_product.as_ref().unwrap().len(),
+            fact_limits::TEXT_BYTES
+        );
         // what the server accepts
         f.check().unwrap();
         // nothing there: empty facts, still valid

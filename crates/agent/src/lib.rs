@@ -7,8 +7,8 @@
 //! moment: the next run starts from what is on disk and continues.
 
 mod assignment;
-mod configure;
 pub mod config;
+mod configure;
 mod delta;
 pub mod deploy;
 pub mod error;

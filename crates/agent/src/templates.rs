@@ -173,10 +173,7 @@ fn check(
     applied: &BTreeMap<String, u64>,
 ) -> std::result::Result<Vec<(String, u64)>, String> {
     if b.sets.len() > MAX_BUNDLE_SETS {
-        return Err(format!(
-            "{} sets; at most {MAX_BUNDLE_SETS}",
-            b.sets.len()
-        ));
+        return Err(format!("{} sets; at most {MAX_BUNDLE_SETS}", b.sets.len()));
     }
     if !b.sets.is_empty() && trusted.is_empty() {
         return Err("this machine trusts no admin key (admin_keys in the agent's settings)".into());
@@ -192,7 +189,9 @@ fn check(
         rank = scope.rank();
         match &scope {
             Scope::Machine(m) if m != name => {
-                return Err(format!("{scope} is for another machine (this one is {name})"));
+                return Err(format!(
+                    "{scope} is for another machine (this one is {name})"
+                ));
             }
             Scope::Channel(c) if channel.is_some_and(|ch| ch != c) => {
                 return Err(format!(
@@ -273,7 +272,11 @@ pub fn render(
             return Err("not a regular file".into());
         }
         if md.len() > template::MAX_BYTES as u64 {
-            return Err(format!("{} bytes; at most {}", md.len(), template::MAX_BYTES));
+            return Err(format!(
+                "{} bytes; at most {}",
+                md.len(),
+                template::MAX_BYTES
+            ));
         }
         std::fs::read(&p).map_err(|e| e.to_string())
     };

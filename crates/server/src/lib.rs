@@ -14,9 +14,9 @@ pub mod releases;
 pub mod renew;
 pub mod replay;
 pub mod rollout;
-pub mod vars;
 #[cfg(test)]
 mod testkit;
+pub mod vars;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -64,9 +64,8 @@ impl Vars {
         for r in rows {
             let scope: String = r.get(0);
             let body: String = r.get(1);
-            let bad = |why: String| {
-                Error::Config(format!("variable set {scope} in the database: {why}"))
-            };
+            let bad =
+                |why: String| Error::Config(format!("variable set {scope} in the database: {why}"));
             let signed: SignedSet = serde_json::from_str(&body).map_err(|e| bad(e.to_string()))?;
             let s = stored(signed, r.get(2)).map_err(bad)?;
             sets.insert(s.scope.clone(), Arc::new(s));
@@ -123,7 +122,11 @@ impl Vars {
     /// What a machine's check-in answer carries: its bundle, unless it holds it already.
     pub fn bundle(&self, r: &MachineRow) -> Option<Bundle> {
         let (digest, sets) = self.applying(&r.name, r.channel.as_deref(), &r.labels);
-        let held = r.report.config.as_ref().and_then(|c| c.vars_digest.as_ref());
+        let held = r
+            .report
+            .config
+            .as_ref()
+            .and_then(|c| c.vars_digest.as_ref());
         (held != Some(&digest)).then(|| Bundle {
             digest,
             sets: sets.iter().map(|s| s.signed.clone()).collect(),

@@ -317,8 +317,7 @@ mod tests {
     fn sources(name: &str) -> Result<Vec<u8>, String> {
         match name {
             "motd.j2" => Ok(
-                b"{{ machine.name }} on {{ machine.channel }} ({{ facts.hostname }})\n"
-                    .to_vec(),
+                b"{{ machine.name }} on {{ machine.channel }} ({{ facts.hostname }})\n".to_vec(),
             ),
             "ntp/chrony.j2" => {
                 Ok(b"{% for s in ntp %}server {{ s }} iburst\n{% endfor %}".to_vec())

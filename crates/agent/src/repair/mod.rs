@@ -150,7 +150,11 @@ impl Agent {
         let (mut drift, errors) = overlay::scan(&mut objs, &upper, etc, root_owner);
         report.errors.extend(errors);
         // the machine's rendered configuration, as rendered, is no local change
-        drift.retain(|d| !self.rendering.owns(&upper, &String::from_utf8_lossy(&d.rel)));
+        drift.retain(|d| {
+            !self
+                .rendering
+                .owns(&upper, &String::from_utf8_lossy(&d.rel))
+        });
 
         let mut integrity = Integrity::new(id.into(), now());
         let mut q = fix::Quarantine::new(&self.layout.quarantine(), &release, now());

@@ -357,7 +357,10 @@ fn facts_text(f: &semithin_protocol::vars::Facts) -> Result<()> {
     outln!("  hostname  {}", safe(&f.hostname));
     outln!("  cpu       {} x {}", f.cpu_count, safe(&f.cpu_model));
     outln!("  memory    {}", human(f.memory_bytes));
-    for (what, v) in [("dmi vendor", &f.dmi_vendor), ("dmi product", &f.dmi_product)] {
+    for (what, v) in [
+        ("dmi vendor", &f.dmi_vendor),
+        ("dmi product", &f.dmi_product),
+    ] {
         if let Some(v) = v {
             outln!("  {what:<9} {}", safe(v));
         }
@@ -367,7 +370,11 @@ fn facts_text(f: &semithin_protocol::vars::Facts) -> Result<()> {
             "  net       {} {} {}",
             safe(&i.name),
             safe_or_dash(i.mac.as_deref()),
-            i.addresses.iter().map(|a| safe(a).to_string()).collect::<Vec<_>>().join(" ")
+            i.addresses
+                .iter()
+                .map(|a| safe(a).to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     for d in &f.disks {

@@ -53,7 +53,11 @@ fn machine(s: &Server, token: &str, name: &str, key: &str, vendor: &str) -> Agen
     std::fs::create_dir_all(&dmi).unwrap();
     std::fs::write(dmi.join("sys_vendor"), format!("{vendor}\n")).unwrap();
     std::fs::create_dir_all(facts.join("proc/sys/kernel")).unwrap();
-    std::fs::write(facts.join("proc/sys/kernel/hostname"), format!("host-{name}\n")).unwrap();
+    std::fs::write(
+        facts.join("proc/sys/kernel/hostname"),
+        format!("host-{name}\n"),
+    )
+    .unwrap();
     std::fs::create_dir_all(&a.state).unwrap();
     std::fs::write(
         a.state.join("agent.toml"),
@@ -108,7 +112,12 @@ struct Fleet {
 fn fleet() -> Fleet {
     let s = Server::start();
     let (key, public) = keygen(&s, "admin.key");
-    var(&s, &key, "global", &["ntp=pool.example", "servers:=[\"a\",\"b\"]"]);
+    var(
+        &s,
+        &key,
+        "global",
+        &["ntp=pool.example", "servers:=[\"a\",\"b\"]"],
+    );
     var(&s, &key, "label:site=a", &["site_name=A"]);
     var(&s, &key, "label:site=b", &["site_name=B"]);
     var(&s, &key, "label:class=lab", &["site_name=LAB"]);
@@ -118,7 +127,11 @@ fn fleet() -> Fleet {
     image_with(
         &src,
         1,
-        &[("templates.toml", MANIFEST), ("motd.j2", MOTD), ("app.conf.j2", APP)],
+        &[
+            ("templates.toml", MANIFEST),
+            ("motd.j2", MOTD),
+            ("app.conf.j2", APP),
+        ],
     );
     s.release(&src, "lab/stable");
     let t = s.enroll_token(true);
@@ -158,9 +171,13 @@ fn templates_render_per_machine_in_precedence_and_a_change_reaches_only_its_mach
         assert_eq!(md.mode() & 0o7777, 0o640, "{}", a.name);
         assert_eq!(md.gid(), 4);
         // its unit restarted once, after the file was written
-        wait_until("restart", 30, || read(&restarts(&s, &a.name)) == "app.service\n");
+        wait_until("restart", 30, || {
+            read(&restarts(&s, &a.name)) == "app.service\n"
+        });
     }
-    wait_until("config reported", 30, || config(&s, "m1")["files"] == json!(2));
+    wait_until("config reported", 30, || {
+        config(&s, "m1")["files"] == json!(2)
+    });
 
     // The order of label scopes decides: site after class, the site wins for m2.
     s.ok(&["var", "order", "class", "site"]);
@@ -170,7 +187,10 @@ fn templates_render_per_machine_in_precedence_and_a_change_reaches_only_its_mach
     let m3_config = read(&m[2].state.join("config.json"));
     let m3_log = m[2].log().len();
     let out = var(&s, &key, "label:site=a", &["site_name=AA"]);
-    assert!(out.contains("2 machine(s)") && out.contains("m1") && out.contains("m2"), "{out}");
+    assert!(
+        out.contains("2 machine(s)") && out.contains("m1") && out.contains("m2"),
+        "{out}"
+    );
     assert!(!out.contains("m3"), "{out}");
     wait_file(&m[0], "motd", "m1 AA pool.example LENOVO\n");
     wait_file(&m[1], "motd", "m2 AA 10.0.0.2 Dell\n");
@@ -188,7 +208,15 @@ fn templates_render_per_machine_in_precedence_and_a_change_reaches_only_its_mach
     });
 
     // unset: a template naming the variable fails, the file stays
-    s.ok(&["var", "unset", "--scope", "machine:m2", "--sign-key", &key, "ntp"]);
+    s.ok(&[
+        "var",
+        "unset",
+        "--scope",
+        "machine:m2",
+        "--sign-key",
+        &key,
+        "ntp",
+    ]);
     wait_file(&m[1], "motd", "m2 AA pool.example Dell\n");
 
     // `var list` shows every scope; the dry run on the server renders what the machine has
@@ -216,7 +244,10 @@ fn facts_show_in_fleet_show_and_select_machines() {
     assert_eq!(v["facts"]["dmi_vendor"], "LENOVO");
     assert_eq!(v["facts"]["hostname"], "host-m1");
     let text = s.ok(&["fleet", "show", "m1"]);
-    assert!(text.contains("LENOVO") && text.contains("host-m1"), "{text}");
+    assert!(
+        text.contains("LENOVO") && text.contains("host-m1"),
+        "{text}"
+    );
     let l: Value =
         serde_json::from_str(&s.ok(&["fleet", "list", "fact.dmi_vendor=LENOVO", "--json"]))
             .unwrap();
@@ -227,13 +258,9 @@ fn facts_show_in_fleet_show_and_select_machines() {
         .map(|m| m["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["m1"]);
-    let l: Value = serde_json::from_str(&s.ok(&[
-        "fleet",
-        "list",
-        "site=a,fact.dmi_vendor=Dell",
-        "--json",
-    ]))
-    .unwrap();
+    let l: Value =
+        serde_json::from_str(&s.ok(&["fleet", "list", "site=a,fact.dmi_vendor=Dell", "--json"]))
+            .unwrap();
     assert_eq!(l.as_array().unwrap().len(), 1);
     assert_eq!(l[0]["name"], "m2");
     let e = s.cli(&["fleet", "list", "fact.colour=red"]);
@@ -266,7 +293,13 @@ fn sets_not_signed_by_a_trusted_key_are_refused_by_the_agent_and_change_nothing(
         }),
     );
     assert_eq!(st, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("variable set refused"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("variable set refused"),
+        "{v}"
+    );
     let (st, v) = s.put(
         "/api/v1/admin/vars",
         &json!({"set": {"scope": "global", "version": 99, "vars": {}}}),
@@ -275,7 +308,13 @@ fn sets_not_signed_by_a_trusted_key_are_refused_by_the_agent_and_change_nothing(
     assert!(v["error"].as_str().unwrap().contains("signature"), "{v}");
     // an older version of a scope: refused as stale
     let l: Value = serde_json::from_str(&s.ok(&["var", "list", "--json"])).unwrap();
-    assert!(l["sets"].as_array().unwrap().iter().all(|x| x["vars"]["ntp"] != "evil"));
+    assert!(
+        l["sets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["vars"]["ntp"] != "evil")
+    );
 
     // A set changed in the server's database (a compromised server): the agent refuses it.
     let mut s = s;
@@ -314,7 +353,10 @@ fn broken_templates_and_bad_variables_give_clear_errors_and_change_nothing() {
         a.extend(args.iter());
         let out = s.cli(&a);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
     }
     let big = format!("a={}", "x".repeat(20_000));
     let out = s.cli(&["var", "set", "--sign-key", &key, "--scope", "global", &big]);
@@ -334,7 +376,9 @@ fn broken_templates_and_bad_variables_give_clear_errors_and_change_nothing() {
         ],
     );
     let v2 = s.release(&src, "lab/stable");
-    wait_until("m1 on v2", 60, || m[0].current().as_deref() == Some(v2.as_str()));
+    wait_until("m1 on v2", 60, || {
+        m[0].current().as_deref() == Some(v2.as_str())
+    });
     wait_until("error reported", 60, || {
         config(&s, "m1")["error"].as_str().is_some_and(|e| {
             e.contains("motd.j2") && e.contains("/etc/motd") && e.contains("line 2")
@@ -343,7 +387,10 @@ fn broken_templates_and_bad_variables_give_clear_errors_and_change_nothing() {
     assert_eq!(read(&upper(&m[0], "motd")), "m1 A pool.example LENOVO\n");
     let out = s.cli(&["fleet", "render", "m1"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("motd.j2") && err.contains("line 2"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("motd.j2") && err.contains("line 2"),
+        "{err}"
+    );
 
     // a template naming a variable no scope sets
     let src = s.path("img3");
@@ -357,7 +404,9 @@ fn broken_templates_and_bad_variables_give_clear_errors_and_change_nothing() {
         ],
     );
     let v3 = s.release(&src, "lab/stable");
-    wait_until("m2 on v3", 60, || m[1].current().as_deref() == Some(v3.as_str()));
+    wait_until("m2 on v3", 60, || {
+        m[1].current().as_deref() == Some(v3.as_str())
+    });
     wait_until("undefined reported", 60, || {
         config(&s, "m2")["error"].as_str().is_some_and(|e| {
             e.contains("motd.j2") && e.contains("undefined") && e.contains("line 2")
@@ -381,12 +430,24 @@ fn rendered_files_are_not_etc_drift_but_a_local_edit_of_them_is() {
     a.stop();
     let out = a.run(&["verify", "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    assert!(out.status.success(), "{v:#} {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(v["etc_drift"], json!([]), "{v:#} {}", read(&a.state.join("config.json")));
+    assert!(
+        out.status.success(),
+        "{v:#} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        v["etc_drift"],
+        json!([]),
+        "{v:#} {}",
+        read(&a.state.join("config.json"))
+    );
     std::fs::write(upper(a, "motd"), "edited by hand\n").unwrap();
     let out = a.run(&["verify", "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let drift = v["etc_drift"].to_string();
-    assert!(drift.contains("/etc/motd") && !drift.contains("app.conf"), "{v:#}");
+    assert!(
+        drift.contains("/etc/motd") && !drift.contains("app.conf"),
+        "{v:#}"
+    );
     drop(s);
 }

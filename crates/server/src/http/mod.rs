@@ -8,9 +8,9 @@ mod rollout;
 pub mod serve;
 #[cfg(test)]
 mod tests;
-mod vars;
 pub mod throttle;
 pub mod tls;
+mod vars;
 
 use std::sync::Arc;
 use std::time::Duration;

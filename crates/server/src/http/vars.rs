@@ -13,8 +13,8 @@ use semithin_protocol::api::Affected;
 use semithin_protocol::vars::{
     self, LabelOrder, RenderAnswer, RenderRequest, RenderedFile, SignedSet, VarsInfo,
 };
-use semithin_store::objects::ObjectStore;
 use semithin_store::object::EntryKind;
+use semithin_store::objects::ObjectStore;
 use semithin_template as template;
 
 use super::{ApiErr, ApiResult, admin, parse};
@@ -125,9 +125,7 @@ async fn render(
             release.to_hex()
         )));
     }
-    let (_, sets) = app
-        .vars
-        .applying(&r.name, r.channel.as_deref(), &r.labels);
+    let (_, sets) = app.vars.applying(&r.name, r.channel.as_deref(), &r.labels);
     let merged = vars::merge(sets.iter().map(|s| s.signed.set.set()));
     let facts = m.facts();
     let ctx = template::context(
