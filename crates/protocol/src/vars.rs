@@ -27,8 +27,9 @@ pub const MAX_VARS: usize = 256;
 pub const MAX_NAME: usize = 64;
 /// At most this many bytes of one value, as compact JSON.
 pub const MAX_VALUE_BYTES: usize = 16 << 10;
-/// At most this many bytes of a whole set, as compact JSON.
-pub const MAX_SET_BYTES: usize = 256 << 10;
+/// At most this many bytes of a whole set's variables, as compact JSON (an agent reads an
+/// answer of at most 1 MiB, which carries all of a machine's sets).
+pub const MAX_SET_BYTES: usize = 64 << 10;
 /// Names a template sees beside the variables: a variable may not take them.
 pub const RESERVED: &[&str] = &["facts", "machine", "semithin"];
 
@@ -179,6 +180,15 @@ impl VarSet {
         for (k, v) in &self.vars {
             check_name(k)?;
             check_value(k, v)?;
+        }
+        let len = serde_json::to_string(&self.vars)
+            .map(|s| s.len())
+            .unwrap_or(0);
+        if len > MAX_SET_BYTES {
+            return Err(format!(
+                "the variables of {} take {len} bytes; at most {MAX_SET_BYTES} per scope",
+                self.scope
+            ));
         }
         Ok(scope)
     }
@@ -629,6 +639,14 @@ mod tests {
             vars: many.into_iter().collect(),
         };
         assert!(s.validate().unwrap_err().contains("at most"));
+        let big: Vec<(String, Value)> =
+            (0..8).map(|i| (format!("v{i}"), "x".repeat(10_000).into())).collect();
+        let s = VarSet {
+            scope: "global".into(),
+            version: 1,
+            vars: big.into_iter().collect(),
+        };
+        assert!(s.validate().unwrap_err().contains("per scope"));
     }
 
     #[test]
