@@ -66,7 +66,9 @@ if [ -z "${SEMITHIN:-}" ] || [ -z "${BENCH_VARS:-}" ]; then
 fi
 
 # one socket per agent and its files: more than the usual 1,024
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((AGENTS * 4 + 256)) ] \
+  || die "open files limit $(ulimit -n): $((AGENTS * 4 + 256)) needed for $AGENTS agents"
 
 SERVER_PID=""
 HELPER_PID=""

@@ -639,8 +639,9 @@ mod tests {
             vars: many.into_iter().collect(),
         };
         assert!(s.validate().unwrap_err().contains("at most"));
-        let big: Vec<(String, Value)> =
-            (0..8).map(|i| (format!("v{i}"), "x".repeat(10_000).into())).collect();
+        let big: Vec<(String, Value)> = (0..8)
+            .map(|i| (format!("v{i}"), "x".repeat(10_000).into()))
+            .collect();
         let s = VarSet {
             scope: "global".into(),
             version: 1,

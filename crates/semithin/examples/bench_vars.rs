@@ -56,7 +56,11 @@ impl Admin {
             .body(serde_json::to_vec(s)?)
             .send()?;
         if !r.status().is_success() {
-            bail!("storing the set: {} {}", r.status(), r.text().unwrap_or_default());
+            bail!(
+                "storing the set: {} {}",
+                r.status(),
+                r.text().unwrap_or_default()
+            );
         }
         Ok(())
     }
@@ -77,7 +81,9 @@ fn motd(dir: &Path, i: usize) -> String {
 fn main() -> Result<()> {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let [url, admin_token, enroll, root, key_file, dir, n, rounds] = a.as_slice() else {
-        bail!("usage: bench_vars URL ADMIN_TOKEN ENROLL_TOKEN ROOT_JSON SIGN_KEY DIR AGENTS ROUNDS");
+        bail!(
+            "usage: bench_vars URL ADMIN_TOKEN ENROLL_TOKEN ROOT_JSON SIGN_KEY DIR AGENTS ROUNDS"
+        );
     };
     let n: usize = n.parse().context("AGENTS")?;
     let rounds: usize = rounds.parse().context("ROUNDS")?;
@@ -133,7 +139,10 @@ fn main() -> Result<()> {
     let mut left = n;
     while left > 0 {
         let Ok((i, _)) = rx.recv_timeout(SETUP.saturating_sub(started.elapsed())) else {
-            bail!("{left} of {n} agents did not render within {} s", SETUP.as_secs());
+            bail!(
+                "{left} of {n} agents did not render within {} s",
+                SETUP.as_secs()
+            );
         };
         if !std::mem::replace(&mut first[i], true) {
             left -= 1;
