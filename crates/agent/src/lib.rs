@@ -195,6 +195,7 @@ impl Agent {
             accepts_jobs: true,
             job_results: self.jobs.store.unreported()?,
             inventory: self.jobs.inventory_to_send(),
+            accepts_vars: true,
             facts: self.facts_to_send(),
         };
         let resp = self.api().checkin(&req)?;

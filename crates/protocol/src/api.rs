@@ -418,6 +418,10 @@ pub struct CheckInRequest {
     /// (`CheckInResponse::inventory_digest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<crate::inventory::Inventory>,
+    /// The agent renders configuration templates: the server may give it its variable sets
+    /// (`CheckInResponse::vars`), and answers at once when it does.
+    #[serde(default)]
+    pub accepts_vars: bool,
     /// What the machine is (host name, addresses, hardware), sent when it differs from what the
     /// server holds (`CheckInResponse::facts_digest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

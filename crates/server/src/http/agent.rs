@@ -290,7 +290,7 @@ pub async fn checkin(
     }
     let (mut resp, actionable) = answer(&app, &m, false);
     with_jobs(&app, &m, &req, &mut resp).await?;
-    with_config(&app, &m, &mut resp);
+    with_config(&app, &m, &req, &mut resp);
     let wait = req.wait_secs.min(app.cfg.max_wait_secs);
     if actionable || wait == 0 || !resp.jobs.is_empty() || resp.vars.is_some() {
         return Ok(Json(resp));
@@ -303,15 +303,15 @@ pub async fn checkin(
     };
     let mut resp = answer(&app, &m, woken).0;
     with_jobs(&app, &m, &req, &mut resp).await?;
-    with_config(&app, &m, &mut resp);
+    with_config(&app, &m, &req, &mut resp);
     Ok(Json(resp))
 }
 
-/// The digest of the facts the server holds, and for an accepted machine its variable sets
-/// when it does not hold them yet (docs/CONFIG.md).
-fn with_config(app: &App, m: &Machine, resp: &mut CheckInResponse) {
+/// The digest of the facts the server holds, and for an accepted machine whose agent renders
+/// templates its variable sets when it does not hold them yet (docs/CONFIG.md).
+fn with_config(app: &App, m: &Machine, req: &CheckInRequest, resp: &mut CheckInResponse) {
     resp.facts_digest = m.facts().map(|f| f.digest());
-    if resp.status == MachineStatus::Accepted {
+    if req.accepts_vars && resp.status == MachineStatus::Accepted {
         resp.vars = app.vars.bundle(&m.row.lock().expect("lock"));
     }
 }
