@@ -282,3 +282,133 @@ pub async fn store_facts(db: &SqlitePool, m: &Machine, f: &Facts, now: i64) -> R
     m.set_facts(f.clone());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use semithin_protocol::job::AdminKey;
+    use semithin_protocol::vars::{SignedSet, VarSet};
+    use serde_json::{Value, json};
+
+    use crate::testkit::{TestServer, report};
+
+    fn set(scope: &str, version: u64, vars: Value) -> VarSet {
+        VarSet {
+            scope: scope.into(),
+            version,
+            vars: serde_json::from_value(vars).unwrap(),
+        }
+    }
+
+    async fn put(s: &TestServer, k: &AdminKey, v: VarSet) -> (u16, Value) {
+        let signed = SignedSet::sign(v, k).unwrap();
+        s.admin(
+            "PUT",
+            "/api/v1/admin/vars",
+            Some(serde_json::to_value(&signed).unwrap()),
+        )
+        .await
+    }
+
+    async fn checkin(
+        s: &TestServer,
+        key: &semithin_protocol::sign::MachineKey,
+        body: Value,
+    ) -> Value {
+        let (st, text) = s
+            .signed(key, "POST", "/api/v1/checkin", body.to_string().as_bytes())
+            .await;
+        assert_eq!(st, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sets_reach_the_machines_they_apply_to_once_and_only_agents_that_render() {
+        let s = TestServer::start(|_| {}).await;
+        let t = s.token(true).await;
+        let a = s.enroll(&t, "a").await;
+        let b = s.enroll(&t, "b").await;
+        let (st, v) = s
+            .admin(
+                "POST",
+                "/api/v1/admin/machines/a/labels",
+                Some(json!({"set": {"site": "x"}})),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let k = AdminKey::generate().unwrap();
+        let (st, v) = put(&s, &k, set("label:site=x", 1, json!({"ntp": "n1"}))).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["machines"], json!(["a"]));
+        // not newer than the stored one: 409
+        let (st, v) = put(&s, &k, set("label:site=x", 1, json!({"ntp": "n2"}))).await;
+        assert_eq!(st, 409, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("version 1"), "{v}");
+
+        // an agent that does not say accepts_vars is never given sets
+        let r = checkin(&s, &a, json!({"report": report(json!({}))})).await;
+        assert!(r.get("vars").is_none(), "{r}");
+        // one that does gets them, and not again once it reports holding them
+        let r = checkin(
+            &s,
+            &a,
+            json!({"report": report(json!({})), "accepts_vars": true}),
+        )
+        .await;
+        let bundle = &r["vars"];
+        assert_eq!(bundle["sets"][0]["set"]["vars"]["ntp"], "n1", "{r}");
+        let digest = bundle["digest"].as_str().unwrap().to_owned();
+        let held = report(json!({"config": {"vars_digest": digest, "files": 0}}));
+        let r = checkin(&s, &a, json!({"report": held, "accepts_vars": true})).await;
+        assert!(r.get("vars").is_none(), "{r}");
+        // b has no set: an empty bundle once
+        let r = checkin(
+            &s,
+            &b,
+            json!({"report": report(json!({})), "accepts_vars": true}),
+        )
+        .await;
+        assert_eq!(r["vars"]["sets"], json!([]), "{r}");
+        // a global set reaches both, a's bundle has both in precedence order
+        let (_, v) = put(&s, &k, set("global", 1, json!({"ntp": "g"}))).await;
+        assert_eq!(v["machines"], json!(["a", "b"]));
+        let held = report(json!({"config": {"vars_digest": digest, "files": 0}}));
+        let r = checkin(&s, &a, json!({"report": held, "accepts_vars": true})).await;
+        let scopes: Vec<&str> = r["vars"]["sets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["set"]["scope"].as_str().unwrap())
+            .collect();
+        assert_eq!(scopes, ["global", "label:site=x"]);
+        s.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn facts_out_of_bounds_are_refused_and_facts_within_are_kept() {
+        let s = TestServer::start(|_| {}).await;
+        let t = s.token(true).await;
+        let a = s.enroll(&t, "a").await;
+        let body = json!({"report": report(json!({})),
+            "facts": {"hostname": "h", "interfaces": [{"name": "eth0", "mac": "x".repeat(300)}]}});
+        let (st, text) = s
+            .signed(&a, "POST", "/api/v1/checkin", body.to_string().as_bytes())
+            .await;
+        assert_eq!(st, 400, "{text}");
+        assert!(text.contains("facts.interfaces[0].mac"), "{text}");
+        assert_eq!(s.count("SELECT count(*) FROM machine_facts").await, 0);
+        let body = json!({"report": report(json!({})),
+            "facts": {"hostname": "h", "dmi_vendor": "LENOVO"}});
+        let r = checkin(&s, &a, body).await;
+        assert!(r["facts_digest"].is_string(), "{r}");
+        assert_eq!(s.count("SELECT count(*) FROM machine_facts").await, 1);
+        let (_, m) = s
+            .admin(
+                "GET",
+                "/api/v1/admin/machines?selector=fact.dmi_vendor%3DLENOVO",
+                None,
+            )
+            .await;
+        assert_eq!(m.as_array().unwrap().len(), 1, "{m}");
+        s.stop().await;
+    }
+}
