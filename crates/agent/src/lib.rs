@@ -21,7 +21,7 @@ mod release;
 pub mod repair;
 pub mod state;
 mod switching;
-pub mod templates;
+mod templates;
 
 use std::collections::HashSet;
 use std::path::Path;
