@@ -44,6 +44,7 @@ pub enum VarCmd {
         /// The admin's signing key.
         #[arg(long, value_name = "FILE")]
         sign_key: PathBuf,
+        /// The variables to remove.
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
         /// Print the result as JSON (for scripts).
@@ -62,6 +63,7 @@ pub enum VarCmd {
     /// The order in which label scopes apply, later keys winning (`site class`: a class's
     /// value overrides a site's); keys not named come after, by name.
     Order {
+        /// Label keys, first applied first (none: by key name).
         #[arg(value_name = "KEY")]
         keys: Vec<String>,
     },
