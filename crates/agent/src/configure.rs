@@ -120,11 +120,20 @@ impl Agent {
                     self.rendering.error = Some(failed.join("; "));
                 }
             }
-            Err(e) => {
-                self.say(&format!(
-                    "configuration not rendered, the files stay as they were: {e}"
-                ));
-                self.rendering.error = Some(e);
+            Err(f) => {
+                if f.retry {
+                    self.say(&format!(
+                        "configuration: writing failed, tried again at the next cycle: {}",
+                        f.msg
+                    ));
+                    self.rendering.tried = None;
+                } else {
+                    self.say(&format!(
+                        "configuration not rendered, the files stay as they were: {}",
+                        f.msg
+                    ));
+                }
+                self.rendering.error = Some(f.msg);
             }
         }
         self.rendering.save(&templates::path(&self.layout))?;

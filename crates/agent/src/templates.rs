@@ -237,6 +237,13 @@ pub fn write_root(upper: &Path) -> PathBuf {
     }
 }
 
+/// Why a rendering failed, and whether trying again as it is may succeed.
+#[derive(Debug)]
+pub struct Failure {
+    pub msg: String,
+    pub retry: bool,
+}
+
 /// What a rendering did.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -257,13 +264,23 @@ pub fn render(
     etc: &Path,
     ctx: &serde_json::Value,
     state: &Path,
-) -> std::result::Result<Outcome, String> {
+) -> std::result::Result<Outcome, Failure> {
+    // the templates, the manifest or a variable: rendering again changes nothing
+    let fixed = |msg: String| Failure { msg, retry: false };
+    // writing: tried again at the next cycle
+    let io = |msg: String| Failure { msg, retry: true };
     let dir = root.join(template::DIR);
     let manifest = dir.join(template::MANIFEST);
     let templates = match std::fs::read_to_string(&manifest) {
-        Ok(t) => template::parse_manifest(&t).map_err(|e| e.to_string())?,
+        Ok(t) => template::parse_manifest(&t).map_err(|e| fixed(e.to_string()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(format!("/{}/{}: {e}", template::DIR, template::MANIFEST)),
+        Err(e) => {
+            return Err(fixed(format!(
+                "/{}/{}: {e}",
+                template::DIR,
+                template::MANIFEST
+            )));
+        }
     };
     let read = |src: &str| -> std::result::Result<Vec<u8>, String> {
         let p = dir.join(src);
@@ -280,7 +297,7 @@ pub fn render(
         }
         std::fs::read(&p).map_err(|e| e.to_string())
     };
-    let rendered = template::render_all(&templates, read, ctx).map_err(|e| e.to_string())?;
+    let rendered = template::render_all(&templates, read, ctx).map_err(|e| fixed(e.to_string()))?;
     // What changes, recorded before anything is written: killed while writing, every file is
     // either as recorded now or as recorded before.
     let mut out = Outcome::default();
@@ -299,7 +316,7 @@ pub fn render(
         });
         if !same {
             changed.push(f);
-            for d in missing_dirs(etc, &rel).map_err(|e| e.to_string())? {
+            for d in missing_dirs(etc, &rel).map_err(|e| io(e.to_string()))? {
                 r.dirs.insert(d);
             }
         }
@@ -321,12 +338,13 @@ pub fn render(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     r.previous = std::mem::replace(&mut r.files, files);
-    r.save(state).map_err(|e| e.to_string())?;
+    r.save(state).map_err(|e| io(e.to_string()))?;
     for f in changed {
         let t = &f.template;
         let path = etc.join(t.rel());
-        make_dirs(etc, t.rel()).map_err(|e| e.to_string())?;
-        write_file(&path, &f.content, t.mode, t.uid, t.gid).map_err(|e| e.to_string())?;
+        make_dirs(etc, t.rel()).map_err(|e| io(format!("{}: {e}", t.target)))?;
+        write_file(&path, &f.content, t.mode, t.uid, t.gid)
+            .map_err(|e| io(format!("writing {}: {e}", t.target)))?;
         out.written.push(t.target.clone());
         if let Some(u) = &t.restart {
             out.restart.insert(u.clone());
@@ -336,7 +354,7 @@ pub fn render(
     for (rel, rec) in gone {
         let p = etc.join(&rel);
         if std::fs::read(&p).is_ok_and(|b| blake3::hash(&b).to_hex().as_str() == rec.hash) {
-            std::fs::remove_file(&p).map_err(|e| format!("removing {}: {e}", p.display()))?;
+            std::fs::remove_file(&p).map_err(|e| io(format!("removing /etc/{rel}: {e}")))?;
             out.removed.push(format!("/etc/{rel}"));
         }
     }
