@@ -118,6 +118,7 @@ fn fleet() -> Fleet {
         "global",
         &["ntp=pool.example", "servers:=[\"a\",\"b\"]"],
     );
+    var(&s, &key, "channel:lab/stable", &["ntp=chan.example"]);
     var(&s, &key, "label:site=a", &["site_name=A"]);
     var(&s, &key, "label:site=b", &["site_name=B"]);
     var(&s, &key, "label:class=lab", &["site_name=LAB"]);
@@ -155,10 +156,11 @@ fn fleet() -> Fleet {
 #[test]
 fn templates_render_per_machine_in_precedence_and_a_change_reaches_only_its_machines() {
     let Fleet { s, key, m, .. } = fleet();
-    // global → label (site, then class: class wins) → machine; facts from each machine
-    wait_file(&m[0], "motd", "m1 A pool.example LENOVO\n");
+    // global → channel → label (site, then class: class wins) → machine; facts from each
+    // machine
+    wait_file(&m[0], "motd", "m1 A chan.example LENOVO\n");
     wait_file(&m[1], "motd", "m2 LAB 10.0.0.2 Dell\n");
-    wait_file(&m[2], "motd", "m3 B pool.example Dell\n");
+    wait_file(&m[2], "motd", "m3 B chan.example Dell\n");
     for a in &m {
         let app = upper(a, "app/app.conf");
         wait_until("app.conf", 30, || app.exists());
@@ -192,12 +194,12 @@ fn templates_render_per_machine_in_precedence_and_a_change_reaches_only_its_mach
         "{out}"
     );
     assert!(!out.contains("m3"), "{out}");
-    wait_file(&m[0], "motd", "m1 AA pool.example LENOVO\n");
+    wait_file(&m[0], "motd", "m1 AA chan.example LENOVO\n");
     wait_file(&m[1], "motd", "m2 AA 10.0.0.2 Dell\n");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(read(&m[2].state.join("config.json")), m3_config);
     assert_eq!(m[2].log().len(), m3_log, "{}", m[2].log());
-    assert_eq!(read(&upper(&m[2], "motd")), "m3 B pool.example Dell\n");
+    assert_eq!(read(&upper(&m[2], "motd")), "m3 B chan.example Dell\n");
     // the app.conf of m1 did not change: its unit was not restarted again
     assert_eq!(read(&restarts(&s, "m1")), "app.service\n");
     // a list changed: app.conf rendered again and its unit restarted, on every machine
@@ -217,15 +219,15 @@ fn templates_render_per_machine_in_precedence_and_a_change_reaches_only_its_mach
         &key,
         "ntp",
     ]);
-    wait_file(&m[1], "motd", "m2 AA pool.example Dell\n");
+    wait_file(&m[1], "motd", "m2 AA chan.example Dell\n");
 
     // `var list` shows every scope; the dry run on the server renders what the machine has
     let l: Value = serde_json::from_str(&s.ok(&["var", "list", "--json"])).unwrap();
     assert_eq!(l["label_order"], json!(["class", "site"]));
     let sets = l["sets"].as_array().unwrap();
-    assert_eq!(sets.len(), 5, "{l:#}");
+    assert_eq!(sets.len(), 6, "{l:#}");
     let r = s.ok(&["fleet", "render", "m1", "/etc/motd"]);
-    assert!(r.contains("m1 AA pool.example LENOVO"), "{r}");
+    assert!(r.contains("m1 AA chan.example LENOVO"), "{r}");
     assert!(!r.contains("app.conf"), "{r}");
     let r: Value = serde_json::from_str(&s.ok(&["fleet", "render", "m2", "--json"])).unwrap();
     assert_eq!(r["files"].as_array().unwrap().len(), 2, "{r:#}");
@@ -266,14 +268,13 @@ fn facts_show_in_fleet_show_and_select_machines() {
     let e = s.cli(&["fleet", "list", "fact.colour=red"]);
     assert!(!e.status.success());
     assert!(String::from_utf8_lossy(&e.stderr).contains("unknown fact"));
-    // the facts change on the machine: the server has them after the next reading
     drop(m);
 }
 
 #[test]
 fn sets_not_signed_by_a_trusted_key_are_refused_by_the_agent_and_change_nothing() {
     let Fleet { s, m, .. } = fleet();
-    wait_file(&m[0], "motd", "m1 A pool.example LENOVO\n");
+    wait_file(&m[0], "motd", "m1 A chan.example LENOVO\n");
     // signed by a key the machines do not trust: the server takes it, every agent refuses it
     let (other, _) = keygen(&s, "other.key");
     var(&s, &other, "machine:m1", &["site_name=EVIL"]);
@@ -282,7 +283,7 @@ fn sets_not_signed_by_a_trusted_key_are_refused_by_the_agent_and_change_nothing(
             .as_str()
             .is_some_and(|e| e.contains("does not trust"))
     });
-    assert_eq!(read(&upper(&m[0], "motd")), "m1 A pool.example LENOVO\n");
+    assert_eq!(read(&upper(&m[0], "motd")), "m1 A chan.example LENOVO\n");
 
     // A set whose signature does not cover it, or without one: the server refuses it
     let (st, v) = s.put(
@@ -333,13 +334,13 @@ fn sets_not_signed_by_a_trusted_key_are_refused_by_the_agent_and_change_nothing(
             .is_some_and(|e| e.contains("does not verify"))
     });
     assert_eq!(read(&upper(&m[1], "motd")), "m2 LAB 10.0.0.2 Dell\n");
-    assert_eq!(read(&upper(&m[2], "motd")), "m3 B pool.example Dell\n");
+    assert_eq!(read(&upper(&m[2], "motd")), "m3 B chan.example Dell\n");
 }
 
 #[test]
 fn broken_templates_and_bad_variables_give_clear_errors_and_change_nothing() {
     let Fleet { s, key, m, .. } = fleet();
-    wait_file(&m[0], "motd", "m1 A pool.example LENOVO\n");
+    wait_file(&m[0], "motd", "m1 A chan.example LENOVO\n");
     // bad variables: refused before anything is stored
     for (args, want) in [
         (vec!["--scope", "global", "Bad-Name=x"], "bad variable name"),
@@ -362,7 +363,7 @@ fn broken_templates_and_bad_variables_give_clear_errors_and_change_nothing() {
     let out = s.cli(&["var", "set", "--sign-key", &key, "--scope", "global", &big]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("at most"));
     let l: Value = serde_json::from_str(&s.ok(&["var", "list", "--json"])).unwrap();
-    assert_eq!(l["sets"].as_array().unwrap().len(), 5);
+    assert_eq!(l["sets"].as_array().unwrap().len(), 6);
 
     // a release whose template is broken (line 2): named with its line, the files stay
     let src = s.path("img2");
@@ -384,7 +385,7 @@ fn broken_templates_and_bad_variables_give_clear_errors_and_change_nothing() {
             e.contains("motd.j2") && e.contains("/etc/motd") && e.contains("line 2")
         })
     });
-    assert_eq!(read(&upper(&m[0], "motd")), "m1 A pool.example LENOVO\n");
+    assert_eq!(read(&upper(&m[0], "motd")), "m1 A chan.example LENOVO\n");
     let out = s.cli(&["fleet", "render", "m1"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -423,7 +424,7 @@ fn broken_templates_and_bad_variables_give_clear_errors_and_change_nothing() {
 #[test]
 fn rendered_files_are_not_etc_drift_but_a_local_edit_of_them_is() {
     let Fleet { s, mut m, .. } = fleet();
-    wait_file(&m[0], "motd", "m1 A pool.example LENOVO\n");
+    wait_file(&m[0], "motd", "m1 A chan.example LENOVO\n");
     wait_until("app.conf", 30, || upper(&m[0], "app/app.conf").exists());
     // stopped at once: a kill while rendering leaves no file unrecorded
     let a = &mut m[0];
