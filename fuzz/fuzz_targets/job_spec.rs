@@ -92,7 +92,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         .map(|(i, s)| {
             let s = SpecJson::new(s);
             let d = Delivery {
-                delivery: s.id.clone(),
+                delivery: s.id.parse().expect("a job id is a delivery id"),
                 signature: Some(k.sign(&s).unwrap()),
                 spec: s,
             };
@@ -110,7 +110,7 @@ fn check(d: &Delivery, now: i64, trusted: &[[u8; 32]]) {
     let _ = (
         s.action.kind(),
         s.action.describe(),
-        job_of_delivery(&d.delivery),
+        job_of_delivery(d.delivery.as_ref()),
     );
     if let Some(sig) = &d.signature
         && verify(s, sig, trusted).is_ok()
