@@ -440,3 +440,86 @@ pub fn key(release: &str, r: &Rendering, facts: Option<&Facts>) -> String {
     }
     h.finalize().to_hex().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use semithin_protocol::job::{AdminKey, parse_public_key};
+    use semithin_protocol::vars::{Bundle, SignedSet, VarSet};
+
+    use super::*;
+
+    fn signed(k: &AdminKey, scope: &str, version: u64) -> SignedSet {
+        let set = VarSet {
+            scope: scope.into(),
+            version,
+            vars: [("x".to_owned(), serde_json::json!(version))].into(),
+        };
+        SignedSet::sign(set, k).unwrap()
+    }
+
+    fn bundle(sets: Vec<SignedSet>, digest: &str) -> Bundle {
+        Bundle {
+            digest: digest.into(),
+            sets,
+        }
+    }
+
+    #[test]
+    fn bundles_are_refused_for_another_machine_or_channel_out_of_order_or_rolled_back() {
+        let k = AdminKey::generate().unwrap();
+        let trusted = [parse_public_key(&k.public_hex()).unwrap()];
+        let mut r = Rendering::default();
+        let ok = bundle(
+            vec![
+                signed(&k, "global", 2),
+                signed(&k, "channel:lab", 1),
+                signed(&k, "machine:m1", 1),
+            ],
+            "d1",
+        );
+        r.receive(&ok, &trusted, "m1", Some("lab")).unwrap();
+        assert_eq!(r.vars()["x"], serde_json::json!(1));
+        assert_eq!(r.report().vars_digest.as_deref(), Some("d1"));
+        for (b, name, channel, want) in [
+            (
+                vec![signed(&k, "machine:m2", 1)],
+                "m1",
+                Some("lab"),
+                "another machine",
+            ),
+            (
+                vec![signed(&k, "channel:x", 1)],
+                "m1",
+                Some("lab"),
+                "another channel",
+            ),
+            (
+                vec![signed(&k, "machine:m1", 2), signed(&k, "global", 3)],
+                "m1",
+                None,
+                "out of order",
+            ),
+            (
+                vec![signed(&k, "global", 1)],
+                "m1",
+                None,
+                "older than version 2",
+            ),
+        ] {
+            let e = r
+                .receive(&bundle(b, "d2"), &trusted, name, channel)
+                .unwrap_err();
+            assert!(e.contains(want), "{e}");
+            // the sets held stay; the refused bundle is reported as seen, with the reason
+            assert_eq!(r.bundle.as_ref().unwrap().digest, "d1");
+            assert_eq!(r.report().vars_digest.as_deref(), Some("d2"));
+            assert!(r.report().error.unwrap().contains(want));
+        }
+        // without a trusted key, only an empty bundle is taken
+        let e = r.receive(&ok, &[], "m1", Some("lab")).unwrap_err();
+        assert!(e.contains("trusts no admin key"), "{e}");
+        r.receive(&bundle(vec![], "d3"), &[], "m1", None).unwrap();
+        assert!(r.vars().is_empty());
+        assert_eq!(r.report().error, None);
+    }
+}
