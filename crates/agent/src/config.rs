@@ -76,6 +76,13 @@ pub struct Config {
     /// changed locally (globs such as `cron.d/*`, `sudoers`; a pattern that matches a directory
     /// covers everything below it).
     pub etc_restore: Vec<String>,
+    /// Where the facts the machine reports are read from (`proc/`, `sys/` below it): `/` on a
+    /// machine, the host's view from a container.
+    pub facts_root: Option<PathBuf>,
+    /// Seconds between readings of the facts.
+    pub facts_interval_secs: u64,
+    /// What restarts a unit whose rendered configuration changed (the unit's name is added).
+    pub restart_command: Vec<String>,
 }
 
 /// What verification does with local changes in the `/etc` overlay (docs/BOOT.md).
@@ -131,6 +138,9 @@ impl Default for Config {
             etc_upper: None,
             etc_policy: EtcPolicy::Report,
             etc_restore: Vec::new(),
+            facts_root: None,
+            facts_interval_secs: 300,
+            restart_command: vec!["systemctl".into(), "try-restart".into()],
         }
     }
 }

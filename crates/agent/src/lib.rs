@@ -8,9 +8,11 @@
 
 mod assignment;
 pub mod config;
+mod configure;
 mod delta;
 pub mod deploy;
 pub mod error;
+mod facts;
 pub mod http;
 pub mod jobs;
 pub mod neterr;
@@ -19,6 +21,7 @@ mod release;
 pub mod repair;
 pub mod state;
 mod switching;
+mod templates;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -68,6 +71,11 @@ pub struct Agent {
     rechecked: Option<String>,
     /// Job records, the jobs of the last answer, the package inventory.
     jobs: jobs::Jobs,
+    /// Variable sets and rendered templates (STATE/config.json).
+    rendering: templates::Rendering,
+    /// The facts last read (when) and the digest of those the server holds.
+    facts: Option<(i64, semithin_protocol::vars::Facts)>,
+    facts_digest: Option<String>,
     /// Called with a line for each thing the agent does.
     log: Box<dyn Fn(&str) + Send>,
     /// STATE/lock, held exclusively while this agent lives (released by the kernel on a kill).
@@ -105,6 +113,7 @@ impl Agent {
         cfg.admin_keys()?;
         cfg.etc_restore()?;
         let jobs = jobs::Jobs::open(&layout.jobs())?;
+        let rendering = templates::Rendering::load(&templates::path(&layout))?;
         if state.trial.is_none() {
             deploy::tidy_boot_trial(&layout)?;
         }
@@ -129,6 +138,9 @@ impl Agent {
             told: None,
             rechecked: None,
             jobs,
+            rendering,
+            facts: None,
+            facts_digest: None,
             log,
             _lock: lock,
         };
@@ -188,8 +200,11 @@ impl Agent {
             accepts_jobs: true,
             job_results: self.jobs.store.unreported()?,
             inventory: self.jobs.inventory_to_send(),
+            accepts_vars: true,
+            facts: self.facts_to_send(),
         };
         let resp = self.api().checkin(&req)?;
+        self.facts_digest = resp.facts_digest.clone();
         // The server has the results and the inventory once it answered.
         let sent: Vec<String> = req
             .job_results
@@ -207,6 +222,9 @@ impl Agent {
         if refused.is_some() {
             // Nothing of a release on a channel this machine does not follow is acted on.
             resp.desired = None;
+        }
+        if let Some(b) = resp.vars.take() {
+            self.take_vars(&b, resp.desired.as_ref().map(|d| d.channel.as_str()))?;
         }
         if self.state.status != Some(resp.status) {
             self.say(&format!(
@@ -398,6 +416,8 @@ impl Agent {
                 Step::Switch => {
                     let d = desired.expect("switch needs a desired release");
                     self.switch(&d, current)?;
+                    // the new release's configuration before its health checks
+                    self.configure()?;
                     worked = true;
                 }
             }
@@ -422,8 +442,15 @@ impl Agent {
             now(),
             &|s| log(s),
         );
+        self.read_facts();
         let mut res = self.reconcile(wait);
         self.note_failure(&res)?;
+        // The configuration follows the release running and the variables held.
+        if self.configure()?
+            && let Ok(o) = &mut res
+        {
+            o.worked = true;
+        }
         // Jobs run once the release is settled (never during a trial), also when the update
         // failed: a job may be what repairs the machine.
         let ran = self.run_jobs()?;
@@ -659,6 +686,9 @@ fn report_of(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         fetched_bytes: state.fetched_bytes + unsaved_fetched,
         integrity,
+        config: templates::Rendering::load(&templates::path(layout))
+            .ok()
+            .map(|r| r.report()),
     })
 }
 

@@ -114,6 +114,10 @@ pub struct Report {
     /// An error reaching the server is not reported here: it could not be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failing: Option<Failure>,
+    /// The machine's rendered configuration: the variables it holds, the last rendering's
+    /// error (docs/CONFIG.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<crate::vars::ConfigReport>,
 }
 
 /// At most this many paths in each list of an [`Integrity`]; `count` says how many in all.
@@ -273,6 +277,14 @@ impl Report {
         if let Some(f) = &self.failing {
             check_len("report.failing.reason", &f.reason, limits::ERROR_BYTES)?;
         }
+        if let Some(c) = &self.config {
+            if let Some(e) = &c.error {
+                check_len("report.config.error", e, limits::ERROR_BYTES)?;
+            }
+            if let Some(d) = &c.vars_digest {
+                check_len("report.config.vars_digest", d, 64)?;
+            }
+        }
         Ok(())
     }
 }
@@ -321,6 +333,9 @@ impl CheckInRequest {
         }
         if let Some(inv) = &self.inventory {
             inv.check()?;
+        }
+        if let Some(f) = &self.facts {
+            f.check()?;
         }
         Ok(())
     }
@@ -408,6 +423,14 @@ pub struct CheckInRequest {
     /// (`CheckInResponse::inventory_digest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<crate::inventory::Inventory>,
+    /// The agent renders configuration templates: the server may give it its variable sets
+    /// (`CheckInResponse::vars`), and answers at once when it does.
+    #[serde(default)]
+    pub accepts_vars: bool,
+    /// What the machine is (host name, addresses, hardware), sent when it differs from what the
+    /// server holds (`CheckInResponse::facts_digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<crate::vars::Facts>,
 }
 
 /// Where a machine fetches from; paths are relative to the server URL and checked when read
@@ -450,6 +473,13 @@ pub struct CheckInResponse {
     /// The digest of the inventory the server holds for this machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory_digest: Option<String>,
+    /// The digest of the facts the server holds for this machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts_digest: Option<String>,
+    /// The machine's variable sets, when they differ from the ones it reported holding
+    /// (`Report::config`); each signed by an admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vars: Option<crate::vars::Bundle>,
 }
 
 /// `POST /api/v1/objects` (signed): the objects the machine lacks, answered as one object stream
@@ -490,6 +520,9 @@ pub struct MachineInfo {
     /// from `target` while a rollout holds the machine on another release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel_release: Option<ReleaseId>,
+    /// What the machine last reported about itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<crate::vars::Facts>,
 }
 
 /// Where a machine stands (`MachineInfo::state`), computed by the server from its status,

@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 mod signature;
-pub use signature::{AdminKey, SpecJson, parse_public_key, signing_input, verify};
+pub use signature::{AdminKey, SpecJson, parse_public_key, signing_input, verify, verify_input};
 
 /// At most this much output of a job is kept (its start and its end, with a marker between).
 pub const MAX_OUTPUT: usize = 64 << 10;

@@ -11,7 +11,8 @@
 //! - [`json`]: parsing outside JSON with errors that name the field;
 //! - [`inventory`]: the packages a machine has and the updates it lacks;
 //! - [`near`]: names near a misspelt one, for errors that suggest what was meant;
-//! - [`trust`]: the server's renewal of the signed metadata, for the admin.
+//! - [`trust`]: the server's renewal of the signed metadata, for the admin;
+//! - [`vars`]: signed variable sets, their scopes, machine facts (per-machine configuration).
 //!
 //! Plain synchronous Rust with no network: the server and the agent are the shells around it.
 
@@ -27,6 +28,7 @@ pub mod rollout;
 pub mod selector;
 pub mod sign;
 pub mod trust;
+pub mod vars;
 
 /// The version of the protocol, the `v1` in `/api/v1`.
 pub const API: &str = "/api/v1";

@@ -59,6 +59,7 @@ fn report(release: &str) -> Report {
         fetched_bytes: 52_118_996,
         integrity: None,
         failing: None,
+        config: None,
     }
 }
 

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_rollouts.sql")),
     (3, include_str!("../migrations/0003_jobs.sql")),
     (5, include_str!("../migrations/0005_request_counters.sql")),
+    (12, include_str!("../migrations/0012_vars.sql")),
 ];
 
 pub async fn open(path: &Path) -> Result<SqlitePool> {
@@ -169,7 +170,7 @@ pub async fn update_machines(pool: &SqlitePool, rows: &[MachineRow]) -> Result<(
     Ok(())
 }
 
-/// Deletes a machine, its events and its inventory, in one transaction.
+/// Deletes a machine, its events, its inventory and its facts, in one transaction.
 pub async fn delete_machine(pool: &SqlitePool, id: &str) -> Result<()> {
     let fail = |e: sqlx::Error| Error::db("removing the machine", e);
     let mut tx = pool.begin().await.map_err(fail)?;
@@ -177,6 +178,7 @@ pub async fn delete_machine(pool: &SqlitePool, id: &str) -> Result<()> {
         "DELETE FROM machines WHERE id = $1",
         "DELETE FROM events WHERE machine = $1",
         "DELETE FROM inventory WHERE machine = $1",
+        "DELETE FROM machine_facts WHERE machine = $1",
     ] {
         sqlx::query(sql)
             .bind(id)

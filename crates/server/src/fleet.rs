@@ -94,6 +94,8 @@ pub struct Machine {
     pub replay: Mutex<Window>,
     /// The highest counter stored in the database.
     pub counter_stored: AtomicU64,
+    /// What the machine last reported about itself (`vars::store_facts`).
+    facts: Mutex<Option<Arc<semithin_protocol::vars::Facts>>>,
 }
 
 impl Machine {
@@ -111,7 +113,16 @@ impl Machine {
             events: Mutex::new(EventBudget::default()),
             replay: Mutex::new(Window::default()),
             counter_stored: AtomicU64::new(0),
+            facts: Mutex::new(None),
         }
+    }
+
+    pub fn facts(&self) -> Option<Arc<semithin_protocol::vars::Facts>> {
+        self.facts.lock().expect("lock").clone()
+    }
+
+    pub fn set_facts(&self, f: semithin_protocol::vars::Facts) {
+        *self.facts.lock().expect("lock") = Some(Arc::new(f));
     }
 
     /// Sets the highest counter stored (at start): everything up to it is refused.
@@ -206,8 +217,9 @@ impl Fleet {
                 .expect("lock")
                 .values()
                 .filter_map(|m| {
+                    let facts = m.facts();
                     let r = m.row.lock().expect("lock");
-                    sel.matches(&r.name, &r.labels)
+                    sel.matches_facts(&r.name, &r.labels, facts.as_deref())
                         .then(|| (r.name.clone(), m.clone()))
                 })
                 .collect(),
@@ -446,6 +458,7 @@ pub fn info(m: &Machine, view: View) -> MachineInfo {
         state,
         state_reason,
         channel_release: view.channel_release,
+        facts: m.facts().map(|f| (*f).clone()),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod replay;
 pub mod rollout;
 #[cfg(test)]
 mod testkit;
+pub mod vars;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -160,6 +161,8 @@ pub struct App {
     pub counters: Counters,
     pub deltas: deltas::Deltas,
     pub jobs: jobs::Jobs,
+    /// Variable sets and their order (per-machine configuration).
+    pub vars: vars::Vars,
     pub apt: aptcache::AptCache,
     pub rollouts: rollout::Rollouts,
     /// The renewal of snapshot and timestamp, and what the admin must do.
@@ -395,6 +398,8 @@ pub async fn run_on(
         }
     }
     let jobs = jobs::Jobs::load(&db, now()).await?;
+    let vars = vars::Vars::load(&db).await?;
+    vars::load_facts(&db, &fleet).await?;
     for (name, url) in &cfg.apt_upstreams {
         if semithin_protocol::selector::check_name(name).is_err()
             || !(url.starts_with("http://") || url.starts_with("https://"))
@@ -422,6 +427,7 @@ pub async fn run_on(
     let app = Arc::new(App {
         deltas: deltas::Deltas::new(deltas_dir, cfg.delta_sources, cfg.delta_cache_bytes),
         jobs,
+        vars,
         apt,
         db,
         fleet,

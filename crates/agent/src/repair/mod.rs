@@ -153,8 +153,14 @@ impl Agent {
                 None
             }
         };
-        let (drift, errors) = overlay::scan(&mut objs, &upper, etc, root_owner);
+        let (mut drift, errors) = overlay::scan(&mut objs, &upper, etc, root_owner);
         report.errors.extend(errors);
+        // the machine's rendered configuration, as rendered, is no local change
+        drift.retain(|d| {
+            !self
+                .rendering
+                .owns(&upper, &String::from_utf8_lossy(&d.rel))
+        });
 
         let mut integrity = Integrity::new(id.into(), now());
         let mut q = fix::Quarantine::new(&self.layout.quarantine(), &release, now());

@@ -121,10 +121,15 @@ impl AdminKey {
 
     /// Signs the spec as it will be sent.
     pub fn sign(&self, spec: &SpecJson) -> Result<JobSignature, String> {
-        Ok(JobSignature {
+        Ok(self.sign_input(&signing_input(spec)?))
+    }
+
+    /// Signs bytes that begin with their own context (a variable set's, `vars::SetJson`).
+    pub fn sign_input(&self, input: &[u8]) -> JobSignature {
+        JobSignature {
             key: self.public_hex(),
-            signature: hex::encode(self.key.sign(&signing_input(spec)?).to_bytes()),
-        })
+            signature: hex::encode(self.key.sign(input).to_bytes()),
+        }
     }
 }
 
@@ -138,6 +143,13 @@ pub fn parse_public_key(hex_key: &str) -> Result<[u8; 32], String> {
 
 /// Checks that `sig` is a valid signature, by one of `trusted`, of the spec as received.
 pub fn verify(spec: &SpecJson, sig: &JobSignature, trusted: &[[u8; 32]]) -> Result<(), String> {
+    verify_input(&signing_input(spec)?, sig, trusted)
+        .map_err(|e| e.replace("the signed value", "the job"))
+}
+
+/// Checks that `sig` is a valid signature, by one of `trusted`, of `input` (which begins with
+/// its own context).
+pub fn verify_input(input: &[u8], sig: &JobSignature, trusted: &[[u8; 32]]) -> Result<(), String> {
     let key = parse_public_key(&sig.key)?;
     if !trusted.contains(&key) {
         return Err(format!(
@@ -150,11 +162,10 @@ pub fn verify(spec: &SpecJson, sig: &JobSignature, trusted: &[[u8; 32]]) -> Resu
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or("the signature is not 64 bytes of hex")?;
-    vk.verify_strict(
-        &signing_input(spec)?,
-        &ed25519_dalek::Signature::from_bytes(&bytes),
-    )
-    .map_err(|_| "the signature does not verify: the job is not what the admin signed".into())
+    vk.verify_strict(input, &ed25519_dalek::Signature::from_bytes(&bytes))
+        .map_err(|_| {
+            "the signature does not verify: the signed value is not what the admin signed".into()
+        })
 }
 
 #[cfg(test)]

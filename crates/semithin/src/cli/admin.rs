@@ -168,6 +168,22 @@ impl AdminClient {
         self.finish(what, r)
     }
 
+    pub fn put<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T> {
+        let r = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body)?)
+            .send();
+        self.finish(what, r)
+    }
+
     pub fn post<T: DeserializeOwned>(
         &self,
         what: &str,

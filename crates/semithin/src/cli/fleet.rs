@@ -79,6 +79,17 @@ pub enum FleetCmd {
     /// Enrollment tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// What a machine's configuration templates render to, with its variables and facts, from
+    /// the release it runs: a dry run on the server, nothing reaches the machine.
+    Render {
+        /// The machine's name.
+        machine: String,
+        /// Only the template rendering this path (`/etc/motd`).
+        path: Option<String>,
+        /// Print the result as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Machines with pending package updates (from the inventory their agents report).
     Outdated {
         /// Only the machines matching this selector (a name, `key=value[,...]`, `*`).
@@ -342,6 +353,42 @@ pub fn print_table(ms: &[MachineInfo]) -> Result<()> {
     Ok(())
 }
 
+fn facts_text(f: &semithin_protocol::vars::Facts) -> Result<()> {
+    outln!("facts:");
+    outln!("  hostname  {}", safe(&f.hostname));
+    outln!("  cpu       {} x {}", f.cpu_count, safe(&f.cpu_model));
+    outln!("  memory    {}", human(f.memory_bytes));
+    for (what, v) in [
+        ("dmi vendor", &f.dmi_vendor),
+        ("dmi product", &f.dmi_product),
+    ] {
+        if let Some(v) = v {
+            outln!("  {what:<9} {}", safe(v));
+        }
+    }
+    for i in &f.interfaces {
+        outln!(
+            "  net       {} {} {}",
+            safe(&i.name),
+            safe_or_dash(i.mac.as_deref()),
+            i.addresses
+                .iter()
+                .map(|a| safe(a).to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    for d in &f.disks {
+        outln!(
+            "  disk      {} {} {}",
+            safe(&d.name),
+            human(d.size_bytes),
+            safe_or_dash(d.model.as_deref())
+        );
+    }
+    Ok(())
+}
+
 fn print_affected(verb: &str, a: &Affected) -> Result<()> {
     if a.machines.is_empty() {
         outln!("nothing to change: every matching machine was {verb} already");
@@ -423,6 +470,19 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 if let Some(e) = &m.report.last_error {
                     outln!("last error: {}", safe(e));
                 }
+                if let Some(c) = &m.report.config {
+                    outln!(
+                        "config:     {} file(s) rendered{}",
+                        c.files,
+                        c.error
+                            .as_ref()
+                            .map(|e| format!("; error: {}", safe(e)))
+                            .unwrap_or_default()
+                    );
+                }
+                if let Some(f) = &m.facts {
+                    facts_text(f)?;
+                }
                 outln!("disk free:  {}", human(m.report.disk_free));
                 outln!("uptime:     {} s", m.report.uptime_secs);
                 outln!("fetched:    {}", human(m.report.fetched_bytes));
@@ -441,6 +501,11 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 }
             }
         }
+        FleetCmd::Render {
+            machine,
+            path,
+            json,
+        } => super::var::render(&c, machine, path, json)?,
         FleetCmd::Label { name, labels } => {
             let mut req = LabelRequest::default();
             for l in labels {

@@ -48,6 +48,7 @@ mod safe;
 mod serve;
 mod trust;
 mod tuf_client;
+mod var;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -145,6 +146,10 @@ enum Command {
     /// commands; at a time or at every occurrence of a cron expression; every machine's result.
     #[command(after_help = ADMIN_HELP)]
     Job(JobArgs),
+    /// Variables of machines' configuration templates, per scope (global, channel, label,
+    /// machine), signed with the admin's key: set, unset, list, order.
+    #[command(after_help = ADMIN_HELP)]
+    Var(VarArgs),
     /// Move a channel's machines to a release in waves: canary machines first, then
     /// percentages, each after the last is healthy and soaked, inside a window and a rate
     /// limit; halts by itself on failures. Also status, pause, resume, abort, rollback.
@@ -182,6 +187,14 @@ struct JobArgs {
     server: admin::ServerArgs,
     #[command(subcommand)]
     cmd: job::JobCmd,
+}
+
+#[derive(clap::Args)]
+struct VarArgs {
+    #[command(flatten)]
+    server: admin::ServerArgs,
+    #[command(subcommand)]
+    cmd: var::VarCmd,
 }
 
 #[derive(clap::Args)]
@@ -228,6 +241,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Agent(a) => agent::run(a),
         Command::Fleet(f) => fleet::run(&f.server, f.cmd),
         Command::Job(j) => job::run(&j.server, j.cmd),
+        Command::Var(v) => var::run(&v.server, v.cmd),
         Command::Rollout(r) => rollout::run(repo, &r.server, r.cmd),
         Command::Push {
             selector,

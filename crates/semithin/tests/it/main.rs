@@ -25,3 +25,4 @@ mod tamper;
 mod trust_renew;
 mod tuf_client;
 mod tuf_publish;
+mod vars;

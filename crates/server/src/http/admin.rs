@@ -124,6 +124,8 @@ async fn label(
             r.labels != before
         })
         .await?;
+    // its variable sets may differ now
+    m.wake.notify_one();
     Ok(Json(info(&app, &m)))
 }
 

@@ -236,6 +236,8 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
         woken,
         jobs: Vec::new(),
         inventory_digest: None,
+        facts_digest: None,
+        vars: None,
     };
     (resp, actionable)
 }
@@ -264,6 +266,7 @@ pub async fn checkin(
     let writes = !pending
         && (!req.job_results.is_empty()
             || req.inventory.is_some()
+            || req.facts.is_some()
             || m.row.lock().expect("lock").report != req.report);
     if writes {
         m.store_counter(&app.db).await?;
@@ -285,11 +288,15 @@ pub async fn checkin(
             t,
         )
         .await?;
+        if let Some(f) = &req.facts {
+            crate::vars::store_facts(&app.db, &m, f, t).await?;
+        }
     }
     let (mut resp, actionable) = answer(&app, &m, false);
     with_jobs(&app, &m, &req, &mut resp).await?;
+    with_config(&app, &m, &req, &mut resp);
     let wait = req.wait_secs.min(app.cfg.max_wait_secs);
-    if actionable || wait == 0 || !resp.jobs.is_empty() {
+    if actionable || wait == 0 || !resp.jobs.is_empty() || resp.vars.is_some() {
         return Ok(Json(resp));
     }
     let mut stop = app.shutdown.clone();
@@ -300,7 +307,17 @@ pub async fn checkin(
     };
     let mut resp = answer(&app, &m, woken).0;
     with_jobs(&app, &m, &req, &mut resp).await?;
+    with_config(&app, &m, &req, &mut resp);
     Ok(Json(resp))
+}
+
+/// The digest of the facts the server holds, and for an accepted machine whose agent renders
+/// templates its variable sets when it does not hold them yet (docs/CONFIG.md).
+fn with_config(app: &App, m: &Machine, req: &CheckInRequest, resp: &mut CheckInResponse) {
+    resp.facts_digest = m.facts().map(|f| f.digest());
+    if req.accepts_vars && resp.status == MachineStatus::Accepted {
+        resp.vars = app.vars.bundle(&m.row.lock().expect("lock"));
+    }
 }
 
 /// The jobs due for an agent that runs them, and the inventory digest the server holds.

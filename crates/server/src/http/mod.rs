@@ -10,6 +10,7 @@ pub mod serve;
 mod tests;
 pub mod throttle;
 pub mod tls;
+mod vars;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -212,6 +213,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(admin::routes())
         .merge(jobs::routes())
         .merge(rollout::routes())
+        .merge(vars::routes())
         .merge(crate::renew::routes())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

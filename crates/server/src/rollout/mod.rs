@@ -374,7 +374,7 @@ impl Rollouts {
             };
             cands.push(plan::Candidate {
                 machine: r.id,
-                selected: sel.matches(&r.name, &r.labels),
+                selected: sel.matches_facts(&r.name, &r.labels, m.facts().as_deref()),
                 name: r.name,
                 from,
             });
