@@ -543,13 +543,19 @@ impl Schedule {
                  @hourly, @daily, @weekly, @monthly, @yearly; {fields} field(s) given"
             ));
         }
-        croner::parser::CronParser::builder()
+        let cron = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Disallowed)
             .year(croner::parser::Year::Disallowed)
             .build()
             .parse(e)
-            .map(Some)
-            .map_err(|err| format!("bad cron expression {e:?}: {err}"))
+            .map_err(|err| format!("bad cron expression {e:?}: {err}"))?;
+        if !ever_matches(&cron.pattern) {
+            return Err(format!(
+                "cron expression {e:?} names no time that exists (such as February 30): the \
+                 job would never run"
+            ));
+        }
+        Ok(Some(cron))
     }
 
     /// The time zone of `every`.
@@ -641,6 +647,46 @@ impl Schedule {
         let first = self.at.unwrap_or(created_at);
         self.window_secs
             .is_some_and(|w| now >= first.saturating_add(w as i64))
+    }
+}
+
+/// Whether a cron pattern names any minute at all. croner looks for an occurrence up to the
+/// year 5000 (or back to the year 1), minute by minute through days that do not match: a
+/// pattern that never matches would take seconds on every look. Dates repeat with their
+/// weekdays every 28 years (between 1901 and 2099), so 28 years of days decide it, fast.
+fn ever_matches(p: &croner::CronPattern) -> bool {
+    let any = |n: u32, f: &dyn Fn(u32) -> bool| (0..n).any(f);
+    if !any(60, &|m| p.minute_match(m).unwrap_or(false))
+        || !any(24, &|h| p.hour_match(h).unwrap_or(false))
+    {
+        return false;
+    }
+    // 2001-01-01 was a Monday
+    let mut weekday = 1u32;
+    for year in 2001..2029 {
+        for month in 1..=12u32 {
+            if !p.month_match(month).unwrap_or(false) {
+                weekday += days_in(year, month);
+                continue;
+            }
+            for day in 1..=days_in(year, month) {
+                let wd = croner::Weekday::from_days_from_sunday(weekday % 7);
+                if p.day_match(year, month, day, wd).unwrap_or(false) {
+                    return true;
+                }
+                weekday += 1;
+            }
+        }
+    }
+    false
+}
+
+fn days_in(year: i32, month: u32) -> u32 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
     }
 }
 
@@ -790,6 +836,35 @@ mod tests {
             timeout_secs: 60,
             schedule: Schedule::default(),
             created_at: 1_000_000,
+        }
+    }
+
+    /// Found by the job_spec fuzz target: `*/5 , * * *` (a day field that lists nothing) made
+    /// every look at the schedule search to the year 5000, 19 s and more each.
+    #[test]
+    fn a_cron_expression_that_never_matches_is_refused_at_once() {
+        for never in ["*/5 , * * *", "0 0 30 2 *", "0 0 31 4,6,9,11 *"] {
+            let s = Schedule {
+                every: Some(never.into()),
+                ..Default::default()
+            };
+            let t = std::time::Instant::now();
+            let e = s.validate().unwrap_err();
+            assert!(
+                e.contains("names no time that exists") || e.contains("bad cron expression"),
+                "{never}: {e}"
+            );
+            assert_eq!(s.next_start(1_800_000_000, 1_800_000_000), None);
+            assert!(s.occurrence("x", 1_800_000_000, 1_800_000_000).is_none());
+            assert!(t.elapsed().as_millis() < 500, "{never}: {:?}", t.elapsed());
+        }
+        // rare but real: a leap day on a Monday (day and weekday both restricted)
+        for rare in ["0 0 29 2 *", "0 0 29 2 1", "0 12 * * 1-5", "@yearly"] {
+            let s = Schedule {
+                every: Some(rare.into()),
+                ..Default::default()
+            };
+            s.validate().unwrap_or_else(|e| panic!("{rare}: {e}"));
         }
     }
 
