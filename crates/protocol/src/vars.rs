@@ -212,6 +212,7 @@ impl SetJson {
         if !json.is_object() {
             return Err("a variable set must be a JSON object".into());
         }
+        crate::json::integers_only(&json).map_err(|e| format!("bad variable set: {e}"))?;
         let set = VarSet::deserialize(&json).map_err(|e| format!("bad variable set: {e}"))?;
         Ok(Self { set, json })
     }
