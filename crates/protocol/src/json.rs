@@ -24,6 +24,28 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BadField> {
     Ok(v)
 }
 
+/// Refuses a JSON value holding a number that is not an integer (or an integer too large for
+/// 64 bits, which serde_json keeps as a float), anywhere in it: signed values are canonical
+/// JSON, which holds only integers, and a float would not even pass on unchanged (serde_json's
+/// float parsing does not round-trip every value). Iterative, so depth costs no stack.
+pub fn integers_only(v: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+                return Err(format!(
+                    "{n} is not an integer of at most 64 bits: signed JSON holds only those"
+                ));
+            }
+            Value::Array(a) => stack.extend(a),
+            Value::Object(o) => stack.extend(o.values()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::api::CheckInResponse;
@@ -46,26 +68,4 @@ mod tests {
         let e = super::from_slice::<CheckInResponse>(b"{").unwrap_err();
         assert_eq!(e.field, "(document)", "{e}");
     }
-}
-
-/// Refuses a JSON value holding a number that is not an integer (or an integer too large for
-/// 64 bits, which serde_json keeps as a float), anywhere in it: signed values are canonical
-/// JSON, which holds only integers, and a float would not even pass on unchanged (serde_json's
-/// float parsing does not round-trip every value). Iterative, so depth costs no stack.
-pub fn integers_only(v: &serde_json::Value) -> Result<(), String> {
-    use serde_json::Value;
-    let mut stack = vec![v];
-    while let Some(v) = stack.pop() {
-        match v {
-            Value::Number(n) if !n.is_i64() && !n.is_u64() => {
-                return Err(format!(
-                    "{n} is not an integer of at most 64 bits: signed JSON holds only those"
-                ));
-            }
-            Value::Array(a) => stack.extend(a),
-            Value::Object(o) => stack.extend(o.values()),
-            _ => {}
-        }
-    }
-    Ok(())
 }
