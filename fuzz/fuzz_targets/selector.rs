@@ -14,7 +14,9 @@ fn facts_for(l: &Labels) -> Option<Facts> {
     let mut f = Facts::default();
     let mut iface = Interface::default();
     for (k, v) in l {
-        let Some(name) = k.strip_prefix(FACT_PREFIX) else { continue };
+        let Some(name) = k.strip_prefix(FACT_PREFIX) else {
+            continue;
+        };
         match name {
             "hostname" => f.hostname = v.clone(),
             "cpu_model" => f.cpu_model = v.clone(),
