@@ -233,32 +233,13 @@ impl TrustRepo {
             let b = empty_targets(next(&name)?, expires.clone(), None);
             delegated.push((name.clone(), sign_as(&name, &b, &[&akey])?));
         }
-        let mut meta = self.delegated_meta();
-        for (name, s) in &delegated {
-            meta.insert(format!("{name}.json"), meta_file(s));
-        }
-        let snapshot = new_snapshot(
-            &self.config,
-            now,
-            &targets,
-            &meta,
-            self.next_version(Role::Snapshot)?,
-            &keys[&Role::Snapshot],
-        )?;
-        let timestamp = new_timestamp(
-            &self.config,
-            now,
-            &snapshot,
-            self.next_version(Role::Timestamp)?,
-            &keys[&Role::Timestamp],
-        )?;
-        let pending = Pending {
-            root: None,
+        let pending = self.seal(
+            Some(targets),
             delegated,
-            targets: Some(targets),
-            snapshot: Some(snapshot),
-            timestamp: Some(timestamp),
-        };
+            &keys[&Role::Snapshot],
+            &keys[&Role::Timestamp],
+            now,
+        )?;
         self.self_check(&pending)?;
         self.clean_tmp()?;
         Ok(without_bins(self.write(pending)?).0)
@@ -317,28 +298,13 @@ impl TrustRepo {
             b.expires = expires.clone();
             delegated.push((name.clone(), sign_as(&name, &b, &[&new])?));
         }
-        let snapshot = new_snapshot(
-            &self.config,
-            now,
-            &targets,
-            &self.delegated_meta_with(&delegated),
-            self.next_version(Role::Snapshot)?,
-            &keys[&Role::Snapshot],
-        )?;
-        let timestamp = new_timestamp(
-            &self.config,
-            now,
-            &snapshot,
-            self.next_version(Role::Timestamp)?,
-            &keys[&Role::Timestamp],
-        )?;
-        let pending = Pending {
-            root: None,
+        let pending = self.seal(
+            Some(targets),
             delegated,
-            targets: Some(targets),
-            snapshot: Some(snapshot),
-            timestamp: Some(timestamp),
-        };
+            &keys[&Role::Snapshot],
+            &keys[&Role::Timestamp],
+            now,
+        )?;
         let (written, bins) = self.write_delegated(pending)?;
         let path = self.assignments_key_path();
         std::fs::rename(&pending_path, &path).map_err(Error::io("renaming into", &path))?;
@@ -419,28 +385,13 @@ impl TrustRepo {
             return Ok(AssignReport::default());
         }
         let keys = self.online_keys(&[Role::Snapshot, Role::Timestamp])?;
-        let snapshot = new_snapshot(
-            &self.config,
-            now,
-            &self.targets,
-            &self.delegated_meta_with(&delegated),
-            self.next_version(Role::Snapshot)?,
-            &keys[&Role::Snapshot],
-        )?;
-        let timestamp = new_timestamp(
-            &self.config,
-            now,
-            &snapshot,
-            self.next_version(Role::Timestamp)?,
-            &keys[&Role::Timestamp],
-        )?;
-        let pending = Pending {
-            root: None,
+        let pending = self.seal(
+            None,
             delegated,
-            targets: None,
-            snapshot: Some(snapshot),
-            timestamp: Some(timestamp),
-        };
+            &keys[&Role::Snapshot],
+            &keys[&Role::Timestamp],
+            now,
+        )?;
         let (written, bins) = self.write_delegated(pending)?;
         Ok(AssignReport {
             changed,
@@ -470,6 +421,40 @@ impl TrustRepo {
             meta.insert(format!("{name}.json"), meta_file(s));
         }
         meta
+    }
+
+    /// A snapshot listing `targets` (new, or the current) and the delegated roles as they will
+    /// be once `delegated` is written, and a timestamp of it: what a change writes.
+    pub(super) fn seal(
+        &self,
+        targets: Option<Signed<Targets>>,
+        delegated: Delegated,
+        snapshot_key: &KeyPair,
+        timestamp_key: &KeyPair,
+        now: i64,
+    ) -> Result<Pending> {
+        let snapshot = new_snapshot(
+            &self.config,
+            now,
+            targets.as_ref().unwrap_or(&self.targets),
+            &self.delegated_meta_with(&delegated),
+            self.next_version(Role::Snapshot)?,
+            snapshot_key,
+        )?;
+        let timestamp = new_timestamp(
+            &self.config,
+            now,
+            &snapshot,
+            self.next_version(Role::Timestamp)?,
+            timestamp_key,
+        )?;
+        Ok(Pending {
+            root: None,
+            delegated,
+            targets,
+            snapshot: Some(snapshot),
+            timestamp: Some(timestamp),
+        })
     }
 
     /// New versions of the bins `changes` touch (of the role and all bins with `all`), signed

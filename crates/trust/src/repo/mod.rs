@@ -595,28 +595,13 @@ impl TrustRepo {
             },
         );
         let targets = sign(Role::Targets, &t, &[&keys[&Role::Targets]])?;
-        let snapshot = new_snapshot(
-            &self.config,
-            now,
-            &targets,
-            &self.delegated_meta(),
-            self.next_version(Role::Snapshot)?,
+        let pending = self.seal(
+            Some(targets),
+            Vec::new(),
             &keys[&Role::Snapshot],
-        )?;
-        let timestamp = new_timestamp(
-            &self.config,
-            now,
-            &snapshot,
-            self.next_version(Role::Timestamp)?,
             &keys[&Role::Timestamp],
+            now,
         )?;
-        let pending = Pending {
-            root: None,
-            delegated: Vec::new(),
-            targets: Some(targets),
-            snapshot: Some(snapshot),
-            timestamp: Some(timestamp),
-        };
         self.self_check(&pending)?;
 
         self.clean_tmp()?;

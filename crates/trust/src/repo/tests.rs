@@ -451,30 +451,16 @@ fn the_assignments_key_signs_nothing_but_assignments() {
     let signed = sign_as(&bin_name, &bin, &[&akey]).unwrap();
     let delegated = vec![(bin_name, signed)];
     let keys = t.online_keys(&[Role::Snapshot, Role::Timestamp]).unwrap();
-    let snapshot = new_snapshot(
-        &t.config,
-        NOW,
-        &t.targets,
-        &t.delegated_meta_with(&delegated),
-        t.next_version(Role::Snapshot).unwrap(),
-        &keys[&Role::Snapshot],
-    )
-    .unwrap();
-    let timestamp = new_timestamp(
-        &t.config,
-        NOW,
-        &snapshot,
-        t.next_version(Role::Timestamp).unwrap(),
-        &keys[&Role::Timestamp],
-    )
-    .unwrap();
-    t.write_delegated(Pending {
-        delegated,
-        snapshot: Some(snapshot),
-        timestamp: Some(timestamp),
-        ..Default::default()
-    })
-    .unwrap();
+    let pending = t
+        .seal(
+            None,
+            delegated,
+            &keys[&Role::Snapshot],
+            &keys[&Role::Timestamp],
+            NOW,
+        )
+        .unwrap();
+    t.write_delegated(pending).unwrap();
     let m = format!("file://{}", t.dir().join("metadata").display());
     let mut c = Client::new(&cdir, &m, &Files, Limits::default(), NOW).unwrap();
     c.refresh().unwrap();
