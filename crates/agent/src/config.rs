@@ -83,6 +83,11 @@ pub struct Config {
     pub facts_interval_secs: u64,
     /// What restarts a unit whose rendered configuration changed (the unit's name is added).
     pub restart_command: Vec<String>,
+    /// Paths a capture (`semithin agent capture`, the capture job) sends besides the `/etc`
+    /// overlay, read below the sysroot (`/var/lib/foo`).
+    pub capture_paths: Vec<PathBuf>,
+    /// The most bytes of file content a capture may hold.
+    pub capture_max_bytes: u64,
 }
 
 /// What verification does with local changes in the `/etc` overlay (docs/BOOT.md).
@@ -141,6 +146,8 @@ impl Default for Config {
             facts_root: None,
             facts_interval_secs: 300,
             restart_command: vec!["systemctl".into(), "try-restart".into()],
+            capture_paths: Vec::new(),
+            capture_max_bytes: 256 << 20,
         }
     }
 }

@@ -239,6 +239,31 @@ impl Api {
     }
 }
 
+impl Api {
+    /// Uploads a capture (`crate::capture`): a tar.zst of `len` bytes whose BLAKE3 is `hash`,
+    /// streamed from `file`; the signature covers the hash.
+    pub fn upload_capture(
+        &self,
+        file: std::fs::File,
+        len: u64,
+        hash: [u8; 32],
+    ) -> Result<semithin_protocol::capture::CaptureInfo> {
+        let path = &crate::capture::upload_path();
+        let mut rb = self
+            .client
+            .post(self.url(path)?)
+            .header("content-type", "application/zstd")
+            .body(reqwest::blocking::Body::sized(file, len))
+            .timeout(Duration::from_secs(3600));
+        let counter = self.counter.next_now();
+        for (k, v) in self.key.sign_hashed("POST", path.as_str(), counter, &hash) {
+            rb = rb.header(k, v);
+        }
+        let resp = self.send("the capture", path, rb)?;
+        self.json(path, resp)
+    }
+}
+
 /// A reader that adds what it reads to a counter.
 pub struct Counted<'a, R> {
     pub(crate) inner: R,

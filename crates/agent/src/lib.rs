@@ -7,6 +7,7 @@
 //! moment: the next run starts from what is on disk and continues.
 
 mod assignment;
+pub mod capture;
 pub mod config;
 mod configure;
 mod delta;
@@ -538,7 +539,10 @@ impl Agent {
             return Ok(false);
         }
         let keys = self.cfg.admin_keys()?;
+        let (api, layout, cfg) = (self.api.as_ref(), &self.layout, &self.cfg);
+        let capture = |paths: &[String]| capture::for_job(api, layout, cfg, paths);
         let settings = jobs::Settings {
+            capture: Some(&capture),
             sysroot: self.cfg.sysroot.as_deref(),
             allow_commands: self.cfg.allow_commands,
             admin_keys: &keys,

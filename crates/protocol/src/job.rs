@@ -55,6 +55,12 @@ pub enum Action {
     AptSourceRemove { name: String },
     /// Reboot the machine.
     Reboot,
+    /// Send the machine's writable layer to the server (`semithin agent capture`): the `/etc`
+    /// overlay's upper directory, the paths of the agent's `capture_paths` and these.
+    Capture {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        paths: Vec<String>,
+    },
 }
 
 /// A deb822 apt source.
@@ -450,6 +456,7 @@ impl Action {
             Action::AptSourceAdd(_) => "apt_source_add",
             Action::AptSourceRemove { .. } => "apt_source_remove",
             Action::Reboot => "reboot",
+            Action::Capture { .. } => "capture",
         }
     }
 
@@ -481,6 +488,8 @@ impl Action {
             ),
             Action::AptSourceRemove { name } => format!("apt source remove {name}"),
             Action::Reboot => "reboot".into(),
+            Action::Capture { paths } if paths.is_empty() => "capture".into(),
+            Action::Capture { paths } => format!("capture /etc {}", paths.join(" ")),
         }
     }
 
@@ -524,6 +533,7 @@ impl Action {
                 s.key.validate()
             }
             Action::AptSourceRemove { name } => check_source_name(name),
+            Action::Capture { paths } => crate::capture::check_paths(paths),
         }
     }
 }

@@ -51,6 +51,24 @@ pub fn signing_input(
     counter: u64,
     body: &[u8],
 ) -> Vec<u8> {
+    signing_input_hashed(
+        method,
+        path_and_query,
+        date,
+        counter,
+        blake3::hash(body).as_bytes(),
+    )
+}
+
+/// [`signing_input`] of a body known by its BLAKE3 hash (a large upload, hashed as it is
+/// written or read).
+pub fn signing_input_hashed(
+    method: &str,
+    path_and_query: &str,
+    date: i64,
+    counter: u64,
+    body_hash: &[u8; 32],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(CONTEXT.len() + path_and_query.len() + 96);
     for part in [
         CONTEXT,
@@ -62,7 +80,7 @@ pub fn signing_input(
         out.extend_from_slice(part);
         out.push(0);
     }
-    out.extend_from_slice(blake3::hash(body).as_bytes());
+    out.extend_from_slice(body_hash);
     out
 }
 
@@ -130,10 +148,30 @@ impl MachineKey {
         counter: u64,
         body: &[u8],
     ) -> [(&'static str, String); 4] {
+        self.sign_hashed(
+            method,
+            path_and_query,
+            counter,
+            blake3::hash(body).as_bytes(),
+        )
+    }
+
+    /// [`MachineKey::sign`] for a body known by its BLAKE3 hash.
+    pub fn sign_hashed(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        counter: u64,
+        body_hash: &[u8; 32],
+    ) -> [(&'static str, String); 4] {
         let date = date_of(counter);
-        let sig = self
-            .key
-            .sign(&signing_input(method, path_and_query, date, counter, body));
+        let sig = self.key.sign(&signing_input_hashed(
+            method,
+            path_and_query,
+            date,
+            counter,
+            body_hash,
+        ));
         [
             (HEADER_MACHINE, self.id()),
             (HEADER_DATE, date.to_string()),
@@ -237,6 +275,25 @@ pub fn verify_key(
     body: &[u8],
     now: i64,
 ) -> Result<u64> {
+    verify_key_hashed(
+        key,
+        method,
+        path_and_query,
+        headers,
+        blake3::hash(body).as_bytes(),
+        now,
+    )
+}
+
+/// [`verify_key`] for a body known by its BLAKE3 hash (a large upload, hashed as it arrived).
+pub fn verify_key_hashed(
+    key: &PublicKey,
+    method: &str,
+    path_and_query: &str,
+    headers: Headers<'_>,
+    body_hash: &[u8; 32],
+    now: i64,
+) -> Result<u64> {
     let bad = |r: &str| Err(Error::Signature(r.into()));
     let Ok(date) = headers.date.parse::<i64>() else {
         return bad("the date is not a number of seconds");
@@ -264,7 +321,7 @@ pub fn verify_key(
     };
     key.0
         .verify_strict(
-            &signing_input(method, path_and_query, date, counter, body),
+            &signing_input_hashed(method, path_and_query, date, counter, body_hash),
             &ed25519_dalek::Signature::from_bytes(&sig),
         )
         .map_err(|_| Error::Signature("the signature does not verify".into()))?;

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_jobs.sql")),
     (5, include_str!("../migrations/0005_request_counters.sql")),
     (12, include_str!("../migrations/0012_vars.sql")),
+    (14, include_str!("../migrations/0014_captures.sql")),
 ];
 
 pub async fn open(path: &Path) -> Result<SqlitePool> {

@@ -4,6 +4,8 @@
 
 pub mod aptcache;
 pub mod assignments;
+pub mod bake;
+pub mod captures;
 pub mod db;
 pub mod deltas;
 pub mod error;
@@ -87,6 +89,30 @@ pub struct Config {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Events older than this many days are removed (enrollments are kept).
     pub event_retention_days: u32,
+    /// Captures kept per machine (DATA/captures), the oldest removed first.
+    #[serde(default = "default_captures_keep")]
+    pub captures_keep: usize,
+    /// The largest capture accepted, in bytes of tar.zst.
+    #[serde(default = "default_capture_max_bytes")]
+    pub capture_max_bytes: u64,
+    /// The largest tar a capture may unpack to.
+    #[serde(default = "default_capture_max_unpacked")]
+    pub capture_max_unpacked_bytes: u64,
+    /// Bake each new capture into the layer channel `machines/NAME`.
+    #[serde(default)]
+    pub auto_bake: bool,
+}
+
+fn default_captures_keep() -> usize {
+    10
+}
+
+fn default_capture_max_bytes() -> u64 {
+    256 << 20
+}
+
+fn default_capture_max_unpacked() -> u64 {
+    4 << 30
 }
 
 fn default_renew_left() -> f64 {
@@ -125,6 +151,10 @@ impl Config {
             max_connections: 512,
             trusted_proxies: Vec::new(),
             event_retention_days: 90,
+            captures_keep: default_captures_keep(),
+            capture_max_bytes: default_capture_max_bytes(),
+            capture_max_unpacked_bytes: default_capture_max_unpacked(),
+            auto_bake: false,
         }
     }
 
@@ -164,6 +194,8 @@ pub struct App {
     /// Variable sets and their order (per-machine configuration).
     pub vars: vars::Vars,
     pub apt: aptcache::AptCache,
+    /// Machines' captures (DATA/captures and their rows).
+    pub captures: captures::Captures,
     pub rollouts: rollout::Rollouts,
     /// The renewal of snapshot and timestamp, and what the admin must do.
     pub renewal: renew::Renewal,
@@ -415,6 +447,12 @@ pub async fn run_on(
         cfg.apt_cache_bytes,
         cfg.apt_fresh_secs,
     )?;
+    let captures = captures::Captures::open(
+        cfg.data.join("captures"),
+        cfg.captures_keep,
+        cfg.capture_max_bytes,
+        cfg.capture_max_unpacked_bytes,
+    )?;
     // A machine not seen for three check-in intervals (at least ten minutes) is offline.
     let offline_after = (3 * i64::from(cfg.checkin_interval_secs)).max(600);
     let rollouts = rollout::Rollouts::load(&db, offline_after).await?;
@@ -429,6 +467,7 @@ pub async fn run_on(
         jobs,
         vars,
         apt,
+        captures,
         db,
         fleet,
         rollouts,

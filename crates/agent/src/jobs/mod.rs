@@ -181,7 +181,13 @@ pub struct Settings<'a> {
     pub admin_keys: &'a [[u8; 32]],
     pub reboot_command: &'a [String],
     pub progress_every: Duration,
+    /// Makes and sends a capture with these extra paths (the capture job); its summary.
+    pub capture: Option<&'a Capture<'a>>,
 }
+
+/// Makes and sends a capture with the extra paths given: a line for the job's output, or why
+/// not.
+pub type Capture<'a> = dyn Fn(&[String]) -> std::result::Result<String, String> + 'a;
 
 /// Why a delivery is refused, or `None` when it may run.
 pub fn refusal(d: &Delivery, s: &Settings, now: i64) -> Option<String> {
@@ -419,6 +425,11 @@ fn steps(
                 .run(s.reboot_command, &env, out, false)
                 .map(outcome_of)
         }
+        Action::Capture { paths } => {
+            let capture = s.capture.ok_or("this agent cannot send captures")?;
+            out.line(&capture(paths)?);
+            Ok((Outcome::Succeeded, Some(0)))
+        }
     }
 }
 
@@ -502,6 +513,7 @@ mod tests {
             admin_keys: keys,
             reboot_command: &[],
             progress_every: Duration::from_secs(1),
+            capture: None,
         }
     }
 

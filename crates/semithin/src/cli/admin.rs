@@ -168,6 +168,41 @@ impl AdminClient {
         self.finish(what, r)
     }
 
+    /// Writes the body of `GET path` into `dest` (at most `max` bytes); the bytes written.
+    pub fn download(
+        &self,
+        what: &str,
+        path: &str,
+        dest: &mut impl std::io::Write,
+        max: u64,
+    ) -> Result<u64> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(3600))
+            .send();
+        let resp = match r {
+            Ok(resp) => resp,
+            Err(e) => match semithin_agent::neterr::explain(&self.base, &e) {
+                Some(why) => bail!("{what}: {why}"),
+                None => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("{what}: cannot reach the server at {}", self.base)));
+                }
+            },
+        };
+        if !resp.status().is_success() {
+            return self.finish::<serde_json::Value>(what, Ok(resp)).map(|_| 0);
+        }
+        let n = std::io::copy(&mut resp.take(max.saturating_add(1)), dest)
+            .with_context(|| format!("{what}: reading the answer"))?;
+        if n > max {
+            bail!("{what}: the answer is longer than the {max} bytes expected");
+        }
+        Ok(n)
+    }
+
     pub fn put<T: DeserializeOwned>(
         &self,
         what: &str,

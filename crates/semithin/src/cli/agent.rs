@@ -141,6 +141,22 @@ enum AgentCmd {
     /// Forget the release that failed here, so that the next run tries the server's release
     /// again (refused while another agent works on the state directory: stop the daemon first).
     Retry,
+    /// Send this machine's writable layer to the server as a tar.zst: the /etc overlay's upper
+    /// directory (whiteouts and opaque directories kept) and the paths of `capture_paths` and
+    /// --path; the admin turns it into a layer with `semithin overlay bake`. Works beside the
+    /// running daemon.
+    Capture {
+        /// An absolute path captured too, read below the sysroot (repeatable; `/var/lib/foo`).
+        #[arg(long = "path", value_name = "PATH")]
+        paths: Vec<String>,
+        /// The most bytes of file content the capture may hold [default: 256 MiB, or
+        /// `capture_max_bytes`].
+        #[arg(long, value_name = "BYTES")]
+        max_bytes: Option<u64>,
+        /// Print the result as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn config(a: &Args) -> Result<Config> {
@@ -276,6 +292,27 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(AgentCmd::Capture {
+        paths,
+        max_bytes,
+        json,
+    }) = &a.command
+    {
+        if let Some(m) = max_bytes {
+            cfg.capture_max_bytes = *m;
+        }
+        let sent = semithin_agent::capture::capture(&a.state, &cfg, paths)
+            .map_err(|e| anyhow::anyhow!(semithin_agent::error::render(&e)))
+            .context("capture")?;
+        if *json {
+            print_json(&sent)?;
+        } else {
+            for line in semithin_agent::capture::describe(&sent).lines() {
+                outln!("{}", safe(line));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if cfg.token.is_none()
         && let Some(p) = &cfg.token_file
     {
@@ -297,7 +334,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             });
         }
-        Some(AgentCmd::Status { .. } | AgentCmd::Retry | AgentCmd::BootVerify) => {
+        Some(
+            AgentCmd::Status { .. }
+            | AgentCmd::Retry
+            | AgentCmd::BootVerify
+            | AgentCmd::Capture { .. },
+        ) => {
             unreachable!("answered above")
         }
         None => {}

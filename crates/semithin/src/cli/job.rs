@@ -48,6 +48,17 @@ pub enum JobCmd {
         #[command(flatten)]
         when: When,
     },
+    /// Machines send their writable layer (the /etc overlay and their `capture_paths`) to the
+    /// server, for `semithin overlay bake`.
+    Capture {
+        /// The machines: a name, `key=value[,key=value...]` or `*`.
+        selector: String,
+        /// An absolute path captured too (repeatable; `/var/lib/foo`).
+        #[arg(long = "path", value_name = "PATH")]
+        paths: Vec<String>,
+        #[command(flatten)]
+        when: When,
+    },
     /// Every machine's result of a job.
     Status {
         /// The job's id (as the job's command printed it).
@@ -345,6 +356,11 @@ pub fn run(server: &ServerArgs, cmd: JobCmd) -> Result<ExitCode> {
             submit(&c, selector, Action::Command { argv }, when, Some(&key))
         }
         JobCmd::Reboot { selector, when } => submit(&c, selector, Action::Reboot, when, None),
+        JobCmd::Capture {
+            selector,
+            paths,
+            when,
+        } => submit(&c, selector, Action::Capture { paths }, when, None),
         JobCmd::Apt(a) => {
             let (selector, action, when) = match a {
                 AptCmd::Install {

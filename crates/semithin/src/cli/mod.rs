@@ -40,6 +40,7 @@ mod history;
 mod image;
 mod init;
 mod job;
+mod overlay;
 mod progress;
 mod publish;
 mod repo;
@@ -150,6 +151,10 @@ enum Command {
     /// machine), signed with the admin's key: set, unset, list, order.
     #[command(after_help = ADMIN_HELP)]
     Var(VarArgs),
+    /// Machines' captures (`semithin agent capture`): list them, show what they hold, bake one
+    /// into a layer channel after showing what it changes.
+    #[command(after_help = ADMIN_HELP)]
+    Overlay(OverlayArgs),
     /// Move a channel's machines to a release in waves: canary machines first, then
     /// percentages, each after the last is healthy and soaked, inside a window and a rate
     /// limit; halts by itself on failures. Also status, pause, resume, abort, rollback.
@@ -187,6 +192,14 @@ struct JobArgs {
     server: admin::ServerArgs,
     #[command(subcommand)]
     cmd: job::JobCmd,
+}
+
+#[derive(clap::Args)]
+struct OverlayArgs {
+    #[command(flatten)]
+    server: admin::ServerArgs,
+    #[command(subcommand)]
+    cmd: overlay::OverlayCmd,
 }
 
 #[derive(clap::Args)]
@@ -242,6 +255,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fleet(f) => fleet::run(&f.server, f.cmd),
         Command::Job(j) => job::run(&j.server, j.cmd),
         Command::Var(v) => var::run(&v.server, v.cmd),
+        Command::Overlay(o) => overlay::run(repo, &o.server, o.cmd),
         Command::Rollout(r) => rollout::run(repo, &r.server, r.cmd),
         Command::Push {
             selector,

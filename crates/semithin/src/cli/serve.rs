@@ -22,7 +22,8 @@ pub struct Args {
     /// data, listen, checkin_interval, max_wait, request_deadline, max_body, delta_sources,
     /// delta_cache_size, tls_cert, tls_key, admin_token, log_format, apt_cache_size, apt_fresh,
     /// trust_renew_left, trust_check_interval, header_timeout, idle_timeout, max_connections,
-    /// trusted_proxies (a list), event_retention, and the table
+    /// trusted_proxies (a list), event_retention, auto_bake, captures_keep, capture_max_bytes,
+    /// and the table
     /// apt_upstreams of NAME = URL). Flags and environment win over it.
     #[arg(long, env = "SEMITHIN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -110,6 +111,16 @@ pub struct Args {
     /// Days machine events are kept (enrollments are kept for good) [default: 90].
     #[arg(long, env = "SEMITHIN_EVENT_RETENTION", value_name = "DAYS")]
     event_retention: Option<u32>,
+    /// Bake each new capture of a machine into the layer channel `machines/NAME` of the
+    /// repository (made by its first capture).
+    #[arg(long, env = "SEMITHIN_AUTO_BAKE")]
+    auto_bake: bool,
+    /// Captures kept per machine, the oldest removed first [default: 10].
+    #[arg(long, env = "SEMITHIN_CAPTURES_KEEP", value_name = "N")]
+    captures_keep: Option<usize>,
+    /// The largest capture accepted, in bytes of tar.zst [default: 268435456].
+    #[arg(long, env = "SEMITHIN_CAPTURE_MAX_BYTES", value_name = "BYTES")]
+    capture_max_bytes: Option<u64>,
     /// Log lines as `text` or `json` [default: text]. The level comes from SEMITHIN_LOG
     /// (e.g. `info`, `semithin_server=debug`).
     #[arg(long, env = "SEMITHIN_LOG_FORMAT", value_name = "FORMAT")]
@@ -142,6 +153,9 @@ struct File {
     max_connections: Option<usize>,
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
     event_retention: Option<u32>,
+    auto_bake: Option<bool>,
+    captures_keep: Option<usize>,
+    capture_max_bytes: Option<u64>,
 }
 
 fn read_file(path: &Path) -> Result<File> {
@@ -253,6 +267,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(v) = a.event_retention.or(f.event_retention) {
         anyhow::ensure!(v >= 1, "events must be kept at least 1 day");
         cfg.event_retention_days = v;
+    }
+    cfg.auto_bake = a.auto_bake || f.auto_bake.unwrap_or(false);
+    if let Some(v) = a.captures_keep.or(f.captures_keep) {
+        anyhow::ensure!(v >= 1, "at least 1 capture per machine must be kept");
+        cfg.captures_keep = v;
+    }
+    if let Some(v) = a.capture_max_bytes.or(f.capture_max_bytes) {
+        cfg.capture_max_bytes = v;
     }
     cfg.admin_token = std::env::var("SEMITHIN_ADMIN_TOKEN").ok().or(f.admin_token);
     init_logs(a.log_format.or(f.log_format).as_deref().unwrap_or("text"))?;

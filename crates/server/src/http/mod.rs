@@ -3,6 +3,7 @@
 mod admin;
 mod agent;
 mod apt;
+mod captures;
 mod jobs;
 mod rollout;
 pub mod serve;
@@ -137,6 +138,41 @@ pub fn machine(
     headers: &HeaderMap,
     body: &[u8],
 ) -> ApiResult<Arc<Machine>> {
+    machine_hashed(app, method, uri, headers, blake3::hash(body).as_bytes())
+}
+
+/// The machine that signed a request claims to be, before its body is read (the signature is
+/// checked once the body is whole, by [`machine_hashed`]): an unknown machine is refused at
+/// once.
+pub fn claimed(app: &App, headers: &HeaderMap) -> ApiResult<Arc<Machine>> {
+    let id = headers
+        .get(sign::HEADER_MACHINE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiErr(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "unsigned request: the {} header is missing (enroll first)",
+                    sign::HEADER_MACHINE
+                ),
+            )
+        })?;
+    app.fleet.get(id).ok_or_else(|| {
+        ApiErr(
+            StatusCode::UNAUTHORIZED,
+            format!("no machine {id} is enrolled here"),
+        )
+    })
+}
+
+/// [`machine`] for a body known by its BLAKE3 hash (an upload hashed as it arrived).
+pub fn machine_hashed(
+    app: &App,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body_hash: &[u8; 32],
+) -> ApiResult<Arc<Machine>> {
     let h = |name: &str| {
         headers
             .get(name)
@@ -168,8 +204,9 @@ pub fn machine(
                 .into(),
         )
     })?;
-    let counter = sign::verify_key(key, method.as_str(), pq, signed, body, crate::now())
-        .map_err(|e| ApiErr(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let counter =
+        sign::verify_key_hashed(key, method.as_str(), pq, signed, body_hash, crate::now())
+            .map_err(|e| ApiErr(StatusCode::UNAUTHORIZED, e.to_string()))?;
     // Only once the signature holds: an unsigned request cannot use up a counter.
     m.replay
         .lock()
@@ -226,6 +263,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/objects", post(agent::objects))
         .route("/api/v1/objects/{kind}/{id}", get(agent::object))
         .route("/api/v1/deltas/{from}/{to}", get(agent::delta))
+        .merge(captures::routes())
         .route("/apt/{name}/{*path}", get(apt::get))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
