@@ -45,7 +45,12 @@ pub fn check_archive(path: &Path, max_unpacked: u64) -> std::result::Result<Chec
     // one byte over the bound is enough to know it is over
     let mut limited = dec.take(max_unpacked.saturating_add(1));
     let mut entries = 0u64;
-    {
+    let over = || {
+        format!(
+            "it unpacks to more than the {max_unpacked} bytes accepted (capture_max_unpacked_bytes)"
+        )
+    };
+    let read = (|| -> std::result::Result<(), String> {
         let mut ar = tar::Archive::new(&mut limited);
         for e in ar.entries().map_err(|e| e.to_string())? {
             let mut e = e.map_err(|e| format!("entry {}: {e}", entries + 1))?;
@@ -72,15 +77,17 @@ pub fn check_archive(path: &Path, max_unpacked: u64) -> std::result::Result<Chec
             std::io::copy(&mut e, &mut std::io::sink())
                 .map_err(|err| format!("entry {shown:?}: {err}"))?;
         }
+        drop(ar);
+        // what follows the tar's end must still be whole zstd
+        std::io::copy(&mut limited, &mut std::io::sink()).map_err(|e| format!("zstd: {e}"))?;
+        Ok(())
+    })();
+    // cut at the bound, the tar ends early: the bound is the reason
+    if limited.limit() == 0 {
+        return Err(over());
     }
-    // what follows the tar's end must still be whole zstd
-    std::io::copy(&mut limited, &mut std::io::sink()).map_err(|e| format!("zstd: {e}"))?;
+    read?;
     let unpacked = max_unpacked.saturating_add(1) - limited.limit();
-    if unpacked > max_unpacked {
-        return Err(format!(
-            "it unpacks to more than the {max_unpacked} bytes accepted (capture_max_unpacked_bytes)"
-        ));
-    }
     if entries == 0 {
         return Err("it holds no entry".into());
     }

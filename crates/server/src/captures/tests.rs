@@ -172,6 +172,26 @@ async fn captures_are_stored_listed_fetched_bounded_and_deleted() {
     assert_eq!(s.count("SELECT COUNT(*) FROM captures").await, before);
     assert_eq!(files(&s).len(), 2, "{:?}", files(&s));
 
+    // larger than the server's limit of other bodies (max_body): its own bound applies
+    let mut noise = vec![0u8; 2 << 20];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let large = archive(&[("var/lib/foo/blob", &noise[..])]);
+    assert!(large.len() > 1 << 20);
+    let s2 = TestServer::start(|c| c.max_body_bytes = 1 << 20).await;
+    let t2 = s2.token(true).await;
+    let k2 = s2.enroll(&t2, "m2").await;
+    let (st, body) = s2
+        .signed(&k2, "POST", "/api/v1/machines/capture", &large)
+        .await;
+    assert_eq!(st, 200, "{body}");
+    s2.stop().await;
+
     // an unknown id, a bad id, then a delete
     let (st, v) = s.admin("GET", "/api/v1/admin/captures/999", None).await;
     assert_eq!((st, v["error"].as_str()), (404, Some("no capture 999")));
