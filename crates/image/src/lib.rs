@@ -12,6 +12,7 @@ pub mod build;
 pub mod chroot;
 pub mod dpkg;
 pub mod profile;
+pub mod stack;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -51,33 +51,34 @@ pub fn check_archive(path: &Path, max_unpacked: u64) -> std::result::Result<Chec
         )
     };
     let read = (|| -> std::result::Result<(), String> {
-        let mut ar = tar::Archive::new(&mut limited);
-        for e in ar.entries().map_err(|e| e.to_string())? {
-            let mut e = e.map_err(|e| format!("entry {}: {e}", entries + 1))?;
-            entries += 1;
-            let raw = e.path_bytes().into_owned();
-            let shown = String::from_utf8_lossy(&raw).into_owned();
-            plain_path(&raw).map_err(|why| format!("entry {shown:?}: {why}"))?;
-            use tar::EntryType as T;
-            match e.header().entry_type() {
-                T::Regular
-                | T::Continuous
-                | T::Directory
-                | T::Symlink
-                | T::Char
-                | T::Block
-                | T::Fifo => {}
-                T::Link => {}
-                other => {
-                    return Err(format!(
-                        "entry {shown:?}: a {other:?} entry has no place in a layer"
-                    ));
+        {
+            let mut ar = tar::Archive::new(&mut limited);
+            for e in ar.entries().map_err(|e| e.to_string())? {
+                let mut e = e.map_err(|e| format!("entry {}: {e}", entries + 1))?;
+                entries += 1;
+                let raw = e.path_bytes().into_owned();
+                let shown = String::from_utf8_lossy(&raw).into_owned();
+                plain_path(&raw).map_err(|why| format!("entry {shown:?}: {why}"))?;
+                use tar::EntryType as T;
+                match e.header().entry_type() {
+                    T::Regular
+                    | T::Continuous
+                    | T::Directory
+                    | T::Symlink
+                    | T::Char
+                    | T::Block
+                    | T::Fifo
+                    | T::Link => {}
+                    other => {
+                        return Err(format!(
+                            "entry {shown:?}: a {other:?} entry has no place in a layer"
+                        ));
+                    }
                 }
+                std::io::copy(&mut e, &mut std::io::sink())
+                    .map_err(|err| format!("entry {shown:?}: {err}"))?;
             }
-            std::io::copy(&mut e, &mut std::io::sink())
-                .map_err(|err| format!("entry {shown:?}: {err}"))?;
         }
-        drop(ar);
         // what follows the tar's end must still be whole zstd
         std::io::copy(&mut limited, &mut std::io::sink()).map_err(|e| format!("zstd: {e}"))?;
         Ok(())

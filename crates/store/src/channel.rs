@@ -20,6 +20,8 @@ pub enum MoveKind {
     Commit,
     Set,
     CherryPick,
+    /// A composition of layers (`compose::commit`).
+    Compose,
 }
 
 /// One move of a channel.

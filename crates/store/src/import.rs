@@ -224,7 +224,39 @@ pub fn commit(
     progress: &dyn Progress,
 ) -> Result<CommitStats> {
     channel::check_name(opts.channel)?;
-    let parent = channel::head(repo, opts.channel)?;
+    store(
+        repo,
+        source,
+        Some(opts.channel),
+        opts.message,
+        opts.time,
+        progress,
+    )
+}
+
+/// Stores `source` as a commit on no channel and without a parent (a step of a composition,
+/// which the caller keeps reachable); its stats name no channel.
+pub fn store_detached(
+    repo: &Repo,
+    source: &Path,
+    message: &str,
+    progress: &dyn Progress,
+) -> Result<CommitStats> {
+    store(repo, source, None, message, None, progress)
+}
+
+fn store(
+    repo: &Repo,
+    source: &Path,
+    on: Option<&str>,
+    message: &str,
+    time: Option<i64>,
+    progress: &dyn Progress,
+) -> Result<CommitStats> {
+    let parent = match on {
+        Some(c) => channel::head(repo, c)?,
+        None => None,
+    };
     let mut imp = Importer::new(repo, progress);
     match source_kind(source)? {
         SourceKind::Dir => scan_dir::scan(&mut imp, source)?,
@@ -254,21 +286,17 @@ pub fn commit(
         tree,
         root_meta,
         parent,
-        time: opts.time.unwrap_or_else(crate::now),
-        message: opts.message.to_owned(),
+        time: time.unwrap_or_else(crate::now),
+        message: message.to_owned(),
         hardlinks,
         entries: ws.entries,
         bytes: ws.bytes,
     };
     let (id, put) = repo.objects.put_commit(&commit)?;
     repo.objects.flush()?;
-    channel::move_to(
-        repo,
-        opts.channel,
-        id,
-        channel::MoveKind::Commit,
-        opts.message,
-    )?;
+    if let Some(c) = on {
+        channel::move_to(repo, c, id, channel::MoveKind::Commit, message)?;
+    }
     let commit_stored = match put {
         Put::New { stored } => stored,
         Put::Existing => 0,
@@ -276,7 +304,7 @@ pub fn commit(
     let c = imp.counts;
     Ok(CommitStats {
         commit: id.to_hex(),
-        channel: opts.channel.to_owned(),
+        channel: on.unwrap_or_default().to_owned(),
         parent: parent.map(|p: CommitId| p.to_hex()),
         entries: ws.entries,
         files: c.files,

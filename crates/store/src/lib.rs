@@ -9,6 +9,7 @@ pub mod acl;
 pub mod channel;
 pub mod checkout;
 pub mod chunker;
+pub mod compose;
 pub mod diff;
 pub mod error;
 pub mod export;

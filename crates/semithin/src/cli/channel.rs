@@ -60,6 +60,7 @@ pub fn run(repo: Option<PathBuf>, cmd: ChannelCmd) -> Result<ExitCode> {
                 Some(p) => outln!("{name}: {} -> {}", p.0.short(), id.short()),
                 None => outln!("{name}: created at {}", id.short()),
             }
+            super::profile::after_move(&repo, &name, std::path::Path::new("/var/tmp"), false);
         }
         ChannelCmd::Log { name, json } => {
             let repo = open(repo, Access::Read)?;

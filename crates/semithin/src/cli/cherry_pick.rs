@@ -34,5 +34,6 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
             semithin_protocol::ids::short_str(&r.parent)
         );
     }
+    super::profile::after_move(repo, &r.channel, std::path::Path::new("/var/tmp"), a.json);
     Ok(ExitCode::SUCCESS)
 }

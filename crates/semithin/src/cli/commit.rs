@@ -85,5 +85,6 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
             stats.new_trees
         );
     }
+    super::profile::after_move(repo, &a.channel, std::path::Path::new("/var/tmp"), a.json);
     Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,7 @@ mod image;
 mod init;
 mod job;
 mod overlay;
+mod profile;
 mod progress;
 mod publish;
 mod repo;
@@ -176,6 +177,11 @@ enum Command {
     /// packages (add, remove, upgrade, shell), and its packages (packages, diff --packages).
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// Layered profiles: stacks of layers (a base image, then overlays, each a channel),
+    /// composed with overlayfs semantics into the profile's channel; package layers are
+    /// installed again over a new base. set, list, show, compose, tree, assign.
+    #[command(subcommand, after_help = ADMIN_HELP)]
+    Profile(profile::ProfileCmd),
     /// The first run of a new site: asks (or takes as flags) the server URL, the suite and the
     /// software, writes a profile, builds, commits and publishes the first release, and says
     /// what to do next.
@@ -263,6 +269,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             server,
         } => fleet::push(&server, selector, json),
         Command::Image(c) => image::run(repo, c),
+        Command::Profile(c) => profile::run(repo, c),
         Command::Init(a) => init::run(repo, a),
         Command::Demo(a) => demo::run(a),
     }

@@ -324,6 +324,8 @@ pub fn run(repo: Option<PathBuf>, server: &ServerArgs, cmd: OverlayCmd) -> Resul
             let msg = message.unwrap_or_else(|| format!("capture {} of {}", info.id, info.machine));
             let id = bake::bake(&repo, &into, &plan, &msg)?;
             out.commit = Some(id.to_hex());
+            // the profiles with this layer in their stack are composed again
+            super::profile::after_move(&repo, &into, Path::new("/var/tmp"), json);
             if publish {
                 super::publish::sign(&repo, &into, id)?;
                 out.published = true;

@@ -543,3 +543,145 @@ fn image_shell_interrupted_leaves_no_mounts_and_commits_nothing() {
     assert!(left.is_empty(), "left: {left:?}");
     assert_eq!(env.ok(&["channel", "list"]), head);
 }
+
+/// Package layers: `image add` on a layer of a profile installs over the layers below and keeps
+/// what changed as the layer; base + two package layers composed equals the same packages
+/// installed into the base in one chroot (files and dpkg's database); a security update of the
+/// base composes the profile again with both layers installed again by apt (not merged file by
+/// file), and the new composition is a small delta from the old.
+#[test]
+fn slow_image_package_layers_are_replayed_over_a_new_base() {
+    let s = Site::new(&[
+        (
+            "testing",
+            &[("stone", "1.0"), ("pebble", "1.0"), ("gravel", "1.0")],
+        ),
+        ("testing-security", &[]),
+    ]);
+    let text = format!(
+        "{}[[sources]]\nname = \"extra-security\"\nuri = \"{u}/extra\"\nsuite = \"testing-security\"\nkey = \"{ek}\"\n",
+        s.base_profile("os/base", "\"pebble\""),
+        u = s.url,
+        ek = s.extra_key.display()
+    );
+    let f = s.profile("base.toml", &text);
+    s.ok(&["image", "build", f.to_str().unwrap()]);
+    s.assert_clean();
+    s.env.ok(&[
+        "profile",
+        "set",
+        "lab",
+        "--layers",
+        "os/base,lab/tools,lab/more",
+    ]);
+
+    let r = s.json(&["image", "add", "lab/tools", "stone"]);
+    s.assert_clean();
+    assert_eq!(names(&r["changes"], "added"), ["stone 1.0"]);
+    assert_eq!(r["profile"], "lab");
+    let m = s.message("lab/tools");
+    assert!(
+        m.contains("Layer-Install: stone\n") && m.contains("Layer-Base: "),
+        "{m}"
+    );
+    // The layer holds what apt changed, not a whole root.
+    let layer_pk = s.env.json(&["show", "lab/tools"]);
+    assert!(
+        layer_pk["entries"].as_u64().unwrap() < 200,
+        "the layer is not a difference: {layer_pk:#}"
+    );
+    let r = s.json(&["image", "add", "lab/more", "gravel"]);
+    s.assert_clean();
+    let composed = &r["profiles"][0];
+    assert_eq!(composed["channel"], "profiles/lab");
+    let first = composed["commit"].as_str().unwrap().to_owned();
+    assert!(
+        composed["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["replayed"] == false),
+        "{composed:#}"
+    );
+
+    // The same packages installed into the base in one chroot, by the whole-image wizard.
+    s.env.ok(&["channel", "set", "flat/all", "os/base"]);
+    s.ok(&["image", "add", "flat/all", "stone", "--from", "head"]);
+    s.ok(&["image", "add", "flat/all", "gravel", "--from", "head"]);
+    s.assert_clean();
+    let (a, b) = (s.env.path("co-layers"), s.env.path("co-flat"));
+    s.env.ok(&["checkout", "profiles/lab", a.to_str().unwrap()]);
+    s.env.ok(&["checkout", "flat/all", b.to_str().unwrap()]);
+    let listed = dpkg_list(&a);
+    assert_eq!(listed, dpkg_list(&b));
+    assert!(
+        ["pebble 1.0", "stone 1.0", "gravel 1.0"]
+            .iter()
+            .all(|p| listed.contains(&p.to_string())),
+        "{listed:?}"
+    );
+    let d = std::process::Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(
+        d.status.success(),
+        "the composed layers and the one chroot differ:\n{}",
+        String::from_utf8_lossy(&d.stdout)
+    );
+
+    // A security update of the base: both package layers are installed again over it.
+    publish_repo(
+        &s.extra,
+        &[
+            (
+                "testing",
+                &[("stone", "1.0"), ("pebble", "1.0"), ("gravel", "1.0")],
+            ),
+            ("testing-security", &[("pebble", "1.1")]),
+        ],
+    );
+    let r = s.json(&["image", "upgrade", "os/base", "--security-only"]);
+    s.assert_clean();
+    assert_eq!(names(&r["changes"], "changed"), ["pebble 1.0 -> 1.1"]);
+    let composed = &r["profiles"][0];
+    let replayed: Vec<&str> = composed["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["replayed"] == true)
+        .map(|l| l["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(replayed, ["lab/tools", "lab/more"]);
+    let second = composed["commit"].as_str().unwrap().to_owned();
+    let pk = s.packages("profiles/lab");
+    for p in ["pebble 1.1", "stone 1.0", "gravel 1.0"] {
+        assert!(pk.contains(&p.to_owned()), "{p} missing: {pk:?}");
+    }
+    let c = s.env.path("co-after");
+    s.env.ok(&["checkout", "profiles/lab", c.to_str().unwrap()]);
+    let mut want = pk.clone();
+    want.sort();
+    assert_eq!(
+        dpkg_list(&c),
+        want,
+        "dpkg's database is not what the tree holds"
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.join("usr/share/pebble/version")).unwrap(),
+        "1.1\n"
+    );
+    // What machines on the profile download: a small delta.
+    let d = s.env.json(&["delta", &first, &second]);
+    let total = d["total_bytes"].as_u64().unwrap();
+    let size = s.env.json(&["show", &second])["bytes"].as_u64().unwrap();
+    assert!(
+        total * 20 < size,
+        "the update is {total} bytes for an image of {size}"
+    );
+    let list = s.env.json(&["profile", "list"]);
+    assert_eq!(list[0]["state"], "up-to-date");
+    s.env.fsck_ok();
+}

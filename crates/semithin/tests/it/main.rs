@@ -18,6 +18,7 @@ mod hostile_text;
 mod image;
 mod jobs;
 mod packaging;
+mod profiles;
 mod qemu;
 mod real_root;
 mod rollout;

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::admin::ServerArgs;
 use super::{open, print_json};
-pub(crate) use common::Reporter;
+pub(crate) use common::{Reporter, catch_interrupts, need_tool};
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
@@ -180,6 +180,8 @@ pub(crate) struct Built {
     pub packages: usize,
     pub changes: dpkg::Changes,
     pub published: bool,
+    /// The profiles with this channel in their stack, composed again.
+    pub profiles: Vec<super::profile::Outcome>,
 }
 
 /// Builds `file`'s image, commits it to its channel and (with `publish`) publishes it.
@@ -288,7 +290,9 @@ pub(crate) fn build_profile(
             );
         }
     }
+    let profiles = super::profile::after_move(&repo, &p.channel, work_dir, json);
     Ok(Built {
+        profiles,
         commit: stats.commit,
         tree,
         channel: p.channel,

@@ -56,6 +56,10 @@ pub struct PkgArgs {
     /// The packages (names, optionally NAME=VERSION).
     #[arg(required = true)]
     packages: Vec<String>,
+    /// When CHANNEL is a package layer of several profiles over different layers: the profile
+    /// over whose lower layers it is made.
+    #[arg(long)]
+    profile: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -153,6 +157,20 @@ fn prepare(
         common::need_tool(t)?;
     }
     let repo = open(repo_path.clone(), Access::Read)?;
+    if let Some(at) = crate::cli::profile::layer::place(&repo, &c.channel, None)
+        .ok()
+        .flatten()
+    {
+        bail!(
+            "{} is a layer of profile {} (over {}), not a whole image: `image add|remove {0} \
+             PKG...` change a package layer; upgrade the base ({}) and the profile is composed \
+             again; `image shell` works on whole images such as the profile's channel",
+            c.channel,
+            at.profile,
+            at.stack[..at.index].join(" + "),
+            at.stack[0]
+        );
+    }
     let b = base(&repo, &c.channel, c.from, report)?;
     let old = common::packages_at(&repo, b.id)?;
     common::catch_interrupts();
@@ -219,6 +237,7 @@ fn finish_with(
         report.step("publishing");
         crate::cli::publish::sign(&repo, &c.channel, id)?;
     }
+    let profiles = crate::cli::profile::after_move(&repo, &c.channel, &c.work_dir, c.json);
     drop(repo);
     report.finish();
     if c.json {
@@ -228,6 +247,7 @@ fn finish_with(
             "base": b.id.to_hex(),
             "changes": changes,
             "published": c.publish,
+            "profiles": profiles,
         }))?;
     } else {
         outln!("{}", stats.commit);
@@ -249,6 +269,25 @@ fn finish_with(
 pub fn add(repo: Option<PathBuf>, a: PkgArgs, remove: bool) -> Result<ExitCode> {
     for p in &a.packages {
         profile::check_package(p).map_err(anyhow::Error::msg)?;
+    }
+    let at = {
+        let r = open(repo.clone(), Access::Read)?;
+        crate::cli::profile::layer::place(&r, &a.common.channel, a.profile.as_deref())?
+    };
+    if let Some(at) = at {
+        let flags = crate::cli::profile::layer::Flags {
+            publish: a.common.publish,
+            work_dir: &a.common.work_dir,
+            json: a.common.json,
+            server: &a.common.server,
+        };
+        return crate::cli::profile::layer::change(repo, at, &a.packages, remove, flags);
+    }
+    if let Some(p) = &a.profile {
+        bail!(
+            "--profile {p}: {} is not a layer of a profile (it is a whole image)",
+            a.common.channel
+        );
     }
     let report = Reporter::new(a.common.json);
     let (b, dir, old) = prepare(&repo, &a.common, &report)?;
