@@ -73,6 +73,12 @@ fn signed_specs() -> Vec<JobSpec> {
             Schedule::default(),
         ),
         spec(
+            Action::Capture {
+                paths: vec!["/var/lib/foo".into()],
+            },
+            Schedule::default(),
+        ),
+        spec(
             Action::Reboot,
             Schedule {
                 at: None,

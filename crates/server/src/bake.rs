@@ -35,6 +35,10 @@ pub struct Listed {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub size: u64,
+    /// Against the release the machine runs (when known): `added` (not in it) or `changed`
+    /// (there, and copied up or replaced); whiteouts and opaque directories say what they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<&'static str>,
 }
 
 /// Imports a capture's tar.zst as a commit without parent on no channel.
@@ -63,6 +67,7 @@ pub fn list(repo: &Repo, commit: CommitId) -> Result<Vec<Listed>> {
             path: walk::lossy(p),
             kind,
             size,
+            change: None,
         });
         Ok(())
     })?;
@@ -112,9 +117,24 @@ pub fn list_archive(archive: &Path) -> std::result::Result<Vec<Listed>, String> 
             path,
             kind,
             size: if kind == "file" { size } else { 0 },
+            change: None,
         });
     }
     Ok(out)
+}
+
+/// Says of each entry whether `release` (the machine's running release) has its path:
+/// `added` or `changed`. Whiteouts and opaque directories are left as they are.
+pub fn against_release(repo: &Repo, release: CommitId, entries: &mut [Listed]) -> Result<()> {
+    let tree = repo.objects.get_commit(&release)?.tree;
+    for e in entries.iter_mut() {
+        if matches!(e.kind, "whiteout" | "opaque") {
+            continue;
+        }
+        let there = walk::lookup(&repo.objects, tree, e.path.as_bytes())?.is_some();
+        e.change = Some(if there { "changed" } else { "added" });
+    }
+    Ok(())
 }
 
 /// What baking `capture` into `layer` changes in the layer (objects of the composed tree are

@@ -229,8 +229,9 @@ pub fn run(repo: Option<PathBuf>, server: &ServerArgs, cmd: OverlayCmd) -> Resul
         } => {
             let info = resolve(&c, &capture)?;
             let file = download(&c, &info)?;
-            let entries = bake::list_archive(file.path())
+            let mut entries = bake::list_archive(file.path())
                 .map_err(|e| anyhow::anyhow!("capture {}: {e}", info.id))?;
+            let running = against_running(&c, repo.clone(), &info, &mut entries);
             let changes = match &into {
                 Some(layer) => {
                     let repo = open_repo(repo)?;
@@ -258,10 +259,19 @@ pub fn run(repo: Option<PathBuf>, server: &ServerArgs, cmd: OverlayCmd) -> Resul
                 human(info.size),
                 human(info.unpacked)
             );
+            if let Some(r) = &running {
+                outln!("against the release it runs, {}:", short(r));
+            }
             for e in &entries {
+                let change = e.change.unwrap_or("");
                 match e.kind {
-                    "file" => outln!("  {:<8} {} ({})", e.kind, safe(&e.path), human(e.size)),
-                    _ => outln!("  {:<8} {}", e.kind, safe(&e.path)),
+                    "file" => outln!(
+                        "  {change:<8} {:<8} {} ({})",
+                        e.kind,
+                        safe(&e.path),
+                        human(e.size)
+                    ),
+                    _ => outln!("  {change:<8} {:<8} {}", e.kind, safe(&e.path)),
                 }
             }
             if let (Some(layer), Some(changes)) = (&into, &changes) {
@@ -352,6 +362,28 @@ pub fn run(repo: Option<PathBuf>, server: &ServerArgs, cmd: OverlayCmd) -> Resul
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Marks each entry `added` or `changed` against the release the machine runs, when the
+/// server names one and the repository (if one is given) holds it; the release, or `None`.
+fn against_running(
+    c: &AdminClient,
+    repo: Option<PathBuf>,
+    info: &CaptureInfo,
+    entries: &mut [bake::Listed],
+) -> Option<String> {
+    let path = repo.filter(|p| p.join("config").is_file())?;
+    let m: serde_json::Value = c
+        .get(
+            "reading the machine",
+            &format!("/api/v1/admin/machines/{}", urlencode(&info.machine)),
+        )
+        .ok()?;
+    let current = m["report"]["current"].as_str()?.to_owned();
+    let id = current.parse().ok()?;
+    let repo = Repo::open(&path, Access::Read).ok()?;
+    bake::against_release(&repo, id, entries).ok()?;
+    Some(current)
 }
 
 /// A yes/no question on the terminal.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use crate::common::{q, sh};
-use crate::fleet::{Agent, Server, wait_until};
+use crate::fleet::{Agent, Server, image, wait_until, wait_updated};
 
 /// The machine's /etc upper directory: a changed file, a new one in a new directory, a
 /// whiteout (`motd` removed), an opaque `cron.d` holding one file; and below its sysroot,
@@ -132,6 +132,13 @@ fn a_capture_is_listed_shown_and_baked_into_a_layer_with_its_whiteouts() {
     let s = Server::start();
     let token = s.enroll_token(true);
     let (a, upper) = machine(&s, &token, "lab-01");
+    // it runs a release with an /etc/hostname of its own
+    let img = s.path("img");
+    image(&img, 1, 2);
+    std::fs::write(img.join("etc/hostname"), "base\n").unwrap();
+    let release = s.release(&img, "lab/stable");
+    s.ok(&["fleet", "assign", "lab-01", "lab/stable"]);
+    wait_updated(&s, "lab-01", &release, 60);
 
     // the machine sends its layer
     let out = a.run(&["capture", "--json"]);
@@ -156,21 +163,26 @@ fn a_capture_is_listed_shown_and_baked_into_a_layer_with_its_whiteouts() {
         .iter()
         .map(|e| {
             format!(
-                "{} {}",
+                "{} {} {}",
                 e["path"].as_str().unwrap(),
-                e["type"].as_str().unwrap()
+                e["type"].as_str().unwrap(),
+                e["change"].as_str().unwrap_or("-")
             )
         })
         .collect();
     for want in [
-        "etc/motd whiteout",
-        "etc/cron.d opaque",
-        "var/lib/foo/state file",
+        "etc/motd whiteout -",
+        "etc/cron.d opaque -",
+        "etc/hostname file changed",
+        "etc/ssh/sshd_config file added",
+        "var/lib/foo/state file added",
     ] {
         assert!(kinds.iter().any(|k| k == want), "{want} not in {kinds:?}");
     }
     let text = s.ok(&["overlay", "show", &id]);
     assert!(text.contains("whiteout etc/motd"), "{text}");
+    let running = format!("against the release it runs, {}", &release[..12]);
+    assert!(text.contains(&running), "{text}");
 
     // a layer it will be baked into: motd (whited out), cron.d/old (hidden), keep (kept)
     let lower = s.path("lower");
