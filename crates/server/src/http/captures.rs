@@ -19,9 +19,15 @@ use super::{ApiErr, ApiResult, admin, claimed, file_body, machine_hashed};
 use crate::App;
 use crate::captures::check_archive;
 
-pub fn routes() -> Router<Arc<App>> {
+/// How long an upload may take, to the end of its answer.
+pub const UPLOAD_DEADLINE_SECS: u64 = 3600;
+
+pub fn upload_routes() -> Router<Arc<App>> {
+    Router::new().route(UPLOAD_PATH, post(upload))
+}
+
+pub fn admin_routes() -> Router<Arc<App>> {
     Router::new()
-        .route(UPLOAD_PATH, post(upload))
         .route("/api/v1/admin/captures", get(list))
         .route("/api/v1/admin/captures/{id}", get(one).delete(remove))
         .route("/api/v1/admin/captures/{id}/archive", get(archive))

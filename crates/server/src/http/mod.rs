@@ -263,14 +263,20 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/objects", post(agent::objects))
         .route("/api/v1/objects/{kind}/{id}", get(agent::object))
         .route("/api/v1/deltas/{from}/{to}", get(agent::delta))
-        .merge(captures::routes())
+        .merge(captures::admin_routes())
         .route("/apt/{name}/{*path}", get(apt::get))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             long,
         ));
+    // A capture's upload: its answer starts once the whole body arrived and was checked.
+    let uploads = captures::upload_routes().layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        Duration::from_secs(captures::UPLOAD_DEADLINE_SECS),
+    ));
     let routes = quick
         .merge(slow)
+        .merge(uploads)
         .fallback(|uri: Uri| async move {
             ApiErr::not_found(format!("no such endpoint: {}", uri.path()))
         })
@@ -322,7 +328,9 @@ async fn json_errors(State(app): State<Arc<App>>, req: Request, next: Next) -> R
         }
         StatusCode::REQUEST_TIMEOUT => format!(
             "{method} {path} was not answered within the server's deadline of {} s",
-            if slow {
+            if path == semithin_protocol::capture::UPLOAD_PATH {
+                captures::UPLOAD_DEADLINE_SECS
+            } else if slow {
                 app.cfg.max_wait_secs as u64 + 30
             } else {
                 app.cfg.request_deadline_secs
