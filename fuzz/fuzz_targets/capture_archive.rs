@@ -32,13 +32,21 @@ fn capture() -> Vec<u8> {
     b.append_pax_extensions([("SCHILY.xattr.trusted.overlay.opaque", b"y".as_slice())])
         .unwrap();
     entry(&mut b, "etc/cron.d", tar::EntryType::Directory, b"");
-    entry(&mut b, "etc/cron.d/backup", tar::EntryType::Regular, b"0 3 * * * root true\n");
+    entry(
+        &mut b,
+        "etc/cron.d/backup",
+        tar::EntryType::Regular,
+        b"0 3 * * * root true\n",
+    );
     entry(&mut b, "var/lib/foo/state", tar::EntryType::Regular, b"42");
     b.into_inner().unwrap()
 }
 
 fn seeds() -> Vec<(String, Vec<u8>)> {
-    vec![("capture.tar.zst".into(), zstd::bulk::compress(&capture(), 3).unwrap())]
+    vec![(
+        "capture.tar.zst".into(),
+        zstd::bulk::compress(&capture(), 3).unwrap(),
+    )]
 }
 
 fuzz_target!(init: write_seeds(seeds()), |data: &[u8]| {
