@@ -7,6 +7,7 @@
 //! moment: the next run starts from what is on disk and continues.
 
 mod assignment;
+pub mod backup;
 pub mod config;
 mod configure;
 mod delta;
@@ -76,6 +77,7 @@ pub struct Agent {
     /// The facts last read (when) and the digest of those the server holds.
     facts: Option<(i64, semithin_protocol::vars::Facts)>,
     facts_digest: Option<String>,
+    backup: backup::Tracker,
     /// Called with a line for each thing the agent does.
     log: Box<dyn Fn(&str) + Send>,
     /// STATE/lock, held exclusively while this agent lives (released by the kernel on a kill).
@@ -141,6 +143,7 @@ impl Agent {
             rendering,
             facts: None,
             facts_digest: None,
+            backup: backup::Tracker::default(),
             log,
             _lock: lock,
         };
@@ -457,6 +460,11 @@ impl Agent {
         if ran && let Ok(o) = &mut res {
             o.worked = true;
         }
+        if self.backup_when_due()?
+            && let Ok(o) = &mut res
+        {
+            o.worked = true;
+        }
         match &res {
             Ok(o) if o.worked => {
                 self.checkin(0)?;
@@ -689,6 +697,7 @@ fn report_of(
         config: templates::Rendering::load(&templates::path(layout))
             .ok()
             .map(|r| r.report()),
+        backup: state.backup.clone(),
     })
 }
 
