@@ -225,6 +225,7 @@ impl Agent {
                 }
             }
         }
+        crate::crash_point("backup");
         let current = self.layout.current()?;
         let manifest = Manifest {
             format: FORMAT,

@@ -231,6 +231,22 @@ fn a_missing_backup_disk_is_a_warning_once_and_the_update_goes_on() {
     let st = a.run(&["status"]);
     let st = String::from_utf8_lossy(&st.stdout);
     assert!(st.contains("backup:    unmounted"), "{st}");
+    // reported: the server keeps it and records one event
+    let events = |kind_detail: &str| {
+        let m = s.machine("m1");
+        let n = m["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["kind"] == "backup" && e["detail"].as_str().unwrap().starts_with(kind_detail)
+            })
+            .count();
+        (m, n)
+    };
+    let (m1, n) = events("unmounted: ");
+    assert_eq!(m1["report"]["backup"]["kind"], "unmounted", "{m1}");
+    assert_eq!(n, 1, "{m1}");
     // the directory removed too: another kind of warning
     std::fs::remove_dir(&dir).unwrap();
     assert!(a.once().success(), "{}", a.log());
@@ -251,6 +267,9 @@ fn a_missing_backup_disk_is_a_warning_once_and_the_update_goes_on() {
     assert_eq!(held(&dir).first(), Some(&v2), "{}", a.log());
     let st = a.run(&["status"]);
     assert!(!String::from_utf8_lossy(&st.stdout).contains("backup:"));
+    let (m1, n) = events("made again");
+    assert!(m1["report"]["backup"].is_null(), "{m1}");
+    assert_eq!(n, 1, "{m1}");
     // a full disk: a warning, and the update goes on
     drop(disk);
     let _disk = Tmpfs::mount(&dir, "64K");
@@ -261,8 +280,7 @@ fn a_missing_backup_disk_is_a_warning_once_and_the_update_goes_on() {
     let log = a.log();
     let last = log
         .lines()
-        .filter(|l| l.contains("backup: warning"))
-        .last()
+        .rfind(|l| l.contains("backup: warning"))
         .unwrap();
     assert!(
         last.contains("No space left") || last.contains("disk is full"),
@@ -377,7 +395,7 @@ fn a_damaged_backup_is_refused_naming_what_and_changes_nothing() {
     let flipped = format!(
         "{}{}",
         if sig.starts_with('0') { "1" } else { "0" },
-        &sig[1..]
+        sig.get(1..).unwrap()
     );
     v["signatures"][0]["sig"] = Value::from(flipped);
     std::fs::write(&ts, v.to_string()).unwrap();
@@ -404,4 +422,55 @@ fn a_damaged_backup_is_refused_naming_what_and_changes_nothing() {
     assert_eq!(m.a.current().as_deref(), Some(m.v1.as_str()));
     let _ = (&m.src1, &m.src2);
     drop(m.disk.take());
+}
+
+#[test]
+fn a_backup_killed_before_its_manifest_leaves_the_previous_one_usable() {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let (src1, src2) = (s.path("img1"), s.path("img2"));
+    image(&src1, 1, 3);
+    image(&src2, 2, 3);
+    let dir = s.path("backup-disk");
+    let _disk = Tmpfs::mount(&dir, "64M");
+    let v1 = s.release(&src1, "lab/stable");
+    let a = Agent::new(&s, "m1", &t)
+        .arg("--backup-dir")
+        .arg(dir.to_str().unwrap());
+    assert!(a.once().success(), "{}", a.log());
+    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    assert!(a.once().success(), "{}", a.log());
+    let before = std::fs::read(dir.join("manifest.json")).unwrap();
+    let v2 = s.release(&src2, "lab/stable");
+    // killed once v2's objects and metadata are on the disk, before the manifest names them
+    let k = Agent::new(&s, "m1", &t)
+        .arg("--backup-dir")
+        .arg(dir.to_str().unwrap())
+        .env("SEMITHIN_AGENT_CRASH_AT", "backup");
+    assert!(!k.once().success(), "{}", k.log());
+    assert!(k.log().contains("killed at backup"), "{}", k.log());
+    assert_eq!(a.current().as_deref(), Some(v2.as_str()));
+    assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), before);
+    assert_eq!(held(&dir), vec![v1.clone()]);
+    // what the previous manifest names restores, as it was
+    let fresh = s.path("rescue-state");
+    let out = std::process::Command::new(crate::common::BIN)
+        .arg("agent")
+        .arg("--state")
+        .arg(&fresh)
+        .arg("--trusted-root")
+        .arg(s.root_json())
+        .args(["restore", "--from", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_deployed(&src1, &fresh.join("deployments").join(&v1));
+    // the next run finishes the backup, copying only what the killed one did not
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(held(&dir), vec![v2.clone(), v1.clone()], "{}", a.log());
+    assert_eq!(copied(&a.log()).last(), Some(&(2, 0)), "{}", a.log());
 }
