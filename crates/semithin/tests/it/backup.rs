@@ -247,6 +247,8 @@ fn a_missing_backup_disk_is_a_warning_once_and_the_update_goes_on() {
     let (m1, n) = events("unmounted: ");
     assert_eq!(m1["report"]["backup"]["kind"], "unmounted", "{m1}");
     assert_eq!(n, 1, "{m1}");
+    let show = s.ok(&["fleet", "show", "m1"]);
+    assert!(show.contains("backup:     unmounted since "), "{show}");
     // the directory removed too: another kind of warning
     std::fs::remove_dir(&dir).unwrap();
     assert!(a.once().success(), "{}", a.log());
