@@ -137,8 +137,10 @@ fn the_backup_holds_the_kept_releases_incrementally_and_restores_without_the_ser
     assert!(m.a.once().success(), "{}", m.a.log());
     assert_eq!(copied(&m.a.log()).last(), Some(&(2, 0)), "{}", m.a.log());
 
-    // the server goes away; the machine goes back to v1 from the backup alone
+    // the server goes away; the machine goes back to v1 from the backup alone, mounted
+    // read-only as a rescue would
     m.s.kill();
+    sh(&format!("mount -o remount,ro {}", q(&m.dir)));
     let out = m.a.run(&[
         "restore",
         "--from",
@@ -272,6 +274,11 @@ fn a_missing_backup_disk_is_a_warning_once_and_the_update_goes_on() {
     let (m1, n) = events("made again");
     assert!(m1["report"]["backup"].is_null(), "{m1}");
     assert_eq!(n, 1, "{m1}");
+    // a read-only disk: a warning
+    sh(&format!("mount -o remount,ro {}", q(&dir)));
+    assert!(a.once().success(), "{}", a.log());
+    assert!(a.log().contains("is mounted read-only"), "{}", a.log());
+    assert_eq!(events("read-only: ").1, 1);
     // a full disk: a warning, and the update goes on
     drop(disk);
     let _disk = Tmpfs::mount(&dir, "64K");
