@@ -434,7 +434,7 @@ fn a_damaged_backup_is_refused_naming_what_and_changes_nothing() {
 }
 
 #[test]
-fn a_backup_killed_before_its_manifest_leaves_the_previous_one_usable() {
+fn a_killed_backup_leaves_the_previous_one_usable_and_a_pruned_release_leaves_the_backup() {
     let s = Server::start();
     let t = s.enroll_token(true);
     let (src1, src2) = (s.path("img1"), s.path("img2"));
@@ -482,4 +482,19 @@ fn a_backup_killed_before_its_manifest_leaves_the_previous_one_usable() {
     assert!(a.once().success(), "{}", a.log());
     assert_eq!(held(&dir), vec![v2.clone(), v1.clone()], "{}", a.log());
     assert_eq!(copied(&a.log()).last(), Some(&(2, 0)), "{}", a.log());
+
+    // v3: the machine prunes v1's deployment, and the backup drops v1 with it
+    let src3 = s.path("img3");
+    image(&src3, 3, 3);
+    let v3 = s.release(&src3, "lab/stable");
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(held(&dir), vec![v3.clone(), v2.clone()], "{}", a.log());
+    assert!(a.log().contains("1 no longer kept removed"), "{}", a.log());
+    assert!(!dir.join("trust").join(&v1).exists());
+    let repo = Repo::open(&dir.join("repo"), Access::Read).unwrap();
+    let id: CommitId = v1.parse().unwrap();
+    assert!(
+        !repo.objects.contains(ObjKind::Commit, id.as_bytes()),
+        "v1's objects were collected"
+    );
 }
