@@ -105,6 +105,19 @@ impl Agent {
         ));
         // Verified: from here on the machine is changed.
         let objects_copied = copy_objects(&backup.objects, &self.repo.objects, &release)?;
+        // The other kept deployments' releases too, when the backup has them: a store made anew
+        // (the damaged one moved aside) then holds every kept release again, as pruning needs.
+        for e in &manifest.releases {
+            if e.release != release
+                && self.layout.deployment(&e.release).is_dir()
+                && let Err(err) = copy_objects(&backup.objects, &self.repo.objects, &e.release)
+            {
+                self.say(&format!(
+                    "restore: release {} (kept) could not be copied too: {err}",
+                    short(&e.release)
+                ));
+            }
+        }
         let mut out = Restored {
             release: release.clone(),
             channel: entry.channel.clone(),

@@ -169,6 +169,37 @@ fn the_backup_holds_the_kept_releases_incrementally_and_restores_without_the_ser
         String::from_utf8_lossy(&boot.stderr)
     );
 
+    // the machine's store is damaged: moved aside, and the backup fills a new one, with the
+    // other kept release too
+    sh(&format!("mv {0}/repo {0}/repo.damaged", q(&m.a.state)));
+    let out = m.a.run(&[
+        "restore",
+        "--from",
+        m.dir.to_str().unwrap(),
+        "--release",
+        &m.v1,
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("already current"), "{said}");
+    assert!(
+        said.contains(&format!("{} copied", o1.len())),
+        "every object of v1 again: {said}"
+    );
+    for (r, o) in [(&m.v1, &o1), (&m.v2, &o2)] {
+        assert_eq!(&objects_of(&m.a.state.join("repo"), r), o);
+    }
+    let boot = m.a.run(&["boot-verify"]);
+    assert!(
+        boot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&boot.stderr)
+    );
+
     // a rescue: an empty state directory and the root shipped with the image
     let fresh = m.s.path("rescue-state");
     let out = std::process::Command::new(crate::common::BIN)
