@@ -152,7 +152,7 @@ enum AgentCmd {
     /// staged (or its deployment put right) and switched to with the health checks, as an
     /// update is. Stop the agent first (docs/BOOT.md).
     Restore {
-        /// The backup's directory (the backup disk, mounted read-write).
+        /// The backup's directory (where the backup disk is mounted; read-only is enough).
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
         /// The release to restore [default: the one current when the backup was made].
