@@ -129,4 +129,44 @@ mod tests {
         assert_eq!(e.kind, "unmounted", "{e:?}");
         assert!(e.reason.contains("not a mount point"), "{e:?}");
     }
+
+    /// A mount unmounted (lazily) when dropped.
+    struct Mounted(PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
+    fn mount(args: &[&str], at: &Path) -> Mounted {
+        let ok = std::process::Command::new("mount")
+            .args(args)
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount {args:?} {}", at.display());
+        Mounted(at.to_owned())
+    }
+
+    #[test]
+    fn a_mount_of_the_state_directorys_file_system_or_a_read_only_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, backup) = (dir.path().join("state"), dir.path().join("backup"));
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(&backup).unwrap();
+        // a bind mount of the state directory's own file system: a mount point, same disk
+        let bind = mount(&["--bind", state.to_str().unwrap()], &backup);
+        let e = check(&backup, &state).unwrap_err();
+        assert_eq!(e.kind, "same-disk", "{e:?}");
+        drop(bind);
+        let disk = mount(&["-t", "tmpfs", "-o", "size=1M", "tmpfs"], &backup);
+        assert_eq!(check(&backup, &state), Ok(()));
+        let _ro = mount(&["-o", "remount,ro"], &backup);
+        assert_eq!(check(&backup, &state).unwrap_err().kind, "read-only");
+        drop(disk);
+    }
 }

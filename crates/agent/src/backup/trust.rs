@@ -197,3 +197,50 @@ pub fn copy_trusted(trusted: &Path, into: &Path, roots: &Path) -> Result<i64> {
     let state = semithin_trust::trusted::TrustedDir::new(trusted).state()?;
     Ok(state.latest_time)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_copy_serves_each_name_only_at_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = Copy {
+            dir: dir.path().join("r"),
+            roots: dir.path().join("roots"),
+        };
+        std::fs::create_dir_all(&copy.dir).unwrap();
+        std::fs::create_dir_all(&copy.roots).unwrap();
+        let meta = |v: u64| format!(r#"{{"signed": {{"version": {v}}}, "signatures": []}}"#);
+        std::fs::write(copy.dir.join("snapshot.json"), meta(7)).unwrap();
+        std::fs::write(copy.dir.join("timestamp.json"), meta(9)).unwrap();
+        std::fs::write(copy.dir.join("assignments-0a.json"), meta(3)).unwrap();
+        std::fs::write(copy.roots.join("2.root.json"), meta(2)).unwrap();
+        let get = |name: &str| copy.fetch(&format!("{BASE}{name}"), 1 << 20).unwrap();
+        assert_eq!(get("7.snapshot.json"), Some(meta(7).into_bytes()));
+        assert_eq!(
+            get("6.snapshot.json"),
+            None,
+            "another version is not served"
+        );
+        assert_eq!(get("timestamp.json"), Some(meta(9).into_bytes()));
+        assert_eq!(get("3.assignments-0a.json"), Some(meta(3).into_bytes()));
+        assert_eq!(get("2.root.json"), Some(meta(2).into_bytes()));
+        assert_eq!(get("3.root.json"), None);
+        for bad in [
+            "../r/snapshot.json",
+            "7.../snapshot.json",
+            "snapshot.json",
+            ".x",
+        ] {
+            assert_eq!(get(bad), None, "{bad}");
+        }
+        assert_eq!(
+            copy.fetch("http://elsewhere/timestamp.json", 1 << 20)
+                .unwrap(),
+            None
+        );
+        let e = copy.fetch(&format!("{BASE}timestamp.json"), 3).unwrap_err();
+        assert!(e.to_string().contains("more than 3 bytes"), "{e}");
+    }
+}
