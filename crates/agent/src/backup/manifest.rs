@@ -103,6 +103,15 @@ impl Manifest {
                 return Err(bad(format!("names {r:?}, which is not a release id")));
             }
         }
+        for e in &m.releases {
+            semithin_store::channel::check_name(&e.channel).map_err(|_| {
+                bad(format!(
+                    "names channel {:?}, which is no channel (parts of letters, digits, `.`, `_` \
+                     and `-` separated by `/`)",
+                    e.channel
+                ))
+            })?;
+        }
         if let Some(c) = &m.current
             && !m.releases.iter().any(|e| e.release == *c)
         {
@@ -161,6 +170,12 @@ mod tests {
             (
                 &format!(r#"{{"format": 1, "current": "{A}"}}"#),
                 "does not list it",
+            ),
+            (
+                &format!(
+                    r#"{{"format": 1, "releases": [{{"release": "{A}", "channel": "a\u001b[2Jb", "verified_at": 1}}]}}"#
+                ),
+                "which is no channel",
             ),
         ] {
             std::fs::write(paths.manifest(), text).unwrap();
