@@ -83,6 +83,10 @@ pub struct Config {
     pub facts_interval_secs: u64,
     /// What restarts a unit whose rendered configuration changed (the unit's name is added).
     pub restart_command: Vec<String>,
+    /// A copy of the kept deployments' releases and their signed metadata is kept here, on a
+    /// disk of its own: the directory must be the mount point of a file system other than the
+    /// state directory's (docs/BOOT.md, "Booting from the backup disk").
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// What verification does with local changes in the `/etc` overlay (docs/BOOT.md).
@@ -141,6 +145,7 @@ impl Default for Config {
             facts_root: None,
             facts_interval_secs: 300,
             restart_command: vec!["systemctl".into(), "try-restart".into()],
+            backup_dir: None,
         }
     }
 }
