@@ -88,6 +88,10 @@ pub struct Config {
     pub capture_paths: Vec<PathBuf>,
     /// The most bytes of file content a capture may hold.
     pub capture_max_bytes: u64,
+    /// A copy of the kept deployments' releases and their signed metadata is kept here, on a
+    /// disk of its own: the directory must be the mount point of a file system other than the
+    /// state directory's (docs/BOOT.md, "Booting from the backup disk").
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// What verification does with local changes in the `/etc` overlay (docs/BOOT.md).
@@ -148,6 +152,7 @@ impl Default for Config {
             restart_command: vec!["systemctl".into(), "try-restart".into()],
             capture_paths: Vec::new(),
             capture_max_bytes: 256 << 20,
+            backup_dir: None,
         }
     }
 }

@@ -17,6 +17,12 @@ use crate::state::{BootFailure, Layout, Trial};
 /// through the repository's checkout cache (hardlinks), synced before it is renamed into place:
 /// a deployment directory either is complete or does not exist.
 pub fn stage(repo: &Repo, layout: &Layout, release: &str) -> Result<u64> {
+    stage_from(repo, &repo.cache_dir(), layout, release)
+}
+
+/// [`stage`] from any repository holding the release (`agent restore`: the backup's), sharing
+/// files through the checkout cache `cache` on the deployments' file system.
+pub fn stage_from(repo: &Repo, cache: &Path, layout: &Layout, release: &str) -> Result<u64> {
     let id: CommitId = release.parse().map_err(|_| Error::Release {
         release: release.to_owned(),
         reason: "not a commit id".into(),
@@ -24,7 +30,7 @@ pub fn stage(repo: &Repo, layout: &Layout, release: &str) -> Result<u64> {
     let staging = layout.staging(release);
     remove_dir(&staging)?;
     let opts = CheckoutOptions {
-        cache: Some(repo.cache_dir()),
+        cache: Some(cache.to_owned()),
         fsync: true,
     };
     let stats = match checkout(repo, id, &staging, &opts, &NoProgress) {

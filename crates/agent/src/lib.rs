@@ -7,6 +7,7 @@
 //! moment: the next run starts from what is on disk and continues.
 
 mod assignment;
+pub mod backup;
 pub mod capture;
 pub mod config;
 mod configure;
@@ -20,6 +21,7 @@ pub mod neterr;
 pub mod plan;
 mod release;
 pub mod repair;
+mod report;
 pub mod state;
 mod switching;
 mod templates;
@@ -32,7 +34,6 @@ use std::time::Duration;
 use semithin_protocol::api::{
     CheckInRequest, CheckInResponse, EnrollRequest, Failure, Health, Phase, Report,
 };
-use semithin_protocol::ids::ReleaseId;
 use semithin_protocol::path::ApiPath;
 use semithin_protocol::sign::MachineKey;
 use semithin_store::pack::ObjKind;
@@ -45,6 +46,8 @@ pub use crate::config::Config;
 pub use crate::error::{Error, Result};
 use crate::http::Api;
 use crate::plan::{Facts, Step, WaitFor};
+use crate::report::report_of;
+pub use crate::report::status;
 use crate::state::{BootFailure, Layout, State};
 
 /// What a run of [`Agent::cycle`] ended with.
@@ -77,6 +80,7 @@ pub struct Agent {
     /// The facts last read (when) and the digest of those the server holds.
     facts: Option<(i64, semithin_protocol::vars::Facts)>,
     facts_digest: Option<String>,
+    backup: backup::Tracker,
     /// Called with a line for each thing the agent does.
     log: Box<dyn Fn(&str) + Send>,
     /// STATE/lock, held exclusively while this agent lives (released by the kernel on a kill).
@@ -142,6 +146,7 @@ impl Agent {
             rendering,
             facts: None,
             facts_digest: None,
+            backup: backup::Tracker::default(),
             log,
             _lock: lock,
         };
@@ -458,6 +463,11 @@ impl Agent {
         if ran && let Ok(o) = &mut res {
             o.worked = true;
         }
+        if self.backup_when_due()?
+            && let Ok(o) = &mut res
+        {
+            o.worked = true;
+        }
         match &res {
             Ok(o) if o.worked => {
                 self.checkin(0)?;
@@ -634,68 +644,6 @@ impl Agent {
     }
 }
 
-/// What a machine's state directory says, read without taking its lock, so it works while the
-/// agent runs: (state, report).
-pub fn status(dir: &Path) -> Result<(State, Report)> {
-    let layout = Layout::new(dir);
-    if !layout.dir.is_dir() {
-        return Err(Error::Config(format!(
-            "{} is not an agent state directory",
-            dir.display()
-        )));
-    }
-    let state = State::load(&layout.state())?;
-    let report = report_of(&layout, &state, None, 0, Phase::Idle)?;
-    Ok((state, report))
-}
-
-/// The report of a state directory; `verified` is the release checked in this run (a staged
-/// deployment counts only for it), `unsaved_fetched` what was fetched but not yet saved.
-fn report_of(
-    layout: &Layout,
-    state: &State,
-    verified: Option<&str>,
-    unsaved_fetched: u64,
-    phase: Phase,
-) -> Result<Report> {
-    // every release the agent holds came to it as a ReleaseId; one that does not parse back
-    // (a state file edited by hand) is not reported
-    let rel = |s: &str| s.parse::<ReleaseId>().ok();
-    let current = layout.current()?;
-    let staged = verified
-        .filter(|r| Some(*r) != current.as_deref() && layout.deployment(r).exists())
-        .and_then(rel);
-    let integrity = state
-        .integrity
-        .clone()
-        .filter(|i| current.as_deref() == Some(i.release.to_string().as_str()));
-    Ok(Report {
-        previous: state
-            .history
-            .iter()
-            .find(|h| Some(*h) != current.as_ref())
-            .and_then(|h| rel(h)),
-        current: current.as_deref().and_then(rel),
-        staged,
-        health: state.health,
-        phase,
-        failed_release: state.failed_release.as_deref().and_then(rel),
-        last_error: state
-            .last_error
-            .as_deref()
-            .map(semithin_protocol::api::bound_error),
-        failing: state.failing.clone(),
-        disk_free: disk_free(&layout.dir),
-        uptime_secs: uptime(),
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        fetched_bytes: state.fetched_bytes + unsaved_fetched,
-        integrity,
-        config: templates::Rendering::load(&templates::path(layout))
-            .ok()
-            .map(|r| r.report()),
-    })
-}
-
 /// `semithin agent retry`: forgets the release that failed here (and the last error), so the
 /// next cycle tries the server's release again. Takes STATE/lock, so it is refused while another
 /// agent works on the directory. Returns the release forgotten, if any.
@@ -796,18 +744,4 @@ fn hostname() -> String {
         .nodename()
         .to_string_lossy()
         .into_owned()
-}
-
-fn disk_free(dir: &Path) -> u64 {
-    rustix::fs::statvfs(dir)
-        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-        .unwrap_or(0)
-}
-
-fn uptime() -> u64 {
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|s| s as u64)
-        .unwrap_or(0)
 }

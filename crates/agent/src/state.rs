@@ -164,6 +164,9 @@ pub struct State {
     /// built), as the last check-in said.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// The backup (`backup_dir`) could not be made, since when and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::backup::Warning>,
 }
 
 impl State {

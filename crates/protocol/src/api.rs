@@ -118,6 +118,21 @@ pub struct Report {
     /// error (docs/CONFIG.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<crate::vars::ConfigReport>,
+    /// The agent's backup (`backup_dir`) cannot be made (its disk is missing, not mounted,
+    /// read-only or full): `None` once it is made again, or when the agent keeps none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupWarning>,
+}
+
+/// Why an agent's backup cannot be made (`Report::backup`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupWarning {
+    /// `missing`, `unmounted`, `same-disk`, `read-only`, `full` or `failed`.
+    pub kind: String,
+    /// In words.
+    pub reason: String,
+    /// Unix seconds since which it is so.
+    pub since: i64,
 }
 
 /// At most this many paths in each list of an [`Integrity`]; `count` says how many in all.
@@ -276,6 +291,10 @@ impl Report {
         }
         if let Some(f) = &self.failing {
             check_len("report.failing.reason", &f.reason, limits::ERROR_BYTES)?;
+        }
+        if let Some(b) = &self.backup {
+            check_len("report.backup.kind", &b.kind, 32)?;
+            check_len("report.backup.reason", &b.reason, limits::ERROR_BYTES)?;
         }
         if let Some(c) = &self.config {
             if let Some(e) = &c.error {

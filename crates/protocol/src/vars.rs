@@ -298,6 +298,10 @@ pub struct Bundle {
 /// At most this many sets in a bundle.
 pub const MAX_BUNDLE_SETS: usize = 128;
 
+/// At most this many bytes of signed sets in one machine's bundle (the JSON of the sets): a
+/// check-in answer must stay well within what an agent reads (1 MiB).
+pub const MAX_BUNDLE_BYTES: usize = 512 << 10;
+
 /// What the agent says of the machine's rendered configuration (`Report::config`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigReport {

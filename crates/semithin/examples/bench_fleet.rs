@@ -60,6 +60,7 @@ fn report(release: &str) -> Report {
         integrity: None,
         failing: None,
         config: None,
+        backup: None,
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Stored {
     pub scope: Scope,
     pub digest: blake3::Hash,
     pub updated_at: i64,
+    /// The length of its JSON, what it adds to a bundle.
+    pub bytes: usize,
 }
 
 #[derive(Default)]
@@ -47,6 +49,7 @@ fn stored(signed: SignedSet, updated_at: i64) -> std::result::Result<Stored, Str
     let body = serde_json::to_vec(&signed).map_err(|e| e.to_string())?;
     Ok(Stored {
         digest: blake3::hash(&body),
+        bytes: body.len(),
         signed,
         scope,
         updated_at,
@@ -127,10 +130,47 @@ impl Vars {
             .config
             .as_ref()
             .and_then(|c| c.vars_digest.as_ref());
-        (held != Some(&digest)).then(|| Bundle {
+        if held == Some(&digest) {
+            return None;
+        }
+        let bytes: usize = sets.iter().map(|s| s.bytes).sum();
+        if bytes > vars::MAX_BUNDLE_BYTES {
+            // `put` refuses a set that makes a bundle this large; labels given later can still.
+            tracing::warn!(
+                machine = %r.name,
+                bytes,
+                "the variable sets of this machine are over {} bytes: not sent (it keeps the \
+                 ones it holds); make its label sets smaller",
+                vars::MAX_BUNDLE_BYTES
+            );
+            return None;
+        }
+        Some(Bundle {
             digest,
             sets: sets.iter().map(|s| s.signed.clone()).collect(),
         })
+    }
+
+    /// The first machine whose bundle would be over [`vars::MAX_BUNDLE_BYTES`] with `new` in
+    /// place of the set of its scope, and that size.
+    fn too_large(&self, fleet: &Fleet, new: &Stored) -> Option<(String, usize)> {
+        for m in fleet.select(&semithin_protocol::selector::Selector::All) {
+            let r = m.row.lock().expect("lock");
+            if !vars::applies(&new.scope, &r.name, r.channel.as_deref(), &r.labels) {
+                continue;
+            }
+            let (_, sets) = self.applying(&r.name, r.channel.as_deref(), &r.labels);
+            let bytes: usize = sets
+                .iter()
+                .filter(|s| s.scope != new.scope)
+                .map(|s| s.bytes)
+                .sum::<usize>()
+                + new.bytes;
+            if bytes > vars::MAX_BUNDLE_BYTES {
+                return Some((r.name.clone(), bytes));
+            }
+        }
+        None
     }
 
     /// Stores a set the admin signed: valid, signed by the key it names, newer than the one held.
@@ -162,6 +202,14 @@ impl Vars {
                 "{} is at version {}; this set is version {}: read it again (`semithin var \
                  list`) and sign the change anew",
                 s.scope, old.signed.set.version, s.signed.set.version
+            ))));
+        }
+        if let Some((machine, bytes)) = self.too_large(fleet, &s) {
+            return Ok(Err(Refused::Bad(format!(
+                "with this set, the variables of machine {machine} would take {bytes} bytes in \
+                 its check-in, over the {} a machine is sent: make this set (or the others that \
+                 apply to it) smaller",
+                vars::MAX_BUNDLE_BYTES
             ))));
         }
         sqlx::query(
@@ -381,6 +429,67 @@ mod tests {
             .collect();
         assert_eq!(scopes, ["global", "label:site=x"]);
         s.stop().await;
+    }
+
+    /// A set that would make a machine's bundle larger than an agent is sent is refused naming
+    /// the machine, and what was stored stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_set_that_makes_a_bundle_too_large_is_refused_naming_the_machine() {
+        let s = TestServer::start(|_| {}).await;
+        let t = s.token(true).await;
+        let _a = s.enroll(&t, "a").await;
+        let labels: serde_json::Map<String, Value> =
+            (0..8).map(|i| (format!("l{i}"), json!("x"))).collect();
+        let (st, v) = s
+            .admin(
+                "POST",
+                "/api/v1/admin/machines/a/labels",
+                Some(json!({"set": labels})),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let k = AdminKey::generate().unwrap();
+        // 60 KiB a set: four values of 15 KiB.
+        let big = |tag: &str| {
+            let v: serde_json::Map<String, Value> = (0..4)
+                .map(|i| {
+                    (
+                        format!("v{i}"),
+                        json!(format!("{tag}{}", "x".repeat(15 << 10))),
+                    )
+                })
+                .collect();
+            Value::Object(v)
+        };
+        for scope in [
+            "global",
+            "label:l0=x",
+            "label:l1=x",
+            "label:l2=x",
+            "label:l3=x",
+        ] {
+            let (st, v) = put(&s, &k, set(scope, 1, big(scope))).await;
+            assert_eq!(st, 200, "{scope}: {v}");
+        }
+        for i in 4..8 {
+            let scope = format!("label:l{i}=x");
+            let (st, v) = put(&s, &k, set(&scope, 1, big(&scope))).await;
+            if st != 200 {
+                assert_eq!(st, 400, "{v}");
+                let e = v["error"].as_str().unwrap();
+                assert!(
+                    e.contains("the variables of machine a would take")
+                        && e.contains(&semithin_protocol::vars::MAX_BUNDLE_BYTES.to_string()),
+                    "{e}"
+                );
+                // What was stored stays, and the machine's bundle is within the bound.
+                let (_, info) = s.admin("GET", "/api/v1/admin/vars", None).await;
+                let n = info["sets"].as_array().unwrap().len();
+                assert_eq!(n, i + 1, "{info}");
+                return s.stop().await;
+            }
+        }
+        panic!("no set was refused");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

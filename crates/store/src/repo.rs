@@ -169,13 +169,23 @@ impl Repo {
             ));
         }
         let lock_path = path.join("lock");
-        let lock = File::options()
+        let lock = match File::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&lock_path)
-            .map_err(Error::io("opening", &lock_path))?;
+        {
+            // A reader of a repository on a read-only file system (a backup disk mounted
+            // read-only) takes its shared lock through a read-only descriptor.
+            Err(e)
+                if access == Access::Read && e.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
+            {
+                File::open(&lock_path)
+            }
+            r => r,
+        }
+        .map_err(Error::io("opening", &lock_path))?;
         let (op, try_op) = match access {
             Access::Read => (
                 FlockOperation::LockShared,

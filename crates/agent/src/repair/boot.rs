@@ -90,39 +90,80 @@ fn check(
     q: &mut fix::Quarantine,
 ) -> Result<()> {
     let repo = Repo::open(&layout.repo(), Access::Read)?;
+    let root = layout.deployment(release);
+    repair_from(
+        &repo.objects,
+        &repo.cache_dir(),
+        &root,
+        id,
+        report,
+        integrity,
+        q,
+    )
+}
+
+/// Verifies the deployment at `root` against release `id` and puts back what differs, with the
+/// objects of `store` alone (no network): at boot the machine's own store, in `agent restore`
+/// the backup's. `cache` is the checkout cache of the deployment's file system.
+pub(crate) fn repair_from(
+    store: &semithin_store::objects::ObjectStore,
+    cache: &Path,
+    root: &Path,
+    id: CommitId,
+    report: &mut VerifyReport,
+    integrity: &mut Integrity,
+    q: &mut fix::Quarantine,
+) -> Result<()> {
     let remote = objects::Remote {
         api: None,
         objects_path: None,
         report: Report::default(),
         offline: true,
     };
-    let mut objs = objects::Objects::new(&repo.objects, remote);
+    let mut objs = objects::Objects::new(store, remote);
     let commit = objs.commit(id)?;
-    let root = layout.deployment(release);
     if !root.is_dir() {
         return Err(Error::Config(format!(
             "{} is not a directory",
             root.display()
         )));
     }
-    let found = scan::scan(&mut objs, &root, &commit, true)?;
+    let found = scan::scan(&mut objs, root, &commit, true)?;
     report.files = found.files;
     report.bytes = found.bytes;
     report.errors.extend(found.errors);
-    let outcome = fix::repair(
-        &mut objs,
-        &root,
-        &found.findings,
-        q,
-        &repo.cache_dir(),
-        true,
-    );
+    let outcome = fix::repair(&mut objs, root, &found.findings, q, cache, true);
     for (f, failed) in found.findings.iter().zip(&outcome) {
         let path = shown("/", &f.rel);
         report.problems.push(format!("{path}: {}", f.what));
         note(integrity, report, &path, failed.as_deref(), true);
     }
     Ok(())
+}
+
+/// `agent restore` onto a deployment that exists: verified against `release` and put right
+/// with the objects of `store` (the backup's); what is not the release's goes to quarantine.
+pub(crate) fn repair_with(
+    layout: &Layout,
+    store: &semithin_store::objects::ObjectStore,
+    cache: &Path,
+    release: &str,
+) -> Result<VerifyReport> {
+    let id: CommitId = release.parse().map_err(|_| Error::Release {
+        release: release.to_owned(),
+        reason: "not a commit id".into(),
+    })?;
+    let mut report = VerifyReport {
+        release: Some(release.to_owned()),
+        ..VerifyReport::default()
+    };
+    let mut integrity = Integrity::new(id.into(), now());
+    let mut q = fix::Quarantine::new(&layout.quarantine(), release, now());
+    let root = layout.deployment(release);
+    repair_from(store, cache, &root, id, &mut report, &mut integrity, &mut q)?;
+    report.quarantine = q.used().map(|p| p.to_owned());
+    report.integrity = Some(integrity);
+    Ok(report)
 }
 
 /// At the agent's start: what the check at boot left in `STATE/boot-verify.json` becomes the

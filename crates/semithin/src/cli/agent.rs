@@ -106,6 +106,11 @@ pub struct Args {
     /// `--etc-policy restore` (repeatable; `cron.d/*`, `sudoers`; a directory covers all below).
     #[arg(long = "etc-restore", value_name = "GLOB")]
     etc_restore: Vec<String>,
+    /// Keep a copy of the kept deployments' releases and their signed metadata here, for
+    /// `agent restore`: the mount point of a disk of its own (a directory that is not a mount
+    /// point, or is on the state directory's file system, is not used; docs/BOOT.md).
+    #[arg(long, value_name = "DIR")]
+    backup_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<AgentCmd>,
 }
@@ -153,6 +158,22 @@ enum AgentCmd {
         /// `capture_max_bytes`].
         #[arg(long, value_name = "BYTES")]
         max_bytes: Option<u64>,
+        /// Print the result as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploy a release from a backup made with --backup-dir, without a server: its signed
+    /// metadata is verified against the root this machine trusts (STATE/trust, else
+    /// --trusted-root) and every object against its id before anything changes; then it is
+    /// staged (or its deployment put right) and switched to with the health checks, as an
+    /// update is. Stop the agent first (docs/BOOT.md).
+    Restore {
+        /// The backup's directory (where the backup disk is mounted; read-only is enough).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The release to restore [default: the one current when the backup was made].
+        #[arg(long, value_name = "ID")]
+        release: Option<String>,
         /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
@@ -236,6 +257,9 @@ fn config(a: &Args) -> Result<Config> {
     if !a.etc_restore.is_empty() {
         c.etc_restore = a.etc_restore.clone();
     }
+    if a.backup_dir.is_some() {
+        c.backup_dir = a.backup_dir.clone();
+    }
     Ok(c)
 }
 
@@ -271,7 +295,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut cfg = config(&a)?;
     let quiet = matches!(
         a.command,
-        Some(AgentCmd::Verify { json: true, .. }) | Some(AgentCmd::Status { json: true })
+        Some(AgentCmd::Verify { json: true, .. })
+            | Some(AgentCmd::Status { json: true })
+            | Some(AgentCmd::Restore { json: true, .. })
     );
     let log: Box<dyn Fn(&str) + Send> = if quiet {
         Box::new(|_| {})
@@ -333,6 +359,39 @@ pub fn run(a: Args) -> Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             });
+        }
+        Some(AgentCmd::Restore {
+            from,
+            release,
+            json,
+        }) => {
+            let r = agent
+                .restore(&from, release.as_deref())
+                .with_context(|| format!("restoring from {}", from.display()))?;
+            if json {
+                print_json(&r)?;
+            } else {
+                outln!(
+                    "release {} of channel {} restored from {}: {} objects verified, {} copied \
+                     into the local store; {}{}",
+                    r.release,
+                    safe(&r.channel),
+                    from.display(),
+                    r.objects_verified,
+                    r.objects_copied,
+                    if r.staged {
+                        "deployment staged".to_owned()
+                    } else {
+                        format!("deployment verified, {} path(s) put back", r.repaired)
+                    },
+                    if r.switched {
+                        ", switched to and healthy (boot it to run it)"
+                    } else {
+                        ", already current"
+                    }
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
         }
         Some(
             AgentCmd::Status { .. }
@@ -512,6 +571,14 @@ fn status(dir: &std::path::Path, json: bool) -> Result<ExitCode> {
         }
         if let Some(w) = &s.waiting {
             println!("waiting:   {w}");
+        }
+        if let Some(b) = &s.backup {
+            outln!(
+                "backup:    {} since {}: {}",
+                b.kind,
+                super::time(b.since),
+                safe(&b.reason)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -60,7 +60,10 @@ pub fn run(repo: Option<PathBuf>, cmd: ChannelCmd) -> Result<ExitCode> {
                 Some(p) => outln!("{name}: {} -> {}", p.0.short(), id.short()),
                 None => outln!("{name}: created at {}", id.short()),
             }
-            super::profile::after_move(&repo, &name, std::path::Path::new("/var/tmp"), false);
+            let o =
+                super::profile::after_move(&repo, &name, std::path::Path::new("/var/tmp"), false);
+            drop(repo);
+            super::profile::tell_if_published(&o, false)?;
         }
         ChannelCmd::Log { name, json } => {
             let repo = open(repo, Access::Read)?;

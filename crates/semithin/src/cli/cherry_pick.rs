@@ -20,7 +20,8 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
+pub fn run(owned: Repo, a: Args) -> Result<ExitCode> {
+    let repo = &owned;
     let id = refs::resolve(repo, &a.reference)?;
     let r = merge::cherry_pick(repo, id, &a.onto, a.message.as_deref())?;
     if a.json {
@@ -34,6 +35,8 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
             semithin_protocol::ids::short_str(&r.parent)
         );
     }
-    super::profile::after_move(repo, &r.channel, std::path::Path::new("/var/tmp"), a.json);
+    let o = super::profile::after_move(repo, &r.channel, std::path::Path::new("/var/tmp"), a.json);
+    drop(owned);
+    super::profile::tell_if_published(&o, a.json)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -29,7 +29,8 @@ pub struct Args {
     source: PathBuf,
 }
 
-pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
+pub fn run(owned: Repo, a: Args) -> Result<ExitCode> {
+    let repo = &owned;
     let new = channel::head(repo, &a.channel)?.is_none();
     if new && !a.new_channel {
         let names = channel::list(repo)?;
@@ -85,6 +86,8 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
             stats.new_trees
         );
     }
-    super::profile::after_move(repo, &a.channel, std::path::Path::new("/var/tmp"), a.json);
+    let o = super::profile::after_move(repo, &a.channel, std::path::Path::new("/var/tmp"), a.json);
+    drop(owned);
+    super::profile::tell_if_published(&o, a.json)?;
     Ok(ExitCode::SUCCESS)
 }

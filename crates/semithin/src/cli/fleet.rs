@@ -467,6 +467,14 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 if let Some(f) = &m.report.failed_release {
                     outln!("failed:     {f}");
                 }
+                if let Some(b) = &m.report.backup {
+                    outln!(
+                        "backup:     {} since {}: {}",
+                        safe(&b.kind),
+                        time(b.since),
+                        safe(&b.reason)
+                    );
+                }
                 if let Some(e) = &m.report.last_error {
                     outln!("last error: {}", safe(e));
                 }

@@ -241,7 +241,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     });
     match cli.command {
         Command::Repo(c) => repo::run(c),
-        Command::Commit(a) => commit::run(&open(repo, Access::Write)?, a),
+        Command::Commit(a) => commit::run(open(repo, Access::Write)?, a),
         Command::Log(a) => history::log(&open(repo, Access::Read)?, a),
         Command::Show(a) => history::show(&open(repo, Access::Read)?, a),
         Command::Diff(a) => diff::run(&open(repo, Access::Read)?, a),
@@ -249,7 +249,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::ApplyDelta(a) => delta::apply(&open(repo, Access::Write)?, a),
         Command::Checkout(a) => checkout::run(&open(repo, Access::Read)?, a),
         Command::Channel(c) => channel::run(repo, c),
-        Command::CherryPick(a) => cherry_pick::run(&open(repo, Access::Write)?, a),
+        Command::CherryPick(a) => cherry_pick::run(open(repo, Access::Write)?, a),
         Command::Fsck(a) => fsck::run(&open(repo, Access::Read)?, a),
         Command::Gc(a) => gc::run(&open(repo, Access::Write)?, a),
         Command::Export(a) => export::run(&open(repo, Access::Read)?, a),

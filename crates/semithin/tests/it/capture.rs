@@ -181,7 +181,10 @@ fn a_capture_is_listed_shown_and_baked_into_a_layer_with_its_whiteouts() {
     }
     let text = s.ok(&["overlay", "show", &id]);
     assert!(text.contains("whiteout etc/motd"), "{text}");
-    let running = format!("against the release it runs, {}", &release[..12]);
+    let running = format!(
+        "against the release it runs, {}",
+        release.get(..12).unwrap()
+    );
     assert!(text.contains(&running), "{text}");
 
     // a layer it will be baked into: motd (whited out), cron.d/old (hidden), keep (kept)

@@ -4,6 +4,7 @@
 
 mod apt;
 mod assignment;
+mod backup;
 mod bad_input;
 mod boot;
 mod capture;

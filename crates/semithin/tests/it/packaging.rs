@@ -76,8 +76,9 @@ fn the_example_agent_settings_are_what_the_agent_reads() {
     let dir = tempdir();
     let (all, n) = uncommented(&read(&path));
     assert_eq!(
-        n, 6,
-        "name, token_file, token, channel, follow_channel_changes and etc_upper are commented out:\n{all}"
+        n, 7,
+        "name, token_file, token, channel, follow_channel_changes, etc_upper and backup_dir are \
+         commented out:\n{all}"
     );
     let all_path = dir.path().join("all.toml");
     std::fs::write(&all_path, &all).unwrap();
@@ -87,6 +88,10 @@ fn the_example_agent_settings_are_what_the_agent_reads() {
     assert_eq!(c.channel.as_deref(), Some("lab/stable"));
     assert!(!c.follow_channel_changes);
     assert!(c.etc_upper.is_some());
+    assert_eq!(
+        c.backup_dir.as_deref(),
+        Some(Path::new("/var/backups/semithin"))
+    );
     assert_eq!(c.etc_policy, semithin_agent::config::EtcPolicy::Restore);
     assert!(c.etc_restore().unwrap().len() >= 5);
     assert_eq!(

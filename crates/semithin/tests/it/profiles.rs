@@ -296,3 +296,126 @@ fn file_layers_compose_as_overlayfs_and_follow_their_layers() {
     std::fs::remove_file(env.repo.join("profiles/broken.toml")).unwrap();
     env.fsck_ok();
 }
+
+/// Several profiles on one server, machines mapped to them by label selectors: `profile
+/// assign` moves each profile's machines to its channel (they update to its composition), and
+/// selectors that would give a machine two profiles are refused before anything changes.
+#[test]
+fn machines_are_mapped_to_profiles_by_selectors() {
+    use crate::fleet::{Agent, Server, image, wait_updated};
+    let s = Server::start();
+    let base = s.path("base");
+    image(&base, 1, 3);
+    s.ok(&["commit", "-c", "os/base", base.to_str().unwrap()]);
+    for room in ["203", "204"] {
+        let d = s.path(&format!("room{room}"));
+        write(&d, "etc/room", &format!("{room}\n"));
+        s.ok(&[
+            "commit",
+            "-c",
+            &format!("rooms/{room}"),
+            d.to_str().unwrap(),
+        ]);
+        s.ok(&[
+            "profile",
+            "set",
+            &format!("room-{room}"),
+            "--layers",
+            &format!("os/base,rooms/{room}"),
+            "--machines",
+            &format!("room={room}"),
+            "--publish",
+            "auto",
+        ]);
+    }
+    let v: Value = serde_json::from_str(&s.ok(&["profile", "compose", "--json"])).unwrap();
+    let releases: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            assert_eq!(o["published"], true, "{o:#}");
+            o["outcome"]["commit"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let mut agents = Vec::new();
+    for (name, room) in [("pc-1", "203"), ("pc-2", "203"), ("pc-3", "204")] {
+        let (st, t) = s.post(
+            "/api/v1/admin/tokens",
+            &serde_json::json!({"preauthorized": true, "labels": {"room": room}, "uses": 1}),
+        );
+        assert_eq!(st, 200, "{t}");
+        let a = Agent::new(&s, name, t["token"].as_str().unwrap());
+        assert!(a.once().success(), "{}", a.log());
+        agents.push(a);
+    }
+
+    // A selector that takes every machine overlaps the other profile: nothing is assigned.
+    s.ok(&["profile", "set", "room-204", "--machines", "*"]);
+    let out = s.cli(&["profile", "assign"]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("is selected by profile \"room-203\" and by profile \"room-204\""),
+        "{e}"
+    );
+    assert!(s.machines().iter().all(|m| m["channel"].is_null()));
+
+    s.ok(&["profile", "set", "room-204", "--machines", "room=204"]);
+    let out = s.ok(&["profile", "assign"]);
+    assert!(
+        out.contains("profile room-203 (room=203) -> profiles/room-203: 2 machine(s) moved"),
+        "{out}"
+    );
+    for (a, release) in agents
+        .iter()
+        .zip([&releases[0], &releases[0], &releases[1]])
+    {
+        assert!(a.once().success(), "{}", a.log());
+        wait_updated(&s, &a.name, release, 20);
+    }
+    assert_eq!(s.machine("pc-3")["channel"], "profiles/room-204");
+
+    // The base moves (an update of its tool): both profiles are composed again and published
+    // by their policy, and their machines update to the new composition, sent as little.
+    let before = s.stats();
+    write(&base, "usr/bin/tool", "#!/bin/sh\necho v2, with a fix\n");
+    let out = s.ok(&["commit", "-c", "os/base", base.to_str().unwrap()]);
+    assert!(
+        out.contains("published as the release of profiles/room-203"),
+        "{out}"
+    );
+    let v: Value = serde_json::from_str(&s.ok(&["profile", "list", "--json"])).unwrap();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["state"] == "up-to-date"),
+        "{v:#}"
+    );
+    for a in &agents {
+        let channel = s.machine(&a.name)["channel"].as_str().unwrap().to_owned();
+        let head: Value = serde_json::from_str(&s.ok(&["show", &channel, "--json"])).unwrap();
+        let release = head["commit"].as_str().unwrap().to_owned();
+        assert!(!releases.contains(&release));
+        assert!(a.once().success(), "{}", a.log());
+        wait_updated(&s, &a.name, &release, 20);
+    }
+    let after = s.stats();
+    let sent = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    let size = base_size(&base);
+    assert!(
+        sent("object_bytes_sent") + sent("delta_bytes_sent") < size / 4,
+        "3 machines were sent {} + {} bytes for an update of a {size}-byte image",
+        sent("object_bytes_sent"),
+        sent("delta_bytes_sent")
+    );
+}
+
+/// The bytes of the regular files below `root`.
+fn base_size(root: &Path) -> u64 {
+    sh(&format!("du -sb --apparent-size {} | cut -f1", q(root)))
+        .trim()
+        .parse()
+        .unwrap()
+}

@@ -363,6 +363,16 @@ async fn record_events(app: &App, m: &Machine, old: Report, new: &Report) -> cra
         tracing::warn!(machine = %m.id, %detail, "machine failing");
         add_event(app, m, t, "failing", &detail).await?;
     }
+    // The agent's backup: once per change of what keeps it from being made.
+    let kind = |r: &Report| r.backup.as_ref().map(|b| b.kind.clone());
+    if kind(new) != kind(&old) {
+        let detail = match &new.backup {
+            Some(b) => format!("{}: {}", b.kind, b.reason),
+            None => "made again".to_owned(),
+        };
+        tracing::warn!(machine = %m.id, %detail, "machine's backup");
+        add_event(app, m, t, "backup", &detail).await?;
+    }
     // A verification's findings: once per report of a check that found something.
     if let Some(i) = &new.integrity
         && old.integrity.as_ref() != Some(i)

@@ -95,7 +95,7 @@ pub fn run(repo: Option<PathBuf>, cmd: ImageCmd) -> Result<ExitCode> {
             if a.json {
                 print_json(&r)?;
             }
-            if a.publish {
+            if a.publish || r.profiles.iter().any(|o| o.published) {
                 super::publish::tell_server(&a.server, a.json)?;
             }
             Ok(ExitCode::SUCCESS)

@@ -259,7 +259,7 @@ fn finish_with(
             if c.publish { ", published" } else { "" }
         );
     }
-    if c.publish {
+    if c.publish || profiles.iter().any(|o| o.published) {
         crate::cli::publish::tell_server(&c.server, c.json)?;
     }
     Ok(ExitCode::SUCCESS)

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use semithin_image::build::{self, BuildDir};
 use semithin_image::chroot::Chroot;
 use semithin_image::stack::{self, Conflict, Def, LayerPackages, Made};
+use semithin_protocol::ids::short_str;
 use semithin_store::checkout::{self, CheckoutOptions};
 use semithin_store::compose::{self, Mode};
 use semithin_store::import;
@@ -55,6 +56,8 @@ pub(crate) struct Outcome {
     pub conflicts: Vec<Conflict>,
     pub entries: u64,
     pub bytes: u64,
+    /// Whether the new version was published (by the profile's policy or as asked).
+    pub published: bool,
 }
 
 /// The composition of a stack's first `n` layers (all when `n` is the stack's length), as a
@@ -353,6 +356,7 @@ pub(crate) fn compose(
         conflicts: p.conflicts,
         entries: p.commit.entries,
         bytes: p.commit.bytes,
+        published: false,
     })
 }
 
@@ -362,7 +366,7 @@ fn message(name: &str, p: &Partial) -> String {
         m += &format!(
             "  {} {} ({}{})\n",
             l.channel,
-            &l.commit[..12],
+            short_str(&l.commit),
             l.kind,
             if l.replayed { ", replayed" } else { "" }
         );

@@ -234,8 +234,10 @@ pub(crate) fn change(
     report.finish();
     let outcomes = super::after_move(&repo, &layer, f.work_dir, f.json);
     let mut published = Vec::new();
-    if f.publish {
-        for o in &outcomes {
+    for o in &outcomes {
+        if o.published {
+            published.push(o.channel.clone());
+        } else if f.publish {
             crate::cli::publish::sign(&repo, &o.channel, o.version.parse()?)?;
             published.push(o.channel.clone());
         }

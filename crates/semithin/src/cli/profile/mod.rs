@@ -7,6 +7,7 @@
 //! The commands here; the composition in `compose.rs`; package layers made by `image add` in
 //! `layer.rs`.
 
+mod assign;
 mod compose;
 pub(crate) mod layer;
 
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use semithin_image::stack::{self, Conflicts, Def, Made, Publish};
-use semithin_protocol::api::MachineInfo;
+use semithin_protocol::ids::short_str;
 use semithin_protocol::selector::Selector;
 use semithin_store::{Access, Repo, channel, fsutil};
 use serde::Serialize;
@@ -210,7 +211,12 @@ pub fn run(repo: Option<PathBuf>, cmd: ProfileCmd) -> Result<ExitCode> {
             names,
             json,
             server,
-        } => assign(&open(repo, Access::Read)?, &names, json, &server),
+        } => {
+            // The repository is let go before the server is asked: it signs the assignments
+            // under the repository's write lock.
+            let defs = load(&open(repo, Access::Read)?)?;
+            assign::assign(&defs, &names, json, &server)
+        }
     }
 }
 
@@ -459,10 +465,12 @@ fn show(repo: &Repo, name: &str, json: bool) -> Result<ExitCode> {
     );
     outln!("layers, top first:");
     for r in rows.iter().rev() {
-        let head = r["head"].as_str().map(|h| &h[..12]).unwrap_or("-");
+        let head = r["head"].as_str().map(short_str).unwrap_or("-");
         let used = r["composed_from"].as_str();
         let moved = match used {
-            Some(u) if Some(u) != r["head"].as_str() => format!(" (composed from {})", &u[..12]),
+            Some(u) if Some(u) != r["head"].as_str() => {
+                format!(" (composed from {})", short_str(u))
+            }
             None if head != "-" => " (not composed yet)".to_owned(),
             _ => String::new(),
         };
@@ -549,7 +557,7 @@ fn publish_if(repo: &Repo, o: &Outcome, publish: bool) -> Result<bool> {
         return Ok(false);
     }
     crate::cli::publish::sign(repo, &o.channel, c.parse()?)
-        .with_context(|| format!("publishing {} on {}", &c[..12], o.channel))?;
+        .with_context(|| format!("publishing {} on {}", short_str(c), o.channel))?;
     Ok(true)
 }
 
@@ -566,14 +574,14 @@ pub(crate) fn say(o: &Outcome, published: bool) -> Result<()> {
             "{}: up to date ({} holds this composition: {})",
             o.profile,
             o.channel,
-            &o.version[..12]
+            short_str(&o.version)
         ),
         Some(c) => {
             outln!(
                 "{}: composed {} layer(s) into {} on {}{}",
                 o.profile,
                 o.layers.len(),
-                &c[..12],
+                short_str(c),
                 o.channel,
                 if replayed.is_empty() {
                     String::new()
@@ -588,7 +596,7 @@ pub(crate) fn say(o: &Outcome, published: bool) -> Result<()> {
                     "  not published: `semithin publish {}` or `semithin rollout start {} {}`",
                     o.channel,
                     o.channel,
-                    &c[..12]
+                    short_str(c)
                 );
             }
         }
@@ -671,83 +679,6 @@ fn tree(repo: &Repo, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn assign(repo: &Repo, names: &[String], json: bool, server: &ServerArgs) -> Result<ExitCode> {
-    let defs = load(repo)?;
-    let chosen: Vec<&String> = if names.is_empty() {
-        defs.iter()
-            .filter(|(_, d)| d.machines.is_some())
-            .map(|(n, _)| n)
-            .collect()
-    } else {
-        names.iter().collect()
-    };
-    let client = server.client()?;
-    // Which profile each machine would get: two is a mistake to refuse before changing any.
-    let mut owner: BTreeMap<String, &str> = BTreeMap::new();
-    let mut plan = Vec::new();
-    for n in &chosen {
-        let d = defs
-            .get(*n)
-            .with_context(|| format!("no profile named {n:?}"))?;
-        let Some(sel) = &d.machines else {
-            bail!(
-                "profile {n:?} names no machines: `semithin profile set {n} --machines SELECTOR`"
-            );
-        };
-        let path = format!("/api/v1/admin/machines?selector={}", url_escape(sel));
-        let machines: Vec<MachineInfo> = client.get("listing the machines", &path)?;
-        for m in &machines {
-            if let Some(prev) = owner.insert(m.name.clone(), n.as_str()) {
-                bail!(
-                    "machine {} is selected by profile {prev:?} and by profile {n:?}: make \
-                     their `machines` selectors exclusive (nothing assigned)",
-                    m.name
-                );
-            }
-        }
-        plan.push((n.as_str(), sel.clone(), d.channel(n)));
-    }
-    let mut results = Vec::new();
-    for (n, sel, ch) in plan {
-        let a: semithin_protocol::api::Affected = client.post(
-            "assigning",
-            "/api/v1/admin/assign",
-            &semithin_protocol::api::AssignRequest {
-                selector: sel.clone(),
-                channel: ch.clone(),
-                unpublished: true,
-            },
-        )?;
-        if !json {
-            outln!(
-                "profile {n} ({sel}) -> {ch}: {} machine(s) moved{}",
-                a.machines.len(),
-                if a.machines.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", a.machines.join(", "))
-                }
-            );
-        }
-        results.push(json!({"profile": n, "selector": sel, "channel": ch, "moved": a.machines}));
-    }
-    if json {
-        print_json(&results)?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn url_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// After `channel` moved: every profile with it in its stack (but not composing into it) is
 /// composed again, published by its policy, and said. A failure is a warning: the move stands.
 pub(crate) fn after_move(repo: &Repo, moved: &str, work_dir: &Path, quiet: bool) -> Vec<Outcome> {
@@ -772,13 +703,14 @@ pub(crate) fn after_move(repo: &Repo, moved: &str, work_dir: &Path, quiet: bool)
         report.step(&format!(
             "{moved} moved: composing the profile {name} again"
         ));
-        match compose::compose(repo, &defs, &name, &opts).and_then(|o| {
-            let p = publish_if(repo, &o, defs[&name].publish == Publish::Auto)?;
-            Ok((o, p))
+        match compose::compose(repo, &defs, &name, &opts).and_then(|mut o| {
+            o.published = publish_if(repo, &o, defs[&name].publish == Publish::Auto)?;
+            Ok(o)
         }) {
-            Ok((o, p)) => {
+            Ok(o) => {
                 if !quiet {
-                    let _ = say(&o, p);
+                    report.finish();
+                    let _ = say(&o, o.published);
                 }
                 out.push(o);
             }
@@ -789,4 +721,13 @@ pub(crate) fn after_move(repo: &Repo, moved: &str, work_dir: &Path, quiet: bool)
         }
     }
     out
+}
+
+/// Tells the server (when one is configured) after compositions were published, so it wakes
+/// their machines at once. Call it once the repository is let go: the server reads it.
+pub(crate) fn tell_if_published(outcomes: &[Outcome], quiet: bool) -> Result<()> {
+    if outcomes.iter().any(|o| o.published) {
+        crate::cli::publish::tell_server(&ServerArgs::default(), quiet)?;
+    }
+    Ok(())
 }
