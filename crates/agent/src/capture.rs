@@ -343,8 +343,17 @@ pub fn write(opts: &Options, out: impl Write) -> Result<(Summary, [u8; 32], u64)
         Err(e) => return Err(Error::io("reading", opts.etc_upper)(e)),
     }
     let mut parents_done: Vec<Vec<u8>> = Vec::new();
+    let mut trees: Vec<&str> = Vec::new();
     for p in opts.paths {
         let rel = p.trim_matches('/');
+        // a path below one captured whole is in the archive already
+        if trees
+            .iter()
+            .any(|t| rel == *t || rel.strip_prefix(*t).is_some_and(|r| r.starts_with('/')))
+        {
+            continue;
+        }
+        trees.push(rel);
         let src = opts.root.join(rel);
         if std::fs::symlink_metadata(&src).is_err() {
             return Err(Error::Config(format!(

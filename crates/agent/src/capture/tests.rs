@@ -88,7 +88,8 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
 fn a_capture_keeps_whiteouts_opaque_dirs_and_extra_paths_and_skips_metacopy() {
     let dir = tempfile::tempdir().unwrap();
     let (upper, root) = fixture(dir.path());
-    let paths = vec!["/var/lib/foo".to_owned()];
+    // a path below another is captured once
+    let paths = vec!["/var/lib/foo".to_owned(), "/var/lib/foo/sub".to_owned()];
     let mut out = Vec::new();
     let (s, hash, len) = write(
         &Options {
