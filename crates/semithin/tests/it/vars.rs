@@ -62,7 +62,7 @@ fn machine(s: &Server, token: &str, name: &str, key: &str, vendor: &str) -> Agen
     std::fs::write(
         a.state.join("agent.toml"),
         format!(
-            "admin_keys = [\"{key}\"]\nfacts_root = \"{}\"\n\
+            "admin_keys = [\"{key}\"]\nfacts_root = \"{}\"\nfacts_interval_secs = 1\n\
              restart_command = [\"sh\", \"-c\", \"echo \\\"$0\\\" >> {}\"]\n",
             facts.display(),
             restarts(s, name).display()
@@ -232,6 +232,15 @@ fn templates_render_per_machine_in_precedence_and_a_change_reaches_only_its_mach
     let r: Value = serde_json::from_str(&s.ok(&["fleet", "render", "m2", "--json"])).unwrap();
     assert_eq!(r["files"].as_array().unwrap().len(), 2, "{r:#}");
     assert_eq!(r["vars"]["site_name"], "AA");
+
+    // A fact changes on m3 (its DMI vendor, a new mainboard): woken, it renders again with it,
+    // with no new variables and no new release.
+    std::fs::write(s.path("facts/m3/sys/class/dmi/id/sys_vendor"), "HP\n").unwrap();
+    s.ok(&["push", "m3"]);
+    wait_file(&m[2], "motd", "m3 B chan.example HP\n");
+    wait_until("the new fact reported", 30, || {
+        s.machine("m3")["facts"]["dmi_vendor"] == "HP"
+    });
 }
 
 #[test]
