@@ -6,6 +6,7 @@ mod apt;
 mod assignment;
 mod bad_input;
 mod boot;
+mod boot_artifacts;
 mod channels;
 mod cli;
 mod common;
