@@ -91,7 +91,9 @@ fn install(root: &Path, opts: &InitrdOptions) -> Result<()> {
         path: opts.binary.clone(),
         source,
     })?;
-    write(&root.join("usr/local/bin/semithin"), &bin, 0o755)?;
+    let dest = root.join("usr/local/bin/semithin");
+    write(&dest, &bin, 0o755)?;
+    strip_debug(&dest);
     write(
         &root.join("usr/local/lib/semithin/semithin-mount.sh"),
         MOUNT.as_bytes(),
@@ -118,6 +120,16 @@ fn install(root: &Path, opts: &InitrdOptions) -> Result<()> {
         write(&it.join("modules"), list.as_bytes(), 0o644)?;
     }
     Ok(())
+}
+
+/// Leaves the debug information out of the binary at `path` with the host's `objcopy`, as the
+/// hook does with the image's when it has one: a build's line tables are most of its size, and the
+/// initrd is read into memory at every boot. Without `objcopy` the binary stays as it is.
+fn strip_debug(path: &Path) {
+    let _ = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(path)
+        .status();
 }
 
 /// Makes the initrd of `commit` for kernel `version` at `out`: checks the release out into

@@ -42,6 +42,11 @@ fn sorted_lines(s: &str) -> Vec<String> {
 fn boot_artifacts_of_a_debian_release_are_its_kernel_an_initrd_with_semithin_and_a_squashfs() {
     let root = boot_root();
     let env = Env::new();
+    // Listed just before it is committed (tests/fixtures/boot-root.sh adds files to it once).
+    let tree = sh(&format!(
+        "cd {} && find . -mindepth 1 | sed 's|^\\./||'",
+        q(&root)
+    ));
     let id = env.commit("boot", &root);
     let out = env.path("art");
     let t = std::time::Instant::now();
@@ -142,14 +147,10 @@ fn boot_artifacts_of_a_debian_release_are_its_kernel_an_initrd_with_semithin_and
     assert_eq!(script, packaged);
     assert_eq!(version, sh(&format!("{} --version", q(Path::new(BIN)))));
 
-    // The squashfs holds the tree's files, every one.
+    // The squashfs holds the tree's entries, every one.
     let sq = sh(&format!(
-        "unsquashfs -no-progress -lc -d R {} | grep '^R/' | sed 's|^R/||'",
+        "unsquashfs -no-progress -l -d R {} | grep '^R/' | sed 's|^R/||'",
         q(&out.join("root.squashfs"))
-    ));
-    let tree = sh(&format!(
-        "cd {} && find . -mindepth 1 ! -type d | sed 's|^\\./||'",
-        q(&root)
     ));
     assert_eq!(sorted_lines(&sq), sorted_lines(&tree));
     assert!(sq.lines().any(|l| l == format!("boot/vmlinuz-{kver}")));
@@ -174,11 +175,11 @@ fn boot_artifacts_without_initramfs_tools_are_a_kernel_and_a_squashfs_and_say_wh
     let env = Env::new();
     let tree = env.path("tree");
     sh(&format!(
-        "set -e; cd {}/..; mkdir -p tree/boot tree/usr/lib/modules/6.1.0-2/kernel tree/etc; \
+        "set -e; cd {}; mkdir -p tree/boot tree/usr/lib/modules/6.1.0-2/kernel tree/etc; \
          head -c 100000 /dev/urandom > tree/boot/vmlinuz-6.1.0-2; \
          printf old > tree/boot/vmlinuz-5.10.0-1; mkdir tree/usr/lib/modules/5.10.0-1; \
          printf newer-without-modules > tree/boot/vmlinuz-6.2.0-1; echo x > tree/etc/hostname",
-        q(&tree)
+        q(env.dir.path())
     ));
     env.commit("nokit", &tree);
     let out = env.path("art");
