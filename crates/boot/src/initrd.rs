@@ -72,16 +72,38 @@ pub fn missing(store: &ObjectStore, root: TreeId) -> Result<Option<String>> {
     Ok(None)
 }
 
-fn write(path: &Path, text: &[u8], mode: u32) -> Result<()> {
+/// Writes `rel` below the checkout `root`, making its directories. A symlink on the way (the
+/// image's, perhaps absolute) is refused rather than followed out of the checkout.
+fn write(root: &Path, rel: &str, text: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+    let mut dir = root.to_owned();
+    let parts: Vec<&str> = rel.split('/').collect();
+    let (name, dirs) = parts.split_last().expect("a path");
+    for part in dirs {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Tool {
+                    tool: "initrd",
+                    reason: format!(
+                        "the image's {} is not a directory (a symlink?): semithin's files cannot be installed below it",
+                        dir.strip_prefix(root).unwrap_or(&dir).display()
+                    ),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&dir).map_err(Error::io("creating", &dir))?;
+            }
+            Err(e) => return Err(Error::io("reading", &dir)(e)),
+        }
     }
-    // A symlink in the image must not redirect the write out of the checkout.
-    let _ = std::fs::remove_file(path);
-    std::fs::write(path, text).map_err(Error::io("writing", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(Error::io("setting the mode of", path))
+    let path = dir.join(name);
+    // An entry of the image there (a symlink, say) is replaced, never written through.
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, text).map_err(Error::io("writing", &path))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .map_err(Error::io("setting the mode of", &path))
 }
 
 /// Installs semithin's hook, boot script and binary into the checkout `root`, as docs/BOOT.md
@@ -91,18 +113,24 @@ fn install(root: &Path, opts: &InitrdOptions) -> Result<()> {
         path: opts.binary.clone(),
         source,
     })?;
-    let dest = root.join("usr/local/bin/semithin");
-    write(&dest, &bin, 0o755)?;
-    strip_debug(&dest);
+    write(root, "usr/local/bin/semithin", &bin, 0o755)?;
+    strip_debug(&root.join("usr/local/bin/semithin"));
     write(
-        &root.join("usr/local/lib/semithin/semithin-mount.sh"),
+        root,
+        "usr/local/lib/semithin/semithin-mount.sh",
         MOUNT.as_bytes(),
         0o644,
     )?;
-    let it = root.join("etc/initramfs-tools");
-    write(&it.join("hooks/semithin"), HOOK.as_bytes(), 0o755)?;
+    let it = "etc/initramfs-tools";
     write(
-        &it.join("scripts/local-bottom/semithin"),
+        root,
+        &format!("{it}/hooks/semithin"),
+        HOOK.as_bytes(),
+        0o755,
+    )?;
+    write(
+        root,
+        &format!("{it}/scripts/local-bottom/semithin"),
         SCRIPT.as_bytes(),
         0o755,
     )?;
@@ -111,13 +139,14 @@ fn install(root: &Path, opts: &InitrdOptions) -> Result<()> {
             check_module(m)?;
         }
         write(
-            &it.join("conf.d/zz-semithin-boot-artifacts"),
+            root,
+            &format!("{it}/conf.d/zz-semithin-boot-artifacts"),
             b"MODULES=list\n",
             0o644,
         )?;
         let mut list = modules.join("\n");
         list.push('\n');
-        write(&it.join("modules"), list.as_bytes(), 0o644)?;
+        write(root, &format!("{it}/modules"), list.as_bytes(), 0o644)?;
     }
     Ok(())
 }
@@ -181,4 +210,43 @@ pub fn build(
     std::fs::rename(&made, out)
         .or_else(|_| std::fs::copy(&made, out).map(|_| ()))
         .map_err(Error::io("moving the initrd to", out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_installed_below_the_checkout_never_through_its_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(root.join("usr")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("usr/local")).unwrap();
+        let e = write(&root, "usr/local/bin/semithin", b"x", 0o755).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the image's usr/local is not a directory"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        // A symlink in the file's place is replaced, not written through.
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink(outside.join("f"), root.join("etc/f")).unwrap();
+        write(&root, "etc/f", b"y", 0o644).unwrap();
+        assert_eq!(std::fs::read(root.join("etc/f")).unwrap(), b"y");
+        assert!(!outside.join("f").exists());
+        write(&root, "a/b/c", b"z", 0o600).unwrap();
+        assert_eq!(std::fs::read(root.join("a/b/c")).unwrap(), b"z");
+    }
+
+    #[test]
+    fn module_names_are_checked() {
+        check_module("virtio_blk").unwrap();
+        check_module("crc32c-generic").unwrap();
+        for bad in ["", "../x", "a b", "a\nb", &"m".repeat(65)] {
+            assert!(check_module(bad).is_err(), "{bad:?}");
+        }
+    }
 }
