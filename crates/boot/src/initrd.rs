@@ -164,10 +164,13 @@ fn strip_debug(path: &Path) {
 /// Makes the initrd of `commit` for kernel `version` at `out`: checks the release out into
 /// `work` (a new directory, removed by the caller), installs semithin's files there and runs
 /// `mkinitramfs` in a chroot of it, in a private mount namespace with `/proc` mounted.
+/// `SOURCE_DATE_EPOCH` is `epoch` (the commit's time), which makes initramfs-tools build the same
+/// bytes again from the same release and binary.
 pub fn build(
     repo: &Repo,
     commit: CommitId,
     version: &str,
+    epoch: i64,
     work: &Path,
     out: &Path,
     opts: &InitrdOptions,
@@ -187,12 +190,13 @@ pub fn build(
         .arg(
             "set -e; mount -t proc proc \"$1/proc\"; \
              exec chroot \"$1\" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-             mkinitramfs -o \"/$3\" \"$2\" 2>&1",
+             SOURCE_DATE_EPOCH=\"$4\" mkinitramfs -o \"/$3\" \"$2\" 2>&1",
         )
         .arg("sh")
         .arg(&root)
         .arg(version)
         .arg(inside)
+        .arg(epoch.to_string())
         .output()
         .map_err(|e| Error::Tool {
             tool: "unshare",

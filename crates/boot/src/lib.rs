@@ -146,6 +146,7 @@ pub fn build(repo: &Repo, commit: CommitId, out: &Path, opts: &InitrdOptions) ->
             repo,
             commit,
             &kernel.version,
+            c.time.max(0),
             &work.path().join("initrd"),
             &art.join(INITRD),
             opts,
