@@ -25,6 +25,7 @@ macro_rules! note {
 
 mod admin;
 mod agent;
+mod boot_artifacts;
 mod channel;
 mod checkout;
 mod cherry_pick;
@@ -124,6 +125,10 @@ enum Command {
     Gc(gc::Args),
     /// Write a version as a tar archive or a squashfs image.
     Export(export::Args),
+    /// The boot artifacts of a version with a kernel: vmlinuz, an initrd made by the image's own
+    /// initramfs-tools with semithin's boot script, root.squashfs, and manifest.json with their
+    /// lengths and hashes (docs/BOOT.md, "Boot artifacts").
+    BootArtifacts(boot_artifacts::Args),
     /// A TUF client with the command line of the tuf-conformance suite (init, refresh,
     /// download); exit code 0 on success, 1 on any failure.
     TufClient(tuf_client::Args),
@@ -253,6 +258,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fsck(a) => fsck::run(&open(repo, Access::Read)?, a),
         Command::Gc(a) => gc::run(&open(repo, Access::Write)?, a),
         Command::Export(a) => export::run(&open(repo, Access::Read)?, a),
+        Command::BootArtifacts(a) => boot_artifacts::run(&open(repo, Access::Read)?, a),
         Command::TufClient(a) => tuf_client::run(a),
         Command::Trust(c) => trust::run(repo, c),
         Command::Publish(a) => publish::run(open(repo, Access::Write)?, a),

@@ -7,6 +7,7 @@ mod assignment;
 mod backup;
 mod bad_input;
 mod boot;
+mod boot_artifacts;
 mod capture;
 mod channels;
 mod cli;
