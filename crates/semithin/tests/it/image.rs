@@ -693,3 +693,62 @@ fn slow_image_package_layers_are_replayed_over_a_new_base() {
     assert_eq!(list[0]["state"], "up-to-date");
     s.env.fsck_ok();
 }
+
+/// On a terminal (a pty made by script(1)), `init` asks each question with its default and takes
+/// the answers (an empty one takes the default); a mirror that does not answer then stops it
+/// before anything is built, naming the mirror, with the profile written and nothing committed.
+#[test]
+fn init_asks_on_a_terminal_and_takes_the_answers() {
+    use std::io::Write;
+    let env = crate::common::Env::new();
+    let site = env.path("site");
+    let cmd = format!(
+        "{} --repo {} init --dir {} --mirror http://127.0.0.1:1/debian --work-dir {}",
+        q(Path::new(crate::common::BIN)),
+        q(&env.repo),
+        q(&site),
+        q(&env.path("work"))
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"http://updates.example:8470\n\nhello\nlab/first\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{text}");
+    for prompt in [
+        "the URL machines will contact [http://",
+        "the Debian suite [bookworm]: ",
+        "the software of every machine (comma-separated) [systemd-sysv,ca-certificates]: ",
+        "the channel of the first release [site/stable]: ",
+    ] {
+        assert!(text.contains(prompt), "no prompt {prompt:?} in:\n{text}");
+    }
+    assert!(
+        text.contains("the mirror http://127.0.0.1:1/debian cannot be reached"),
+        "{text}"
+    );
+    let profile = std::fs::read_to_string(site.join("site.toml")).unwrap();
+    assert!(
+        profile.contains("channel = \"lab/first\"")
+            && profile.contains("suite = \"bookworm\"")
+            && profile.contains("packages = [\"hello\"]"),
+        "{profile}"
+    );
+    let agent = std::fs::read_to_string(site.join("overlay/etc/semithin/agent.toml")).unwrap();
+    assert!(
+        agent.contains("server = \"http://updates.example:8470\""),
+        "{agent}"
+    );
+    let channels = env.json(&["channel", "list"]);
+    assert_eq!(channels, serde_json::json!([]));
+}
