@@ -217,11 +217,12 @@ fn merge(
                     _ => None,
                 };
                 let sub = merge(store, lower_sub, *sub, mode, &path, shadowed)?;
-                // In a layer, a directory over a whiteout of the same name, or over an opaque
-                // directory, hides what is further below: overlayfs says so with the mark.
-                let hides = below.as_ref().is_some_and(|b| {
-                    is_whiteout(b) || (matches!(b.kind, EntryKind::Dir(_)) && is_opaque(&b.meta))
-                });
+                // In a layer, a directory over anything but a plain directory (a whiteout, a
+                // file, an opaque directory) hides what is further below: overlayfs says so
+                // with the mark.
+                let hides = below
+                    .as_ref()
+                    .is_some_and(|b| !matches!(b.kind, EntryKind::Dir(_)) || is_opaque(&b.meta));
                 let meta = match mode {
                     Mode::Image => without_opaque(&e.meta),
                     Mode::Layer if hides && !opaque => {
@@ -477,8 +478,9 @@ mod tests {
                             opaque: lo,
                             ..
                         }) if !opaque => (Some(lc), lo),
-                        Some(N::Whiteout) => (None, true),
-                        _ => (None, false),
+                        None => (None, false),
+                        // A whiteout, a link or (under an opaque one) a directory: hidden.
+                        Some(_) => (None, true),
                     };
                     let merged = match (lower_children, mode) {
                         (Some(lc), _) => model(&lc, children, mode),
@@ -538,7 +540,8 @@ mod tests {
         f(&repo)
     }
 
-    /// Laying a layer over an image gives what overlayfs shows; squashing two layers and
+    /// Laying a layer over an image gives what overlayfs shows (COMPOSE_CASES=N runs N random
+    /// cases instead of 200); squashing two layers and
     /// laying the result gives the same as laying them one after the other; the layer `upper`
     /// makes between two images turns the first into the second.
     #[test]
@@ -546,7 +549,10 @@ mod tests {
         with_store(|repo| {
             let store = &repo.objects;
             let mut runner = TestRunner::new(RunnerConfig {
-                cases: 200,
+                cases: std::env::var("COMPOSE_CASES")
+                    .ok()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(200),
                 ..RunnerConfig::default()
             });
             runner
@@ -594,6 +600,50 @@ mod tests {
                     },
                 )
                 .unwrap();
+        });
+    }
+
+    /// Regression (found by the property test): a directory laid over a file of the layer below
+    /// it hides what the base has under that name, also once the two layers are squashed into
+    /// one (the squashed directory is marked opaque).
+    #[test]
+    fn a_directory_over_a_file_hides_the_base_also_when_layers_are_squashed() {
+        with_store(|repo| {
+            let store = &repo.objects;
+            let base: BTreeMap<u8, N> = [(2, dir([(0, N::Link(0))].into()))].into();
+            let l1: BTreeMap<u8, N> = [(2, N::Link(0))].into();
+            let l2: BTreeMap<u8, N> = [(2, dir(BTreeMap::new()))].into();
+            let (cb, c1, c2) = (
+                commit_of(store, &base),
+                commit_of(store, &l1),
+                commit_of(store, &l2),
+            );
+            let one = apply(store, &cb, &c1, Mode::Image).unwrap();
+            let one_c = Commit {
+                tree: one.tree,
+                ..cb.clone()
+            };
+            let two = apply(store, &one_c, &c2, Mode::Image).unwrap();
+            let sq = apply(store, &c1, &c2, Mode::Layer).unwrap();
+            assert_eq!(
+                load_dir(store, sq.tree),
+                [(
+                    2,
+                    N::Dir {
+                        mode: 0o755,
+                        opaque: true,
+                        children: BTreeMap::new()
+                    }
+                )]
+                .into()
+            );
+            let sq_c = Commit {
+                tree: sq.tree,
+                ..cb.clone()
+            };
+            let at_once = apply(store, &cb, &sq_c, Mode::Image).unwrap();
+            assert_eq!(at_once.tree, two.tree);
+            assert_eq!(load_dir(store, two.tree), l2);
         });
     }
 

@@ -520,10 +520,11 @@ fn compose_cmd(repo_path: Option<PathBuf>, a: ComposeArgs) -> Result<ExitCode> {
             continue;
         }
         report.step(&format!("composing {n}"));
-        let o = compose::compose(&repo, &defs, n, &opts)?;
+        let mut o = compose::compose(&repo, &defs, n, &opts)?;
         let publish = a.publish || defs[n].publish == Publish::Auto;
-        let published = publish_if(&repo, &o, publish)?;
-        published_any |= published;
+        o.published = publish_if(&repo, &o, publish)?;
+        published_any |= o.published;
+        let published = o.published;
         outcomes.push((o, published));
     }
     drop(repo);
