@@ -420,8 +420,31 @@ fn options<'a>(
     }
 }
 
+/// Removes what captures killed on the way left in the state directory: `.capture-PID.tar.zst`
+/// files whose process is gone (a capture running beside this one keeps its file).
+fn remove_leftovers(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".capture-"))
+            .and_then(|n| n.strip_suffix(".tar.zst"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Makes the capture in a temporary file of the state directory and uploads it with `api`.
 pub fn capture_with(api: &Api, layout: &Layout, cfg: &Config, extra: &[String]) -> Result<Sent> {
+    remove_leftovers(&layout.dir);
     let (mut upper, mut paths) = (PathBuf::new(), Vec::new());
     let opts = options(cfg, layout, extra, &mut upper, &mut paths);
     let tmp = layout

@@ -217,3 +217,26 @@ fn no_upper_directory_is_no_change_to_etc() {
         s.skipped
     );
 }
+
+/// A capture killed on the way left its temporary file: the next capture removes it, and
+/// never the file of a capture still running.
+#[test]
+fn leftovers_of_killed_captures_are_removed() {
+    let d = tempfile::tempdir().unwrap();
+    // A pid above the kernel's pid_max cannot be running.
+    let gone = d.path().join(".capture-4194399.tar.zst");
+    let running = d
+        .path()
+        .join(format!(".capture-{}.tar.zst", std::process::id()));
+    let parent = d.path().join(format!(
+        ".capture-{}.tar.zst",
+        std::os::unix::process::parent_id()
+    ));
+    let other = d.path().join("state.json");
+    for f in [&gone, &running, &parent, &other] {
+        std::fs::write(f, b"x").unwrap();
+    }
+    remove_leftovers(d.path());
+    assert!(!gone.exists());
+    assert!(running.exists() && parent.exists() && other.exists());
+}
