@@ -233,6 +233,28 @@ fn file_layers_compose_as_overlayfs_and_follow_their_layers() {
         ]
     );
 
+    // A profile's channel as the base of another: a move below composes both, in turn.
+    env.ok(&[
+        "profile",
+        "set",
+        "kiosk",
+        "--layers",
+        "profiles/lab,room/203",
+    ]);
+    env.ok(&["profile", "compose", "kiosk"]);
+    let kiosk_before = head(&env, "profiles/kiosk").unwrap();
+    write(&base, "usr/bin/tool", "v3\n");
+    env.commit("os/base", &base);
+    let kiosk_after = head(&env, "profiles/kiosk").unwrap();
+    assert_ne!(kiosk_after, kiosk_before);
+    let co = env.path("co-kiosk");
+    env.ok(&["checkout", "profiles/kiosk", co.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(co.join("usr/bin/tool")).unwrap(),
+        "v3\n"
+    );
+    env.ok(&["profile", "remove", "kiosk"]);
+
     // A file layer that changes dpkg's database is refused, naming the path.
     let bad = env.path("bad");
     write(&bad, "var/lib/dpkg/status", "Package: fake\n");

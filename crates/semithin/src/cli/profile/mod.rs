@@ -697,28 +697,41 @@ pub(crate) fn after_move(repo: &Repo, moved: &str, work_dir: &Path, quiet: bool)
         strict: false,
     };
     let mut out = Vec::new();
-    for name in stack::above(&defs, moved) {
-        if defs[&name].channel(&name) == moved {
+    // A profile's channel may itself be a layer of another profile: what moves with a new
+    // composition is composed in turn, each channel once.
+    let mut moves = vec![moved.to_owned()];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(moved) = moves.pop() {
+        if !seen.insert(moved.clone()) {
             continue;
         }
-        report.step(&format!(
-            "{moved} moved: composing the profile {name} again"
-        ));
-        match compose::compose(repo, &defs, &name, &opts).and_then(|mut o| {
-            o.published = publish_if(repo, &o, defs[&name].publish == Publish::Auto)?;
-            Ok(o)
-        }) {
-            Ok(o) => {
-                if !quiet {
-                    report.finish();
-                    let _ = say(&o, o.published);
-                }
-                out.push(o);
+        for name in stack::above(&defs, &moved) {
+            let own = defs[&name].channel(&name);
+            if own == moved {
+                continue;
             }
-            Err(e) => note!(
-                "warning: profile {name} was not composed again: {e:#} (fix it and run \
-                 `semithin profile compose {name}`)"
-            ),
+            report.step(&format!(
+                "{moved} moved: composing the profile {name} again"
+            ));
+            match compose::compose(repo, &defs, &name, &opts).and_then(|mut o| {
+                o.published = publish_if(repo, &o, defs[&name].publish == Publish::Auto)?;
+                Ok(o)
+            }) {
+                Ok(o) => {
+                    if !quiet {
+                        report.finish();
+                        let _ = say(&o, o.published);
+                    }
+                    if o.commit.is_some() {
+                        moves.push(own);
+                    }
+                    out.push(o);
+                }
+                Err(e) => note!(
+                    "warning: profile {name} was not composed again: {e:#} (fix it and run \
+                     `semithin profile compose {name}`)"
+                ),
+            }
         }
     }
     out
