@@ -192,6 +192,13 @@ pub fn install(c: &Chroot, packages: &[String], report: &dyn Fn(Event)) -> Resul
     c.run("apt-get install", &argv, report).map(|_| ())
 }
 
+/// apt-get purge of `packages`, and of what only they needed.
+pub fn purge(c: &Chroot, packages: &[&str], report: &dyn Fn(Event)) -> Result<(), Error> {
+    let mut argv = vec!["apt-get", "purge", "-y", "--auto-remove", "--"];
+    argv.extend(packages);
+    c.run("apt-get purge", &argv, report).map(|_| ())
+}
+
 /// Copies `dir` over the root, inside the chroot's own view (so no symlink of the image can
 /// point a write outside it): files owned by root, modes kept.
 pub fn overlay(root: &Path, dir: &Path) -> Result<(), Error> {

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use semithin_image::build;
+use semithin_image::chroot::Chroot;
 use semithin_image::{Event, dpkg};
 use semithin_store::import::{self, CommitOptions, CommitStats};
 use semithin_store::object::EntryKind;
@@ -181,6 +183,36 @@ pub(crate) fn need_tool(name: &str) -> Result<()> {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()));
     if !found {
         bail!("{name} is not installed (on Debian: apt-get install {name})");
+    }
+    Ok(())
+}
+
+/// The step of `image add|remove`: apt-get update and install, or purge of packages that must be
+/// installed (`installed`, in `words` for the error).
+pub(crate) fn add_or_remove(
+    root: &Path,
+    packages: &[String],
+    remove: bool,
+    installed: &dpkg::Packages,
+    words: &str,
+    report: &Reporter,
+) -> Result<()> {
+    let ch = Chroot::enter(root)?;
+    let ev = |e: semithin_image::Event<'_>| report.event(e);
+    if remove {
+        for p in packages {
+            if !installed.contains_key(p.as_str()) {
+                bail!("package {p:?} is not installed in {words}");
+            }
+        }
+        report.step(&format!("apt-get purge {}", packages.join(" ")));
+        let names: Vec<&str> = packages.iter().map(String::as_str).collect();
+        build::purge(&ch, &names, &ev)?;
+    } else {
+        report.step("apt-get update");
+        ch.run("apt-get update", &["apt-get", "update"], &ev)?;
+        report.step(&format!("apt-get install {}", packages.join(" ")));
+        build::install(&ch, packages, &ev)?;
     }
     Ok(())
 }

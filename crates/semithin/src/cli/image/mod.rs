@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::admin::ServerArgs;
 use super::{open, print_json};
-pub(crate) use common::{Reporter, catch_interrupts, need_tool};
+pub(crate) use common::{Reporter, add_or_remove, catch_interrupts, need_tool};
 
 #[derive(Subcommand)]
 pub enum ImageCmd {

@@ -292,26 +292,7 @@ pub fn add(repo: Option<PathBuf>, a: PkgArgs, remove: bool) -> Result<ExitCode> 
     let report = Reporter::new(a.common.json);
     let (b, dir, old) = prepare(&repo, &a.common, &report)?;
     let root = dir.root();
-    {
-        let ch = Chroot::enter(&root)?;
-        let ev = |e: semithin_image::Event<'_>| report.event(e);
-        if remove {
-            for p in &a.packages {
-                if !old.contains_key(p.as_str()) {
-                    bail!("package {p:?} is not installed in {}", b.words);
-                }
-            }
-            report.step(&format!("apt-get purge {}", a.packages.join(" ")));
-            let mut argv = vec!["apt-get", "purge", "-y", "--auto-remove", "--"];
-            argv.extend(a.packages.iter().map(String::as_str));
-            ch.run("apt-get purge", &argv, &ev)?;
-        } else {
-            report.step("apt-get update");
-            ch.run("apt-get update", &["apt-get", "update"], &ev)?;
-            report.step(&format!("apt-get install {}", a.packages.join(" ")));
-            build::install(&ch, &a.packages, &ev)?;
-        }
-    }
+    common::add_or_remove(&root, &a.packages, remove, &old, &b.words, &report)?;
     let verb = if remove { "remove" } else { "add" };
     let title = format!(
         "image {verb} {}: {}",

@@ -280,9 +280,7 @@ pub(crate) fn replay(
             .filter(|r| installed.contains_key(*r))
             .collect();
         if !remove.is_empty() {
-            let mut argv = vec!["apt-get", "purge", "-y", "--auto-remove", "--"];
-            argv.extend(&remove);
-            ch.run("apt-get purge", &argv, &ev).map_err(fail)?;
+            build::purge(&ch, &remove, &ev).map_err(fail)?;
         }
     }
     if semithin_image::interrupted() {

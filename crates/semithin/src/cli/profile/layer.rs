@@ -10,7 +10,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use semithin_image::build::{self, BuildDir};
-use semithin_image::chroot::Chroot;
 use semithin_image::dpkg;
 use semithin_image::stack::{self, LayerPackages};
 use semithin_store::checkout::{self, CheckoutOptions};
@@ -163,26 +162,8 @@ pub(crate) fn change(
     )
     .with_context(|| format!("checking out {}", start.short()))?;
     let old = build::packages_of(&root)?;
-    {
-        let ch = Chroot::enter(&root)?;
-        let ev = |e: semithin_image::Event<'_>| report.event(e);
-        if remove {
-            for p in packages {
-                if !old.contains_key(p.as_str()) {
-                    bail!("package {p:?} is not installed in {layer} over its lower layers");
-                }
-            }
-            report.step(&format!("apt-get purge {}", packages.join(" ")));
-            let mut argv = vec!["apt-get", "purge", "-y", "--auto-remove", "--"];
-            argv.extend(packages.iter().map(String::as_str));
-            ch.run("apt-get purge", &argv, &ev)?;
-        } else {
-            report.step("apt-get update");
-            ch.run("apt-get update", &["apt-get", "update"], &ev)?;
-            report.step(&format!("apt-get install {}", packages.join(" ")));
-            build::install(&ch, packages, &ev)?;
-        }
-    }
+    let words = format!("{layer} over its lower layers");
+    crate::cli::image::add_or_remove(&root, packages, remove, &old, &words, &report)?;
     if semithin_image::interrupted() {
         bail!("interrupted: nothing committed, {layer} is as it was");
     }
