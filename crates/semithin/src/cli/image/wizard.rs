@@ -157,10 +157,7 @@ fn prepare(
         common::need_tool(t)?;
     }
     let repo = open(repo_path.clone(), Access::Read)?;
-    if let Some(at) = crate::cli::profile::layer::place(&repo, &c.channel, None)
-        .ok()
-        .flatten()
-    {
+    if let Some(at) = crate::cli::profile::layer::place(&repo, &c.channel, None)? {
         bail!(
             "{} is a layer of profile {} (over {}), not a whole image: `image add|remove {0} \
              PKG...` change a package layer; upgrade the base ({}) and the profile is composed \

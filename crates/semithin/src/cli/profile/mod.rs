@@ -381,6 +381,18 @@ fn list(repo: &Repo, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One layer of `profile show`.
+#[derive(Serialize)]
+struct ShowRow {
+    channel: String,
+    /// `base`, `files`, `packages` or `missing` (no version yet).
+    kind: &'static str,
+    head: Option<String>,
+    /// The version the profile's last composition used.
+    composed_from: Option<String>,
+    packages: Option<stack::LayerPackages>,
+}
+
 fn show(repo: &Repo, name: &str, json: bool) -> Result<ExitCode> {
     let defs = load(repo)?;
     let def = defs
@@ -396,37 +408,33 @@ fn show(repo: &Repo, name: &str, json: bool) -> Result<ExitCode> {
     let mut rows = Vec::new();
     for (i, l) in layers.iter().enumerate() {
         let h = channel::head(repo, l)?;
-        let kind = match h {
-            None => "missing",
-            Some(_) if i == 0 => "base",
-            Some(id) => {
-                let m = repo.objects.get_commit(&id)?.message;
-                match stack::LayerPackages::parse(&m) {
-                    Ok(Some(_)) => "packages",
-                    _ => "files",
-                }
-            }
-        };
+        // A package layer says so in its message; the base is a whole image whatever it says.
         let packages = match h {
-            Some(id) if kind == "packages" => {
+            Some(id) if i > 0 => {
                 stack::LayerPackages::parse(&repo.objects.get_commit(&id)?.message)
                     .ok()
                     .flatten()
             }
             _ => None,
         };
-        let used = made
+        let kind = match (h, &packages) {
+            (None, _) => "missing",
+            (Some(_), _) if i == 0 => "base",
+            (Some(_), Some(_)) => "packages",
+            (Some(_), None) => "files",
+        };
+        let composed_from = made
             .layers
             .iter()
             .find(|(c, _)| c == l)
             .map(|(_, id)| id.clone());
-        rows.push(json!({
-            "channel": l,
-            "kind": kind,
-            "head": h.map(|c| c.to_hex()),
-            "composed_from": used,
-            "packages": packages,
-        }));
+        rows.push(ShowRow {
+            channel: l.clone(),
+            kind,
+            head: h.map(|c| c.to_hex()),
+            composed_from,
+            packages,
+        });
     }
     if json {
         print_json(&json!({
@@ -465,28 +473,20 @@ fn show(repo: &Repo, name: &str, json: bool) -> Result<ExitCode> {
     );
     outln!("layers, top first:");
     for r in rows.iter().rev() {
-        let head = r["head"].as_str().map(short_str).unwrap_or("-");
-        let used = r["composed_from"].as_str();
-        let moved = match used {
-            Some(u) if Some(u) != r["head"].as_str() => {
+        let head = r.head.as_deref().map(short_str).unwrap_or("-");
+        let moved = match &r.composed_from {
+            Some(u) if Some(u) != r.head.as_ref() => {
                 format!(" (composed from {})", short_str(u))
             }
-            None if head != "-" => " (not composed yet)".to_owned(),
+            None if r.head.is_some() => " (not composed yet)".to_owned(),
             _ => String::new(),
         };
-        let pk = r["packages"]
-            .get("install")
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                let names: Vec<&str> = a.iter().filter_map(|v| v.as_str()).collect();
-                format!(" [{}]", names.join(" "))
-            })
+        let pk = r
+            .packages
+            .as_ref()
+            .map(|p| format!(" [{}]", p.install.join(" ")))
             .unwrap_or_default();
-        outln!(
-            "  {:<28} {:<9} {head}{moved}{pk}",
-            r["channel"].as_str().unwrap_or(""),
-            r["kind"].as_str().unwrap_or("")
-        );
+        outln!("  {:<28} {:<9} {head}{moved}{pk}", r.channel, r.kind);
     }
     Ok(ExitCode::SUCCESS)
 }
