@@ -69,6 +69,8 @@ esac
 [ "$(id -u)" -eq 0 ] || die "must be run as root (the trees keep real owners and device nodes)"
 
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/common.sh
+. "$SCRIPT_DIR/common.sh"
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 SHARED=${SHARED_BENCH:-$SCRIPT_DIR/../../shared/bench}
 [ -f "$SHARED/make-trees.sh" ] && [ -f "$SHARED/peers/lib.sh" ] ||
@@ -570,20 +572,7 @@ OUT=$S/section.md
   report
 } >"$OUT"
 cat "$OUT"
-NEWRES=$S/RESULTS.md
-if [ -f "$RESULTS" ]; then
-  # the section takes the place of the old one (or goes at the end); the rest stays as it is
-  awk -v sec="$OUT" '
-    /^# / {
-      if (skip) { skip = 0; print "" }
-      if ($0 ~ /^# semithin delta benchmark/ && !done) { skip = 1; done = 1; while ((getline l < sec) > 0) print l }
-    }
-    !skip { print }
-    END { if (!done) { print ""; while ((getline l < sec) > 0) print l } }' "$RESULTS" >"$NEWRES"
-else
-  cp "$OUT" "$NEWRES"
-fi
-cp "$NEWRES" "$RESULTS"
+replace_section "$RESULTS" "$OUT" "# semithin delta benchmark" "$S"
 say "bench/RESULTS.md updated"
 
 if [ ${#SEMITHIN_FAILED[@]} -gt 0 ] || [ ${#PEER_FAILED[@]} -gt 0 ]; then

@@ -25,6 +25,8 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/common.sh
+. "$SCRIPT_DIR/common.sh"
 ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 RESULTS=$SCRIPT_DIR/RESULTS.md
 FILES_MB=${FILES_MB:-64}
@@ -61,15 +63,7 @@ if [ -z "${SEMITHIN:-}" ]; then
 fi
 [ -x "$SEMITHIN" ] || die "no semithin binary at $SEMITHIN"
 
-MIRROR_DIR=$("$ROOT/tests/fixtures/debian-mirror.sh")
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 -m http.server --bind 127.0.0.1 --directory "$MIRROR_DIR" "$PORT" >/dev/null 2>&1 &
-HTTP_PID=$!
-URL=http://127.0.0.1:$PORT/debian
-for _ in $(seq 50); do
-  python3 -c "import urllib.request; urllib.request.urlopen('$URL/dists/bookworm/InRelease')" 2>/dev/null && break
-  sleep 0.1
-done
+serve_mirror "$ROOT"
 
 export SOURCE_DATE_EPOCH=1700000000
 S() { "$SEMITHIN" --repo "$W/repo" "$@"; }
@@ -173,17 +167,5 @@ OUT=$W/section.md
   echo "of rebuilding the derived image from nothing."
 } >"$OUT"
 cat "$OUT"
-NEWRES=$W/RESULTS.md
-if [ -f "$RESULTS" ]; then
-  awk -v sec="$OUT" '
-    /^# / {
-      if (skip) { skip = 0; print "" }
-      if ($0 ~ /^# semithin layered profiles: recomposition/ && !done) { skip = 1; done = 1; while ((getline l < sec) > 0) print l }
-    }
-    !skip { print }
-    END { if (!done) { print ""; while ((getline l < sec) > 0) print l } }' "$RESULTS" >"$NEWRES"
-else
-  cp "$OUT" "$NEWRES"
-fi
-cp "$NEWRES" "$RESULTS"
+replace_section "$RESULTS" "$OUT" "# semithin layered profiles: recomposition" "$W"
 say "bench/RESULTS.md updated"
