@@ -200,14 +200,17 @@ impl Agent {
 
     /// Reports the state and asks what to run, holding up to `wait` seconds when nothing is new.
     pub fn checkin(&mut self, wait: u32) -> Result<&CheckInResponse> {
+        let facts = self.facts_to_send();
         let req = CheckInRequest {
             report: self.report()?,
-            wait_secs: wait,
+            // New facts may render the templates differently: the answer is not held, so the
+            // rendering follows at once (a push after a fact changed is enough).
+            wait_secs: if facts.is_some() { 0 } else { wait },
             accepts_jobs: true,
             job_results: self.jobs.store.unreported()?,
             inventory: self.jobs.inventory_to_send(),
             accepts_vars: true,
-            facts: self.facts_to_send(),
+            facts,
         };
         let resp = self.api().checkin(&req)?;
         self.facts_digest = resp.facts_digest.clone();
