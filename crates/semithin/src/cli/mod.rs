@@ -30,6 +30,7 @@ mod channel;
 mod checkout;
 mod cherry_pick;
 mod commit;
+mod completions;
 mod delta;
 mod demo;
 mod diff;
@@ -195,6 +196,12 @@ enum Command {
     /// own process) that enroll, get accepted and assigned, update to v1 and then to v2 — with
     /// live progress and a summary of what crossed the network.
     Demo(demo::Args),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell (for
+    /// example `semithin completions bash > /etc/bash_completion.d/semithin`).
+    Completions(completions::CompletionArgs),
+    /// Write the manual pages of every command into a directory (the Debian package ships
+    /// them).
+    Manpages(completions::ManArgs),
 }
 
 #[derive(clap::Args)]
@@ -278,6 +285,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Profile(c) => profile::run(repo, c),
         Command::Init(a) => init::run(repo, a),
         Command::Demo(a) => demo::run(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Manpages(a) => completions::manpages(a),
     }
 }
 
