@@ -18,6 +18,7 @@
 //! Plain synchronous Rust with no network: the server and the agent are the shells around it.
 
 pub mod api;
+pub mod audit;
 pub mod capture;
 pub mod duration;
 pub mod ids;

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_request_counters.sql")),
     (12, include_str!("../migrations/0012_vars.sql")),
     (14, include_str!("../migrations/0014_captures.sql")),
+    (15, include_str!("../migrations/0015_audit.sql")),
 ];
 
 pub async fn open(path: &Path) -> Result<SqlitePool> {

@@ -109,6 +109,11 @@ pub struct Deltas {
     /// check-ins must not starve behind them, and requests must not delay prepared packs.
     publish_permits: tokio::sync::Semaphore,
     demand_permits: tokio::sync::Semaphore,
+    /// Packs built and builds failed, for `/metrics`.
+    pub builds: prometheus_client::metrics::family::Family<
+        crate::metrics::BuildLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
 }
 
 /// Removes a pair's build lock when the last one waiting on it is done, however it ended.
@@ -169,6 +174,7 @@ impl Deltas {
             state: Mutex::new(state),
             publish_permits: tokio::sync::Semaphore::new(1),
             demand_permits: tokio::sync::Semaphore::new(1),
+            builds: Default::default(),
         };
         d.make_room();
         d
@@ -266,10 +272,21 @@ impl Deltas {
         let dir = self.dir.clone();
         let path = self.path(&from, &to);
         let p = path.clone();
-        let (bytes, secs) =
+        let built =
             tokio::task::spawn_blocking(move || write_pack(&store, &dir, &p, from, to, effort))
                 .await
-                .map_err(|e| Error::Config(format!("building a delta: {e}")))??;
+                .map_err(|e| Error::Config(format!("building a delta: {e}")))
+                .and_then(|r| r);
+        self.builds
+            .get_or_create(&crate::metrics::BuildLabels {
+                why: match why {
+                    Why::Publish => "publish",
+                    Why::Demand => "demand",
+                },
+                result: if built.is_ok() { "built" } else { "failed" },
+            })
+            .inc();
+        let (bytes, secs) = built?;
         tracing::info!(
             from = %from.short(), to = %to.short(), bytes, secs, ?effort, ?why,
             "delta pack built"

@@ -195,6 +195,11 @@ impl Fleet {
         self.get(&id)
     }
 
+    /// Every machine, in no particular order.
+    pub fn all(&self) -> Vec<Arc<Machine>> {
+        self.by_id.read().expect("lock").values().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.read().expect("lock").len()
     }

@@ -81,6 +81,11 @@ pub struct Jobs {
     digests: Mutex<HashMap<String, String>>,
     /// Deliveries whose start already woke their machines.
     woken: Mutex<HashSet<String>>,
+    /// Results stored since the server started, by outcome (`/metrics`).
+    pub results: prometheus_client::metrics::family::Family<
+        crate::metrics::OutcomeLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
 }
 
 fn parse_spec(id: &str, text: &str) -> Result<SpecJson> {
@@ -287,6 +292,9 @@ async fn record_result(
     .await
     .map_err(|e| Error::db("storing a job result", e))?;
     if done.rows_affected() > 0 {
+        jobs.results
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome: state })
+            .inc();
         tracing::info!(machine = %m.id, delivery = %r.delivery, outcome = state, "job result");
         crate::db::add_event(pool, &m.id, now, "job", &format!("{}: {state}", r.delivery)).await?;
     }

@@ -4,6 +4,7 @@
 
 pub mod aptcache;
 pub mod assignments;
+pub mod audit;
 pub mod bake;
 pub mod captures;
 pub mod db;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod fleet;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod releases;
 pub mod renew;
 pub mod replay;
@@ -189,6 +191,8 @@ pub struct App {
     pub published: RwLock<Arc<Published>>,
     admin_token_hash: blake3::Hash,
     pub counters: Counters,
+    /// Request latency and other running counters for `/metrics`.
+    pub metrics: metrics::Metrics,
     pub deltas: deltas::Deltas,
     pub jobs: jobs::Jobs,
     /// Variable sets and their order (per-machine configuration).
@@ -476,6 +480,7 @@ pub async fn run_on(
         published: RwLock::new(Arc::new(published)),
         admin_token_hash: blake3::hash(token.as_bytes()),
         counters: Counters::default(),
+        metrics: Default::default(),
         shutdown: stop_rx,
         enroll_failures: Default::default(),
         cfg,

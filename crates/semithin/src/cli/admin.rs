@@ -115,11 +115,26 @@ impl ServerArgs {
             base: base.trim_end_matches('/').to_owned(),
             token,
             http: semithin_agent::http::client_builder(ca.as_deref())?
+                .default_headers(user_header())
                 .connect_timeout(Duration::from_secs(10))
                 .timeout(Duration::from_secs(60))
                 .build()?,
         })
     }
+}
+
+/// Who runs this command, for the server's audit log (told, not proven: the token is what is
+/// checked): the login name, else the uid.
+fn user_header() -> reqwest::header::HeaderMap {
+    let name = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| env(v))
+        .unwrap_or_else(|| format!("uid {}", rustix::process::getuid().as_raw()));
+    let mut h = reqwest::header::HeaderMap::new();
+    if let Ok(v) = reqwest::header::HeaderValue::from_str(&name) {
+        h.insert(semithin_protocol::audit::USER_HEADER, v);
+    }
+    h
 }
 
 impl AdminClient {

@@ -79,6 +79,10 @@ pub enum FleetCmd {
     /// Enrollment tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// For monitoring systems (Nagios, Icinga, a cron job): one line with performance data,
+    /// exit 0 OK, 1 WARNING, 2 CRITICAL (machines failed, failing, tampered or offline, over
+    /// the thresholds), 3 UNKNOWN (the server cannot be asked).
+    Check(super::fleet_check::CheckArgs),
     /// What a machine's configuration templates render to, with its variables and facts, from
     /// the release it runs: a dry run on the server, nothing reaches the machine.
     Render {
@@ -403,8 +407,12 @@ fn print_affected(verb: &str, a: &Affected) -> Result<()> {
 }
 
 pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
+    if let FleetCmd::Check(a) = cmd {
+        return super::fleet_check::run(server, a);
+    }
     let c = server.client()?;
     match cmd {
+        FleetCmd::Check(_) => unreachable!("answered above"),
         FleetCmd::List { selector, json } => {
             let path = match &selector {
                 Some(s) => {

@@ -25,6 +25,7 @@ macro_rules! note {
 
 mod admin;
 mod agent;
+mod audit;
 mod boot_artifacts;
 mod channel;
 mod checkout;
@@ -36,6 +37,7 @@ mod demo;
 mod diff;
 mod export;
 mod fleet;
+mod fleet_check;
 mod fsck;
 mod gc;
 mod history;
@@ -196,6 +198,10 @@ enum Command {
     /// own process) that enroll, get accepted and assigned, update to v1 and then to v2 — with
     /// live progress and a summary of what crossed the network.
     Demo(demo::Args),
+    /// The server's audit log: every admin request that asked for a change, allowed or
+    /// refused, with which admin token and user sent it, from where, and the machines named.
+    #[command(after_help = ADMIN_HELP)]
+    Audit(audit::Args),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell (for
     /// example `semithin completions bash > /etc/bash_completion.d/semithin`).
     Completions(completions::CompletionArgs),
@@ -285,6 +291,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Profile(c) => profile::run(repo, c),
         Command::Init(a) => init::run(repo, a),
         Command::Demo(a) => demo::run(a),
+        Command::Audit(a) => audit::run(a),
         Command::Completions(a) => completions::completions(a),
         Command::Manpages(a) => completions::manpages(a),
     }

@@ -20,6 +20,7 @@ mod gc;
 mod hostile_text;
 mod image;
 mod jobs;
+mod operations;
 mod packaging;
 mod profiles;
 mod qemu;

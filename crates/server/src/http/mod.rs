@@ -1,5 +1,6 @@
 //! The HTTP API (`/api/v1`, docs/PROTOCOL.md): routes, errors as JSON, authentication, limits.
 
+mod access;
 mod admin;
 mod agent;
 mod apt;
@@ -238,12 +239,53 @@ pub fn reader(
     }
 }
 
+/// `GET /metrics` (admin): the Prometheus text format.
+async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Response> {
+    admin(&app, &headers)?;
+    let app2 = app.clone();
+    // Counting 100,000 machines takes a moment: off the async threads.
+    let body = tokio::task::spawn_blocking(move || crate::metrics::render(&app2))
+        .await
+        .map_err(|e| ApiErr::internal(format!("rendering the metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/ready`: 200 when the server can serve (its database answers, it is not
+/// stopping); 503 naming what is wrong otherwise. `/api/v1/health` only says it runs.
+async fn ready(State(app): State<Arc<App>>) -> ApiResult<&'static str> {
+    if *app.shutdown.borrow() {
+        return Err(ApiErr(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is stopping".into(),
+        ));
+    }
+    sqlx::query("SELECT 1")
+        .execute(&app.db)
+        .await
+        .map_err(|e| {
+            ApiErr(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the database does not answer: {e}"),
+            )
+        })?;
+    Ok("ready\n")
+}
+
 pub fn router(app: Arc<App>) -> Router {
     let deadline = Duration::from_secs(app.cfg.request_deadline_secs);
     let long = Duration::from_secs(app.cfg.max_wait_secs as u64 + 30);
     let limit = app.cfg.max_body_bytes;
     let quick = Router::new()
         .route("/api/v1/health", get(|| async { "ok\n" }))
+        .route("/api/v1/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/api/v1/enroll", post(agent::enroll))
         .route("/api/v1/trust/metadata/{file}", get(agent::metadata))
         .route("/api/v1/trust/targets/{*path}", get(agent::target))
@@ -252,6 +294,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(rollout::routes())
         .merge(vars::routes())
         .merge(crate::renew::routes())
+        .merge(crate::audit::routes())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             deadline,
@@ -277,6 +320,14 @@ pub fn router(app: Arc<App>) -> Router {
     let routes = quick
         .merge(slow)
         .merge(uploads)
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::audit::record,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::metrics::track,
+        ))
         .fallback(|uri: Uri| async move {
             ApiErr::not_found(format!("no such endpoint: {}", uri.path()))
         })
@@ -286,7 +337,11 @@ pub fn router(app: Arc<App>) -> Router {
     // part that answers 405 and adds `Allow`), so that it sees every answer as it leaves.
     Router::new()
         .fallback_service(routes)
-        .layer(axum::middleware::from_fn_with_state(app, json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            json_errors,
+        ))
+        .layer(axum::middleware::from_fn_with_state(app, access::log))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 

@@ -608,6 +608,39 @@ impl Rollouts {
         Ok(Snapshot { rec, plan, rows })
     }
 
+    /// Every active rollout's progress, for `/metrics`.
+    pub fn progress(&self) -> Vec<Progress> {
+        self.live
+            .read()
+            .expect("lock")
+            .values()
+            .filter(|l| l.rec.state.is_active())
+            .map(|l| {
+                let selected = l.rows.iter().filter(|r| r.wave.is_some());
+                let (mut waiting, mut admitted, mut settled, mut wave) = (0, 0, 0, 0);
+                for r in selected {
+                    match (r.admitted_at, r.settled_at) {
+                        (None, _) => waiting += 1,
+                        (Some(_), None) => admitted += 1,
+                        (Some(_), Some(_)) => settled += 1,
+                    }
+                    if r.admitted_at.is_some() {
+                        wave = wave.max(r.wave.unwrap_or(0));
+                    }
+                }
+                Progress {
+                    id: l.rec.id,
+                    channel: l.rec.channel.clone(),
+                    state: l.rec.state,
+                    wave,
+                    waiting,
+                    admitted,
+                    settled,
+                }
+            })
+            .collect()
+    }
+
     /// Whether a live rollout of `channel` is active (publishing, running, paused, halted).
     pub fn active_on(&self, channel: &str) -> Option<(i64, RolloutState)> {
         self.live
@@ -617,6 +650,19 @@ impl Rollouts {
             .find(|l| l.rec.channel == channel && l.rec.state.is_active())
             .map(|l| (l.rec.id, l.rec.state))
     }
+}
+
+/// Where an active rollout stands: its machines counted by phase.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub id: i64,
+    pub channel: String,
+    pub state: RolloutState,
+    /// The highest wave admitted so far (0: the canary).
+    pub wave: u32,
+    pub waiting: usize,
+    pub admitted: usize,
+    pub settled: usize,
 }
 
 /// The planner's own task: steps every live rollout when poked (a report of one of their
