@@ -14,7 +14,10 @@ use crate::fleet::{Agent, Server, image, wait_until, wait_updated};
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .find(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
@@ -181,7 +184,7 @@ fn metrics_readiness_checks_and_the_audit_log_tell_the_admin_what_happens() {
         .iter()
         .find(|e| e["path"] == "/api/v1/admin/machines/m1/labels")
         .expect("the label change");
-    let fingerprint = &blake3::hash(s.token.as_bytes()).to_hex()[..16];
+    let fingerprint = hex::encode(&blake3::hash(s.token.as_bytes()).as_bytes()[..8]);
     assert_eq!(label["actor"], format!("admin:{fingerprint}"));
     assert_eq!(label["user"], "alice");
     assert_eq!(label["status"], 200);
