@@ -56,6 +56,8 @@ step "building the local signed Debian mirror the image tests build from (cached
 tests/fixtures/debian-mirror.sh >/dev/null
 step "preparing python-tuf, the reference TUF implementation (cached after the first run)"
 tests/fixtures/python-tuf.sh >/dev/null
+step "preparing schemathesis, which fuzzes the server against its OpenAPI description (cached)"
+tests/fixtures/schemathesis.sh >/dev/null
 
 step "cargo fmt --all -- --check (and the fuzz crate, its own workspace)"
 cargo fmt --all -- --check

@@ -8,12 +8,12 @@ use crate::path::ApiPath;
 use crate::selector::Labels;
 
 /// Every error response: the HTTP status says what kind, `error` says what exactly.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiError {
     pub error: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MachineStatus {
     /// Enrolled, waiting for the admin to accept it.
@@ -43,7 +43,7 @@ impl MachineStatus {
 }
 
 /// `POST /api/v1/enroll` (unsigned: the token is the credential).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrollRequest {
     pub token: String,
     pub name: String,
@@ -53,14 +53,14 @@ pub struct EnrollRequest {
     pub labels: Labels,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrollResponse {
     pub machine_id: crate::ids::MachineId,
     pub status: MachineStatus,
 }
 
 /// How the machine's running release is doing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     #[default]
@@ -73,7 +73,7 @@ pub enum Health {
 }
 
 /// What the agent is doing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     #[default]
@@ -86,7 +86,7 @@ pub enum Phase {
 }
 
 /// What a machine reports on every check-in.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Report {
     /// The release (commit id) the current deployment holds.
     pub current: Option<ReleaseId>,
@@ -125,7 +125,7 @@ pub struct Report {
 }
 
 /// Why an agent's backup cannot be made (`Report::backup`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackupWarning {
     /// `missing`, `unmounted`, `same-disk`, `read-only`, `full` or `failed`.
     pub kind: String,
@@ -141,7 +141,7 @@ pub const MAX_INTEGRITY_PATHS: usize = 50;
 pub const MAX_INTEGRITY_PATH_LEN: usize = 512;
 
 /// Paths (at most [`MAX_INTEGRITY_PATHS`], the first ones found) and how many there were.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PathList {
     pub count: u64,
     #[serde(default)]
@@ -174,7 +174,7 @@ impl PathList {
 /// What a verification of the running deployment against its release found
 /// (docs/PROTOCOL.md, "Integrity"). Paths are as the booted system sees them (`/usr/bin/x`,
 /// `/etc/cron.d/y`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Integrity {
     /// The release the deployment was checked against.
     pub release: ReleaseId,
@@ -398,7 +398,7 @@ impl crate::inventory::Inventory {
 }
 
 /// What keeps an agent from doing what it is told (`Report::failing`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Failure {
     /// What it was doing: `verifying`, `fetching`, `staging`, ... (`idle`: before any step).
     pub phase: Phase,
@@ -425,7 +425,7 @@ impl Phase {
 }
 
 /// `POST /api/v1/checkin` (signed).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckInRequest {
     pub report: Report,
     /// Hold the request up to this many seconds while there is nothing new (long poll); the
@@ -454,7 +454,7 @@ pub struct CheckInRequest {
 
 /// Where a machine fetches from; paths are relative to the server URL and checked when read
 /// ([`ApiPath`]: they stay below `/api/v1/` on the server the machine was configured with).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Desired {
     pub channel: String,
     /// The release the machine should run: a commit id, signed as the channel's target.
@@ -476,7 +476,7 @@ pub struct Desired {
     pub waiting: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckInResponse {
     pub status: MachineStatus,
     /// `None`: no channel assigned yet, or nothing published on it.
@@ -503,7 +503,7 @@ pub struct CheckInResponse {
 
 /// `POST /api/v1/objects` (signed): the objects the machine lacks, answered as one object stream
 /// (docs/FORMAT.md). Each entry is `KIND/ID` with KIND `chunk`, `tree` or `commit`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ObjectsRequest {
     pub objects: Vec<String>,
 }
@@ -512,7 +512,7 @@ pub struct ObjectsRequest {
 pub const MAX_OBJECTS_PER_REQUEST: usize = 20_000;
 
 /// One machine as the admin sees it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineInfo {
     pub id: crate::ids::MachineId,
     pub name: String,
@@ -546,7 +546,7 @@ pub struct MachineInfo {
 
 /// Where a machine stands (`MachineInfo::state`), computed by the server from its status,
 /// channel, target and last report.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FleetState {
     /// Not told by the server (an older server).
@@ -601,12 +601,12 @@ impl FleetState {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SelectorRequest {
     pub selector: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssignRequest {
     pub selector: String,
     pub channel: String,
@@ -616,7 +616,7 @@ pub struct AssignRequest {
     pub unpublished: bool,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LabelRequest {
     #[serde(default)]
     pub set: Labels,
@@ -625,12 +625,12 @@ pub struct LabelRequest {
 }
 
 /// The names of the machines a command changed or woke.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Affected {
     pub machines: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenRequest {
     /// Machines enrolling with this token are accepted at once (factory images).
     #[serde(default)]
@@ -644,7 +644,7 @@ pub struct TokenRequest {
     pub expires_in_secs: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     /// The secret, shown only when the token is made.
     pub token: Option<String>,
@@ -657,7 +657,7 @@ pub struct TokenInfo {
 }
 
 /// What the server has sent, for the admin (and the demo's summary).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stats {
     pub machines: u64,
     pub object_bytes_sent: u64,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One admin request that asked for a change, allowed or refused.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     /// Seconds since the Unix epoch.

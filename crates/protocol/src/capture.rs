@@ -11,7 +11,7 @@ pub const UPLOAD_PATH: &str = "/api/v1/machines/capture";
 pub const MAX_PATHS: usize = 64;
 
 /// A capture as the server keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CaptureInfo {
     /// The capture's number, given by the server.
     pub id: u64,
@@ -34,7 +34,7 @@ pub struct CaptureInfo {
 }
 
 /// Where a capture was baked.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Baked {
     pub channel: String,
     pub commit: String,

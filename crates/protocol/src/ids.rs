@@ -168,11 +168,36 @@ macro_rules! text_id {
         }
 
         serde_as_str!($name);
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                string_schema($what, "^[A-Za-z0-9._-]+$", $max)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 
 /// Serialized as its string; parsed through `FromStr`, so a malformed value is refused by the
 /// deserializer with what was expected.
+/// The OpenAPI schema of an id: a string of its pattern and length.
+pub(crate) fn string_schema(
+    description: &str,
+    pattern: &str,
+    max: usize,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .pattern(Some(pattern))
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .build()
+        .into()
+}
+
 macro_rules! serde_as_str {
     ($name:ident) => {
         impl Serialize for $name {
@@ -202,6 +227,14 @@ macro_rules! serde_as_str {
 }
 
 serde_as_str!(ReleaseId);
+
+impl utoipa::PartialSchema for ReleaseId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(ReleaseId::WHAT, "^[0-9a-f]{64}$", 64)
+    }
+}
+
+impl utoipa::ToSchema for ReleaseId {}
 
 text_id!(
     /// An enrolled machine, as the server names it (`MachineInfo::id`).

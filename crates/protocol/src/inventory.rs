@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One installed package (`dpkg-query -W`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Package {
     pub name: String,
     pub version: String,
@@ -12,7 +12,7 @@ pub struct Package {
 }
 
 /// One upgrade apt would make (`apt-get -s dist-upgrade`: `Inst NAME [OLD] (NEW ORIGINS [ARCH])`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Upgrade {
     pub name: String,
     pub from: String,
@@ -23,7 +23,7 @@ pub struct Upgrade {
     pub security: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Inventory {
     pub packages: Vec<Package>,
     pub upgradable: Vec<Upgrade>,
@@ -45,7 +45,7 @@ impl Inventory {
 }
 
 /// A machine with pending updates (`GET /api/v1/admin/outdated`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Outdated {
     pub machine: String,
     pub upgradable: usize,

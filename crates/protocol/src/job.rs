@@ -28,7 +28,7 @@ const MAX_ARGS: usize = 1024;
 const MAX_KEY: usize = 64 << 10;
 
 /// What a job does.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Action {
     /// A program and its arguments, executed directly (no shell), chrooted into the agent's
@@ -64,7 +64,7 @@ pub enum Action {
 }
 
 /// A deb822 apt source.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AptSource {
     pub name: String,
     pub uri: String,
@@ -75,7 +75,7 @@ pub struct AptSource {
 }
 
 /// An OpenPGP public key, as the admin's key file held it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKey {
     /// ASCII armored (`-----BEGIN PGP PUBLIC KEY BLOCK-----`), written as NAME.asc.
@@ -144,7 +144,7 @@ impl SourceKey {
 
 /// When a job runs. Times are Unix seconds; cron expressions are 5 fields (or `@hourly`,
 /// `@daily`, `@weekly`, `@monthly`, `@yearly`), read in `tz` (UTC without one).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Schedule {
     /// Not before this time (and for `every`, the first occurrence at or after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,7 +173,7 @@ pub struct Occurrence {
 }
 
 /// A job as the admin made it; this is what a signature covers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobSpec {
     /// 32 lowercase hex digits, made by the admin's tool.
     pub id: String,
@@ -186,7 +186,7 @@ pub struct JobSpec {
 }
 
 /// An admin's ed25519 signature of a [`JobSpec`] as sent ([`SpecJson`], [`signing_input`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobSignature {
     /// The public key, 64 hex digits.
     pub key: String,
@@ -195,7 +195,7 @@ pub struct JobSignature {
 }
 
 /// What the server gives a machine to run (in the check-in answer).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub delivery: crate::ids::DeliveryId,
     /// The spec as the admin sent it, which is what the signature covers.
@@ -205,7 +205,7 @@ pub struct Delivery {
 }
 
 /// How a delivery ended on a machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Exit code 0.
@@ -248,7 +248,7 @@ impl Outcome {
 }
 
 /// A machine's result of one delivery (in the check-in request, until the server has it).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobResult {
     pub delivery: crate::ids::DeliveryId,
     pub outcome: Outcome,
@@ -262,13 +262,13 @@ pub struct JobResult {
 
 /// `POST /api/v1/jobs/{delivery}/progress`: the machine runs it; the answer says whether the job
 /// was cancelled meanwhile.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Progress {
     pub cancelled: bool,
 }
 
 /// `POST /api/v1/admin/jobs`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobRequest {
     pub selector: String,
     pub spec: SpecJson,
@@ -277,7 +277,7 @@ pub struct JobRequest {
 }
 
 /// A job as the admin sees it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobInfo {
     pub id: String,
     pub selector: String,
@@ -294,7 +294,7 @@ pub struct JobInfo {
 }
 
 /// One machine's run of a job (`GET /api/v1/admin/jobs/{id}`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineRun {
     pub machine: String,
     pub delivery: Option<crate::ids::DeliveryId>,
@@ -308,7 +308,7 @@ pub struct MachineRun {
     pub duration_ms: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobStatus {
     pub job: JobInfo,
     pub runs: Vec<MachineRun>,

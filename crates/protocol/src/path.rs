@@ -14,8 +14,9 @@ pub const PREFIX: &str = "/api/v1/";
 /// segments of `A-Z a-z 0-9 - . _ ~ +`, none empty, `.` or `..`. So it holds no `@`, `:`, `//`,
 /// `\`, `%`, `?`, `#`, space or control character, and joined after a server URL's path it can
 /// only name a resource below that URL on the same host.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, pattern = "^/api/v1/[A-Za-z0-9._~+/-]+$")]
 pub struct ApiPath(String);
 
 /// Why a string is not an [`ApiPath`].

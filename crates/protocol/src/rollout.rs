@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a rollout is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
     /// Made, waiting for its release to be signed with its id (`semithin rollout start` signs
@@ -71,7 +71,7 @@ impl RolloutState {
 
 /// `POST /api/v1/admin/rollouts`. The text fields take the command line's syntax
 /// (`semithin rollout start --help`); absent ones take the defaults.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StartRequest {
     pub channel: String,
     /// The release to roll out: a commit id the server's repository holds.
@@ -110,7 +110,7 @@ pub struct StartRequest {
 }
 
 /// How a rollout was asked to proceed, as it was understood.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlanInfo {
     /// `2`, or the names given.
     pub canary: String,
@@ -126,7 +126,7 @@ pub struct PlanInfo {
 }
 
 /// A machine of a rollout, as the rollout sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MachineState {
     /// Follows the channel but is not selected: kept on the release it ran at the start.
@@ -165,7 +165,7 @@ impl MachineState {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WaveInfo {
     /// 0 is the canary wave.
     pub index: u32,
@@ -184,7 +184,7 @@ pub struct WaveInfo {
     pub soak_until: Option<i64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RolloutMachine {
     pub name: String,
     pub id: String,
@@ -208,7 +208,7 @@ pub struct RolloutMachine {
 }
 
 /// `GET /api/v1/admin/rollouts/{id}` and every answer that changes a rollout.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RolloutInfo {
     /// 0 in a dry run.
     pub id: i64,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// The server's view of the trust metadata it serves.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrustHealth {
     /// False while machines cannot verify releases (something expired) or soon will not
     /// without the admin: then `problems` says what to do.
@@ -31,7 +31,7 @@ pub struct TrustHealth {
     pub check_interval_secs: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoleExpiry {
     pub version: u64,
     /// TUF time (`2026-12-03T07:00:00Z`).

@@ -156,7 +156,7 @@ fn check_value(name: &str, v: &Value) -> Result<(), String> {
 }
 
 /// The variables of one scope, as the admin signs them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VarSet {
     /// `global`, `channel:NAME`, `label:K=V` or `machine:NAME`.
     pub scope: String,
@@ -245,6 +245,15 @@ impl std::ops::Deref for SetJson {
     }
 }
 
+impl utoipa::PartialSchema for SetJson {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        // As received and signed: the canonical JSON of a `VarSet`.
+        <VarSet as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for SetJson {}
+
 impl Serialize for SetJson {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.json.serialize(s)
@@ -258,7 +267,7 @@ impl<'de> Deserialize<'de> for SetJson {
 }
 
 /// A variable set and the admin's signature of it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignedSet {
     pub set: SetJson,
     pub signature: JobSignature,
@@ -288,7 +297,7 @@ impl SignedSet {
 /// What a check-in answer carries when the machine's variables differ from what it reported
 /// holding (`ConfigReport::vars_digest`): every set that applies to it, lowest precedence
 /// first (global, its channel, its labels in the server's label order, itself).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Bundle {
     /// Names this bundle; the agent reports it back once it holds the bundle.
     pub digest: String,
@@ -303,7 +312,7 @@ pub const MAX_BUNDLE_SETS: usize = 128;
 pub const MAX_BUNDLE_BYTES: usize = 512 << 10;
 
 /// What the agent says of the machine's rendered configuration (`Report::config`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConfigReport {
     /// The digest of the variable bundle the machine holds (verified), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -318,7 +327,7 @@ pub struct ConfigReport {
 }
 
 /// One network interface of a machine.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Interface {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -328,7 +337,7 @@ pub struct Interface {
 }
 
 /// One block device of a machine.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Disk {
     pub name: String,
     pub size_bytes: u64,
@@ -338,7 +347,7 @@ pub struct Disk {
 
 /// What a machine reports about itself: the facts templates and selectors (`fact.NAME=VALUE`)
 /// use.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Facts {
     pub hostname: String,
     #[serde(default)]
@@ -494,7 +503,7 @@ pub fn merge<'a>(sets: impl IntoIterator<Item = &'a VarSet>) -> BTreeMap<String,
 }
 
 /// The admin's view of one stored set (`GET /api/v1/admin/vars`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredSet {
     pub scope: String,
     pub version: u64,
@@ -505,7 +514,7 @@ pub struct StoredSet {
 }
 
 /// `GET /api/v1/admin/vars`: the stored sets and the order of label scopes.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VarsInfo {
     pub sets: Vec<StoredSet>,
     /// Label keys in the order their sets apply (later wins); keys not listed come after, by
@@ -514,13 +523,13 @@ pub struct VarsInfo {
 }
 
 /// `PUT /api/v1/admin/vars/order`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LabelOrder {
     pub keys: Vec<String>,
 }
 
 /// `POST /api/v1/admin/render`: a dry run of a machine's templates on the server.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RenderRequest {
     pub machine: String,
     /// Only the template whose target is this path (`/etc/motd`).
@@ -529,7 +538,7 @@ pub struct RenderRequest {
 }
 
 /// One rendered file of a dry run.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RenderedFile {
     pub target: String,
     pub template: String,
@@ -542,7 +551,7 @@ pub struct RenderedFile {
 }
 
 /// The answer of a dry run.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RenderAnswer {
     pub machine: String,
     pub release: crate::ids::ReleaseId,

@@ -8,16 +8,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use semithin_protocol::api::ApiError;
 use semithin_protocol::audit::{AuditEntry, USER_HEADER};
 use serde::Deserialize;
 use sqlx::Row;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::http::{ApiErr, ApiResult, admin};
 use crate::{App, now};
@@ -161,7 +161,7 @@ pub async fn record(State(app): State<Arc<App>>, req: Request, next: Next) -> Re
     Response::from_parts(rparts, Body::from(answer))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 struct ListQuery {
     /// The newest this many (default 100).
     limit: Option<u32>,
@@ -171,6 +171,7 @@ struct ListQuery {
     machine: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", summary = "The audit log of admin changes", params(ListQuery), responses((status = 200, description = "Entries, newest first", body = Vec<AuditEntry>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn list(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -214,8 +215,8 @@ async fn list(
     Ok(Json(out))
 }
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new().route("/api/v1/admin/audit", get(list))
+pub fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
 #[cfg(test)]

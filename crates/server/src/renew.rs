@@ -17,10 +17,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::get;
-use axum::{Json, Router};
+use semithin_protocol::api::ApiError;
 use semithin_protocol::trust::{RoleExpiry, TrustHealth};
 use semithin_store::{Access, Repo};
 use semithin_trust::repo::{RefreshReport, Role, Status, TrustRepo};
@@ -272,10 +272,11 @@ pub async fn run(app: Arc<App>) {
     }
 }
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new().route("/api/v1/admin/trust", get(health))
+pub fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<App>> {
+    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(health))
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/trust", tag = "admin", summary = "Whether the server keeps the signed metadata fresh", responses((status = 200, description = "The roles' expiry and what to do", body = TrustHealth), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn health(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<TrustHealth>> {
     admin(&app, &headers)?;
     Ok(Json(app.renewal.health()))

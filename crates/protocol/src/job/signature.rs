@@ -55,6 +55,15 @@ impl SpecJson {
     }
 }
 
+impl utoipa::PartialSchema for SpecJson {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        // As received and signed: the JSON of a `JobSpec` (fields it does not know kept).
+        <JobSpec as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for SpecJson {}
+
 impl Deref for SpecJson {
     type Target = JobSpec;
     fn deref(&self) -> &JobSpec {

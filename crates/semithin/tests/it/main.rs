@@ -20,6 +20,7 @@ mod gc;
 mod hostile_text;
 mod image;
 mod jobs;
+mod openapi;
 mod operations;
 mod packaging;
 mod profiles;

@@ -5,37 +5,36 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::routing::{delete, get, post};
 use semithin_protocol::api::{
-    Affected, AssignRequest, LabelRequest, MachineInfo, MachineStatus, SelectorRequest, Stats,
-    TokenInfo, TokenRequest,
+    Affected, ApiError, AssignRequest, LabelRequest, MachineInfo, MachineStatus, SelectorRequest,
+    Stats, TokenInfo, TokenRequest,
 };
 use semithin_protocol::selector::{self, Selector};
 use serde::Deserialize;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{ApiErr, ApiResult, admin, parse};
 use crate::db::{self, TokenRow};
 use crate::fleet::{self, Machine};
 use crate::{App, now};
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/api/v1/admin/machines", get(list))
-        .route("/api/v1/admin/machines/{name}", get(show))
-        .route("/api/v1/admin/machines/{name}/labels", post(label))
-        .route("/api/v1/admin/accept", post(accept))
-        .route("/api/v1/admin/reject", post(reject))
-        .route("/api/v1/admin/assign", post(assign))
-        .route("/api/v1/admin/remove", post(remove))
-        .route("/api/v1/admin/push", post(push))
-        .route("/api/v1/admin/tokens", get(tokens).post(new_token))
-        .route("/api/v1/admin/tokens/{id}", delete(revoke_token))
-        .route("/api/v1/admin/published", post(published))
-        .route("/api/v1/admin/stats", get(stats))
+pub fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(label))
+        .routes(routes!(accept))
+        .routes(routes!(reject))
+        .routes(routes!(assign))
+        .routes(routes!(remove))
+        .routes(routes!(push))
+        .routes(routes!(tokens, new_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(published))
+        .routes(routes!(stats))
 }
 
 fn selector(s: &str) -> ApiResult<Selector> {
@@ -46,11 +45,13 @@ fn info(app: &App, m: &Machine) -> MachineInfo {
     fleet::info(m, fleet::view(app, &m.snapshot()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
+    /// Only the machines this selector matches (a name, `key=value[,...]`, `*`).
     selector: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/machines", tag = "admin", summary = "List machines, optionally by selector", params(ListQuery), responses((status = 200, description = "The machines, sorted by name", body = Vec<MachineInfo>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn list(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -77,6 +78,7 @@ struct Shown {
     events: Vec<serde_json::Value>,
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/machines/{name}", tag = "admin", summary = "One machine with its recent events", params(("name" = String, Path, description = "The machine's name")), responses((status = 200, description = "`MachineInfo` with `events`", body = Object), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn show(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -99,6 +101,7 @@ async fn show(
     Ok(Json(serde_json::to_value(shown).expect("serialises")))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/machines/{name}/labels", tag = "admin", summary = "Set and remove labels", params(("name" = String, Path, description = "The machine's name")), request_body = LabelRequest, responses((status = 200, description = "The machine after the change", body = MachineInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn label(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -155,6 +158,7 @@ async fn change(
     Ok(Json(Affected { machines: names }))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/accept", tag = "admin", summary = "Accept machines", request_body = SelectorRequest, responses((status = 200, description = "The machines accepted", body = Affected), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn accept(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -170,6 +174,7 @@ async fn accept(
     .await
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/reject", tag = "admin", summary = "Reject machines", request_body = SelectorRequest, responses((status = 200, description = "The machines rejected", body = Affected), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn reject(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -185,6 +190,7 @@ async fn reject(
     .await
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/assign", tag = "admin", summary = "Make machines follow a channel", request_body = AssignRequest, responses((status = 200, description = "The machines assigned", body = Affected), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn assign(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -226,6 +232,7 @@ async fn assign(
 
 /// Forgets machines: their rows (and inventories) go, so their keys open nothing from now on;
 /// a long poll they hold ends. Jobs' and rollouts' records of them stay as history.
+#[utoipa::path(post, path = "/api/v1/admin/remove", tag = "admin", summary = "Forget machines", request_body = SelectorRequest, responses((status = 200, description = "The machines removed", body = Affected), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn remove(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -249,6 +256,7 @@ async fn remove(
     Ok(Json(Affected { machines: names }))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/push", tag = "admin", summary = "Wake machines", request_body = SelectorRequest, responses((status = 200, description = "The machines woken", body = Affected), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn push(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -283,6 +291,7 @@ fn token_info(t: &TokenRow, secret: Option<String>) -> TokenInfo {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/tokens", tag = "admin", summary = "Make an enrollment token", request_body = TokenRequest, responses((status = 200, description = "The token (its secret shown this once)", body = TokenInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn new_token(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -310,6 +319,7 @@ async fn new_token(
     Ok(Json(token_info(&row, Some(secret))))
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/tokens", tag = "admin", summary = "List enrollment tokens", responses((status = 200, description = "The tokens, without their secrets", body = Vec<TokenInfo>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn tokens(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -325,6 +335,7 @@ async fn tokens(
 }
 
 /// Revokes a token: it enrolls nothing from now on (machines it enrolled stay enrolled).
+#[utoipa::path(delete, path = "/api/v1/admin/tokens/{id}", tag = "admin", summary = "Revoke an enrollment token", params(("id" = String, Path, description = "The token's id")), responses((status = 200, description = "The token revoked", body = TokenInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn revoke_token(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -340,12 +351,14 @@ async fn revoke_token(
     Ok(Json(token_info(&row, None)))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/published", tag = "admin", summary = "Re-read the repository after a publish", responses((status = 200, description = "The machines woken", body = Affected), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn published(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<Affected>> {
     admin(&app, &headers)?;
     let woken = app.reload().await?;
     Ok(Json(Affected { machines: woken }))
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/stats", tag = "admin", summary = "Counters and the published releases", responses((status = 200, description = "Counters", body = Stats), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<Stats>> {
     admin(&app, &headers)?;
     let c = &app.counters;

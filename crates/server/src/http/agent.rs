@@ -13,7 +13,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use semithin_protocol::api::{
-    CheckInRequest, CheckInResponse, Desired, EnrollRequest, EnrollResponse, Health,
+    ApiError, CheckInRequest, CheckInResponse, Desired, EnrollRequest, EnrollResponse, Health,
     MAX_OBJECTS_PER_REQUEST, MachineStatus, ObjectsRequest, Report, limits,
 };
 use semithin_protocol::path::ApiPath;
@@ -30,6 +30,7 @@ use crate::{App, now};
 /// `POST /api/v1/enroll`, throttled per source address: after too many unknown, expired or used
 /// up tokens the address is refused for a while (429 with `Retry-After`), and each refusal is
 /// logged with the address.
+#[utoipa::path(post, path = "/api/v1/enroll", tag = "machines", summary = "Register a machine's public key with an enrollment token", request_body = EnrollRequest, responses((status = 200, description = "The machine's id and status", body = EnrollResponse), (status = "4XX", description = "Refused: `error` says why", body = ApiError)))]
 pub async fn enroll(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -242,6 +243,7 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
     (resp, actionable)
 }
 
+#[utoipa::path(post, path = "/api/v1/checkin", tag = "machines", summary = "Report, learn what to run; a long poll", request_body = CheckInRequest, responses((status = 200, description = "What the machine is to run", body = CheckInResponse), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("machine_signature" = [])))]
 pub async fn checkin(
     State(app): State<Arc<App>>,
     method: Method,
@@ -457,6 +459,7 @@ async fn send_file(app: &App, path: std::path::PathBuf) -> ApiResult<Response> {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/trust/metadata/{file}", tag = "machines", summary = "A TUF metadata file", params(("file" = String, Path, description = "`root.json`, `N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`, ...")), responses((status = 200, description = "The signed metadata (JSON), byte for byte as stored", content_type = "application/octet-stream", body = Vec<u8>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("machine_signature" = []), ("admin_token" = [])))]
 pub async fn metadata(
     State(app): State<Arc<App>>,
     method: Method,
@@ -477,6 +480,7 @@ pub async fn metadata(
     .await
 }
 
+#[utoipa::path(get, path = "/api/v1/trust/targets/{path}", tag = "machines", summary = "A TUF target file (a release's commit object)", params(("path" = String, Path, description = "The consistent target path (`HASH.channels/NAME`)")), responses((status = 200, description = "The target's bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("machine_signature" = []), ("admin_token" = [])))]
 pub async fn target(
     State(app): State<Arc<App>>,
     method: Method,
@@ -585,6 +589,7 @@ fn stream(app: Arc<App>, wanted: Vec<(ObjKind, [u8; 32])>) -> ApiResult<Response
         .into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/objects", tag = "machines", summary = "An object stream of the objects asked for", request_body = ObjectsRequest, responses((status = 200, description = "The object stream (docs/FORMAT.md)", content_type = "application/x-semithin-objects", body = Vec<u8>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("machine_signature" = []), ("admin_token" = [])))]
 pub async fn objects(
     State(app): State<Arc<App>>,
     method: Method,
@@ -611,6 +616,7 @@ pub async fn objects(
     stream(app, wanted)
 }
 
+#[utoipa::path(get, path = "/api/v1/objects/{kind}/{id}", tag = "machines", summary = "An object stream of one object", params(("kind" = String, Path, description = "`chunk`, `tree` or `commit`"), ("id" = String, Path, description = "64 hex digits")), responses((status = 200, description = "The object stream", content_type = "application/x-semithin-objects", body = Vec<u8>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("machine_signature" = []), ("admin_token" = [])))]
 pub async fn object(
     State(app): State<Arc<App>>,
     method: Method,
@@ -632,6 +638,7 @@ fn range_start(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// `GET /api/v1/deltas/{from}/{to}`: the delta pack, built now if needed; ranges resume.
+#[utoipa::path(get, path = "/api/v1/deltas/{from}/{to}", tag = "machines", summary = "The delta pack from one release to another; ranges resume", params(("from" = String, Path, description = "The release the machine runs"), ("to" = String, Path, description = "The release it goes to"), ("Range" = Option<String>, Header, description = "`bytes=N-` to resume")), responses((status = 200, description = "The pack", content_type = "application/x-semithin-delta", body = Vec<u8>), (status = 206, description = "The rest of the pack from the range asked", content_type = "application/x-semithin-delta", body = Vec<u8>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("machine_signature" = []), ("admin_token" = [])))]
 pub async fn delta(
     State(app): State<Arc<App>>,
     method: Method,

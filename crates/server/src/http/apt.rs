@@ -9,10 +9,13 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
+use semithin_protocol::api::ApiError;
+
 use super::{ApiErr, ApiResult};
 use crate::App;
 use crate::aptcache::Answer;
 
+#[utoipa::path(get, path = "/apt/{name}/{path}", tag = "apt", summary = "A file of an apt upstream, through the caching proxy", params(("name" = String, Path, description = "The upstream's name"), ("path" = String, Path, description = "The file below the upstream's base")), responses((status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)))]
 pub async fn get(
     State(app): State<Arc<App>>,
     Path((name, path)): Path<(String, String)>,

@@ -5,15 +5,16 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use semithin_protocol::api::ApiError;
 use semithin_protocol::api::MachineStatus;
-use semithin_protocol::capture::{CaptureInfo, UPLOAD_PATH};
+use semithin_protocol::capture::CaptureInfo;
 use tokio_stream::StreamExt;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{ApiErr, ApiResult, admin, claimed, file_body, machine_hashed};
 use crate::App;
@@ -22,15 +23,15 @@ use crate::captures::check_archive;
 /// How long an upload may take, to the end of its answer.
 pub const UPLOAD_DEADLINE_SECS: u64 = 3600;
 
-pub fn upload_routes() -> Router<Arc<App>> {
-    Router::new().route(UPLOAD_PATH, post(upload))
+pub fn upload_routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new().routes(routes!(upload))
 }
 
-pub fn admin_routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/api/v1/admin/captures", get(list))
-        .route("/api/v1/admin/captures/{id}", get(one).delete(remove))
-        .route("/api/v1/admin/captures/{id}/archive", get(archive))
+pub fn admin_routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(one, remove))
+        .routes(routes!(archive))
 }
 
 /// An upload's file, removed unless it was stored.
@@ -57,6 +58,7 @@ fn too_large(max: u64) -> ApiErr {
 /// `POST /api/v1/machines/capture`: the body (a tar.zst) is written to a file as it arrives,
 /// hashed and bounded; the signature is checked over its hash, then the archive is read
 /// through; only then is it stored and recorded.
+#[utoipa::path(post, path = "/api/v1/machines/capture", tag = "captures", summary = "A machine sends its capture (tar.zst, signed over its hash)", request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The capture: a tar archive compressed with zstd"), responses((status = 200, description = "The capture as kept", body = CaptureInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("machine_signature" = [])))]
 async fn upload(
     State(app): State<Arc<App>>,
     method: Method,
@@ -141,6 +143,7 @@ async fn upload(
     Ok(Json(info))
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/captures", tag = "captures", summary = "List captures", params(("machine" = Option<String>, Query, description = "Only this machine's captures")), responses((status = 200, description = "Captures, newest first", body = Vec<CaptureInfo>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn list(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -171,6 +174,7 @@ async fn found(app: &App, id: &str) -> ApiResult<CaptureInfo> {
         .ok_or_else(|| ApiErr::not_found(format!("no capture {n}")))
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/captures/{id}", tag = "captures", summary = "One capture", params(("id" = String, Path, description = "The capture's number")), responses((status = 200, description = "The capture", body = CaptureInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn one(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -180,6 +184,7 @@ async fn one(
     Ok(Json(found(&app, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/admin/captures/{id}", tag = "captures", summary = "Delete a capture", params(("id" = String, Path, description = "The capture's number")), responses((status = 200, description = "The capture deleted", body = CaptureInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn remove(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -195,6 +200,7 @@ async fn remove(
 }
 
 /// The tar.zst as the machine sent it.
+#[utoipa::path(get, path = "/api/v1/admin/captures/{id}/archive", tag = "captures", summary = "A capture's archive", params(("id" = String, Path, description = "The capture's number")), responses((status = 200, description = "The tar.zst", content_type = "application/zstd", body = Vec<u8>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn archive(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

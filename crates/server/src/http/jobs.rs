@@ -4,30 +4,30 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::routing::{get, post};
-use semithin_protocol::api::MachineStatus;
+use semithin_protocol::api::{ApiError, MachineStatus};
 use semithin_protocol::inventory::Outdated;
 use semithin_protocol::job::{JobInfo, JobRequest, JobStatus, Progress};
 use semithin_protocol::selector::Selector;
 use serde::Deserialize;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{ApiErr, ApiResult, admin, machine, parse};
 use crate::jobs::{self, Refused};
 use crate::{App, now};
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/api/v1/admin/jobs", get(list).post(create))
-        .route("/api/v1/admin/jobs/{id}", get(show))
-        .route("/api/v1/admin/jobs/{id}/cancel", post(cancel))
-        .route("/api/v1/admin/outdated", get(outdated))
-        .route("/api/v1/jobs/{delivery}/progress", post(progress))
+pub fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show))
+        .routes(routes!(cancel))
+        .routes(routes!(outdated))
+        .routes(routes!(progress))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/jobs", tag = "jobs", summary = "Make a job for the machines a selector matches", request_body = JobRequest, responses((status = 200, description = "The job", body = JobInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn create(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -53,6 +53,7 @@ async fn create(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/jobs", tag = "jobs", summary = "The latest jobs", responses((status = 200, description = "Jobs, newest first", body = Vec<JobInfo>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<Vec<JobInfo>>> {
     admin(&app, &headers)?;
     Ok(Json(
@@ -64,6 +65,7 @@ fn no_job(id: &str) -> ApiErr {
     ApiErr::not_found(format!("no job has the id {id:?}"))
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/jobs/{id}", tag = "jobs", summary = "A job with every machine's result", params(("id" = String, Path, description = "The job's id")), responses((status = 200, description = "The job and its runs", body = JobStatus), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn show(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -76,6 +78,7 @@ async fn show(
         .ok_or_else(|| no_job(&id))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/jobs/{id}/cancel", tag = "jobs", summary = "Cancel a job", params(("id" = String, Path, description = "The job's id")), responses((status = 200, description = "The job", body = JobInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn cancel(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -89,11 +92,13 @@ async fn cancel(
     Ok(Json(info))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 struct OutdatedQuery {
+    /// Only the machines this selector matches.
     selector: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/outdated", tag = "jobs", summary = "Machines with pending package updates", params(OutdatedQuery), responses((status = 200, description = "Machines and their upgradable packages", body = Vec<Outdated>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn outdated(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -107,6 +112,7 @@ async fn outdated(
     Ok(Json(jobs::outdated(&app.db, &app.fleet, &sel).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/jobs/{delivery}/progress", tag = "jobs", summary = "The machine runs a delivery; was it cancelled?", params(("delivery" = String, Path, description = "The delivery id")), request_body(content = String, description = "Empty: the signature covers the method and path"), responses((status = 200, description = "Whether the job was cancelled", body = Progress), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("machine_signature" = [])))]
 async fn progress(
     State(app): State<Arc<App>>,
     method: Method,

@@ -6,6 +6,7 @@ mod agent;
 mod apt;
 mod captures;
 mod jobs;
+pub mod openapi;
 mod rollout;
 pub mod serve;
 #[cfg(test)]
@@ -23,10 +24,12 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use semithin_protocol::api::{ApiError, MachineStatus};
 use semithin_protocol::sign;
 use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::App;
 use crate::fleet::Machine;
@@ -239,7 +242,13 @@ pub fn reader(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/health", tag = "monitoring", summary = "Whether the server runs", responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)))]
+async fn health() -> &'static str {
+    "ok\n"
+}
+
 /// `GET /metrics` (admin): the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "monitoring", summary = "The Prometheus text format", responses((status = 200, description = "Metrics (docs/PROTOCOL.md, Monitoring)", content_type = "text/plain", body = String), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Response> {
     admin(&app, &headers)?;
     let app2 = app.clone();
@@ -259,6 +268,7 @@ async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<R
 
 /// `GET /api/v1/ready`: 200 when the server can serve (its database answers, it is not
 /// stopping); 503 naming what is wrong otherwise. `/api/v1/health` only says it runs.
+#[utoipa::path(get, path = "/api/v1/ready", tag = "monitoring", summary = "Whether the server can serve", responses((status = 200, description = "`ready`", content_type = "text/plain", body = String), (status = 503, description = "Not ready: `error` says why", body = ApiError), (status = "4XX", description = "Refused: `error` says why", body = ApiError)))]
 async fn ready(State(app): State<Arc<App>>) -> ApiResult<&'static str> {
     if *app.shutdown.borrow() {
         return Err(ApiErr(
@@ -282,12 +292,13 @@ pub fn router(app: Arc<App>) -> Router {
     let deadline = Duration::from_secs(app.cfg.request_deadline_secs);
     let long = Duration::from_secs(app.cfg.max_wait_secs as u64 + 30);
     let limit = app.cfg.max_body_bytes;
-    let quick = Router::new()
-        .route("/api/v1/health", get(|| async { "ok\n" }))
-        .route("/api/v1/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/enroll", post(agent::enroll))
-        .route("/api/v1/trust/metadata/{file}", get(agent::metadata))
+    let quick = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(agent::enroll))
+        .routes(routes!(agent::metadata))
+        // the rest of the path: described by hand (openapi::Wildcards)
         .route("/api/v1/trust/targets/{*path}", get(agent::target))
         .merge(admin::routes())
         .merge(jobs::routes())
@@ -301,11 +312,11 @@ pub fn router(app: Arc<App>) -> Router {
         ));
     // Long polls and object streams: the deadline covers the answer's start; a stream then runs
     // as long as the client reads.
-    let slow = Router::new()
-        .route("/api/v1/checkin", post(agent::checkin))
-        .route("/api/v1/objects", post(agent::objects))
-        .route("/api/v1/objects/{kind}/{id}", get(agent::object))
-        .route("/api/v1/deltas/{from}/{to}", get(agent::delta))
+    let slow = OpenApiRouter::new()
+        .routes(routes!(agent::checkin))
+        .routes(routes!(agent::objects))
+        .routes(routes!(agent::object))
+        .routes(routes!(agent::delta))
         .merge(captures::admin_routes())
         .route("/apt/{name}/{*path}", get(apt::get))
         .layer(TimeoutLayer::with_status_code(
@@ -317,9 +328,24 @@ pub fn router(app: Arc<App>) -> Router {
         StatusCode::REQUEST_TIMEOUT,
         Duration::from_secs(captures::UPLOAD_DEADLINE_SECS),
     ));
-    let routes = quick
-        .merge(slow)
-        .merge(uploads)
+    let (routes, described) = quick.merge(slow).merge(uploads).split_for_parts();
+    let spec: Arc<str> = openapi::document(described)
+        .to_pretty_json()
+        .expect("the OpenAPI description serialises")
+        .into();
+    let routes = routes
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let spec = spec.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        spec.to_string(),
+                    )
+                }
+            }),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             crate::audit::record,

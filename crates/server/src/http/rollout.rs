@@ -3,26 +3,27 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use semithin_protocol::api::ApiError;
 use semithin_protocol::rollout::{RolloutInfo, StartRequest};
 use serde::Deserialize;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{ApiErr, ApiResult, admin, parse};
 use crate::App;
 use crate::rollout::Problem;
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/api/v1/admin/rollouts", get(list).post(start))
-        .route("/api/v1/admin/rollouts/{id}", get(show))
-        .route("/api/v1/admin/rollouts/{id}/pause", post(pause))
-        .route("/api/v1/admin/rollouts/{id}/resume", post(resume))
-        .route("/api/v1/admin/rollouts/{id}/abort", post(abort))
-        .route("/api/v1/admin/rollouts/{id}/rollback", post(rollback))
+pub fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, start))
+        .routes(routes!(show))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(abort))
+        .routes(routes!(rollback))
 }
 
 impl From<Problem> for ApiErr {
@@ -43,11 +44,13 @@ fn id(s: &str) -> ApiResult<i64> {
         .ok_or_else(|| ApiErr::bad(format!("{s:?} is not a rollout id (a number)")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 struct ListQuery {
+    /// Only the rollouts of this channel.
     channel: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/rollouts", tag = "rollouts", summary = "List rollouts", params(ListQuery), responses((status = 200, description = "Rollouts, newest first", body = Vec<RolloutInfo>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn list(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -57,6 +60,7 @@ async fn list(
     Ok(Json(app.rollouts.list(&app, q.channel.as_deref()).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/rollouts", tag = "rollouts", summary = "Start a rollout", request_body = StartRequest, responses((status = 200, description = "The rollout", body = RolloutInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn start(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -67,6 +71,7 @@ async fn start(
     Ok(Json(app.rollouts.start(&app, &req).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/rollouts/{id}", tag = "rollouts", summary = "One rollout by wave and machine", params(("id" = String, Path, description = "The rollout's number")), responses((status = 200, description = "The rollout", body = RolloutInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn show(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -76,6 +81,7 @@ async fn show(
     Ok(Json(app.rollouts.info(&app, id(&n)?).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/rollouts/{id}/pause", tag = "rollouts", summary = "Pause a rollout", params(("id" = String, Path, description = "The rollout's number")), responses((status = 200, description = "The rollout", body = RolloutInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn pause(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -85,6 +91,7 @@ async fn pause(
     Ok(Json(app.rollouts.pause(&app, id(&n)?).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/rollouts/{id}/resume", tag = "rollouts", summary = "Resume a rollout", params(("id" = String, Path, description = "The rollout's number")), responses((status = 200, description = "The rollout", body = RolloutInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn resume(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -94,6 +101,7 @@ async fn resume(
     Ok(Json(app.rollouts.resume(&app, id(&n)?).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/rollouts/{id}/abort", tag = "rollouts", summary = "Abort a rollout", params(("id" = String, Path, description = "The rollout's number")), responses((status = 200, description = "The rollout", body = RolloutInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn abort(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -103,6 +111,7 @@ async fn abort(
     Ok(Json(app.rollouts.abort(&app, id(&n)?).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/rollouts/{id}/rollback", tag = "rollouts", summary = "Send a rollout's machines back", params(("id" = String, Path, description = "The rollout's number")), responses((status = 200, description = "The rollout", body = RolloutInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn rollback(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

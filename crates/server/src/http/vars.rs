@@ -4,36 +4,38 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
-use semithin_protocol::api::Affected;
+use semithin_protocol::api::{Affected, ApiError};
 use semithin_protocol::vars::{
     self, LabelOrder, RenderAnswer, RenderRequest, RenderedFile, SignedSet, VarsInfo,
 };
 use semithin_store::object::EntryKind;
 use semithin_store::objects::ObjectStore;
 use semithin_template as template;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{ApiErr, ApiResult, admin, parse};
 use crate::vars::Refused;
 use crate::{App, now};
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/api/v1/admin/vars", get(list).put(set))
-        .route("/api/v1/admin/vars/order", put(order))
-        .route("/api/v1/admin/render", post(render))
+pub fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, set))
+        .routes(routes!(order))
+        .routes(routes!(render))
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/vars", tag = "vars", summary = "Every variable set and the label order", responses((status = 200, description = "The sets", body = VarsInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<VarsInfo>> {
     admin(&app, &headers)?;
     Ok(Json(app.vars.info()))
 }
 
 /// `PUT /api/v1/admin/vars`: a signed set replaces its scope's set (a newer version only).
+#[utoipa::path(put, path = "/api/v1/admin/vars", tag = "vars", summary = "Replace a scope's signed variable set", request_body = SignedSet, responses((status = 200, description = "The machines it applies to", body = Affected), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn set(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -48,6 +50,7 @@ async fn set(
     }
 }
 
+#[utoipa::path(put, path = "/api/v1/admin/vars/order", tag = "vars", summary = "The order of label scopes", request_body = LabelOrder, responses((status = 200, description = "The machines it applies to", body = Affected), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn order(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -96,6 +99,7 @@ fn read_release_file(
 
 /// `POST /api/v1/admin/render`: what a machine renders, with its variables and facts, from the
 /// templates of the release it runs (else the one it is told to run).
+#[utoipa::path(post, path = "/api/v1/admin/render", tag = "vars", summary = "What a machine's templates render to (a dry run)", request_body = RenderRequest, responses((status = 200, description = "The files and the variables", body = RenderAnswer), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
 async fn render(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
