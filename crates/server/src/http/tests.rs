@@ -307,3 +307,62 @@ async fn failed_enrollments_are_throttled_per_source_address() {
     assert_eq!(names, vec!["m2"]);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_reads_only_its_own_jobs_and_cannot_speak_for_another() {
+    let s = TestServer::start(|_| {}).await;
+    let t = s.token(true).await;
+    let a = s.enroll(&t, "a").await;
+    let b = s.enroll(&t, "b").await;
+    let spec = json!({"id": "0123456789abcdef0123456789abcdef", "action": {"type": "apt_update"},
+        "timeout_secs": 60, "created_at": 1});
+    let (st, job) = s
+        .admin(
+            "POST",
+            "/api/v1/admin/jobs",
+            Some(json!({"selector": "b", "spec": spec})),
+        )
+        .await;
+    assert_eq!(st, 200, "{job}");
+    let body = json!({"report": report(json!({})), "accepts_jobs": true}).to_string();
+    // b is given the delivery; a is not, and learns nothing of it
+    let (st, ans) = s
+        .signed(&b, "POST", "/api/v1/checkin", body.as_bytes())
+        .await;
+    assert_eq!(st, 200, "{ans}");
+    let ans: Value = serde_json::from_str(&ans).unwrap();
+    let delivery = ans["jobs"][0]["delivery"].as_str().unwrap().to_owned();
+    let (st, ans_a) = s
+        .signed(&a, "POST", "/api/v1/checkin", body.as_bytes())
+        .await;
+    assert_eq!(st, 200, "{ans_a}");
+    assert!(!ans_a.contains(&delivery), "{ans_a}");
+    assert!(!ans_a.contains("apt_update"), "{ans_a}");
+    // a cannot report on b's delivery, nor read whether it was cancelled
+    let progress = format!("/api/v1/jobs/{delivery}/progress");
+    let (st, err) = s.signed(&a, "POST", &progress, b"").await;
+    assert_eq!(st, 404, "{err}");
+    assert!(error_of(&err).contains("for this machine"), "{err}");
+    let (st, ok) = s.signed(&b, "POST", &progress, b"").await;
+    assert_eq!(st, 200, "{ok}");
+    // a's key signing a request that names b is refused: the signature is checked against
+    // the key b enrolled with
+    let mut rb = reqwest::Client::new()
+        .post(s.at("/api/v1/checkin"))
+        .body(body.clone());
+    let b_id = b.id();
+    let counter = semithin_protocol::sign::Counter::default().next_now();
+    for (k, v) in a.sign("POST", "/api/v1/checkin", counter, body.as_bytes()) {
+        let v = if k == semithin_protocol::sign::HEADER_MACHINE {
+            b_id.clone()
+        } else {
+            v
+        };
+        rb = rb.header(k, v);
+    }
+    let r = rb.send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let err = error_of(&r.text().await.unwrap());
+    assert!(err.contains("signature"), "{err}");
+    s.stop().await;
+}
