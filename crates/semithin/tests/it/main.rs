@@ -19,6 +19,8 @@ mod gc;
 mod hostile_text;
 mod image;
 mod jobs;
+mod live;
+mod netboot;
 mod packaging;
 mod profiles;
 mod qemu;

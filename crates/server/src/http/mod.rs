@@ -3,8 +3,10 @@
 mod admin;
 mod agent;
 mod apt;
+mod boot;
 mod captures;
 mod jobs;
+mod range;
 mod rollout;
 pub mod serve;
 #[cfg(test)]
@@ -247,6 +249,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/enroll", post(agent::enroll))
         .route("/api/v1/trust/metadata/{file}", get(agent::metadata))
         .route("/api/v1/trust/targets/{*path}", get(agent::target))
+        .merge(boot::quick_routes())
         .merge(admin::routes())
         .merge(jobs::routes())
         .merge(rollout::routes())
@@ -263,6 +266,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/objects", post(agent::objects))
         .route("/api/v1/objects/{kind}/{id}", get(agent::object))
         .route("/api/v1/deltas/{from}/{to}", get(agent::delta))
+        .merge(boot::file_routes())
         .merge(captures::admin_routes())
         .route("/apt/{name}/{*path}", get(apt::get))
         .layer(TimeoutLayer::with_status_code(

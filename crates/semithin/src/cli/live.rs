@@ -1,0 +1,306 @@
+//! `semithin live fetch`: what the initrd of a live (diskless) boot runs to get the squashfs it
+//! mounts (docs/BOOT.md, "Live and network boot"). The trust root is the initrd's own
+//! `/etc/semithin/root.json`; the signed metadata comes from the server's public `/boot/`
+//! namespace (`serve --netboot`), verified by TUF's client workflow; the release is the
+//! channel's signed release (or one its target permits); the squashfs is its signed target
+//! `boot/RELEASE/root.squashfs`, kept in the cache directory by its SHA-256, downloaded with
+//! Range resume and checked for length and hash before its path is printed. Nothing unverified
+//! is ever printed: a failure exits non-zero with the reason.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use semithin_protocol::boot;
+use semithin_protocol::ids::ReleaseId;
+use semithin_trust::client::{self, Client, Limits};
+use semithin_trust::clock;
+use semithin_trust::metadata::TargetFile;
+use semithin_trust::release::ChannelRelease;
+
+use super::tuf_client::Http;
+
+#[derive(Subcommand)]
+pub enum LiveCmd {
+    /// Verify and fetch the squashfs of a channel's release into a cache directory; prints its
+    /// path. A cached copy that does not verify is fetched again.
+    Fetch(FetchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct FetchArgs {
+    /// The server, as `http://HOST:PORT` (its `/boot/` namespace: `serve --netboot`).
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// The channel whose release to boot.
+    #[arg(long)]
+    channel: String,
+    /// The release to boot (default: the channel's); it must be one the channel's signed
+    /// target permits.
+    #[arg(long, value_name = "ID")]
+    release: Option<String>,
+    /// The root of trust.
+    #[arg(long, value_name = "FILE", default_value = "/etc/semithin/root.json")]
+    trusted_root: PathBuf,
+    /// Where the trusted metadata (`trust/`) and the squashfs (`squashfs/SHA256`) are kept: a
+    /// tmpfs, or a persistent partition so the next boot fetches only what changed.
+    #[arg(long, value_name = "DIR")]
+    cache: PathBuf,
+    /// Write the verified release's id into this file (the boot script's
+    /// `/run/semithin/booted`).
+    #[arg(long, value_name = "FILE")]
+    release_file: Option<PathBuf>,
+}
+
+pub fn run(cmd: LiveCmd) -> Result<ExitCode> {
+    match cmd {
+        LiveCmd::Fetch(a) => {
+            let (path, release) = fetch(&a)?;
+            if let Some(f) = &a.release_file {
+                std::fs::write(f, format!("{release}\n"))
+                    .with_context(|| format!("writing {}", f.display()))?;
+            }
+            outln!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn say(msg: std::fmt::Arguments) {
+    note!("semithin: {msg}");
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((n, hex::encode(h.finalize())))
+}
+
+/// Whether the file at `path` is the target `info` describes: `Ok` or the reason it is not.
+fn verify(path: &Path, info: &TargetFile, sha: &str) -> std::result::Result<(), String> {
+    match sha256_file(path) {
+        Ok((len, _)) if len != info.length => Err(format!(
+            "{len} bytes, the signed target has {}",
+            info.length
+        )),
+        Ok((_, h)) if h != sha => Err(format!("sha256 {h}, the signed target has {sha}")),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn fetch(a: &FetchArgs) -> Result<(PathBuf, ReleaseId)> {
+    let server = a.server.trim_end_matches('/');
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        bail!("--server {server:?}: an http:// or https:// URL");
+    }
+    semithin_store::channel::check_name(&a.channel).context("--channel")?;
+    let wanted: Option<ReleaseId> = a
+        .release
+        .as_deref()
+        .map(|r| {
+            r.parse()
+                .map_err(|_| anyhow::anyhow!("--release {r:?} is not a release id"))
+        })
+        .transpose()?;
+
+    // The trusted metadata: kept in the cache (trust never goes down), started from the root.
+    let trust = a.cache.join("trust");
+    if !trust.join("root.json").is_file() {
+        let root = std::fs::read(&a.trusted_root).with_context(|| {
+            format!(
+                "reading the trust root {} (the initrd's hook copies /etc/semithin/root.json)",
+                a.trusted_root.display()
+            )
+        })?;
+        client::init(&trust, &root).context("starting the trusted metadata")?;
+    }
+    let http = Http::new()?;
+    let url = format!("{server}/boot/metadata/");
+    let mut c = Client::new(&trust, &url, &http, Limits::default(), clock::now())?;
+    c.refresh()
+        .with_context(|| format!("verifying the signed metadata from {url}"))?;
+
+    let ct = format!("channels/{}", a.channel);
+    let info = c
+        .find_target(&ct)?
+        .with_context(|| format!("the signed metadata has no channel {}", a.channel))?;
+    let signed = ChannelRelease::from_custom(info.custom.as_ref())
+        .map_err(|e| anyhow::anyhow!("the signed target of channel {}: {e}", a.channel))?;
+    let release: ReleaseId = match wanted {
+        Some(r) => {
+            if !signed.permits(&r.to_string()) {
+                bail!(
+                    "release {} is not one the signed target of channel {} permits (it names {})",
+                    r.short(),
+                    a.channel,
+                    semithin_protocol::ids::short_str(&signed.commit)
+                );
+            }
+            r
+        }
+        None => signed.commit.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "the signed target of channel {} names no release",
+                a.channel
+            )
+        })?,
+    };
+    let name = boot::target(&release, boot::SQUASHFS);
+    let info = c.find_target(&name)?.with_context(|| {
+        format!(
+            "release {} of channel {} has no signed squashfs ({name}): publish it with its boot artifacts",
+            release.short(),
+            a.channel
+        )
+    })?;
+    let sha = info
+        .hashes
+        .get("sha256")
+        .filter(|h| boot::is_sha256_hex(h))
+        .with_context(|| format!("the signed target {name} has no sha256"))?
+        .clone();
+    say(format_args!(
+        "channel {} release {}: the signed squashfs has {} bytes, sha256 {sha}",
+        a.channel,
+        release.short(),
+        info.length
+    ));
+
+    let dir = a.cache.join("squashfs");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(&sha);
+    if path.exists() {
+        match verify(&path, &info, &sha) {
+            Ok(()) => {
+                say(format_args!(
+                    "the cached squashfs verifies (length and sha256): not fetched again"
+                ));
+                prune(&dir, &sha);
+                return Ok((path, release));
+            }
+            Err(why) => {
+                say(format_args!(
+                    "the cached squashfs does not verify ({why}): fetching it again"
+                ));
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+    }
+    let url = format!("{server}/boot/{release}/{}", boot::SQUASHFS);
+    let part = dir.join(format!("{sha}.part"));
+    for attempt in 0..3 {
+        match download(&url, &part, &info, &sha) {
+            Ok(()) => {}
+            Err(e) if attempt < 2 => {
+                say(format_args!("fetching {url}: {e:#}; trying again"));
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("fetching {url}"))),
+        }
+        match verify(&part, &info, &sha) {
+            Ok(()) => {
+                std::fs::rename(&part, &path)
+                    .with_context(|| format!("renaming into {}", path.display()))?;
+                sync_dir(&dir);
+                say(format_args!(
+                    "squashfs of release {} verified: {} bytes, sha256 {sha}",
+                    release.short(),
+                    info.length
+                ));
+                prune(&dir, &sha);
+                return Ok((path, release));
+            }
+            Err(why) => {
+                let _ = std::fs::remove_file(&part);
+                say(format_args!(
+                    "the fetched squashfs does not verify ({why}): fetching it again"
+                ));
+            }
+        }
+    }
+    bail!("the squashfs of release {} never verified", release.short())
+}
+
+/// Downloads `url` into `part`, resuming from what `part` holds (`Range`, `If-Range` with the
+/// SHA-256 the server names the artifact by), never past the signed length.
+fn download(url: &str, part: &Path, info: &TargetFile, sha: &str) -> Result<()> {
+    let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    let have = if have > info.length { 0 } else { have };
+    if have == info.length {
+        return Ok(());
+    }
+    let client = semithin_agent::http::client_builder(None)?
+        .connect_timeout(Duration::from_secs(15))
+        .timeout(Duration::from_secs(3600))
+        .build()?;
+    let mut req = client.get(url);
+    if have > 0 {
+        req = req
+            .header("Range", format!("bytes={have}-"))
+            .header("If-Range", format!("\"{sha}\""));
+        say(format_args!("resuming at byte {have} of {}", info.length));
+    }
+    let resp = req.send().context("sending the request")?;
+    let status = resp.status();
+    let (mut f, from) = match status.as_u16() {
+        206 if have > 0 => (std::fs::OpenOptions::new().append(true).open(part)?, have),
+        200 => (std::fs::File::create(part)?, 0),
+        _ => {
+            let text = resp.text().unwrap_or_default();
+            bail!(
+                "HTTP {status}: {}",
+                super::safe::safe(text.chars().take(300).collect::<String>().trim())
+            );
+        }
+    };
+    let mut body = resp.take(info.length - from);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = body.read(&mut buf).context("reading the answer")?;
+        if n == 0 {
+            break;
+        }
+        f.write_all(&buf[..n])
+            .with_context(|| format!("writing {}", part.display()))?;
+    }
+    f.sync_all()
+        .with_context(|| format!("syncing {}", part.display()))?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Removes every other squashfs from the cache (older releases, partial downloads of them).
+fn prune(dir: &Path, keep: &str) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name != keep && name != format!("{keep}.part") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}

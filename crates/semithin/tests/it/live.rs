@@ -1,0 +1,1 @@
+//! Live and network boots under qemu.
