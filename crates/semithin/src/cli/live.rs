@@ -49,6 +49,9 @@ pub struct FetchArgs {
     /// tmpfs, or a persistent partition so the next boot fetches only what changed.
     #[arg(long, value_name = "DIR")]
     cache: PathBuf,
+    /// CA certificates (PEM) for an https:// server; an initrd has no system roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Write the verified release's id into this file (the boot script's
     /// `/run/semithin/booted`).
     #[arg(long, value_name = "FILE")]
@@ -129,7 +132,8 @@ fn fetch(a: &FetchArgs) -> Result<(PathBuf, ReleaseId)> {
         })?;
         client::init(&trust, &root).context("starting the trusted metadata")?;
     }
-    let http = Http::new()?;
+    let client = client(a.ca.as_deref(), Duration::from_secs(300))?;
+    let http = Http::with(client);
     let url = format!("{server}/boot/metadata/");
     let mut c = Client::new(&trust, &url, &http, Limits::default(), clock::now())?;
     c.refresh()
@@ -205,7 +209,7 @@ fn fetch(a: &FetchArgs) -> Result<(PathBuf, ReleaseId)> {
     let url = format!("{server}/boot/{release}/{}", boot::SQUASHFS);
     let part = dir.join(format!("{sha}.part"));
     for attempt in 0..3 {
-        match download(&url, &part, &info, &sha) {
+        match download(a.ca.as_deref(), &url, &part, &info, &sha) {
             Ok(()) => {}
             Err(e) if attempt < 2 => {
                 say(format_args!("fetching {url}: {e:#}; trying again"));
@@ -240,16 +244,13 @@ fn fetch(a: &FetchArgs) -> Result<(PathBuf, ReleaseId)> {
 
 /// Downloads `url` into `part`, resuming from what `part` holds (`Range`, `If-Range` with the
 /// SHA-256 the server names the artifact by), never past the signed length.
-fn download(url: &str, part: &Path, info: &TargetFile, sha: &str) -> Result<()> {
+fn download(ca: Option<&Path>, url: &str, part: &Path, info: &TargetFile, sha: &str) -> Result<()> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let have = if have > info.length { 0 } else { have };
     if have == info.length {
         return Ok(());
     }
-    let client = semithin_agent::http::client_builder(None)?
-        .connect_timeout(Duration::from_secs(15))
-        .timeout(Duration::from_secs(3600))
-        .build()?;
+    let client = client(ca, Duration::from_secs(3600))?;
     let mut req = client.get(url);
     if have > 0 {
         req = req
@@ -283,6 +284,18 @@ fn download(url: &str, part: &Path, info: &TargetFile, sha: &str) -> Result<()> 
     f.sync_all()
         .with_context(|| format!("syncing {}", part.display()))?;
     Ok(())
+}
+
+/// An HTTP client that needs no system certificates (an initrd has none): with `--ca`, only
+/// those; without, none at all (plain http; trust comes from the signed metadata).
+fn client(ca: Option<&Path>, timeout: Duration) -> Result<reqwest::blocking::Client> {
+    let mut b = semithin_agent::http::client_builder(ca)?
+        .connect_timeout(Duration::from_secs(15))
+        .timeout(timeout);
+    if ca.is_none() {
+        b = b.tls_certs_only(Vec::new());
+    }
+    Ok(b.build()?)
 }
 
 fn sync_dir(dir: &Path) {
