@@ -81,6 +81,7 @@ fn commit(s: &Server, src: &Path, channel: &str) -> String {
         src.to_str().unwrap(),
         "--channel",
         channel,
+        "--new-channel",
         "--json",
     ]);
     let v: Value = serde_json::from_str(&out).unwrap();
