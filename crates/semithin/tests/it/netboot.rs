@@ -110,7 +110,7 @@ fn publish_signs_the_boot_artifacts_of_a_release_with_a_kernel_and_keeps_them_by
     );
 
     let t = targets(&s);
-    assert!(t[format!("channels/lab/a")].is_object());
+    assert!(t["channels/lab/a"].is_object());
     assert!(t[format!("boot/{id}/initrd.img")].is_null(), "{t:#}");
     let (kernel, kt) = artifact(&s, &id, "vmlinuz");
     assert_eq!(
@@ -380,7 +380,10 @@ fn live_fetch_verifies_the_squashfs_fetches_a_damaged_copy_again_and_resumes() {
     );
     assert_eq!(std::fs::read(&path).unwrap(), good);
     assert!(
-        err.contains(&format!("squashfs of release {} verified", &id[..12])),
+        err.contains(&format!(
+            "squashfs of release {} verified",
+            id.get(..12).unwrap()
+        )),
         "{err}"
     );
     assert_eq!(std::fs::read_to_string(&booted).unwrap().trim(), id);
