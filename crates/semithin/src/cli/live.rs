@@ -32,9 +32,11 @@ pub enum LiveCmd {
 
 #[derive(clap::Args)]
 pub struct FetchArgs {
-    /// The server, as `http://HOST:PORT` (its `/boot/` namespace: `serve --netboot`).
+    /// The server, as `http://HOST:PORT` (its `/boot/` namespace: `serve --netboot`). Without
+    /// it, or when it cannot be reached or its metadata does not verify, the squashfs cached by
+    /// an earlier boot is verified against the metadata that boot verified (offline).
     #[arg(long, value_name = "URL")]
-    server: String,
+    server: Option<String>,
     /// The channel whose release to boot.
     #[arg(long)]
     channel: String,
@@ -106,39 +108,12 @@ fn verify(path: &Path, info: &TargetFile, sha: &str) -> std::result::Result<(), 
     }
 }
 
-fn fetch(a: &FetchArgs) -> Result<(PathBuf, ReleaseId)> {
-    let server = a.server.trim_end_matches('/');
-    if !(server.starts_with("http://") || server.starts_with("https://")) {
-        bail!("--server {server:?}: an http:// or https:// URL");
-    }
-    semithin_store::channel::check_name(&a.channel).context("--channel")?;
-    let wanted: Option<ReleaseId> = a
-        .release
-        .as_deref()
-        .map(|r| {
-            r.parse()
-                .map_err(|_| anyhow::anyhow!("--release {r:?} is not a release id"))
-        })
-        .transpose()?;
-
-    // The trusted metadata: kept in the cache (trust never goes down), started from the root.
-    let trust = a.cache.join("trust");
-    if !trust.join("root.json").is_file() {
-        let root = std::fs::read(&a.trusted_root).with_context(|| {
-            format!(
-                "reading the trust root {} (the initrd's hook copies /etc/semithin/root.json)",
-                a.trusted_root.display()
-            )
-        })?;
-        client::init(&trust, &root).context("starting the trusted metadata")?;
-    }
-    let client = client(a.ca.as_deref(), Duration::from_secs(300))?;
-    let http = Http::with(client);
-    let url = format!("{server}/boot/metadata/");
-    let mut c = Client::new(&trust, &url, &http, Limits::default(), clock::now())?;
-    c.refresh()
-        .with_context(|| format!("verifying the signed metadata from {url}"))?;
-
+/// The signed squashfs of the release to boot: (release, its target, the target's SHA-256).
+fn signed_squashfs(
+    c: &mut Client,
+    a: &FetchArgs,
+    wanted: Option<ReleaseId>,
+) -> Result<(ReleaseId, TargetFile, String)> {
     let ct = format!("channels/{}", a.channel);
     let info = c
         .find_target(&ct)?
@@ -178,6 +153,67 @@ fn fetch(a: &FetchArgs) -> Result<(PathBuf, ReleaseId)> {
         .filter(|h| boot::is_sha256_hex(h))
         .with_context(|| format!("the signed target {name} has no sha256"))?
         .clone();
+    Ok((release, info, sha))
+}
+
+fn fetch(a: &FetchArgs) -> Result<(PathBuf, ReleaseId)> {
+    semithin_store::channel::check_name(&a.channel).context("--channel")?;
+    let wanted: Option<ReleaseId> = a
+        .release
+        .as_deref()
+        .map(|r| {
+            r.parse()
+                .map_err(|_| anyhow::anyhow!("--release {r:?} is not a release id"))
+        })
+        .transpose()?;
+    let root = std::fs::read(&a.trusted_root).with_context(|| {
+        format!(
+            "reading the trust root {} (the initrd's hook copies /etc/semithin/root.json)",
+            a.trusted_root.display()
+        )
+    })?;
+    // The trusted metadata: kept in the cache (trust never goes down), started from the root.
+    let trust = a.cache.join("trust");
+    if !trust.join("root.json").is_file() {
+        client::init(&trust, &root).context("starting the trusted metadata")?;
+    }
+    let online = match &a.server {
+        Some(server) => online(a, server, &trust, wanted),
+        None => Err(anyhow::anyhow!("no server given")),
+    };
+    let why = match online {
+        Ok(found) => return Ok(found),
+        Err(e) => e,
+    };
+    // Offline: the metadata an earlier boot verified, verified again from the trust root.
+    if !trust.join("timestamp.json").is_file() {
+        return Err(why);
+    }
+    say(format_args!(
+        "{why:#}: verifying the cached squashfs against the metadata an earlier boot verified"
+    ));
+    offline(a, &root, &trust, wanted).map_err(|e| e.context(format!("{why:#}")))
+}
+
+/// Verifies the metadata from the server, then the cached squashfs, fetching it when it does not
+/// verify.
+fn online(
+    a: &FetchArgs,
+    server: &str,
+    trust: &Path,
+    wanted: Option<ReleaseId>,
+) -> Result<(PathBuf, ReleaseId)> {
+    let server = server.trim_end_matches('/');
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        bail!("--server {server:?}: an http:// or https:// URL");
+    }
+    let client = client(a.ca.as_deref(), Duration::from_secs(300))?;
+    let http = Http::with(client);
+    let url = format!("{server}/boot/metadata/");
+    let mut c = Client::new(trust, &url, &http, Limits::default(), clock::now())?;
+    c.refresh()
+        .with_context(|| format!("verifying the signed metadata from {url}"))?;
+    let (release, info, sha) = signed_squashfs(&mut c, a, wanted)?;
     say(format_args!(
         "channel {} release {}: the signed squashfs has {} bytes, sha256 {sha}",
         a.channel,
@@ -240,6 +276,84 @@ fn fetch(a: &FetchArgs) -> Result<(PathBuf, ReleaseId)> {
         }
     }
     bail!("the squashfs of release {} never verified", release.short())
+}
+
+/// The cache's trusted metadata served as a repository with consistent snapshots serves it:
+/// each role by its name, a versioned name only by the file of exactly that version.
+struct Cached(PathBuf);
+
+const CACHED: &str = "cache:/";
+
+impl semithin_trust::client::Fetcher for Cached {
+    fn fetch(&self, url: &str, max_len: u64) -> semithin_trust::Result<Option<Vec<u8>>> {
+        let Some(name) = url.strip_prefix(CACHED) else {
+            return Ok(None);
+        };
+        let (version, role) = match name.split_once('.') {
+            Some((v, rest)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                (v.parse::<u64>().ok(), rest)
+            }
+            _ => (None, name),
+        };
+        if !matches!(
+            role,
+            "root.json" | "timestamp.json" | "snapshot.json" | "targets.json"
+        ) {
+            return Ok(None);
+        }
+        let Ok(bytes) = std::fs::read(self.0.join(role)) else {
+            return Ok(None);
+        };
+        if bytes.len() as u64 > max_len {
+            return Ok(None);
+        }
+        let v: Option<u64> = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|j| j.get("signed")?.get("version")?.as_u64());
+        if version.is_some() && v != version {
+            return Ok(None);
+        }
+        Ok(Some(bytes))
+    }
+}
+
+/// Verifies the cached metadata again from `root` (TUF's workflow over the copy, expiry judged
+/// at the time it was last verified), then the cached squashfs; fetches nothing.
+fn offline(
+    a: &FetchArgs,
+    root: &[u8],
+    trust: &Path,
+    wanted: Option<ReleaseId>,
+) -> Result<(PathBuf, ReleaseId)> {
+    let at = semithin_trust::trusted::TrustedDir::new(trust)
+        .state()?
+        .latest_time;
+    let work = a.cache.join(".offline-trust");
+    let _ = std::fs::remove_dir_all(&work);
+    client::init(&work, root)?;
+    let copy = Cached(trust.to_owned());
+    let found = (|| {
+        let mut c = Client::new(&work, CACHED, &copy, Limits::default(), at)?;
+        c.refresh()
+            .context("the cached metadata does not verify against the trust root")?;
+        signed_squashfs(&mut c, a, wanted)
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    let (release, info, sha) = found?;
+    let path = a.cache.join("squashfs").join(&sha);
+    verify(&path, &info, &sha).map_err(|why| {
+        anyhow::anyhow!(
+            "the cached squashfs of release {} does not verify ({why}), and it cannot be fetched",
+            release.short()
+        )
+    })?;
+    say(format_args!(
+        "squashfs of release {} verified offline against the metadata verified at {}: {} bytes, sha256 {sha}",
+        release.short(),
+        clock::format(at),
+        info.length
+    ));
+    Ok((path, release))
 }
 
 /// Downloads `url` into `part`, resuming from what `part` holds (`Range`, `If-Range` with the

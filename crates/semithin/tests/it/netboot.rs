@@ -426,6 +426,59 @@ fn live_fetch_verifies_the_squashfs_fetches_a_damaged_copy_again_and_resumes() {
     let sent = s.stats()["boot_bytes_sent"].as_u64().unwrap() - before;
     assert_eq!(sent, (good.len() - half) as u64);
 
+    // Offline (no server, or one that cannot be reached): the cached squashfs, verified against
+    // the metadata the last fetch verified, again from the trust root.
+    let offline = |server: Option<&str>| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["live", "fetch", "--channel", "live/a"])
+            .arg("--trusted-root")
+            .arg(s.root_json())
+            .arg("--cache")
+            .arg(&cache);
+        if let Some(u) = server {
+            c.args(["--server", u]);
+        }
+        c.output().unwrap()
+    };
+    let dead = format!("http://127.0.0.1:{}", crate::fleet::free_port());
+    for server in [None, Some(dead.as_str())] {
+        let out = offline(server);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains("verified offline against the metadata verified at"),
+            "{err}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            path.to_str().unwrap()
+        );
+    }
+    // ... but never a damaged one, nor with metadata that does not verify.
+    sh(&format!(
+        "printf XXXX | dd of={} bs=1 seek=5000 conv=notrunc status=none",
+        q(&path)
+    ));
+    let out = offline(Some(&dead));
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not verify (sha256"), "{err}");
+    assert!(err.contains("and it cannot be fetched"), "{err}");
+    std::fs::write(&path, &good).unwrap();
+    let targets_json = cache.join("trust/targets.json");
+    let signed = std::fs::read(&targets_json).unwrap();
+    std::fs::write(
+        &targets_json,
+        String::from_utf8_lossy(&signed).replace("live/a", "live/x"),
+    )
+    .unwrap();
+    let out = offline(None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the cached metadata does not verify"), "{err}");
+    std::fs::write(&targets_json, &signed).unwrap();
+
     // A release the channel's target does not permit, a channel that is not signed.
     let out = live_fetch(
         &s,
