@@ -169,6 +169,45 @@ fn slow_boot_live_a_corrupted_cached_squashfs_is_fetched_again_and_booted() {
         good
     );
     assert!(image_file(&disk, "semithin-live/trust/root.json").is_some());
+
+    // Again without a network: the cached squashfs, verified against the cached metadata.
+    let offline = |disk: &Path, console: &str| {
+        Vm::start(&Boot {
+            kit: &boot_kit,
+            disks: vec![disk.to_owned()],
+            append: "boot=semithin-live semithin.channel=live/a semithin.cache=/dev/vda".into(),
+            memory_mb: 768,
+            console: s.path(console),
+            extra: Vec::new(),
+        })
+    };
+    let mut vm = offline(&disk, "console-offline.txt");
+    let console = vm.wait_off(180);
+    assert!(
+        console.contains(&format!(
+            "semithin: squashfs of release {} verified offline against the metadata verified at",
+            id.get(..12).unwrap()
+        )),
+        "{console}"
+    );
+    assert!(
+        console.contains(&format!("LIVE-BOOTED tag=live-a release={id} root=overlay")),
+        "{console}"
+    );
+
+    // A machine with nothing verified and no server does not boot, and says why.
+    let empty = s.path("empty-tree");
+    std::fs::create_dir_all(&empty).unwrap();
+    let disk = s.path("empty.img");
+    ext4_image(&empty, &disk, 32);
+    let mut vm = offline(&disk, "console-nothing.txt");
+    let console = vm.wait_off(180);
+    assert!(!console.contains("LIVE-BOOTED"), "{console}");
+    assert!(
+        console.contains("semithin: not booting: no verified image"),
+        "{console}"
+    );
+    assert!(console.contains("no server given"), "{console}");
 }
 
 /// The directory of qemu's iPXE ROMs: the unpacked qemu's (tests/fixtures/qemu.sh) or the
