@@ -40,6 +40,8 @@ pub enum Error {
     },
     #[error("mkinitramfs failed in a checkout of the release ({status}):\n{output}")]
     Initrd { status: String, output: String },
+    #[error("the image's own initrd cannot be used: {reason}")]
+    ImageInitrd { reason: String },
     #[error("{tool}: {reason}")]
     Tool { tool: &'static str, reason: String },
 }

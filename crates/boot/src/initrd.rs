@@ -18,6 +18,7 @@ const HOOK: &str = include_str!("../../../packaging/initramfs-tools/hooks/semith
 const SCRIPT: &str =
     include_str!("../../../packaging/initramfs-tools/scripts/local-bottom/semithin");
 const MOUNT: &str = include_str!("../../../packaging/initramfs-tools/semithin-mount.sh");
+const LIVE: &str = include_str!("../../../packaging/initramfs-tools/scripts/semithin-live");
 
 /// How the initrd is made.
 #[derive(Clone, Debug)]
@@ -27,6 +28,44 @@ pub struct InitrdOptions {
     /// `MODULES=list` with these modules, instead of the image's own initramfs-tools
     /// configuration (Debian's default is `MODULES=most`: every storage and file system driver).
     pub modules: Option<Vec<String>>,
+    /// Where the initrd comes from.
+    pub source: InitrdSource,
+}
+
+/// Where the initrd comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InitrdSource {
+    /// The image's own `boot/initrd.img-VERSION` when the image carries semithin's hook
+    /// (`etc/initramfs-tools/hooks/semithin`) and no modules are asked for; otherwise made.
+    #[default]
+    Auto,
+    /// The image's own `boot/initrd.img-VERSION`, which must exist beside semithin's hook.
+    Image,
+    /// Always made by the image's `mkinitramfs`.
+    Build,
+}
+
+/// Where semithin's hook is in an image that carries it.
+pub const IMAGE_HOOK: &str = "etc/initramfs-tools/hooks/semithin";
+
+/// The image's own initrd for kernel `version`, when the image carries semithin's hook and the
+/// file `boot/initrd.img-VERSION` (symlinks followed inside the tree); `Err` with the reason
+/// otherwise.
+pub fn image_initrd(
+    store: &ObjectStore,
+    root: TreeId,
+    version: &str,
+) -> Result<std::result::Result<semithin_store::object::FileContent, String>> {
+    if !exists_as_file(store, root, &[IMAGE_HOOK])? {
+        return Ok(Err(format!(
+            "the image does not carry semithin's initramfs hook ({IMAGE_HOOK})"
+        )));
+    }
+    let path = format!("boot/initrd.img-{version}");
+    match crate::kernel::regular_file(store, root, &path)? {
+        Some(c) => Ok(Ok(c)),
+        None => Ok(Err(format!("the image has no {path}"))),
+    }
 }
 
 /// Checks a kernel module name.
@@ -133,6 +172,12 @@ fn install(root: &Path, opts: &InitrdOptions) -> Result<()> {
         &format!("{it}/scripts/local-bottom/semithin"),
         SCRIPT.as_bytes(),
         0o755,
+    )?;
+    write(
+        root,
+        &format!("{it}/scripts/semithin-live"),
+        LIVE.as_bytes(),
+        0o644,
     )?;
     if let Some(modules) = &opts.modules {
         for m in modules {

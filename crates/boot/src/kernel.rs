@@ -107,7 +107,11 @@ fn names(store: &ObjectStore, root: TreeId, dir: &str) -> Result<Vec<(String, En
 
 /// The regular file at `path`, following symlinks inside the tree (a few, relative or absolute
 /// to the tree's root).
-fn regular_file(store: &ObjectStore, root: TreeId, path: &str) -> Result<Option<FileContent>> {
+pub(crate) fn regular_file(
+    store: &ObjectStore,
+    root: TreeId,
+    path: &str,
+) -> Result<Option<FileContent>> {
     let mut path = path.to_owned();
     for _ in 0..8 {
         match lookup(store, root, path.as_bytes())?.map(|e| e.kind) {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use semithin_store::{CommitId, NoProgress, Repo};
 
 pub use error::{Error, Result};
-pub use initrd::InitrdOptions;
+pub use initrd::{InitrdOptions, InitrdSource};
 
 /// The names of the artifacts in an output directory (and on the server).
 pub const KERNEL: &str = "vmlinuz";
@@ -54,6 +54,34 @@ pub struct Manifest {
     pub initrd_missing: Option<String>,
     /// Entries whose POSIX ACLs the squashfs could not hold.
     pub squashfs_acls_dropped: u64,
+    /// Where the initrd came from: `mkinitramfs` (made in a checkout of the release) or
+    /// `image` (the image's own `boot/initrd.img-VERSION`, which carries semithin's hook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_source: Option<String>,
+}
+
+/// A long step of [`build_with`], told before it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Kernel,
+    Squashfs,
+    /// Making the initrd with the image's `mkinitramfs`.
+    Mkinitramfs,
+    /// Copying the image's own initrd.
+    ImageInitrd,
+    Hashing,
+}
+
+impl Step {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::Kernel => "writing the kernel",
+            Step::Squashfs => "making the squashfs (tar2sqfs)",
+            Step::Mkinitramfs => "making the initrd (the image's mkinitramfs in a chroot)",
+            Step::ImageInitrd => "copying the image's own initrd",
+            Step::Hashing => "hashing the artifacts",
+        }
+    }
 }
 
 /// The length and hashes of the file at `path`.
@@ -106,6 +134,17 @@ fn check_out(out: &Path) -> Result<()> {
 /// done in a temporary directory beside `out`; `out` is only made once everything is built, so a
 /// failure leaves nothing behind.
 pub fn build(repo: &Repo, commit: CommitId, out: &Path, opts: &InitrdOptions) -> Result<Manifest> {
+    build_with(repo, commit, out, opts, &mut |_| {})
+}
+
+/// [`build`], telling `step` before each long step.
+pub fn build_with(
+    repo: &Repo,
+    commit: CommitId,
+    out: &Path,
+    opts: &InitrdOptions,
+    step: &mut dyn FnMut(Step),
+) -> Result<Manifest> {
     check_out(out)?;
     if let Some(m) = &opts.modules {
         m.iter().try_for_each(|m| initrd::check_module(m))?;
@@ -113,8 +152,21 @@ pub fn build(repo: &Repo, commit: CommitId, out: &Path, opts: &InitrdOptions) ->
     let store = &repo.objects;
     let c = store.get_commit(&commit)?;
     let kernel = kernel::find(store, c.tree)?;
-    let initrd_missing = initrd::missing(store, c.tree)?;
-    if initrd_missing.is_none() {
+    // The image's own initrd, when it is to be used.
+    let own = match opts.source {
+        InitrdSource::Build => None,
+        InitrdSource::Auto if opts.modules.is_some() => None,
+        InitrdSource::Auto => initrd::image_initrd(store, c.tree, &kernel.version)?.ok(),
+        InitrdSource::Image => Some(
+            initrd::image_initrd(store, c.tree, &kernel.version)?
+                .map_err(|reason| Error::ImageInitrd { reason })?,
+        ),
+    };
+    let initrd_missing = match own {
+        Some(_) => None,
+        None => initrd::missing(store, c.tree)?,
+    };
+    if initrd_missing.is_none() && own.is_none() {
         // Before the long work: a missing binary is a mistake of the caller.
         std::fs::metadata(&opts.binary).map_err(|source| Error::Binary {
             path: opts.binary.clone(),
@@ -132,16 +184,28 @@ pub fn build(repo: &Repo, commit: CommitId, out: &Path, opts: &InitrdOptions) ->
     let art = work.path().join("out");
     std::fs::create_dir(&art).map_err(Error::io("creating", &art))?;
 
+    step(Step::Kernel);
     let kpath = art.join(KERNEL);
     let mut f = std::fs::File::create(&kpath).map_err(Error::io("creating", &kpath))?;
     kernel::write_content(store, &kernel.content, &mut f)?;
     f.sync_all().map_err(Error::io("syncing", &kpath))?;
 
+    step(Step::Squashfs);
     let squashfs = art.join(SQUASHFS);
     let acls_dropped =
         semithin_store::export::write_squashfs(store, commit, &squashfs, &NoProgress)?;
 
-    if initrd_missing.is_none() {
+    let mut initrd_source = None;
+    if let Some(content) = &own {
+        step(Step::ImageInitrd);
+        let p = art.join(INITRD);
+        let mut f = std::fs::File::create(&p).map_err(Error::io("creating", &p))?;
+        kernel::write_content(store, content, &mut f)?;
+        f.sync_all().map_err(Error::io("syncing", &p))?;
+        initrd_source = Some("image".to_owned());
+    } else if initrd_missing.is_none() {
+        step(Step::Mkinitramfs);
+        initrd_source = Some("mkinitramfs".to_owned());
         initrd::build(
             repo,
             commit,
@@ -153,6 +217,7 @@ pub fn build(repo: &Repo, commit: CommitId, out: &Path, opts: &InitrdOptions) ->
         )?;
     }
 
+    step(Step::Hashing);
     let mut files = BTreeMap::new();
     for name in NAMES {
         let p = art.join(name);
@@ -167,6 +232,7 @@ pub fn build(repo: &Repo, commit: CommitId, out: &Path, opts: &InitrdOptions) ->
         files,
         initrd_missing,
         squashfs_acls_dropped: acls_dropped,
+        initrd_source,
     };
     let mpath = art.join(MANIFEST);
     let mut text = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");

@@ -666,6 +666,9 @@ pub struct Stats {
     /// Bytes of delta packs sent.
     #[serde(default)]
     pub delta_bytes_sent: u64,
+    /// Bytes of boot artifacts sent (`/api/v1/boot`, `/boot`).
+    #[serde(default)]
+    pub boot_bytes_sent: u64,
     pub checkins: u64,
     /// channel → release
     pub releases: std::collections::BTreeMap<String, String>,

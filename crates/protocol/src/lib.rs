@@ -1,6 +1,7 @@
 //! What the semithin server and agent say to each other (docs/PROTOCOL.md), in one place.
 //!
 //! - [`api`]: the JSON bodies of `/api/v1`, for agents and for the admin;
+//! - [`boot`]: boot artifacts (their names and TUF targets) and MAC addresses for network boot;
 //! - [`capture`]: a machine's writable layer sent to the server, and its listing;
 //! - [`ids`]: the ids that cross the network (`ReleaseId`, `MachineId`, ...), validated at parse;
 //! - [`rollout`]: the bodies of the rollout admin API;
@@ -19,6 +20,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod boot;
 pub mod capture;
 pub mod duration;
 pub mod ids;

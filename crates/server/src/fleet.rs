@@ -200,6 +200,34 @@ impl Fleet {
         self.by_id.read().expect("lock").values().cloned().collect()
     }
 
+    /// The accepted machine whose reported facts name `mac` on one of its interfaces (the first
+    /// by name when several do).
+    pub fn by_mac(&self, mac: &semithin_protocol::boot::Mac) -> Option<Arc<Machine>> {
+        let mut found: Vec<(String, Arc<Machine>)> = self
+            .by_id
+            .read()
+            .expect("lock")
+            .values()
+            .filter(|m| {
+                m.facts().is_some_and(|f| {
+                    f.interfaces.iter().any(|i| {
+                        i.mac
+                            .as_deref()
+                            .and_then(|s| s.parse::<semithin_protocol::boot::Mac>().ok())
+                            .is_some_and(|x| x == *mac)
+                    })
+                })
+            })
+            .filter_map(|m| {
+                let r = m.row.lock().expect("lock");
+                (r.status == semithin_protocol::api::MachineStatus::Accepted)
+                    .then(|| (r.name.clone(), m.clone()))
+            })
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.into_iter().next().map(|(_, m)| m)
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.read().expect("lock").len()
     }

@@ -103,6 +103,16 @@ pub struct Config {
     /// Bake each new capture into the layer channel `machines/NAME`.
     #[serde(default)]
     pub auto_bake: bool,
+    /// Serve boot artifacts, the trust metadata and iPXE scripts to anyone under `/boot/`
+    /// (docs/BOOT.md, "Network boot"): iPXE and a booting initrd cannot sign requests.
+    #[serde(default)]
+    pub netboot: bool,
+    /// The channel an unknown MAC address boots; `None`: a menu of the channels with kernels.
+    #[serde(default)]
+    pub netboot_default: Option<String>,
+    /// Kernel parameters added to every network boot (`console=ttyS0`, say).
+    #[serde(default)]
+    pub netboot_cmdline: String,
 }
 
 fn default_captures_keep() -> usize {
@@ -157,6 +167,9 @@ impl Config {
             capture_max_bytes: default_capture_max_bytes(),
             capture_max_unpacked_bytes: default_capture_max_unpacked(),
             auto_bake: false,
+            netboot: false,
+            netboot_default: None,
+            netboot_cmdline: String::new(),
         }
     }
 
@@ -180,6 +193,8 @@ pub struct Counters {
     pub objects_sent: AtomicU64,
     pub metadata_bytes_sent: AtomicU64,
     pub delta_bytes_sent: AtomicU64,
+    /// Bytes of boot artifacts sent (`/api/v1/boot`, `/boot`).
+    pub boot_bytes_sent: AtomicU64,
     pub checkins: AtomicU64,
 }
 

@@ -25,8 +25,19 @@ pub struct Published {
     pub targets: BTreeMap<String, ChannelRelease>,
     /// channel → the commits it pointed at before its release, newest first, each once.
     pub earlier: BTreeMap<String, Vec<CommitId>>,
+    /// release → its signed boot artifacts by name (`boot/RELEASE/NAME` targets).
+    pub boot: BTreeMap<CommitId, BTreeMap<&'static str, BootFile>>,
     /// What the trust directory looked like when read (size and mtime of timestamp.json).
     pub stamp: Option<(u64, std::time::SystemTime)>,
+}
+
+/// A boot artifact as its target signs it; the file is `REPO/boot/SHA256`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootFile {
+    pub length: u64,
+    pub sha256: String,
+    /// The kernel's version (on the kernel's target).
+    pub kernel_version: Option<String>,
 }
 
 pub fn trust_dir(repo: &Path) -> PathBuf {
@@ -44,10 +55,36 @@ pub fn load(repo_path: &Path) -> Result<Published> {
     let repo = Repo::open(repo_path, Access::Read)?;
     let mut releases = BTreeMap::new();
     let mut targets = BTreeMap::new();
+    let mut boot: BTreeMap<CommitId, BTreeMap<&'static str, BootFile>> = BTreeMap::new();
     let td = trust_dir(repo_path);
     if td.exists() {
         let t = TrustRepo::open(&td)?;
         for (target, info) in &t.targets().signed.targets {
+            if let Some((release, name)) = semithin_protocol::boot::parse_target(target) {
+                // what publish signed, named by SHA-256; another hash cannot name a file here
+                let Some(sha) = info
+                    .hashes
+                    .get("sha256")
+                    .filter(|h| semithin_protocol::boot::is_sha256_hex(h))
+                else {
+                    continue;
+                };
+                let kernel_version = info
+                    .custom
+                    .as_ref()
+                    .and_then(|c| c.get("kernel_version"))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned);
+                boot.entry(release.commit()).or_default().insert(
+                    name,
+                    BootFile {
+                        length: info.length,
+                        sha256: sha.clone(),
+                        kernel_version,
+                    },
+                );
+                continue;
+            }
             let Some(channel) = target.strip_prefix("channels/") else {
                 continue;
             };
@@ -88,6 +125,7 @@ pub fn load(repo_path: &Path) -> Result<Published> {
         releases,
         targets,
         earlier,
+        boot,
         stamp,
     })
 }

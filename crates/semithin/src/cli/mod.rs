@@ -44,10 +44,12 @@ mod history;
 mod image;
 mod init;
 mod job;
+mod live;
 mod overlay;
 mod profile;
 mod progress;
 mod publish;
+mod publish_boot;
 mod repo;
 mod rollout;
 mod safe;
@@ -132,6 +134,10 @@ enum Command {
     /// initramfs-tools with semithin's boot script, root.squashfs, and manifest.json with their
     /// lengths and hashes (docs/BOOT.md, "Boot artifacts").
     BootArtifacts(boot_artifacts::Args),
+    /// Live (diskless) boots: `live fetch` verifies and fetches a release's squashfs, as the
+    /// initrd does (docs/BOOT.md, "Live and network boot").
+    #[command(subcommand)]
+    Live(live::LiveCmd),
     /// A TUF client with the command line of the tuf-conformance suite (init, refresh,
     /// download); exit code 0 on success, 1 on any failure.
     TufClient(tuf_client::Args),
@@ -273,6 +279,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Export(a) => export::run(&open(repo, Access::Read)?, a),
         Command::BootArtifacts(a) => boot_artifacts::run(&open(repo, Access::Read)?, a),
         Command::TufClient(a) => tuf_client::run(a),
+        Command::Live(c) => live::run(c),
         Command::Trust(c) => trust::run(repo, c),
         Command::Publish(a) => publish::run(open(repo, Access::Write)?, a),
         Command::Serve(a) => serve::run(a),

@@ -1,12 +1,13 @@
 //! `semithin publish CHANNEL [REF]`: release a version of a channel as a signed TUF target.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use semithin_store::pack::ObjKind;
 use semithin_store::{CommitId, Repo, channel, refs};
 use semithin_trust::clock;
+use semithin_trust::metadata::TargetFile;
 use semithin_trust::release::ChannelRelease;
 use semithin_trust::repo::TrustRepo;
 use serde_json::json;
@@ -17,6 +18,7 @@ use semithin_trust::repo::PublishReport;
 
 use super::admin::ServerArgs;
 use super::print_json;
+use super::publish_boot::{self, BootMode};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,6 +36,11 @@ pub struct Args {
     /// machine of the channel follows the new release at once).
     #[arg(long)]
     force: bool,
+    /// Make the release's boot artifacts (kernel, initrd, squashfs: docs/BOOT.md) and sign them
+    /// as the targets `boot/RELEASE/NAME`: `auto` when the release has a kernel, `always`
+    /// (a release without one is refused), or `never`. Made once per release.
+    #[arg(long, value_enum, default_value_t = BootMode::Auto)]
+    boot: BootMode,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -88,6 +95,23 @@ pub(crate) fn on_channel(repo: &Repo, name: &str, id: CommitId) -> Result<bool> 
 /// Signs `id` as the release of channel `name`.
 pub fn sign(repo: &Repo, name: &str, id: CommitId) -> Result<PublishReport> {
     sign_release(repo, name, id, &ChannelRelease::new(&id.to_hex()))
+}
+
+/// Signs `id` as the release of channel `name`, with its boot artifacts (`boot`: the targets
+/// [`publish_boot::artifacts`] gives) in the same targets version.
+pub fn sign_with_boot(
+    repo: &Repo,
+    name: &str,
+    id: CommitId,
+    boot: BTreeMap<String, TargetFile>,
+) -> Result<PublishReport> {
+    let bytes = repo
+        .objects
+        .get(ObjKind::Commit, id.as_bytes())
+        .with_context(|| format!("reading commit {id}"))?;
+    let now = clock::now();
+    let mut t = TrustRepo::open(&super::trust::dir(repo))?;
+    Ok(t.publish_release_with(name, &bytes, &ChannelRelease::new(&id.to_hex()), boot, now)?)
 }
 
 /// Signs `release` (whose commit is `id`) as the target of channel `name`: with a rollout, the
@@ -158,13 +182,21 @@ fn publish(repo: &Repo, a: &Args) -> Result<()> {
             id
         }
     };
-    let r = sign(repo, name, id)?;
+    let boot = publish_boot::artifacts(repo, id, a.boot, a.json)?;
+    let booted = boot.len();
+    let r = sign_with_boot(repo, name, id, boot)?;
     if a.json {
         print_json(&r)?;
     } else {
         outln!("published {name} at {}{}", id.short(), {
             if id == head { "" } else { " (not the head)" }
         });
+        if booted > 0 {
+            outln!(
+                "  with {booted} boot artifacts signed as boot/{}/*",
+                id.to_hex()
+            );
+        }
         for w in &r.written {
             outln!(
                 "  {:<20} {:<9} version {:<5} expires {}",

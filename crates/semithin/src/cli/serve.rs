@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use semithin_server::Config;
 use serde::Deserialize;
 
@@ -23,7 +23,7 @@ pub struct Args {
     /// delta_cache_size, tls_cert, tls_key, admin_token, log_format, apt_cache_size, apt_fresh,
     /// trust_renew_left, trust_check_interval, header_timeout, idle_timeout, max_connections,
     /// trusted_proxies (a list), event_retention, auto_bake, captures_keep, capture_max_bytes,
-    /// and the table
+    /// netboot, netboot_default, netboot_cmdline, and the table
     /// apt_upstreams of NAME = URL). Flags and environment win over it.
     #[arg(long, env = "SEMITHIN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -115,6 +115,22 @@ pub struct Args {
     /// repository (made by its first capture).
     #[arg(long, env = "SEMITHIN_AUTO_BAKE")]
     auto_bake: bool,
+    /// Serve boot artifacts, the trust metadata and iPXE scripts to anyone under /boot/ for
+    /// network and live boots (docs/BOOT.md, "Network boot"): iPXE cannot sign requests.
+    #[arg(long, env = "SEMITHIN_NETBOOT")]
+    netboot: bool,
+    /// The channel a machine whose MAC address the fleet does not know boots over the network
+    /// (default: a menu of the published channels that have a kernel).
+    #[arg(long, env = "SEMITHIN_NETBOOT_DEFAULT", value_name = "CHANNEL")]
+    netboot_default: Option<String>,
+    /// Kernel parameters added to every network boot (e.g. `console=ttyS0`).
+    #[arg(
+        long,
+        env = "SEMITHIN_NETBOOT_CMDLINE",
+        value_name = "PARAMS",
+        allow_hyphen_values = true
+    )]
+    netboot_cmdline: Option<String>,
     /// Captures kept per machine, the oldest removed first [default: 10].
     #[arg(long, env = "SEMITHIN_CAPTURES_KEEP", value_name = "N")]
     captures_keep: Option<usize>,
@@ -154,6 +170,9 @@ struct File {
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
     event_retention: Option<u32>,
     auto_bake: Option<bool>,
+    netboot: Option<bool>,
+    netboot_default: Option<String>,
+    netboot_cmdline: Option<String>,
     captures_keep: Option<usize>,
     capture_max_bytes: Option<u64>,
 }
@@ -269,6 +288,21 @@ pub fn run(a: Args) -> Result<ExitCode> {
         cfg.event_retention_days = v;
     }
     cfg.auto_bake = a.auto_bake || f.auto_bake.unwrap_or(false);
+    cfg.netboot = a.netboot || f.netboot.unwrap_or(false);
+    cfg.netboot_default = a.netboot_default.or(f.netboot_default);
+    if let Some(c) = &cfg.netboot_default {
+        semithin_store::channel::check_name(c).context("--netboot-default")?;
+    }
+    cfg.netboot_cmdline = a.netboot_cmdline.or(f.netboot_cmdline).unwrap_or_default();
+    if let Some(bad) = cfg
+        .netboot_cmdline
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '$' | '\\' | '"' | '\'' | '`' | ';' | '&' | '|'))
+    {
+        bail!(
+            "--netboot-cmdline: {bad:?} cannot be in a kernel command line written into an iPXE script"
+        );
+    }
     if let Some(v) = a.captures_keep.or(f.captures_keep) {
         anyhow::ensure!(v >= 1, "at least 1 capture per machine must be kept");
         cfg.captures_keep = v;

@@ -52,6 +52,11 @@ pub struct Http {
 }
 
 impl Http {
+    /// Over a client made by the caller.
+    pub fn with(client: reqwest::blocking::Client) -> Self {
+        Self { client }
+    }
+
     pub fn new() -> Result<Self> {
         Ok(Self {
             client: semithin_agent::http::client_builder(None)?

@@ -20,6 +20,8 @@ mod gc;
 mod hostile_text;
 mod image;
 mod jobs;
+mod live;
+mod netboot;
 mod openapi;
 mod operations;
 mod packaging;

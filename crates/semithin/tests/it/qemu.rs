@@ -143,6 +143,15 @@ impl Vm {
         }
     }
 
+    /// A qemu started by the caller (a network boot without `-kernel`), killed when dropped.
+    pub fn from_child(child: Child, console: &Path) -> Vm {
+        Vm {
+            child: Some(child),
+            console: console.to_owned(),
+            started: Instant::now(),
+        }
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
     }

@@ -368,6 +368,7 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Jso
         objects_sent: c.objects_sent.load(Ordering::Relaxed),
         metadata_bytes_sent: c.metadata_bytes_sent.load(Ordering::Relaxed),
         delta_bytes_sent: c.delta_bytes_sent.load(Ordering::Relaxed),
+        boot_bytes_sent: c.boot_bytes_sent.load(Ordering::Relaxed),
         checkins: c.checkins.load(Ordering::Relaxed),
         releases: app
             .published()

@@ -419,7 +419,7 @@ async fn add_event(app: &App, m: &Machine, t: i64, kind: &str, detail: &str) -> 
     Ok(())
 }
 
-fn safe_name(s: &str) -> bool {
+pub(super) fn safe_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('.')
         && s.len() <= 255
@@ -429,7 +429,7 @@ fn safe_name(s: &str) -> bool {
 
 /// A file of the trust metadata or targets. What is not a regular file there (missing, a
 /// directory, below a file) is not found; answers never name the server's paths.
-async fn send_file(app: &App, path: std::path::PathBuf) -> ApiResult<Response> {
+pub(super) async fn send_file(app: &App, path: std::path::PathBuf) -> ApiResult<Response> {
     use std::io::ErrorKind;
     let not_found = || ApiErr::not_found("no such file");
     let read = async {
@@ -629,14 +629,6 @@ pub async fn object(
     stream(app, vec![r])
 }
 
-/// `Range: bytes=N-` (the one form an interrupted download needs); `None` for no range or any
-/// other form, which gets the whole file.
-fn range_start(headers: &HeaderMap) -> Option<u64> {
-    let v = headers.get(header::RANGE)?.to_str().ok()?;
-    let n = v.strip_prefix("bytes=")?.strip_suffix('-')?;
-    n.parse().ok()
-}
-
 /// `GET /api/v1/deltas/{from}/{to}`: the delta pack, built now if needed; ranges resume.
 #[utoipa::path(get, path = "/api/v1/deltas/{from}/{to}", tag = "machines", summary = "The delta pack from one release to another; ranges resume", params(("from" = String, Path, description = "The release the machine runs"), ("to" = String, Path, description = "The release it goes to"), ("Range" = Option<String>, Header, description = "`bytes=N-` to resume")), responses((status = 200, description = "The pack", content_type = "application/x-semithin-delta", body = Vec<u8>), (status = 206, description = "The rest of the pack from the range asked", content_type = "application/x-semithin-delta", body = Vec<u8>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("machine_signature" = []), ("admin_token" = [])))]
 pub async fn delta(
@@ -692,49 +684,24 @@ pub async fn delta(
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     );
-    let if_range_ok = headers
-        .get(header::IF_RANGE)
-        .is_none_or(|v| v.to_str().ok() == Some(etag.as_str()));
-    let start = range_start(&headers).filter(|_| if_range_ok).unwrap_or(0);
-    if start > size {
-        return Err(ApiErr(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            format!("the pack has {size} bytes; a range from {start} is past its end"),
-        ));
-    }
-    let mut file = std::fs::File::open(&path).map_err(|e| ApiErr::internal(format!("{e}")))?;
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))
-        .map_err(|e| ApiErr::internal(format!("{e}")))?;
+    let file = std::fs::File::open(&path).map_err(|e| ApiErr::internal(format!("{e}")))?;
     let counters = app.clone();
-    let body = super::file_body(file, move |n| {
-        // the pack is not deleted to make room while it is being sent
-        let _lease = &served;
-        counters
-            .counters
-            .delta_bytes_sent
-            .fetch_add(n, Ordering::Relaxed);
-    });
-    let mut resp = (
-        [
-            (
-                header::CONTENT_TYPE,
-                "application/x-semithin-delta".to_owned(),
-            ),
-            (header::ETAG, etag),
-            (header::ACCEPT_RANGES, "bytes".to_owned()),
-            (header::CONTENT_LENGTH, (size - start).to_string()),
-        ],
-        body,
+    super::range::answer(
+        &headers,
+        super::range::Served {
+            file,
+            size,
+            etag,
+            content_type: "application/x-semithin-delta",
+            what: "the pack",
+        },
+        move |n| {
+            // the pack is not deleted to make room while it is being sent
+            let _lease = &served;
+            counters
+                .counters
+                .delta_bytes_sent
+                .fetch_add(n, Ordering::Relaxed);
+        },
     )
-        .into_response();
-    if start > 0 {
-        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-        resp.headers_mut().insert(
-            header::CONTENT_RANGE,
-            format!("bytes {start}-{}/{size}", size.saturating_sub(1))
-                .parse()
-                .expect("a header value"),
-        );
-    }
-    Ok(resp)
 }

@@ -4,9 +4,11 @@ mod access;
 mod admin;
 mod agent;
 mod apt;
+mod boot;
 mod captures;
 mod jobs;
 pub mod openapi;
+mod range;
 mod rollout;
 pub mod serve;
 #[cfg(test)]
@@ -300,6 +302,7 @@ pub fn router(app: Arc<App>) -> Router {
         .routes(routes!(agent::metadata))
         // the rest of the path: described by hand (openapi::Wildcards)
         .route("/api/v1/trust/targets/{*path}", get(agent::target))
+        .merge(boot::quick_routes())
         .merge(admin::routes())
         .merge(jobs::routes())
         .merge(rollout::routes())
@@ -317,6 +320,7 @@ pub fn router(app: Arc<App>) -> Router {
         .routes(routes!(agent::objects))
         .routes(routes!(agent::object))
         .routes(routes!(agent::delta))
+        .merge(boot::file_routes())
         .merge(captures::admin_routes())
         .route("/apt/{name}/{*path}", get(apt::get))
         .layer(TimeoutLayer::with_status_code(

@@ -26,6 +26,7 @@ use utoipa::{Modify, OpenApi};
         (name = "vars", description = "Variables of configuration templates"),
         (name = "captures", description = "Machines' captures of their local changes"),
         (name = "apt", description = "The apt caching proxy"),
+        (name = "boot", description = "Boot artifacts and network boot"),
         (name = "monitoring", description = "Health, readiness and metrics"),
     ),
     modifiers(&Security)

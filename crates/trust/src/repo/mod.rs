@@ -575,7 +575,30 @@ impl TrustRepo {
         custom: Value,
         now: i64,
     ) -> Result<PublishReport> {
+        self.publish_with(name, content, custom, BTreeMap::new(), now)
+    }
+
+    /// [`TrustRepo::publish`], signing `extra` targets in the same targets version: files the
+    /// caller keeps elsewhere (boot artifacts), described by their length and hashes only, so
+    /// nothing of them is written under `targets/`.
+    pub fn publish_with(
+        &mut self,
+        name: &str,
+        content: &[u8],
+        custom: Value,
+        extra: BTreeMap<String, TargetFile>,
+        now: i64,
+    ) -> Result<PublishReport> {
         check_target_name(name)?;
+        for (n, info) in &extra {
+            check_target_name(n)?;
+            if n == name || info.hashes.is_empty() {
+                return Err(Error::Invalid {
+                    role: n.clone(),
+                    reason: "an extra target needs hashes and a name of its own".into(),
+                });
+            }
+        }
         // a repository made before assignments were signed gets them with its next publish
         self.enable_assignments(now)?;
         let keys = self.online_keys(&Role::ONLINE)?;
@@ -594,6 +617,7 @@ impl TrustRepo {
                 extra: Default::default(),
             },
         );
+        t.targets.extend(extra);
         let targets = sign(Role::Targets, &t, &[&keys[&Role::Targets]])?;
         let pending = self.seal(
             Some(targets),
@@ -637,6 +661,19 @@ impl TrustRepo {
         release: &ChannelRelease,
         now: i64,
     ) -> Result<PublishReport> {
+        self.publish_release_with(channel, content, release, BTreeMap::new(), now)
+    }
+
+    /// [`TrustRepo::publish_release`] with `extra` targets signed in the same targets version
+    /// ([`TrustRepo::publish_with`]): the release's boot artifacts.
+    pub fn publish_release_with(
+        &mut self,
+        channel: &str,
+        content: &[u8],
+        release: &ChannelRelease,
+        extra: BTreeMap<String, TargetFile>,
+        now: i64,
+    ) -> Result<PublishReport> {
         let invalid = |reason: String| Error::Invalid {
             role: format!("channels/{channel}"),
             reason,
@@ -653,7 +690,7 @@ impl TrustRepo {
             }
         }
         let custom = release.to_custom(channel, now);
-        self.publish(&format!("channels/{channel}"), content, custom, now)
+        self.publish_with(&format!("channels/{channel}"), content, custom, extra, now)
     }
 
     /// Every commit that a `channels/*` target of any targets version on disk named as its
