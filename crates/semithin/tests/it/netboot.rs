@@ -527,3 +527,26 @@ fn live_fetch_verifies_the_squashfs_fetches_a_damaged_copy_again_and_resumes() {
     assert!(err.contains("verifying the signed metadata"), "{err}");
     assert!(!s.path("c4/squashfs").join(sha).exists());
 }
+
+#[test]
+fn live_fetch_over_https_trusts_only_the_ca_it_is_given() {
+    let s = Server::start_tls_args(&["--netboot"]);
+    let src = s.path("src");
+    kernel_tree(&src, "tls");
+    let id = commit(&s, &src, "live/tls");
+    s.ok(&["publish", "live/tls"]);
+    let (sq, _) = artifact(&s, &id, "root.squashfs");
+    let ca = s.ca.clone().unwrap();
+    let cache = s.path("cache");
+    let out = live_fetch(&s, "live/tls", &cache, &["--ca", ca.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(std::fs::read(path).unwrap(), std::fs::read(&sq).unwrap());
+    // Without the CA nothing is trusted (an initrd has no system roots): nothing fetched.
+    let out = live_fetch(&s, "live/tls", &s.path("c2"), &[]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("verifying the signed metadata"), "{err}");
+}
