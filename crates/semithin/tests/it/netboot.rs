@@ -550,3 +550,53 @@ fn live_fetch_over_https_trusts_only_the_ca_it_is_given() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("verifying the signed metadata"), "{err}");
 }
+
+#[test]
+fn the_live_boot_script_is_well_formed_and_runs_what_the_hook_installs() {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/initramfs-tools");
+    let live = base.join("scripts/semithin-live");
+    let out = std::process::Command::new("sh")
+        .arg("-n")
+        .arg(&live)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&live).unwrap();
+    // initramfs-tools' init calls these four after sourcing /scripts/${BOOT}.
+    for f in [
+        "mountroot()",
+        "mount_top()",
+        "mount_premount()",
+        "mount_bottom()",
+    ] {
+        assert!(text.contains(&format!("\n{f} {{\n")), "{f} missing");
+    }
+    // The binary where the hook copies it, the trust root and CA where the hook puts them.
+    let hook = std::fs::read_to_string(base.join("hooks/semithin")).unwrap();
+    assert!(text.contains("/usr/lib/semithin/semithin \"$@\""), "{text}");
+    assert!(hook.contains("copy_exec \"$bin\" /usr/lib/semithin/semithin\n"));
+    assert!(hook.contains("for f in root.json ca.pem; do"), "{hook}");
+    assert!(text.contains("--ca /etc/semithin/ca.pem"), "{text}");
+    for m in ["squashfs", "loop", "overlay", "virtio_net"] {
+        assert!(
+            hook.contains(&format!(" {m} ")) || hook.contains(&format!(" {m};")),
+            "the hook does not add {m}"
+        );
+    }
+    // Every kernel parameter the script reads is documented.
+    let doc = std::fs::read_to_string(base.join("../../docs/BOOT.md")).unwrap();
+    for p in [
+        "semithin.live=",
+        "semithin.channel=",
+        "semithin.release=",
+        "semithin.cache=",
+        "semithin.overlay=",
+    ] {
+        assert!(text.contains(&format!("{p}*)")), "{p} not parsed");
+        assert!(doc.contains(&format!("`{p}")), "{p} not in docs/BOOT.md");
+    }
+}
