@@ -600,3 +600,64 @@ fn the_live_boot_script_is_well_formed_and_runs_what_the_hook_installs() {
         assert!(doc.contains(&format!("`{p}")), "{p} not in docs/BOOT.md");
     }
 }
+
+#[test]
+fn bad_netboot_settings_and_live_fetch_arguments_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:1", "--data"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (args, says) in [
+        (
+            &["--netboot", "--netboot-cmdline", "console=ttyS0; shell"][..],
+            "';' cannot be in a kernel command line",
+        ),
+        (
+            &["--netboot", "--netboot-cmdline", "a\nb"][..],
+            "'\\n' cannot be",
+        ),
+        (
+            &["--netboot", "--netboot-default", "../x"][..],
+            "--netboot-default",
+        ),
+    ] {
+        let out = serve(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(
+            !dir.path().join("data").exists(),
+            "{args:?} made the data directory"
+        );
+    }
+    let fetch = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["live", "fetch", "--cache"])
+            .arg(dir.path().join("cache"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (args, says) in [
+        (
+            &["--channel", "a", "--release", "xyz"][..],
+            "--release \"xyz\" is not a release id",
+        ),
+        (&["--channel", "../a"][..], "--channel"),
+        (
+            &["--channel", "a", "--trusted-root", "/nonexistent/root.json"][..],
+            "reading the trust root /nonexistent/root.json",
+        ),
+    ] {
+        let out = fetch(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
