@@ -137,6 +137,11 @@ impl Server {
         Self::start_full(false, args)
     }
 
+    /// A server speaking HTTPS, started with more flags of `semithin serve`.
+    pub fn start_tls_args(args: &[&str]) -> Server {
+        Self::start_full(true, args)
+    }
+
     fn start_with(tls: bool) -> Server {
         Self::start_full(tls, &[])
     }

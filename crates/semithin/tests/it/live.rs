@@ -195,6 +195,42 @@ fn slow_boot_live_a_corrupted_cached_squashfs_is_fetched_again_and_booted() {
         "{console}"
     );
 
+    // A new release of the channel: the next boot fetches and boots it (the kernel and initrd
+    // are the same bytes, kept once).
+    let src2 = s.path("src2");
+    live_tree(&kit, &src2, &initrd, &s.root_json(), "live-a2");
+    let id2 = commit(&s, &src2, "live/a");
+    s.ok(&["publish", "live/a"]);
+    assert_eq!(artifact(&s, &id2, "vmlinuz").0, boot_kit.kernel);
+    let mut vm = Vm::start(&Boot {
+        kit: &boot_kit,
+        disks: vec![disk.clone()],
+        append: format!(
+            "boot=semithin-live semithin.live=http://10.0.2.2:{} semithin.channel=live/a \
+             semithin.cache=/dev/vda ip=dhcp",
+            s.port
+        ),
+        memory_mb: 768,
+        console: s.path("console-v2.txt"),
+        extra: [
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+        ]
+        .map(String::from)
+        .to_vec(),
+    });
+    let console = vm.wait_off(240);
+    assert_booted(&console, &id2, "live-a2");
+    let sha2 = artifact(&s, &id2, "root.squashfs").1["hashes"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(image_file(&disk, &format!("semithin-live/squashfs/{sha2}")).is_some());
+    // the squashfs of the release before is not kept
+    assert!(image_file(&disk, &format!("semithin-live/squashfs/{sha}")).is_none());
+
     // A machine with nothing verified and no server does not boot, and says why.
     let empty = s.path("empty-tree");
     std::fs::create_dir_all(&empty).unwrap();

@@ -527,3 +527,137 @@ fn live_fetch_verifies_the_squashfs_fetches_a_damaged_copy_again_and_resumes() {
     assert!(err.contains("verifying the signed metadata"), "{err}");
     assert!(!s.path("c4/squashfs").join(sha).exists());
 }
+
+#[test]
+fn live_fetch_over_https_trusts_only_the_ca_it_is_given() {
+    let s = Server::start_tls_args(&["--netboot"]);
+    let src = s.path("src");
+    kernel_tree(&src, "tls");
+    let id = commit(&s, &src, "live/tls");
+    s.ok(&["publish", "live/tls"]);
+    let (sq, _) = artifact(&s, &id, "root.squashfs");
+    let ca = s.ca.clone().unwrap();
+    let cache = s.path("cache");
+    let out = live_fetch(&s, "live/tls", &cache, &["--ca", ca.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(std::fs::read(path).unwrap(), std::fs::read(&sq).unwrap());
+    // Without the CA nothing is trusted (an initrd has no system roots): nothing fetched.
+    let out = live_fetch(&s, "live/tls", &s.path("c2"), &[]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("verifying the signed metadata"), "{err}");
+}
+
+#[test]
+fn the_live_boot_script_is_well_formed_and_runs_what_the_hook_installs() {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/initramfs-tools");
+    let live = base.join("scripts/semithin-live");
+    let out = std::process::Command::new("sh")
+        .arg("-n")
+        .arg(&live)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&live).unwrap();
+    // initramfs-tools' init calls these four after sourcing /scripts/${BOOT}.
+    for f in [
+        "mountroot()",
+        "mount_top()",
+        "mount_premount()",
+        "mount_bottom()",
+    ] {
+        assert!(text.contains(&format!("\n{f} {{\n")), "{f} missing");
+    }
+    // The binary where the hook copies it, the trust root and CA where the hook puts them.
+    let hook = std::fs::read_to_string(base.join("hooks/semithin")).unwrap();
+    assert!(text.contains("/usr/lib/semithin/semithin \"$@\""), "{text}");
+    assert!(hook.contains("copy_exec \"$bin\" /usr/lib/semithin/semithin\n"));
+    assert!(hook.contains("for f in root.json ca.pem; do"), "{hook}");
+    assert!(text.contains("--ca /etc/semithin/ca.pem"), "{text}");
+    for m in ["squashfs", "loop", "overlay", "virtio_net"] {
+        assert!(
+            hook.contains(&format!(" {m} ")) || hook.contains(&format!(" {m};")),
+            "the hook does not add {m}"
+        );
+    }
+    // Every kernel parameter the script reads is documented.
+    let doc = std::fs::read_to_string(base.join("../../docs/BOOT.md")).unwrap();
+    for p in [
+        "semithin.live=",
+        "semithin.channel=",
+        "semithin.release=",
+        "semithin.cache=",
+        "semithin.overlay=",
+    ] {
+        assert!(text.contains(&format!("{p}*)")), "{p} not parsed");
+        assert!(doc.contains(&format!("`{p}")), "{p} not in docs/BOOT.md");
+    }
+}
+
+#[test]
+fn bad_netboot_settings_and_live_fetch_arguments_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:1", "--data"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (args, says) in [
+        (
+            &["--netboot", "--netboot-cmdline", "console=ttyS0; shell"][..],
+            "';' cannot be in a kernel command line",
+        ),
+        (
+            &["--netboot", "--netboot-cmdline", "a\nb"][..],
+            "'\\n' cannot be",
+        ),
+        (
+            &["--netboot", "--netboot-default", "../x"][..],
+            "--netboot-default",
+        ),
+    ] {
+        let out = serve(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(
+            !dir.path().join("data").exists(),
+            "{args:?} made the data directory"
+        );
+    }
+    let fetch = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["live", "fetch", "--cache"])
+            .arg(dir.path().join("cache"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (args, says) in [
+        (
+            &["--channel", "a", "--release", "xyz"][..],
+            "--release \"xyz\" is not a release id",
+        ),
+        (&["--channel", "../a"][..], "--channel"),
+        (
+            &["--channel", "a", "--trusted-root", "/nonexistent/root.json"][..],
+            "reading the trust root /nonexistent/root.json",
+        ),
+    ] {
+        let out = fetch(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
