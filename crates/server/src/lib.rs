@@ -21,6 +21,7 @@ pub mod rollout;
 #[cfg(test)]
 mod testkit;
 pub mod vars;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -208,6 +209,8 @@ pub struct App {
     pub shutdown: watch::Receiver<bool>,
     /// Failed enrollments per source address.
     pub enroll_failures: http::throttle::Throttle,
+    /// The web dashboard's sessions and failed logins.
+    pub web: web::Web,
 }
 
 impl App {
@@ -483,6 +486,7 @@ pub async fn run_on(
         metrics: Default::default(),
         shutdown: stop_rx,
         enroll_failures: Default::default(),
+        web: Default::default(),
         cfg,
     });
     // Expired or nearly expired snapshot and timestamp are signed again before anyone is served.

@@ -109,9 +109,13 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
         .map_err(|e| ApiErr::bad(format!("bad request body: {e}")))
 }
 
-/// The admin token from `Authorization: Bearer TOKEN`.
+/// The admin token from `Authorization: Bearer TOKEN`, or a dashboard session: its cookie with
+/// its CSRF token in `X-CSRF-Token` (crate::web::session).
 pub fn admin(app: &App, headers: &HeaderMap) -> ApiResult<()> {
     let Some(v) = headers.get(axum::http::header::AUTHORIZATION) else {
+        if let Some(session) = crate::web::session::admin(app, headers) {
+            return session.map(|_| ());
+        }
         return Err(ApiErr(
             StatusCode::UNAUTHORIZED,
             "this is the admin API: send the admin token as `Authorization: Bearer TOKEN`".into(),
@@ -295,6 +299,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(vars::routes())
         .merge(crate::renew::routes())
         .merge(crate::audit::routes())
+        .merge(crate::web::routes())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             deadline,
@@ -357,10 +362,10 @@ async fn json_errors(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    // JSON already, or a page of the dashboard (crate::web) that says what is wrong.
+    let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+    });
     if is_json {
         return resp;
     }
