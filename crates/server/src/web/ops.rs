@@ -181,22 +181,19 @@ struct Rollouts {
     problem: String,
 }
 
-/// The commit a release field names: a full id, or a prefix of one in the server's store.
-fn commit(app: &App, s: &str) -> Result<String, String> {
-    if let Ok(c) = s.parse::<CommitId>() {
-        return Ok(c.to_hex());
-    }
-    let found = app.published().store.commits_with_prefix(s);
-    match found.as_slice() {
-        [c] => Ok(c.to_hex()),
-        [] => Err(format!(
-            "no commit of the server's repository starts with {s:?}"
-        )),
-        _ => Err(format!(
-            "{s:?} starts {} commits: give more digits",
-            found.len()
-        )),
-    }
+/// The commit a release field names, as the CLI reads a REF: a commit id or a unique prefix of
+/// one, a channel name, `CHANNEL~N`.
+async fn commit(app: &Arc<App>, s: &str) -> Result<String, String> {
+    let path = app.cfg.repo();
+    let s = s.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let repo = Repo::open(&path, Access::Read).map_err(|e| e.to_string())?;
+        semithin_store::refs::resolve(&repo, &s)
+            .map(|c| c.to_hex())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 pub async fn rollouts(
@@ -227,7 +224,7 @@ pub async fn rollouts(
         problem: String::new(),
     };
     if !t.channel.is_empty() && !t.release.is_empty() {
-        let made = match commit(&app, &t.release) {
+        let made = match commit(&app, &t.release).await {
             Ok(release) => {
                 let req = StartRequest {
                     channel: t.channel.clone(),
