@@ -72,7 +72,7 @@ pub fn page(
     headers: &HeaderMap,
     uri: &Uri,
     active: &'static str,
-) -> Result<Nav, Response> {
+) -> Result<Nav, Box<Response>> {
     match session::current(app, headers) {
         Some((_, s)) => Ok(Nav {
             active,
@@ -100,7 +100,7 @@ pub fn page(
                 r
             };
             secure(resp.headers_mut());
-            Err(resp)
+            Err(Box::new(resp))
         }
     }
 }

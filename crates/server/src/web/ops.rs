@@ -129,7 +129,7 @@ fn channels_view(app: &App) -> crate::Result<Vec<ChannelView>> {
 pub async fn channels(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Response {
     let nav = match page(&app, &headers, &uri, "channels") {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let app2 = app.clone();
     match tokio::task::spawn_blocking(move || channels_view(&app2)).await {
@@ -204,7 +204,7 @@ pub async fn rollouts(
 ) -> Response {
     let nav = match page(&app, &headers, &uri, "rollouts") {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let list = match app.rollouts.list(&app, None).await {
         Ok(l) => l.iter().map(rollout_line).collect(),
@@ -321,7 +321,7 @@ pub async fn rollout(
 ) -> Response {
     let nav = match page(&app, &headers, &uri, "rollouts") {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(id) = id.parse::<i64>().ok().filter(|n| *n > 0) else {
         return error(
@@ -427,7 +427,7 @@ struct Jobs {
 pub async fn jobs(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Response {
     let nav = match page(&app, &headers, &uri, "jobs") {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match crate::jobs::list(&app.db, &app.jobs, &app.fleet, 200, crate::now()).await {
         Ok(list) => html(
@@ -475,7 +475,7 @@ pub async fn job(
 ) -> Response {
     let nav = match page(&app, &headers, &uri, "jobs") {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let status = match crate::jobs::info(&app.db, &app.jobs, &app.fleet, &id, crate::now()).await {
         Ok(Some(s)) => s,

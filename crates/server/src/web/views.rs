@@ -186,7 +186,7 @@ async fn history(app: &App) -> crate::Result<Vec<(String, u64, u64)>> {
 pub async fn overview(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Response {
     let nav = match page(&app, &headers, &uri, "overview") {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let app2 = app.clone();
     // Counting 100,000 machines takes a moment: off the async threads.
@@ -457,7 +457,7 @@ pub async fn machines(
 ) -> Response {
     let nav = match page(&app, &headers, &uri, "machines") {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let app2 = app.clone();
     let lq2 = lq.clone();
@@ -694,7 +694,7 @@ pub async fn machine(
 ) -> Response {
     let nav = match page(&app, &headers, &uri, "machines") {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(m) = app.fleet.by_name(&name) else {
         return error(
