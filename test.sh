@@ -19,7 +19,7 @@ die() {
 [ "$(id -u)" -eq 0 ] || die "must be run as root (the tests chroot, mount and create files owned by other users)"
 command -v cargo >/dev/null || die "cargo is not installed"
 
-DEB_PACKAGES=(debootstrap mmdebstrap openssl squashfs-tools squashfs-tools-ng attr acl libcap2-bin zstd python3 python3-venv faketime time apt-utils gpg e2fsprogs binutils)
+DEB_PACKAGES=(debootstrap mmdebstrap openssl squashfs-tools squashfs-tools-ng attr acl libcap2-bin zstd python3 python3-venv faketime time apt-utils gpg e2fsprogs binutils chromium chromium-driver)
 
 step "checking Debian packages: ${DEB_PACKAGES[*]}"
 missing=()

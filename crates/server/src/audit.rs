@@ -45,6 +45,13 @@ fn actor(app: &App, headers: &HeaderMap) -> String {
             let hash = blake3::hash(t.as_bytes());
             format!("admin:{}", hex::encode(&hash.as_bytes()[..8]))
         }
+        // the dashboard: the session's token (crate::web::session), with its CSRF token
+        None if !headers.contains_key(header::AUTHORIZATION) => {
+            match crate::web::session::admin(app, headers) {
+                Some(Ok(s)) => s.actor,
+                _ => "refused".into(),
+            }
+        }
         _ => "refused".into(),
     }
 }

@@ -21,6 +21,7 @@ pub mod rollout;
 #[cfg(test)]
 mod testkit;
 pub mod vars;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -223,6 +224,8 @@ pub struct App {
     pub shutdown: watch::Receiver<bool>,
     /// Failed enrollments per source address.
     pub enroll_failures: http::throttle::Throttle,
+    /// The web dashboard's sessions and failed logins.
+    pub web: web::Web,
 }
 
 impl App {
@@ -498,6 +501,7 @@ pub async fn run_on(
         metrics: Default::default(),
         shutdown: stop_rx,
         enroll_failures: Default::default(),
+        web: Default::default(),
         cfg,
     });
     // Expired or nearly expired snapshot and timestamp are signed again before anyone is served.

@@ -135,7 +135,7 @@ pub async fn track(State(app): State<std::sync::Arc<App>>, req: Request, next: N
     resp
 }
 
-const STATES: [FleetState; 12] = [
+pub const STATES: [FleetState; 12] = [
     FleetState::Pending,
     FleetState::Rejected,
     FleetState::Unassigned,

@@ -355,7 +355,7 @@ fn apt_jobs_in_a_debootstrap_root_install_upgrade_remove_and_manage_sources() {
 }
 
 /// A copy of the cached debootstrap root whose one-line sources.list names nothing.
-fn machine_root(s: &Server, name: &str) -> PathBuf {
+pub(crate) fn machine_root(s: &Server, name: &str) -> PathBuf {
     let base = sh(&format!(
         "{} base",
         q(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/debian-root.sh"))

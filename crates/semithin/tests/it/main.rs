@@ -12,6 +12,7 @@ mod capture;
 mod channels;
 mod cli;
 mod common;
+mod dashboard;
 mod deb;
 mod demo;
 mod fidelity;

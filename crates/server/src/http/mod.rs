@@ -114,9 +114,13 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
         .map_err(|e| ApiErr::bad(format!("bad request body: {e}")))
 }
 
-/// The admin token from `Authorization: Bearer TOKEN`.
+/// The admin token from `Authorization: Bearer TOKEN`, or a dashboard session: its cookie with
+/// its CSRF token in `X-CSRF-Token` (crate::web::session).
 pub fn admin(app: &App, headers: &HeaderMap) -> ApiResult<()> {
     let Some(v) = headers.get(axum::http::header::AUTHORIZATION) else {
+        if let Some(session) = crate::web::session::admin(app, headers) {
+            return session.map(|_| ());
+        }
         return Err(ApiErr(
             StatusCode::UNAUTHORIZED,
             "this is the admin API: send the admin token as `Authorization: Bearer TOKEN`".into(),
@@ -337,7 +341,13 @@ pub fn router(app: Arc<App>) -> Router {
         .to_pretty_json()
         .expect("the OpenAPI description serialises")
         .into();
+    // The dashboard's pages are not the API: served beside it, not described.
+    let pages = crate::web::routes().layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        deadline,
+    ));
     let routes = routes
+        .merge(pages)
         .route(
             "/api/v1/openapi.json",
             get(move || {
@@ -387,10 +397,10 @@ async fn json_errors(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    // JSON already, or a page of the dashboard (crate::web) that says what is wrong.
+    let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+    });
     if is_json {
         return resp;
     }

@@ -1,0 +1,336 @@
+//! The dashboard over loopback without a browser: no page without a session, the login and its
+//! throttle, the cookie's attributes, CSRF on every admin request made with the cookie, the audit
+//! log naming the session's token, logout, and the machines page's filters, sorting and paging.
+
+use reqwest::StatusCode;
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use serde_json::{Value, json};
+
+use crate::testkit::{ADMIN, TestServer};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+/// Logs in; the session cookie (`name=value`) and the page's CSRF token.
+async fn login(s: &TestServer, c: &reqwest::Client) -> (String, String) {
+    let r = c
+        .post(s.at("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={ADMIN}&next=%2Fmachines"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[LOCATION], "/machines");
+    let set = r.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(set.contains("HttpOnly"), "{set}");
+    assert!(set.contains("SameSite=Strict"), "{set}");
+    assert!(!set.contains("Secure"), "plain HTTP: {set}");
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let page = c
+        .get(s.at("/"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let text = page.text().await.unwrap();
+    let csrf = text
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(csrf.len(), 64, "{text}");
+    (cookie, csrf)
+}
+
+const PAGES: [&str; 8] = [
+    "/",
+    "/machines",
+    "/machines/m1",
+    "/channels",
+    "/rollouts",
+    "/rollouts/1",
+    "/jobs",
+    "/jobs/0123456789abcdef0123456789abcdef",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_page_without_a_session_and_every_api_change_by_cookie_needs_the_csrf_token() {
+    let s = TestServer::start(|_| {}).await;
+    let t = s.token(true).await;
+    s.enroll(&t, "m1").await;
+    let c = client();
+    for p in PAGES {
+        let r = c.get(s.at(p)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{p}");
+        let to = r.headers()[LOCATION].to_str().unwrap().to_owned();
+        assert!(to.starts_with("/login?next="), "{p}: {to}");
+        // a made-up cookie is no session
+        let r = c
+            .get(s.at(p))
+            .header(COOKIE, "semithin_session=00ff")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{p}");
+        // htmx's live refresh is sent to the login page too
+        let r = c
+            .get(s.at(p))
+            .header("hx-request", "true")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{p}");
+        assert_eq!(r.headers()["hx-redirect"], "/login");
+    }
+    // a wrong token: refused with a clear message, no cookie
+    let r = c
+        .post(s.at("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=wrong-token&next=%2F")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    assert!(r.text().await.unwrap().contains("wrong admin token"));
+    // a login form posted from another site
+    let r = c
+        .post(s.at("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", "http://evil.example")
+        .body(format!("token={ADMIN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers().get(SET_COOKIE).is_none());
+
+    let (cookie, csrf) = login(&s, &c).await;
+    for p in PAGES {
+        let r = c.get(s.at(p)).header(COOKIE, &cookie).send().await.unwrap();
+        let st = r.status();
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(csp.contains("script-src 'self'"), "{csp}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        let body = r.text().await.unwrap();
+        if p == "/rollouts/1" || p.starts_with("/jobs/") {
+            assert_eq!(st, StatusCode::NOT_FOUND, "{p}: {body}");
+            assert!(body.contains("no "), "{p}: {body}");
+        } else {
+            assert_eq!(st, 200, "{p}: {body}");
+        }
+    }
+
+    // the admin API with the cookie: without the CSRF token, with a wrong one, with it
+    let labels = s.at("/api/v1/admin/machines/m1/labels");
+    let body = json!({"set": {"room": "12"}}).to_string();
+    let post = |csrf: Option<&str>| {
+        let mut r = c
+            .post(&labels)
+            .header(COOKIE, &cookie)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(t) = csrf {
+            r = r.header("x-csrf-token", t);
+        }
+        r.send()
+    };
+    let r = post(None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let e: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert!(e["error"].as_str().unwrap().contains("CSRF"), "{e}");
+    let r = post(Some(&"0".repeat(64))).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let (_, m) = s.admin("GET", "/api/v1/admin/machines/m1", None).await;
+    assert_eq!(m["labels"], json!({}), "nothing changed: {m}");
+    let r = post(Some(&csrf)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, m) = s.admin("GET", "/api/v1/admin/machines/m1", None).await;
+    assert_eq!(m["labels"], json!({"room": "12"}), "{m}");
+    // reads need it too (a page's script sends it with every request)
+    let r = c
+        .get(s.at("/api/v1/admin/machines"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // the audit log: the refused ones as refused, the page's change by the token's fingerprint
+    let (_, audit) = s.admin("GET", "/api/v1/admin/audit", None).await;
+    let entries = audit.as_array().unwrap();
+    let fp = crate::web::session::actor_of(&blake3::hash(ADMIN.as_bytes()));
+    let on_m1: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["path"] == "/api/v1/admin/machines/m1/labels")
+        .collect();
+    assert_eq!(on_m1.len(), 3, "{audit}");
+    assert_eq!(on_m1[0]["actor"], json!(fp), "{audit}");
+    assert_eq!(on_m1[0]["status"], 200);
+    assert_eq!(on_m1[1]["actor"], "refused");
+    assert_eq!(on_m1[2]["actor"], "refused");
+
+    // logout needs the CSRF token of the form; then the cookie opens nothing
+    let logout = |csrf: &str| {
+        c.post(s.at("/logout"))
+            .header(COOKIE, &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={csrf}"))
+            .send()
+    };
+    assert_eq!(
+        logout("nope").await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let r = c
+        .get(s.at("/"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a refused logout ends nothing");
+    let r = logout(&csrf).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(
+        r.headers()[SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let r = c
+        .get(s.at("/"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let r = post(Some(&csrf)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tokens_at_the_login_page_are_throttled() {
+    let s = TestServer::start(|_| {}).await;
+    let c = client();
+    let try_login = |token: &str| {
+        c.post(s.at("/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+    };
+    for i in 1..crate::http::throttle::MAX_FAILURES {
+        let r = try_login("wrong").await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let r = try_login("wrong").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.text().await.unwrap().contains("refused for"));
+    // now even the right token waits
+    let r = try_login(ADMIN).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    assert!(r.text().await.unwrap().contains("try again in"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_machines_page_filters_sorts_and_pages_on_the_server() {
+    let s = TestServer::start(|_| {}).await;
+    let t = s.token(true).await;
+    let names: Vec<String> = (0..(super::views::PER_PAGE + 5))
+        .map(|i| format!("pc-{i:03}"))
+        .collect();
+    for n in &names {
+        s.enroll(&t, n).await;
+    }
+    let (st, _) = s
+        .admin(
+            "POST",
+            "/api/v1/admin/machines/pc-007/labels",
+            Some(json!({"set": {"room": "lab-b"}})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let c = client();
+    let (cookie, _) = login(&s, &c).await;
+    let get = |path: &str| {
+        let c = c.clone();
+        let url = s.at(path);
+        let cookie = cookie.clone();
+        async move {
+            let r = c.get(url).header(COOKIE, cookie).send().await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let rows = |body: &str| body.matches("class=\"machine\"").count();
+    let (st, body) = get("/machines").await;
+    assert_eq!(st, 200);
+    assert_eq!(rows(&body), super::views::PER_PAGE);
+    assert!(
+        body.contains(&format!("<span id=\"count\">{}</span>", names.len())),
+        "{body}"
+    );
+    assert!(body.contains(">pc-000<") && !body.contains(">pc-054<"));
+    let (_, body) = get("/machines?page=2").await;
+    assert_eq!(rows(&body), 5);
+    assert!(body.contains(">pc-054<"));
+    let (_, body) = get("/machines?sort=name&desc=1").await;
+    assert!(body.contains(">pc-054<") && !body.contains(">pc-000<"));
+    let (_, body) = get("/machines?q=lab-b").await;
+    assert_eq!(rows(&body), 1);
+    assert!(body.contains(">pc-007<"), "{body}");
+    let (_, body) = get("/machines?selector=room%3Dlab-b").await;
+    assert_eq!(rows(&body), 1);
+    let (_, body) = get("/machines?state=unassigned&q=pc-01").await;
+    assert_eq!(rows(&body), 10);
+    let (_, body) = get("/machines?state=updated").await;
+    assert_eq!(rows(&body), 0);
+    let (st, body) = get("/machines?selector=a%3D%3Db").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(body.contains("bad selector"), "{body}");
+    // htmx's refresh gets the table alone
+    let r = c
+        .get(s.at("/machines?q=pc-00"))
+        .header(COOKIE, &cookie)
+        .header("hx-request", "true")
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert!(body.starts_with("<div id=\"live\""), "{body}");
+    assert_eq!(rows(&body), 10);
+    // one machine, and the overview counts the fleet
+    let (st, body) = get("/machines/pc-007").await;
+    assert_eq!(st, 200);
+    assert!(
+        body.contains("lab-b") && body.contains("unassigned"),
+        "{body}"
+    );
+    let (st, body) = get("/machines/nope").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(body.contains("no machine named"));
+    let (_, body) = get("/").await;
+    assert!(
+        body.contains(&format!("<span id=\"total\">{}</span>", names.len())),
+        "{body}"
+    );
+    assert!(body.contains("<svg"), "the chart");
+    s.stop().await;
+}

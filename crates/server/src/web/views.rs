@@ -1,0 +1,732 @@
+//! The fleet's pages: the overview, the machines (filtered, sorted and paged on the server, so a
+//! page of 100,000 machines sends 50 rows) and one machine.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use semithin_protocol::api::{Health, MachineStatus};
+use semithin_protocol::inventory::Inventory;
+use semithin_protocol::selector::Selector;
+use serde::Deserialize;
+use sqlx::Row as _;
+
+use super::{Nav, ago, chart, error, fragment, html, page, short, time};
+use crate::App;
+use crate::fleet::{self, Machine};
+
+/// Machines on one page of the list.
+pub const PER_PAGE: usize = 50;
+/// Days the overview's chart covers.
+const CHART_DAYS: i64 = 14;
+
+/// One bar of a count.
+pub struct Count {
+    pub name: String,
+    pub n: i64,
+    /// 0 to 100: its part of the largest.
+    pub width: i64,
+    /// Where its machines are listed (empty: nowhere).
+    pub href: String,
+}
+
+fn counts(map: BTreeMap<String, i64>, href: impl Fn(&str) -> String) -> Vec<Count> {
+    let max = map.values().copied().max().unwrap_or(0).max(1);
+    let mut v: Vec<Count> = map
+        .into_iter()
+        .map(|(name, n)| Count {
+            href: href(&name),
+            width: n * 100 / max,
+            name,
+            n,
+        })
+        .collect();
+    v.sort_by(|a, b| b.n.cmp(&a.n).then_with(|| a.name.cmp(&b.name)));
+    v
+}
+
+fn q(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The fleet counted in one pass.
+struct Census {
+    total: usize,
+    states: BTreeMap<String, i64>,
+    health: BTreeMap<String, i64>,
+    channels: BTreeMap<String, i64>,
+    releases: BTreeMap<String, i64>,
+}
+
+fn census(app: &App) -> Census {
+    let mut c = Census {
+        total: 0,
+        states: BTreeMap::new(),
+        health: BTreeMap::new(),
+        channels: BTreeMap::new(),
+        releases: BTreeMap::new(),
+    };
+    for m in app.fleet.all() {
+        let r = m.snapshot();
+        let seen = m.last_seen.load(Ordering::Relaxed);
+        let view = fleet::view(app, &r);
+        let (state, _) = fleet::state(&r, (seen != 0).then_some(seen), &view);
+        *c.states.entry(state.as_str().to_owned()).or_default() += 1;
+        if r.status == MachineStatus::Accepted {
+            let h = match r.report.health {
+                Health::Unknown => "unknown",
+                Health::Checking => "checking",
+                Health::Healthy => "healthy",
+                Health::Failed => "failed",
+            };
+            *c.health.entry(h.to_owned()).or_default() += 1;
+        }
+        let ch = r.channel.unwrap_or_else(|| "(none)".into());
+        *c.channels.entry(ch).or_default() += 1;
+        let rel = r
+            .report
+            .current
+            .map(|c| c.short().to_string())
+            .unwrap_or_else(|| "(none)".into());
+        *c.releases.entry(rel).or_default() += 1;
+        c.total += 1;
+    }
+    c
+}
+
+/// A rollout in a list.
+pub struct RolloutLine {
+    pub id: i64,
+    pub channel: String,
+    pub release: String,
+    pub state: String,
+    pub progress: String,
+    pub waiting: String,
+}
+
+pub fn rollout_line(r: &semithin_protocol::rollout::RolloutInfo) -> RolloutLine {
+    let updated: u32 = r.waves.iter().map(|w| w.updated).sum();
+    let failed: u32 = r.waves.iter().map(|w| w.failed).sum();
+    let machines: u32 = r.waves.iter().map(|w| w.machines).sum();
+    RolloutLine {
+        id: r.id,
+        channel: r.channel.clone(),
+        release: short(Some(&r.release)),
+        state: r.state.as_str().to_owned(),
+        progress: format!(
+            "{updated}/{machines} updated, {failed} failed, wave {}",
+            r.wave.map(|w| w.to_string()).unwrap_or_else(|| "-".into())
+        ),
+        waiting: r.waiting.clone().unwrap_or_default(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "overview_live.html")]
+struct OverviewLive {
+    total: usize,
+    states: Vec<Count>,
+    health: Vec<Count>,
+    channels: Vec<Count>,
+    releases: Vec<Count>,
+    chart: String,
+    rollouts: Vec<RolloutLine>,
+    at: String,
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct Overview {
+    nav: Nav,
+    live: String,
+}
+
+/// Healthy (an update done) and failed events per day, the last [`CHART_DAYS`] days.
+async fn history(app: &App) -> crate::Result<Vec<(String, u64, u64)>> {
+    let today = crate::now() / 86_400;
+    let from = today - CHART_DAYS + 1;
+    let rows = sqlx::query(
+        "SELECT at / 86400 AS day, kind, COUNT(*) AS n FROM events WHERE at >= $1 \
+         AND kind IN ('healthy', 'failed') GROUP BY day, kind",
+    )
+    .bind(from * 86_400)
+    .fetch_all(&app.db)
+    .await
+    .map_err(|e| crate::Error::db("counting events", e))?;
+    let mut days: Vec<(String, u64, u64)> = (from..=today)
+        .map(|d| {
+            let label = jiff::Timestamp::from_second(d * 86_400)
+                .map(|t| t.strftime("%m-%d").to_string())
+                .unwrap_or_default();
+            (label, 0, 0)
+        })
+        .collect();
+    for r in rows {
+        let day: i64 = r.get("day");
+        let kind: String = r.get("kind");
+        let n = u64::try_from(r.get::<i64, _>("n")).unwrap_or(0);
+        if let Some(slot) = usize::try_from(day - from)
+            .ok()
+            .and_then(|i| days.get_mut(i))
+        {
+            if kind == "healthy" {
+                slot.1 += n;
+            } else {
+                slot.2 += n;
+            }
+        }
+    }
+    Ok(days)
+}
+
+pub async fn overview(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Response {
+    let nav = match page(&app, &headers, &uri, "overview") {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    let app2 = app.clone();
+    // Counting 100,000 machines takes a moment: off the async threads.
+    let c = match tokio::task::spawn_blocking(move || census(&app2)).await {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, nav, e.to_string()),
+    };
+    let days = match history(&app).await {
+        Ok(d) => d,
+        Err(e) => return crate::http::ApiErr::from(e).into_response_page(nav),
+    };
+    let rollouts = match app.rollouts.list(&app, None).await {
+        Ok(list) => list
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.state.as_str(),
+                    "publishing" | "running" | "paused" | "halted"
+                )
+            })
+            .map(rollout_line)
+            .collect(),
+        Err(e) => return crate::http::ApiErr::from(e).into_response_page(nav),
+    };
+    let live = OverviewLive {
+        total: c.total,
+        states: counts(c.states, |s| format!("/machines?state={}", q(s))),
+        health: counts(c.health, |_| String::new()),
+        channels: counts(c.channels, |ch| {
+            if ch == "(none)" {
+                "/machines?state=unassigned".into()
+            } else {
+                format!("/machines?channel={}", q(ch))
+            }
+        }),
+        releases: counts(c.releases, |r| {
+            if r == "(none)" {
+                String::new()
+            } else {
+                format!("/machines?q={}", q(r))
+            }
+        }),
+        chart: chart::bars(&days, "updates", "failures"),
+        rollouts,
+        at: time(crate::now()),
+    };
+    if fragment(&headers) {
+        return html(StatusCode::OK, &live);
+    }
+    let live = match live.render() {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, nav, e.to_string()),
+    };
+    html(StatusCode::OK, &Overview { nav, live })
+}
+
+impl crate::http::ApiErr {
+    /// An error of the API as a page.
+    pub fn into_response_page(self, nav: Nav) -> Response {
+        error(self.0, nav, self.1)
+    }
+}
+
+#[derive(Deserialize, Default, Clone)]
+pub struct ListQuery {
+    pub q: Option<String>,
+    pub selector: Option<String>,
+    pub state: Option<String>,
+    pub channel: Option<String>,
+    pub sort: Option<String>,
+    pub desc: Option<String>,
+    pub page: Option<usize>,
+}
+
+fn some(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl ListQuery {
+    /// This query as a URL, with another sort or page.
+    fn url(&self, sort: Option<&str>, desc: bool, page: usize) -> String {
+        let mut s = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("q", &self.q),
+            ("selector", &self.selector),
+            ("state", &self.state),
+            ("channel", &self.channel),
+        ] {
+            if let Some(v) = some(v) {
+                s.append_pair(k, v);
+            }
+        }
+        if let Some(sort) = sort {
+            s.append_pair("sort", sort);
+        }
+        if desc {
+            s.append_pair("desc", "1");
+        }
+        if page > 1 {
+            s.append_pair("page", &page.to_string());
+        }
+        format!("/machines?{}", s.finish())
+    }
+}
+
+/// A machine's line, the columns of `fleet list`.
+pub struct Line {
+    pub name: String,
+    pub href: String,
+    pub status: String,
+    pub state: String,
+    pub reason: String,
+    pub channel: String,
+    pub current: String,
+    pub target: String,
+    pub seen: String,
+    pub labels: String,
+}
+
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn line(app: &App, m: &Machine) -> Line {
+    let i = fleet::info(m, fleet::view(app, &m.snapshot()));
+    Line {
+        href: format!("/machines/{}", q(&i.name)),
+        name: i.name,
+        status: i.status.as_str().to_owned(),
+        state: i.state.as_str().to_owned(),
+        reason: i.state_reason.unwrap_or_default(),
+        channel: i.channel.unwrap_or_else(|| "-".into()),
+        current: short(i.report.current.map(|c| c.to_string()).as_deref()),
+        target: short(i.target.map(|c| c.to_string()).as_deref()),
+        seen: ago(i.last_seen),
+        labels: labels_text(&i.labels),
+    }
+}
+
+/// The page of machines the query asks for: its lines, how many match, how many pages.
+fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String> {
+    let sel = match some(&lq.selector) {
+        Some(s) => Selector::parse(s).map_err(|e| format!("bad selector: {e}"))?,
+        None => Selector::All,
+    };
+    let text = some(&lq.q).map(str::to_lowercase);
+    let want_state = some(&lq.state);
+    let want_channel = some(&lq.channel);
+    let sort = some(&lq.sort).unwrap_or("name");
+    if !matches!(sort, "name" | "state" | "channel" | "seen" | "current") {
+        return Err(format!(
+            "cannot sort by {sort:?}: by name, state, channel, seen or current"
+        ));
+    }
+    let machines = match sel {
+        Selector::All => app.fleet.all(),
+        ref s => app.fleet.select(s),
+    };
+    let need_state = want_state.is_some() || sort == "state";
+    let mut keyed: Vec<((String, i64, String), Arc<Machine>)> = Vec::with_capacity(machines.len());
+    for m in machines {
+        let (name, key) = {
+            let r = m.row.lock().expect("lock");
+            if let Some(c) = want_channel
+                && r.channel.as_deref() != Some(c)
+            {
+                continue;
+            }
+            if let Some(t) = &text {
+                let current = r.report.current.map(|c| c.to_string());
+                let hit = r.name.to_lowercase().contains(t.as_str())
+                    || r.channel
+                        .as_deref()
+                        .is_some_and(|c| c.to_lowercase().contains(t.as_str()))
+                    || r.labels
+                        .iter()
+                        .any(|(k, v)| format!("{k}={v}").to_lowercase().contains(t.as_str()))
+                    || current.is_some_and(|c| c.starts_with(t.as_str()));
+                if !hit {
+                    continue;
+                }
+            }
+            let key = match sort {
+                "channel" => r.channel.clone().unwrap_or_default(),
+                "current" => r.report.current.map(|c| c.to_string()).unwrap_or_default(),
+                _ => String::new(),
+            };
+            (r.name.clone(), key)
+        };
+        let mut key = key;
+        if need_state {
+            let r = m.snapshot();
+            let seen = m.last_seen.load(Ordering::Relaxed);
+            let (st, _) = fleet::state(&r, (seen != 0).then_some(seen), &fleet::view(app, &r));
+            if want_state.is_some_and(|w| w != st.as_str()) {
+                continue;
+            }
+            if sort == "state" {
+                key = st.as_str().to_owned();
+            }
+        }
+        let seen = if sort == "seen" {
+            m.last_seen.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        keyed.push(((key, seen, name), m));
+    }
+    let total = keyed.len();
+    let desc = some(&lq.desc).is_some();
+    if desc {
+        keyed.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    } else {
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    }
+    let pages = total.div_ceil(PER_PAGE).max(1);
+    let page = lq.page.unwrap_or(1).clamp(1, pages);
+    let lines = keyed
+        .iter()
+        .skip((page - 1) * PER_PAGE)
+        .take(PER_PAGE)
+        .map(|(_, m)| line(app, m))
+        .collect();
+    Ok((lines, total, pages))
+}
+
+/// A column heading that sorts by it (and the other way when it is the sort already).
+pub struct Heading {
+    pub title: &'static str,
+    pub href: String,
+    pub mark: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "machines_live.html")]
+struct MachinesLive {
+    self_url: String,
+    headings: Vec<Heading>,
+    lines: Vec<Line>,
+    total: usize,
+    page: usize,
+    pages: usize,
+    prev: String,
+    next: String,
+}
+
+#[derive(Template)]
+#[template(path = "machines.html")]
+struct Machines {
+    nav: Nav,
+    q: String,
+    selector: String,
+    state: String,
+    channel: String,
+    states: Vec<&'static str>,
+    live: String,
+}
+
+pub async fn machines(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(lq): Query<ListQuery>,
+) -> Response {
+    let nav = match page(&app, &headers, &uri, "machines") {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    let app2 = app.clone();
+    let lq2 = lq.clone();
+    let found = tokio::task::spawn_blocking(move || select(&app2, &lq2)).await;
+    let (lines, total, pages) = match found {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, nav, e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, nav, e.to_string()),
+    };
+    let sort = some(&lq.sort).unwrap_or("name");
+    let desc = some(&lq.desc).is_some();
+    let page_no = lq.page.unwrap_or(1).clamp(1, pages);
+    let headings = [
+        "name", "status", "state", "channel", "current", "target", "seen", "labels",
+    ]
+    .into_iter()
+    .map(|c| {
+        let sortable = !matches!(c, "status" | "target" | "labels");
+        Heading {
+            title: c,
+            href: if sortable {
+                lq.url(Some(c), c == sort && !desc, 1)
+            } else {
+                String::new()
+            },
+            mark: if c == sort {
+                if desc { " ▼" } else { " ▲" }
+            } else {
+                ""
+            },
+        }
+    })
+    .collect();
+    let live = MachinesLive {
+        self_url: lq.url(Some(sort), desc, page_no),
+        headings,
+        lines,
+        total,
+        page: page_no,
+        pages,
+        prev: if page_no > 1 {
+            lq.url(Some(sort), desc, page_no - 1)
+        } else {
+            String::new()
+        },
+        next: if page_no < pages {
+            lq.url(Some(sort), desc, page_no + 1)
+        } else {
+            String::new()
+        },
+    };
+    if fragment(&headers) {
+        return html(StatusCode::OK, &live);
+    }
+    let live = match live.render() {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, nav, e.to_string()),
+    };
+    let field = |v: &Option<String>| some(v).unwrap_or("").to_owned();
+    html(
+        StatusCode::OK,
+        &Machines {
+            nav,
+            q: field(&lq.q),
+            selector: field(&lq.selector),
+            state: field(&lq.state),
+            channel: field(&lq.channel),
+            states: crate::metrics::STATES.iter().map(|s| s.as_str()).collect(),
+            live,
+        },
+    )
+}
+
+/// An event, a job run or a package, as text for a table.
+pub struct Event {
+    pub at: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+pub struct JobRun {
+    pub job: String,
+    pub href: String,
+    pub action: String,
+    pub state: String,
+    pub exit_code: String,
+    pub started: String,
+    pub output: String,
+}
+
+#[derive(Template)]
+#[template(path = "machine_live.html")]
+struct MachineLive {
+    self_url: String,
+    status: String,
+    state: String,
+    reason: String,
+    channel: String,
+    current: String,
+    target: String,
+    channel_release: String,
+    health: String,
+    phase: String,
+    last_error: String,
+    seen: String,
+    enrolled: String,
+    agent: String,
+    labels: Vec<(String, String)>,
+    facts: Vec<(String, String)>,
+    releases: Vec<Event>,
+    events: Vec<Event>,
+    jobs: Vec<JobRun>,
+    upgradable: Vec<semithin_protocol::inventory::Upgrade>,
+    security: usize,
+    packages: Vec<semithin_protocol::inventory::Package>,
+    inventory_at: String,
+}
+
+#[derive(Template)]
+#[template(path = "machine.html")]
+struct MachinePage {
+    nav: Nav,
+    name: String,
+    pending: bool,
+    labels_path: String,
+    selector_json: String,
+    live: String,
+}
+
+async fn machine_live(app: &App, m: &Machine) -> crate::Result<MachineLive> {
+    let i = fleet::info(m, fleet::view(app, &m.snapshot()));
+    let events = crate::db::events(&app.db, &m.id, 100).await?;
+    let ev = |e: &crate::db::Event| Event {
+        at: time(e.at),
+        kind: e.kind.clone(),
+        detail: e.detail.clone(),
+    };
+    let releases = events
+        .iter()
+        .filter(|e| matches!(e.kind.as_str(), "healthy" | "failed" | "rollout"))
+        .map(ev)
+        .collect();
+    let inventory: Option<Inventory> = sqlx::query("SELECT data FROM inventory WHERE machine = $1")
+        .bind(&m.id)
+        .fetch_optional(&app.db)
+        .await
+        .map_err(|e| crate::Error::db("reading an inventory", e))?
+        .and_then(|r| serde_json::from_str(&r.get::<String, _>("data")).ok());
+    let runs = sqlx::query(
+        "SELECT r.job, r.state, r.exit_code, r.output, r.started_at, r.delivered_at, j.spec \
+         FROM job_runs r LEFT JOIN jobs j ON j.id = r.job WHERE r.machine = $1 \
+         ORDER BY COALESCE(r.started_at, r.delivered_at, 0) DESC LIMIT 20",
+    )
+    .bind(&m.id)
+    .fetch_all(&app.db)
+    .await
+    .map_err(|e| crate::Error::db("reading job runs", e))?;
+    let jobs = runs
+        .iter()
+        .map(|r| {
+            let job: String = r.get("job");
+            let action = r
+                .get::<Option<String>, _>("spec")
+                .and_then(|s| serde_json::from_str::<semithin_protocol::job::JobSpec>(&s).ok())
+                .map(|s| s.action.describe())
+                .unwrap_or_default();
+            JobRun {
+                href: format!("/jobs/{}", q(&job)),
+                job: semithin_protocol::ids::short_str(&job).to_owned(),
+                action,
+                state: r.get("state"),
+                exit_code: r
+                    .get::<Option<i64>, _>("exit_code")
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                started: r
+                    .get::<Option<i64>, _>("started_at")
+                    .or(r.get::<Option<i64>, _>("delivered_at"))
+                    .map(time)
+                    .unwrap_or_default(),
+                output: r.get::<Option<String>, _>("output").unwrap_or_default(),
+            }
+        })
+        .collect();
+    let facts = i
+        .facts
+        .as_ref()
+        .map(|f| {
+            f.flat()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.join(", ")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let (packages, mut upgradable, inventory_at) = match inventory {
+        Some(inv) => (inv.packages, inv.upgradable, time(inv.collected_at)),
+        None => (Vec::new(), Vec::new(), String::new()),
+    };
+    upgradable.sort_by(|a, b| b.security.cmp(&a.security).then(a.name.cmp(&b.name)));
+    let rel =
+        |r: Option<semithin_protocol::ids::ReleaseId>| short(r.map(|r| r.to_string()).as_deref());
+    Ok(MachineLive {
+        self_url: format!("/machines/{}", q(&i.name)),
+        status: i.status.as_str().to_owned(),
+        state: i.state.as_str().to_owned(),
+        reason: i.state_reason.clone().unwrap_or_default(),
+        channel: i.channel.clone().unwrap_or_else(|| "-".into()),
+        current: rel(i.report.current),
+        target: rel(i.target),
+        channel_release: rel(i.channel_release),
+        health: format!("{:?}", i.report.health).to_lowercase(),
+        phase: format!("{:?}", i.report.phase).to_lowercase(),
+        last_error: i.report.last_error.clone().unwrap_or_default(),
+        seen: ago(i.last_seen),
+        enrolled: time(i.enrolled_at),
+        agent: i.report.agent_version.clone(),
+        labels: i.labels.clone().into_iter().collect(),
+        facts,
+        releases,
+        events: events.iter().map(ev).collect(),
+        jobs,
+        security: upgradable.iter().filter(|u| u.security).count(),
+        upgradable,
+        packages,
+        inventory_at,
+    })
+}
+
+pub async fn machine(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(name): Path<String>,
+) -> Response {
+    let nav = match page(&app, &headers, &uri, "machines") {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    let Some(m) = app.fleet.by_name(&name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            nav,
+            format!("no machine named {name:?}"),
+        );
+    };
+    let live = match machine_live(&app, &m).await {
+        Ok(l) => l,
+        Err(e) => return crate::http::ApiErr::from(e).into_response_page(nav),
+    };
+    if fragment(&headers) {
+        return html(StatusCode::OK, &live);
+    }
+    let pending = m.row.lock().expect("lock").status == MachineStatus::Pending;
+    let rendered = match live.render() {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, nav, e.to_string()),
+    };
+    html(
+        StatusCode::OK,
+        &MachinePage {
+            nav,
+            labels_path: format!(
+                "/api/v1/admin/machines/{}/labels",
+                url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+            ),
+            selector_json: serde_json::json!({ "selector": name }).to_string(),
+            name,
+            pending,
+            live: rendered,
+        },
+    )
+}
