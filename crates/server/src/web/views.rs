@@ -401,19 +401,26 @@ fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String
     }
     let total = keyed.len();
     let desc = some(&lq.desc).is_some();
-    if desc {
-        keyed.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-    } else {
-        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    }
     let pages = total.div_ceil(PER_PAGE).max(1);
     let page = lq.page.unwrap_or(1).clamp(1, pages);
-    let lines = keyed
-        .iter()
-        .skip((page - 1) * PER_PAGE)
-        .take(PER_PAGE)
-        .map(|(_, m)| line(app, m))
-        .collect();
+    // Only the page is sorted: the machines before its end are selected (linear), then those
+    // before its start, and the page's own 50 sorted.
+    type Keyed = ((String, i64, String), Arc<Machine>);
+    let order = |a: &Keyed, b: &Keyed| {
+        if desc { b.0.cmp(&a.0) } else { a.0.cmp(&b.0) }
+    };
+    let start = (page - 1) * PER_PAGE;
+    let end = (start + PER_PAGE).min(total);
+    if end < keyed.len() {
+        keyed.select_nth_unstable_by(end, order);
+        keyed.truncate(end);
+    }
+    if start > 0 && start < keyed.len() {
+        keyed.select_nth_unstable_by(start, order);
+    }
+    let shown = keyed.get_mut(start..).unwrap_or_default();
+    shown.sort_unstable_by(order);
+    let lines = shown.iter().map(|(_, m)| line(app, m)).collect();
     Ok((lines, total, pages))
 }
 
