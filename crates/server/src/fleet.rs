@@ -372,6 +372,16 @@ pub fn view(app: &crate::App, r: &MachineRow) -> View {
             ..View::default()
         };
     }
+    // No rollout governs the channel (its signed target names none): the machine is told the
+    // channel's release and nothing holds it (`App::target`, `Rollouts::hold_reason`), known
+    // without asking the rollouts; the dashboard and /metrics take this for every machine.
+    if p.targets.get(channel).is_none_or(|t| t.rollout.is_none()) {
+        return View {
+            target: channel_release,
+            channel_release,
+            held: None,
+        };
+    }
     View {
         target: app.target(r).map(ReleaseId::from),
         held: app.rollouts.hold_reason(&p, r, channel),

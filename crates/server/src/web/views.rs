@@ -330,6 +330,12 @@ fn line(app: &App, m: &Machine) -> Line {
     }
 }
 
+/// Whether `hay` contains `needle` (lowercase), ASCII letters compared without case.
+fn contains_ci(hay: &str, needle: &str) -> bool {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+}
+
 /// The page of machines the query asks for: its lines, how many match, how many pages.
 fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String> {
     let sel = match some(&lq.selector) {
@@ -337,6 +343,9 @@ fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String
         None => Selector::All,
     };
     let text = some(&lq.q).map(str::to_lowercase);
+    let hex_text = text
+        .as_deref()
+        .is_some_and(|t| t.bytes().all(|b| b.is_ascii_hexdigit()));
     let want_state = some(&lq.state);
     let want_channel = some(&lq.channel);
     let sort = some(&lq.sort).unwrap_or("name");
@@ -360,15 +369,19 @@ fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String
                 continue;
             }
             if let Some(t) = &text {
-                let current = r.report.current.map(|c| c.to_string());
-                let hit = r.name.to_lowercase().contains(t.as_str())
-                    || r.channel
-                        .as_deref()
-                        .is_some_and(|c| c.to_lowercase().contains(t.as_str()))
-                    || r.labels
-                        .iter()
-                        .any(|(k, v)| format!("{k}={v}").to_lowercase().contains(t.as_str()))
-                    || current.is_some_and(|c| c.starts_with(t.as_str()));
+                // without allocating for each of 100,000 machines: a label as `k=v` is made
+                // only when the text has a `=`, a release's hex only when the text is hex
+                let hit = contains_ci(&r.name, t)
+                    || r.channel.as_deref().is_some_and(|c| contains_ci(c, t))
+                    || r.labels.iter().any(|(k, v)| {
+                        contains_ci(k, t)
+                            || contains_ci(v, t)
+                            || (t.contains('=') && contains_ci(&format!("{k}={v}"), t))
+                    })
+                    || (hex_text
+                        && r.report
+                            .current
+                            .is_some_and(|c| c.to_string().starts_with(t.as_str())));
                 if !hit {
                     continue;
                 }
@@ -401,19 +414,26 @@ fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String
     }
     let total = keyed.len();
     let desc = some(&lq.desc).is_some();
-    if desc {
-        keyed.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-    } else {
-        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    }
     let pages = total.div_ceil(PER_PAGE).max(1);
     let page = lq.page.unwrap_or(1).clamp(1, pages);
-    let lines = keyed
-        .iter()
-        .skip((page - 1) * PER_PAGE)
-        .take(PER_PAGE)
-        .map(|(_, m)| line(app, m))
-        .collect();
+    // Only the page is sorted: the machines before its end are selected (linear), then those
+    // before its start, and the page's own 50 sorted.
+    type Keyed = ((String, i64, String), Arc<Machine>);
+    let order = |a: &Keyed, b: &Keyed| {
+        if desc { b.0.cmp(&a.0) } else { a.0.cmp(&b.0) }
+    };
+    let start = (page - 1) * PER_PAGE;
+    let end = (start + PER_PAGE).min(total);
+    if end < keyed.len() {
+        keyed.select_nth_unstable_by(end, order);
+        keyed.truncate(end);
+    }
+    if start > 0 && start < keyed.len() {
+        keyed.select_nth_unstable_by(start, order);
+    }
+    let shown = keyed.get_mut(start..).unwrap_or_default();
+    shown.sort_unstable_by(order);
+    let lines = shown.iter().map(|(_, m)| line(app, m)).collect();
     Ok((lines, total, pages))
 }
 
@@ -729,4 +749,15 @@ pub async fn machine(
             live: rendered,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_is_found_without_case() {
+        assert!(super::contains_ci("Lab-PC-07", "pc-07"));
+        assert!(super::contains_ci("x", ""));
+        assert!(!super::contains_ci("lab", "labs"));
+        assert!(super::contains_ci("ÉcoleLab", "lab"));
+    }
 }
