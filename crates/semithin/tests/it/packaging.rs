@@ -76,8 +76,9 @@ fn the_example_agent_settings_are_what_the_agent_reads() {
     let dir = tempdir();
     let (all, n) = uncommented(&read(&path));
     assert_eq!(
-        n, 7,
-        "name, token_file, token, channel, follow_channel_changes, etc_upper and backup_dir are \
+        n, 11,
+        "name, token_file, token, channel, follow_channel_changes, etc_upper, backup_dir, \
+         boot_loader, esp, boot_options and efivars are \
          commented out:\n{all}"
     );
     let all_path = dir.path().join("all.toml");
@@ -92,6 +93,8 @@ fn the_example_agent_settings_are_what_the_agent_reads() {
         c.backup_dir.as_deref(),
         Some(Path::new("/var/backups/semithin"))
     );
+    assert_eq!(c.boot_loader, semithin_agent::bootloader::Kind::SystemdBoot);
+    assert_eq!(c.esp, Path::new("/boot/efi"));
     assert_eq!(c.etc_policy, semithin_agent::config::EtcPolicy::Restore);
     assert!(c.etc_restore().unwrap().len() >= 5);
     assert_eq!(
