@@ -13,6 +13,7 @@ mod channels;
 mod cli;
 mod common;
 mod demo;
+mod disk_boot;
 mod fidelity;
 mod fleet;
 mod gc;
