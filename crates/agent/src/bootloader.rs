@@ -66,12 +66,14 @@ pub fn entry_id(release: &str) -> String {
 }
 
 /// The options of the running kernel that an entry keeps: all but those the boot loader and
-/// the entry add (`semithin.deployment=`, `initrd=`, `BOOT_IMAGE=`).
+/// the entry add (`semithin.deployment=`, `initrd=`, `BOOT_IMAGE=`), and `semithin.grow`, which
+/// only the first entry of a new disk has.
 pub fn options_from_cmdline(cmdline: &str) -> String {
     cmdline
         .split_whitespace()
         .filter(|w| {
             !w.starts_with("semithin.deployment=")
+                && *w != "semithin.grow"
                 && !w.starts_with("initrd=")
                 && !w.starts_with("BOOT_IMAGE=")
         })

@@ -54,7 +54,7 @@ impl Ids {
             esp_part: uuid()?,
             root_part: uuid()?,
             root_fs: uuid()?,
-            esp_vol: vol[..8].to_owned(),
+            esp_vol: vol.chars().take(8).collect(),
         })
     }
 }
@@ -423,6 +423,6 @@ mod tests {
         assert_eq!(esp_size(0), 128 * MIB);
         assert_eq!(esp_size(100 * MIB), 332 * MIB);
         let n = root_needed(300 * MIB);
-        assert!(n > 300 * MIB && n % MIB == 0, "{n}");
+        assert!(n > 300 * MIB && n.is_multiple_of(MIB), "{n}");
     }
 }

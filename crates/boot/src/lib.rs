@@ -7,6 +7,7 @@
 
 pub mod disk;
 pub mod error;
+pub mod gpt;
 pub mod initrd;
 pub mod kernel;
 

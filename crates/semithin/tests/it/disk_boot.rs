@@ -231,6 +231,9 @@ fn slow_boot_disk_image_enrolls_updates_its_kernel_and_comes_back_from_a_release
     let made: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(made["release"], v1.as_str(), "{made}");
     assert_eq!(made["kernel_version"], k1.version.as_str(), "{made}");
+    // Written to a larger disk: the first boot grows the root partition to it.
+    let before = made["disk"]["root_size"].as_u64().unwrap() >> 20;
+    sh(&format!("truncate -s 2000M {}", q(&disk)));
     let vars = d.join("vars.fd");
     let code = ovmf(&vars);
 
@@ -243,6 +246,19 @@ fn slow_boot_disk_image_enrolls_updates_its_kernel_and_comes_back_from_a_release
         "{c}"
     );
     assert!(c.contains("SEMITHIN-TEST poweroff"), "{c}");
+    assert!(
+        c.contains("semithin: the root partition /dev/vda2 grew"),
+        "{c}"
+    );
+    let root_mb = |c: &str| -> u64 {
+        field(c, "root")
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(root_mb(&c) > before + 400, "{before} MiB before: {c}");
     let m = machine(&s);
     assert_eq!(m["status"], "accepted", "{m}");
     s.ok(&["fleet", "assign", "m1", "lab/stable"]);
@@ -250,6 +266,7 @@ fn slow_boot_disk_image_enrolls_updates_its_kernel_and_comes_back_from_a_release
     // 2: up to date: v1 passes its checks and is reported.
     let c = boot(&kit, &code, &vars, &disk, d, 2);
     assert_eq!(field(&c, "booted"), v1, "{c}");
+    assert!(!c.contains("grew from"), "grown again: {c}");
     let m = machine(&s);
     assert_eq!(m["report"]["current"], v1.as_str(), "{m}");
     assert_eq!(m["report"]["health"], "healthy", "{m}");
@@ -273,7 +290,7 @@ fn slow_boot_disk_image_enrolls_updates_its_kernel_and_comes_back_from_a_release
         "{c}"
     );
     assert!(
-        c.contains(&format!("release {} is healthy", &v2[..12])),
+        c.contains(&format!("release {} is healthy", v2.get(..12).unwrap())),
         "{c}"
     );
     assert!(c.contains("SEMITHIN-TEST poweroff"), "{c}");

@@ -53,8 +53,8 @@ pub struct DiskArgs {
 /// `4G`, `512M`, `100K` or bytes.
 fn size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
-    let (num, mul) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
+    let (num, mul) = match t.chars().last() {
+        Some(c) if c.is_ascii_alphabetic() => {
             let m = match c.to_ascii_uppercase() {
                 'K' => 1u64 << 10,
                 'M' => 1 << 20,
@@ -62,7 +62,7 @@ fn size(s: &str) -> std::result::Result<u64, String> {
                 'T' => 1 << 40,
                 _ => return Err(format!("{s:?}: a size is a number with K, M, G or T")),
             };
-            (&t[..i], m)
+            (t.strip_suffix(c).unwrap_or(t), m)
         }
         _ => (t, 1),
     };
@@ -160,6 +160,12 @@ pub fn run(repo: Option<PathBuf>, a: DiskArgs) -> Result<ExitCode> {
     semithin_agent::deploy::stage(&agent_repo, &layout, &hex)?;
     semithin_agent::deploy::point_current(&layout, Some(&hex))?;
     drop(agent_repo);
+    // The deployment in the agent's history, so it is kept for rollback after the first update.
+    let st = semithin_agent::state::State {
+        history: vec![hex.clone()],
+        ..Default::default()
+    };
+    st.save(&layout.state())?;
 
     let options = format!("root=UUID={} ro {}", ids.root_fs, a.kernel_options)
         .trim()
@@ -176,7 +182,12 @@ pub fn run(repo: Option<PathBuf>, a: DiskArgs) -> Result<ExitCode> {
         let mut f = std::fs::File::create(p)?;
         semithin_boot::kernel::write_content(store, c, &mut f)?;
     }
-    let entry = bootloader::entry_text(&hex, &files.kernel.version, &options);
+    // The first boot grows the root partition to the disk it was written to.
+    let entry = bootloader::entry_text(
+        &hex,
+        &files.kernel.version,
+        &format!("{options} semithin.grow"),
+    );
     let base = format!(
         "# The base system of the root partition, without semithin (docs/BOOT.md)\n\
          title base system (semithin=off)\nlinux /base/vmlinuz\ninitrd /base/initrd.img\n\
