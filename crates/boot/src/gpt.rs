@@ -32,9 +32,9 @@ fn crc(b: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// What a grow did: the partition's last sector before and after (`None`: it already ended
-/// where the disk does).
-pub type Grown = Option<(u64, u64)>;
+/// What a grow did: the partition's last sector before and after (the same when it already
+/// ended where the disk does).
+pub type Grown = (u64, u64);
 
 /// Grows partition `number` (1-based) of the GPT disk `dev` (sector size `sector`) to the end of
 /// the disk. Refused when it is not the partition that ends last or the table does not verify.
@@ -101,7 +101,7 @@ pub fn grow(dev: &Path, number: u32, sector: u64) -> Result<Grown> {
     }
     let old_backup = u64_at(&hdr, 32);
     if last >= last_usable && old_backup == backup_lba {
-        return Ok(None);
+        return Ok((last, last));
     }
     if last > last_usable {
         return Err(bad(format!(
@@ -138,7 +138,7 @@ pub fn grow(dev: &Path, number: u32, sector: u64) -> Result<Grown> {
     write_at(&mut f, entries_lba * sector, &entries)?;
     write_at(&mut f, sector, &hdr)?;
     f.sync_all().map_err(Error::io("syncing", dev))?;
-    Ok(Some((last, last_usable)))
+    Ok((last, last_usable))
 }
 
 #[cfg(test)]
@@ -188,8 +188,8 @@ mod tests {
         // Already at its end? No: room is left after it. Grown to the last usable sector.
         let g = grow(&disk, 2, 512).unwrap();
         let last = 64 * 2048 - 34;
-        assert_eq!(g, Some((22528 + 40960 - 1, last)));
-        assert_eq!(grow(&disk, 2, 512).unwrap(), None);
+        assert_eq!(g, (22528 + 40960 - 1, last));
+        assert_eq!(grow(&disk, 2, 512).unwrap(), (last, last));
         // Written to a larger disk: the backup table moves to the new end.
         std::fs::OpenOptions::new()
             .write(true)
@@ -198,7 +198,7 @@ mod tests {
             .set_len(96 << 20)
             .unwrap();
         let g = grow(&disk, 2, 512).unwrap();
-        assert_eq!(g, Some((last, 96 * 2048 - 34)));
+        assert_eq!(g, (last, 96 * 2048 - 34));
         sfdisk(&["--verify"], &disk, None);
         let dump = sfdisk(&["-d"], &disk, None);
         assert!(

@@ -276,17 +276,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             number,
             sector_size,
         } => {
-            match semithin_boot::gpt::grow(&disk, number, sector_size)
-                .with_context(|| format!("growing partition {number} of {}", disk.display()))?
-            {
-                Some((from, to)) => outln!(
+            let (from, to) = semithin_boot::gpt::grow(&disk, number, sector_size)
+                .with_context(|| format!("growing partition {number} of {}", disk.display()))?;
+            if from == to {
+                outln!(
+                    "partition {number} of {} already ends at the disk's end, sector {to}",
+                    disk.display()
+                );
+            } else {
+                outln!(
                     "partition {number} of {} grown: its last sector was {from}, now {to}",
                     disk.display()
-                ),
-                None => outln!(
-                    "partition {number} of {} already ends at the disk's end",
-                    disk.display()
-                ),
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
