@@ -11,6 +11,7 @@
 #   semithin  the initramfs made by initramfs-tools with semithin's hook (tests/fixtures/
 #             boot-root.sh): the deployment is verified against its release and mounted
 #             read-only with the /etc overlay, as on every installed machine;
+#   semithin-noverify  the same with semithin.verify=off (the check at boot left out);
 #   stock     an initramfs of the same kernel made by the same initramfs-tools without
 #             semithin's hook: the root partition itself is the root, and its base system is
 #             the same release (`image disk` checks it out there too).
@@ -49,7 +50,7 @@ trap cleanup EXIT
 # without semithin's hook and scripts.
 C=$ROOT/tmp/semithin-boot-time-conf
 rm -rf "$C"
-mkdir -p "$C"
+mkdir -p "$C/scripts" "$C/hooks" "$C/conf.d"
 printf 'MODULES=list\nCOMPRESS=gzip\nBUSYBOX=auto\n' >"$C/initramfs.conf"
 printf '%s\n' virtio_pci virtio_blk ext4 crc32c_generic >"$C/modules"
 unshare --mount --propagation private /bin/sh -c '
@@ -106,6 +107,7 @@ $B ip route add default via 10.0.2.2
 /usr/bin/semithin agent --state /var/lib/semithin --config /etc/semithin/agent.toml --once >/dev/null 2>&1
 read -r up _ </proc/uptime
 echo "BENCH-CHECKIN uptime=$up"
+echo "BENCH-BOOTED $($B cat /run/semithin/booted 2>/dev/null || echo none)"
 $B sync
 $B poweroff -f
 EOF
@@ -137,6 +139,9 @@ boot() { # KIND RUN -> "wall_to_checkin uptime_init uptime_checkin"
   if [ "$kind" = semithin ]; then
     initrd=$KIT/initrd.img
     append="$append semithin.deployment=$ID"
+  elif [ "$kind" = semithin-noverify ]; then
+    initrd=$KIT/initrd.img
+    append="$append semithin.deployment=$ID semithin.verify=off"
   else
     initrd=$WORK/stock.img
   fi
@@ -147,25 +152,29 @@ boot() { # KIND RUN -> "wall_to_checkin uptime_init uptime_checkin"
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= </dev/null >/dev/null 2>&1 &
   pid=$!
   for _ in $(seq 3000); do
-    grep -q BENCH-CHECKIN "$log" 2>/dev/null && break
+    grep -q BENCH-BOOTED "$log" 2>/dev/null && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
   t1=$(date +%s.%N)
   wait "$pid" || true
-  grep -q BENCH-CHECKIN "$log" || die "no check-in ($kind, run $run): $(tr -d '\r' <"$log" | tail -5)"
-  if [ "$kind" = semithin ]; then
-    grep -q "semithin: booting deployment" "$log" || die "semithin did not boot the deployment (run $run)"
+  grep -q BENCH-BOOTED "$log" || die "no check-in ($kind, run $run): $(tr -d '\r' <"$log" | tail -5)"
+  local ui uc booted
+  booted=$(tr -d '\r' <"$log" | sed -n 's/.*BENCH-BOOTED \(none\|[0-9a-f]\{64\}\).*/\1/p')
+  if [ "$kind" != stock ]; then
+    [ "$booted" = "$ID" ] || die "semithin did not boot the deployment (run $run): booted '$booted'"
+  else
+    [ "$booted" = none ] || die "the stock boot booted a deployment (run $run): '$booted'"
   fi
-  local ui uc
-  ui=$(tr -d '\r' <"$log" | sed -n 's/^BENCH-INIT uptime=//p')
-  uc=$(tr -d '\r' <"$log" | sed -n 's/^BENCH-CHECKIN uptime=//p')
+  ui=$(tr -d '\r' <"$log" | sed -n 's/.*BENCH-INIT uptime=\([0-9.]*\).*/\1/p')
+  uc=$(tr -d '\r' <"$log" | sed -n 's/.*BENCH-CHECKIN uptime=\([0-9.]*\).*/\1/p')
+  [ -n "$ui" ] && [ -n "$uc" ] || die "no uptime on the console ($kind, run $run)"
   echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') $ui $uc"
 }
 
 declare -A WALL INIT CHECK
 for r in $(seq 1 "$RUNS"); do
-  for k in stock semithin; do
+  for k in stock semithin semithin-noverify; do
     read -r w i c < <(boot "$k" "$r")
     WALL[$k,$r]=$w
     INIT[$k,$r]=$i
@@ -174,7 +183,7 @@ for r in $(seq 1 "$RUNS"); do
   done
 done
 enrolled=$("$SEMITHIN" fleet list --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
-[ "$enrolled" -eq $((2 * RUNS)) ] || die "$enrolled machines enrolled, not $((2 * RUNS))"
+[ "$enrolled" -eq $((3 * RUNS)) ] || die "$enrolled machines enrolled, not $((3 * RUNS))"
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 col() { local m=$1 k=$2 r s=""; for r in $(seq 1 "$RUNS"); do eval "s=\"\$s \${$k[$m,$r]}\""; done; echo "$s"; }
@@ -184,11 +193,11 @@ OUT=$WORK/section.md
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(uname -r), qemu $("$QEMU" --version | head -1 | awk '{print $4}') under TCG (no KVM), -m $MEM; kernel $KVER given to qemu directly; load average $(cut -d' ' -f1-3 /proc/loadavg) at the end."
   echo "The image: busybox, the agent ($(du -m "$SEMITHIN" | cut -f1) MB unstripped, stripped in the image), the kernel and its initrd; the disk made by \`semithin image disk\`."
-  echo "\`semithin\`: initramfs-tools with semithin's hook (the deployment verified, then mounted with the /etc overlay); \`stock\`: the same initramfs-tools without it, the root partition's base system (the same release) booted as it is."
+  echo "\`semithin\`: initramfs-tools with semithin's hook (the deployment verified, then mounted with the /etc overlay); \`semithin-noverify\`: the same with \`semithin.verify=off\`; \`stock\`: the same initramfs-tools without the hook, the root partition's base system (the same release) booted as it is."
   echo
   echo "| boot | run | qemu start to check-in s | uptime at init s | uptime at check-in s |"
   echo "| --- | ---: | ---: | ---: | ---: |"
-  for k in stock semithin; do
+  for k in stock semithin semithin-noverify; do
     for r in $(seq 1 "$RUNS"); do
       echo "| $k | $r | ${WALL[$k,$r]} | ${INIT[$k,$r]} | ${CHECK[$k,$r]} |"
     done
@@ -197,8 +206,11 @@ OUT=$WORK/section.md
   wt=$(col semithin WALL | median)
   is=$(col stock INIT | median)
   it=$(col semithin INIT | median)
+  wn=$(col semithin-noverify WALL | median)
+  in=$(col semithin-noverify INIT | median)
+  pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.1f%%", (b - a) / a * 100}'; }
   echo
-  echo "Medians: check-in $ws s stock, $wt s semithin ($(awk -v a="$ws" -v b="$wt" 'BEGIN {printf "%+.1f%%", (b - a) / a * 100}')); init started at $is s stock, $it s semithin."
+  echo "Medians: check-in $ws s stock, $wt s semithin ($(pct "$ws" "$wt")), $wn s semithin without the check ($(pct "$ws" "$wn")); init started at $is s stock, $it s semithin, $in s without the check."
 } >"$OUT"
 cat "$OUT"
 replace_section bench/RESULTS.md "$OUT" "# boot time to the first check-in" "$WORK"
