@@ -19,7 +19,11 @@ die() {
 [ "$(id -u)" -eq 0 ] || die "must be run as root (the tests chroot, mount and create files owned by other users)"
 command -v cargo >/dev/null || die "cargo is not installed"
 
-DEB_PACKAGES=(debootstrap mmdebstrap openssl squashfs-tools squashfs-tools-ng attr acl libcap2-bin zstd python3 python3-venv faketime time apt-utils gpg e2fsprogs binutils chromium chromium-driver)
+# chromium and chromium-driver: the dashboard's tests in a real browser. ovmf (UEFI for qemu),
+# systemd-boot-efi, dosfstools, mtools and fdisk: `image disk` and the boots of its disks (they
+# only add files; qemu itself is unpacked by tests/fixtures/qemu.sh).
+DEB_PACKAGES=(debootstrap mmdebstrap openssl squashfs-tools squashfs-tools-ng attr acl libcap2-bin zstd python3 python3-venv faketime time apt-utils gpg e2fsprogs binutils
+  chromium chromium-driver ovmf systemd-boot-efi dosfstools mtools fdisk xz-utils)
 
 step "checking Debian packages: ${DEB_PACKAGES[*]}"
 missing=()

@@ -31,9 +31,19 @@
 #       partition back (and read-only again if it was); returns 2 if even that fails. Before all
 #       that, when STATE/trial exists, it remounts the partition read-write and runs
 #       semithin_trial with $SEMITHIN_TRIES (the boot script sets it from semithin.tries=); a
-#       release under trial whose boot cannot be counted is not booted. With SEMITHIN_VERIFY=full
+#       release under trial whose boot cannot be counted is not booted. With SEMITHIN_ENTRY=ID
+#       (the boot script sets it from semithin.deployment=) it runs semithin_entry first. With SEMITHIN_VERIFY=full
 #       (the boot script sets it from semithin.verify=; unset means off) it runs semithin_verify
 #       once the partition is writable, and boots nothing of a deployment that fails it.
+#
+#   semithin_entry PART STATE ID
+#       The boot loader booted the entry of deployment ID (semithin.deployment=ID: its kernel
+#       and initrd, docs/BOOT.md). When a release is under trial, current points at it and ID
+#       is another deployment, the boot loader went back (the trial's one boot was used up
+#       without a confirmation): STATE/trial-failed says so and current is switched back to ID
+#       (to PREVIOUS when ID is gone). Otherwise, when current points elsewhere and
+#       deployments/ID exists, current is switched to ID: the kernel that runs is ID's, so
+#       ID's tree (its modules) is the one to boot. Same file handling as semithin_trial.
 #
 #   semithin_verify PART STATE
 #       Verifies the deployment STATE/current points at against its release with the agent's
@@ -281,6 +291,69 @@ semithin_trial() {
 	return 0
 }
 
+# Points STATE/current ($1) at deployments/$2 by renaming a new link over it, synced.
+semithin_point() {
+	_sp_tmp=${1%/*}/.current.boot.tmp
+	rm -f "$_sp_tmp"
+	if ! ln -s "deployments/$2" "$_sp_tmp" || ! mv -f -T "$_sp_tmp" "$1"; then
+		semithin_say "cannot switch $1 to deployments/$2"
+		return 1
+	fi
+	sync
+}
+
+semithin_entry() {
+	if [ $# -lt 3 ]; then
+		semithin_say "usage: semithin_entry PART STATE ID"
+		return 1
+	fi
+	semithin_check_state "$2" || return 1
+	_se_dir=$1$2
+	_se_id=$3
+	if ! semithin_is_id "$_se_id"; then
+		semithin_say "semithin.deployment=$_se_id is not a deployment id (64 hex digits): booting what current names"
+		return 0
+	fi
+	_se_cur=$(readlink "$_se_dir/current" 2>/dev/null) || _se_cur=
+	[ "$_se_cur" = "deployments/$_se_id" ] && return 0
+	_se_back=$_se_id
+	if [ -L "$_se_dir/deployments/$_se_id" ] || [ ! -d "$_se_dir/deployments/$_se_id" ]; then
+		_se_back=
+	fi
+	_se_rel=
+	_se_prev=
+	if [ -f "$_se_dir/trial" ]; then
+		read -r _se_rel _se_prev _se_rest <"$_se_dir/trial" || true
+	fi
+	if semithin_is_id "$_se_rel" && [ "$_se_cur" = "deployments/$_se_rel" ]; then
+		[ -n "$_se_back" ] || _se_back=$_se_prev
+		_se_reason="the boot loader booted deployment $_se_id's entry, not the one of the release under trial: its one boot ended without the release being confirmed healthy"
+		if semithin_is_id "$_se_back" && [ -d "$_se_dir/deployments/$_se_back" ]; then
+			_se_reason="$_se_reason; the boot switched back to $_se_back"
+		else
+			_se_back=
+			_se_reason="$_se_reason; no previous deployment: the boot removed the current link"
+		fi
+		semithin_put "$_se_dir/trial-failed" "$_se_rel $_se_reason" || return 1
+		if [ -n "$_se_back" ]; then
+			semithin_point "$_se_dir/current" "$_se_back" || return 1
+		elif ! rm -f "$_se_dir/current"; then
+			semithin_say "cannot remove $_se_dir/current"
+			return 1
+		fi
+		sync
+		semithin_say "release $_se_rel: $_se_reason"
+		return 0
+	fi
+	if [ -z "$_se_back" ]; then
+		semithin_say "the boot loader booted deployment $_se_id's entry, but deployments/$_se_id is missing: booting what current names"
+		return 0
+	fi
+	semithin_point "$_se_dir/current" "$_se_id" || return 1
+	semithin_say "the boot loader booted deployment $_se_id's entry: current now points at it (was '${_se_cur:-none}')"
+	return 0
+}
+
 semithin_verify() {
 	_sv_bin=${SEMITHIN_BIN:-/usr/lib/semithin/semithin}
 	if [ ! -x "$_sv_bin" ]; then
@@ -328,7 +401,8 @@ semithin_boot() {
 	_sb_was_ro=n
 	# A release under trial: this boot is counted, or the trial given up and current switched
 	# back. Both write to the partition.
-	if semithin_check_state "$_sb_state" 2>/dev/null && [ -f "$_sb_root$_sb_state/trial" ]; then
+	# With semithin.deployment=ID (SEMITHIN_ENTRY), the entry the boot loader booted comes first.
+	if semithin_check_state "$_sb_state" 2>/dev/null && { [ -f "$_sb_root$_sb_state/trial" ] || [ -n "${SEMITHIN_ENTRY:-}" ]; }; then
 		if semithin_is_ro "$_sb_root"; then
 			if ! mount -o remount,rw "$_sb_root"; then
 				semithin_say "cannot remount the root partition read-write to count this boot of a release under trial"
@@ -336,7 +410,11 @@ semithin_boot() {
 			fi
 			_sb_was_ro=y
 		fi
-		if ! semithin_trial "$_sb_root" "$_sb_state" "${SEMITHIN_TRIES:-1}"; then
+		if [ -n "${SEMITHIN_ENTRY:-}" ] && ! semithin_entry "$_sb_root" "$_sb_state" "$SEMITHIN_ENTRY"; then
+			semithin_undo_rw "$_sb_root" "$_sb_was_ro"
+			return 1
+		fi
+		if [ -f "$_sb_root$_sb_state/trial" ] && ! semithin_trial "$_sb_root" "$_sb_state" "${SEMITHIN_TRIES:-1}"; then
 			semithin_undo_rw "$_sb_root" "$_sb_was_ro"
 			return 1
 		fi

@@ -92,6 +92,19 @@ pub struct Config {
     /// disk of its own: the directory must be the mount point of a file system other than the
     /// state directory's (docs/BOOT.md, "Booting from the backup disk").
     pub backup_dir: Option<PathBuf>,
+    /// `systemd-boot`: keep a boot loader entry with its own kernel and initrd for each kept
+    /// deployment on the EFI system partition, the default following `current`, a trial booted
+    /// once (docs/BOOT.md, "Kernels, initramfs and the boot loader"). `none` (the default):
+    /// the base system's boot loader and kernel boot every deployment.
+    pub boot_loader: crate::bootloader::Kind,
+    /// Where the EFI system partition is mounted.
+    pub esp: PathBuf,
+    /// The kernel command line of the entries (the root, the console, ...), before
+    /// `semithin.deployment=ID`; default: the running kernel's (`/proc/cmdline`) without what
+    /// the boot loader and the entry add.
+    pub boot_options: Option<String>,
+    /// Where efivarfs is mounted.
+    pub efivars: PathBuf,
 }
 
 /// What verification does with local changes in the `/etc` overlay (docs/BOOT.md).
@@ -153,6 +166,10 @@ impl Default for Config {
             capture_paths: Vec::new(),
             capture_max_bytes: 256 << 20,
             backup_dir: None,
+            boot_loader: crate::bootloader::Kind::None,
+            esp: PathBuf::from("/boot/efi"),
+            boot_options: None,
+            efivars: PathBuf::from("/sys/firmware/efi/efivars"),
         }
     }
 }
@@ -189,6 +206,26 @@ impl Config {
                     .map_err(|e| Error::Config(format!("etc_restore pattern {p:?}: {e}")))
             })
             .collect()
+    }
+
+    /// The boot loader whose entries the agent keeps, when one is configured.
+    pub fn loader(&self) -> Result<Option<crate::bootloader::Loader>> {
+        if self.boot_loader == crate::bootloader::Kind::None {
+            return Ok(None);
+        }
+        let options = match &self.boot_options {
+            Some(o) => o.clone(),
+            None => {
+                let p = Path::new("/proc/cmdline");
+                let c = std::fs::read_to_string(p).map_err(Error::io("reading", p))?;
+                crate::bootloader::options_from_cmdline(&c)
+            }
+        };
+        Ok(Some(crate::bootloader::Loader {
+            esp: self.esp.clone(),
+            efivars: self.efivars.clone(),
+            options,
+        }))
     }
 
     pub fn server(&self) -> Result<&str> {

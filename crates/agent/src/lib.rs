@@ -8,6 +8,7 @@
 
 mod assignment;
 pub mod backup;
+pub mod bootloader;
 pub mod capture;
 pub mod config;
 mod configure;

@@ -188,6 +188,13 @@ impl State {
             rolling_back: None,
         });
         self.health = Health::Checking;
+        // The deployment switched from is kept for rollback even when no history named it (a
+        // state directory made by `image disk`, or a state.json moved aside).
+        if let Some(p) = self.trial.as_ref().and_then(|t| t.previous.clone())
+            && !self.history.contains(&p)
+        {
+            self.history.insert(0, p);
+        }
         self.history.retain(|h| h != release);
         self.history.insert(0, release.to_owned());
     }

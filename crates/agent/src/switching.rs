@@ -12,6 +12,20 @@ impl Agent {
         self.save()?;
         let trial = self.state.trial.clone().expect("just opened");
         deploy::open_boot_trial(&self.layout, &trial)?;
+        if let Some(l) = self.cfg.loader()? {
+            // The release's entry is booted once; the default stays on the previous one until
+            // the release is confirmed, so a boot that never confirms it comes back.
+            l.ensure(&self.repo.objects, release)?;
+            if let Some(p) = trial.previous.as_deref() {
+                l.ensure(&self.repo.objects, p)?;
+                l.set_default(p)?;
+            }
+            l.boot_once(release)?;
+            self.say(&format!(
+                "boot loader: the next boot runs release {} once (LoaderEntryOneShot)",
+                short(release)
+            ));
+        }
         crash_point("switch-trial");
         deploy::point_current(&self.layout, Some(release))?;
         crash_point("switch-link");
@@ -41,6 +55,9 @@ impl Agent {
                 deploy::close_boot_trial(&self.layout)?;
                 self.state.confirm_trial();
                 self.save()?;
+                if let Some(l) = self.cfg.loader()? {
+                    l.clear_once()?;
+                }
                 self.say(&format!("release {} is healthy", short(&trial.release)));
                 self.prune()?;
                 Ok(())
@@ -109,6 +126,9 @@ impl Agent {
         deploy::close_boot_trial(&self.layout)?;
         self.state.finish_rollback();
         self.save()?;
+        if let Some(l) = self.cfg.loader()? {
+            l.clear_once()?;
+        }
         self.say(&format!(
             "rolled back from release {} to {}: {reason}",
             short(&trial.release),
@@ -152,6 +172,7 @@ impl Agent {
         for r in &removed {
             self.say(&format!("removed deployment {}", short(r)));
         }
+        self.sync_boot_loader(&keep)?;
         if !removed.is_empty() {
             // Objects only the removed deployments needed; a pack mostly alive is left alone.
             let commits: Vec<CommitId> = keep.iter().filter_map(|k| k.parse().ok()).collect();
@@ -162,6 +183,39 @@ impl Agent {
                     r.freed_bytes
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The boot loader follows the deployments: outside a trial, the current deployment has
+    /// its entry and is the default; entries of releases not in `keep` are removed.
+    pub(crate) fn sync_boot_loader(&mut self, keep: &[&str]) -> Result<()> {
+        let Some(l) = self.cfg.loader()? else {
+            return Ok(());
+        };
+        let current = self.layout.current()?;
+        if self.state.trial.is_none()
+            && let Some(c) = current.as_deref()
+        {
+            if l.ensure(&self.repo.objects, c)? {
+                self.say(&format!(
+                    "boot loader: entry for release {} written",
+                    short(c)
+                ));
+            }
+            if l.default_release().as_deref() != Some(c) {
+                l.set_default(c)?;
+                self.say(&format!(
+                    "boot loader: release {} is the default entry",
+                    short(c)
+                ));
+            }
+        }
+        for r in l.prune(keep)? {
+            self.say(&format!(
+                "boot loader: removed the entry of release {}",
+                short(&r)
+            ));
         }
         Ok(())
     }

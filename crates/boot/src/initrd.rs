@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 const HOOK: &str = include_str!("../../../packaging/initramfs-tools/hooks/semithin");
 const SCRIPT: &str =
     include_str!("../../../packaging/initramfs-tools/scripts/local-bottom/semithin");
+const GROW: &str =
+    include_str!("../../../packaging/initramfs-tools/scripts/local-premount/semithin-grow");
 const MOUNT: &str = include_str!("../../../packaging/initramfs-tools/semithin-mount.sh");
 const LIVE: &str = include_str!("../../../packaging/initramfs-tools/scripts/semithin-live");
 
@@ -178,6 +180,12 @@ fn install(root: &Path, opts: &InitrdOptions) -> Result<()> {
         &format!("{it}/scripts/semithin-live"),
         LIVE.as_bytes(),
         0o644,
+    )?;
+    write(
+        root,
+        &format!("{it}/scripts/local-premount/semithin-grow"),
+        GROW.as_bytes(),
+        0o755,
     )?;
     if let Some(modules) = &opts.modules {
         for m in modules {

@@ -210,6 +210,37 @@ pub fn find(store: &ObjectStore, root: TreeId) -> Result<Kernel> {
     })
 }
 
+/// What a machine boots a release with from a boot loader: its kernel ([`find`]) and the initrd
+/// beside it, `boot/initrd.img-VERSION` as Debian's initramfs-tools names it.
+#[derive(Clone, Debug)]
+pub struct BootFiles {
+    pub kernel: Kernel,
+    /// The initrd's path, relative to the root.
+    pub initrd_path: String,
+    pub initrd: FileContent,
+}
+
+/// The kernel and initrd of the tree `root`: [`Error::NoKernel`] without a kernel, and the
+/// same error saying so when the kernel has no `boot/initrd.img-VERSION` beside it.
+pub fn boot_files(store: &ObjectStore, root: TreeId) -> Result<BootFiles> {
+    let kernel = find(store, root)?;
+    let initrd_path = format!("boot/initrd.img-{}", kernel.version);
+    let Some(initrd) = regular_file(store, root, &initrd_path)? else {
+        return Err(Error::NoKernel {
+            reason: format!(
+                "{} has no initrd: {initrd_path} is not in the release (install \
+                 initramfs-tools in the image, with semithin's hook, so the kernel's package makes it)",
+                kernel.path
+            ),
+        });
+    };
+    Ok(BootFiles {
+        kernel,
+        initrd_path,
+        initrd,
+    })
+}
+
 /// Writes a stored file's content to `out`, each chunk verified as it is read.
 pub fn write_content(
     store: &ObjectStore,
@@ -219,7 +250,7 @@ pub fn write_content(
     for c in &content.chunks {
         let bytes = store.get_chunk(&c.id)?;
         out.write_all(&bytes).map_err(|e| Error::Write {
-            what: "the kernel".into(),
+            what: "a boot file".into(),
             source: e,
         })?;
     }

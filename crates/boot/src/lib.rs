@@ -5,7 +5,9 @@
 //! The pure parts (choosing the kernel, the manifest) are apart from the I/O (reading the store,
 //! the chroot, tar2sqfs).
 
+pub mod disk;
 pub mod error;
+pub mod gpt;
 pub mod initrd;
 pub mod kernel;
 

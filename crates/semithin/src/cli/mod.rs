@@ -138,6 +138,18 @@ enum Command {
     /// initrd does (docs/BOOT.md, "Live and network boot").
     #[command(subcommand)]
     Live(live::LiveCmd),
+    /// Grow the last partition of a GPT disk to the disk's end (the initramfs runs it at the
+    /// first boot of a disk made by `image disk`; docs/BOOT.md).
+    #[command(hide = true)]
+    GrowPartition {
+        /// The disk's device (`/dev/vda`).
+        disk: PathBuf,
+        /// The partition's number (1 for the first).
+        number: u32,
+        /// The disk's logical sector size in bytes.
+        #[arg(long, default_value_t = 512)]
+        sector_size: u64,
+    },
     /// A TUF client with the command line of the tuf-conformance suite (init, refresh,
     /// download); exit code 0 on success, 1 on any failure.
     TufClient(tuf_client::Args),
@@ -278,6 +290,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gc(a) => gc::run(&open(repo, Access::Write)?, a),
         Command::Export(a) => export::run(&open(repo, Access::Read)?, a),
         Command::BootArtifacts(a) => boot_artifacts::run(&open(repo, Access::Read)?, a),
+        Command::GrowPartition {
+            disk,
+            number,
+            sector_size,
+        } => {
+            let (from, to) = semithin_boot::gpt::grow(&disk, number, sector_size)
+                .with_context(|| format!("growing partition {number} of {}", disk.display()))?;
+            if from == to {
+                outln!(
+                    "partition {number} of {} already ends at the disk's end, sector {to}",
+                    disk.display()
+                );
+            } else {
+                outln!(
+                    "partition {number} of {} grown: its last sector was {from}, now {to}",
+                    disk.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::TufClient(a) => tuf_client::run(a),
         Command::Live(c) => live::run(c),
         Command::Trust(c) => trust::run(repo, c),

@@ -15,6 +15,7 @@ mod common;
 mod dashboard;
 mod deb;
 mod demo;
+mod disk_boot;
 mod fidelity;
 mod fleet;
 mod gc;

@@ -76,8 +76,9 @@ fn the_example_agent_settings_are_what_the_agent_reads() {
     let dir = tempdir();
     let (all, n) = uncommented(&read(&path));
     assert_eq!(
-        n, 7,
-        "name, token_file, token, channel, follow_channel_changes, etc_upper and backup_dir are \
+        n, 11,
+        "name, token_file, token, channel, follow_channel_changes, etc_upper, backup_dir, \
+         boot_loader, esp, boot_options and efivars are \
          commented out:\n{all}"
     );
     let all_path = dir.path().join("all.toml");
@@ -92,6 +93,8 @@ fn the_example_agent_settings_are_what_the_agent_reads() {
         c.backup_dir.as_deref(),
         Some(Path::new("/var/backups/semithin"))
     );
+    assert_eq!(c.boot_loader, semithin_agent::bootloader::Kind::SystemdBoot);
+    assert_eq!(c.esp, Path::new("/boot/efi"));
     assert_eq!(c.etc_policy, semithin_agent::config::EtcPolicy::Restore);
     assert!(c.etc_restore().unwrap().len() >= 5);
     assert_eq!(
@@ -893,6 +896,119 @@ echo done
         !here.contains(&dir.path().display().to_string()),
         "a mount outlived the namespace:\n{here}"
     );
+    dir.close().unwrap();
+}
+
+#[test]
+fn the_entry_the_boot_loader_booted_decides_the_deployment_and_a_trial_it_went_back_from_fails() {
+    let dir = tempdir();
+    let script = format!(
+        "{SETUP}{}",
+        r#"
+R=$T/root
+Y=$T/run/semithin/sysroot
+mkdir -p "$R"
+mount -t tmpfs partition "$R"
+make_partition "$R"
+NEW=fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210
+cp -a "$R$S/deployments/$ID" "$R$S/deployments/$NEW"
+echo new > "$R$S/deployments/$NEW/etc/motd"
+mount -o remount,ro "$R"
+unboot() {
+    umount "$R/var"
+    umount "$R/etc"
+    umount "$R"
+    mount -o move "$Y" "$R"
+    mount -o remount,ro "$R"
+}
+boot() {
+    semithin_boot "$R" "$S" "$Y" /sbin/init 2>"$T/msg" || fail "semithin_boot: $(cat "$T/msg")"
+    echo "$1: $(tr '
+' ' ' < "$T/msg")"
+}
+writable() {
+    mount -o remount,rw "$R"
+    "$@"
+    mount -o remount,ro "$R"
+}
+
+# Without the parameter: what current names, as before.
+SEMITHIN_ENTRY=
+boot plain
+[ "$SEMITHIN_ID" = "$ID" ] || fail "plain mounted $SEMITHIN_ID"
+unboot
+
+# The agent switched to NEW under trial; the boot loader boots NEW's entry once: counted.
+writable sh -c "echo '$NEW $ID' > '$R$S/trial'; ln -sfn 'deployments/$NEW' '$R$S/current'"
+SEMITHIN_ENTRY=$NEW
+boot trial1
+[ "$SEMITHIN_ID" = "$NEW" ] || fail "trial1 mounted $SEMITHIN_ID"
+[ "$(cat "$Y$S/trial-boots")" = "$NEW 1" ] || fail "trial-boots: $(cat "$Y$S/trial-boots")"
+unboot
+
+# Not confirmed: the next boot is the previous default, ID's entry. The trial failed.
+SEMITHIN_ENTRY=$ID
+boot back
+[ "$SEMITHIN_ID" = "$ID" ] || fail "back mounted $SEMITHIN_ID"
+[ "$(cat "$R/etc/motd")" = image ] || fail "the root is not the previous release"
+[ "$(readlink "$Y$S/current")" = "deployments/$ID" ] || fail "current: $(readlink "$Y$S/current")"
+read -r mrel mreason < "$Y$S/trial-failed"
+[ "$mrel" = "$NEW" ] || fail "the marker names $mrel"
+echo "marker: $mreason"
+[ ! -e "$Y$S/.current.boot.tmp" ] || fail ".current.boot.tmp left behind"
+unboot
+
+# No trial: an entry of another kept deployment boots that deployment and makes it current.
+writable rm "$R$S/trial" "$R$S/trial-boots" "$R$S/trial-failed"
+SEMITHIN_ENTRY=$NEW
+boot other
+[ "$SEMITHIN_ID" = "$NEW" ] || fail "other mounted $SEMITHIN_ID"
+[ "$(readlink "$Y$S/current")" = "deployments/$NEW" ] || fail "current: $(readlink "$Y$S/current")"
+[ ! -e "$Y$S/trial-failed" ] || fail "a marker without a trial"
+unboot
+
+# An entry whose deployment is gone, or a bad id: what current names.
+SEMITHIN_ENTRY=0000000000000000000000000000000000000000000000000000000000000000
+boot gone
+[ "$SEMITHIN_ID" = "$NEW" ] || fail "gone mounted $SEMITHIN_ID"
+unboot
+SEMITHIN_ENTRY='../../etc'
+boot bad
+[ "$SEMITHIN_ID" = "$NEW" ] || fail "bad mounted $SEMITHIN_ID"
+unboot
+echo done
+"#
+    );
+    let out = in_mount_namespace(dir.path(), &script);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.ends_with("done\n"), "{all}");
+    let line = |p: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(p))
+            .unwrap_or_else(|| panic!("no line {p}: {all}"))
+            .to_owned()
+    };
+    let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    assert!(line("trial1: ").contains("boot 1 of 1"), "{all}");
+    let marker = line("marker: ");
+    assert!(
+        marker.contains(&format!(
+            "the boot loader booted deployment {id}'s entry, not the one of the release under trial"
+        )) && marker.contains(&format!("the boot switched back to {id}")),
+        "{all}"
+    );
+    assert!(
+        line("other: ").contains("current now points at it"),
+        "{all}"
+    );
+    assert!(
+        line("gone: ").contains("is missing: booting what current names"),
+        "{all}"
+    );
+    assert!(line("bad: ").contains("is not a deployment id"), "{all}");
     dir.close().unwrap();
 }
 

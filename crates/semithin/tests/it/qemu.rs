@@ -43,6 +43,60 @@ impl Kit {
     }
 }
 
+/// A kernel with an initramfs made by initramfs-tools with semithin's hook and this build's
+/// binary, and its modules directory.
+pub(crate) struct KernelFiles {
+    pub vmlinuz: PathBuf,
+    pub initrd: PathBuf,
+    /// The kernel's release (`uname -r`).
+    pub version: String,
+    pub modules: PathBuf,
+}
+
+impl KernelFiles {
+    fn from(dir: &Path) -> KernelFiles {
+        KernelFiles {
+            vmlinuz: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.img"),
+            version: std::fs::read_to_string(dir.join("version"))
+                .unwrap()
+                .trim()
+                .to_owned(),
+            modules: std::fs::canonicalize(dir.join("modules")).unwrap(),
+        }
+    }
+
+    /// The kit's kernel (bookworm's).
+    pub fn kit() -> KernelFiles {
+        KernelFiles::from(Path::new(&fixture(&format!(
+            "boot-root.sh initrd {}",
+            q(Path::new(BIN))
+        ))))
+    }
+
+    /// bookworm-backports' kernel, newer than the kit's.
+    pub fn newer() -> KernelFiles {
+        KernelFiles::from(Path::new(&fixture(&format!(
+            "boot-root.sh newer-initrd {}",
+            q(Path::new(BIN))
+        ))))
+    }
+}
+
+/// Debian's OVMF (UEFI for qemu; the ovmf package, which tests/test.sh installs): the firmware
+/// code, and a fresh copy of its variable store at `vars`, which keeps the EFI variables of one
+/// machine across its boots.
+pub(crate) fn ovmf(vars: &Path) -> PathBuf {
+    let code = PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd");
+    let tmpl = Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd");
+    assert!(
+        code.is_file() && tmpl.is_file(),
+        "no OVMF firmware in /usr/share/OVMF: install Debian's ovmf package (tests/test.sh does)"
+    );
+    std::fs::copy(tmpl, vars).unwrap();
+    code
+}
+
 /// Makes `dir` (new, or without libraries) a tiny system: busybox (with `/bin/sh`) and the
 /// libraries it needs, copied from the kit's root (never through its absolute symlinks), and the
 /// directories a root has, with `/sbin/init` running `init` (a shell script's body), then
@@ -109,15 +163,58 @@ pub(crate) struct Vm {
 }
 
 impl Vm {
+    /// Starts a UEFI machine (OVMF; its variables in `vars`, see [`ovmf`]) booting `disk` the
+    /// way the firmware finds it, with user networking (the host's loopback is 10.0.2.2 for the
+    /// guest), `-no-reboot`: a reboot, power-off or panic ends qemu.
+    pub fn start_uefi(kit: &Kit, code: &Path, vars: &Path, disk: &Path, console: &Path) -> Vm {
+        let mut c = Command::new(&kit.qemu);
+        c.args(["-machine", "q35", "-m", "1024"])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                code.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ))
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=none,id=d0", disk.display()))
+            .args(["-device", "virtio-blk-pci,drive=d0,bootindex=0"])
+            .args([
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0,romfile=",
+            ]);
+        Self::spawn(c, console)
+    }
+
+    fn spawn(mut c: Command, console: &Path) -> Vm {
+        let _ = std::fs::remove_file(console);
+        c.args(["-nographic", "-no-reboot", "-monitor", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()));
+        let log = console.with_extension("qemu.log");
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+            .spawn()
+            .unwrap();
+        Vm {
+            child: Some(child),
+            console: console.to_owned(),
+            started: Instant::now(),
+        }
+    }
+
     /// Starts qemu: `-nographic -no-reboot`, the kernel and initramfs, the serial console into
     /// a file. With `panic=-1` and `-no-reboot`, a panic or a power-off ends qemu.
     pub fn start(b: &Boot) -> Vm {
-        let _ = std::fs::remove_file(&b.console);
         let mut c = Command::new(&b.kit.qemu);
-        c.args(["-nographic", "-no-reboot", "-monitor", "none"])
-            .args(["-m", &b.memory_mb.to_string()])
-            .arg("-serial")
-            .arg(format!("file:{}", b.console.display()))
+        c.args(["-m", &b.memory_mb.to_string()])
             .arg("-kernel")
             .arg(&b.kit.kernel)
             .arg("-initrd")
@@ -129,18 +226,7 @@ impl Vm {
                 .arg(format!("file={},format=raw,if=virtio", d.display()));
         }
         c.args(&b.extra);
-        let log = b.console.with_extension("qemu.log");
-        let child = c
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
-            .spawn()
-            .unwrap();
-        Vm {
-            child: Some(child),
-            console: b.console.clone(),
-            started: Instant::now(),
-        }
+        Self::spawn(c, &b.console)
     }
 
     /// A qemu started by the caller (a network boot without `-kernel`), killed when dropped.

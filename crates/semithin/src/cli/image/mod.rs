@@ -6,6 +6,7 @@
 //! in `common.rs`.
 
 mod common;
+mod disk;
 mod wizard;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,10 @@ pub enum ImageCmd {
     /// An interactive shell in a chroot of a channel's published release (or head); on exit
     /// it shows what changed and asks whether to commit it.
     Shell(wizard::ShellArgs),
+    /// A raw GPT disk image for a new machine: systemd-boot, the channel's published release as
+    /// the base system and as the agent's first deployment, the agent's settings (server,
+    /// pre-authorised token, CA). Made without mounting anything (docs/BOOT.md).
+    Disk(disk::DiskArgs),
     /// The packages installed in a version (read from its var/lib/dpkg/status; no chroot).
     Packages {
         /// The version: a commit id (or prefix), a channel, CHANNEL~N.
@@ -104,6 +109,7 @@ pub fn run(repo: Option<PathBuf>, cmd: ImageCmd) -> Result<ExitCode> {
         ImageCmd::Remove(a) => wizard::add(repo, a, true),
         ImageCmd::Upgrade(a) => wizard::upgrade(repo, a),
         ImageCmd::Shell(a) => wizard::shell(repo, a),
+        ImageCmd::Disk(a) => disk::run(repo, a),
         ImageCmd::Packages { reference, json } => {
             let repo = open(repo, Access::Read)?;
             let id = refs::resolve(&repo, &reference)?;
