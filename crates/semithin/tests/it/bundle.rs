@@ -1,0 +1,286 @@
+//! Offline and air-gapped sites: `bundle create` writes what machines need to removable media,
+//! `agent import` deploys it on each machine inside a network namespace of its own (it provably
+//! cannot reach the server), and `bundle sync` stores the reports they signed; bad bundles and
+//! results are refused by name and change nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::common::{BIN, q, sh};
+use crate::fleet::{Agent, Server, assert_deployed, image};
+
+/// A fleet of m1 and m2 on v1 of lab/stable (and m3 on no channel), with v2 published.
+struct Site {
+    a1: Agent,
+    a2: Agent,
+    a3: Agent,
+    s: Server,
+    src2: PathBuf,
+    v1: String,
+    v2: String,
+}
+
+fn site() -> Site {
+    let s = Server::start();
+    let t = s.enroll_token(true);
+    let (src1, src2) = (s.path("img1"), s.path("img2"));
+    image(&src1, 1, 5);
+    sh(&format!(
+        "cp -a {} {} && echo VERSION_ID=2 > {}/etc/os-release && echo new > {}/usr/bin/added",
+        q(&src1),
+        q(&src2),
+        q(&src2),
+        q(&src2)
+    ));
+    let v1 = s.release(&src1, "lab/stable");
+    let a1 = Agent::new(&s, "m1", &t);
+    let a2 = Agent::new(&s, "m2", &t);
+    let a3 = Agent::new(&s, "m3", &t);
+    for a in [&a1, &a2, &a3] {
+        assert!(a.once().success(), "{}", a.log());
+    }
+    for m in ["m1", "m2"] {
+        s.ok(&["fleet", "assign", m, "lab/stable"]);
+    }
+    for a in [&a1, &a2] {
+        assert!(a.once().success(), "{}", a.log());
+        assert_eq!(a.current().as_deref(), Some(v1.as_str()), "{}", a.log());
+    }
+    let v2 = s.release(&src2, "lab/stable");
+    Site {
+        a1,
+        a2,
+        a3,
+        s,
+        src2,
+        v1,
+        v2,
+    }
+}
+
+/// `agent import DIR --json` in a network namespace of its own (`unshare --net`: only a loopback
+/// that is down), after checking that the server cannot be reached from there.
+fn import_offline(s: &Server, a: &Agent, dir: &Path) -> Output {
+    let port = s.port.to_string();
+    Command::new("unshare")
+        .args([
+            "--net",
+            "bash",
+            "-c",
+            r#"if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+                   echo "the server is reachable from the namespace" >&2; exit 99
+               fi
+               exec "$2" agent --state "$3" import "$4" --json"#,
+            "import",
+            &port,
+            BIN,
+        ])
+        .arg(&a.state)
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+fn ok_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn refused(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "accepted: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn create(s: &Server, out: &Path) -> Value {
+    let o = s.cli(&[
+        "bundle",
+        "create",
+        "lab/stable",
+        "--for",
+        "*",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    ok_json(&o)
+}
+
+fn machine_id(a: &Agent) -> String {
+    read_json(&a.state.join("state.json"))["machine_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_bundle_brings_offline_machines_to_the_release_and_their_reports_back() {
+    let site = site();
+    let s = &site.s;
+    // the server can be reached from here: the namespace's probe is a real one
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", s.port)).is_ok(),
+        "the server listens"
+    );
+    let dir = s.path("usb");
+    let info = create(s, &dir);
+    assert_eq!(info["release"], Value::from(site.v2.clone()), "{info}");
+    let names: Vec<&str> = info["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{info}");
+    assert!(names.contains(&"m1") && names.contains(&"m2"), "{info}");
+    for m in info["machines"].as_array().unwrap() {
+        assert_eq!(m["current"], Value::from(site.v1.clone()), "{info}");
+    }
+    let skipped = &info["skipped"][0];
+    assert_eq!(skipped["name"], "m3", "{info}");
+    assert!(
+        skipped["reason"].as_str().unwrap().contains("no channel"),
+        "{info}"
+    );
+    assert!(
+        info["expires"].as_i64().unwrap() > info["made_at"].as_i64().unwrap(),
+        "{info}"
+    );
+    // the layout: the backup disk's, plus the delta pack from v1 and an empty results/
+    let pack = dir
+        .join("deltas")
+        .join(format!("{}-{}.pack", site.v1, site.v2));
+    assert!(pack.is_file(), "{info}");
+    for p in [
+        "manifest.json",
+        "bundle.json",
+        "repo/config",
+        "trust/roots/1.root.json",
+    ] {
+        assert!(dir.join(p).exists(), "{p}");
+    }
+    let rel = dir.join("trust").join(&site.v2);
+    for p in ["timestamp.json", "snapshot.json", "targets.json"] {
+        assert!(rel.join(p).is_file(), "{p}");
+    }
+    assert_eq!(std::fs::read_dir(dir.join("results")).unwrap().count(), 0);
+    assert!(!dir.join(".partial").exists());
+    // the text output says until when it can be imported
+    let text = s.ok(&[
+        "bundle",
+        "create",
+        "lab/stable",
+        "--for",
+        "m1",
+        "--out",
+        s.path("usb-text").to_str().unwrap(),
+    ]);
+    assert!(text.contains("expires at"), "{text}");
+    // an existing bundle is not overwritten
+    let again = s.cli(&[
+        "bundle",
+        "create",
+        "lab/stable",
+        "--for",
+        "*",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(refused(&again).contains("is not empty"));
+
+    // m1 through the delta pack, m2 (the pack gone) from the bundle's repository
+    let r1 = ok_json(&import_offline(s, &site.a1, &dir));
+    assert_eq!(r1["delta_applied"], Value::Bool(true), "{r1}");
+    assert_eq!(r1["switched"], Value::Bool(true), "{r1}");
+    assert_eq!(site.a1.current().as_deref(), Some(site.v2.as_str()));
+    assert_deployed(&site.src2, &site.a1.deployment());
+    sh(&format!("mv {} {}", q(&pack), q(&s.path("pack-aside"))));
+    let r2 = ok_json(&import_offline(s, &site.a2, &dir));
+    assert_eq!(r2["delta_applied"], Value::Bool(false), "{r2}");
+    assert!(r2["objects_copied"].as_u64().unwrap() > 0, "{r2}");
+    assert_eq!(site.a2.current().as_deref(), Some(site.v2.as_str()));
+    assert_deployed(&site.src2, &site.a2.deployment());
+    // the delta path read fewer objects from the bundle's repository
+    assert!(
+        r1["objects_copied"].as_u64().unwrap() < r2["objects_copied"].as_u64().unwrap(),
+        "{r1} {r2}"
+    );
+
+    // the server still thinks both run v1
+    for m in ["m1", "m2"] {
+        assert_eq!(
+            s.machine(m)["report"]["current"],
+            Value::from(site.v1.clone())
+        );
+    }
+    let results: Vec<(String, Value)> = [&site.a1, &site.a2]
+        .iter()
+        .map(|a| {
+            let id = machine_id(a);
+            let f = read_json(&dir.join("results").join(format!("{id}.json")));
+            (id, f)
+        })
+        .collect();
+    let out = s.cli(&["bundle", "sync", dir.to_str().unwrap(), "--json"]);
+    let answer = ok_json(&out);
+    assert_eq!(answer["stored"].as_array().unwrap().len(), 2, "{answer}");
+    assert_eq!(answer["refused"].as_array().unwrap().len(), 0, "{answer}");
+    for (id, f) in &results {
+        let at: i64 = f["headers"]["semithin-date"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let m = s
+            .machines()
+            .into_iter()
+            .find(|m| m["id"] == Value::from(id.clone()))
+            .unwrap();
+        assert_eq!(m["report"]["current"], Value::from(site.v2.clone()), "{m}");
+        assert_eq!(m["updated"], Value::Bool(true), "{m}");
+        assert_eq!(m["last_seen"], Value::from(at), "{m}");
+    }
+    let list = s.ok(&["fleet", "list", "--json"]);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["report"]["current"] == Value::from(site.v2.clone()))
+            .count(),
+        2,
+        "{list}"
+    );
+
+    // the same results again: replays, refused by name
+    let out = s.cli(&["bundle", "sync", dir.to_str().unwrap(), "--json"]);
+    assert!(!out.status.success());
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["stored"].as_array().unwrap().len(), 0, "{answer}");
+    let refused_ = answer["refused"].as_array().unwrap();
+    assert_eq!(refused_.len(), 2, "{answer}");
+    for r in refused_ {
+        assert!(
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("older than what the server has"),
+            "{answer}"
+        );
+    }
+    drop(site.a3);
+}
