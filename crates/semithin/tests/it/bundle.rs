@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use semithin_store::object::EntryKind;
+use semithin_store::{Access, CommitId, Repo};
 use serde_json::Value;
 
 use crate::common::{BIN, q, sh};
@@ -63,6 +65,11 @@ fn site() -> Site {
 /// `agent import DIR --json` in a network namespace of its own (`unshare --net`: only a loopback
 /// that is down), after checking that the server cannot be reached from there.
 fn import_offline(s: &Server, a: &Agent, dir: &Path) -> Output {
+    import_at(s, a, dir, "+0")
+}
+
+/// [`import_offline`] with the agent's clock off by `offset` (`faketime -f`).
+fn import_at(s: &Server, a: &Agent, dir: &Path, offset: &str) -> Output {
     let port = s.port.to_string();
     Command::new("unshare")
         .args([
@@ -72,13 +79,14 @@ fn import_offline(s: &Server, a: &Agent, dir: &Path) -> Output {
             r#"if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
                    echo "the server is reachable from the namespace" >&2; exit 99
                fi
-               exec "$2" agent --state "$3" import "$4" --json"#,
+               exec faketime -f "$5" "$2" agent --state "$3" import "$4" --json"#,
             "import",
             &port,
             BIN,
         ])
         .arg(&a.state)
         .arg(dir)
+        .arg(offset)
         .output()
         .unwrap()
 }
@@ -283,4 +291,165 @@ fn a_bundle_brings_offline_machines_to_the_release_and_their_reports_back() {
         );
     }
     drop(site.a3);
+}
+
+/// What a refused import must leave as it was: the state, the deployments, the trusted
+/// metadata (verified objects it read may stay in the store, as an interrupted fetch keeps them).
+fn snapshot(state: &Path) -> String {
+    sh(&format!(
+        "cd {} && cat state.json && readlink current && ls -a deployments && \
+         ls -a trust && cat trust/*.json trust/semithin-state",
+        q(state)
+    ))
+}
+
+fn import_refused(s: &Server, a: &Agent, dir: &Path, offset: &str, expect: &str) {
+    let before = snapshot(&a.state);
+    let out = import_at(s, a, dir, offset);
+    let err = refused(&out);
+    eprintln!("refused as: {err}");
+    assert!(err.contains(expect), "expected {expect:?} in: {err}");
+    assert_eq!(snapshot(&a.state), before, "a refused import changed: {err}");
+    assert!(
+        !dir.join("results").read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(&machine_id(a))),
+        "a refused import left a result"
+    );
+}
+
+#[test]
+fn bad_bundles_and_results_are_refused_by_name_and_change_nothing() {
+    let site = site();
+    let s = &site.s;
+    let dir = s.path("usb-v2");
+    create(s, &dir);
+    let copy = |name: &str| {
+        let d = s.path(name);
+        sh(&format!("cp -a {} {}", q(&dir), q(&d)));
+        d
+    };
+
+    // a flipped byte in an object only v2 has (no delta pack to rebuild it)
+    let d = copy("damaged");
+    sh(&format!("rm -r {}/deltas/*", q(&d)));
+    let (pack, at, victim) = {
+        let repo = Repo::open(&d.join("repo"), Access::Read).unwrap();
+        let id: CommitId = site.v2.parse().unwrap();
+        let tree = repo.objects.get_commit(&id).unwrap().tree;
+        let bin = repo
+            .objects
+            .get_tree(&tree)
+            .unwrap()
+            .entries
+            .into_iter()
+            .find(|e| e.name == b"usr")
+            .unwrap();
+        let EntryKind::Dir(usr) = bin.kind else {
+            panic!("usr is a directory")
+        };
+        let bin = repo
+            .objects
+            .get_tree(&usr)
+            .unwrap()
+            .entries
+            .into_iter()
+            .find(|e| e.name == b"bin")
+            .unwrap();
+        let EntryKind::Dir(bin) = bin.kind else {
+            panic!("usr/bin is a directory")
+        };
+        let added = repo
+            .objects
+            .get_tree(&bin)
+            .unwrap()
+            .entries
+            .into_iter()
+            .find(|e| e.name == b"added")
+            .unwrap();
+        let EntryKind::File(f) = added.kind else {
+            panic!("added is a file")
+        };
+        let victim = *f.chunks[0].id.as_bytes();
+        repo.objects
+            .packs()
+            .unwrap()
+            .into_iter()
+            .find_map(|(name, entries)| {
+                let e = entries.into_iter().find(|e| e.id == victim)?;
+                Some((
+                    repo.objects.packs_dir().join(format!("{name}.pack")),
+                    (e.offset + e.stored_len as u64 / 2) as usize,
+                    victim,
+                ))
+            })
+            .unwrap()
+    };
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(&pack, bytes).unwrap();
+    import_refused(s, &site.a1, &d, "+0", &hex::encode(victim));
+
+    // signed metadata changed after signing
+    let d = copy("altered");
+    let targets = d.join(format!("trust/{}/targets.json", site.v2));
+    let text = std::fs::read_to_string(&targets).unwrap();
+    assert!(text.contains(&site.v2));
+    std::fs::write(&targets, text.replace(&site.v2, &site.v1)).unwrap();
+    import_refused(s, &site.a1, &d, "+0", "does not verify");
+
+    // expired: the machine's clock is past the timestamp's expiry
+    import_refused(s, &site.a1, &dir, "+400d", "expired");
+
+    // v3 is published and bundled; imported, then the older bundle is a rollback
+    let src3 = s.path("img3");
+    sh(&format!(
+        "cp -a {} {} && echo VERSION_ID=3 > {}/etc/os-release",
+        q(&site.src2),
+        q(&src3),
+        q(&src3)
+    ));
+    let v3 = s.release(&src3, "lab/stable");
+    let dir3 = s.path("usb-v3");
+    create(s, &dir3);
+    for a in [&site.a1, &site.a2] {
+        ok_json(&import_offline(s, a, &dir3));
+        assert_eq!(a.current().as_deref(), Some(v3.as_str()));
+    }
+    import_refused(s, &site.a1, &dir, "+0", "older than the trusted version");
+
+    // a result changed after it was signed: refused by name, the other stored
+    let id1 = machine_id(&site.a1);
+    let id2 = machine_id(&site.a2);
+    let f = dir3.join("results").join(format!("{id1}.json"));
+    let mut v = read_json(&f);
+    let body = v["body"].as_str().unwrap().replace(&v3, &site.v1);
+    assert_ne!(body, v["body"].as_str().unwrap());
+    v["body"] = Value::from(body);
+    std::fs::write(&f, v.to_string()).unwrap();
+    let out = s.cli(&["bundle", "sync", dir3.to_str().unwrap(), "--json"]);
+    assert!(!out.status.success());
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["stored"][0]["machine"], Value::from(id2.clone()), "{answer}");
+    assert_eq!(answer["refused"][0]["machine"], Value::from(id1.clone()), "{answer}");
+    assert!(
+        answer["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("signature does not verify"),
+        "{answer}"
+    );
+    assert_eq!(answer["stored"].as_array().unwrap().len(), 1, "{answer}");
+    assert_eq!(
+        s.machine("m1")["report"]["current"],
+        Value::from(site.v1.clone()),
+        "the tampered report changed nothing"
+    );
+    assert_eq!(s.machine("m2")["report"]["current"], Value::from(v3.clone()));
+    // and the text output names it
+    let out = s.cli(&["bundle", "sync", dir3.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("refused: {id1}")), "{said}");
 }
