@@ -183,13 +183,17 @@ fn verify_in(
         release: release.clone(),
         reason,
     };
+    let (what, against) = match start {
+        Start::Root(_) => ("backup", "trusted root"),
+        Start::Trusted(_) => ("bundle", "metadata this machine trusts"),
+    };
     let copy = Copy {
         dir: paths.trust_of(release),
         roots: paths.roots(),
     };
     if !copy.dir.is_dir() {
         return Err(refused(format!(
-            "the backup has no signed metadata for it ({} is missing)",
+            "the {what} has no signed metadata for it ({} is missing)",
             copy.dir.display()
         )));
     }
@@ -200,17 +204,17 @@ fn verify_in(
     let mut client = Client::new(work, BASE, &copy, Limits::default(), at)?;
     client.refresh().map_err(|e| {
         refused(format!(
-            "the backup's signed metadata ({}) does not verify against the trusted root: {e}",
+            "the {what}'s signed metadata ({}) does not verify against the {against}: {e}",
             copy.dir.display()
         ))
     })?;
     let target = format!("channels/{}", entry.channel);
     let info = client
         .find_target(&target)
-        .map_err(|e| refused(format!("the backup's signed metadata: {e}")))?
+        .map_err(|e| refused(format!("the {what}'s signed metadata: {e}")))?
         .ok_or_else(|| {
             refused(format!(
-                "the backup's signed metadata has no release for channel {}",
+                "the {what}'s signed metadata has no release for channel {}",
                 entry.channel
             ))
         })?;
@@ -222,7 +226,7 @@ fn verify_in(
     })?;
     if !signed.permits(release) {
         return Err(refused(format!(
-            "the backup's signed metadata does not sign it for channel {} (its release is {})",
+            "the {what}'s signed metadata does not sign it for channel {} (its release is {})",
             entry.channel, signed.commit
         )));
     }

@@ -309,7 +309,11 @@ fn import_refused(s: &Server, a: &Agent, dir: &Path, offset: &str, expect: &str)
     let err = refused(&out);
     eprintln!("refused as: {err}");
     assert!(err.contains(expect), "expected {expect:?} in: {err}");
-    assert_eq!(snapshot(&a.state), before, "a refused import changed: {err}");
+    assert_eq!(
+        snapshot(&a.state),
+        before,
+        "a refused import changed: {err}"
+    );
     assert!(
         !dir.join("results").read_dir().unwrap().any(|e| e
             .unwrap()
@@ -325,7 +329,7 @@ fn bad_bundles_and_results_are_refused_by_name_and_change_nothing() {
     let site = site();
     let s = &site.s;
     let dir = s.path("usb-v2");
-    create(s, &dir);
+    let info = create(s, &dir);
     let copy = |name: &str| {
         let d = s.path(name);
         sh(&format!("cp -a {} {}", q(&dir), q(&d)));
@@ -398,10 +402,21 @@ fn bad_bundles_and_results_are_refused_by_name_and_change_nothing() {
     let text = std::fs::read_to_string(&targets).unwrap();
     assert!(text.contains(&site.v2));
     std::fs::write(&targets, text.replace(&site.v2, &site.v1)).unwrap();
-    import_refused(s, &site.a1, &d, "+0", "does not verify");
+    import_refused(
+        s,
+        &site.a1,
+        &d,
+        "+0",
+        "does not verify against the metadata this machine trusts",
+    );
 
-    // expired: the machine's clock is past the timestamp's expiry
-    import_refused(s, &site.a1, &dir, "+400d", "expired");
+    // expired: the machine's clock is an hour past the timestamp's expiry (bundle.json's)
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let past = info["expires"].as_i64().unwrap() - now + 3600;
+    import_refused(s, &site.a1, &dir, &format!("+{past}"), "timestamp: expired");
 
     // v3 is published and bundled; imported, then the older bundle is a rollback
     let src3 = s.path("img3");
@@ -432,8 +447,16 @@ fn bad_bundles_and_results_are_refused_by_name_and_change_nothing() {
     let out = s.cli(&["bundle", "sync", dir3.to_str().unwrap(), "--json"]);
     assert!(!out.status.success());
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(answer["stored"][0]["machine"], Value::from(id2.clone()), "{answer}");
-    assert_eq!(answer["refused"][0]["machine"], Value::from(id1.clone()), "{answer}");
+    assert_eq!(
+        answer["stored"][0]["machine"],
+        Value::from(id2.clone()),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["refused"][0]["machine"],
+        Value::from(id1.clone()),
+        "{answer}"
+    );
     assert!(
         answer["refused"][0]["reason"]
             .as_str()
@@ -447,7 +470,10 @@ fn bad_bundles_and_results_are_refused_by_name_and_change_nothing() {
         Value::from(site.v1.clone()),
         "the tampered report changed nothing"
     );
-    assert_eq!(s.machine("m2")["report"]["current"], Value::from(v3.clone()));
+    assert_eq!(
+        s.machine("m2")["report"]["current"],
+        Value::from(v3.clone())
+    );
     // and the text output names it
     let out = s.cli(&["bundle", "sync", dir3.to_str().unwrap()]);
     let said = String::from_utf8_lossy(&out.stdout);
