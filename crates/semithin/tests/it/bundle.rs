@@ -256,7 +256,7 @@ fn a_bundle_brings_offline_machines_to_the_release_and_their_reports_back() {
         let m = s
             .machines()
             .into_iter()
-            .find(|m| m["id"] == Value::from(id.clone()))
+            .find(|m| m["id"] == id.as_str())
             .unwrap();
         assert_eq!(m["report"]["current"], Value::from(site.v2.clone()), "{m}");
         assert_eq!(m["updated"], Value::Bool(true), "{m}");
@@ -268,7 +268,7 @@ fn a_bundle_brings_offline_machines_to_the_release_and_their_reports_back() {
         list.as_array()
             .unwrap()
             .iter()
-            .filter(|m| m["report"]["current"] == Value::from(site.v2.clone()))
+            .filter(|m| m["report"]["current"] == site.v2.as_str())
             .count(),
         2,
         "{list}"
