@@ -290,6 +290,14 @@ fn a_bundle_brings_offline_machines_to_the_release_and_their_reports_back() {
             "{answer}"
         );
     }
+    // the route is in the OpenAPI description
+    let (st, doc) = s.get("/api/v1/openapi.json");
+    assert_eq!(st, 200);
+    assert!(
+        doc["paths"]["/api/v1/admin/offline-reports"]["post"].is_object(),
+        "{}",
+        doc["paths"]
+    );
     drop(site.a3);
 }
 
