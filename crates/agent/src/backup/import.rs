@@ -92,11 +92,28 @@ impl Agent {
         let bundle = Repo::open(&paths.repo(), Access::Read)?;
         self.init_trust()?;
         let work = self.layout.dir.join(".import-trust");
-        let res = self.import_verified(&paths, &bundle, &entry, &work);
+        let mut changed = false;
+        let res = self.import_verified(&paths, &bundle, &entry, &work, &mut changed);
         let _ = deploy::remove_dir(&work);
-        let mut out = res?;
-        out.result = self.write_result(&paths, &machine)?;
-        Ok(out)
+        match res {
+            Ok(mut out) => {
+                out.result = self.write_result(&paths, &machine)?;
+                Ok(out)
+            }
+            // A release tried and rolled back is news for the server too: the report says so.
+            Err(e) if changed => {
+                let written = self.write_result(&paths, &machine)?;
+                Err(Error::Release {
+                    release: entry.release.clone(),
+                    reason: format!(
+                        "{}; the report is in {}",
+                        crate::error::render(&e),
+                        written.display()
+                    ),
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn import_verified(
@@ -105,6 +122,7 @@ impl Agent {
         bundle: &Repo,
         entry: &super::manifest::Entry,
         work: &Path,
+        changed: &mut bool,
     ) -> Result<Imported> {
         let release = entry.release.clone();
         trust::verify_from_trusted(
@@ -181,6 +199,7 @@ impl Agent {
         ));
         // Verified: from here on the machine is changed.
         trust::advance(work, &self.layout.trust())?;
+        *changed = true;
         if current.as_deref() == Some(release.as_str()) {
             return Ok(out);
         }

@@ -125,11 +125,12 @@ fn create(
 ) -> Result<ExitCode> {
     channel::check_name(channel)?;
     Selector::parse(selector)?;
+    // What an interrupted run left (`.partial/`) does not count: it is made anew.
     if out.exists()
         && std::fs::read_dir(out)
             .with_context(|| format!("listing {}", out.display()))?
-            .next()
-            .is_some()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name() != ".partial")
     {
         bail!(
             "{} is not empty: a bundle is written to an empty directory (or one not there yet)",

@@ -486,4 +486,33 @@ fn bad_bundles_and_results_are_refused_by_name_and_change_nothing() {
     let out = s.cli(&["bundle", "sync", dir3.to_str().unwrap()]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains(&format!("refused: {id1}")), "{said}");
+
+    // a release whose health check fails on the machine: rolled back, and the report says so
+    let src4 = s.path("img4");
+    sh(&format!(
+        "cp -a {} {} && echo yes > {}/etc/broken",
+        q(&src3),
+        q(&src4),
+        q(&src4)
+    ));
+    let v4 = s.release(&src4, "lab/stable");
+    let dir4 = s.path("usb-v4");
+    create(s, &dir4);
+    std::fs::write(
+        site.a2.state.join("agent.toml"),
+        "health_checks = [\"test ! -e \\\"$SEMITHIN_DEPLOYMENT/etc/broken\\\" || { echo broken; exit 3; }\"]\n",
+    )
+    .unwrap();
+    let out = import_offline(s, &site.a2, &dir4);
+    let err = refused(&out);
+    assert!(
+        err.contains("rolled back") && err.contains("the report is in"),
+        "{err}"
+    );
+    assert_eq!(site.a2.current().as_deref(), Some(v3.as_str()));
+    let answer = ok_json(&s.cli(&["bundle", "sync", dir4.to_str().unwrap(), "--json"]));
+    assert_eq!(answer["stored"][0]["machine"], Value::from(id2), "{answer}");
+    let m2 = s.machine("m2");
+    assert_eq!(m2["report"]["failed_release"], Value::from(v4), "{m2}");
+    assert_eq!(m2["report"]["current"], Value::from(v3), "{m2}");
 }
