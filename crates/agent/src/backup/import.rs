@@ -125,6 +125,24 @@ impl Agent {
         changed: &mut bool,
     ) -> Result<Imported> {
         let release = entry.release.clone();
+        // A machine that follows the channel signed for it checks the bundle's signed
+        // assignment as a check-in's answer is checked.
+        let assigned = |client: &mut semithin_trust::client::Client<'_>| -> Result<()> {
+            if self.cfg.channel.is_some() {
+                return Ok(());
+            }
+            match self.signed_assignment(client)? {
+                Some(signed) if signed.as_deref() != Some(entry.channel.as_str()) => {
+                    Err(Error::Channel(format!(
+                        "the bundle is of channel {}, but its signed assignment for this machine \
+                         says {}: nothing is imported",
+                        entry.channel,
+                        signed.map_or("none".to_owned(), |s| format!("{s:?}"))
+                    )))
+                }
+                _ => Ok(()),
+            }
+        };
         trust::verify_from_trusted(
             paths,
             entry,
@@ -132,6 +150,7 @@ impl Agent {
             &bundle.objects,
             work,
             now(),
+            &assigned,
         )?;
         let refused = |reason: String| Error::Release {
             release: release.clone(),

@@ -103,6 +103,7 @@ pub fn verify(
         store,
         work,
         entry.verified_at.min(now),
+        &|_| Ok(()),
     );
     let _ = crate::deploy::remove_dir(work);
     res
@@ -120,6 +121,8 @@ pub(crate) enum Start<'a> {
 /// Verifies `entry`'s release against the bundle's metadata starting from the machine's
 /// trusted directory `trusted`, in `work` (left there: [`advance`] takes it into the machine's
 /// trusted directory once everything else has verified).
+/// `also` is asked of the refreshed client before the release is looked up (the machine's
+/// signed assignment).
 pub(crate) fn verify_from_trusted(
     paths: &Paths,
     entry: &Entry,
@@ -127,9 +130,18 @@ pub(crate) fn verify_from_trusted(
     store: &ObjectStore,
     work: &Path,
     now: i64,
+    also: &dyn Fn(&mut Client<'_>) -> Result<()>,
 ) -> Result<()> {
     crate::deploy::remove_dir(work)?;
-    verify_in(paths, entry, Start::Trusted(trusted), store, work, now)
+    verify_in(
+        paths,
+        entry,
+        Start::Trusted(trusted),
+        store,
+        work,
+        now,
+        also,
+    )
 }
 
 /// Replaces the machine's trusted metadata by the verified copy in `work`: file by file, each
@@ -177,6 +189,7 @@ fn verify_in(
     store: &ObjectStore,
     work: &Path,
     at: i64,
+    also: &dyn Fn(&mut Client<'_>) -> Result<()>,
 ) -> Result<()> {
     let release = &entry.release;
     let refused = |reason: String| Error::Release {
@@ -208,6 +221,7 @@ fn verify_in(
             copy.dir.display()
         ))
     })?;
+    also(&mut client)?;
     let target = format!("channels/{}", entry.channel);
     let info = client
         .find_target(&target)
