@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::admin::ServerArgs;
 use super::fleet::urlencode;
 use super::print_json;
+use super::safe::safe;
 
 /// The format of `bundle.json`.
 pub const BUNDLE_FORMAT: u32 = 1;
@@ -162,7 +163,7 @@ fn create(
                 Some(o) => format!("it follows channel {o}, not {channel}"),
                 None => "it is assigned no channel".to_owned(),
             };
-            note!("bundle: skipping {}: {reason}", m.name);
+            note!("bundle: skipping {}: {}", safe(&m.name), safe(&reason));
             skipped.push(Skipped {
                 name: m.name,
                 reason,
@@ -441,13 +442,13 @@ fn sync(server: &ServerArgs, dir: &Path, json: bool) -> Result<ExitCode> {
         print_json(&v)?;
     } else {
         for s in &answer.stored {
-            outln!("stored: {} ({})", s.name, s.machine);
+            outln!("stored: {} ({})", safe(&s.name), safe(&s.machine));
         }
         for r in &answer.refused {
-            outln!("refused: {}: {}", r.machine, r.reason);
+            outln!("refused: {}: {}", safe(&r.machine), safe(&r.reason));
         }
         for (f, e) in &unreadable {
-            outln!("refused: {f}: {e}");
+            outln!("refused: {}: {}", safe(f), safe(e));
         }
     }
     Ok(if refused > 0 {
