@@ -222,6 +222,7 @@ fn a_bundle_brings_offline_machines_to_the_release_and_their_reports_back() {
     assert!(r2["objects_copied"].as_u64().unwrap() > 0, "{r2}");
     assert_eq!(site.a2.current().as_deref(), Some(site.v2.as_str()));
     assert_deployed(&site.src2, &site.a2.deployment());
+    eprintln!("bundle: {info}\nimport through the delta pack: {r1}\nwithout: {r2}");
     // the delta path read fewer objects from the bundle's repository
     assert!(
         r1["objects_copied"].as_u64().unwrap() < r2["objects_copied"].as_u64().unwrap(),
