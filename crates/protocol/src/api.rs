@@ -674,6 +674,44 @@ pub struct Stats {
     pub releases: std::collections::BTreeMap<String, String>,
 }
 
+/// `POST /api/v1/admin/offline-reports`: the reports machines left in a bundle
+/// (`semithin agent import`), each a check-in request signed as one.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OfflineReports {
+    pub reports: Vec<OfflineReport>,
+}
+
+/// One machine's report: the four signature headers of `POST /api/v1/checkin` by name, and the
+/// body they sign (a `CheckInRequest`, exactly as signed).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OfflineReport {
+    pub machine: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub body: String,
+}
+
+/// Which reports were stored and which refused, and why.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OfflineReportsAnswer {
+    pub stored: Vec<OfflineStored>,
+    pub refused: Vec<OfflineRefused>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OfflineStored {
+    pub machine: String,
+    pub name: String,
+    /// The report's time (its date, Unix seconds): the machine's last-seen time when newer.
+    pub at: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OfflineRefused {
+    /// The machine id the report claims (or its file's name when unreadable).
+    pub machine: String,
+    pub reason: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@
 //! (logged and kept in `state.json` once per change), never a failure of the agent's work.
 
 mod disk;
+pub mod import;
 pub mod manifest;
 mod restore;
 mod trust;
@@ -32,6 +33,7 @@ use semithin_store::pack::ObjKind;
 use semithin_store::repo::Config as RepoConfig;
 use semithin_store::{Access, CommitId, NoProgress, Repo, TreeId};
 
+pub use self::import::{Imported, ResultFile};
 use self::manifest::{Entry, FORMAT, Manifest, Paths};
 pub use self::restore::Restored;
 use crate::error::{Error, Result};
@@ -291,7 +293,7 @@ impl Agent {
 
 /// Copies into `to` every object of `release` it lacks, read (so verified) from `from`; synced
 /// before it returns. The number copied.
-pub(crate) fn copy_objects(from: &ObjectStore, to: &ObjectStore, release: &str) -> Result<u64> {
+pub fn copy_objects(from: &ObjectStore, to: &ObjectStore, release: &str) -> Result<u64> {
     let id: CommitId = release.parse().map_err(|_| Error::Release {
         release: release.to_owned(),
         reason: "not a commit id".into(),

@@ -94,23 +94,111 @@ pub fn verify(
     now: i64,
 ) -> Result<()> {
     crate::deploy::remove_dir(work)?;
-    let res = verify_in(paths, entry, anchor, store, work, now);
+    // Expiry is judged at the time the agent last verified this metadata: a backup is used when
+    // the server is away, by which time its timestamp has expired by design.
+    let res = verify_in(
+        paths,
+        entry,
+        Start::Root(anchor),
+        store,
+        work,
+        entry.verified_at.min(now),
+        &|_| Ok(()),
+    );
     let _ = crate::deploy::remove_dir(work);
     res
+}
+
+/// Where the client's walk starts.
+pub(crate) enum Start<'a> {
+    /// A fresh trusted directory from this root (a backup: expiry judged when it was made).
+    Root(&'a [u8]),
+    /// A copy of the machine's own trusted directory, high-water marks and all (a bundle: a
+    /// version older than one trusted is a rollback, an expired one is frozen, judged now).
+    Trusted(&'a Path),
+}
+
+/// Verifies `entry`'s release against the bundle's metadata starting from the machine's
+/// trusted directory `trusted`, in `work` (left there: [`advance`] takes it into the machine's
+/// trusted directory once everything else has verified).
+/// `also` is asked of the refreshed client before the release is looked up (the machine's
+/// signed assignment).
+pub(crate) fn verify_from_trusted(
+    paths: &Paths,
+    entry: &Entry,
+    trusted: &Path,
+    store: &ObjectStore,
+    work: &Path,
+    now: i64,
+    also: &dyn Fn(&mut Client<'_>) -> Result<()>,
+) -> Result<()> {
+    crate::deploy::remove_dir(work)?;
+    verify_in(
+        paths,
+        entry,
+        Start::Trusted(trusted),
+        store,
+        work,
+        now,
+        also,
+    )
+}
+
+/// Replaces the machine's trusted metadata by the verified copy in `work`: file by file, each
+/// atomically, the role files first and the high-water marks last.
+pub(crate) fn advance(work: &Path, trusted: &Path) -> Result<()> {
+    let mut names = Vec::new();
+    let rd = std::fs::read_dir(work).map_err(Error::io("listing", work))?;
+    for e in rd {
+        let e = e.map_err(Error::io("listing", work))?;
+        if e.path().is_file() {
+            names.push(e.file_name());
+        }
+    }
+    let state = std::ffi::OsString::from(semithin_trust::trusted::STATE_FILE);
+    names.sort_by_key(|n| *n == state);
+    for n in names {
+        let bytes = std::fs::read(work.join(&n)).map_err(Error::io("reading", work.join(&n)))?;
+        let dest = trusted.join(&n);
+        let tmp = trusted.join(format!(".{}.import", n.to_string_lossy()));
+        semithin_store::fsutil::write_synced(&tmp, &bytes)?;
+        std::fs::rename(&tmp, &dest).map_err(Error::io("renaming into", &dest))?;
+    }
+    semithin_store::fsutil::sync_dir(trusted)?;
+    crate::deploy::remove_dir(work)
+}
+
+fn copy_dir_files(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(Error::io("creating", to))?;
+    let rd = std::fs::read_dir(from).map_err(Error::io("listing", from))?;
+    for e in rd {
+        let e = e.map_err(Error::io("listing", from))?;
+        let n = e.file_name();
+        if n.to_string_lossy().starts_with('.') || !e.path().is_file() {
+            continue;
+        }
+        std::fs::copy(e.path(), to.join(&n)).map_err(Error::io("copying", e.path()))?;
+    }
+    Ok(())
 }
 
 fn verify_in(
     paths: &Paths,
     entry: &Entry,
-    anchor: &[u8],
+    start: Start<'_>,
     store: &ObjectStore,
     work: &Path,
-    now: i64,
+    at: i64,
+    also: &dyn Fn(&mut Client<'_>) -> Result<()>,
 ) -> Result<()> {
     let release = &entry.release;
     let refused = |reason: String| Error::Release {
         release: release.clone(),
         reason,
+    };
+    let (what, against) = match start {
+        Start::Root(_) => ("backup", "trusted root"),
+        Start::Trusted(_) => ("bundle", "metadata this machine trusts"),
     };
     let copy = Copy {
         dir: paths.trust_of(release),
@@ -118,28 +206,29 @@ fn verify_in(
     };
     if !copy.dir.is_dir() {
         return Err(refused(format!(
-            "the backup has no signed metadata for it ({} is missing)",
+            "the {what} has no signed metadata for it ({} is missing)",
             copy.dir.display()
         )));
     }
-    semithin_trust::client::init(work, anchor)?;
-    // Expiry is judged at the time the agent last verified this metadata: a backup is used when
-    // the server is away, by which time its timestamp has expired by design.
-    let at = entry.verified_at.min(now);
+    match start {
+        Start::Root(anchor) => semithin_trust::client::init(work, anchor)?,
+        Start::Trusted(dir) => copy_dir_files(dir, work)?,
+    }
     let mut client = Client::new(work, BASE, &copy, Limits::default(), at)?;
     client.refresh().map_err(|e| {
         refused(format!(
-            "the backup's signed metadata ({}) does not verify against the trusted root: {e}",
+            "the {what}'s signed metadata ({}) does not verify against the {against}: {e}",
             copy.dir.display()
         ))
     })?;
+    also(&mut client)?;
     let target = format!("channels/{}", entry.channel);
     let info = client
         .find_target(&target)
-        .map_err(|e| refused(format!("the backup's signed metadata: {e}")))?
+        .map_err(|e| refused(format!("the {what}'s signed metadata: {e}")))?
         .ok_or_else(|| {
             refused(format!(
-                "the backup's signed metadata has no release for channel {}",
+                "the {what}'s signed metadata has no release for channel {}",
                 entry.channel
             ))
         })?;
@@ -151,7 +240,7 @@ fn verify_in(
     })?;
     if !signed.permits(release) {
         return Err(refused(format!(
-            "the backup's signed metadata does not sign it for channel {} (its release is {})",
+            "the {what}'s signed metadata does not sign it for channel {} (its release is {})",
             entry.channel, signed.commit
         )));
     }

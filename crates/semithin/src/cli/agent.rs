@@ -178,6 +178,18 @@ enum AgentCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Deploy the release of a bundle made by `semithin bundle create`, without a network: its
+    /// signed metadata is verified from this machine's trusted state (an older or expired bundle
+    /// is refused), every object against its id, then it is staged and switched to with the
+    /// health checks; the machine's signed report is left in DIR/results/ for `bundle sync`.
+    /// Stop the agent first (docs/OFFLINE.md).
+    Import {
+        /// The bundle's directory (where the removable medium is mounted, read-write).
+        dir: PathBuf,
+        /// Print the result as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn config(a: &Args) -> Result<Config> {
@@ -298,6 +310,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(AgentCmd::Verify { json: true, .. })
             | Some(AgentCmd::Status { json: true })
             | Some(AgentCmd::Restore { json: true, .. })
+            | Some(AgentCmd::Import { json: true, .. })
     );
     let log: Box<dyn Fn(&str) + Send> = if quiet {
         Box::new(|_| {})
@@ -389,6 +402,33 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     } else {
                         ", already current"
                     }
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(AgentCmd::Import { dir, json }) => {
+            let r = agent
+                .import(&dir)
+                .with_context(|| format!("importing the bundle in {}", dir.display()))?;
+            if json {
+                print_json(&r)?;
+            } else {
+                outln!(
+                    "release {} of channel {} imported from {}{}: {}; the report is in {}",
+                    r.release,
+                    safe(&r.channel),
+                    dir.display(),
+                    if r.delta_applied {
+                        " (through its delta pack)"
+                    } else {
+                        ""
+                    },
+                    if r.switched {
+                        "switched to and healthy"
+                    } else {
+                        "already current"
+                    },
+                    r.result.display()
                 );
             }
             return Ok(ExitCode::SUCCESS);

@@ -27,6 +27,7 @@ mod admin;
 mod agent;
 mod audit;
 mod boot_artifacts;
+mod bundle;
 mod channel;
 mod checkout;
 mod cherry_pick;
@@ -187,6 +188,11 @@ enum Command {
     /// limit; halts by itself on failures. Also status, pause, resume, abort, rollback.
     #[command(after_help = ADMIN_HELP)]
     Rollout(RolloutArgs),
+    /// Offline and air-gapped sites: `create` writes what machines need to reach a channel's
+    /// release to removable media (imported with `agent import`), `sync` sends the reports
+    /// they left there to the server.
+    #[command(after_help = ADMIN_HELP)]
+    Bundle(BundleArgs),
     /// Wake machines (a name, a label selector or `*`): they check in at once.
     #[command(after_help = ADMIN_HELP)]
     Push {
@@ -234,6 +240,14 @@ struct JobArgs {
     server: admin::ServerArgs,
     #[command(subcommand)]
     cmd: job::JobCmd,
+}
+
+#[derive(clap::Args)]
+struct BundleArgs {
+    #[command(flatten)]
+    server: admin::ServerArgs,
+    #[command(subcommand)]
+    cmd: bundle::BundleCmd,
 }
 
 #[derive(clap::Args)]
@@ -321,6 +335,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Var(v) => var::run(&v.server, v.cmd),
         Command::Overlay(o) => overlay::run(repo, &o.server, o.cmd),
         Command::Rollout(r) => rollout::run(repo, &r.server, r.cmd),
+        Command::Bundle(b) => bundle::run(repo, &b.server, b.cmd),
         Command::Push {
             selector,
             json,

@@ -8,6 +8,7 @@ mod backup;
 mod bad_input;
 mod boot;
 mod boot_artifacts;
+mod bundle;
 mod capture;
 mod channels;
 mod cli;

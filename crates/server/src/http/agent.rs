@@ -259,41 +259,10 @@ pub async fn checkin(
     let req: CheckInRequest = parse(&body)?;
     req.check()
         .map_err(|e| ApiErr::bad(format!("check-in refused: {e}")))?;
-    // A pending machine stores nothing but its enrollment (and when it was last seen): its
-    // report, job results and inventory count from its first check-in once accepted (accepting
-    // it wakes it, so that comes at once).
-    let pending = m.row.lock().expect("lock").status == MachineStatus::Pending;
-    // What this request changes is written only once its counter is stored: replayed after a
-    // restart, it is refused. A pending machine's check-ins change nothing.
-    let writes = !pending
-        && (!req.job_results.is_empty()
-            || req.inventory.is_some()
-            || req.facts.is_some()
-            || m.row.lock().expect("lock").report != req.report);
-    if writes {
-        m.store_counter(&app.db).await?;
-    }
     let t = now();
     app.counters.checkins.fetch_add(1, Ordering::Relaxed);
     m.last_seen.store(t, Ordering::Relaxed);
-    if !pending {
-        if let Some(old) = m.store_report(&app.db, &req.report, t).await? {
-            record_events(&app, &m, old, &req.report).await?;
-            app.rollouts.poke_for(&m.id);
-        }
-        crate::jobs::receive(
-            &app.db,
-            &app.jobs,
-            &m,
-            &req.job_results,
-            req.inventory.as_ref(),
-            t,
-        )
-        .await?;
-        if let Some(f) = &req.facts {
-            crate::vars::store_facts(&app.db, &m, f, t).await?;
-        }
-    }
+    store_checkin(&app, &m, &req, t).await?;
     let (mut resp, actionable) = answer(&app, &m, false);
     with_jobs(&app, &m, &req, &mut resp).await?;
     with_config(&app, &m, &req, &mut resp);
@@ -311,6 +280,49 @@ pub async fn checkin(
     with_jobs(&app, &m, &req, &mut resp).await?;
     with_config(&app, &m, &req, &mut resp);
     Ok(Json(resp))
+}
+
+/// What a check-in stores, at time `t`: shared by `POST /api/v1/checkin` and the reports of an
+/// offline site (`POST /api/v1/admin/offline-reports`), whose signatures are checked before.
+pub(crate) async fn store_checkin(
+    app: &App,
+    m: &Machine,
+    req: &CheckInRequest,
+    t: i64,
+) -> crate::Result<()> {
+    // A pending machine stores nothing but its enrollment (and when it was last seen): its
+    // report, job results and inventory count from its first check-in once accepted (accepting
+    // it wakes it, so that comes at once).
+    let pending = m.row.lock().expect("lock").status == MachineStatus::Pending;
+    // What this request changes is written only once its counter is stored: replayed after a
+    // restart, it is refused. A pending machine's check-ins change nothing.
+    let writes = !pending
+        && (!req.job_results.is_empty()
+            || req.inventory.is_some()
+            || req.facts.is_some()
+            || m.row.lock().expect("lock").report != req.report);
+    if writes {
+        m.store_counter(&app.db).await?;
+    }
+    if !pending {
+        if let Some(old) = m.store_report(&app.db, &req.report, t).await? {
+            record_events(app, m, old, &req.report).await?;
+            app.rollouts.poke_for(&m.id);
+        }
+        crate::jobs::receive(
+            &app.db,
+            &app.jobs,
+            m,
+            &req.job_results,
+            req.inventory.as_ref(),
+            t,
+        )
+        .await?;
+        if let Some(f) = &req.facts {
+            crate::vars::store_facts(&app.db, m, f, t).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The digest of the facts the server holds, and for an accepted machine whose agent renders

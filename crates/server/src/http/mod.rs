@@ -7,6 +7,7 @@ mod apt;
 mod boot;
 mod captures;
 mod jobs;
+mod offline;
 pub mod openapi;
 mod range;
 mod rollout;
@@ -308,6 +309,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/trust/targets/{*path}", get(agent::target))
         .merge(boot::quick_routes())
         .merge(admin::routes())
+        .merge(offline::routes())
         .merge(jobs::routes())
         .merge(rollout::routes())
         .merge(vars::routes())
