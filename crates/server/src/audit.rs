@@ -191,17 +191,30 @@ async fn list(
             "limit {limit}: between 1 and {MAX_LIST}"
         )));
     }
+    let out = entries(&app.db, limit, q.since.unwrap_or(0), q.machine.as_deref())
+        .await
+        .map_err(|e| ApiErr::internal(format!("reading the audit log: {e}")))?;
+    Ok(Json(out))
+}
+
+/// The newest `limit` entries at or after `since`, only those naming `machine` when given
+/// (the API and the dashboard's page).
+pub async fn entries(
+    db: &sqlx::SqlitePool,
+    limit: u32,
+    since: i64,
+    machine: Option<&str>,
+) -> Result<Vec<AuditEntry>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT id, at, actor, user_name, ip, method, path, request, status, machines, error \
          FROM audit WHERE at >= $1 AND ($2 IS NULL OR EXISTS (SELECT 1 FROM json_each(machines) \
          WHERE value = $2)) ORDER BY id DESC LIMIT $3",
     )
-    .bind(q.since.unwrap_or(0))
-    .bind(&q.machine)
+    .bind(since)
+    .bind(machine)
     .bind(i64::from(limit))
-    .fetch_all(&app.db)
-    .await
-    .map_err(|e| ApiErr::internal(format!("reading the audit log: {e}")))?;
+    .fetch_all(db)
+    .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let machines: String = r.get("machines");
@@ -219,7 +232,7 @@ async fn list(
             error: r.get("error"),
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 pub fn routes() -> OpenApiRouter<Arc<App>> {

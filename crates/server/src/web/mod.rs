@@ -49,6 +49,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/rollouts/{id}", get(ops::rollout))
         .route("/jobs", get(ops::jobs))
         .route("/jobs/{id}", get(ops::job))
+        .route("/audit", get(ops::audit))
         .route("/assets/{file}", get(assets::get))
 }
 

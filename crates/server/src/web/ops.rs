@@ -532,3 +532,94 @@ mod tests {
         assert_eq!(super::sh(""), "''");
     }
 }
+
+/// One line of the audit page.
+pub struct AuditLine {
+    pub at: String,
+    pub who: String,
+    pub ip: String,
+    pub what: String,
+    pub status: u16,
+    pub machines: Vec<(String, String)>,
+    pub more: usize,
+    pub request: String,
+    pub error: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    nav: Nav,
+    machine: String,
+    lines: Vec<AuditLine>,
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    machine: Option<String>,
+}
+
+/// `GET /audit`: the newest admin changes (the audit log, as `semithin audit` reads it).
+pub async fn audit(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    let nav = match page(&app, &headers, &uri, "audit") {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    let machine = q.machine.filter(|m| !m.trim().is_empty());
+    match crate::audit::entries(&app.db, 200, 0, machine.as_deref()).await {
+        Ok(list) => {
+            let lines = list
+                .into_iter()
+                .map(|e| AuditLine {
+                    at: time(e.at),
+                    who: match &e.user {
+                        Some(u) => format!("{} ({u})", e.actor),
+                        None => e.actor.clone(),
+                    },
+                    ip: e.ip,
+                    what: format!("{} {}", e.method, e.path),
+                    status: e.status,
+                    more: e.machines.len().saturating_sub(10),
+                    machines: e
+                        .machines
+                        .iter()
+                        .take(10)
+                        .map(|m| (m.clone(), format!("/machines/{}", urlencode(m))))
+                        .collect(),
+                    request: e.request,
+                    error: e.error.unwrap_or_default(),
+                })
+                .collect();
+            html(
+                StatusCode::OK,
+                &AuditPage {
+                    nav,
+                    machine: machine.unwrap_or_default(),
+                    lines,
+                },
+            )
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            nav,
+            format!("reading the audit log: {e}"),
+        ),
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -50,7 +50,7 @@ async fn login(s: &TestServer, c: &reqwest::Client) -> (String, String) {
     (cookie, csrf)
 }
 
-const PAGES: [&str; 8] = [
+const PAGES: [&str; 9] = [
     "/",
     "/machines",
     "/machines/m1",
@@ -59,6 +59,7 @@ const PAGES: [&str; 8] = [
     "/rollouts/1",
     "/jobs",
     "/jobs/0123456789abcdef0123456789abcdef",
+    "/audit",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,6 +186,30 @@ async fn no_page_without_a_session_and_every_api_change_by_cookie_needs_the_csrf
     assert_eq!(on_m1[0]["status"], 200);
     assert_eq!(on_m1[1]["actor"], "refused");
     assert_eq!(on_m1[2]["actor"], "refused");
+    // and the audit page shows them, filtered by machine
+    let r = c
+        .get(s.at("/audit?machine=m1"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("/api/v1/admin/machines/m1/labels"), "{page}");
+    assert!(
+        page.contains(fp.as_str()) && page.contains("refused"),
+        "{page}"
+    );
+    assert!(page.contains("href=\"/machines/m1\""), "{page}");
+    let r = c
+        .get(s.at("/audit?machine=nobody"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Nothing recorded for nobody"), "{page}");
+    assert!(!page.contains("/labels"), "{page}");
 
     // logout needs the CSRF token of the form; then the cookie opens nothing
     let logout = |csrf: &str| {
