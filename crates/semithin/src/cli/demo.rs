@@ -567,6 +567,7 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
     let end: Stats = c.get("reading stats", "/api/v1/admin/stats")?;
 
     boot_check(&exe, &agents, &mut fleet.agents[0], || spawn_agent("m01"))?;
+    monitoring(&c, &url)?;
 
     let sent = |s: &Stats| s.object_bytes_sent + s.metadata_bytes_sent + s.delta_bytes_sent;
     let sent1 = sent(&mid) - sent(&before);
@@ -596,6 +597,8 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
         outln!("  export SEMITHIN_ADMIN_TOKEN={token}");
         outln!("  semithin fleet list");
         outln!("  semithin fleet show m01");
+        outln!("  semithin fleet check; semithin audit");
+        outln!("  # the dashboard: open {url}/ in a browser and log in with the admin token");
         outln!("  semithin --repo {} log", repo_path.display());
         outln!(
             "  semithin --repo {} publish {CHANNEL} {}   # roll back to v1",
@@ -615,6 +618,43 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
     }
     drop(fleet);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Step 8: what the admin's monitoring sees: `fleet check`'s line, a few `/metrics` samples, the
+/// audit log's count, and where the dashboard is.
+fn monitoring(c: &AdminClient, url: &str) -> Result<()> {
+    use super::fleet_check::{Threshold, verdict};
+    let ms: Vec<semithin_protocol::api::MachineInfo> =
+        c.get("listing machines", "/api/v1/admin/machines")?;
+    let now = jiff::Timestamp::now().as_second();
+    let v = verdict(
+        &ms,
+        now,
+        Threshold::Count(1),
+        Threshold::Percent(10.0),
+        3600,
+    );
+    let mut metrics = Vec::new();
+    c.download("reading /metrics", "/metrics", &mut metrics, 16 << 20)?;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let audit: Vec<semithin_protocol::audit::AuditEntry> =
+        c.get("reading the audit log", "/api/v1/admin/audit?limit=1000")?;
+    outln!("8. What monitoring sees: `semithin fleet check` says");
+    outln!("     {}", v.line);
+    outln!("   /metrics (Prometheus) says, among others:");
+    for l in metrics.lines().filter(|l| {
+        l.starts_with("semithin_machines{state=\"updated\"}")
+            || l.starts_with("semithin_checkins_total")
+            || l.starts_with("semithin_sent_bytes_total{kind=\"delta\"}")
+    }) {
+        outln!("     {l}");
+    }
+    outln!(
+        "   the audit log holds {} admin change(s) (`semithin audit`); the dashboard is at {url}/ \
+         (log in with the admin token)",
+        audit.len()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

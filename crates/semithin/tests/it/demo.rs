@@ -45,6 +45,14 @@ fn the_demo_converges_twice_reports_the_bytes_and_leaves_nothing_running() {
         "{text}"
     );
     assert!(step7.contains("2 path(s) differed, 2 put back"), "{text}");
+    // what monitoring sees: all updated, the metrics agree, the dashboard's address
+    let step8 = text.split("8. ").nth(1).unwrap_or_default();
+    assert!(step8.contains("SEMITHIN OK - 4 machines"), "{text}");
+    assert!(
+        step8.contains("semithin_machines{state=\"updated\"} "),
+        "{text}"
+    );
+    assert!(step8.contains("the dashboard is at http://"), "{text}");
     // the update costs a small part of the full install
     let per_machine = |label: &str| -> f64 {
         let line = text.lines().find(|l| l.contains(label)).unwrap();
