@@ -101,8 +101,10 @@ K=/lib/modules/$($B uname -r)/t
 for m in $($B cat $K/order); do $B insmod $K/$m.ko 2>/dev/null; done
 for x in $($B cat /proc/cmdline); do case $x in bench.name=*) $B hostname ${x#bench.name=} ;; esac; done
 $B ip link set lo up
-$B ip link set eth0 up
-$B ip addr add 10.0.2.15/24 dev eth0
+# the NIC: eth0, or the name udev in the initramfs gave it (ens3) when it loaded the driver
+IF=$($B ls /sys/class/net | $B grep -v '^lo$' | $B head -n 1)
+$B ip link set "$IF" up
+$B ip addr add 10.0.2.15/24 dev "$IF"
 $B ip route add default via 10.0.2.2
 /usr/bin/semithin agent --state /var/lib/semithin --config /etc/semithin/agent.toml --once >/dev/null 2>&1
 read -r up _ </proc/uptime

@@ -27,8 +27,10 @@ $B mount -t efivarfs efivarfs /sys/firmware/efi/efivars
 $B mount -t vfat /dev/vda1 /boot/efi || echo "SEMITHIN-TEST no ESP"
 $B hostname m1
 $B ip link set lo up
-$B ip link set eth0 up
-$B ip addr add 10.0.2.15/24 dev eth0
+# the NIC: eth0, or the name udev in the initramfs gave it (ens3) when it loaded the driver
+IF=$($B ls /sys/class/net | $B grep -v '^lo$' | $B head -n 1)
+$B ip link set "$IF" up
+$B ip addr add 10.0.2.15/24 dev "$IF"
 $B ip route add default via 10.0.2.2
 echo "SEMITHIN-TEST kernel $($B uname -r)"
 echo "SEMITHIN-TEST cmdline $($B cat /proc/cmdline)"
