@@ -42,8 +42,7 @@ fn actor(app: &App, headers: &HeaderMap) -> String {
         .map(str::trim);
     match token {
         Some(t) if app.is_admin_token(t) => {
-            let hash = blake3::hash(t.as_bytes());
-            format!("admin:{}", hex::encode(&hash.as_bytes()[..8]))
+            crate::web::session::actor_of(&blake3::hash(t.as_bytes()))
         }
         // the dashboard: the session's token (crate::web::session), with its CSRF token
         None if !headers.contains_key(header::AUTHORIZATION) => {

@@ -162,9 +162,16 @@ fn health_name(h: Health) -> &'static str {
 /// What the fleet looks like now, counted in one pass.
 #[derive(Default)]
 pub struct Census {
+    /// Every state, those no machine is in at 0.
     pub states: BTreeMap<&'static str, i64>,
+    /// Accepted machines by the health they reported, every value present.
     pub health: BTreeMap<&'static str, i64>,
+    /// Machines following each channel.
     pub channels: BTreeMap<String, i64>,
+    /// Machines following no channel.
+    pub unassigned: i64,
+    /// Machines by the release they run (`None`: none yet).
+    pub releases: BTreeMap<Option<semithin_protocol::ids::ReleaseId>, i64>,
     pub machines: i64,
 }
 
@@ -190,9 +197,11 @@ pub fn census(app: &App) -> Census {
         if r.status == MachineStatus::Accepted {
             *c.health.entry(health_name(r.report.health)).or_default() += 1;
         }
-        if let Some(ch) = r.channel {
-            *c.channels.entry(ch).or_default() += 1;
+        match r.channel {
+            Some(ch) => *c.channels.entry(ch).or_default() += 1,
+            None => c.unassigned += 1,
         }
+        *c.releases.entry(r.report.current).or_default() += 1;
         c.machines += 1;
     }
     c

@@ -589,7 +589,7 @@ pub async fn audit(
                         .machines
                         .iter()
                         .take(10)
-                        .map(|m| (m.clone(), format!("/machines/{}", urlencode(m))))
+                        .map(|m| (m.clone(), format!("/machines/{}", super::views::q(m))))
                         .collect(),
                     request: e.request,
                     error: e.error.unwrap_or_default(),
@@ -610,16 +610,4 @@ pub async fn audit(
             format!("reading the audit log: {e}"),
         ),
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

@@ -9,7 +9,7 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
-use semithin_protocol::api::{Health, MachineStatus};
+use semithin_protocol::api::MachineStatus;
 use semithin_protocol::inventory::Inventory;
 use semithin_protocol::selector::Selector;
 use serde::Deserialize;
@@ -49,7 +49,8 @@ fn counts(map: BTreeMap<String, i64>, href: impl Fn(&str) -> String) -> Vec<Coun
     v
 }
 
-fn q(s: &str) -> String {
+/// `s` for a URL's path segment or query value.
+pub(super) fn q(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
@@ -62,40 +63,32 @@ struct Census {
     releases: BTreeMap<String, i64>,
 }
 
+/// The fleet counted by `metrics::census` (one pass, shared with `/metrics`), as the overview
+/// shows it: only what some machine is in, `(none)` for no channel or no release yet.
 fn census(app: &App) -> Census {
-    let mut c = Census {
-        total: 0,
-        states: BTreeMap::new(),
-        health: BTreeMap::new(),
-        channels: BTreeMap::new(),
-        releases: BTreeMap::new(),
+    let c = crate::metrics::census(app);
+    let present = |m: BTreeMap<&'static str, i64>| -> BTreeMap<String, i64> {
+        m.into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.to_owned(), n))
+            .collect()
     };
-    for m in app.fleet.all() {
-        let r = m.snapshot();
-        let seen = m.last_seen.load(Ordering::Relaxed);
-        let view = fleet::view(app, &r);
-        let (state, _) = fleet::state(&r, (seen != 0).then_some(seen), &view);
-        *c.states.entry(state.as_str().to_owned()).or_default() += 1;
-        if r.status == MachineStatus::Accepted {
-            let h = match r.report.health {
-                Health::Unknown => "unknown",
-                Health::Checking => "checking",
-                Health::Healthy => "healthy",
-                Health::Failed => "failed",
-            };
-            *c.health.entry(h.to_owned()).or_default() += 1;
-        }
-        let ch = r.channel.unwrap_or_else(|| "(none)".into());
-        *c.channels.entry(ch).or_default() += 1;
-        let rel = r
-            .report
-            .current
-            .map(|c| c.short().to_string())
-            .unwrap_or_else(|| "(none)".into());
-        *c.releases.entry(rel).or_default() += 1;
-        c.total += 1;
+    let mut channels = c.channels;
+    if c.unassigned > 0 {
+        channels.insert("(none)".into(), c.unassigned);
     }
-    c
+    let mut releases: BTreeMap<String, i64> = BTreeMap::new();
+    for (r, n) in c.releases {
+        let name = r.map_or_else(|| "(none)".to_owned(), |r| r.short().to_string());
+        *releases.entry(name).or_default() += n;
+    }
+    Census {
+        total: c.machines as usize,
+        states: present(c.states),
+        health: present(c.health),
+        channels,
+        releases,
+    }
 }
 
 /// A rollout in a list.
