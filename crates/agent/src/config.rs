@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The server's URL, e.g. `http://updates.example:8470`.
+    /// The server's URL, e.g. `http://updates.example:8470`, or several to fail over between
+    /// (relays first, then the root): a list, or one string of URLs separated by commas
+    /// (`crate::failover`).
+    #[serde(deserialize_with = "one_or_list")]
     pub server: Option<String>,
     /// PEM certificates of the CA that signed the server's certificate (for https:// servers
     /// with a certificate of the fleet's own CA); only these are trusted then. Without it, the
@@ -233,4 +236,19 @@ impl Config {
             Error::Config("no server URL: give --server or `server` in the config file".into())
         })
     }
+}
+
+/// `server = "URL"` or `server = ["URL", "URL2"]`, held as one comma-separated string.
+fn one_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrList {
+        One(String),
+        List(Vec<String>),
+    }
+    Ok(match Option::<OneOrList>::deserialize(d)? {
+        None => None,
+        Some(OneOrList::One(s)) => Some(s),
+        Some(OneOrList::List(l)) => Some(l.join(",")),
+    })
 }

@@ -12,7 +12,7 @@ use semithin_protocol::api::{
     ApiError, CheckInRequest, CheckInResponse, EnrollRequest, EnrollResponse, ObjectsRequest,
 };
 use semithin_protocol::path::ApiPath;
-use semithin_protocol::sign::{Counter, MachineKey};
+use semithin_protocol::sign::MachineKey;
 use semithin_trust::client::Fetcher;
 
 use crate::error::{Error, Result};
@@ -25,8 +25,6 @@ pub struct Api {
     base_url: Url,
     client: Client,
     key: MachineKey,
-    /// Every signed request takes the next counter, so none can be replayed.
-    counter: Counter,
     /// Bytes received from the server (objects and metadata).
     pub received: AtomicU64,
 }
@@ -94,7 +92,6 @@ impl Api {
             base_url,
             client,
             key,
-            counter: Counter::default(),
             received: AtomicU64::new(0),
         })
     }
@@ -148,7 +145,8 @@ impl Api {
             "GET" => self.client.get(url),
             _ => self.client.post(url).body(body.clone()),
         };
-        let counter = self.counter.next_now();
+        // One counter per process: an agent that also relays signs with the same key there.
+        let counter = semithin_protocol::sign::PROCESS_COUNTER.next_now();
         for (k, v) in self.key.sign(method, path.as_str(), counter, &body) {
             rb = rb.header(k, v);
         }
@@ -255,7 +253,8 @@ impl Api {
             .header("content-type", "application/zstd")
             .body(reqwest::blocking::Body::sized(file, len))
             .timeout(Duration::from_secs(3600));
-        let counter = self.counter.next_now();
+        // One counter per process: an agent that also relays signs with the same key there.
+        let counter = semithin_protocol::sign::PROCESS_COUNTER.next_now();
         for (k, v) in self.key.sign_hashed("POST", path.as_str(), counter, &hash) {
             rb = rb.header(k, v);
         }

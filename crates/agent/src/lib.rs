@@ -16,6 +16,7 @@ mod delta;
 pub mod deploy;
 pub mod error;
 mod facts;
+pub mod failover;
 pub mod http;
 pub mod jobs;
 pub mod neterr;
@@ -78,6 +79,8 @@ pub struct Agent {
     jobs: jobs::Jobs,
     /// Variable sets and rendered templates (STATE/config.json).
     rendering: templates::Rendering,
+    /// The upstreams in order, the one in use, the bad ones not reported yet.
+    failover: failover::Failover,
     /// The facts last read (when) and the digest of those the server holds.
     facts: Option<(i64, semithin_protocol::vars::Facts)>,
     facts_digest: Option<String>,
@@ -145,6 +148,7 @@ impl Agent {
             rechecked: None,
             jobs,
             rendering,
+            failover: failover::Failover::default(),
             facts: None,
             facts_digest: None,
             backup: backup::Tracker::default(),
@@ -162,12 +166,16 @@ impl Agent {
 
     fn connect(&mut self) -> Result<()> {
         let key = MachineKey::load(&self.layout.key())?;
-        let server = match &self.cfg.server {
-            Some(s) => s.clone(),
-            None => self.state.server.clone().ok_or_else(|| {
-                Error::Config("no server URL: give --server (or `server` in the config)".into())
-            })?,
-        };
+        if self.failover.current().is_none() {
+            let list = match &self.cfg.server {
+                Some(s) => s.clone(),
+                None => self.state.server.clone().ok_or_else(|| {
+                    Error::Config("no server URL: give --server (or `server` in the config)".into())
+                })?,
+            };
+            self.failover = failover::Failover::new(failover::split(&list));
+        }
+        let server = self.failover.current().unwrap_or_default().to_owned();
         self.api = Some(Api::new(&server, key, self.cfg.ca.as_deref())?);
         Ok(())
     }
@@ -212,8 +220,10 @@ impl Agent {
             inventory: self.jobs.inventory_to_send(),
             accepts_vars: true,
             facts,
+            bad_upstreams: self.failover.pending(),
         };
         let resp = self.api().checkin(&req)?;
+        self.failover.reported(req.bad_upstreams.len());
         self.facts_digest = resp.facts_digest.clone();
         // The server has the results and the inventory once it answered.
         let sent: Vec<String> = req
@@ -600,9 +610,14 @@ impl Agent {
         let mut failures = 0u32;
         let mut wait = 0u32;
         while !stop.load(Ordering::Relaxed) {
+            if self.api.is_some() && self.failover.back_to_preferred() {
+                self.say("trying the preferred upstream again");
+                self.connect()?;
+            }
             match self.cycle(wait) {
                 Ok(o) => {
                     failures = 0;
+                    self.failover.worked();
                     wait = if o.worked {
                         0
                     } else {
@@ -619,6 +634,9 @@ impl Agent {
                         // it likes; a pending machine asks again after the wait.
                         wait = wait.max(1);
                     }
+                }
+                Err(e) if self.api.is_some() && self.upstream_failed(&e) => {
+                    wait = 0;
                 }
                 Err(e) => {
                     failures += 1;
@@ -645,6 +663,24 @@ impl Agent {
 
     pub fn repo(&self) -> &Repo {
         &self.repo
+    }
+
+    /// When `e` blames the upstream in use (failover::blames), records it and moves to the next
+    /// one; true when the next cycle should run at once on another upstream.
+    pub(crate) fn upstream_failed(&mut self, e: &Error) -> bool {
+        let Some(reason) = failover::blames(e) else {
+            return false;
+        };
+        let from = self.api().base().to_owned();
+        let moved = self.failover.fail(&reason);
+        if moved && self.connect().is_ok() {
+            self.say(&format!(
+                "upstream {from} failed ({reason}): using {} now",
+                self.api().base()
+            ));
+            return true;
+        }
+        false
     }
 }
 

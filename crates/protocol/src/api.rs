@@ -356,6 +356,19 @@ impl CheckInRequest {
         if let Some(f) = &self.facts {
             f.check()?;
         }
+        if self.bad_upstreams.len() > MAX_BAD_UPSTREAMS {
+            return Err(bad(
+                "bad_upstreams",
+                format!(
+                    "{} entries; at most {MAX_BAD_UPSTREAMS} per check-in",
+                    self.bad_upstreams.len()
+                ),
+            ));
+        }
+        for b in &self.bad_upstreams {
+            check_len("bad_upstreams.url", &b.url, 512)?;
+            check_len("bad_upstreams.reason", &b.reason, limits::ERROR_BYTES)?;
+        }
         Ok(())
     }
 }
@@ -450,7 +463,22 @@ pub struct CheckInRequest {
     /// server holds (`CheckInResponse::facts_digest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<crate::vars::Facts>,
+    /// Upstreams (servers or relays) that failed this machine since its last check-in, and
+    /// why: unreachable, 5xx, or data that did not verify (docs/RELAY.md). The server records
+    /// each as an event of the machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_upstreams: Vec<BadUpstream>,
 }
+
+/// An upstream a machine left, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BadUpstream {
+    pub url: String,
+    pub reason: String,
+}
+
+/// At most this many bad upstreams in one check-in.
+pub const MAX_BAD_UPSTREAMS: usize = 8;
 
 /// Where a machine fetches from; paths are relative to the server URL and checked when read
 /// ([`ApiPath`]: they stay below `/api/v1/` on the server the machine was configured with).
@@ -542,6 +570,10 @@ pub struct MachineInfo {
     /// What the machine last reported about itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<crate::vars::Facts>,
+    /// The relays its last check-in came through, nearest the machine first (the
+    /// `X-Semithin-Relay` header; empty: straight to the server).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay_path: Vec<String>,
 }
 
 /// Where a machine stands (`MachineInfo::state`), computed by the server from its status,

@@ -186,6 +186,11 @@ pub fn date_of(counter: u64) -> i64 {
     i64::try_from(counter / COUNTER_PER_SECOND).unwrap_or(i64::MAX)
 }
 
+/// The counter of every request this process signs, whatever the client: an agent that also
+/// relays signs with one key from two clients (its own and the relay's), and no two of their
+/// requests may share a counter.
+pub static PROCESS_COUNTER: Counter = Counter::new();
+
 /// A machine's source of request counters: the time in microseconds, but always above the last
 /// one it gave (a clock that steps back does not repeat a counter). Shared by every request of
 /// a client, also when they are sent from several threads at once.

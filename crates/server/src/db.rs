@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("../migrations/0012_vars.sql")),
     (14, include_str!("../migrations/0014_captures.sql")),
     (15, include_str!("../migrations/0015_audit.sql")),
+    (21, include_str!("../migrations/0021_relays.sql")),
 ];
 
 pub async fn open(path: &Path) -> Result<SqlitePool> {
@@ -181,6 +182,7 @@ pub async fn delete_machine(pool: &SqlitePool, id: &str) -> Result<()> {
         "DELETE FROM events WHERE machine = $1",
         "DELETE FROM inventory WHERE machine = $1",
         "DELETE FROM machine_facts WHERE machine = $1",
+        "DELETE FROM machine_relays WHERE machine = $1",
     ] {
         sqlx::query(sql)
             .bind(id)

@@ -96,6 +96,8 @@ pub struct Machine {
     pub counter_stored: AtomicU64,
     /// What the machine last reported about itself (`vars::store_facts`).
     facts: Mutex<Option<Arc<semithin_protocol::vars::Facts>>>,
+    /// The relays its last check-in came through (`relays`), nearest the machine first.
+    pub relay_path: Mutex<Vec<String>>,
 }
 
 impl Machine {
@@ -114,6 +116,7 @@ impl Machine {
             replay: Mutex::new(Window::default()),
             counter_stored: AtomicU64::new(0),
             facts: Mutex::new(None),
+            relay_path: Mutex::default(),
         }
     }
 
@@ -502,6 +505,7 @@ pub fn info(m: &Machine, view: View) -> MachineInfo {
         state_reason,
         channel_release: view.channel_release,
         facts: m.facts().map(|f| (*f).clone()),
+        relay_path: m.relay_path.lock().expect("lock").clone(),
     }
 }
 

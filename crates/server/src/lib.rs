@@ -15,6 +15,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod releases;
+pub mod relays;
 pub mod renew;
 pub mod replay;
 pub mod rollout;
@@ -454,6 +455,7 @@ pub async fn run_on(
     let jobs = jobs::Jobs::load(&db, now()).await?;
     let vars = vars::Vars::load(&db).await?;
     vars::load_facts(&db, &fleet).await?;
+    relays::load(&db, &fleet).await?;
     for (name, url) in &cfg.apt_upstreams {
         if semithin_protocol::selector::check_name(name).is_err()
             || !(url.starts_with("http://") || url.starts_with("https://"))

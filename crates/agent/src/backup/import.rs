@@ -285,6 +285,7 @@ impl Agent {
             inventory: None,
             accepts_vars: false,
             facts: self.facts.as_ref().map(|(_, f)| f.clone()),
+            bad_upstreams: Vec::new(),
         };
         let body = serde_json::to_string(&req).expect("serialises");
         let key = MachineKey::load(&self.layout.key())?;

@@ -111,6 +111,13 @@ pub struct Args {
     /// point, or is on the state directory's file system, is not used; docs/BOOT.md).
     #[arg(long, value_name = "DIR")]
     backup_dir: Option<PathBuf>,
+    /// Also relay for other machines on this address (docs/RELAY.md): a cache of releases
+    /// under STATE/relay and a forwarder of their requests to this agent's own servers.
+    #[arg(long, value_name = "ADDR")]
+    relay_listen: Option<String>,
+    /// The relay's cache bound in bytes, with --relay-listen.
+    #[arg(long, value_name = "BYTES", default_value_t = 2 << 30)]
+    relay_cache_size: u64,
     #[command(subcommand)]
     command: Option<AgentCmd>,
 }
@@ -464,6 +471,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         });
     }
     exit_on_signal()?;
+    if let Some(listen) = &a.relay_listen {
+        relay_beside(&agent, &a.state, listen, a.relay_cache_size)?;
+    }
     let never = AtomicBool::new(false);
     agent.run(&never)?;
     Ok(ExitCode::SUCCESS)
@@ -647,5 +657,38 @@ fn exit_on_signal() -> Result<()> {
         note!("semithin-agent: stopped");
         std::process::exit(0);
     });
+    Ok(())
+}
+
+/// Runs a relay in a thread beside the agent's loop, with the machine's own key (once it has
+/// one: a first run makes it when it enrolls) and the agent's servers as its upstreams.
+fn relay_beside(agent: &Agent, state: &std::path::Path, listen: &str, cache: u64) -> Result<()> {
+    let upstreams = semithin_agent::failover::split(agent.cfg.server()?);
+    let name = agent
+        .cfg
+        .name
+        .clone()
+        .unwrap_or_else(|| rustix::system::uname().nodename().to_string_lossy().into_owned());
+    let mut cfg = semithin_relay::Config::new(upstreams, state.join("relay"), &name);
+    cfg.cache_size = cache;
+    cfg.ca = agent.cfg.ca.clone();
+    let key_path = agent.layout.key();
+    let listen = listen.to_owned();
+    std::thread::Builder::new()
+        .name("relay".into())
+        .spawn(move || {
+            while !key_path.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            let r = semithin_protocol::sign::MachineKey::load(&key_path)
+                .map_err(anyhow::Error::from)
+                .and_then(|key| {
+                    super::relay::serve(cfg, std::sync::Arc::new(key), &listen, std::future::pending())
+                });
+            if let Err(e) = r {
+                note!("semithin-agent: the relay stopped: {e:#}");
+            }
+        })
+        .context("starting the relay's thread")?;
     Ok(())
 }

@@ -51,6 +51,7 @@ mod profile;
 mod progress;
 mod publish;
 mod publish_boot;
+mod relay;
 mod repo;
 mod rollout;
 mod safe;
@@ -168,6 +169,10 @@ enum Command {
     /// Run the agent of a machine: enroll, pull the assigned release, verify, stage, switch,
     /// check health, roll back, report. Also `agent verify` and `agent status`.
     Agent(agent::Args),
+    /// Run a relay for a site: a pull-through cache of releases (metadata, objects, delta
+    /// packs, boot artifacts, apt's pool) for the machines under it, which forwards their
+    /// enrollment, check-ins and reports upward; chains to any depth (docs/RELAY.md).
+    Relay(relay::Args),
     /// The machines the server knows: list, show, label, accept, reject, assign, tokens.
     #[command(after_help = ADMIN_HELP)]
     Fleet(FleetArgs),
@@ -330,6 +335,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Publish(a) => publish::run(open(repo, Access::Write)?, a),
         Command::Serve(a) => serve::run(a),
         Command::Agent(a) => agent::run(a),
+        Command::Relay(a) => relay::run(a),
         Command::Fleet(f) => fleet::run(&f.server, f.cmd),
         Command::Job(j) => job::run(&j.server, j.cmd),
         Command::Var(v) => var::run(&v.server, v.cmd),

@@ -259,10 +259,13 @@ pub async fn checkin(
     let req: CheckInRequest = parse(&body)?;
     req.check()
         .map_err(|e| ApiErr::bad(format!("check-in refused: {e}")))?;
+    let relay_path = crate::relays::header_path(&headers)
+        .map_err(|e| ApiErr::bad(format!("check-in refused: {e}")))?;
     let t = now();
     app.counters.checkins.fetch_add(1, Ordering::Relaxed);
     m.last_seen.store(t, Ordering::Relaxed);
     store_checkin(&app, &m, &req, t).await?;
+    crate::relays::record(&app, &m, relay_path, &req.bad_upstreams, t).await?;
     let (mut resp, actionable) = answer(&app, &m, false);
     with_jobs(&app, &m, &req, &mut resp).await?;
     with_config(&app, &m, &req, &mut resp);
@@ -412,7 +415,13 @@ async fn record_events(app: &App, m: &Machine, old: Report, new: &Report) -> cra
 
 /// Stores an event of a machine within its allowance ([`crate::fleet::EventBudget`]), and keeps
 /// only its newest [`crate::fleet::MAX_EVENTS_PER_MACHINE`].
-async fn add_event(app: &App, m: &Machine, t: i64, kind: &str, detail: &str) -> crate::Result<()> {
+pub(crate) async fn add_event(
+    app: &App,
+    m: &Machine,
+    t: i64,
+    kind: &str,
+    detail: &str,
+) -> crate::Result<()> {
     let allowed = {
         let mut budget = m.events.lock().expect("lock");
         let ok = budget.take(t);

@@ -2,7 +2,7 @@
 
 mod access;
 mod admin;
-mod agent;
+pub(crate) mod agent;
 mod apt;
 mod boot;
 mod captures;

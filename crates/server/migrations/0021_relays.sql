@@ -1,0 +1,7 @@
+-- The relays a machine's last check-in came through (docs/RELAY.md), nearest the machine
+-- first, comma-separated; a machine that checks in straight to the server has no row.
+CREATE TABLE machine_relays (
+    machine TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    seen_at BIGINT NOT NULL
+);
