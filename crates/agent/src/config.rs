@@ -239,7 +239,9 @@ impl Config {
 }
 
 /// `server = "URL"` or `server = ["URL", "URL2"]`, held as one comma-separated string.
-fn one_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+fn one_or_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrList {

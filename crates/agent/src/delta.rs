@@ -96,11 +96,18 @@ impl Agent {
                     "the delta pack was refused ({e}); fetching the objects instead"
                 ));
                 // The upstream that served it is reported, and left when there is another.
-                let reason = format!("the delta pack {} -> {} did not verify: {e}", short(from), short(to));
+                let reason = format!(
+                    "the delta pack {} -> {} did not verify: {e}",
+                    short(from),
+                    short(to)
+                );
                 let from_url = self.api().base().to_owned();
                 if self.failover.fail(&reason) {
                     self.connect()?;
-                    self.say(&format!("upstream {from_url} left: using {}", self.api().base()));
+                    self.say(&format!(
+                        "upstream {from_url} left: using {}",
+                        self.api().base()
+                    ));
                 }
                 Ok(false)
             }

@@ -65,7 +65,10 @@ impl Flights {
     /// fetch of `key` runs.
     pub async fn once<F>(
         self: &std::sync::Arc<Self>,
-        key: &str, have: impl Fn() -> bool, fetch: F) -> Result<()>
+        key: &str,
+        have: impl Fn() -> bool,
+        fetch: F,
+    ) -> Result<()>
     where
         F: Future<Output = Result<()>> + Send + 'static,
     {

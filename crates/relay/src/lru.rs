@@ -101,7 +101,10 @@ mod tests {
         l.insert("a", 60);
         assert!(l.insert("a", 70).is_empty());
         assert_eq!(l.total(), 70);
-        assert_eq!(l.insert("huge", 500), vec!["a".to_owned(), "huge".to_owned()]);
+        assert_eq!(
+            l.insert("huge", 500),
+            vec!["a".to_owned(), "huge".to_owned()]
+        );
         assert_eq!(l.total(), 0);
         assert!(l.is_empty());
         assert!(!l.touch("huge"));

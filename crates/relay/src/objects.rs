@@ -27,7 +27,9 @@ use crate::route::{Route, object_ref};
 type Ref = (ObjKind, [u8; 32]);
 
 fn key(r: &Ref) -> String {
-    Route::Object(r.0, r.1).cache_key().expect("objects are cached")
+    Route::Object(r.0, r.1)
+        .cache_key()
+        .expect("objects are cached")
 }
 
 fn name(r: &Ref) -> String {
@@ -36,8 +38,8 @@ fn name(r: &Ref) -> String {
 
 /// `POST /api/v1/objects`.
 pub async fn batch(relay: &Arc<Relay>, body: &[u8]) -> Result<Response> {
-    let req: ObjectsRequest = serde_json::from_slice(body)
-        .map_err(|e| Error::Bad(format!("bad request body: {e}")))?;
+    let req: ObjectsRequest =
+        serde_json::from_slice(body).map_err(|e| Error::Bad(format!("bad request body: {e}")))?;
     if req.objects.len() > MAX_OBJECTS_PER_REQUEST {
         return Err(Error::Bad(format!(
             "{} objects asked for; at most {MAX_OBJECTS_PER_REQUEST} per request",
@@ -156,7 +158,10 @@ async fn fetch_batch(relay: &Arc<Relay>, refs: &[Ref]) -> Result<()> {
             .await
             .map_err(|e| Error::Unreachable(format!("the object stream was cut off: {e}")))?
         {
-            relay.counters.fetched.fetch_add(c.len() as u64, Ordering::Relaxed);
+            relay
+                .counters
+                .fetched
+                .fetch_add(c.len() as u64, Ordering::Relaxed);
             f.write_all(&c).await.map_err(io)?;
         }
         f.flush().await.map_err(io)?;

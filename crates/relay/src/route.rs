@@ -190,7 +190,11 @@ mod tests {
         assert_eq!(r.cache_key().unwrap(), format!("boot/{H}/vmlinuz"));
         let r = classify("GET", &format!("/api/v1/trust/targets/{H}.channels/lab")).unwrap();
         assert_eq!(r.cache_key().unwrap(), format!("targets/{H}.channels/lab"));
-        let r = classify("GET", "/apt/debian/pool/main/h/hello/hello_2.10-3_amd64.deb").unwrap();
+        let r = classify(
+            "GET",
+            "/apt/debian/pool/main/h/hello/hello_2.10-3_amd64.deb",
+        )
+        .unwrap();
         assert!(r.cache_key().is_some());
         let r = classify("GET", "/apt/debian/dists/bookworm/InRelease").unwrap();
         assert_eq!(r.cache_key(), None, "indexes change: not cached");
@@ -205,10 +209,17 @@ mod tests {
 
     #[test]
     fn the_rest_is_forwarded() {
-        for p in ["/api/v1/checkin", "/api/v1/enroll", "/api/v1/jobs/x/progress"] {
+        for p in [
+            "/api/v1/checkin",
+            "/api/v1/enroll",
+            "/api/v1/jobs/x/progress",
+        ] {
             assert_eq!(classify("POST", p).unwrap(), Route::Forward, "{p}");
         }
-        assert_eq!(classify("GET", "/api/v1/admin/stats").unwrap(), Route::Forward);
+        assert_eq!(
+            classify("GET", "/api/v1/admin/stats").unwrap(),
+            Route::Forward
+        );
     }
 
     #[test]

@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
+use crate::Relay;
 use crate::error::{Error, Result};
 use crate::route::{self, Route};
-use crate::Relay;
 
 /// Metadata files larger than this are refused (TUF's own limits are smaller).
 const MAX_METADATA: usize = 64 << 20;
@@ -69,7 +69,9 @@ async fn answer(relay: &Arc<Relay>, req: Request) -> Result<Response> {
     let headers = &parts.headers;
     match route {
         Route::Health => Ok("ok\n".into_response()),
-        Route::Forward | Route::Apt(_, false) => forward(relay, parts.method, &pq, headers, body).await,
+        Route::Forward | Route::Apt(_, false) => {
+            forward(relay, parts.method, &pq, headers, body).await
+        }
         Route::Metadata(file) => metadata(relay, &file, &pq).await,
         Route::Objects => crate::objects::batch(relay, &body).await,
         Route::Object(kind, id) => crate::objects::answer(relay, vec![(kind, id)]).await,
@@ -155,29 +157,32 @@ async fn metadata(relay: &Arc<Relay>, file: &str, pq: &str) -> Result<Response> 
     let (r2, file2, pq2) = (relay.clone(), file.to_owned(), pq.to_owned());
     let fetched = relay
         .flights
-        .once(
-            &key,
-            || false,
-            async move {
-                let resp = r2.up.fetch("GET", &pq2, Bytes::new()).await?;
-                let b = read_limited(resp, MAX_METADATA).await?;
-                r2.counters.fetched.fetch_add(b.len() as u64, Ordering::Relaxed);
-                let path = r2.cfg.data.join("meta").join(&file2);
-                let tmp = r2.disk.temp();
-                if std::fs::write(&tmp, &b).is_ok() {
-                    let _ = std::fs::rename(&tmp, &path);
-                }
-                r2.meta
-                    .lock()
-                    .expect("lock")
-                    .insert(file2, (Instant::now(), b));
-                Ok(())
-            },
-        )
+        .once(&key, || false, async move {
+            let resp = r2.up.fetch("GET", &pq2, Bytes::new()).await?;
+            let b = read_limited(resp, MAX_METADATA).await?;
+            r2.counters
+                .fetched
+                .fetch_add(b.len() as u64, Ordering::Relaxed);
+            let path = r2.cfg.data.join("meta").join(&file2);
+            let tmp = r2.disk.temp();
+            if std::fs::write(&tmp, &b).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+            r2.meta
+                .lock()
+                .expect("lock")
+                .insert(file2, (Instant::now(), b));
+            Ok(())
+        })
         .await;
     match fetched {
         Ok(()) => {
-            let b = relay.meta.lock().expect("lock").get(file).map(|(_, b)| b.clone());
+            let b = relay
+                .meta
+                .lock()
+                .expect("lock")
+                .get(file)
+                .map(|(_, b)| b.clone());
             b.map(|b| bytes_answer(relay, b))
                 .ok_or_else(|| Error::Internal(format!("metadata {file} vanished")))
         }
@@ -188,9 +193,17 @@ async fn metadata(relay: &Arc<Relay>, file: &str, pq: &str) -> Result<Response> 
             Err(Error::Upstream { status, reason })
         }
         Err(e) => {
-            let held = relay.meta.lock().expect("lock").get(file).map(|(_, b)| b.clone());
-            let held =
-                held.or_else(|| std::fs::read(relay.cfg.data.join("meta").join(file)).ok().map(Bytes::from));
+            let held = relay
+                .meta
+                .lock()
+                .expect("lock")
+                .get(file)
+                .map(|(_, b)| b.clone());
+            let held = held.or_else(|| {
+                std::fs::read(relay.cfg.data.join("meta").join(file))
+                    .ok()
+                    .map(Bytes::from)
+            });
             match held {
                 Some(b) => {
                     tracing::warn!("serving the metadata {file} held: {e}");
@@ -203,7 +216,10 @@ async fn metadata(relay: &Arc<Relay>, file: &str, pq: &str) -> Result<Response> 
 }
 
 fn bytes_answer(relay: &Relay, b: Bytes) -> Response {
-    relay.counters.served.fetch_add(b.len() as u64, Ordering::Relaxed);
+    relay
+        .counters
+        .served
+        .fetch_add(b.len() as u64, Ordering::Relaxed);
     ([(header::CONTENT_TYPE, "application/octet-stream")], b).into_response()
 }
 
@@ -271,10 +287,9 @@ async fn cached_file(
                     fill(&r2, &k2, &pq2).await
                 })
                 .await?;
-            relay
-                .disk
-                .get(key)
-                .ok_or_else(|| Error::Internal(format!("{key} was evicted at once: the cache is too small")))?
+            relay.disk.get(key).ok_or_else(|| {
+                Error::Internal(format!("{key} was evicted at once: the cache is too small"))
+            })?
         }
     };
     range_answer(relay, headers, got, content_type)
@@ -302,7 +317,12 @@ fn range_answer(
     let start = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<u64>().ok())
+        .and_then(|v| {
+            v.strip_prefix("bytes=")?
+                .strip_suffix('-')?
+                .parse::<u64>()
+                .ok()
+        })
         .filter(|_| if_range_ok)
         .unwrap_or(0);
     if start > size {
@@ -330,10 +350,9 @@ fn range_answer(
         .into_response();
     if start > 0 {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "bytes {start}-{}/{size}",
-            size.saturating_sub(1)
-        )) {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("bytes {start}-{}/{size}", size.saturating_sub(1)))
+        {
             resp.headers_mut().insert(header::CONTENT_RANGE, v);
         }
     }
@@ -351,7 +370,10 @@ pub fn file_body(mut file: std::fs::File, sent: impl Fn(u64) + Send + 'static) -
                 Ok(0) => return,
                 Ok(n) => {
                     sent(n as u64);
-                    if tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
+                    if tx
+                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
                         return;
                     }
                 }

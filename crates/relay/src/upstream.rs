@@ -52,7 +52,9 @@ impl Upstreams {
         ca: Option<&std::path::Path>,
     ) -> Result<Self> {
         if urls.is_empty() {
-            return Err(Error::Bad("a relay needs at least one --upstream URL".into()));
+            return Err(Error::Bad(
+                "a relay needs at least one --upstream URL".into(),
+            ));
         }
         let mut bases = Vec::new();
         for u in urls {

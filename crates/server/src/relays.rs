@@ -7,9 +7,9 @@ use axum::http::HeaderMap;
 use semithin_protocol::api::BadUpstream;
 use sqlx::{Row, SqlitePool};
 
+use crate::App;
 use crate::error::{Error, Result};
 use crate::fleet::{Fleet, Machine};
-use crate::App;
 
 pub const HEADER: &str = "x-semithin-relay";
 

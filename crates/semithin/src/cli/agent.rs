@@ -664,11 +664,12 @@ fn exit_on_signal() -> Result<()> {
 /// one: a first run makes it when it enrolls) and the agent's servers as its upstreams.
 fn relay_beside(agent: &Agent, state: &std::path::Path, listen: &str, cache: u64) -> Result<()> {
     let upstreams = semithin_agent::failover::split(agent.cfg.server()?);
-    let name = agent
-        .cfg
-        .name
-        .clone()
-        .unwrap_or_else(|| rustix::system::uname().nodename().to_string_lossy().into_owned());
+    let name = agent.cfg.name.clone().unwrap_or_else(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    });
     let mut cfg = semithin_relay::Config::new(upstreams, state.join("relay"), &name);
     cfg.cache_size = cache;
     cfg.ca = agent.cfg.ca.clone();
@@ -683,7 +684,12 @@ fn relay_beside(agent: &Agent, state: &std::path::Path, listen: &str, cache: u64
             let r = semithin_protocol::sign::MachineKey::load(&key_path)
                 .map_err(anyhow::Error::from)
                 .and_then(|key| {
-                    super::relay::serve(cfg, std::sync::Arc::new(key), &listen, std::future::pending())
+                    super::relay::serve(
+                        cfg,
+                        std::sync::Arc::new(key),
+                        &listen,
+                        std::future::pending(),
+                    )
                 });
             if let Err(e) = r {
                 note!("semithin-agent: the relay stopped: {e:#}");

@@ -504,6 +504,12 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 outln!("fetched:    {}", human(m.report.fetched_bytes));
                 outln!("enrolled:   {}", time(m.enrolled_at));
                 outln!("last seen:  {}", ago(m.last_seen));
+                if !m.relay_path.is_empty() {
+                    // nearest the machine first, as the relays appended themselves
+                    let path: Vec<String> =
+                        m.relay_path.iter().map(|r| safe(r).to_string()).collect();
+                    outln!("relays:     {} -> server", path.join(" -> "));
+                }
                 if let Some(ev) = v.get("events").and_then(|e| e.as_array()) {
                     outln!("events:");
                     for e in ev {

@@ -69,7 +69,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let enrolled = a.data.join("enrolled");
     if !enrolled.exists() {
         let Some(token) = &a.token else {
-            bail!("this relay is not enrolled yet: give --token with an enrollment token of the root")
+            bail!(
+                "this relay is not enrolled yet: give --token with an enrollment token of the root"
+            )
         };
         let mut labels = std::collections::BTreeMap::new();
         labels.insert("role".to_owned(), "relay".to_owned());
@@ -96,7 +98,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     cfg.cache_size = a.cache_size;
     cfg.ca = a.ca.clone();
     super::serve::init_logs("text")?;
-    serve(cfg, Arc::new(key), &a.listen, super::serve::shutdown_signal())?;
+    serve(
+        cfg,
+        Arc::new(key),
+        &a.listen,
+        super::serve::shutdown_signal(),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -119,7 +126,10 @@ pub fn serve(
             .with_context(|| format!("listening on {listen}"))?;
         note!(
             "semithin-relay: serving on {}",
-            listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
         );
         semithin_relay::run_on(listener, relay, shutdown).await?;
         anyhow::Ok(())

@@ -445,6 +445,13 @@ impl Agent {
         self
     }
 
+    /// Talks to these upstreams (comma-separated: relays, then the root) instead of the server.
+    pub fn server(mut self, urls: &str) -> Self {
+        let i = self.extra.iter().position(|x| x == "--server").unwrap();
+        self.extra[i + 1] = urls.into();
+        self
+    }
+
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
         self

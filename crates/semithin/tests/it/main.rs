@@ -31,6 +31,7 @@ mod packaging;
 mod profiles;
 mod qemu;
 mod real_root;
+mod relay;
 mod rollout;
 mod systemd_unit;
 mod tamper;

@@ -1,0 +1,414 @@
+//! Relays as real processes on loopback (docs/RELAY.md): root → relay A → relay B → machines;
+//! each relay fetches content from its upstream once; check-ins pass through with their
+//! signatures and the root records the path; a relay killed or poisoned is left for the next
+//! upstream and reported; bad requests to a relay get clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::BIN;
+use crate::fleet::{Agent, Server, free_port, http, image, wait_until, wait_updated};
+
+/// A `semithin relay` process.
+struct Relay {
+    name: String,
+    data: PathBuf,
+    log: PathBuf,
+    port: u16,
+    url: String,
+    upstreams: Vec<String>,
+    token: String,
+    child: Option<Child>,
+}
+
+impl Relay {
+    fn start(s: &Server, name: &str, upstreams: &[&str], token: &str) -> Relay {
+        let port = free_port();
+        let mut r = Relay {
+            name: name.into(),
+            data: s.path(&format!("relays/{name}")),
+            log: s.path(&format!("relays/{name}.log")),
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            upstreams: upstreams.iter().map(|u| u.to_string()).collect(),
+            token: token.into(),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(self.log.parent().unwrap()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut c = Command::new(BIN);
+        c.arg("relay")
+            .arg("--data")
+            .arg(&self.data)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--name", &self.name, "--token", &self.token]);
+        for u in &self.upstreams {
+            c.args(["--upstream", u]);
+        }
+        self.child = Some(
+            c.stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let client = http().timeout(Duration::from_secs(5)).build().unwrap();
+        let url = format!("{}/api/v1/health", self.url);
+        wait_until(&format!("relay {} answering", self.name), 30, || {
+            client
+                .get(&url)
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        });
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn info(&self) -> Value {
+        let r = http()
+            .build()
+            .unwrap()
+            .get(format!("{}/api/v1/relay", self.url))
+            .send()
+            .unwrap();
+        serde_json::from_str(&r.text().unwrap()).unwrap()
+    }
+
+    fn n(&self, field: &str) -> u64 {
+        self.info()[field].as_u64().unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn content_sent(s: &Server) -> u64 {
+    let st = s.stats();
+    st["object_bytes_sent"].as_u64().unwrap() + st["delta_bytes_sent"].as_u64().unwrap()
+}
+
+fn many_uses_token(s: &Server) -> String {
+    let (st, v) = s.post(
+        "/api/v1/admin/tokens",
+        &json!({"preauthorized": true, "uses": 100}),
+    );
+    assert_eq!(st, 200, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+fn events(s: &Server, name: &str) -> Vec<Value> {
+    s.machine(name)["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn has_event(s: &Server, name: &str, kind: &str, text: &str) -> bool {
+    events(s, name)
+        .iter()
+        .any(|e| e["kind"] == json!(kind) && e["detail"].as_str().is_some_and(|d| d.contains(text)))
+}
+
+/// Flips one byte in the middle of a file.
+fn flip(p: &Path) {
+    let mut b = std::fs::read(p).unwrap();
+    let i = b.len() / 2;
+    b[i] ^= 0xff;
+    std::fs::write(p, b).unwrap();
+}
+
+#[test]
+fn relay_tree_converges_and_the_root_sends_content_once_per_relay() {
+    let s = Server::start();
+    let t = many_uses_token(&s);
+    let src = s.path("img");
+    image(&src, 1, 100);
+    let v1 = s.release(&src, "lab/stable");
+    let a = Relay::start(&s, "relay-a", &[&s.url], &t);
+    // relay B enrolls through relay A (its enrollment is forwarded)
+    let mut b = Relay::start(&s, "relay-b", &[&a.url], &t);
+    let relay_b = s.machine("relay-b");
+    assert_eq!(relay_b["status"], "accepted", "{relay_b}");
+    assert_eq!(relay_b["labels"]["role"], "relay");
+
+    let mut agents: Vec<Agent> = (1..=3)
+        .map(|i| Agent::new(&s, &format!("b{i}"), &t).server(&b.url))
+        .collect();
+    agents.push(Agent::new(&s, "a1", &t).server(&a.url));
+    for ag in &mut agents {
+        ag.spawn();
+    }
+    wait_until("4 machines and 2 relays enrolled", 60, || {
+        s.machines().len() == 6
+    });
+    s.ok(&["fleet", "assign", "*", "lab/stable"]);
+    for ag in &agents {
+        wait_updated(&s, &ag.name, &v1, 60);
+    }
+    // every machine's check-ins came through its relays, nearest first
+    for i in 1..=3 {
+        assert_eq!(
+            s.machine(&format!("b{i}"))["relay_path"],
+            json!(["relay-b", "relay-a"])
+        );
+    }
+    assert_eq!(s.machine("a1")["relay_path"], json!(["relay-a"]));
+    let list: Value = serde_json::from_str(&s.ok(&["fleet", "list", "--json"])).unwrap();
+    let b2 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "b2")
+        .unwrap();
+    assert_eq!(b2["relay_path"], json!(["relay-b", "relay-a"]));
+    let shown = s.ok(&["fleet", "show", "b2"]);
+    assert!(
+        shown.contains("relay-b") && shown.contains("relay-a"),
+        "{shown}"
+    );
+
+    // v1: 4 machines, the root sent its content about once (to relay A)
+    let root_v1 = content_sent(&s);
+    let b_served = b.n("served_bytes");
+    let per_machine = b_served / 3;
+    assert!(per_machine > 400_000, "{}", b.info());
+    assert!(
+        (root_v1 as f64) < 1.1 * per_machine as f64,
+        "root sent {root_v1} for v1; one machine took {per_machine}"
+    );
+    assert!(
+        (b.n("fetched_bytes") as f64) < 1.1 * per_machine as f64,
+        "{}",
+        b.info()
+    );
+
+    // v2, a delta from v1: again once from the root
+    image(&src, 2, 100);
+    let before = content_sent(&s);
+    let served_before = b.n("served_bytes");
+    let v2 = s.release(&src, "lab/stable");
+    for ag in &agents {
+        wait_updated(&s, &ag.name, &v2, 60);
+        assert!(ag.log().contains("applied the delta pack"), "{}", ag.log());
+    }
+    let root_v2 = content_sent(&s) - before;
+    let per_machine_v2 = (b.n("served_bytes") - served_before) / 3;
+    eprintln!(
+        "root content sent: v1 {root_v1} bytes (one machine took {per_machine}), v2 {root_v2} \
+         (one machine took {per_machine_v2}); 4 machines under 2 relays"
+    );
+    assert!(root_v2 > 0);
+    assert!(
+        (root_v2 as f64) < 1.1 * per_machine_v2 as f64,
+        "root sent {root_v2} for v2; one machine took {per_machine_v2}"
+    );
+
+    // a restarted relay keeps its cache and answers from it
+    let items = b.n("cache_items");
+    assert!(items > 0);
+    b.kill();
+    b.spawn();
+    assert_eq!(b.n("cache_items"), items, "{}", b.log());
+    let fetched = b.n("fetched_bytes");
+    let delta = format!("{}/api/v1/deltas/{v1}/{v2}", b.url);
+    let r = http().build().unwrap().get(&delta).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let whole = r.bytes().unwrap().len() as u64;
+    assert!(whole > 0);
+    assert_eq!(b.n("fetched_bytes"), fetched, "served from the cache kept");
+    // and a range of it
+    let r = http()
+        .build()
+        .unwrap()
+        .get(&delta)
+        .header("range", "bytes=10-")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().unwrap().len() as u64, whole - 10);
+    drop(agents);
+}
+
+#[test]
+fn relay_killed_mid_update_its_machines_fail_over_and_converge() {
+    let s = Server::start();
+    let t = many_uses_token(&s);
+    let src = s.path("img");
+    image(&src, 1, 50);
+    let v1 = s.release(&src, "lab/stable");
+    let mut r = Relay::start(&s, "relay-x", &[&s.url], &t);
+    let mut agents: Vec<Agent> = (1..=2)
+        .map(|i| Agent::new(&s, &format!("x{i}"), &t).server(&format!("{},{}", r.url, s.url)))
+        .collect();
+    for ag in &mut agents {
+        ag.spawn();
+    }
+    wait_until("2 machines enrolled", 60, || s.machines().len() == 3);
+    s.ok(&["fleet", "assign", "*", "lab/stable"]);
+    for ag in &agents {
+        wait_updated(&s, &ag.name, &v1, 60);
+        assert_eq!(s.machine(&ag.name)["relay_path"], json!(["relay-x"]));
+    }
+    // the relay dies with the machines' long polls open through it; v2 is published
+    r.kill();
+    image(&src, 2, 50);
+    let v2 = s.release(&src, "lab/stable");
+    for ag in &agents {
+        wait_updated(&s, &ag.name, &v2, 90);
+        assert!(ag.log().contains("using http://127.0.0.1"), "{}", ag.log());
+        // straight to the root now, and the root knows why
+        assert_eq!(s.machine(&ag.name)["relay_path"], Value::Null);
+        assert!(
+            has_event(&s, &ag.name, "bad-upstream", &r.url),
+            "{:#}",
+            s.machine(&ag.name)
+        );
+    }
+}
+
+#[test]
+fn relay_poisoned_pack_and_object_are_refused_reported_and_fetched_elsewhere() {
+    let s = Server::start();
+    let t = many_uses_token(&s);
+    let src = s.path("img");
+    image(&src, 1, 50);
+    let v1 = s.release(&src, "lab/stable");
+    let p = Relay::start(&s, "relay-p", &[&s.url], &t);
+    let both = format!("{},{}", p.url, s.url);
+    // a first machine fills the relay's cache with v1's objects
+    let mut first = Agent::new(&s, "p1", &t).server(&both);
+    first.spawn();
+    wait_until("p1 enrolled", 60, || s.machines().len() == 2);
+    s.ok(&["fleet", "assign", "*", "lab/stable"]);
+    wait_updated(&s, "p1", &v1, 60);
+    // the relay now serves a damaged chunk: the largest one, a flipped byte
+    let chunks = p.data.join("cache/objects/chunk");
+    let biggest = std::fs::read_dir(&chunks)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    flip(&biggest);
+    let mut second = Agent::new(&s, "p2", &t).server(&both);
+    second.spawn();
+    wait_until("p2 enrolled", 60, || s.machines().len() == 3);
+    s.ok(&["fleet", "assign", "p2", "lab/stable"]);
+    wait_updated(&s, "p2", &v1, 90);
+    assert!(
+        has_event(&s, "p2", "bad-upstream", &p.url),
+        "{:#}\n{}",
+        s.machine("p2"),
+        second.log()
+    );
+    crate::fleet::assert_deployed(&src, &second.deployment());
+
+    // v2's delta pack is fetched into the relay, then damaged there
+    first.stop();
+    image(&src, 2, 50);
+    let v2 = s.release(&src, "lab/stable");
+    let r = http()
+        .build()
+        .unwrap()
+        .get(format!("{}/api/v1/deltas/{v1}/{v2}", p.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().unwrap();
+    flip(&p.data.join(format!("cache/deltas/{v1}/{v2}")));
+    first.spawn();
+    wait_updated(&s, "p1", &v2, 90);
+    assert!(
+        first.log().contains("the delta pack was refused"),
+        "{}",
+        first.log()
+    );
+    assert!(
+        has_event(&s, "p1", "bad-upstream", "did not verify"),
+        "{:#}",
+        s.machine("p1")
+    );
+    crate::fleet::assert_deployed(&src, &first.deployment());
+}
+
+#[test]
+fn relay_refuses_bad_requests_with_clear_errors() {
+    let s = Server::start();
+    let t = many_uses_token(&s);
+    let r = Relay::start(&s, "relay-q", &[&s.url], &t);
+    let c = http().timeout(Duration::from_secs(30)).build().unwrap();
+    let get = |path: &str| {
+        let resp = c.get(format!("{}{path}", r.url)).send().unwrap();
+        let st = resp.status().as_u16();
+        (
+            st,
+            serde_json::from_str::<Value>(&resp.text().unwrap()).unwrap_or(Value::Null),
+        )
+    };
+    for (path, status, text) in [
+        ("/etc/passwd", 400, "no such endpoint"),
+        ("/api/v1/objects/chunk/zz", 400, "bad object"),
+        ("/api/v1/deltas/abc/def", 400, "64 hex digits"),
+        ("/api/v1/trust/metadata/.hidden", 400, "bad metadata path"),
+        ("/api/v1/objects", 405, "takes POST"),
+        // a well-formed name the root does not have: its refusal, passed on
+        ("/api/v1/trust/metadata/99.root.json", 404, ""),
+    ] {
+        let (st, v) = get(path);
+        assert_eq!(st, status, "{path}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(text), "{path}: {v}");
+    }
+    // a batch naming something that is no object
+    let resp = c
+        .post(format!("{}/api/v1/objects", r.url))
+        .body(r#"{"objects": ["chunk/nothex"]}"#)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().unwrap().contains("bad object"));
+    // a body over the relay's limit
+    let resp = c
+        .post(format!("{}/api/v1/checkin", r.url))
+        .body(vec![b' '; 301 << 20])
+        .send();
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), 413);
+        assert!(resp.text().unwrap().contains("larger than"));
+    }
+    // an unsigned check-in forwarded: the root's own refusal comes back
+    let resp = c
+        .post(format!("{}/api/v1/checkin", r.url))
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.text().unwrap().contains("unsigned request"));
+    assert!(
+        r.log().is_empty() || !r.log().contains("panicked"),
+        "{}",
+        r.log()
+    );
+}
