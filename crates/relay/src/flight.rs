@@ -103,3 +103,52 @@ pub async fn wait(mut rx: watch::Receiver<Outcome>) -> Result<()> {
         .expect("some");
     r.map_err(from_outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_askers_one_fetch_and_all_see_its_outcome() {
+        let flights = Arc::new(Flights::default());
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (f, n) = (flights.clone(), fetches.clone());
+            tasks.push(tokio::spawn(async move {
+                f.once("objects/chunk/x", || false, async move {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    Err(Error::Upstream {
+                        status: 404,
+                        reason: "not there".into(),
+                    })
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            let e = t.await.unwrap().unwrap_err();
+            assert_eq!(e.status().as_u16(), 404, "{e}");
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        // done: the next ask fetches again (a failure is not kept)
+        let n = fetches.clone();
+        flights
+            .once("objects/chunk/x", || false, async move {
+                n.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        // an item held is not fetched at all
+        flights
+            .once("objects/chunk/x", || true, async { panic!("fetched") })
+            .await
+            .unwrap();
+    }
+}

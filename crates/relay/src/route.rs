@@ -188,8 +188,8 @@ mod tests {
         assert_eq!(r, Route::Delta(H.into(), H.into()));
         let r = classify("GET", &format!("/api/v1/boot/{H}/vmlinuz")).unwrap();
         assert_eq!(r.cache_key().unwrap(), format!("boot/{H}/vmlinuz"));
-        let r = classify("GET", &format!("/api/v1/trust/targets/{H}.channels/lab")).unwrap();
-        assert_eq!(r.cache_key().unwrap(), format!("targets/{H}.channels/lab"));
+        let r = classify("GET", &format!("/api/v1/trust/targets/channels/{H}.lab")).unwrap();
+        assert_eq!(r.cache_key().unwrap(), format!("targets/channels/{H}.lab"));
         let r = classify(
             "GET",
             "/apt/debian/pool/main/h/hello/hello_2.10-3_amd64.deb",
