@@ -38,6 +38,10 @@ pub struct Config {
     /// channel, though nothing signed confirms the move. Otherwise the first channel named is
     /// kept.
     pub follow_channel_changes: bool,
+    /// Use the relays the server's check-in answers name (`fleet move --relay`) before the
+    /// configured servers, which stay the fallback (docs/RELAY.md). Off: only the configured
+    /// servers are ever contacted.
+    pub follow_placement: bool,
     /// The TUF root the machine trusts at first (a root.json baked into the image).
     pub trusted_root: Option<PathBuf>,
     /// Seconds between check-ins when nothing wakes the agent (a tenth of it is jitter).
@@ -146,6 +150,7 @@ impl Default for Config {
             labels: Labels::new(),
             channel: None,
             follow_channel_changes: false,
+            follow_placement: false,
             trusted_root: None,
             interval_secs: 300,
             health_checks: Vec::new(),

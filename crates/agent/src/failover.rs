@@ -17,6 +17,8 @@ pub const RETRY_PREFERRED: Duration = Duration::from_secs(300);
 #[derive(Debug, Default)]
 pub struct Failover {
     servers: Vec<String>,
+    /// The servers of the machine's configuration: always tried after a placement's relays.
+    configured: Vec<String>,
     current: usize,
     since: Option<Instant>,
     bad: Vec<BadUpstream>,
@@ -47,9 +49,34 @@ pub fn blames(e: &Error) -> Option<String> {
 impl Failover {
     pub fn new(servers: Vec<String>) -> Self {
         Self {
+            configured: servers.clone(),
             servers,
             ..Self::default()
         }
+    }
+
+    /// The relays the server placed the machine under first, then the configured servers (each
+    /// once); true when the upstream in use changed.
+    pub fn place(&mut self, placed: &[String]) -> bool {
+        let mut list: Vec<String> = placed
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .filter(|u| crate::neterr::check_url(u).is_ok())
+            .collect();
+        for c in &self.configured {
+            if !list.contains(c) {
+                list.push(c.clone());
+            }
+        }
+        if list == self.servers {
+            return false;
+        }
+        let was = self.current().map(str::to_owned);
+        self.servers = list;
+        self.current = 0;
+        self.since = None;
+        self.switches = 0;
+        was.as_deref() != self.current()
     }
 
     pub fn current(&self) -> Option<&str> {
@@ -136,6 +163,22 @@ mod tests {
         f.reported(2);
         assert!(f.pending().is_empty());
         assert!(!f.back_to_preferred(), "not before the delay");
+    }
+
+    #[test]
+    fn a_placement_goes_first_and_the_configured_servers_stay() {
+        let mut f = Failover::new(split("http://root:2"));
+        assert!(f.place(&["http://relay-b:3/".to_owned(), "bad url".to_owned()]));
+        assert_eq!(f.current(), Some("http://relay-b:3"));
+        assert!(!f.place(&["http://relay-b:3".to_owned()]), "unchanged");
+        assert!(f.fail("refused"));
+        assert_eq!(f.current(), Some("http://root:2"));
+        f.place(&[]);
+        assert_eq!(
+            f.current(),
+            Some("http://root:2"),
+            "the configured servers only"
+        );
     }
 
     #[test]

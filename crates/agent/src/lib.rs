@@ -224,6 +224,13 @@ impl Agent {
         };
         let resp = self.api().checkin(&req)?;
         self.failover.reported(req.bad_upstreams.len());
+        if self.cfg.follow_placement && self.failover.place(&resp.upstreams) {
+            self.connect()?;
+            self.say(&format!(
+                "placed by the server: using {}",
+                self.api().base()
+            ));
+        }
         self.facts_digest = resp.facts_digest.clone();
         // The server has the results and the inventory once it answered.
         let sent: Vec<String> = req

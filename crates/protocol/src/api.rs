@@ -527,7 +527,23 @@ pub struct CheckInResponse {
     /// (`Report::config`); each signed by an admin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vars: Option<crate::vars::Bundle>,
+    /// The relays the admin placed this machine under (`fleet move --relay`), to try in this
+    /// order before the servers it is configured with; empty: none. An agent follows it only
+    /// with `follow_placement` (docs/RELAY.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<String>,
 }
+
+/// `POST /api/v1/admin/placement`: the relays machines use, in order (empty: straight to the
+/// servers they are configured with).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlacementRequest {
+    pub selector: String,
+    pub upstreams: Vec<String>,
+}
+
+/// At most this many relays in a placement.
+pub const MAX_PLACEMENT: usize = 8;
 
 /// `POST /api/v1/objects` (signed): the objects the machine lacks, answered as one object stream
 /// (docs/FORMAT.md). Each entry is `KIND/ID` with KIND `chunk`, `tree` or `commit`.
@@ -574,6 +590,9 @@ pub struct MachineInfo {
     /// `X-Semithin-Relay` header; empty: straight to the server).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relay_path: Vec<String>,
+    /// The relays the admin placed it under (`fleet move --relay`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<String>,
 }
 
 /// Where a machine stands (`MachineInfo::state`), computed by the server from its status,

@@ -5,3 +5,10 @@ CREATE TABLE machine_relays (
     path TEXT NOT NULL,
     seen_at BIGINT NOT NULL
 );
+
+-- The relays the admin placed a machine under (`fleet move --relay`), comma-separated URLs in
+-- the order it tries them; told in its check-in answers.
+CREATE TABLE machine_placement (
+    machine TEXT PRIMARY KEY,
+    upstreams TEXT NOT NULL
+);

@@ -183,6 +183,7 @@ pub async fn delete_machine(pool: &SqlitePool, id: &str) -> Result<()> {
         "DELETE FROM inventory WHERE machine = $1",
         "DELETE FROM machine_facts WHERE machine = $1",
         "DELETE FROM machine_relays WHERE machine = $1",
+        "DELETE FROM machine_placement WHERE machine = $1",
     ] {
         sqlx::query(sql)
             .bind(id)

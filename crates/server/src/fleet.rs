@@ -98,6 +98,8 @@ pub struct Machine {
     facts: Mutex<Option<Arc<semithin_protocol::vars::Facts>>>,
     /// The relays its last check-in came through (`relays`), nearest the machine first.
     pub relay_path: Mutex<Vec<String>>,
+    /// The relays the admin placed it under (`relays::place`), told in check-in answers.
+    pub placement: Mutex<Vec<String>>,
 }
 
 impl Machine {
@@ -117,6 +119,7 @@ impl Machine {
             counter_stored: AtomicU64::new(0),
             facts: Mutex::new(None),
             relay_path: Mutex::default(),
+            placement: Mutex::default(),
         }
     }
 
@@ -506,6 +509,7 @@ pub fn info(m: &Machine, view: View) -> MachineInfo {
         channel_release: view.channel_release,
         facts: m.facts().map(|f| (*f).clone()),
         relay_path: m.relay_path.lock().expect("lock").clone(),
+        placement: m.placement.lock().expect("lock").clone(),
     }
 }
 

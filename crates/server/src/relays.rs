@@ -1,15 +1,24 @@
 //! Relays as the server sees them (docs/RELAY.md): the path of relays each machine's check-in
 //! came through (the `X-Semithin-Relay` header each relay appends its name to), and the
 //! upstreams machines report as bad. The header is not signed (relays add to it): it says where
-//! a machine's requests came from, for the admin's view, and decides nothing.
+//! a machine's requests came from, for the admin's view, and decides nothing. And where the
+//! admin places machines (`POST /api/v1/admin/placement`, `fleet move --relay`).
 
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::HeaderMap;
-use semithin_protocol::api::BadUpstream;
+use semithin_protocol::api::{Affected, ApiError, BadUpstream, MAX_PLACEMENT, PlacementRequest};
+use semithin_protocol::selector::Selector;
 use sqlx::{Row, SqlitePool};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::App;
 use crate::error::{Error, Result};
 use crate::fleet::{Fleet, Machine};
+use crate::http::{ApiErr, ApiResult, admin, parse};
 
 pub const HEADER: &str = "x-semithin-relay";
 
@@ -50,7 +59,89 @@ pub async fn load(pool: &SqlitePool, fleet: &Fleet) -> Result<()> {
             *m.relay_path.lock().expect("lock") = split(&path);
         }
     }
+    let rows = sqlx::query("SELECT machine, upstreams FROM machine_placement")
+        .fetch_all(pool)
+        .await
+        .map_err(|e| Error::db("loading placements", e))?;
+    for r in rows {
+        let id: String = r.get(0);
+        let urls: String = r.get(1);
+        if let Some(m) = fleet.get(&id) {
+            *m.placement.lock().expect("lock") = split(&urls);
+        }
+    }
     Ok(())
+}
+
+pub fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new().routes(routes!(place))
+}
+
+/// A relay URL a placement may name: http(s), a host, no query, fragment or credentials, no
+/// comma (the stored form is a list).
+fn check_url(u: &str) -> std::result::Result<(), String> {
+    let url = url::Url::parse(u).map_err(|e| format!("relay URL {u:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host().is_none()
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || u.contains(',')
+        || u.len() > 512
+    {
+        return Err(format!(
+            "relay URL {u:?}: expected http(s)://HOST[:PORT][/PREFIX], no query, credentials or comma"
+        ));
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/placement", tag = "admin", summary = "Place machines under relays (tried in order before their configured servers)", request_body = PlacementRequest, responses((status = 200, description = "The machines placed", body = Affected), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
+async fn place(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Affected>> {
+    admin(&app, &headers)?;
+    let req: PlacementRequest = parse(&body)?;
+    if req.upstreams.len() > MAX_PLACEMENT {
+        return Err(ApiErr::bad(format!(
+            "{} relays; at most {MAX_PLACEMENT}",
+            req.upstreams.len()
+        )));
+    }
+    for u in &req.upstreams {
+        check_url(u).map_err(ApiErr::bad)?;
+    }
+    let sel = Selector::parse(&req.selector).map_err(|e| ApiErr::bad(e.to_string()))?;
+    let machines = app.fleet.select(&sel);
+    if machines.is_empty() {
+        return Err(ApiErr::not_found(format!("no machine matches {sel}")));
+    }
+    let mut names = Vec::new();
+    for m in machines {
+        if *m.placement.lock().expect("lock") == req.upstreams {
+            continue;
+        }
+        let q = if req.upstreams.is_empty() {
+            sqlx::query("DELETE FROM machine_placement WHERE machine = $1").bind(&m.id)
+        } else {
+            sqlx::query(
+                "INSERT INTO machine_placement (machine, upstreams) VALUES ($1, $2) \
+                 ON CONFLICT (machine) DO UPDATE SET upstreams = $2",
+            )
+            .bind(&m.id)
+            .bind(req.upstreams.join(","))
+        };
+        q.execute(&app.db)
+            .await
+            .map_err(|e| ApiErr::internal(Error::db("storing a placement", e)))?;
+        *m.placement.lock().expect("lock") = req.upstreams.clone();
+        m.wake.notify_one();
+        names.push(m.row.lock().expect("lock").name.clone());
+    }
+    Ok(Json(Affected { machines: names }))
 }
 
 fn split(path: &str) -> Vec<String> {

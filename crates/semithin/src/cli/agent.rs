@@ -115,6 +115,10 @@ pub struct Args {
     /// under STATE/relay and a forwarder of their requests to this agent's own servers.
     #[arg(long, value_name = "ADDR")]
     relay_listen: Option<String>,
+    /// Use the relays the server places this machine under (`fleet move --relay`) before the
+    /// configured servers (`follow_placement` in the config file).
+    #[arg(long)]
+    follow_placement: bool,
     /// The relay's cache bound in bytes, with --relay-listen.
     #[arg(long, value_name = "BYTES", default_value_t = 2 << 30)]
     relay_cache_size: u64,
@@ -213,6 +217,9 @@ fn config(a: &Args) -> Result<Config> {
     }
     if a.ca.is_some() {
         c.ca = a.ca.clone();
+    }
+    if a.follow_placement {
+        c.follow_placement = true;
     }
     if a.token.is_some() {
         c.token = a.token.clone();

@@ -83,6 +83,12 @@ pub enum FleetCmd {
     /// exit 0 OK, 1 WARNING, 2 CRITICAL (machines failed, failing, tampered or offline, over
     /// the thresholds), 3 UNKNOWN (the server cannot be asked).
     Check(super::fleet_check::CheckArgs),
+    /// Place machines under relays (`--relay URL`, tried in order before their configured
+    /// servers; `--direct` drops it) and/or on another channel, without reinstalling them.
+    Move(super::fleet_tree::MoveArgs),
+    /// The relays, level by level, with the machines under each: counts, states, releases and
+    /// when traffic last came through (from the relay paths of the machines' check-ins).
+    Tree(super::fleet_tree::TreeArgs),
     /// What a machine's configuration templates render to, with its variables and facts, from
     /// the release it runs: a dry run on the server, nothing reaches the machine.
     Render {
@@ -407,12 +413,17 @@ fn print_affected(verb: &str, a: &Affected) -> Result<()> {
 }
 
 pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
-    if let FleetCmd::Check(a) = cmd {
-        return super::fleet_check::run(server, a);
-    }
+    let cmd = match cmd {
+        FleetCmd::Check(a) => return super::fleet_check::run(server, a),
+        FleetCmd::Move(a) => return super::fleet_tree::run_move(server, a),
+        FleetCmd::Tree(a) => return super::fleet_tree::run_tree(server, a),
+        cmd => cmd,
+    };
     let c = server.client()?;
     match cmd {
-        FleetCmd::Check(_) => unreachable!("answered above"),
+        FleetCmd::Check(_) | FleetCmd::Move(_) | FleetCmd::Tree(_) => {
+            unreachable!("answered above")
+        }
         FleetCmd::List { selector, json } => {
             let path = match &selector {
                 Some(s) => {

@@ -39,6 +39,7 @@ mod diff;
 mod export;
 mod fleet;
 mod fleet_check;
+mod fleet_tree;
 mod fsck;
 mod gc;
 mod history;

@@ -412,3 +412,55 @@ fn relay_refuses_bad_requests_with_clear_errors() {
         r.log()
     );
 }
+
+#[test]
+fn relay_placement_moves_machines_under_a_relay_and_back() {
+    let s = Server::start();
+    let t = many_uses_token(&s);
+    let src = s.path("img");
+    image(&src, 1, 10);
+    let v1 = s.release(&src, "lab/stable");
+    let r = Relay::start(&s, "relay-m", &[&s.url], &t);
+    let mut ag = Agent::new(&s, "m1", &t).arg("--follow-placement");
+    let mut other = Agent::new(&s, "m2", &t);
+    ag.spawn();
+    other.spawn();
+    wait_until("m1 and m2 enrolled", 60, || s.machines().len() == 3);
+    s.ok(&["fleet", "label", "m1", "site=x"]);
+    s.ok(&["fleet", "label", "m2", "site=y"]);
+    // placed by label, and assigned in the same move
+    let out = s.ok(&[
+        "fleet",
+        "move",
+        "site=x",
+        "--relay",
+        &r.url,
+        "--channel",
+        "lab/stable",
+    ]);
+    assert!(out.contains("1 machine(s) changed"), "{out}");
+    s.ok(&["fleet", "assign", "m2", "lab/stable"]);
+    wait_updated(&s, "m1", &v1, 60);
+    wait_updated(&s, "m2", &v1, 60);
+    wait_until("m1 checking in through the relay", 60, || {
+        s.machine("m1")["relay_path"] == json!(["relay-m"])
+    });
+    assert_eq!(s.machine("m1")["placement"], json!([r.url]));
+    assert!(r.n("served_bytes") > 0);
+    assert_eq!(
+        s.machine("m2")["relay_path"],
+        Value::Null,
+        "m2 was not moved"
+    );
+    // bad placements are refused, naming the problem
+    let bad = s.cli(&["fleet", "move", "m1", "--relay", "ftp://x/"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("relay URL"));
+    // back to the server it is configured with
+    s.ok(&["fleet", "move", "m1", "--direct"]);
+    s.ok(&["push", "m1"]);
+    wait_until("m1 checking in straight to the server", 60, || {
+        s.machine("m1")["relay_path"] == Value::Null
+    });
+    drop((ag, other));
+}

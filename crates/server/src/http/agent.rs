@@ -239,6 +239,7 @@ fn answer(app: &App, m: &Machine, woken: bool) -> (CheckInResponse, bool) {
         inventory_digest: None,
         facts_digest: None,
         vars: None,
+        upstreams: m.placement.lock().expect("lock").clone(),
     };
     (resp, actionable)
 }

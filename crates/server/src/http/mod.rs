@@ -309,6 +309,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/trust/targets/{*path}", get(agent::target))
         .merge(boot::quick_routes())
         .merge(admin::routes())
+        .merge(crate::relays::routes())
         .merge(offline::routes())
         .merge(jobs::routes())
         .merge(rollout::routes())
