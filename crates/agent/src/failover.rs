@@ -145,6 +145,26 @@ impl Failover {
     }
 }
 
+impl crate::Agent {
+    /// When `e` blames the upstream in use (blames), records it and moves to the next
+    /// one; true when the next cycle should run at once on another upstream.
+    pub(crate) fn upstream_failed(&mut self, e: &Error) -> bool {
+        let Some(reason) = blames(e) else {
+            return false;
+        };
+        let from = self.api().base().to_owned();
+        let moved = self.failover.fail(&reason);
+        if moved && self.connect().is_ok() {
+            self.say(&format!(
+                "upstream {from} failed ({reason}): using {} now",
+                self.api().base()
+            ));
+            return true;
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -671,24 +671,6 @@ impl Agent {
     pub fn repo(&self) -> &Repo {
         &self.repo
     }
-
-    /// When `e` blames the upstream in use (failover::blames), records it and moves to the next
-    /// one; true when the next cycle should run at once on another upstream.
-    pub(crate) fn upstream_failed(&mut self, e: &Error) -> bool {
-        let Some(reason) = failover::blames(e) else {
-            return false;
-        };
-        let from = self.api().base().to_owned();
-        let moved = self.failover.fail(&reason);
-        if moved && self.connect().is_ok() {
-            self.say(&format!(
-                "upstream {from} failed ({reason}): using {} now",
-                self.api().base()
-            ));
-            return true;
-        }
-        false
-    }
 }
 
 /// `semithin agent retry`: forgets the release that failed here (and the last error), so the
