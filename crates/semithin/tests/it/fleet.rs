@@ -361,6 +361,8 @@ pub(crate) struct Agent {
     env: Vec<(String, String)>,
     /// Runs under `faketime -f OFFSET` (a clock that is off).
     faketime: Option<String>,
+    /// Runs in this network namespace (`ip netns exec NS`).
+    netns: Option<String>,
 }
 
 impl Agent {
@@ -393,6 +395,7 @@ impl Agent {
             .collect(),
             env: Vec::new(),
             faketime: None,
+            netns: None,
         }
     }
 
@@ -410,6 +413,12 @@ impl Agent {
     /// Runs with a clock off by `offset` (`faketime -f`, e.g. `+2m`).
     pub fn faketime(mut self, offset: &str) -> Self {
         self.faketime = Some(offset.into());
+        self
+    }
+
+    /// Runs in the network namespace `ns`.
+    pub fn netns(mut self, ns: &str) -> Self {
+        self.netns = Some(ns.into());
         self
     }
 
@@ -464,13 +473,18 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut c = match &self.faketime {
-            Some(offset) => {
+        let mut c = match (&self.faketime, &self.netns) {
+            (Some(offset), _) => {
                 let mut c = Command::new("faketime");
                 c.args(["-f", offset]).arg(BIN);
                 c
             }
-            None => Command::new(BIN),
+            (None, Some(ns)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(BIN);
+                c
+            }
+            (None, None) => Command::new(BIN),
         };
         c.arg("agent")
             .arg("--state")

@@ -22,17 +22,33 @@ struct Relay {
     upstreams: Vec<String>,
     token: String,
     child: Option<Child>,
+    /// Where it listens (127.0.0.1 unless given) and the network namespace it runs in.
+    host: String,
+    netns: Option<String>,
 }
 
 impl Relay {
     fn start(s: &Server, name: &str, upstreams: &[&str], token: &str) -> Relay {
+        Self::start_in(s, name, upstreams, token, "127.0.0.1", None)
+    }
+
+    fn start_in(
+        s: &Server,
+        name: &str,
+        upstreams: &[&str],
+        token: &str,
+        host: &str,
+        netns: Option<&str>,
+    ) -> Relay {
         let port = free_port();
         let mut r = Relay {
+            host: host.into(),
+            netns: netns.map(str::to_owned),
             name: name.into(),
             data: s.path(&format!("relays/{name}")),
             log: s.path(&format!("relays/{name}.log")),
             port,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{host}:{port}"),
             upstreams: upstreams.iter().map(|u| u.to_string()).collect(),
             token: token.into(),
             child: None,
@@ -48,11 +64,18 @@ impl Relay {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut c = Command::new(BIN);
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         c.arg("relay")
             .arg("--data")
             .arg(&self.data)
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--listen", &format!("{}:{}", self.host, self.port)])
             .args(["--name", &self.name, "--token", &self.token]);
         for u in &self.upstreams {
             c.args(["--upstream", u]);
@@ -64,13 +87,9 @@ impl Relay {
                 .spawn()
                 .unwrap(),
         );
-        let client = http().timeout(Duration::from_secs(5)).build().unwrap();
         let url = format!("{}/api/v1/health", self.url);
         wait_until(&format!("relay {} answering", self.name), 30, || {
-            client
-                .get(&url)
-                .send()
-                .is_ok_and(|r| r.status().is_success())
+            self.get(&url).is_some_and(|(st, _)| st == 200)
         });
     }
 
@@ -81,14 +100,35 @@ impl Relay {
         }
     }
 
+    /// GET from where the relay is (inside its namespace, through curl there).
+    fn get(&self, url: &str) -> Option<(u16, String)> {
+        match &self.netns {
+            None => {
+                let r = http()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap()
+                    .get(url)
+                    .send()
+                    .ok()?;
+                Some((r.status().as_u16(), r.text().ok()?))
+            }
+            Some(ns) => {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", ns, "curl", "-s", "-m", "10"])
+                    .args(["-w", "\n%{http_code}", url])
+                    .output()
+                    .ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let (body, code) = text.rsplit_once('\n')?;
+                Some((code.trim().parse().ok()?, body.to_owned()))
+            }
+        }
+    }
+
     fn info(&self) -> Value {
-        let r = http()
-            .build()
-            .unwrap()
-            .get(format!("{}/api/v1/relay", self.url))
-            .send()
-            .unwrap();
-        serde_json::from_str(&r.text().unwrap()).unwrap()
+        let (_, body) = self.get(&format!("{}/api/v1/relay", self.url)).unwrap();
+        serde_json::from_str(&body).unwrap()
     }
 
     fn n(&self, field: &str) -> u64 {
@@ -463,4 +503,112 @@ fn relay_placement_moves_machines_under_a_relay_and_back() {
         s.machine("m1")["relay_path"] == Value::Null
     });
     drop((ag, other));
+}
+
+/// A network namespace with a veth pair to the host, removed (with the pair) when dropped.
+struct Site {
+    ns: String,
+    host_if: String,
+    host_ip: String,
+}
+
+impl Site {
+    fn new(n: u8) -> Site {
+        let id = std::process::id() % 100_000;
+        let ns = format!("semithin-site-{id}-{n}");
+        let host_if = format!("stv{id}h{n}");
+        let site_if = format!("stv{id}s{n}");
+        let net = format!("10.{}.{n}", 100 + (id % 100));
+        let site = Site {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            host_ip: format!("{net}.1"),
+        };
+        crate::common::sh(&format!(
+            "set -e; ip netns add {ns}; ip -n {ns} link set lo up; \
+             ip link add {host_if} type veth peer name {site_if} netns {ns}; \
+             ip addr add {net}.1/24 dev {host_if}; ip link set {host_if} up; \
+             ip -n {ns} addr add {net}.2/24 dev {site_if}; ip -n {ns} link set {site_if} up; \
+             tc qdisc add dev {host_if} root tbf rate 40mbit burst 64kb latency 200ms"
+        ));
+        site
+    }
+
+    /// Bytes the host sent down the uplink.
+    fn down_bytes(&self) -> u64 {
+        std::fs::read_to_string(format!(
+            "/sys/class/net/{}/statistics/tx_bytes",
+            self.host_if
+        ))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+#[test]
+fn slow_relay_netns_site_behind_a_shaped_uplink_fetches_each_update_once() {
+    let s = Server::start();
+    let t = many_uses_token(&s);
+    let src = s.path("img");
+    image(&src, 1, 100);
+    let v1 = s.release(&src, "lab/stable");
+    let site = Site::new(1);
+    // relay A at the root's end of the uplink, relay B and three machines on the site
+    let a = Relay::start_in(&s, "region", &[&s.url], &t, &site.host_ip, None);
+    let b = Relay::start_in(&s, "school", &[&a.url], &t, "127.0.0.1", Some(&site.ns));
+    let mut agents: Vec<Agent> = (1..=3)
+        .map(|i| {
+            Agent::new(&s, &format!("n{i}"), &t)
+                .server(&b.url)
+                .netns(&site.ns)
+        })
+        .collect();
+    for ag in &mut agents {
+        ag.spawn();
+    }
+    wait_until("3 machines and 2 relays enrolled", 90, || {
+        s.machines().len() == 5
+    });
+    s.ok(&["fleet", "assign", "*", "lab/stable"]);
+    for ag in &agents {
+        wait_updated(&s, &ag.name, &v1, 120);
+        assert_eq!(
+            s.machine(&ag.name)["relay_path"],
+            json!(["school", "region"])
+        );
+    }
+    image(&src, 2, 100);
+    let down = site.down_bytes();
+    let served = b.n("served_bytes");
+    let root = content_sent(&s);
+    let v2 = s.release(&src, "lab/stable");
+    for ag in &agents {
+        wait_updated(&s, &ag.name, &v2, 120);
+    }
+    let uplink = site.down_bytes() - down;
+    let per_machine = (b.n("served_bytes") - served) / 3;
+    let root_sent = content_sent(&s) - root;
+    eprintln!(
+        "netns: the uplink carried {uplink} bytes for v2 (root sent {root_sent}), each of 3 \
+         machines took {per_machine}"
+    );
+    assert!(per_machine > 400_000);
+    // once over the shaped uplink (plus check-ins and metadata), not once per machine
+    assert!(
+        (uplink as f64) < 1.5 * per_machine as f64,
+        "uplink {uplink} vs one machine's {per_machine}"
+    );
+    assert!((root_sent as f64) < 1.1 * per_machine as f64);
+    drop(agents);
 }
