@@ -612,3 +612,95 @@ fn slow_relay_netns_site_behind_a_shaped_uplink_fetches_each_update_once() {
     assert!((root_sent as f64) < 1.1 * per_machine as f64);
     drop(agents);
 }
+
+/// A hostile relay: forwards everything to the root, but once `STALE` exists it answers
+/// `timestamp.json` with the bytes of that file (metadata the machine has seen superseded).
+const STALE_PROXY: &str = r#"
+import http.server, os, sys, urllib.request, urllib.error
+upstream, stale = sys.argv[2], sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def go(self):
+        n = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(n) if n else None
+        if self.path.endswith("/timestamp.json") and os.path.exists(stale):
+            data, status = open(stale, "rb").read(), 200
+        else:
+            req = urllib.request.Request(upstream + self.path, data=body, method=self.command)
+            for k, v in self.headers.items():
+                if k.lower() not in ("host", "content-length", "connection"):
+                    req.add_header(k, v)
+            try:
+                r = urllib.request.urlopen(req, timeout=600)
+                data, status = r.read(), r.status
+            except urllib.error.HTTPError as e:
+                data, status = e.read(), e.code
+        self.send_response(status)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    do_GET = do_POST = go
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+#[test]
+fn relay_serving_stale_metadata_is_refused_reported_and_left() {
+    let s = Server::start();
+    let t = many_uses_token(&s);
+    let src = s.path("img");
+    image(&src, 1, 10);
+    let _v1 = s.release(&src, "lab/stable");
+    let ts1 = std::fs::read(s.repo().join("trust/metadata/timestamp.json")).unwrap();
+    let stale = s.path("stale-timestamp.json");
+    let script = s.path("stale-proxy.py");
+    std::fs::write(&script, STALE_PROXY).unwrap();
+    let port = free_port();
+    let proxy_url = format!("http://127.0.0.1:{port}");
+    let mut proxy = Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(&s.url)
+        .arg(&stale)
+        .spawn()
+        .unwrap();
+    wait_until("the proxy answering", 30, || {
+        http()
+            .build()
+            .unwrap()
+            .get(format!("{proxy_url}/api/v1/health"))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+    });
+    let mut ag = Agent::new(&s, "st1", &t).server(&format!("{proxy_url},{}", s.url));
+    ag.spawn();
+    wait_until("st1 enrolled", 60, || s.machines().len() == 1);
+    image(&src, 2, 10);
+    let v2 = s.release(&src, "lab/stable");
+    s.ok(&["fleet", "assign", "st1", "lab/stable"]);
+    wait_updated(&s, "st1", &v2, 60);
+    // from now on the proxy serves v1's timestamp: older than the one the machine trusts
+    std::fs::write(&stale, &ts1).unwrap();
+    image(&src, 3, 10);
+    let v3 = s.release(&src, "lab/stable");
+    wait_updated(&s, "st1", &v3, 90);
+    assert!(
+        has_event(&s, "st1", "bad-upstream", &proxy_url),
+        "{:#}\n{}",
+        s.machine("st1"),
+        ag.log()
+    );
+    assert!(
+        ag.log().contains(&format!("upstream {proxy_url} failed")),
+        "{}",
+        ag.log()
+    );
+    // refused by the machine's TUF client, as a rollback of the timestamp
+    assert!(
+        has_event(&s, "st1", "bad-upstream", "timestamp"),
+        "{:#}",
+        s.machine("st1")["events"]
+    );
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}
