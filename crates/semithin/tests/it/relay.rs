@@ -704,3 +704,49 @@ fn relay_serving_stale_metadata_is_refused_reported_and_left() {
     let _ = proxy.kill();
     let _ = proxy.wait();
 }
+
+#[test]
+fn relay_in_an_agent_serves_its_neighbours_with_the_machines_own_key() {
+    let s = Server::start();
+    let t = many_uses_token(&s);
+    let src = s.path("img");
+    image(&src, 1, 20);
+    let v1 = s.release(&src, "lab/stable");
+    let port = free_port();
+    let mut host = Agent::new(&s, "host1", &t)
+        .arg("--relay-listen")
+        .arg(&format!("127.0.0.1:{port}"));
+    host.spawn();
+    // the relay starts once the machine has its key (made when it enrolls)
+    let health = format!("http://127.0.0.1:{port}/api/v1/health");
+    wait_until("host1's relay answering", 60, || {
+        http()
+            .build()
+            .unwrap()
+            .get(&health)
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+    });
+    let mut neighbour =
+        Agent::new(&s, "neighbour1", &t).server(&format!("http://127.0.0.1:{port},{}", s.url));
+    neighbour.spawn();
+    wait_until("both enrolled", 60, || s.machines().len() == 2);
+    s.ok(&["fleet", "assign", "*", "lab/stable"]);
+    wait_updated(&s, "host1", &v1, 60);
+    wait_updated(&s, "neighbour1", &v1, 60);
+    assert_eq!(s.machine("neighbour1")["relay_path"], json!(["host1"]));
+    assert_eq!(s.machine("host1")["relay_path"], Value::Null);
+    // the relay read the release as host1 (its own signed requests), and keeps its cache in
+    // the agent's state directory
+    assert!(
+        host.state.join("relay/cache/objects").is_dir(),
+        "{}",
+        host.log()
+    );
+    assert!(
+        !has_event(&s, "neighbour1", "bad-upstream", ""),
+        "{:#}",
+        s.machine("neighbour1")
+    );
+    drop(neighbour);
+}
