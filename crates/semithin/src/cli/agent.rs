@@ -695,6 +695,7 @@ fn relay_beside(agent: &Agent, state: &std::path::Path, listen: &str, cache: u64
                         cfg,
                         std::sync::Arc::new(key),
                         &listen,
+                        1024,
                         std::future::pending(),
                     )
                 });

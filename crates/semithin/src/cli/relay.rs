@@ -35,6 +35,9 @@ pub struct Args {
     /// the relay with `fleet accept NAME`).
     #[arg(long, env = "SEMITHIN_TOKEN", value_name = "TOKEN")]
     token: Option<String>,
+    /// At most this many open connections from children (each waiting machine holds one).
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    max_connections: usize,
 }
 
 /// The key of a relay (or agent) in `path`, made on first use.
@@ -102,6 +105,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         cfg,
         Arc::new(key),
         &a.listen,
+        a.max_connections,
         super::serve::shutdown_signal(),
     )?;
     Ok(ExitCode::SUCCESS)
@@ -113,6 +117,7 @@ pub fn serve(
     cfg: semithin_relay::Config,
     key: Arc<MachineKey>,
     listen: &str,
+    max_connections: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let relay = semithin_relay::Relay::open(cfg, key)?;
@@ -131,7 +136,15 @@ pub fn serve(
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
-        semithin_relay::run_on(listener, relay, shutdown).await?;
+        // The server's own accept loop: a cap on connections, a header timeout, a stall
+        // timeout on answers nobody reads.
+        let limits = semithin_server::http::serve::Limits {
+            header_timeout: std::time::Duration::from_secs(15),
+            idle_timeout: std::time::Duration::from_secs(60),
+            max_connections,
+        };
+        semithin_server::http::serve::serve(listener, relay.router(), None, limits, shutdown)
+            .await?;
         anyhow::Ok(())
     })
 }
