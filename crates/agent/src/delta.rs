@@ -101,14 +101,7 @@ impl Agent {
                     short(from),
                     short(to)
                 );
-                let from_url = self.api().base().to_owned();
-                if self.failover.fail(&reason) {
-                    self.connect()?;
-                    self.say(&format!(
-                        "upstream {from_url} left: using {}",
-                        self.api().base()
-                    ));
-                }
+                self.leave_upstream(&reason)?;
                 Ok(false)
             }
         }

@@ -146,22 +146,29 @@ impl Failover {
 }
 
 impl crate::Agent {
-    /// When `e` blames the upstream in use (blames), records it and moves to the next
+    /// When `e` blames the upstream in use ([`blames`]), records it and moves to the next
     /// one; true when the next cycle should run at once on another upstream.
     pub(crate) fn upstream_failed(&mut self, e: &Error) -> bool {
         let Some(reason) = blames(e) else {
             return false;
         };
-        let from = self.api().base().to_owned();
-        let moved = self.failover.fail(&reason);
-        if moved && self.connect().is_ok() {
+        self.leave_upstream(&reason).unwrap_or(false)
+    }
+
+    /// Records the upstream in use as bad for `reason` and connects to the next one, if any;
+    /// true when it may be tried at once (not a whole round of failures).
+    pub(crate) fn leave_upstream(&mut self, reason: &str) -> crate::Result<bool> {
+        let from = self.failover.current().map(str::to_owned);
+        let retry_now = self.failover.fail(reason);
+        if self.failover.current().map(str::to_owned) != from {
+            self.connect()?;
             self.say(&format!(
-                "upstream {from} failed ({reason}): using {} now",
+                "upstream {} failed ({reason}): using {} now",
+                from.unwrap_or_default(),
                 self.api().base()
             ));
-            return true;
         }
-        false
+        Ok(retry_now)
     }
 }
 
