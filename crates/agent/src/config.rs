@@ -105,6 +105,17 @@ pub struct Config {
     pub boot_options: Option<String>,
     /// Where efivarfs is mounted.
     pub efivars: PathBuf,
+    /// A live (diskless) machine booted by `boot=semithin-live` (docs/BOOT.md, "The agent on a
+    /// live machine"): the running release is the one the boot verified (`live_booted`), and an
+    /// update is for the next boot: the new release's squashfs is fetched into the live cache
+    /// (`live_cache`), verified against its signed target, and named there for the boot script.
+    pub live: bool,
+    /// The release the live boot verified and mounted.
+    pub live_booted: PathBuf,
+    /// The live boot's cache directory (`semithin-live/` on the `semithin.cache=` partition,
+    /// which the boot leaves mounted under /run). Without it (a cache in a tmpfs), the next
+    /// boot fetches the new release itself.
+    pub live_cache: PathBuf,
 }
 
 /// What verification does with local changes in the `/etc` overlay (docs/BOOT.md).
@@ -170,6 +181,9 @@ impl Default for Config {
             esp: PathBuf::from("/boot/efi"),
             boot_options: None,
             efivars: PathBuf::from("/sys/firmware/efi/efivars"),
+            live: false,
+            live_booted: PathBuf::from("/run/semithin/booted"),
+            live_cache: PathBuf::from("/run/semithin/live/cache-disk/semithin-live"),
         }
     }
 }

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("../migrations/0012_vars.sql")),
     (14, include_str!("../migrations/0014_captures.sql")),
     (15, include_str!("../migrations/0015_audit.sql")),
+    (20, include_str!("../migrations/0020_token_channel.sql")),
 ];
 
 pub async fn open(path: &Path) -> Result<SqlitePool> {
@@ -350,12 +351,14 @@ pub struct TokenRow {
     pub uses_left: Option<i64>,
     pub expires_at: Option<i64>,
     pub created_at: i64,
+    /// The channel machines enrolling with it follow at once.
+    pub channel: Option<String>,
 }
 
 pub async fn insert_token(pool: &SqlitePool, t: &TokenRow, secret_hash: &str) -> Result<()> {
     sqlx::query(
         "INSERT INTO tokens (id, secret_hash, preauthorized, labels, uses_left, expires_at, \
-         created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         created_at, channel) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&t.id)
     .bind(secret_hash)
@@ -364,6 +367,7 @@ pub async fn insert_token(pool: &SqlitePool, t: &TokenRow, secret_hash: &str) ->
     .bind(t.uses_left)
     .bind(t.expires_at)
     .bind(t.created_at)
+    .bind(&t.channel)
     .execute(pool)
     .await
     .map_err(|e| Error::db("storing the token", e))?;
@@ -380,6 +384,7 @@ fn token_row(r: &sqlx::sqlite::SqliteRow) -> TokenRow {
         uses_left: r.get(4),
         expires_at: r.get(5),
         created_at: r.get(6),
+        channel: r.get(7),
     }
 }
 
@@ -407,8 +412,8 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Every column of a token, as `token_row` reads them.
-const TOKEN_SELECT: &str =
-    "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at FROM tokens";
+const TOKEN_SELECT: &str = "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at, channel \
+     FROM tokens";
 
 /// A token by the hash of its secret, valid or not.
 pub async fn find_token(pool: &SqlitePool, secret_hash: &str) -> Result<Option<TokenRow>> {

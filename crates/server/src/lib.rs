@@ -114,6 +114,14 @@ pub struct Config {
     /// Kernel parameters added to every network boot (`console=ttyS0`, say).
     #[serde(default)]
     pub netboot_cmdline: String,
+    /// Seconds the menu of channels waits for a choice before it boots the first one (0: it
+    /// waits for a key).
+    #[serde(default = "default_menu_timeout")]
+    pub netboot_menu_timeout_secs: u32,
+}
+
+fn default_menu_timeout() -> u32 {
+    30
 }
 
 fn default_captures_keep() -> usize {
@@ -170,6 +178,7 @@ impl Config {
             auto_bake: false,
             netboot: false,
             netboot_default: None,
+            netboot_menu_timeout_secs: default_menu_timeout(),
             netboot_cmdline: String::new(),
         }
     }

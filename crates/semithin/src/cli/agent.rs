@@ -455,6 +455,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             WaitFor::Assignment => "no release assigned yet",
             WaitFor::UpToDate => "up to date",
             WaitFor::FailedRelease => "the assigned release failed here; waiting for a new one",
+            WaitFor::NextBoot => "the assigned release is staged for the next boot (live)",
         };
         note!("semithin-agent: {what}");
         return Ok(if o.wait == WaitFor::Rejected {

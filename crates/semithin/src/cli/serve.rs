@@ -131,6 +131,11 @@ pub struct Args {
         allow_hyphen_values = true
     )]
     netboot_cmdline: Option<String>,
+    /// Seconds the network boot's menu of channels (for a MAC address the fleet does not know,
+    /// without --netboot-default) waits before it boots the first channel; 0 waits for a key
+    /// [default: 30].
+    #[arg(long, env = "SEMITHIN_NETBOOT_MENU_TIMEOUT", value_name = "SECS")]
+    netboot_menu_timeout: Option<u32>,
     /// Captures kept per machine, the oldest removed first [default: 10].
     #[arg(long, env = "SEMITHIN_CAPTURES_KEEP", value_name = "N")]
     captures_keep: Option<usize>,
@@ -173,6 +178,7 @@ struct File {
     netboot: Option<bool>,
     netboot_default: Option<String>,
     netboot_cmdline: Option<String>,
+    netboot_menu_timeout: Option<u32>,
     captures_keep: Option<usize>,
     capture_max_bytes: Option<u64>,
 }
@@ -294,6 +300,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         semithin_store::channel::check_name(c).context("--netboot-default")?;
     }
     cfg.netboot_cmdline = a.netboot_cmdline.or(f.netboot_cmdline).unwrap_or_default();
+    if let Some(t) = a.netboot_menu_timeout.or(f.netboot_menu_timeout) {
+        anyhow::ensure!(
+            t <= 3600,
+            "--netboot-menu-timeout: {t} s is more than an hour; 0 waits for a key"
+        );
+        cfg.netboot_menu_timeout_secs = t;
+    }
     if let Some(bad) = cfg
         .netboot_cmdline
         .chars()
