@@ -188,20 +188,26 @@ pub fn census(app: &App) -> Census {
     ] {
         c.health.insert(health_name(h), 0);
     }
+    // Nothing is copied for a machine: its state is computed and it is counted under its lock
+    // (`fleet::with_state`).
+    let published = app.published();
     for m in app.fleet.all() {
-        let r = m.snapshot();
-        let seen = m.last_seen.load(Ordering::Relaxed);
-        let view = crate::fleet::view(app, &r);
-        let (state, _) = crate::fleet::state(&r, (seen != 0).then_some(seen), &view);
-        *c.states.entry(state.as_str()).or_default() += 1;
-        if r.status == MachineStatus::Accepted {
-            *c.health.entry(health_name(r.report.health)).or_default() += 1;
-        }
-        match r.channel {
-            Some(ch) => *c.channels.entry(ch).or_default() += 1,
-            None => c.unassigned += 1,
-        }
-        *c.releases.entry(r.report.current).or_default() += 1;
+        crate::fleet::with_state(app, &published, &m, |r, state| {
+            *c.states.entry(state.as_str()).or_default() += 1;
+            if r.status == MachineStatus::Accepted {
+                *c.health.entry(health_name(r.report.health)).or_default() += 1;
+            }
+            match r.channel.as_deref() {
+                Some(ch) => match c.channels.get_mut(ch) {
+                    Some(n) => *n += 1,
+                    None => {
+                        c.channels.insert(ch.to_owned(), 1);
+                    }
+                },
+                None => c.unassigned += 1,
+            }
+            *c.releases.entry(r.report.current).or_default() += 1;
+        });
         c.machines += 1;
     }
     c

@@ -44,6 +44,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/logout", post(logout))
         .route("/machines", get(views::machines))
         .route("/machines/{name}", get(views::machine))
+        .route("/machines/{name}/packages", get(views::machine_packages))
         .route("/channels", get(ops::channels))
         .route("/rollouts", get(ops::rollouts))
         .route("/rollouts/{id}", get(ops::rollout))

@@ -1,6 +1,7 @@
 //! The fleet's pages: the overview, the machines (filtered, sorted and paged on the server, so a
 //! page of 100,000 machines sends 50 rows) and one machine.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,7 +10,7 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
-use semithin_protocol::api::MachineStatus;
+use semithin_protocol::api::{FleetState, MachineStatus};
 use semithin_protocol::inventory::Inventory;
 use semithin_protocol::selector::Selector;
 use serde::Deserialize;
@@ -329,6 +330,10 @@ fn contains_ci(hay: &str, needle: &str) -> bool {
     n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }
 
+/// A machine's sort key (the column sorted by, when it was last seen, its name) and the machine.
+type Key = (Cow<'static, str>, i64, String);
+type Keyed = (Key, Arc<Machine>);
+
 /// The page of machines the query asks for: its lines, how many match, how many pages.
 fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String> {
     let sel = match some(&lq.selector) {
@@ -352,14 +357,19 @@ fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String
         ref s => app.fleet.select(s),
     };
     let need_state = want_state.is_some() || sort == "state";
-    let mut keyed: Vec<((String, i64, String), Arc<Machine>)> = Vec::with_capacity(machines.len());
+    let published = app.published();
+    let mut keyed: Vec<Keyed> = Vec::with_capacity(machines.len());
     for m in machines {
-        let (name, key) = {
-            let r = m.row.lock().expect("lock");
+        // Under the machine's lock, nothing copied but what the sort needs (its name, and its
+        // channel or release when sorted by them); its state computed there too when asked for.
+        let pick = |r: &crate::db::MachineRow, st: Option<FleetState>| -> Option<Key> {
+            if want_state.is_some_and(|w| st.is_some_and(|s| s.as_str() != w)) {
+                return None;
+            }
             if let Some(c) = want_channel
                 && r.channel.as_deref() != Some(c)
             {
-                continue;
+                return None;
             }
             if let Some(t) = &text {
                 // without allocating for each of 100,000 machines: a label as `k=v` is made
@@ -376,34 +386,35 @@ fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String
                             .current
                             .is_some_and(|c| c.to_string().starts_with(t.as_str())));
                 if !hit {
-                    continue;
+                    return None;
                 }
             }
-            let key = match sort {
-                "channel" => r.channel.clone().unwrap_or_default(),
-                "current" => r.report.current.map(|c| c.to_string()).unwrap_or_default(),
-                _ => String::new(),
+            let key: Cow<'static, str> = match sort {
+                "channel" => r.channel.clone().unwrap_or_default().into(),
+                "current" => r
+                    .report
+                    .current
+                    .map(|c| c.to_string())
+                    .unwrap_or_default()
+                    .into(),
+                "state" => st.map(FleetState::as_str).unwrap_or_default().into(),
+                _ => Cow::Borrowed(""),
             };
-            (r.name.clone(), key)
+            let seen = if sort == "seen" {
+                m.last_seen.load(Ordering::Relaxed)
+            } else {
+                0
+            };
+            Some((key, seen, r.name.clone()))
         };
-        let mut key = key;
-        if need_state {
-            let r = m.snapshot();
-            let seen = m.last_seen.load(Ordering::Relaxed);
-            let (st, _) = fleet::state(&r, (seen != 0).then_some(seen), &fleet::view(app, &r));
-            if want_state.is_some_and(|w| w != st.as_str()) {
-                continue;
-            }
-            if sort == "state" {
-                key = st.as_str().to_owned();
-            }
-        }
-        let seen = if sort == "seen" {
-            m.last_seen.load(Ordering::Relaxed)
+        let key = if need_state {
+            fleet::with_state(app, &published, &m, |r, st| pick(r, Some(st)))
         } else {
-            0
+            pick(&m.row.lock().expect("lock"), None)
         };
-        keyed.push(((key, seen, name), m));
+        if let Some(key) = key {
+            keyed.push((key, m));
+        }
     }
     let total = keyed.len();
     let desc = some(&lq.desc).is_some();
@@ -411,7 +422,6 @@ fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String
     let page = lq.page.unwrap_or(1).clamp(1, pages);
     // Only the page is sorted: the machines before its end are selected (linear), then those
     // before its start, and the page's own 50 sorted.
-    type Keyed = ((String, i64, String), Arc<Machine>);
     let order = |a: &Keyed, b: &Keyed| {
         if desc { b.0.cmp(&a.0) } else { a.0.cmp(&b.0) }
     };
@@ -585,8 +595,50 @@ struct MachineLive {
     jobs: Vec<JobRun>,
     upgradable: Vec<semithin_protocol::inventory::Upgrade>,
     security: usize,
+    inventory_at: String,
+    installed: Installed,
+}
+
+/// The installed packages, a live part of its own (`/machines/NAME/packages`, polled inside the
+/// folded list the page keeps open or closed).
+#[derive(Template)]
+#[template(path = "machine_packages.html")]
+struct Installed {
+    url: String,
+    /// Also replace the count in the list's summary (htmx's out-of-band swap): when it is the
+    /// answer to its own poll.
+    oob: bool,
     packages: Vec<semithin_protocol::inventory::Package>,
     inventory_at: String,
+}
+
+impl Installed {
+    fn new(name: &str, inventory: Option<&Inventory>) -> Installed {
+        Installed {
+            url: format!("/machines/{}/packages", q(name)),
+            oob: false,
+            packages: inventory.map(|i| i.packages.clone()).unwrap_or_default(),
+            inventory_at: inventory.map(|i| time(i.collected_at)).unwrap_or_default(),
+        }
+    }
+
+    fn summary(&self) -> String {
+        if self.inventory_at.is_empty() {
+            format!("({})", self.packages.len())
+        } else {
+            format!("({}), inventory of {}", self.packages.len(), self.inventory_at)
+        }
+    }
+}
+
+/// The inventory a machine last sent.
+async fn inventory(app: &App, id: &str) -> crate::Result<Option<Inventory>> {
+    Ok(sqlx::query("SELECT data FROM inventory WHERE machine = $1")
+        .bind(id)
+        .fetch_optional(&app.db)
+        .await
+        .map_err(|e| crate::Error::db("reading an inventory", e))?
+        .and_then(|r| serde_json::from_str(&r.get::<String, _>("data")).ok()))
 }
 
 #[derive(Template)]
@@ -613,12 +665,8 @@ async fn machine_live(app: &App, m: &Machine) -> crate::Result<MachineLive> {
         .filter(|e| matches!(e.kind.as_str(), "healthy" | "failed" | "rollout"))
         .map(ev)
         .collect();
-    let inventory: Option<Inventory> = sqlx::query("SELECT data FROM inventory WHERE machine = $1")
-        .bind(&m.id)
-        .fetch_optional(&app.db)
-        .await
-        .map_err(|e| crate::Error::db("reading an inventory", e))?
-        .and_then(|r| serde_json::from_str(&r.get::<String, _>("data")).ok());
+    let inventory = inventory(app, &m.id).await?;
+    let installed = Installed::new(&i.name, inventory.as_ref());
     let runs = sqlx::query(
         "SELECT r.job, r.state, r.exit_code, r.output, r.started_at, r.delivered_at, j.spec \
          FROM job_runs r LEFT JOIN jobs j ON j.id = r.job WHERE r.machine = $1 \
@@ -665,9 +713,9 @@ async fn machine_live(app: &App, m: &Machine) -> crate::Result<MachineLive> {
                 .collect()
         })
         .unwrap_or_default();
-    let (packages, mut upgradable, inventory_at) = match inventory {
-        Some(inv) => (inv.packages, inv.upgradable, time(inv.collected_at)),
-        None => (Vec::new(), Vec::new(), String::new()),
+    let (mut upgradable, inventory_at) = match inventory {
+        Some(inv) => (inv.upgradable, time(inv.collected_at)),
+        None => (Vec::new(), String::new()),
     };
     upgradable.sort_by(|a, b| b.security.cmp(&a.security).then(a.name.cmp(&b.name)));
     let rel =
@@ -694,8 +742,8 @@ async fn machine_live(app: &App, m: &Machine) -> crate::Result<MachineLive> {
         jobs,
         security: upgradable.iter().filter(|u| u.security).count(),
         upgradable,
-        packages,
         inventory_at,
+        installed,
     })
 }
 
@@ -742,6 +790,34 @@ pub async fn machine(
             live: rendered,
         },
     )
+}
+
+/// `GET /machines/NAME/packages`: the installed packages alone, as the machine's page polls them.
+pub async fn machine_packages(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(name): Path<String>,
+) -> Response {
+    let nav = match page(&app, &headers, &uri, "machines") {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    let Some(m) = app.fleet.by_name(&name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            nav,
+            format!("no machine named {name:?}"),
+        );
+    };
+    match inventory(&app, &m.id).await {
+        Ok(inv) => {
+            let mut part = Installed::new(&name, inv.as_ref());
+            part.oob = true;
+            html(StatusCode::OK, &part)
+        }
+        Err(e) => crate::http::ApiErr::from(e).into_response_page(nav),
+    }
 }
 
 #[cfg(test)]
