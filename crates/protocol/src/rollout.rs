@@ -236,3 +236,25 @@ pub struct RolloutInfo {
     /// Counts of machines by state.
     pub counts: std::collections::BTreeMap<String, u32>,
 }
+
+/// A rollout planned on the dashboard (or through the API) and stored on the server until an
+/// admin who holds the targets key signs it (`semithin rollout sign ID`): the server cannot,
+/// it never holds that key. `GET /api/v1/admin/pending`.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PendingInfo {
+    pub id: i64,
+    /// `awaiting` (a signature), `started` (signed: `rollout` is the rollout it started).
+    pub state: String,
+    /// The rollout asked for, as `POST /api/v1/admin/rollouts` takes it (`dry_run` false).
+    pub request: StartRequest,
+    /// The channel's published release when it was planned (`None`: none was).
+    pub base: Option<String>,
+    /// Why it can no longer be signed as it is (the channel's release moved since it was
+    /// planned); `None` when it can.
+    pub stale: Option<String>,
+    /// The rollout signing it started.
+    pub rollout: Option<i64>,
+    pub created_at: i64,
+    /// When it was signed.
+    pub started_at: Option<i64>,
+}

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("../migrations/0012_vars.sql")),
     (14, include_str!("../migrations/0014_captures.sql")),
     (15, include_str!("../migrations/0015_audit.sql")),
+    (21, include_str!("../migrations/0021_pending.sql")),
 ];
 
 pub async fn open(path: &Path) -> Result<SqlitePool> {

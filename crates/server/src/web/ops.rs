@@ -163,13 +163,36 @@ pub struct Plan {
     pub command: String,
     pub waves: Vec<(String, u32)>,
     pub held: usize,
+    /// The request to store awaiting a signature (`POST /api/v1/admin/pending`), as JSON.
+    pub request: String,
+}
+
+/// A rollout planned here, awaiting a signature or signed.
+pub struct PendingLine {
+    pub id: i64,
+    pub channel: String,
+    pub release: String,
+    pub selector: String,
+    /// `awaiting`, `stale` or `started`.
+    pub state: String,
+    pub why: String,
+    pub rollout: Option<i64>,
+    pub command: String,
+}
+
+/// The rollouts and the requests awaiting a signature: refreshed every 2 s.
+#[derive(Template)]
+#[template(path = "rollouts_live.html")]
+struct RolloutsLive {
+    list: Vec<RolloutLine>,
+    pending: Vec<PendingLine>,
 }
 
 #[derive(Template)]
 #[template(path = "rollouts.html")]
 struct Rollouts {
     nav: Nav,
-    list: Vec<RolloutLine>,
+    live: String,
     channel: String,
     release: String,
     to: String,
@@ -210,9 +233,37 @@ pub async fn rollouts(
         Ok(l) => l.iter().map(rollout_line).collect(),
         Err(e) => return crate::http::ApiErr::from(e).into_response_page(nav),
     };
+    let pending = match crate::rollout::pending::list(&app).await {
+        Ok(l) => l
+            .into_iter()
+            .map(|p| PendingLine {
+                id: p.id,
+                channel: p.request.channel.clone(),
+                release: short(Some(&p.request.release)),
+                selector: p.request.selector.clone(),
+                state: if p.stale.is_some() {
+                    "stale".into()
+                } else {
+                    p.state.clone()
+                },
+                why: p.stale.clone().unwrap_or_default(),
+                rollout: p.rollout,
+                command: format!("semithin rollout sign {}", p.id),
+            })
+            .collect(),
+        Err(e) => return crate::http::ApiErr::from(e).into_response_page(nav),
+    };
+    let live = RolloutsLive { list, pending };
+    if fragment(&headers) {
+        return html(StatusCode::OK, &live);
+    }
+    let live = match live.render() {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, nav, e.to_string()),
+    };
     let mut t = Rollouts {
         nav,
-        list,
+        live,
         channel: field(&pq.channel, ""),
         release: field(&pq.release, ""),
         to: field(&pq.to, "*"),
@@ -242,13 +293,19 @@ pub async fn rollouts(
                 app.rollouts
                     .start(&app, &req)
                     .await
+                    .map(|info| {
+                        let mut req = req;
+                        req.dry_run = false;
+                        (info, serde_json::to_string(&req).expect("serialises"))
+                    })
                     .map_err(|e| crate::http::ApiErr::from(e).1)
             }
             Err(e) => Err(e),
         };
         match made {
-            Ok(info) => {
+            Ok((info, request)) => {
                 t.plan = Some(Plan {
+                    request,
                     command: format!(
                         "semithin rollout start {} {} --to {} --canary {} --waves {} --soak {} \
                          --max-failures {}",

@@ -402,12 +402,18 @@ async fn the_installed_packages_part_answers_the_inventory_the_machine_sent_last
     let (st, body) = part("/machines/pc-1/packages").await;
     assert_eq!(st, 200);
     assert!(body.starts_with("<div id=\"packages-live\""), "{body}");
-    assert!(body.contains("hx-get=\"/machines/pc-1/packages\""), "{body}");
+    assert!(
+        body.contains("hx-get=\"/machines/pc-1/packages\""),
+        "{body}"
+    );
     assert!(body.contains("hx-trigger=\"every"), "{body}");
     assert!(!body.contains("<td>bash</td>"), "{body}");
     send(json!([{"name": "bash", "version": "5.2.15-2", "arch": "amd64"}])).await;
     let (_, body) = part("/machines/pc-1/packages").await;
-    assert!(body.contains("<td>bash</td><td class=\"mono\">5.2.15-2</td>"), "{body}");
+    assert!(
+        body.contains("<td>bash</td><td class=\"mono\">5.2.15-2</td>"),
+        "{body}"
+    );
     assert!(
         body.contains("<span id=\"packages-count\" hx-swap-oob=\"true\">(1), inventory of"),
         "{body}"
@@ -423,7 +429,10 @@ async fn the_installed_packages_part_answers_the_inventory_the_machine_sent_last
     ]))
     .await;
     let (_, body) = part("/machines/pc-1/packages").await;
-    assert!(body.contains("5.2.15-3") && !body.contains("5.2.15-2"), "{body}");
+    assert!(
+        body.contains("5.2.15-3") && !body.contains("5.2.15-2"),
+        "{body}"
+    );
     assert!(body.contains("<td>curl</td>"), "{body}");
     assert!(body.contains("(2), inventory of"), "{body}");
     // an unknown machine, and no session

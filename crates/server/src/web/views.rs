@@ -626,7 +626,11 @@ impl Installed {
         if self.inventory_at.is_empty() {
             format!("({})", self.packages.len())
         } else {
-            format!("({}), inventory of {}", self.packages.len(), self.inventory_at)
+            format!(
+                "({}), inventory of {}",
+                self.packages.len(),
+                self.inventory_at
+            )
         }
     }
 }
