@@ -223,7 +223,7 @@ fn release_on_channel(
             }
         );
     }
-    let id = refs::resolve(&read, &reference)?;
+    let id = refs::resolve(&read, reference)?;
     if !super::publish::on_channel(&read, name, id)? {
         // A version that is on a channel with a near name: the channel is probably misspelt.
         let mut meant = Vec::new();

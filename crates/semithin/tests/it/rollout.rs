@@ -820,6 +820,7 @@ fn a_rollout_planned_through_the_api_starts_when_the_cli_signs_it_once_and_never
     let s = Server::start();
     let (_agents, src, v1) = fleet_on_v1(&s, 2, |_| "room=lab");
     let v2 = commit(&s, &src, 2);
+    let (v1s, v2s) = (v1.get(..12).unwrap(), v2.get(..12).unwrap());
     let before = targets_version(&s);
     let pending = |s: &Server| -> Vec<Value> {
         let (st, v) = s.get("/api/v1/admin/pending");
@@ -867,8 +868,7 @@ fn a_rollout_planned_through_the_api_starts_when_the_cli_signs_it_once_and_never
     );
     let listed = s.ok(&["rollout", "pending"]);
     assert!(
-        listed.contains(&format!("request {id}: roll {}", &v2[..12]))
-            && listed.contains("[awaiting]"),
+        listed.contains(&format!("request {id}: roll {}", v2s)) && listed.contains("[awaiting]"),
         "{listed}"
     );
     // refused: an unknown request, a bad id, no terminal to ask on and no --yes
@@ -895,7 +895,7 @@ fn a_rollout_planned_through_the_api_starts_when_the_cli_signs_it_once_and_never
     assert!(
         err.contains(&format!(
             "request {id}: roll {} out on channel lab/stable to room=lab",
-            &v2[..12]
+            v2s
         )),
         "{err}"
     );
@@ -928,8 +928,8 @@ fn a_rollout_planned_through_the_api_starts_when_the_cli_signs_it_once_and_never
     let (_, p) = s.get(&format!("/api/v1/admin/pending/{id2}"));
     let why = p["stale"].as_str().unwrap_or_default().to_owned();
     assert!(
-        why.contains(&format!("channel lab/stable was at {}", &v1[..12]))
-            && why.contains(&format!("is at {} now", &v2[..12])),
+        why.contains(&format!("channel lab/stable was at {}", v1s))
+            && why.contains(&format!("is at {} now", v2s)),
         "{p}"
     );
     let signed = targets_version(&s);
