@@ -7,6 +7,7 @@
 
 mod assets;
 mod chart;
+mod machine;
 mod ops;
 pub mod session;
 #[cfg(test)]
@@ -43,8 +44,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/machines", get(views::machines))
-        .route("/machines/{name}", get(views::machine))
-        .route("/machines/{name}/packages", get(views::machine_packages))
+        .route("/machines/{name}", get(machine::machine))
+        .route("/machines/{name}/packages", get(machine::machine_packages))
         .route("/channels", get(ops::channels))
         .route("/rollouts", get(ops::rollouts))
         .route("/rollouts/{id}", get(ops::rollout))
