@@ -155,6 +155,8 @@ pub struct Fleet {
     /// Held by an admin change from reading the machines to updating memory, so two changes
     /// never interleave.
     admin: tokio::sync::Mutex<()>,
+    /// Moves with every machine added or removed and every admin change (`generation`).
+    generation: AtomicU64,
 }
 
 impl Fleet {
@@ -173,11 +175,20 @@ impl Fleet {
             .expect("lock")
             .insert(name, m.id.clone());
         self.by_id.write().expect("lock").insert(m.id.clone(), m);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// A number that moves when a machine is added or removed and after every admin change of
+    /// machines (`change`), not with check-ins: the dashboard's index of the fleet is made again
+    /// when it moved (`web::index`).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Forgets a machine (its name is free again).
     pub fn remove(&self, id: &str) -> Option<Arc<Machine>> {
         let m = self.by_id.write().expect("lock").remove(id)?;
+        self.generation.fetch_add(1, Ordering::Release);
         let name = m.row.lock().expect("lock").name.clone();
         let mut by_name = self.by_name.write().expect("lock");
         if by_name.get(&name).is_some_and(|i| i == id) {
@@ -318,6 +329,7 @@ impl Fleet {
             r.labels = new.labels;
             r.channel = new.channel;
         }
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(changed)
     }
 }

@@ -7,6 +7,7 @@
 
 mod assets;
 mod chart;
+pub mod index;
 mod machine;
 mod ops;
 pub mod session;
@@ -36,6 +37,8 @@ pub struct Web {
     pub sessions: Sessions,
     /// Wrong admin tokens given at the login page, per address.
     pub login_failures: Throttle,
+    /// The fleet as the machines list and the overview read it.
+    pub index: index::Cache,
 }
 
 pub fn routes() -> Router<Arc<App>> {

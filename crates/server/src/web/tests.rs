@@ -328,6 +328,24 @@ async fn the_machines_page_filters_sorts_and_pages_on_the_server() {
     assert_eq!(rows(&body), 10);
     let (_, body) = get("/machines?state=updated").await;
     assert_eq!(rows(&body), 0);
+    // an admin change shows at once (the index is made again), in each filter and sort
+    let (st, _) = s
+        .admin(
+            "POST",
+            "/api/v1/admin/machines/pc-042/labels",
+            Some(json!({"set": {"room": "Lab-B"}})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (_, body) = get("/machines?q=lab-b").await;
+    assert_eq!(rows(&body), 2, "{body}");
+    assert!(body.contains(">pc-042<"), "{body}");
+    let (_, body) = get("/machines?q=ROOM%3Dlab-b&sort=state&desc=1").await;
+    assert_eq!(rows(&body), 2, "{body}");
+    let (_, body) = get("/machines?q=pc-0&sort=seen&page=2").await;
+    assert_eq!(rows(&body), 5, "{body}");
+    let (_, body) = get("/machines?channel=nowhere").await;
+    assert_eq!(rows(&body), 0);
     let (st, body) = get("/machines?selector=a%3D%3Db").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(body.contains("bad selector"), "{body}");

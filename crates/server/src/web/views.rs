@@ -1,10 +1,8 @@
 //! The fleet's pages: the overview and the machines (filtered, sorted and paged on the server,
 //! so a page of 100,000 machines sends 50 rows); one machine is `machine`.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -65,8 +63,8 @@ struct Census {
 
 /// The fleet counted by `metrics::census` (one pass, shared with `/metrics`), as the overview
 /// shows it: only what some machine is in, `(none)` for no channel or no release yet.
-fn census(app: &App) -> Census {
-    let c = crate::metrics::census(app);
+fn census(app: &Arc<App>) -> Census {
+    let c = super::index::get(app).census.clone();
     let present = |m: BTreeMap<&'static str, i64>| -> BTreeMap<String, i64> {
         m.into_iter()
             .filter(|(_, n)| *n > 0)
@@ -329,12 +327,10 @@ fn contains_ci(hay: &str, needle: &str) -> bool {
     n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }
 
-/// A machine's sort key (the column sorted by, when it was last seen, its name) and the machine.
-type Key = (Cow<'static, str>, i64, String);
-type Keyed = (Key, Arc<Machine>);
-
-/// The page of machines the query asks for: its lines, how many match, how many pages.
-fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String> {
+/// The page of machines the query asks for: its lines, how many match, how many pages. The
+/// machines are filtered and sorted on the dashboard's index (`web::index`: states, ranks and
+/// text of every machine, in name order), the page's lines read from the machines themselves.
+fn select(app: &Arc<App>, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String> {
     let sel = match some(&lq.selector) {
         Some(s) => Selector::parse(s).map_err(|e| format!("bad selector: {e}"))?,
         None => Selector::All,
@@ -351,79 +347,66 @@ fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String
             "cannot sort by {sort:?}: by name, state, channel, seen or current"
         ));
     }
-    let machines = match sel {
-        Selector::All => app.fleet.all(),
-        ref s => app.fleet.select(s),
+    let ix = super::index::get(app);
+    let channel = match want_channel {
+        Some(c) => match ix.channel_rank(c) {
+            Some(r) => Some(r),
+            None => return Ok((Vec::new(), 0, 1)),
+        },
+        None => None,
     };
-    let need_state = want_state.is_some() || sort == "state";
-    let published = app.published();
-    let mut keyed: Vec<Keyed> = Vec::with_capacity(machines.len());
-    for m in machines {
-        // Under the machine's lock, nothing copied but what the sort needs (its name, and its
-        // channel or release when sorted by them); its state computed there too when asked for.
-        let pick = |r: &crate::db::MachineRow, st: Option<FleetState>| -> Option<Key> {
-            if want_state.is_some_and(|w| st.is_some_and(|s| s.as_str() != w)) {
-                return None;
-            }
-            if let Some(c) = want_channel
-                && r.channel.as_deref() != Some(c)
-            {
-                return None;
-            }
-            if let Some(t) = &text {
-                // without allocating for each of 100,000 machines: a label as `k=v` is made
-                // only when the text has a `=`, a release's hex only when the text is hex
-                let hit = contains_ci(&r.name, t)
-                    || r.channel.as_deref().is_some_and(|c| contains_ci(c, t))
-                    || r.labels.iter().any(|(k, v)| {
-                        contains_ci(k, t)
-                            || contains_ci(v, t)
-                            || (t.contains('=') && contains_ci(&format!("{k}={v}"), t))
-                    })
-                    || (hex_text
-                        && r.report
-                            .current
-                            .is_some_and(|c| c.to_string().starts_with(t.as_str())));
-                if !hit {
-                    return None;
-                }
-            }
-            let key: Cow<'static, str> = match sort {
-                "channel" => r.channel.clone().unwrap_or_default().into(),
-                "current" => r
-                    .report
-                    .current
-                    .map(|c| c.to_string())
-                    .unwrap_or_default()
-                    .into(),
-                "state" => st.map(FleetState::as_str).unwrap_or_default().into(),
-                _ => Cow::Borrowed(""),
-            };
-            let seen = if sort == "seen" {
-                m.last_seen.load(Ordering::Relaxed)
-            } else {
-                0
-            };
-            Some((key, seen, r.name.clone()))
-        };
-        let key = if need_state {
-            fleet::with_state(app, &published, &m, |r, st| pick(r, Some(st)))
-        } else {
-            pick(&m.row.lock().expect("lock"), None)
-        };
-        if let Some(key) = key {
-            keyed.push((key, m));
+    // the text: in a name, a channel, a label (`k`, `v` or `k=v`), or a prefix of the release
+    let (hits, releases) = match &text {
+        Some(t) => {
+            let releases: Vec<bool> = std::iter::once(false)
+                .chain(
+                    ix.releases
+                        .iter()
+                        .map(|r| hex_text && r.to_string().starts_with(t.as_str())),
+                )
+                .collect();
+            (Some(ix.text_matches(t)), releases)
         }
+        None => (None, Vec::new()),
+    };
+    // states ranked by name, as they sort
+    let mut names: Vec<&str> = crate::metrics::STATES.iter().map(|s| s.as_str()).collect();
+    names.sort_unstable();
+    let state_rank = |s: FleetState| names.iter().position(|n| *n == s.as_str()).unwrap_or(0);
+    let mut keyed: Vec<(i64, u32)> = Vec::new();
+    for (i, e) in ix.entries.iter().enumerate() {
+        if want_state.is_some_and(|w| e.state.as_str() != w)
+            || channel.is_some_and(|c| e.channel != c)
+            || hits.as_ref().is_some_and(|h| {
+                !h[i] && !releases.get(e.current as usize).copied().unwrap_or(false)
+            })
+        {
+            continue;
+        }
+        if !matches!(sel, Selector::All) {
+            let facts = e.m.facts();
+            let r = e.m.row.lock().expect("lock");
+            if !sel.matches_facts(&r.name, &r.labels, facts.as_deref()) {
+                continue;
+            }
+        }
+        let key = match sort {
+            "state" => state_rank(e.state) as i64,
+            "channel" => i64::from(e.channel),
+            "current" => i64::from(e.current),
+            "seen" => e.seen,
+            _ => 0,
+        };
+        keyed.push((key, i as u32));
     }
     let total = keyed.len();
     let desc = some(&lq.desc).is_some();
     let pages = total.div_ceil(PER_PAGE).max(1);
     let page = lq.page.unwrap_or(1).clamp(1, pages);
     // Only the page is sorted: the machines before its end are selected (linear), then those
-    // before its start, and the page's own 50 sorted.
-    let order = |a: &Keyed, b: &Keyed| {
-        if desc { b.0.cmp(&a.0) } else { a.0.cmp(&b.0) }
-    };
+    // before its start, and the page's own 50 sorted. The index is in name order, so the
+    // position breaks ties by name.
+    let order = |a: &(i64, u32), b: &(i64, u32)| if desc { b.cmp(a) } else { a.cmp(b) };
     let start = (page - 1) * PER_PAGE;
     let end = (start + PER_PAGE).min(total);
     if end < keyed.len() {
@@ -435,7 +418,10 @@ fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String
     }
     let shown = keyed.get_mut(start..).unwrap_or_default();
     shown.sort_unstable_by(order);
-    let lines = shown.iter().map(|(_, m)| line(app, m)).collect();
+    let lines = shown
+        .iter()
+        .map(|(_, i)| line(app, &ix.entries[*i as usize].m))
+        .collect();
     Ok((lines, total, pages))
 }
 
