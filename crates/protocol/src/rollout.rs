@@ -237,15 +237,19 @@ pub struct RolloutInfo {
     pub counts: std::collections::BTreeMap<String, u32>,
 }
 
-/// A rollout planned on the dashboard (or through the API) and stored on the server until an
-/// admin who holds the targets key signs it (`semithin rollout sign ID`): the server cannot,
-/// it never holds that key. `GET /api/v1/admin/pending`.
+/// A rollout or a publish planned on the dashboard (or through the API) and stored on the server
+/// until an admin who holds the targets key signs it (`semithin rollout sign ID`, `semithin
+/// publish --request ID`): the server cannot, it never holds that key.
+/// `GET /api/v1/admin/pending`.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PendingInfo {
     pub id: i64,
+    /// `rollout` (`semithin rollout sign ID`) or `publish` (`semithin publish --request ID`).
+    pub kind: String,
     /// `awaiting` (a signature), `started` (signed: `rollout` is the rollout it started).
     pub state: String,
-    /// The rollout asked for, as `POST /api/v1/admin/rollouts` takes it (`dry_run` false).
+    /// The rollout asked for, as `POST /api/v1/admin/rollouts` takes it (`dry_run` false); for a
+    /// publish, only its `channel` and `release`.
     pub request: StartRequest,
     /// The channel's published release when it was planned (`None`: none was).
     pub base: Option<String>,
@@ -257,4 +261,12 @@ pub struct PendingInfo {
     pub created_at: i64,
     /// When it was signed.
     pub started_at: Option<i64>,
+}
+
+/// `POST /api/v1/admin/pending/publish`: a channel's release to publish, awaiting a signature.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PublishPlan {
+    pub channel: String,
+    /// A commit id the server's repository holds (64 hex digits).
+    pub release: String,
 }

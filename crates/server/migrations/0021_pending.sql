@@ -1,11 +1,13 @@
--- Rollouts planned on the dashboard or through the API, awaiting the signature of an admin who
--- holds the targets key (`semithin rollout sign ID`; docs/PROTOCOL.md, "Rollouts awaiting a
--- signature").
+-- Rollouts and publishes planned on the dashboard or through the API, awaiting the signature of
+-- an admin who holds the targets key (`semithin rollout sign ID`, `semithin publish --request
+-- ID`; docs/PROTOCOL.md, "Awaiting a signature").
 CREATE TABLE pending (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- `rollout` or `publish`
+    kind TEXT NOT NULL,
     -- `awaiting` or `started`
     state TEXT NOT NULL,
-    -- the StartRequest as JSON
+    -- the StartRequest as JSON (a publish: its channel and release only)
     request TEXT NOT NULL,
     channel TEXT NOT NULL,
     -- the channel's published release when planned (NULL: none)

@@ -75,8 +75,8 @@ pub enum RolloutCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Rollouts planned on the dashboard (or through the API) that await the signature of an
-    /// admin who holds the targets key, and those signed since: newest first.
+    /// Rollouts and publishes planned on the dashboard (or through the API) that await the
+    /// signature of an admin who holds the targets key, and those signed since: newest first.
     Pending {
         /// Print JSON (for scripts).
         #[arg(long)]
@@ -143,6 +143,7 @@ pub struct StartArgs {
 }
 
 mod sign;
+pub(super) use sign::ask;
 
 use super::safe::safe;
 use semithin_protocol::ids::short_str as short;

@@ -816,7 +816,7 @@ fn a_rollout_builds_its_packs_before_the_canary_asks_and_its_status_says_so() {
 }
 
 #[test]
-fn a_rollout_planned_through_the_api_starts_when_the_cli_signs_it_once_and_never_when_stale() {
+fn rollouts_and_publishes_planned_through_the_api_start_when_the_cli_signs_them_once_never_stale() {
     let s = Server::start();
     let (_agents, src, v1) = fleet_on_v1(&s, 2, |_| "room=lab");
     let v2 = commit(&s, &src, 2);
@@ -962,4 +962,87 @@ fn a_rollout_planned_through_the_api_starts_when_the_cli_signs_it_once_and_never
         paths.contains(&format!("/api/v1/admin/pending/{id}/start").as_str()),
         "{audit}"
     );
+
+    // A publish asked for through the API (the channels page's button), signed by the CLI.
+    let v3 = commit(&s, &src, 3);
+    let v3s = v3.get(..12).unwrap();
+    for (body, status, want) in [
+        (
+            json!({"channel": "lab/stable", "release": "zz"}),
+            400,
+            "is not a release",
+        ),
+        (
+            json!({"channel": "Bad Name", "release": v3}),
+            400,
+            "Bad Name",
+        ),
+        (
+            json!({"channel": "lab/stable", "release": v2}),
+            409,
+            "channel lab/stable's release already",
+        ),
+    ] {
+        let (st, v) = s.post("/api/v1/admin/pending/publish", &body);
+        assert_eq!(st, status, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(want), "{body}: {v}");
+    }
+    let (st, p) = s.post(
+        "/api/v1/admin/pending/publish",
+        &json!({"channel": "lab/stable", "release": v3}),
+    );
+    assert_eq!(st, 200, "{p}");
+    assert_eq!(p["kind"], "publish", "{p}");
+    assert_eq!(p["base"], json!(v2), "{p}");
+    let id3 = p["id"].as_i64().unwrap().to_string();
+    let listed = s.ok(&["rollout", "pending"]);
+    assert!(
+        listed.contains(&format!(
+            "request {id3}: publish {v3s} as channel lab/stable's release"
+        )),
+        "{listed}"
+    );
+    let signed = targets_version(&s);
+    refused(&["rollout", "sign", &id3, "--yes"], "is a publish");
+    refused(&["publish", "--request", &id3], "pass --yes");
+    let (st, v) = s.post(
+        &format!("/api/v1/admin/pending/{id3}/published"),
+        &json!({}),
+    );
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("channel lab/stable is at"),
+        "{v}"
+    );
+    assert_eq!(targets_version(&s), signed, "nothing signed");
+    let out = s.cli(&["publish", "--request", &id3, "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("request {id3}: publish {v3s}")),
+        "{err}"
+    );
+    assert!(targets_version(&s) > signed);
+    let (_, p) = s.get(&format!("/api/v1/admin/pending/{id3}"));
+    assert_eq!(p["state"], "started", "{p}");
+    refused(
+        &["publish", "--request", &id3, "--yes"],
+        "was signed already",
+    );
+    // stale: asked to go back to v2, then the channel moved elsewhere first
+    let (_, p) = s.post(
+        "/api/v1/admin/pending/publish",
+        &json!({"channel": "lab/stable", "release": v2}),
+    );
+    let id4 = p["id"].as_i64().unwrap().to_string();
+    s.ok(&["publish", "lab/stable", &v1]);
+    let signed = targets_version(&s);
+    refused(
+        &["publish", "--request", &id4, "--yes"],
+        "stale: channel lab/stable",
+    );
+    assert_eq!(targets_version(&s), signed, "nothing signed");
 }

@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use semithin_protocol::api::ApiError;
-use semithin_protocol::rollout::{PendingInfo, RolloutInfo, StartRequest};
+use semithin_protocol::rollout::{PendingInfo, PublishPlan, RolloutInfo, StartRequest};
 use serde::Deserialize;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -27,6 +27,8 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(pending_list, pending_plan))
         .routes(routes!(pending_show))
         .routes(routes!(pending_start))
+        .routes(routes!(pending_publish))
+        .routes(routes!(pending_published))
 }
 
 impl From<Problem> for ApiErr {
@@ -169,4 +171,25 @@ async fn pending_start(
 ) -> ApiResult<Json<RolloutInfo>> {
     admin(&app, &headers)?;
     Ok(Json(pending::start(&app, pending_id(&n)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/pending/publish", tag = "rollouts", summary = "Plan a publish to be signed by an admin who holds the targets key", request_body = PublishPlan, responses((status = 200, description = "The request, awaiting a signature", body = PendingInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
+async fn pending_publish(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<PendingInfo>> {
+    admin(&app, &headers)?;
+    let req: PublishPlan = parse(&body)?;
+    Ok(Json(pending::plan_publish(&app, &req).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/pending/{id}/published", tag = "rollouts", summary = "Record that a publish request was signed (its channel is at its release)", params(("id" = String, Path, description = "The request's number")), responses((status = 200, description = "The request", body = PendingInfo), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("admin_token" = [])))]
+async fn pending_published(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(n): Path<String>,
+) -> ApiResult<Json<PendingInfo>> {
+    admin(&app, &headers)?;
+    Ok(Json(pending::published(&app, pending_id(&n)?).await?))
 }

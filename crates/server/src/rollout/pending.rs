@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use semithin_protocol::rollout::{PendingInfo, RolloutInfo, StartRequest};
+use semithin_protocol::rollout::{PendingInfo, PublishPlan, RolloutInfo, StartRequest};
+use semithin_store::CommitId;
+use semithin_store::pack::ObjKind;
 use sqlx::Row as _;
 
 use super::{Problem, Res};
@@ -27,6 +29,7 @@ fn info(app: &App, r: &sqlx::sqlite::SqliteRow) -> Res<PendingInfo> {
         .flatten();
     Ok(PendingInfo {
         id,
+        kind: r.get("kind"),
         state,
         request,
         base,
@@ -65,8 +68,8 @@ pub async fn plan(app: &Arc<App>, req: &StartRequest) -> Res<PendingInfo> {
     req.dry_run = false;
     let base = app.release(&req.channel).map(|c| c.to_hex());
     let id: i64 = sqlx::query(
-        "INSERT INTO pending (state, request, channel, base, created_at) \
-         VALUES ('awaiting', $1, $2, $3, $4) RETURNING id",
+        "INSERT INTO pending (kind, state, request, channel, base, created_at) \
+         VALUES ('rollout', 'awaiting', $1, $2, $3, $4) RETURNING id",
     )
     .bind(serde_json::to_string(&req).expect("serialises"))
     .bind(&req.channel)
@@ -104,6 +107,11 @@ pub async fn get(app: &App, id: i64) -> Res<PendingInfo> {
 /// `POST /api/v1/admin/rollouts` makes.
 pub async fn start(app: &Arc<App>, id: i64) -> Res<RolloutInfo> {
     let p = get(app, id).await?;
+    if p.kind != "rollout" {
+        return Err(Problem::Conflict(format!(
+            "request {id} is a publish: `semithin publish --request {id}` signs it"
+        )));
+    }
     if p.state != "awaiting" {
         return Err(Problem::Conflict(format!(
             "request {id} was signed already: it started rollout {}",
@@ -146,4 +154,99 @@ pub async fn start(app: &Arc<App>, id: i64) -> Res<RolloutInfo> {
             Err(e)
         }
     }
+}
+
+/// Checks a publish (the channel's name, a commit the server holds that is not its release
+/// already) and stores it, awaiting a signature.
+pub async fn plan_publish(app: &Arc<App>, req: &PublishPlan) -> Res<PendingInfo> {
+    semithin_store::channel::check_name(&req.channel).map_err(|e| Problem::Bad(e.to_string()))?;
+    let release: CommitId = req.release.parse().map_err(|_| {
+        Problem::Bad(format!(
+            "{:?} is not a release (a commit id, 64 hex digits)",
+            req.release
+        ))
+    })?;
+    let held = |app: &App| {
+        app.published()
+            .store
+            .contains(ObjKind::Commit, release.as_bytes())
+    };
+    if !held(app) {
+        app.reload().await?;
+    }
+    if !held(app) {
+        return Err(Problem::NotFound(format!(
+            "the server's repository has no commit {}: commit it there first",
+            release.to_hex()
+        )));
+    }
+    let base = app.release(&req.channel);
+    if base == Some(release) {
+        return Err(Problem::Conflict(format!(
+            "{} is channel {}'s release already",
+            release.short(),
+            req.channel
+        )));
+    }
+    let request = StartRequest {
+        channel: req.channel.clone(),
+        release: release.to_hex(),
+        ..StartRequest::default()
+    };
+    let id: i64 = sqlx::query(
+        "INSERT INTO pending (kind, state, request, channel, base, created_at) \
+         VALUES ('publish', 'awaiting', $1, $2, $3, $4) RETURNING id",
+    )
+    .bind(serde_json::to_string(&request).expect("serialises"))
+    .bind(&req.channel)
+    .bind(base.map(|c| c.to_hex()))
+    .bind(now())
+    .fetch_one(&app.db)
+    .await
+    .map_err(|e| Error::db("storing a pending publish", e))?
+    .get(0);
+    get(app, id).await
+}
+
+/// Records that publish request `id` was signed: its channel's release is now the one it asked
+/// for (the signer published it, then tells the server). Refused when it is not a publish, was
+/// recorded already, or the channel is not at its release.
+pub async fn published(app: &Arc<App>, id: i64) -> Res<PendingInfo> {
+    let p = get(app, id).await?;
+    if p.kind != "publish" {
+        return Err(Problem::Conflict(format!(
+            "request {id} is a rollout: `semithin rollout sign {id}` signs it"
+        )));
+    }
+    if p.state != "awaiting" {
+        return Err(Problem::Conflict(format!(
+            "request {id} was signed already"
+        )));
+    }
+    let channel = &p.request.channel;
+    if app.release(channel).map(|c| c.to_hex()).as_deref() != Some(p.request.release.as_str()) {
+        // published since the server last read the repository?
+        app.reload().await?;
+    }
+    let now_at = app.release(channel).map(|c| c.to_hex());
+    if now_at.as_deref() != Some(p.request.release.as_str()) {
+        return Err(Problem::Conflict(format!(
+            "channel {channel} is at {}, not at {} which request {id} asks for: \
+             `semithin publish --request {id}` signs it",
+            now_at
+                .as_deref()
+                .map(semithin_protocol::ids::short_str)
+                .unwrap_or("nothing"),
+            semithin_protocol::ids::short_str(&p.request.release)
+        )));
+    }
+    sqlx::query(
+        "UPDATE pending SET state = 'started', started_at = $2 WHERE id = $1 AND state = 'awaiting'",
+    )
+    .bind(id)
+    .bind(now())
+    .execute(&app.db)
+    .await
+    .map_err(|e| Error::db("recording a publish", e))?;
+    get(app, id).await
 }

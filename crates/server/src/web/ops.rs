@@ -36,6 +36,9 @@ pub struct Release {
     pub time: String,
     pub message: String,
     pub rollback: String,
+    /// The body that asks for it to be published, awaiting a signature
+    /// (`POST /api/v1/admin/pending/publish`).
+    pub ask: String,
 }
 
 pub struct ChannelView {
@@ -64,6 +67,7 @@ fn release(app: &App, channel: &str, id: &CommitId) -> Release {
         time: c.as_ref().map(|c| time(c.time)).unwrap_or_default(),
         message: c.map(|c| c.message).unwrap_or_default(),
         rollback: format!("semithin publish {} {}", sh(channel), id.short()),
+        ask: serde_json::json!({"channel": channel, "release": id.to_hex()}).to_string(),
     }
 }
 
@@ -167,9 +171,11 @@ pub struct Plan {
     pub request: String,
 }
 
-/// A rollout planned here, awaiting a signature or signed.
+/// A rollout or a publish planned here, awaiting a signature or signed.
 pub struct PendingLine {
     pub id: i64,
+    /// `rollout` or `publish`.
+    pub kind: String,
     pub channel: String,
     pub release: String,
     pub selector: String,
@@ -240,7 +246,12 @@ pub async fn rollouts(
                 id: p.id,
                 channel: p.request.channel.clone(),
                 release: short(Some(&p.request.release)),
-                selector: p.request.selector.clone(),
+                selector: if p.kind == "publish" {
+                    "(every machine of the channel)".into()
+                } else {
+                    p.request.selector.clone()
+                },
+                kind: p.kind.clone(),
                 state: if p.stale.is_some() {
                     "stale".into()
                 } else {
@@ -248,7 +259,11 @@ pub async fn rollouts(
                 },
                 why: p.stale.clone().unwrap_or_default(),
                 rollout: p.rollout,
-                command: format!("semithin rollout sign {}", p.id),
+                command: if p.kind == "publish" {
+                    format!("semithin publish --request {}", p.id)
+                } else {
+                    format!("semithin rollout sign {}", p.id)
+                },
             })
             .collect(),
         Err(e) => return crate::http::ApiErr::from(e).into_response_page(nav),

@@ -321,12 +321,6 @@ fn line(app: &App, m: &Machine) -> Line {
     }
 }
 
-/// Whether `hay` contains `needle` (lowercase), ASCII letters compared without case.
-fn contains_ci(hay: &str, needle: &str) -> bool {
-    let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
-}
-
 /// The page of machines the query asks for: its lines, how many match, how many pages. The
 /// machines are filtered and sorted on the dashboard's index (`web::index`: states, ranks and
 /// text of every machine, in name order), the page's lines read from the machines themselves.
@@ -537,15 +531,4 @@ pub async fn machines(
             live,
         },
     )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn text_is_found_without_case() {
-        assert!(super::contains_ci("Lab-PC-07", "pc-07"));
-        assert!(super::contains_ci("x", ""));
-        assert!(!super::contains_ci("lab", "labs"));
-        assert!(super::contains_ci("ÉcoleLab", "lab"));
-    }
 }

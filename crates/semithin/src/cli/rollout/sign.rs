@@ -1,5 +1,6 @@
-//! `semithin rollout pending` and `semithin rollout sign ID`: rollouts planned on the dashboard
-//! (or through the API) wait on the server for an admin who holds the targets key; signing one
+//! `semithin rollout pending` and `semithin rollout sign ID`: rollouts (and publishes, which
+//! `semithin publish --request ID` signs) planned on the dashboard (or through the API) wait on
+//! the server for an admin who holds the targets key; signing one
 //! shows what it starts, asks, has the server start it (the server checks again that nothing
 //! started it and that the channel has not moved since it was planned) and signs its release as
 //! `rollout start` does.
@@ -18,6 +19,16 @@ use semithin_protocol::ids::short_str as short;
 
 fn describe(p: &PendingInfo) -> String {
     let r = &p.request;
+    if p.kind == "publish" {
+        return format!(
+            "request {}: publish {} as channel {}'s release, planned {} against its release {}",
+            p.id,
+            short(&r.release),
+            safe(&r.channel),
+            time(p.created_at),
+            p.base.as_deref().map(short).unwrap_or("(none)")
+        );
+    }
     let opt = |v: &Option<String>, d: &str| v.clone().unwrap_or_else(|| d.to_owned());
     let mut s = format!(
         "request {}: roll {} out on channel {} to {} (canary {}, waves {}, soak {}, max failures {}",
@@ -64,6 +75,7 @@ pub fn pending(server: &ServerArgs, json: bool) -> Result<ExitCode> {
         let state = match (&p.stale, p.rollout) {
             (Some(_), _) => "stale".to_owned(),
             (None, Some(r)) => format!("started rollout {r}"),
+            (None, None) if p.kind == "publish" && p.state == "started" => "published".into(),
             (None, None) => p.state.clone(),
         };
         outln!("{} [{state}]", describe(p));
@@ -87,6 +99,9 @@ pub fn sign(
         "reading the rollout request",
         &format!("/api/v1/admin/pending/{id}"),
     )?;
+    if p.kind != "rollout" {
+        bail!("request {id} is a publish: `semithin publish --request {id}` signs it");
+    }
     if p.state != "awaiting" {
         bail!(
             "request {id} was signed already: it started rollout {}",
@@ -116,7 +131,7 @@ pub fn sign(
 }
 
 /// A yes/no question on the terminal.
-fn ask(q: &str) -> Result<bool> {
+pub(crate) fn ask(q: &str) -> Result<bool> {
     use std::io::Write;
     let mut err = std::io::stderr();
     let _ = write!(err, "{q}");
