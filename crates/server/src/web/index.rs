@@ -157,7 +157,7 @@ pub fn make(app: &App) -> Snapshot {
         .into_iter()
         .map(|p| {
             starts.push(sorted.len());
-            sorted.push_str(&text[p.text.0..p.text.1]);
+            sorted.push_str(text.get(p.text.0..p.text.1).unwrap_or_default());
             let rank = |found: Result<usize, usize>| found.map_or(0, |i| i as u32 + 1);
             Entry {
                 channel: p.channel.as_deref().map_or(0, |c| {
