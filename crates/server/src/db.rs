@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (14, include_str!("../migrations/0014_captures.sql")),
     (15, include_str!("../migrations/0015_audit.sql")),
     (20, include_str!("../migrations/0020_token_channel.sql")),
+    (21, include_str!("../migrations/0021_pending.sql")),
 ];
 
 pub async fn open(path: &Path) -> Result<SqlitePool> {
