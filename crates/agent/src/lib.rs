@@ -24,6 +24,7 @@ mod release;
 pub mod repair;
 mod report;
 pub mod state;
+mod swarm;
 mod switching;
 mod templates;
 
