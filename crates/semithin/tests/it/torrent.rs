@@ -173,7 +173,8 @@ fn the_tracker_answers_bad_announces_with_a_bencoded_reason_and_never_fails() {
         )
     };
     let admin_key = passkey_of(&s, "admin");
-    let m1_key = passkey_of(&s, "m1");
+    let m1_id = s.machine("m1")["id"].as_str().unwrap().to_owned();
+    let m1_key = passkey_of(&s, &m1_id);
     let fails = |q: &str, want: &str| {
         let (st, body) = announce(&s, q);
         let body = String::from_utf8_lossy(&body).into_owned();
@@ -195,7 +196,8 @@ fn the_tracker_answers_bad_announces_with_a_bencoded_reason_and_never_fails() {
         &good(&format!("{}m2", &m1_key[..m1_key.len() - 2])),
         "unknown passkey",
     );
-    fails(&good(""), "");
+    // no passkey at all is no tracker route
+    assert_eq!(announce(&s, &good("")).0, 404);
     fails(&format!("/announce/{admin_key}"), "info_hash is missing");
     fails(
         &format!("/announce/{admin_key}?info_hash=abc&peer_id={id}&port=1"),
