@@ -31,8 +31,9 @@ pub struct TorrentConfig {
     pub port: u16,
     /// The seeder's upload limit in bytes per second (none by default).
     pub upload_bps: Option<u32>,
-    /// Peers the seeder serves at once per torrent (it seeds a few; they share with the rest).
-    pub peer_limit: Option<usize>,
+    /// The most downloading peers the tracker gives the seeder to at a time, while no peer
+    /// has the whole file (they share with the rest); 0: 2.
+    pub feeds: usize,
 }
 
 /// A torrent the server made.
@@ -77,7 +78,7 @@ impl Torrents {
                 port: cfg.port,
                 listen_ip: None,
                 upload_bps: cfg.upload_bps,
-                peer_limit: cfg.peer_limit,
+                peer_limit: None,
                 no_trackers: true,
             })
             .map_err(|e| Error::Config(format!("starting the torrent seeder: {e}")))?;
@@ -86,10 +87,14 @@ impl Torrents {
         } else {
             None
         };
+        let mut tracker = Tracker::default();
+        if cfg.feeds > 0 {
+            tracker.feeds = cfg.feeds;
+        }
         Ok(Self {
             cfg,
             secret,
-            tracker: Default::default(),
+            tracker: Mutex::new(tracker),
             made: Default::default(),
             making: Default::default(),
             seeder,

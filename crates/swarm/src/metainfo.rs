@@ -227,9 +227,11 @@ mod tests {
             (b"d4:infod6:lengthi3e4:name3:../ee".to_vec(), "name"),
             (b"le".to_vec(), "info is missing"),
             (
-                String::from_utf8_lossy(&good)
-                    .replace("6:lengthi3e", "6:lengthi99999e")
-                    .into_bytes(),
+                Metainfo {
+                    length: 99_999,
+                    ..m.clone()
+                }
+                .torrent("http://t/a"),
                 "pieces do not cover",
             ),
         ] {

@@ -196,11 +196,19 @@ impl Swarm for Rqbit {
                 if s.finished {
                     return Ok((h, s.progress_bytes.saturating_sub(initial)));
                 }
-                if s.progress_bytes > last {
-                    last = s.progress_bytes;
+                // blocks received count as progress, not only whole checked pieces
+                let live = s.live.as_ref();
+                let got = s
+                    .progress_bytes
+                    .max(live.map_or(0, |l| l.snapshot.fetched_bytes));
+                if got > last {
+                    last = got;
                     moved = Instant::now();
                 }
-                if moved.elapsed() >= patience {
+                // connected to peers that have nothing yet (the swarm starting): a while longer
+                let peers = live.map_or(0, |l| l.snapshot.peer_stats.live);
+                let wait = if peers > 0 { patience * 3 } else { patience };
+                if moved.elapsed() >= wait {
                     return Err((SwarmError::NoProgress(patience), Some(h)));
                 }
                 if start.elapsed() >= deadline {

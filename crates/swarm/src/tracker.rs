@@ -140,12 +140,32 @@ struct Peer {
     seen: Instant,
 }
 
-/// The peers of the torrents the tracker knows, in memory.
+/// One torrent's peers.
 #[derive(Default)]
+struct Peers {
+    peers: HashMap<[u8; 20], Peer>,
+    /// The downloading peers the seeder that does not announce (the server's) was given to.
+    fed: Vec<[u8; 20]>,
+}
+
+/// The peers of the torrents the tracker knows, in memory.
 pub struct Tracker {
-    torrents: HashMap<[u8; 20], HashMap<[u8; 20], Peer>>,
+    torrents: HashMap<[u8; 20], Peers>,
     /// Answers given, to rotate which peers a long list starts with.
     turn: usize,
+    /// The most downloading peers the server's seeder is given to at a time, while no peer
+    /// has the whole file: they take the pack from the server, the rest from them.
+    pub feeds: usize,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self {
+            torrents: HashMap::new(),
+            turn: 0,
+            feeds: 2,
+        }
+    }
 }
 
 /// How a torrent stands, as the tracker sees it.
@@ -171,7 +191,9 @@ impl Tracker {
 
     /// Records an announce from `ip` by `owner` and answers it (bencoded, a failure reason
     /// for a torrent it does not know). `seed`: a seeder that does not announce (the server's
-    /// own), listed first to peers still downloading.
+    /// own), listed first to at most [`Tracker::feeds`] peers still downloading at a time, and
+    /// only while no other peer has the whole file (so the server sends a pack about `feeds`
+    /// times, whatever the number of peers).
     pub fn announce(
         &mut self,
         owner: &str,
@@ -182,9 +204,11 @@ impl Tracker {
     ) -> Vec<u8> {
         let turn = self.turn;
         self.turn = self.turn.wrapping_add(1);
-        let Some(peers) = self.torrents.get_mut(&a.info_hash) else {
+        let feeds = self.feeds;
+        let Some(torrent) = self.torrents.get_mut(&a.info_hash) else {
             return failure("unknown torrent: this tracker serves only the server's torrents");
         };
+        let peers = &mut torrent.peers;
         peers.retain(|_, p| now.duration_since(p.seen) < EXPIRE);
         if a.event == Event::Stopped {
             peers.remove(&a.peer_id);
@@ -206,6 +230,19 @@ impl Tracker {
                 },
             );
         }
+        // the peers fed by the server's seeder: those still downloading keep their place
+        torrent
+            .fed
+            .retain(|id| peers.get(id).is_some_and(|p| p.left > 0));
+        let seeded = peers.values().any(|p| p.left == 0);
+        let fed = &mut torrent.fed;
+        let feed = a.left > 0
+            && a.event != Event::Stopped
+            && (fed.contains(&a.peer_id)
+                || (!seeded && fed.len() < feeds && {
+                    fed.push(a.peer_id);
+                    true
+                }));
         let count = count(peers);
         let mut others: Vec<&Peer> = peers
             .iter()
@@ -220,7 +257,7 @@ impl Tracker {
             others.rotate_left(k);
         }
         others.truncate(a.numwant);
-        let seed = seed.filter(|_| a.left > 0).map(|addr| Peer {
+        let seed = seed.filter(|_| feed).map(|addr| Peer {
             addr,
             owner: String::new(),
             left: 0,
@@ -272,7 +309,10 @@ impl Tracker {
     }
 
     pub fn count(&self, info_hash: &[u8; 20]) -> SwarmCount {
-        self.torrents.get(info_hash).map(count).unwrap_or_default()
+        self.torrents
+            .get(info_hash)
+            .map(|t| count(&t.peers))
+            .unwrap_or_default()
     }
 
     /// What peers of `owner` last reported as uploaded for a torrent, summed.
@@ -280,7 +320,7 @@ impl Tracker {
         self.torrents
             .get(info_hash)
             .into_iter()
-            .flat_map(|p| p.values())
+            .flat_map(|t| t.peers.values())
             .filter(|p| p.owner == owner)
             .map(|p| p.uploaded)
             .sum()
@@ -356,6 +396,33 @@ mod tests {
         s.event = Event::Stopped;
         t.announce("m2", ip, &s, None, later);
         assert_eq!(t.count(&h), SwarmCount::default());
+    }
+
+    #[test]
+    fn the_servers_seeder_is_given_to_a_few_downloaders_until_a_peer_has_it_all() {
+        let h = [1u8; 20];
+        let mut t = Tracker {
+            feeds: 2,
+            ..Default::default()
+        };
+        t.register(h);
+        let now = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let server: SocketAddr = "10.0.0.9:7000".parse().unwrap();
+        let gets_server = |t: &mut Tracker, id: u8, left: u64| {
+            let a = Announce::parse(&query(h, id, 8000 + u16::from(id), left)).unwrap();
+            let (v, _) = decode(&t.announce("m", ip, &a, Some(server), now)).unwrap();
+            let peers = v.get("peers").unwrap().as_bytes().unwrap().to_vec();
+            peers.chunks(6).any(|c| c == [10, 0, 0, 9, 0x1b, 0x58])
+        };
+        assert!(gets_server(&mut t, 1, 100));
+        assert!(gets_server(&mut t, 2, 100));
+        assert!(!gets_server(&mut t, 3, 100), "two are fed at a time");
+        assert!(gets_server(&mut t, 1, 50), "a fed peer keeps its place");
+        // peer 1 has it all: nobody new is fed (they take it from peer 1)
+        assert!(!gets_server(&mut t, 1, 0));
+        assert!(!gets_server(&mut t, 4, 100));
+        assert!(gets_server(&mut t, 2, 10), "still downloading, still fed");
     }
 
     #[test]

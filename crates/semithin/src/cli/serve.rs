@@ -151,7 +151,9 @@ pub struct Args {
     /// The seeder's upload limit in bytes per second [default: none].
     #[arg(long, env = "SEMITHIN_TORRENT_UPLOAD_LIMIT", value_name = "BYTES")]
     torrent_upload_limit: Option<u32>,
-    /// Peers the seeder serves at once per torrent [default: 4].
+    /// The tracker gives the server's seeder to at most N downloading machines at a time,
+    /// while no machine has the whole file [default: 1]: they take a pack from the server,
+    /// the rest from them.
     #[arg(long, env = "SEMITHIN_TORRENT_PEERS", value_name = "N")]
     torrent_peers: Option<usize>,
     /// Log lines as `text` or `json` [default: text]. The level comes from SEMITHIN_LOG
@@ -329,12 +331,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     cfg.torrent.seed = !a.torrent_no_seed && f.torrent_seed.unwrap_or(true);
     cfg.torrent.port = a.torrent_port.or(f.torrent_port).unwrap_or(0);
     cfg.torrent.upload_bps = a.torrent_upload_limit.or(f.torrent_upload_limit);
-    let peers = a.torrent_peers.or(f.torrent_peers).unwrap_or(4);
+    let peers = a.torrent_peers.or(f.torrent_peers).unwrap_or(1);
     anyhow::ensure!(
         peers >= 1,
         "--torrent-peers: the seeder serves at least 1 peer"
     );
-    cfg.torrent.peer_limit = Some(peers);
+    cfg.torrent.feeds = peers;
     if let Some(v) = a.captures_keep.or(f.captures_keep) {
         anyhow::ensure!(v >= 1, "at least 1 capture per machine must be kept");
         cfg.captures_keep = v;

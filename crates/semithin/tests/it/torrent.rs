@@ -277,7 +277,7 @@ fn with_nobody_seeding_the_agent_fetches_over_http_at_once() {
 /// `n` agents (daemons sharing through the swarm) update v1 -> v2 with a pack of `mib` MiB;
 /// (server's seeder upload, HTTP delta bytes, pack size, seconds to converge).
 pub(crate) fn site_update(n: usize, mib: usize, torrent: bool) -> (u64, u64, u64, f64) {
-    let mut args = vec!["--checkin-interval", "600"];
+    let mut args = vec![];
     if torrent {
         args.push("--torrent");
     }
@@ -341,9 +341,14 @@ pub(crate) fn site_update(n: usize, mib: usize, torrent: bool) -> (u64, u64, u64
     if torrent {
         let from_swarm = agents
             .iter()
-            .filter(|a| a.log().contains("from the swarm"))
+            .filter(|a| a.log().contains("from the swarm: "))
             .count();
         eprintln!("{from_swarm} of {n} agents took the pack from the swarm");
+        for a in &agents {
+            for l in a.log().lines().filter(|l| l.contains("not from the swarm")) {
+                eprintln!("{}: {l}", a.name);
+            }
+        }
     }
     for a in &mut agents {
         a.stop();
