@@ -345,7 +345,11 @@ pub(crate) fn site_update(n: usize, mib: usize, torrent: bool) -> (u64, u64, u64
             .count();
         eprintln!("{from_swarm} of {n} agents took the pack from the swarm");
         for a in &agents {
-            for l in a.log().lines().filter(|l| l.contains("not from the swarm")) {
+            for l in a
+                .log()
+                .lines()
+                .filter(|l| l.contains("the swarm") || l.contains("applied the delta"))
+            {
                 eprintln!("{}: {l}", a.name);
             }
         }
@@ -367,4 +371,36 @@ fn slow_twenty_agents_on_one_site_update_through_the_swarm() {
         uploaded + http_bytes <= 2 * pack,
         "the server sent {uploaded} + {http_bytes} bytes, more than twice the pack ({pack})"
     );
+}
+
+/// bench/torrent.sh: the same site updated twice in one run, through the swarm and over HTTP
+/// alone; writes a Markdown table to $BENCH_TORRENT_OUT.
+#[test]
+#[ignore = "a benchmark: bench/torrent.sh runs it"]
+fn bench_torrent_site_update_with_and_without_the_swarm() {
+    let n: usize = std::env::var("BENCH_AGENTS").map_or(20, |v| v.parse().unwrap());
+    let mib: usize = std::env::var("BENCH_MIB").map_or(8, |v| v.parse().unwrap());
+    let (up_t, http_t, pack_t, secs_t) = site_update(n, mib, true);
+    let (_, http_h, pack_h, secs_h) = site_update(n, mib, false);
+    assert!(
+        http_h >= pack_h * n as u64,
+        "every agent took the pack over HTTP"
+    );
+    let server_t = up_t + http_t;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "| mode | agents | pack bytes | server sent (seeder + HTTP) | × pack | converged s |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n\
+         | BitTorrent | {n} | {pack_t} | {server_t} ({up_t} + {http_t}) | {:.2} | {secs_t:.1} |\n\
+         | HTTP only | {n} | {pack_h} | {http_h} | {:.2} | {secs_h:.1} |\n\n\
+         Ratios, BitTorrent / HTTP: server bytes {:.3}, time to converge {:.2}.\n",
+        server_t as f64 / pack_t as f64,
+        http_h as f64 / pack_h as f64,
+        (server_t as f64 / pack_t as f64) / (http_h as f64 / pack_h as f64),
+        secs_t / secs_h,
+    ));
+    eprintln!("{out}");
+    if let Ok(p) = std::env::var("BENCH_TORRENT_OUT") {
+        std::fs::write(p, out).unwrap();
+    }
 }
