@@ -90,13 +90,16 @@ pub struct DecodeError {
     pub what: &'static str,
 }
 
+/// Where each value of the top-level dictionary lies in the input, by key.
+pub type Spans = BTreeMap<Vec<u8>, (usize, usize)>;
+
 /// Nesting deeper than this is refused (no recursion on the input's depth beyond it).
 const MAX_DEPTH: usize = 32;
 
 /// Decodes one value that must span all of `input`. Returns the value and, for the
 /// top-level dictionary's keys, the byte range each value took (the info hash is the SHA-1
 /// of the `info` value's bytes as given).
-pub fn decode(input: &[u8]) -> Result<(Value, BTreeMap<Vec<u8>, (usize, usize)>), DecodeError> {
+pub fn decode(input: &[u8]) -> Result<(Value, Spans), DecodeError> {
     let mut r = Reader {
         input,
         pos: 0,
@@ -112,7 +115,7 @@ pub fn decode(input: &[u8]) -> Result<(Value, BTreeMap<Vec<u8>, (usize, usize)>)
 struct Reader<'a> {
     input: &'a [u8],
     pos: usize,
-    spans: BTreeMap<Vec<u8>, (usize, usize)>,
+    spans: Spans,
 }
 
 impl Reader<'_> {
@@ -137,10 +140,10 @@ impl Reader<'_> {
         }
         let text = std::str::from_utf8(&self.input[start..self.pos])
             .map_err(|_| self.err("not a number"))?;
+        // no leading zeros, no negative zero
         let ok = !text.is_empty()
-            && text != "-0"
-            && !(text.len() > 1 && text.starts_with('0'))
-            && !(text.starts_with("-0"));
+            && (text.len() == 1 || !text.starts_with('0'))
+            && !text.starts_with("-0");
         let n: i64 = text
             .parse()
             .ok()
