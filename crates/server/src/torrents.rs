@@ -42,6 +42,8 @@ pub struct Made {
     pub meta: Metainfo,
     pub info_hash: [u8; 20],
     pub file: PathBuf,
+    /// The file's modification time when it was hashed: a pack built again is another file.
+    modified: Option<std::time::SystemTime>,
 }
 
 pub struct Torrents {
@@ -138,15 +140,14 @@ impl Torrents {
     /// The torrent of `file` (named `name` in the torrent), made now if it is new or its file
     /// changed; registered with the tracker and seeded.
     pub async fn of(&self, kind: &'static str, file: PathBuf, name: String) -> Result<Arc<Made>> {
-        let len = std::fs::metadata(&file)
-            .map_err(Error::io("reading", &file))?
-            .len();
+        let md = std::fs::metadata(&file).map_err(Error::io("reading", &file))?;
+        let (len, modified) = (md.len(), md.modified().ok());
         let cached = |this: &Self| {
             this.made
                 .lock()
                 .expect("lock")
                 .get(&file)
-                .filter(|m| m.meta.length == len)
+                .filter(|m| m.meta.length == len && m.modified == modified)
                 .cloned()
         };
         if let Some(m) = cached(self) {
@@ -171,6 +172,7 @@ impl Torrents {
             meta,
             info_hash,
             file: file.clone(),
+            modified,
         });
         self.tracker.lock().expect("lock").register(info_hash);
         if let Some(s) = &self.seeder {
@@ -197,6 +199,10 @@ impl Torrents {
             && old.info_hash != made.info_hash
         {
             self.tracker.lock().expect("lock").forget(&old.info_hash);
+            if let Some(s) = self.seeder.clone() {
+                let h = old.info_hash;
+                let _ = tokio::task::spawn_blocking(move || s.stop(&h, false)).await;
+            }
         }
         Ok(made)
     }

@@ -386,6 +386,18 @@ mod tests {
         assert_eq!(v.get("complete").unwrap().as_int(), Some(1));
         assert_eq!(v.get("incomplete").unwrap().as_int(), Some(1));
         assert_eq!(t.uploaded_by(&h, "server"), 5);
+        // the dictionary model, asked for with compact=0
+        let mut d = b.clone();
+        d.compact = false;
+        let (v, _) = decode(&t.announce("m1", ip, &d, None, now)).unwrap();
+        let Some(Value::List(l)) = v.get("peers") else {
+            panic!("{v:?}")
+        };
+        assert_eq!(l[0].get("port").and_then(Value::as_int), Some(7000));
+        assert_eq!(
+            l[0].get("ip").and_then(Value::as_bytes),
+            Some(&b"127.0.0.1"[..])
+        );
         // expired peers are gone
         let later = now + EXPIRE + Duration::from_secs(1);
         let c = Announce::parse(&query(h, 3, 7002, 100)).unwrap();
