@@ -116,6 +116,18 @@ pub struct Config {
     /// which the boot leaves mounted under /run). Without it (a cache in a tmpfs), the next
     /// boot fetches the new release itself.
     pub live_cache: PathBuf,
+    /// BitTorrent (docs/TORRENT.md): fetch delta packs from the machines of the site first,
+    /// through the server's private torrent and tracker, then seed them; HTTP when no peer
+    /// sends anything within `torrent_patience_secs`.
+    pub torrent: bool,
+    /// The TCP port peers reach this machine on while it shares (0: a free one).
+    pub torrent_port: u16,
+    /// How long a pack is seeded after an update, in seconds.
+    pub torrent_seed_secs: u64,
+    /// Seeding also stops once this many times the pack was uploaded (0: no ratio).
+    pub torrent_seed_ratio: f64,
+    /// Seconds without a byte from the swarm before the pack is fetched over HTTP.
+    pub torrent_patience_secs: u64,
 }
 
 /// What verification does with local changes in the `/etc` overlay (docs/BOOT.md).
@@ -184,6 +196,11 @@ impl Default for Config {
             live: false,
             live_booted: PathBuf::from("/run/semithin/booted"),
             live_cache: PathBuf::from("/run/semithin/live/cache-disk/semithin-live"),
+            torrent: false,
+            torrent_port: 0,
+            torrent_seed_secs: 3600,
+            torrent_seed_ratio: 3.0,
+            torrent_patience_secs: 5,
         }
     }
 }

@@ -25,6 +25,7 @@ mod release;
 pub mod repair;
 mod report;
 pub mod state;
+mod swarm;
 mod switching;
 mod templates;
 

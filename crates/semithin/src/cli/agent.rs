@@ -98,6 +98,22 @@ pub struct Args {
     /// The upper directory of the /etc overlay [default: STATE/overlay/etc/upper].
     #[arg(long, value_name = "DIR")]
     etc_upper: Option<PathBuf>,
+    /// Fetch delta packs from the site's machines over BitTorrent first, and seed them after
+    /// an update (docs/TORRENT.md); HTTP when no peer sends anything.
+    #[arg(long)]
+    torrent: bool,
+    /// The TCP port peers reach this machine on [default: a free one].
+    #[arg(long, value_name = "PORT")]
+    torrent_port: Option<u16>,
+    /// How long a pack is seeded after an update [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
+    torrent_seed_time: Option<u64>,
+    /// Seeding stops once this many times the pack was uploaded; 0: no ratio [default: 3].
+    #[arg(long, value_name = "RATIO")]
+    torrent_seed_ratio: Option<f64>,
+    /// How long without a byte from peers before the pack comes over HTTP [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
+    torrent_patience: Option<u64>,
     /// What verification does with local changes in /etc: `report` them, or `restore` the
     /// paths given with --etc-restore [default: report].
     #[arg(long, value_name = "POLICY")]
@@ -262,6 +278,23 @@ fn config(a: &Args) -> Result<Config> {
     }
     if a.etc_upper.is_some() {
         c.etc_upper = a.etc_upper.clone();
+    }
+    c.torrent |= a.torrent;
+    if let Some(v) = a.torrent_port {
+        c.torrent_port = v;
+    }
+    if let Some(v) = a.torrent_seed_time {
+        c.torrent_seed_secs = v;
+    }
+    if let Some(v) = a.torrent_seed_ratio {
+        anyhow::ensure!(
+            v >= 0.0 && v.is_finite(),
+            "--torrent-seed-ratio: {v} is not a ratio"
+        );
+        c.torrent_seed_ratio = v;
+    }
+    if let Some(v) = a.torrent_patience {
+        c.torrent_patience_secs = v;
     }
     if let Some(p) = a.etc_policy {
         c.etc_policy = p;

@@ -34,6 +34,7 @@ mod real_root;
 mod rollout;
 mod systemd_unit;
 mod tamper;
+mod torrent;
 mod trust_renew;
 mod tuf_client;
 mod tuf_publish;
