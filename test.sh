@@ -23,7 +23,7 @@ command -v cargo >/dev/null || die "cargo is not installed"
 # systemd-boot-efi, dosfstools, mtools and fdisk: `image disk` and the boots of its disks (they
 # only add files; qemu itself is unpacked by tests/fixtures/qemu.sh).
 DEB_PACKAGES=(debootstrap mmdebstrap openssl squashfs-tools squashfs-tools-ng attr acl libcap2-bin zstd python3 python3-venv faketime time apt-utils gpg e2fsprogs binutils
-  chromium chromium-driver ovmf systemd-boot-efi dosfstools mtools fdisk xz-utils iproute2)
+  chromium chromium-driver ovmf systemd-boot-efi dosfstools mtools fdisk xz-utils iproute2 aria2)
 
 step "checking Debian packages: ${DEB_PACKAGES[*]}"
 missing=()

@@ -13,6 +13,7 @@
 #                                           /etc/initramfs-tools/ on machines that boot
 #                                           deployments (docs/BOOT.md, "Install")
 #   /usr/lib/semithin/semithin-mount.sh     the boot script's mount functions
+#   /usr/lib/semithin/semithin-initrd       what the initramfs runs (the hook copies it)
 # Its dependencies are what dpkg-shlibdeps finds the binary needs. No unit is enabled or started:
 # a machine is a server or a machine of the fleet, the admin says which (`systemctl enable`).
 # The maintainer scripts make the system user `semithin` the server unit runs as.
@@ -51,6 +52,11 @@ mkdir -p "$root/DEBIAN" "$root/usr/bin" "$root/lib/systemd/system" "$root/etc/se
 
 objcopy --strip-debug "$bin" "$root/usr/bin/semithin"
 chmod 0755 "$root/usr/bin/semithin"
+# the part of semithin the initramfs runs (cargo builds it beside the binary)
+small=$(dirname "$bin")/semithin-initrd
+[ -x "$small" ] || die "no semithin-initrd beside $bin (cargo build --release -p semithin builds both)"
+objcopy --strip-debug "$small" "$root/usr/lib/semithin/semithin-initrd"
+chmod 0755 "$root/usr/lib/semithin/semithin-initrd"
 for u in "$pkg"/systemd/*; do
   sed 's|/usr/local/bin/semithin|/usr/bin/semithin|g' "$u" >"$root/lib/systemd/system/$(basename "$u")"
 done

@@ -112,6 +112,29 @@ pub struct Config {
     pub boot_options: Option<String>,
     /// Where efivarfs is mounted.
     pub efivars: PathBuf,
+    /// A live (diskless) machine booted by `boot=semithin-live` (docs/BOOT.md, "The agent on a
+    /// live machine"): the running release is the one the boot verified (`live_booted`), and an
+    /// update is for the next boot: the new release's squashfs is fetched into the live cache
+    /// (`live_cache`), verified against its signed target, and named there for the boot script.
+    pub live: bool,
+    /// The release the live boot verified and mounted.
+    pub live_booted: PathBuf,
+    /// The live boot's cache directory (`semithin-live/` on the `semithin.cache=` partition,
+    /// which the boot leaves mounted under /run). Without it (a cache in a tmpfs), the next
+    /// boot fetches the new release itself.
+    pub live_cache: PathBuf,
+    /// BitTorrent (docs/TORRENT.md): fetch delta packs from the machines of the site first,
+    /// through the server's private torrent and tracker, then seed them; HTTP when no peer
+    /// sends anything within `torrent_patience_secs`.
+    pub torrent: bool,
+    /// The TCP port peers reach this machine on while it shares (0: a free one).
+    pub torrent_port: u16,
+    /// How long a pack is seeded after an update, in seconds.
+    pub torrent_seed_secs: u64,
+    /// Seeding also stops once this many times the pack was uploaded (0: no ratio).
+    pub torrent_seed_ratio: f64,
+    /// Seconds without a byte from the swarm before the pack is fetched over HTTP.
+    pub torrent_patience_secs: u64,
 }
 
 /// What verification does with local changes in the `/etc` overlay (docs/BOOT.md).
@@ -178,6 +201,14 @@ impl Default for Config {
             esp: PathBuf::from("/boot/efi"),
             boot_options: None,
             efivars: PathBuf::from("/sys/firmware/efi/efivars"),
+            live: false,
+            live_booted: PathBuf::from("/run/semithin/booted"),
+            live_cache: PathBuf::from("/run/semithin/live/cache-disk/semithin-live"),
+            torrent: false,
+            torrent_port: 0,
+            torrent_seed_secs: 3600,
+            torrent_seed_ratio: 3.0,
+            torrent_patience_secs: 5,
         }
     }
 }

@@ -60,6 +60,23 @@ impl Agent {
             .as_ref()
             .and_then(|a| a.desired.as_ref())
             .and_then(|d| d.delta_size);
+        // with `torrent = true`, the site's machines first (crate::swarm); HTTP at once when not
+        let swarm = if self.cfg.torrent {
+            self.swarm_delta(from, to, announced)
+                .map_err(|e| {
+                    self.say(&format!(
+                        "the delta pack over HTTP: not from the swarm ({e})"
+                    ))
+                })
+                .ok()
+        } else {
+            None
+        };
+        if let Some(s) = swarm {
+            let applied = self.apply_delta(&s.path, from, to)?;
+            self.swarm_done(s, applied);
+            return Ok(applied);
+        }
         let got = download(self.api(), path, &part, &etag, announced, |m| self.say(m));
         if got.is_err() {
             // a pack that cannot be stored whole (a full disk, a server sending too much) is
@@ -72,12 +89,18 @@ impl Agent {
         if !got? {
             return Ok(false);
         }
-        let f = std::fs::File::open(&part).map_err(Error::io("opening", &part))?;
+        let applied = self.apply_delta(&part, from, to);
+        let _ = std::fs::remove_file(&part);
+        let _ = std::fs::remove_file(&etag);
+        applied
+    }
+
+    /// Applies the pack in `part`; `Ok(false)` when it was refused.
+    fn apply_delta(&self, part: &Path, from: &str, to: &str) -> Result<bool> {
+        let f = std::fs::File::open(part).map_err(Error::io("opening", part))?;
         let start = std::time::Instant::now();
         let res = semithin_delta::apply::apply(&self.repo.objects, parse(from)?, parse(to)?, f);
         let secs = start.elapsed().as_secs_f64();
-        let _ = std::fs::remove_file(&part);
-        let _ = std::fs::remove_file(&etag);
         match res {
             Ok(a) => {
                 self.say(&format!(

@@ -19,12 +19,14 @@ mod facts;
 pub mod failover;
 pub mod http;
 pub mod jobs;
+mod live;
 pub mod neterr;
 pub mod plan;
 mod release;
 pub mod repair;
 mod report;
 pub mod state;
+mod swarm;
 mod switching;
 mod templates;
 
@@ -85,6 +87,8 @@ pub struct Agent {
     facts: Option<(i64, semithin_protocol::vars::Facts)>,
     facts_digest: Option<String>,
     backup: backup::Tracker,
+    /// Live: the release staged for the next boot in this run.
+    live_staged: Option<String>,
     /// Called with a line for each thing the agent does.
     log: Box<dyn Fn(&str) + Send>,
     /// STATE/lock, held exclusively while this agent lives (released by the kernel on a kill).
@@ -101,7 +105,10 @@ fn now() -> i64 {
 impl Agent {
     /// Opens (or makes) the state directory.
     pub fn open(dir: &Path, cfg: Config, log: Box<dyn Fn(&str) + Send>) -> Result<Self> {
-        let layout = Layout::new(dir);
+        let mut layout = Layout::new(dir);
+        if cfg.live {
+            layout.live_booted = Some(cfg.live_booted.clone());
+        }
         for d in [layout.dir.clone(), layout.deployments()] {
             std::fs::create_dir_all(&d).map_err(Error::io("creating", &d))?;
         }
@@ -117,6 +124,9 @@ impl Agent {
         // temporary files, which opening for writing clears.
         let repo = Repo::open(&rp, Access::Write)?;
         let mut state = State::load(&layout.state())?;
+        if cfg.live {
+            live::booted_into(&layout, &mut state)?;
+        }
         // What the check at boot found (docs/BOOT.md), reported at the next check-in.
         let at_boot = repair::boot::take_at_start(&layout, &mut state)?;
         cfg.admin_keys()?;
@@ -152,6 +162,7 @@ impl Agent {
             facts: None,
             facts_digest: None,
             backup: backup::Tracker::default(),
+            live_staged: None,
             log,
             _lock: lock,
         };
@@ -350,6 +361,14 @@ impl Agent {
                 verified: self.verified.is_some() && self.verified == desired,
                 missing: self.missing,
                 staged,
+                live: self.cfg.live,
+                live_staged: match desired.as_deref() {
+                    Some(d) if self.cfg.live => {
+                        self.live_staged.as_deref() == Some(d)
+                            || live::staged(&self.cfg.live_cache, d)
+                    }
+                    _ => false,
+                },
                 now: now(),
             };
             let step = plan::next(&f);
@@ -438,6 +457,12 @@ impl Agent {
                         "staged release {} ({written} bytes written, the rest linked)",
                         short(&d)
                     ));
+                    worked = true;
+                }
+                Step::StageLive => {
+                    let d = desired.expect("stage needs a desired release");
+                    self.phase = Phase::Staging;
+                    self.stage_live(&d)?;
                     worked = true;
                 }
                 Step::Switch => {

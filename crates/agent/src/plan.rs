@@ -31,6 +31,11 @@ pub struct Facts<'a> {
     pub missing: Option<usize>,
     /// The desired release's deployment directory is complete.
     pub staged: bool,
+    /// A live machine: the running release is the one booted, an update is the next boot's.
+    pub live: bool,
+    /// Live: the desired release's squashfs is verified in the live cache and named there as
+    /// the next boot's.
+    pub live_staged: bool,
     pub now: i64,
 }
 
@@ -60,6 +65,9 @@ pub enum Step {
     Fetch,
     Stage,
     Switch,
+    /// Live: fetch the desired release's signed squashfs into the live cache and name it as
+    /// the next boot's.
+    StageLive,
     /// Nothing to do until the server says otherwise.
     Wait(WaitFor),
 }
@@ -72,6 +80,8 @@ pub enum WaitFor {
     UpToDate,
     /// The desired release failed here before; a new release will be tried.
     FailedRelease,
+    /// Live: the desired release is staged for the next boot.
+    NextBoot,
 }
 
 pub fn next(f: &Facts) -> Step {
@@ -132,6 +142,13 @@ pub fn next(f: &Facts) -> Step {
     }
     if !f.verified {
         return Step::Verify;
+    }
+    if f.live {
+        return if f.live_staged {
+            Step::Wait(WaitFor::NextBoot)
+        } else {
+            Step::StageLive
+        };
     }
     if f.staged {
         return Step::Switch;
@@ -211,6 +228,26 @@ mod tests {
         assert_eq!(next(&f), Step::Switch);
         // (the trial confirmed)
         f.current = Some(B);
+        f.health = Health::Healthy;
+        assert_eq!(next(&f), Step::Wait(WaitFor::UpToDate));
+    }
+
+    #[test]
+    fn a_live_update_is_staged_for_the_next_boot_and_the_boot_runs_it() {
+        let mut f = accepted();
+        f.live = true;
+        f.desired = Some(B);
+        f.current = Some(A);
+        assert_eq!(next(&f), Step::Verify);
+        f.verified = true;
+        // nothing is fetched into the store nor staged as a deployment: the squashfs
+        assert_eq!(next(&f), Step::StageLive);
+        f.live_staged = true;
+        assert_eq!(next(&f), Step::Wait(WaitFor::NextBoot));
+        // the next boot booted it: its health checks say, once
+        f.current = Some(B);
+        f.live_staged = false;
+        assert_eq!(next(&f), Step::RecheckHealth);
         f.health = Health::Healthy;
         assert_eq!(next(&f), Step::Wait(WaitFor::UpToDate));
     }

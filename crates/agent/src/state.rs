@@ -25,12 +25,16 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug)]
 pub struct Layout {
     pub dir: PathBuf,
+    /// On a live machine (`live = true`): the file the live boot wrote the verified release
+    /// into (`/run/semithin/booted`), which is then the running release instead of `current`.
+    pub live_booted: Option<PathBuf>,
 }
 
 impl Layout {
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
+            live_booted: None,
         }
     }
     pub fn key(&self) -> PathBuf {
@@ -87,6 +91,9 @@ impl Layout {
 
     /// The release the `current` link points at.
     pub fn current(&self) -> Result<Option<String>> {
+        if let Some(f) = &self.live_booted {
+            return crate::live::booted(f);
+        }
         let link = self.current_link();
         match std::fs::read_link(&link) {
             Ok(t) => {

@@ -156,6 +156,13 @@ fn install(root: &Path, opts: &InitrdOptions) -> Result<()> {
     })?;
     write(root, "usr/local/bin/semithin", &bin, 0o755)?;
     strip_debug(&root.join("usr/local/bin/semithin"));
+    // `semithin-initrd` beside the binary (cargo and the package install both): the part the
+    // boot runs, which the hook puts into the initrd instead of the whole binary.
+    let small = opts.binary.with_file_name("semithin-initrd");
+    if let Ok(b) = std::fs::read(&small) {
+        write(root, "usr/local/lib/semithin/semithin-initrd", &b, 0o755)?;
+        strip_debug(&root.join("usr/local/lib/semithin/semithin-initrd"));
+    }
     write(
         root,
         "usr/local/lib/semithin/semithin-mount.sh",

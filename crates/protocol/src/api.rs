@@ -693,6 +693,10 @@ pub struct TokenRequest {
     pub uses: Option<u32>,
     /// Seconds until it expires; never when absent.
     pub expires_in_secs: Option<u64>,
+    /// The channel machines enrolling with it follow from their enrollment (signed as their
+    /// assignment at once); it must be published. None: none until `fleet assign`.
+    #[serde(default)]
+    pub channel: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -705,6 +709,9 @@ pub struct TokenInfo {
     pub uses_left: Option<u32>,
     pub expires_at: Option<i64>,
     pub created_at: i64,
+    /// The channel machines enrolling with it follow.
+    #[serde(default)]
+    pub channel: Option<String>,
 }
 
 /// What the server has sent, for the admin (and the demo's summary).

@@ -32,6 +32,7 @@ pub mod path;
 pub mod rollout;
 pub mod selector;
 pub mod sign;
+pub mod torrent;
 pub mod trust;
 pub mod vars;
 

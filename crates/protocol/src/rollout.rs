@@ -236,3 +236,37 @@ pub struct RolloutInfo {
     /// Counts of machines by state.
     pub counts: std::collections::BTreeMap<String, u32>,
 }
+
+/// A rollout or a publish planned on the dashboard (or through the API) and stored on the server
+/// until an admin who holds the targets key signs it (`semithin rollout sign ID`, `semithin
+/// publish --request ID`): the server cannot, it never holds that key.
+/// `GET /api/v1/admin/pending`.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PendingInfo {
+    pub id: i64,
+    /// `rollout` (`semithin rollout sign ID`) or `publish` (`semithin publish --request ID`).
+    pub kind: String,
+    /// `awaiting` (a signature), `started` (signed: `rollout` is the rollout it started).
+    pub state: String,
+    /// The rollout asked for, as `POST /api/v1/admin/rollouts` takes it (`dry_run` false); for a
+    /// publish, only its `channel` and `release`.
+    pub request: StartRequest,
+    /// The channel's published release when it was planned (`None`: none was).
+    pub base: Option<String>,
+    /// Why it can no longer be signed as it is (the channel's release moved since it was
+    /// planned); `None` when it can.
+    pub stale: Option<String>,
+    /// The rollout signing it started.
+    pub rollout: Option<i64>,
+    pub created_at: i64,
+    /// When it was signed.
+    pub started_at: Option<i64>,
+}
+
+/// `POST /api/v1/admin/pending/publish`: a channel's release to publish, awaiting a signature.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PublishPlan {
+    pub channel: String,
+    /// A commit id the server's repository holds (64 hex digits).
+    pub release: String,
+}

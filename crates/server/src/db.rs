@@ -23,7 +23,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("../migrations/0012_vars.sql")),
     (14, include_str!("../migrations/0014_captures.sql")),
     (15, include_str!("../migrations/0015_audit.sql")),
-    (21, include_str!("../migrations/0021_relays.sql")),
+    (20, include_str!("../migrations/0020_token_channel.sql")),
+    (21, include_str!("../migrations/0021_pending.sql")),
+    (22, include_str!("../migrations/0022_relays.sql")),
 ];
 
 pub async fn open(path: &Path) -> Result<SqlitePool> {
@@ -353,12 +355,14 @@ pub struct TokenRow {
     pub uses_left: Option<i64>,
     pub expires_at: Option<i64>,
     pub created_at: i64,
+    /// The channel machines enrolling with it follow at once.
+    pub channel: Option<String>,
 }
 
 pub async fn insert_token(pool: &SqlitePool, t: &TokenRow, secret_hash: &str) -> Result<()> {
     sqlx::query(
         "INSERT INTO tokens (id, secret_hash, preauthorized, labels, uses_left, expires_at, \
-         created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         created_at, channel) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&t.id)
     .bind(secret_hash)
@@ -367,6 +371,7 @@ pub async fn insert_token(pool: &SqlitePool, t: &TokenRow, secret_hash: &str) ->
     .bind(t.uses_left)
     .bind(t.expires_at)
     .bind(t.created_at)
+    .bind(&t.channel)
     .execute(pool)
     .await
     .map_err(|e| Error::db("storing the token", e))?;
@@ -383,6 +388,7 @@ fn token_row(r: &sqlx::sqlite::SqliteRow) -> TokenRow {
         uses_left: r.get(4),
         expires_at: r.get(5),
         created_at: r.get(6),
+        channel: r.get(7),
     }
 }
 
@@ -410,8 +416,8 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Every column of a token, as `token_row` reads them.
-const TOKEN_SELECT: &str =
-    "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at FROM tokens";
+const TOKEN_SELECT: &str = "SELECT id, secret_hash, preauthorized, labels, uses_left, expires_at, created_at, channel \
+     FROM tokens";
 
 /// A token by the hash of its secret, valid or not.
 pub async fn find_token(pool: &SqlitePool, secret_hash: &str) -> Result<Option<TokenRow>> {

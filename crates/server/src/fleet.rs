@@ -161,6 +161,8 @@ pub struct Fleet {
     /// Held by an admin change from reading the machines to updating memory, so two changes
     /// never interleave.
     admin: tokio::sync::Mutex<()>,
+    /// Moves with every machine added or removed and every admin change (`generation`).
+    generation: AtomicU64,
 }
 
 impl Fleet {
@@ -179,11 +181,20 @@ impl Fleet {
             .expect("lock")
             .insert(name, m.id.clone());
         self.by_id.write().expect("lock").insert(m.id.clone(), m);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// A number that moves when a machine is added or removed and after every admin change of
+    /// machines (`change`), not with check-ins: the dashboard's index of the fleet is made again
+    /// when it moved (`web::index`).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Forgets a machine (its name is free again).
     pub fn remove(&self, id: &str) -> Option<Arc<Machine>> {
         let m = self.by_id.write().expect("lock").remove(id)?;
+        self.generation.fetch_add(1, Ordering::Release);
         let name = m.row.lock().expect("lock").name.clone();
         let mut by_name = self.by_name.write().expect("lock");
         if by_name.get(&name).is_some_and(|i| i == id) {
@@ -324,6 +335,7 @@ impl Fleet {
             r.labels = new.labels;
             r.channel = new.channel;
         }
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(changed)
     }
 }
@@ -367,37 +379,81 @@ pub struct View {
 /// The view of a machine: what the rollout that governs its channel tells it, else its channel's
 /// release.
 pub fn view(app: &crate::App, r: &MachineRow) -> View {
-    let Some(channel) = r.channel.as_deref() else {
-        return View::default();
-    };
     let p = app.published();
-    let channel_release = p.releases.get(channel).map(|&c| ReleaseId::from(c));
-    if r.status != MachineStatus::Accepted {
-        return View {
-            channel_release,
-            ..View::default()
-        };
+    if let Some(v) = plain_view(&p, r) {
+        return v;
     }
-    // No rollout governs the channel (its signed target names none): the machine is told the
-    // channel's release and nothing holds it (`App::target`, `Rollouts::hold_reason`), known
-    // without asking the rollouts; the dashboard and /metrics take this for every machine.
-    if p.targets.get(channel).is_none_or(|t| t.rollout.is_none()) {
-        return View {
-            target: channel_release,
-            channel_release,
-            held: None,
-        };
-    }
+    let channel = r.channel.as_deref().unwrap_or_default();
     View {
         target: app.target(r).map(ReleaseId::from),
         held: app.rollouts.hold_reason(&p, r, channel),
-        channel_release,
+        channel_release: p.releases.get(channel).map(|&c| ReleaseId::from(c)),
     }
+}
+
+/// The view of a machine when no rollout governs its channel (`None` when one does): known from
+/// what is published alone, without asking the rollouts, so it can be taken under the machine's
+/// lock; the dashboard and /metrics take this for almost every machine.
+pub fn plain_view(p: &crate::releases::Published, r: &MachineRow) -> Option<View> {
+    let Some(channel) = r.channel.as_deref() else {
+        return Some(View::default());
+    };
+    let channel_release = p.releases.get(channel).map(|&c| ReleaseId::from(c));
+    if r.status != MachineStatus::Accepted {
+        return Some(View {
+            channel_release,
+            ..View::default()
+        });
+    }
+    // No rollout governs the channel (its signed target names none): the machine is told the
+    // channel's release and nothing holds it (`App::target`, `Rollouts::hold_reason`).
+    p.targets
+        .get(channel)
+        .is_none_or(|t| t.rollout.is_none())
+        .then_some(View {
+            target: channel_release,
+            channel_release,
+            held: None,
+        })
+}
+
+/// `f` of a machine's row and its state (without the reason), computed under its lock without
+/// copying the row when no rollout governs its channel; else from a copy, as [`view`] asks the
+/// rollouts, which must not be asked under a machine's lock. `p` is `App::published`, taken once
+/// for a pass over the fleet (the census, the dashboard's machines list).
+pub fn with_state<T>(
+    app: &crate::App,
+    p: &crate::releases::Published,
+    m: &Machine,
+    f: impl FnOnce(&MachineRow, FleetState) -> T,
+) -> T {
+    let seen = m.last_seen.load(Ordering::Relaxed);
+    let seen = (seen != 0).then_some(seen);
+    {
+        let r = m.row.lock().expect("lock");
+        if let Some(v) = plain_view(p, &r) {
+            let state = classify(&r, seen, &v, false).0;
+            return f(&r, state);
+        }
+    }
+    let r = m.snapshot();
+    let state = classify(&r, seen, &view(app, &r), false).0;
+    f(&r, state)
 }
 
 /// Where a machine stands, and why (for the states that need a reason): a pure function of its
 /// row, when it was last seen and its [`View`].
 pub fn state(r: &MachineRow, last_seen: Option<i64>, v: &View) -> (FleetState, Option<String>) {
+    classify(r, last_seen, v, true)
+}
+
+/// [`state`], its reason made only when `why` (a list of 100,000 states needs none).
+fn classify(
+    r: &MachineRow,
+    last_seen: Option<i64>,
+    v: &View,
+    why: bool,
+) -> (FleetState, Option<String>) {
     use semithin_protocol::api::Health;
     match r.status {
         MachineStatus::Pending => return (FleetState::Pending, None),
@@ -409,6 +465,9 @@ pub fn state(r: &MachineRow, last_seen: Option<i64>, v: &View) -> (FleetState, O
     };
     let rep = &r.report;
     let held = || {
+        if !why {
+            return None;
+        }
         v.held.clone().or_else(|| {
             v.channel_release
                 .map(|c| format!("its channel {channel} is at {}", c.short()))
@@ -418,7 +477,7 @@ pub fn state(r: &MachineRow, last_seen: Option<i64>, v: &View) -> (FleetState, O
         return match v.channel_release {
             None => (
                 FleetState::Unpublished,
-                Some(format!("channel {channel} has no published release")),
+                why.then(|| format!("channel {channel} has no published release")),
             ),
             Some(_) => (FleetState::Held, held()),
         };
@@ -430,6 +489,9 @@ pub fn state(r: &MachineRow, last_seen: Option<i64>, v: &View) -> (FleetState, O
         && i.is_tampered()
         && rep.current == Some(i.release)
     {
+        if !why {
+            return (FleetState::Tampered, None);
+        }
         let shown: Vec<&str> = i
             .tampered
             .paths
@@ -454,6 +516,9 @@ pub fn state(r: &MachineRow, last_seen: Option<i64>, v: &View) -> (FleetState, O
         );
     }
     if let Some(f) = &rep.failing {
+        if !why {
+            return (FleetState::Failing, None);
+        }
         let what = match &f.release {
             Some(rel) => format!("{} release {}", f.phase.as_str(), rel.short()),
             None => f.phase.as_str().to_owned(),
@@ -462,6 +527,9 @@ pub fn state(r: &MachineRow, last_seen: Option<i64>, v: &View) -> (FleetState, O
     }
     let runs_target = rep.current == Some(target);
     let reason = || {
+        if !why {
+            return None;
+        }
         rep.last_error
             .clone()
             .or_else(|| Some("no reason given".into()))

@@ -21,6 +21,7 @@ pub mod replay;
 pub mod rollout;
 #[cfg(test)]
 mod testkit;
+pub mod torrents;
 pub mod vars;
 pub mod web;
 
@@ -115,6 +116,17 @@ pub struct Config {
     /// Kernel parameters added to every network boot (`console=ttyS0`, say).
     #[serde(default)]
     pub netboot_cmdline: String,
+    /// Seconds the menu of channels waits for a choice before it boots the first one (0: it
+    /// waits for a key).
+    #[serde(default = "default_menu_timeout")]
+    pub netboot_menu_timeout_secs: u32,
+    /// BitTorrent: torrents, the tracker and the seeder (docs/TORRENT.md).
+    #[serde(default)]
+    pub torrent: torrents::TorrentConfig,
+}
+
+fn default_menu_timeout() -> u32 {
+    30
 }
 
 fn default_captures_keep() -> usize {
@@ -171,7 +183,9 @@ impl Config {
             auto_bake: false,
             netboot: false,
             netboot_default: None,
+            netboot_menu_timeout_secs: default_menu_timeout(),
             netboot_cmdline: String::new(),
+            torrent: Default::default(),
         }
     }
 
@@ -227,6 +241,8 @@ pub struct App {
     pub enroll_failures: http::throttle::Throttle,
     /// The web dashboard's sessions and failed logins.
     pub web: web::Web,
+    /// Torrents, the tracker and the seeder (`serve --torrent`).
+    pub torrents: torrents::Torrents,
 }
 
 impl App {
@@ -486,7 +502,15 @@ pub async fn run_on(
         .expect("load task")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let deltas_dir = cfg.data.join("deltas");
+    let torrents = {
+        let (data, tc) = (cfg.data.clone(), cfg.torrent.clone());
+        // the seeder runs its own runtime, started off this one's threads
+        tokio::task::spawn_blocking(move || torrents::Torrents::new(&data, tc))
+            .await
+            .expect("torrent task")?
+    };
     let app = Arc::new(App {
+        torrents,
         deltas: deltas::Deltas::new(deltas_dir, cfg.delta_sources, cfg.delta_cache_bytes),
         jobs,
         vars,

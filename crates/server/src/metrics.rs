@@ -160,7 +160,7 @@ fn health_name(h: Health) -> &'static str {
 }
 
 /// What the fleet looks like now, counted in one pass.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Census {
     /// Every state, those no machine is in at 0.
     pub states: BTreeMap<&'static str, i64>,
@@ -175,34 +175,51 @@ pub struct Census {
     pub machines: i64,
 }
 
-pub fn census(app: &App) -> Census {
-    let mut c = Census::default();
-    for s in STATES {
-        c.states.insert(s.as_str(), 0);
+impl Census {
+    /// Nothing counted yet: every state and health at 0.
+    pub fn new() -> Census {
+        let mut c = Census::default();
+        for s in STATES {
+            c.states.insert(s.as_str(), 0);
+        }
+        for h in [
+            Health::Unknown,
+            Health::Checking,
+            Health::Healthy,
+            Health::Failed,
+        ] {
+            c.health.insert(health_name(h), 0);
+        }
+        c
     }
-    for h in [
-        Health::Unknown,
-        Health::Checking,
-        Health::Healthy,
-        Health::Failed,
-    ] {
-        c.health.insert(health_name(h), 0);
-    }
-    for m in app.fleet.all() {
-        let r = m.snapshot();
-        let seen = m.last_seen.load(Ordering::Relaxed);
-        let view = crate::fleet::view(app, &r);
-        let (state, _) = crate::fleet::state(&r, (seen != 0).then_some(seen), &view);
-        *c.states.entry(state.as_str()).or_default() += 1;
+
+    /// Counts a machine, its row and its state.
+    pub fn add(&mut self, r: &crate::db::MachineRow, state: FleetState) {
+        *self.states.entry(state.as_str()).or_default() += 1;
         if r.status == MachineStatus::Accepted {
-            *c.health.entry(health_name(r.report.health)).or_default() += 1;
+            *self.health.entry(health_name(r.report.health)).or_default() += 1;
         }
-        match r.channel {
-            Some(ch) => *c.channels.entry(ch).or_default() += 1,
-            None => c.unassigned += 1,
+        match r.channel.as_deref() {
+            Some(ch) => match self.channels.get_mut(ch) {
+                Some(n) => *n += 1,
+                None => {
+                    self.channels.insert(ch.to_owned(), 1);
+                }
+            },
+            None => self.unassigned += 1,
         }
-        *c.releases.entry(r.report.current).or_default() += 1;
-        c.machines += 1;
+        *self.releases.entry(r.report.current).or_default() += 1;
+        self.machines += 1;
+    }
+}
+
+/// The fleet counted now. Nothing is copied for a machine: its state is computed and it is
+/// counted under its lock (`fleet::with_state`).
+pub fn census(app: &App) -> Census {
+    let mut c = Census::new();
+    let published = app.published();
+    for m in app.fleet.all() {
+        crate::fleet::with_state(app, &published, &m, |r, state| c.add(r, state));
     }
     c
 }

@@ -70,10 +70,12 @@ fn shown(prefix: &str, rel: &[u8]) -> String {
 impl Agent {
     /// Verifies and repairs the running deployment when `verify_interval_secs` (not 0) have
     /// passed since the last verification, or the machine has booted since: so a reboot puts a
-    /// tampered machine right. Never during a trial. Logs what it found.
+    /// tampered machine right. Never during a trial, nor on a live machine (its root is the
+    /// squashfs the boot verified, read-only). Logs what it found.
     pub fn verify_when_due(&mut self) -> Result<Option<VerifyReport>> {
         let last = self.state.last_verify;
         let due = self.cfg.verify_interval_secs > 0
+            && !self.cfg.live
             && self.state.trial.is_none()
             && self.layout.current()?.is_some()
             && (now() - last > self.cfg.verify_interval_secs as i64

@@ -98,6 +98,22 @@ pub struct Args {
     /// The upper directory of the /etc overlay [default: STATE/overlay/etc/upper].
     #[arg(long, value_name = "DIR")]
     etc_upper: Option<PathBuf>,
+    /// Fetch delta packs from the site's machines over BitTorrent first, and seed them after
+    /// an update (docs/TORRENT.md); HTTP when no peer sends anything.
+    #[arg(long)]
+    torrent: bool,
+    /// The TCP port peers reach this machine on [default: a free one].
+    #[arg(long, value_name = "PORT")]
+    torrent_port: Option<u16>,
+    /// How long a pack is seeded after an update [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
+    torrent_seed_time: Option<u64>,
+    /// Seeding stops once this many times the pack was uploaded; 0: no ratio [default: 3].
+    #[arg(long, value_name = "RATIO")]
+    torrent_seed_ratio: Option<f64>,
+    /// How long without a byte from peers before the pack comes over HTTP [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration)]
+    torrent_patience: Option<u64>,
     /// What verification does with local changes in /etc: `report` them, or `restore` the
     /// paths given with --etc-restore [default: report].
     #[arg(long, value_name = "POLICY")]
@@ -277,6 +293,23 @@ fn config(a: &Args) -> Result<Config> {
     if a.etc_upper.is_some() {
         c.etc_upper = a.etc_upper.clone();
     }
+    c.torrent |= a.torrent;
+    if let Some(v) = a.torrent_port {
+        c.torrent_port = v;
+    }
+    if let Some(v) = a.torrent_seed_time {
+        c.torrent_seed_secs = v;
+    }
+    if let Some(v) = a.torrent_seed_ratio {
+        anyhow::ensure!(
+            v >= 0.0 && v.is_finite(),
+            "--torrent-seed-ratio: {v} is not a ratio"
+        );
+        c.torrent_seed_ratio = v;
+    }
+    if let Some(v) = a.torrent_patience {
+        c.torrent_patience_secs = v;
+    }
     if let Some(p) = a.etc_policy {
         c.etc_policy = p;
     }
@@ -316,7 +349,7 @@ fn read_token(path: &std::path::Path, state: &std::path::Path) -> Result<Option<
 
 pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(AgentCmd::BootVerify) = a.command {
-        return Ok(boot_verify(&a.state));
+        return Ok(super::boot_verify::run(&a.state));
     }
     let mut cfg = config(&a)?;
     let quiet = matches!(
@@ -469,6 +502,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             WaitFor::Assignment => "no release assigned yet",
             WaitFor::UpToDate => "up to date",
             WaitFor::FailedRelease => "the assigned release failed here; waiting for a new one",
+            WaitFor::NextBoot => "the assigned release is staged for the next boot (live)",
         };
         note!("semithin-agent: {what}");
         return Ok(if o.wait == WaitFor::Rejected {
@@ -484,64 +518,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let never = AtomicBool::new(false);
     agent.run(&never)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `agent boot-verify`, in the initramfs: every line on stderr (the console), prefixed
-/// `semithin:` as the boot script's own.
-fn boot_verify(state: &std::path::Path) -> ExitCode {
-    let say = |s: &str| eprintln!("semithin: {s}");
-    let start = std::time::Instant::now();
-    say("verifying the deployment against its release (semithin.verify=off skips this)");
-    let r = match semithin_agent::repair::boot::boot_verify(state) {
-        Ok(r) => r,
-        Err(e) => {
-            say(&format!(
-                "cannot verify the deployment in {}: {}",
-                safe(&state.display().to_string()),
-                safe(&format!("{e:#}"))
-            ));
-            return ExitCode::FAILURE;
-        }
-    };
-    let Some(rel) = &r.release else {
-        say("no deployment is current: nothing to verify");
-        return ExitCode::SUCCESS;
-    };
-    let short = rel.get(..12).unwrap_or(rel);
-    for p in &r.problems {
-        say(&format!("  {}", safe(p)));
-    }
-    say(&format!(
-        "deployment {short}: {} files, {} bytes verified against the release in {:.1} s; {} path(s) differed, {} put back",
-        r.files,
-        r.bytes,
-        start.elapsed().as_secs_f64(),
-        r.problems.len(),
-        r.repaired
-    ));
-    if let Some(q) = &r.quarantine {
-        say(&format!(
-            "what was not the release's was moved to {}",
-            safe(&q.display().to_string())
-        ));
-    }
-    for e in &r.errors {
-        say(&format!("error: {}", safe(e)));
-    }
-    if let Some(e) = &r.unrecorded {
-        say(&format!(
-            "warning: what was found is not recorded for the agent: {}",
-            safe(e)
-        ));
-    }
-    if r.unresolved() {
-        say(&format!(
-            "deployment {short} could not be verified or put right from the local store"
-        ));
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
 }
 
 fn print_verify(r: &semithin_agent::repair::VerifyReport) -> Result<()> {

@@ -129,6 +129,10 @@ pub enum TokenCmd {
         /// How long it can be used (`1h`, `7d`, `3600`) [default: for ever].
         #[arg(long, value_name = "DURATION", value_parser = super::duration)]
         expires_in: Option<u64>,
+        /// The channel machines that enroll with it follow at once (a published one; for disks
+        /// made by `image disk CHANNEL`) [default: none until `fleet assign`].
+        #[arg(long)]
+        channel: Option<String>,
         /// Print the result as JSON (for scripts).
         #[arg(long)]
         json: bool,
@@ -627,12 +631,14 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
             labels,
             uses,
             expires_in,
+            channel,
             json,
         }) => {
             let mut req = TokenRequest {
                 preauthorized,
                 uses,
                 expires_in_secs: expires_in,
+                channel,
                 ..Default::default()
             };
             for l in labels {
@@ -645,13 +651,17 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
             } else {
                 outln!("{}", t.token.as_deref().unwrap_or(""));
                 note!(
-                    "token {} made{}; put the line above in a file (mode 0600) for `semithin agent --token-file` (it is not shown again)",
+                    "token {} made{}{}; put the line above in a file (mode 0600) for `semithin agent --token-file` (it is not shown again)",
                     t.id,
                     if t.preauthorized {
                         " (pre-authorised)"
                     } else {
                         ""
-                    }
+                    },
+                    t.channel
+                        .as_deref()
+                        .map(|c| format!(", machines follow channel {c}"))
+                        .unwrap_or_default()
                 );
             }
         }
@@ -673,21 +683,23 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                 print_json(&ts)?;
             } else {
                 outln!(
-                    "{:<16} {:<6} {:<10} {:<24} LABELS",
+                    "{:<16} {:<6} {:<10} {:<24} {:<16} LABELS",
                     "ID",
                     "PRE",
                     "USES LEFT",
-                    "EXPIRES"
+                    "EXPIRES",
+                    "CHANNEL"
                 );
                 for t in ts {
                     outln!(
-                        "{:<16} {:<6} {:<10} {:<24} {}",
+                        "{:<16} {:<6} {:<10} {:<24} {:<16} {}",
                         t.id,
                         if t.preauthorized { "yes" } else { "no" },
                         t.uses_left
                             .map(|u| u.to_string())
                             .unwrap_or_else(|| "-".into()),
                         t.expires_at.map(time).unwrap_or_else(|| "never".into()),
+                        t.channel.as_deref().unwrap_or("-"),
                         labels_text(&t.labels)
                     );
                 }

@@ -20,8 +20,12 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
     let keep = super::trust::signed_commits(repo)?;
     let r = gc::gc(repo, &keep, &bar)?;
     bar.finish();
+    let boot = super::publish_boot::gc(repo)?;
     if a.json {
-        print_json(&r)?;
+        let mut v = serde_json::to_value(&r)?;
+        v["removed_boot_files"] = boot.files.into();
+        v["removed_boot_bytes"] = boot.bytes.into();
+        print_json(&v)?;
     } else {
         outln!(
             "removed {} unreachable objects ({} packs removed, {} rewritten), freed {}; {} objects kept; {} unused cache files removed",
@@ -32,6 +36,13 @@ pub fn run(repo: &Repo, a: Args) -> Result<ExitCode> {
             r.live_objects,
             r.removed_cache_files
         );
+        if boot.files > 0 {
+            outln!(
+                "removed {} boot artifact file(s) no signed target names, freed {}",
+                boot.files,
+                human(boot.bytes)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,6 +27,7 @@ mod admin;
 mod agent;
 mod audit;
 mod boot_artifacts;
+mod boot_verify;
 mod bundle;
 mod channel;
 mod checkout;
@@ -42,6 +43,7 @@ mod fleet_check;
 mod fleet_tree;
 mod fsck;
 mod gc;
+mod grow;
 mod history;
 mod image;
 mod init;
@@ -314,22 +316,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             disk,
             number,
             sector_size,
-        } => {
-            let (from, to) = semithin_boot::gpt::grow(&disk, number, sector_size)
-                .with_context(|| format!("growing partition {number} of {}", disk.display()))?;
-            if from == to {
-                outln!(
-                    "partition {number} of {} already ends at the disk's end, sector {to}",
-                    disk.display()
-                );
-            } else {
-                outln!(
-                    "partition {number} of {} grown: its last sector was {from}, now {to}",
-                    disk.display()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => grow::run(&disk, number, sector_size),
         Command::TufClient(a) => tuf_client::run(a),
         Command::Live(c) => live::run(c),
         Command::Trust(c) => trust::run(repo, c),

@@ -24,11 +24,20 @@ use super::publish_boot::{self, BootMode};
 pub struct Args {
     /// The channel to release, e.g. `lab/stable`. Its release is the TUF target
     /// `channels/CHANNEL`.
-    channel: String,
+    #[arg(required_unless_present = "request")]
+    channel: Option<String>,
     /// The version to release (default: the channel's head). It must be one the channel has
     /// pointed at, or an ancestor of one, so that gc keeps it; publishing an older version is a
     /// rollback.
     reference: Option<String>,
+    /// Sign a publish planned on the dashboard (or through the API) instead: shows what it
+    /// publishes and asks, then publishes it if the channel has not moved since it was planned
+    /// (`semithin rollout pending` lists the requests).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["channel", "reference"])]
+    request: Option<i64>,
+    /// With --request: sign without asking.
+    #[arg(long, requires = "request")]
+    yes: bool,
     /// Print the result as JSON (for scripts).
     #[arg(long)]
     json: bool,
@@ -47,7 +56,7 @@ pub struct Args {
 
 /// Refuses to publish over an active rollout of the channel, when the server says there is one
 /// (a server that cannot be asked does not stop the publish).
-fn check_rollouts(a: &Args) -> Result<()> {
+fn check_rollouts(a: &Args, name: &str) -> Result<()> {
     if a.force || !a.server.configured() {
         return Ok(());
     }
@@ -56,7 +65,7 @@ fn check_rollouts(a: &Args) -> Result<()> {
     };
     let path = format!(
         "/api/v1/admin/rollouts?channel={}",
-        super::fleet::urlencode(&a.channel)
+        super::fleet::urlencode(name)
     );
     let Ok(list) = c.get::<Vec<RolloutInfo>>("listing rollouts", &path) else {
         return Ok(());
@@ -67,7 +76,7 @@ fn check_rollouts(a: &Args) -> Result<()> {
              channel at once; `semithin rollout abort {}` first, or pass --force",
             r.id,
             r.state.as_str(),
-            a.channel,
+            name,
             r.id
         );
     }
@@ -155,20 +164,72 @@ pub(crate) fn tell_server(server: &ServerArgs, json: bool) -> Result<()> {
 }
 
 pub fn run(repo: Repo, a: Args) -> Result<ExitCode> {
-    check_rollouts(&a)?;
-    publish(&repo, &a)?;
+    if let Some(id) = a.request {
+        return from_request(repo, &a, id);
+    }
+    let name = a.channel.clone().context("name the channel to publish")?;
+    check_rollouts(&a, &name)?;
+    publish(&repo, &a, &name, a.reference.as_deref())?;
     // The server reads the repository under a shared lock: ours goes first.
     drop(repo);
     tell_server(&a.server, a.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn publish(repo: &Repo, a: &Args) -> Result<()> {
-    let name = &a.channel;
+/// `publish --request ID`: a publish planned on the dashboard, signed here.
+fn from_request(repo: Repo, a: &Args, id: i64) -> Result<ExitCode> {
+    use semithin_protocol::rollout::PendingInfo;
+    use std::io::IsTerminal;
+    let c = a.server.client()?;
+    let p: PendingInfo = c.get(
+        "reading the publish request",
+        &format!("/api/v1/admin/pending/{id}"),
+    )?;
+    if p.kind != "publish" {
+        bail!("request {id} is a rollout: `semithin rollout sign {id}` signs it");
+    }
+    if p.state != "awaiting" {
+        bail!("request {id} was signed already");
+    }
+    if let Some(why) = &p.stale {
+        bail!("{}", super::safe::safe(why));
+    }
+    let name = p.request.channel.clone();
+    note!(
+        "request {id}: publish {} as channel {}'s release (it is at {} now), planned {}",
+        semithin_protocol::ids::short_str(&p.request.release),
+        super::safe::safe(&name),
+        p.base
+            .as_deref()
+            .map(semithin_protocol::ids::short_str)
+            .unwrap_or("nothing"),
+        super::time(p.created_at)
+    );
+    if !a.yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("not asking without a terminal: pass --yes to sign request {id}");
+        }
+        if !super::rollout::ask("sign it and publish? [y/N] ")? {
+            bail!("not signed: nothing changed");
+        }
+    }
+    check_rollouts(a, &name)?;
+    publish(&repo, a, &name, Some(&p.request.release))?;
+    drop(repo);
+    tell_server(&a.server, a.json)?;
+    c.post::<PendingInfo>(
+        "recording the publish",
+        &format!("/api/v1/admin/pending/{id}/published"),
+        &json!({}),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn publish(repo: &Repo, a: &Args, name: &str, reference: Option<&str>) -> Result<()> {
     channel::check_name(name)?;
     let head = channel::head(repo, name)?
         .with_context(|| format!("no channel named {name:?}: nothing to publish"))?;
-    let id = match &a.reference {
+    let id = match reference {
         None => head,
         Some(r) => {
             let id = refs::resolve(repo, r)?;

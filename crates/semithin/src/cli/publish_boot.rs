@@ -35,6 +35,52 @@ pub fn dir(repo: &Repo) -> PathBuf {
     repo.path().join(boot::REPO_DIR)
 }
 
+/// What [`gc`] removed.
+pub struct Removed {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Removes the kept artifacts (`REPO/boot/SHA256`) that no signed `boot/...` target names: the
+/// boot targets of releases no channel names any more are dropped at each publish
+/// (`prune_boot_targets`), so their files go with the next gc. Temporary files of an
+/// interrupted build go too.
+pub fn gc(repo: &Repo) -> Result<Removed> {
+    let d = dir(repo);
+    let mut out = Removed { files: 0, bytes: 0 };
+    let Ok(rd) = std::fs::read_dir(&d) else {
+        return Ok(out);
+    };
+    let tdir = super::trust::dir(repo);
+    let mut named = std::collections::BTreeSet::new();
+    if tdir.exists() {
+        let t = TrustRepo::open(&tdir)?;
+        for (target, info) in &t.targets().signed.targets {
+            if target.starts_with("boot/")
+                && let Some(h) = info.hashes.get("sha256")
+            {
+                named.insert(h.clone());
+            }
+        }
+    }
+    for e in rd {
+        let e = e.with_context(|| format!("listing {}", d.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if named.contains(&name) {
+            continue;
+        }
+        let meta = e.metadata()?;
+        if !meta.is_file() {
+            continue;
+        }
+        std::fs::remove_file(e.path())
+            .with_context(|| format!("removing {}", e.path().display()))?;
+        out.files += 1;
+        out.bytes += meta.len();
+    }
+    Ok(out)
+}
+
 fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
     use sha2::Digest;
     let mut f = std::fs::File::open(path)?;

@@ -75,6 +75,26 @@ pub enum RolloutCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rollouts and publishes planned on the dashboard (or through the API) that await the
+    /// signature of an admin who holds the targets key, and those signed since: newest first.
+    Pending {
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a planned rollout: shows what it starts and asks, then the server starts it (if
+    /// nothing started it yet and its channel's release has not moved since it was planned) and
+    /// its release is signed as by `start`, so it runs where the repository and its keys are.
+    Sign {
+        /// The request's id (as the dashboard and `rollout pending` show it).
+        id: i64,
+        /// Sign without asking.
+        #[arg(long)]
+        yes: bool,
+        /// Print the rollout as JSON afterwards.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -122,6 +142,9 @@ pub struct StartArgs {
     json: bool,
 }
 
+mod sign;
+pub(super) use sign::ask;
+
 use super::safe::safe;
 use semithin_protocol::ids::short_str as short;
 
@@ -143,56 +166,15 @@ pub fn run(repo: Option<PathBuf>, server: &ServerArgs, cmd: RolloutCmd) -> Resul
         RolloutCmd::Resume { id, json } => command(server, id, "resume", json),
         RolloutCmd::Abort { id, json } => undo(repo, server, id, "abort", json),
         RolloutCmd::Rollback { id, json } => undo(repo, server, id, "rollback", json),
+        RolloutCmd::Pending { json } => sign::pending(server, json),
+        RolloutCmd::Sign { id, yes, json } => sign::sign(repo, server, id, yes, json),
     }
 }
 
 fn start(repo: Option<PathBuf>, server: &ServerArgs, a: StartArgs) -> Result<ExitCode> {
     let name = &a.channel;
-    channel::check_name(name)?;
     Selector::parse(&a.to)?;
-    // Read under a shared lock, let go before the server is asked (it reads the repository
-    // too when the version is new to it); the write lock is taken for signing only.
-    let read = super::open(repo.clone(), Access::Read)?;
-    if channel::head(&read, name)?.is_none() {
-        let names = channel::list(&read)?;
-        let hint = semithin_protocol::near::did_you_mean(name, names.iter().map(String::as_str));
-        bail!(
-            "no channel named {name:?}{hint}; the channels are: {}",
-            if names.is_empty() {
-                "none yet".to_owned()
-            } else {
-                names.join(", ")
-            }
-        );
-    }
-    let id = refs::resolve(&read, &a.reference)?;
-    if !super::publish::on_channel(&read, name, id)? {
-        // A version that is on a channel with a near name: the channel is probably misspelt.
-        let mut meant = Vec::new();
-        for other in channel::list(&read)? {
-            if other != *name && super::publish::on_channel(&read, &other, id)? {
-                meant.push(other);
-            }
-        }
-        let near = semithin_protocol::near::near(name, meant.iter().map(String::as_str));
-        if !near.is_empty() {
-            bail!(
-                "{} ({}) has never been on channel {name}, but it is on {}: did you mean {}?",
-                a.reference,
-                id.short(),
-                near.join(", "),
-                near.join(" or ")
-            );
-        }
-        bail!(
-            "{} ({}) has never been on channel {name}: move the channel there first \
-             (`semithin channel set {name} {}`)",
-            a.reference,
-            id.short(),
-            a.reference
-        );
-    }
-    drop(read);
+    let id = release_on_channel(repo.clone(), name, &a.reference)?;
     let client = server.client()?;
     let req = StartRequest {
         channel: name.clone(),
@@ -217,6 +199,76 @@ fn start(repo: Option<PathBuf>, server: &ServerArgs, a: StartArgs) -> Result<Exi
         }
         return Ok(ExitCode::SUCCESS);
     }
+    sign_started(repo, server, made, a.json)
+}
+
+/// The commit REF names, checked to be one CHANNEL has pointed at (as `publish` wants).
+fn release_on_channel(
+    repo: Option<PathBuf>,
+    name: &str,
+    reference: &str,
+) -> Result<semithin_store::CommitId> {
+    channel::check_name(name)?;
+    // Read under a shared lock, let go before the server is asked (it reads the repository
+    // too when the version is new to it); the write lock is taken for signing only.
+    let read = super::open(repo.clone(), Access::Read)?;
+    if channel::head(&read, name)?.is_none() {
+        let names = channel::list(&read)?;
+        let hint = semithin_protocol::near::did_you_mean(name, names.iter().map(String::as_str));
+        bail!(
+            "no channel named {name:?}{hint}; the channels are: {}",
+            if names.is_empty() {
+                "none yet".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    let id = refs::resolve(&read, reference)?;
+    if !super::publish::on_channel(&read, name, id)? {
+        // A version that is on a channel with a near name: the channel is probably misspelt.
+        let mut meant = Vec::new();
+        for other in channel::list(&read)? {
+            if other != name && super::publish::on_channel(&read, &other, id)? {
+                meant.push(other);
+            }
+        }
+        let near = semithin_protocol::near::near(name, meant.iter().map(String::as_str));
+        if !near.is_empty() {
+            bail!(
+                "{} ({}) has never been on channel {name}, but it is on {}: did you mean {}?",
+                reference,
+                id.short(),
+                near.join(", "),
+                near.join(" or ")
+            );
+        }
+        bail!(
+            "{} ({}) has never been on channel {name}: move the channel there first \
+             (`semithin channel set {name} {}`)",
+            reference,
+            id.short(),
+            reference
+        );
+    }
+    Ok(id)
+}
+
+/// Signs the release of rollout `made`, which the server started and keeps `publishing` until
+/// the signature is there, and tells the server; aborts it when signing fails.
+fn sign_started(
+    repo: Option<PathBuf>,
+    server: &ServerArgs,
+    made: RolloutInfo,
+    json: bool,
+) -> Result<ExitCode> {
+    let client = server.client()?;
+    let name = &made.channel.clone();
+    let to = made.selector.clone();
+    let id: semithin_store::CommitId = made
+        .release
+        .parse()
+        .with_context(|| format!("the server named release {:?}", made.release))?;
     let rid = made.id;
     let repo = super::open(repo, Access::Write)?;
     let release = ChannelRelease {
@@ -247,13 +299,12 @@ fn start(repo: Option<PathBuf>, server: &ServerArgs, a: StartArgs) -> Result<Exi
             &format!("/api/v1/admin/rollouts/{rid}"),
         )
         .unwrap_or(made);
-    if a.json {
+    if json {
         print_json(&info)?;
     } else {
         outln!(
-            "rollout {rid}: {name} to {} for {} (signed, allowing {} earlier release(s))",
+            "rollout {rid}: {name} to {} for {to} (signed, allowing {} earlier release(s))",
             id.short(),
-            a.to,
             info.allowed.len()
         );
         print_info(&info)?;
@@ -673,7 +724,9 @@ mod tests {
         let subs: Vec<&str> = r.get_subcommands().map(|s| s.get_name()).collect();
         assert_eq!(
             subs,
-            ["start", "status", "pause", "resume", "abort", "rollback"]
+            [
+                "start", "status", "pause", "resume", "abort", "rollback", "pending", "sign"
+            ]
         );
         for sub in r.get_subcommands() {
             assert!(sub.get_about().is_some(), "{}", sub.get_name());

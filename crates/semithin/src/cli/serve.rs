@@ -23,7 +23,8 @@ pub struct Args {
     /// delta_cache_size, tls_cert, tls_key, admin_token, log_format, apt_cache_size, apt_fresh,
     /// trust_renew_left, trust_check_interval, header_timeout, idle_timeout, max_connections,
     /// trusted_proxies (a list), event_retention, auto_bake, captures_keep, capture_max_bytes,
-    /// netboot, netboot_default, netboot_cmdline, and the table
+    /// netboot, netboot_default, netboot_cmdline, torrent, torrent_seed, torrent_port,
+    /// torrent_upload_limit, torrent_peers, and the table
     /// apt_upstreams of NAME = URL). Flags and environment win over it.
     #[arg(long, env = "SEMITHIN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -131,12 +132,35 @@ pub struct Args {
         allow_hyphen_values = true
     )]
     netboot_cmdline: Option<String>,
+    /// Seconds the network boot's menu of channels (for a MAC address the fleet does not know,
+    /// without --netboot-default) waits before it boots the first channel; 0 waits for a key
+    /// [default: 30].
+    #[arg(long, env = "SEMITHIN_NETBOOT_MENU_TIMEOUT", value_name = "SECS")]
+    netboot_menu_timeout: Option<u32>,
     /// Captures kept per machine, the oldest removed first [default: 10].
     #[arg(long, env = "SEMITHIN_CAPTURES_KEEP", value_name = "N")]
     captures_keep: Option<usize>,
     /// The largest capture accepted, in bytes of tar.zst [default: 268435456].
     #[arg(long, env = "SEMITHIN_CAPTURE_MAX_BYTES", value_name = "BYTES")]
     capture_max_bytes: Option<u64>,
+    /// BitTorrent (docs/TORRENT.md): a private torrent of every delta pack and boot artifact
+    /// asked for, the tracker at /announce/PASSKEY, and the server seeding them.
+    #[arg(long, env = "SEMITHIN_TORRENT")]
+    torrent: bool,
+    /// With --torrent: serve torrents and the tracker but do not seed (machines share alone).
+    #[arg(long, env = "SEMITHIN_TORRENT_NO_SEED")]
+    torrent_no_seed: bool,
+    /// The seeder's TCP port [default: a free one].
+    #[arg(long, env = "SEMITHIN_TORRENT_PORT", value_name = "PORT")]
+    torrent_port: Option<u16>,
+    /// The seeder's upload limit in bytes per second [default: none].
+    #[arg(long, env = "SEMITHIN_TORRENT_UPLOAD_LIMIT", value_name = "BYTES")]
+    torrent_upload_limit: Option<u32>,
+    /// The tracker gives the server's seeder to at most N downloading machines at a time,
+    /// while no machine has the whole file [default: 1]: they take a pack from the server,
+    /// the rest from them.
+    #[arg(long, env = "SEMITHIN_TORRENT_PEERS", value_name = "N")]
+    torrent_peers: Option<usize>,
     /// Log lines as `text` or `json` [default: text]. The level comes from SEMITHIN_LOG
     /// (e.g. `info`, `semithin_server=debug`).
     #[arg(long, env = "SEMITHIN_LOG_FORMAT", value_name = "FORMAT")]
@@ -173,8 +197,14 @@ struct File {
     netboot: Option<bool>,
     netboot_default: Option<String>,
     netboot_cmdline: Option<String>,
+    netboot_menu_timeout: Option<u32>,
     captures_keep: Option<usize>,
     capture_max_bytes: Option<u64>,
+    torrent: Option<bool>,
+    torrent_seed: Option<bool>,
+    torrent_port: Option<u16>,
+    torrent_upload_limit: Option<u32>,
+    torrent_peers: Option<usize>,
 }
 
 fn read_file(path: &Path) -> Result<File> {
@@ -294,6 +324,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         semithin_store::channel::check_name(c).context("--netboot-default")?;
     }
     cfg.netboot_cmdline = a.netboot_cmdline.or(f.netboot_cmdline).unwrap_or_default();
+    if let Some(t) = a.netboot_menu_timeout.or(f.netboot_menu_timeout) {
+        anyhow::ensure!(
+            t <= 3600,
+            "--netboot-menu-timeout: {t} s is more than an hour; 0 waits for a key"
+        );
+        cfg.netboot_menu_timeout_secs = t;
+    }
     if let Some(bad) = cfg
         .netboot_cmdline
         .chars()
@@ -303,6 +340,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "--netboot-cmdline: {bad:?} cannot be in a kernel command line written into an iPXE script"
         );
     }
+    cfg.torrent.enabled = a.torrent || f.torrent.unwrap_or(false);
+    cfg.torrent.seed = !a.torrent_no_seed && f.torrent_seed.unwrap_or(true);
+    cfg.torrent.port = a.torrent_port.or(f.torrent_port).unwrap_or(0);
+    cfg.torrent.upload_bps = a.torrent_upload_limit.or(f.torrent_upload_limit);
+    let peers = a.torrent_peers.or(f.torrent_peers).unwrap_or(1);
+    anyhow::ensure!(
+        peers >= 1,
+        "--torrent-peers: the seeder serves at least 1 peer"
+    );
+    cfg.torrent.feeds = peers;
     if let Some(v) = a.captures_keep.or(f.captures_keep) {
         anyhow::ensure!(v >= 1, "at least 1 capture per machine must be kept");
         cfg.captures_keep = v;

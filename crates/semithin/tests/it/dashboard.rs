@@ -1,7 +1,7 @@
 //! The web dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
 //! driven over WebDriver by fantoccini), against a real server with real agents on loopback:
 //! a wrong token refused, login, the overview, filtering machines, one machine, a canary
-//! rollout planned on the page, started by the CLI and aborted from the page, an apt job made
+//! rollout planned on the page, signed by the CLI and aborted from the page, an apt job made
 //! on the page and run by a machine against a local apt repository, logout. Screenshots are
 //! kept under the test's target directory (the path is printed).
 
@@ -348,28 +348,43 @@ fn slow_dashboard_in_chromium_login_machines_rollout_abort_and_an_apt_job() {
             )
         );
         shots.take(&c, "rollout-plan").await;
-        let started = s.ok(&[
-            "rollout",
-            "start",
-            "lab/stable",
-            &v2_short,
-            "--to",
-            "room=lab",
-            "--canary",
-            "1",
-            "--waves",
-            "100%",
-            "--soak",
-            "1h",
-            "--max-failures",
-            "0",
-            "--json",
-        ]);
+        // asked for a signature on the page: stored on the server, awaiting an admin who holds
+        // the targets key; the list on the page is live
+        c.find(Locator::Css("#ask-signature"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(&c, "#pending tr.pending td.state", 20, |t| t == "awaiting").await;
+        let request = c
+            .find(Locator::Css("#pending tr.pending"))
+            .await
+            .unwrap()
+            .attr("data-id")
+            .await
+            .unwrap()
+            .unwrap();
+        let sign = text(&c, "#pending tr.pending code").await;
+        assert_eq!(sign, format!("semithin rollout sign {request}"));
+        shots.take(&c, "rollout-awaiting-signature").await;
+        let (_, p) =
+            tokio::task::block_in_place(|| s.get(&format!("/api/v1/admin/pending/{request}")));
+        assert_eq!(p["request"]["release"], json!(v2), "{p}");
+        assert_eq!(p["request"]["soak"], "1h", "{p}");
+        // signed where the keys are, with the command the page shows: the server starts it,
+        // and the page (not reloaded) shows it started
+        let started =
+            tokio::task::block_in_place(|| s.ok(&["rollout", "sign", &request, "--yes", "--json"]));
         let id = serde_json::from_str::<Value>(&started).unwrap()["id"]
             .as_i64()
             .unwrap();
-        c.goto(&url("/rollouts")).await.unwrap();
-        c.find(Locator::Css("a.rollout"))
+        wait_text(&c, "#pending tr.pending td.state", 20, |t| {
+            t == format!("started rollout {id}")
+        })
+        .await;
+        shots.take(&c, "rollout-signed").await;
+        c.find(Locator::Css("#pending a.started"))
             .await
             .unwrap()
             .click()
@@ -461,5 +476,5 @@ fn slow_dashboard_in_chromium_login_machines_rollout_abort_and_an_apt_job() {
         c.close().await.unwrap();
     });
     let taken = std::fs::read_dir(&shots).unwrap().count();
-    assert_eq!(taken, 9, "screenshots in {}", shots.display());
+    assert_eq!(taken, 11, "screenshots in {}", shots.display());
 }

@@ -70,6 +70,13 @@ fn slow_the_debian_package_installs_into_a_fresh_root_and_its_units_verify() {
     assert!(out.contains("Setting up semithin"), "{out}");
     let v = in_root(&root, "c semithin --version");
     assert_eq!(v.trim(), version.trim());
+    // what the hook puts into the initramfs: the part of semithin a boot runs
+    let v = in_root(&root, "c /usr/lib/semithin/semithin-initrd --version");
+    assert_eq!(
+        v.split_whitespace().nth(1),
+        version.split_whitespace().nth(1),
+        "{v}"
+    );
     // The units as installed name the binary where the package put it, and systemd accepts them.
     let units = in_root(
         &root,

@@ -1654,6 +1654,7 @@ fn tokens_are_revoked_and_listings_show_no_part_of_a_secret() {
             uses_left: None,
             expires_at: None,
             created_at: 1,
+            channel: None,
         };
         let hash = blake3::hash(old.as_bytes()).to_hex().to_string();
         semithin_server::db::insert_token(&pool, &row, &hash)
@@ -2508,5 +2509,62 @@ fn an_agent_without_system_certificates_works_over_http_and_says_what_https_need
         b.log().contains("install ca-certificates, or give --ca"),
         "{}",
         b.log()
+    );
+}
+
+#[test]
+fn a_token_with_a_channel_puts_its_machines_on_it_from_their_enrollment() {
+    let s = Server::start();
+    let src = s.path("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/motd"), "lab\n").unwrap();
+    let v1 = s.release(&src, "lab/stable");
+    // Bad channels are refused naming the problem, and no token is made.
+    let (st, v) = s.post(
+        "/api/v1/admin/tokens",
+        &json!({"preauthorized": true, "channel": "lab/stabel"}),
+    );
+    assert_eq!(st, 404, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("nothing is published on channel \"lab/stabel\""),
+        "{e}"
+    );
+    assert!(e.contains("lab/stable"), "{e}");
+    let (st, v) = s.post(
+        "/api/v1/admin/tokens",
+        &json!({"preauthorized": true, "channel": "../etc"}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().starts_with("channel: "), "{v}");
+    assert_eq!(s.get("/api/v1/admin/tokens").1, json!([]));
+
+    let out = s.ok(&[
+        "fleet",
+        "token",
+        "create",
+        "--preauthorized",
+        "--channel",
+        "lab/stable",
+        "--json",
+    ]);
+    let t: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(t["channel"], "lab/stable");
+    let list = s.ok(&["fleet", "token", "list"]);
+    assert!(
+        list.contains("CHANNEL") && list.contains("lab/stable"),
+        "{list}"
+    );
+    // The machine runs the channel's release after its first run, with no `fleet assign`: its
+    // assignment is signed at enrollment (the agent follows only a signed one).
+    let a = Agent::new(&s, "m1", t["token"].as_str().unwrap());
+    assert!(a.once().success(), "{}", a.log());
+    assert_eq!(a.current().as_deref(), Some(v1.as_str()), "{}", a.log());
+    let m = s.machine("m1");
+    assert_eq!(m["channel"], "lab/stable", "{m}");
+    assert!(
+        a.log().contains("as signed for this machine"),
+        "{}",
+        a.log()
     );
 }

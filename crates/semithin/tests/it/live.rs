@@ -296,17 +296,48 @@ fn slow_boot_netboot_two_channels_by_mac_and_the_default_for_an_unknown_one() {
         "net/b",
         "--netboot-cmdline",
         "console=ttyS0 panic=-1",
+        "--netboot-menu-timeout",
+        "2",
     ]);
     let initrd = s.path("initrd.img");
     initrd_with_root(&kit, &s.root_json(), &initrd);
-    let mut ids = Vec::new();
-    for tag in ["a", "b"] {
+    let publish = |tag: &str| {
         let src = s.path(&format!("src-{tag}"));
         live_tree(&kit, &src, &initrd, &s.root_json(), &format!("net-{tag}"));
         let id = commit(&s, &src, &format!("net/{tag}"));
         s.ok(&["publish", &format!("net/{tag}")]);
-        ids.push(id);
-    }
+        id
+    };
+    let mut ids = vec![publish("a")];
+
+    // The default channel has nothing to boot yet: an unknown MAC gets the menu of the
+    // channels, which boots the first after its timeout.
+    let unknown = "52:54:00:5e:00:0c";
+    let (st, _, body) = crate::netboot::get(
+        &format!("http://127.0.0.1:{}/boot/ipxe/mac/{unknown}", s.port),
+        &[],
+    );
+    assert_eq!(st, 200);
+    let script = String::from_utf8(body).unwrap();
+    assert!(script.contains("the default channel: "), "{script}");
+    assert!(
+        script.contains("menu semithin: choose a channel to boot"),
+        "{script}"
+    );
+    assert!(script.contains("item c0 net/a"), "{script}");
+    assert!(
+        script.contains("choose --timeout 2000 --default c0 target"),
+        "{script}"
+    );
+    let console = s.path("console-menu.txt");
+    let mut vm = netboot(&kit, &s, unknown, &console);
+    vm.wait_for("LIVE-BOOTED", 200);
+    let text = vm.wait_off(60);
+    eprintln!("netboot through the menu: {:.0} s", vm.elapsed());
+    assert_booted(&text, &ids[0], "net-a");
+    assert!(text.contains("semithin.channel=net/a"), "{text}");
+
+    ids.push(publish("b"));
     // Both releases carry the same kernel and initrd: kept once.
     let t = targets(&s);
     assert_eq!(
@@ -359,4 +390,196 @@ fn slow_boot_netboot_two_channels_by_mac_and_the_default_for_an_unknown_one() {
         eprintln!("netboot of {mac}: {sent} bytes of boot artifacts sent, {want} the three files");
         assert_eq!(sent, want);
     }
+}
+
+/// A live release with the agent: its init says what booted and what the persistent layer
+/// kept from the boot before, writes its tag there, and runs the agent once (the live boot's
+/// `ip=dhcp` left the network up; the host's loopback is 10.0.2.2).
+fn live_agent_tree(kit: &Kit, s: &Server, dir: &Path, initrd: &Path, agent: &Path, tag: &str) {
+    live_tree(kit, dir, initrd, &s.root_json(), tag);
+    let init = format!(
+        "#!/bin/sh\nPATH=/bin:/sbin\nB=/bin/busybox\n\
+         echo \"LIVE-BOOTED tag={tag} release=$($B cat /run/semithin/booted) \
+         root=$($B awk '$2 == \"/\" {{print $3}}' /proc/mounts | $B tail -1)\"\n\
+         echo \"LIVE-KEPT $($B cat /kept 2>/dev/null || echo nothing)\"\n\
+         echo {tag} > /kept\n\
+         n=0\n\
+         while :; do\n\
+         /usr/bin/semithin agent --state /var/lib/semithin --config /etc/semithin/agent.toml \
+         --once 2>&1 | $B sed 's/^/agent: /'\n\
+         n=$((n + 1))\n\
+         $B grep -q livetest.wait-stage /proc/cmdline || break\n\
+         [ -f /run/semithin/live/cache-disk/semithin-live/next ] && break\n\
+         [ $n -ge 60 ] && break\n\
+         $B sleep 2\n\
+         done\n\
+         echo LIVE-AGENT-DONE\n$B sync\n$B poweroff -f\n"
+    );
+    std::fs::write(dir.join("sbin/init"), init).unwrap();
+    let token = s.enroll_token(true);
+    std::fs::write(
+        dir.join("etc/semithin/agent.toml"),
+        format!(
+            "server = \"http://10.0.2.2:{}\"\ntoken = \"{token}\"\nname = \"live1\"\n\
+             trusted_root = \"/etc/semithin/root.json\"\nlive = true\n\
+             verify_interval_secs = 0\ninventory_interval_secs = 0\n",
+            s.port
+        ),
+    )
+    .unwrap();
+    sh(&format!(
+        "set -e; R={r}; cd {d}; mkdir -p usr/bin var/lib; \
+         for l in libgcc_s.so.1 libm.so.6; do cp $R/usr/lib/x86_64-linux-gnu/$l lib/x86_64-linux-gnu/; done; \
+         cp {a} usr/bin/semithin",
+        r = q(&kit.root),
+        d = q(dir),
+        a = q(agent),
+    ));
+}
+
+#[test]
+fn slow_boot_live_machine_runs_the_agent_keeps_its_layer_and_boots_the_release_it_staged() {
+    let kit = Kit::get();
+    let s = Server::start_args(&["--netboot"]);
+    let initrd = s.path("initrd.img");
+    initrd_with_root(&kit, &s.root_json(), &initrd);
+    let agent = s.path("semithin");
+    sh(&format!(
+        "objcopy --strip-debug {} {}",
+        q(Path::new(crate::common::BIN)),
+        q(&agent)
+    ));
+    let src = s.path("src1");
+    live_agent_tree(&kit, &s, &src, &initrd, &agent, "live-1");
+    let v1 = commit(&s, &src, "live/a");
+    s.ok(&["publish", "live/a"]);
+    let (k, _) = artifact(&s, &v1, "vmlinuz");
+    let (i, _) = artifact(&s, &v1, "initrd.img");
+    let boot_kit = Kit {
+        qemu: kit.qemu.clone(),
+        kernel: k,
+        initrd: i,
+        root: kit.root.clone(),
+    };
+    // One partition for the cache and the persistent writable layer.
+    let empty = s.path("disk-tree");
+    std::fs::create_dir_all(&empty).unwrap();
+    let disk = s.path("live.img");
+    ext4_image(&empty, &disk, 512);
+    let start = |n: u32, extra: &str| {
+        Vm::start(&Boot {
+            kit: &boot_kit,
+            disks: vec![disk.clone()],
+            append: format!(
+                "boot=semithin-live semithin.live=http://10.0.2.2:{} semithin.channel=live/a \
+                 semithin.cache=/dev/vda semithin.overlay=/dev/vda ip=dhcp{extra}",
+                s.port
+            ),
+            memory_mb: 768,
+            console: s.path(&format!("console-agent-{n}.txt")),
+            extra: [
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0,romfile=",
+            ]
+            .map(String::from)
+            .to_vec(),
+        })
+    };
+    let finish = |n: u32, mut vm: Vm| {
+        let text = vm.wait_off(300).replace('\r', "");
+        eprintln!("live boot {n}: {:.0} s", vm.elapsed());
+        for l in text.lines().filter(|l| {
+            l.starts_with("LIVE-") || l.contains("semithin:") || l.starts_with("agent: ")
+        }) {
+            eprintln!("  {l}");
+        }
+        assert!(text.contains("LIVE-AGENT-DONE"), "{text}");
+        text
+    };
+    let boot = |n: u32| finish(n, start(n, ""));
+
+    // 1: the machine enrolls from the live system and reports the release it booted.
+    let c = boot(1);
+    assert!(
+        c.contains(&format!("LIVE-BOOTED tag=live-1 release={v1}")),
+        "{c}"
+    );
+    assert!(c.contains("writable layer: /dev/vda"), "{c}");
+    assert!(c.contains("LIVE-KEPT nothing"), "{c}");
+    assert!(c.contains("agent: enrolled as live1"), "{c}");
+    let m = s.machine("live1");
+    assert_eq!(m["report"]["current"], v1.as_str(), "{m}");
+    let id = m["id"].clone();
+    s.ok(&["fleet", "assign", "live1", "live/a"]);
+
+    // 2: the machine boots v1 again; while it runs, v2 is published, and the agent stages v2
+    // for the next boot: its squashfs fetched and verified into the cache.
+    let mut vm = start(2, " livetest.wait-stage");
+    vm.wait_for("LIVE-BOOTED", 240);
+    let src2 = s.path("src2");
+    live_agent_tree(&kit, &s, &src2, &initrd, &agent, "live-2");
+    let v2 = commit(&s, &src2, "live/a");
+    s.ok(&["publish", "live/a"]);
+    let sha2 = artifact(&s, &v2, "root.squashfs").1["hashes"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let c = finish(2, vm);
+    assert!(
+        c.contains(&format!("LIVE-BOOTED tag=live-1 release={v1}")),
+        "{c}"
+    );
+    // the writable layer kept what the first boot wrote, and the machine its identity
+    assert!(c.contains("LIVE-KEPT live-1"), "{c}");
+    assert!(!c.contains("agent: enrolled"), "{c}");
+    assert!(
+        c.contains(&format!(
+            "staged for the next boot: its squashfs ({} bytes, sha256 {}) verified",
+            artifact(&s, &v2, "root.squashfs").1["length"],
+            &sha2[..12]
+        )),
+        "{c}"
+    );
+    let next = image_file(&disk, "semithin-live/next").expect("the agent named the next boot");
+    assert_eq!(String::from_utf8(next).unwrap(), format!("{v2} {sha2}\n"));
+    let m = s.machine("live1");
+    assert_eq!(m["id"], id);
+    assert_eq!(m["report"]["current"], v1.as_str(), "{m}");
+
+    // 3: the boot takes the staged release from the cache (nothing of it fetched again) and
+    // the agent reports it running and healthy.
+    let sent = s.stats()["boot_bytes_sent"].as_u64().unwrap();
+    let c = boot(3);
+    assert!(
+        c.contains(&format!(
+            "release {v2} was staged for this boot by the agent"
+        )),
+        "{c}"
+    );
+    assert!(
+        c.contains(&format!("LIVE-BOOTED tag=live-2 release={v2}")),
+        "{c}"
+    );
+    assert!(c.contains("LIVE-KEPT live-1"), "{c}");
+    // a new release booted: its health is checked again
+    assert!(
+        c.contains(&format!(
+            "release {} (running) passed its health checks",
+            &v2[..12]
+        )),
+        "{c}"
+    );
+    assert_eq!(
+        s.stats()["boot_bytes_sent"].as_u64().unwrap(),
+        sent,
+        "the staged squashfs was fetched again"
+    );
+    let m = s.machine("live1");
+    assert_eq!(m["id"], id);
+    assert_eq!(m["report"]["current"], v2.as_str(), "{m}");
+    assert_eq!(m["report"]["health"], "healthy", "{m}");
+    let list: Value = serde_json::from_str(&s.ok(&["fleet", "list", "--json"])).unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
 }

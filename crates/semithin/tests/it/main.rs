@@ -35,6 +35,7 @@ mod relay;
 mod rollout;
 mod systemd_unit;
 mod tamper;
+mod torrent;
 mod trust_renew;
 mod tuf_client;
 mod tuf_publish;

@@ -58,7 +58,10 @@ fn sha256(p: &Path) -> String {
 }
 
 /// A GET without credentials: (status, headers, body).
-fn get(url: &str, headers: &[(&str, &str)]) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+pub(crate) fn get(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
     let c = reqwest::blocking::Client::new();
     let mut r = c.get(url);
     for (k, v) in headers {
@@ -168,6 +171,36 @@ fn publish_signs_the_boot_artifacts_of_a_release_with_a_kernel_and_keeps_them_by
     let kid = commit(&s, &plain, "lab/plain");
     s.ok(&["publish", "lab/plain", "--boot", "never"]);
     assert!(targets(&s)[format!("boot/{kid}/vmlinuz")].is_null());
+
+    // Both channels that named `id` move on to a release of their own: its boot targets leave
+    // the signed metadata at the publish, and gc removes their files (the new ones stay).
+    let boot_dir = sq.parent().unwrap().to_owned();
+    let files = |d: &Path| std::fs::read_dir(d).unwrap().count();
+    assert!(files(&boot_dir) >= 2);
+    let mut new_ids = Vec::new();
+    for (ch, tag) in [("lab/a", "a2"), ("lab/b", "b2")] {
+        let src = s.path(tag);
+        kernel_tree(&src, tag);
+        new_ids.push(commit(&s, &src, ch));
+        s.ok(&["publish", ch]);
+    }
+    let t = targets(&s);
+    assert!(t[format!("boot/{id}/vmlinuz")].is_null(), "{t:#}");
+    assert!(t[format!("boot/{id}/root.squashfs")].is_null(), "{t:#}");
+    let out: Value = serde_json::from_str(&s.ok(&["gc", "--json"])).unwrap();
+    assert!(out["removed_boot_files"].as_u64().unwrap() >= 1, "{out}");
+    assert!(
+        !sq.exists(),
+        "the squashfs of a release nothing names is still there"
+    );
+    for n in &new_ids {
+        let (f, _) = artifact(&s, n, "root.squashfs");
+        assert!(f.is_file());
+        let (k, _) = artifact(&s, n, "vmlinuz");
+        assert!(k.is_file());
+    }
+    let out: Value = serde_json::from_str(&s.ok(&["gc", "--json"])).unwrap();
+    assert_eq!(out["removed_boot_files"], 0, "{out}");
 }
 
 #[test]

@@ -814,3 +814,235 @@ fn a_rollout_builds_its_packs_before_the_canary_asks_and_its_status_says_so() {
         a.stop();
     }
 }
+
+#[test]
+fn rollouts_and_publishes_planned_through_the_api_start_when_the_cli_signs_them_once_never_stale() {
+    let s = Server::start();
+    let (_agents, src, v1) = fleet_on_v1(&s, 2, |_| "room=lab");
+    let v2 = commit(&s, &src, 2);
+    let (v1s, v2s) = (v1.get(..12).unwrap(), v2.get(..12).unwrap());
+    let before = targets_version(&s);
+    let pending = |s: &Server| -> Vec<Value> {
+        let (st, v) = s.get("/api/v1/admin/pending");
+        assert_eq!(st, 200, "{v}");
+        v.as_array().unwrap().clone()
+    };
+    // bad input: refused with the reason, nothing stored
+    for (body, want) in [
+        (
+            json!({"channel": "lab/stable", "release": v2, "selector": "*", "waves": "50%"}),
+            "the last wave must be 100%",
+        ),
+        (
+            json!({"channel": "lab/stable", "release": "f00d", "selector": "*"}),
+            "is not a release",
+        ),
+        (
+            json!({"channel": "lab/stable", "release": v2, "selector": "site=nowhere"}),
+            "no machines selected",
+        ),
+    ] {
+        let (st, v) = s.post("/api/v1/admin/pending", &body);
+        assert!(st == 400 || st == 404, "{body}: {st} {v}");
+        assert!(v["error"].as_str().unwrap().contains(want), "{body}: {v}");
+    }
+    assert!(pending(&s).is_empty());
+    // planned: stored awaiting a signature, nothing signed or started
+    let (st, p) = s.post(
+        "/api/v1/admin/pending",
+        &json!({"channel": "lab/stable", "release": v2, "selector": "room=lab",
+                "canary": "1", "soak": "1h"}),
+    );
+    assert_eq!(st, 200, "{p}");
+    assert_eq!(p["state"], "awaiting", "{p}");
+    assert_eq!(p["base"], json!(v1), "{p}");
+    assert_eq!(p["stale"], Value::Null, "{p}");
+    let id = p["id"].as_i64().unwrap();
+    assert_eq!(targets_version(&s), before, "planning signs nothing");
+    assert!(
+        s.get("/api/v1/admin/rollouts")
+            .1
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let listed = s.ok(&["rollout", "pending"]);
+    assert!(
+        listed.contains(&format!("request {id}: roll {}", v2s)) && listed.contains("[awaiting]"),
+        "{listed}"
+    );
+    // refused: an unknown request, a bad id, no terminal to ask on and no --yes
+    let refused = |args: &[&str], want: &str| {
+        let out = s.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+    };
+    refused(&["rollout", "sign", "999"], "no rollout request 999");
+    refused(&["rollout", "sign", &id.to_string()], "pass --yes");
+    let (st, v) = s.post("/api/v1/admin/pending/x1/start", &json!({}));
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("not a request id"),
+        "{v}"
+    );
+    assert_eq!(pending(&s)[0]["state"], "awaiting");
+    assert_eq!(targets_version(&s), before);
+    // signed: shows what it signs, the server starts it, the release is signed
+    let out = s.cli(&["rollout", "sign", &id.to_string(), "--yes", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "request {id}: roll {} out on channel lab/stable to room=lab",
+            v2s
+        )),
+        "{err}"
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rid = r["id"].as_i64().unwrap();
+    assert_eq!(r["release"], json!(v2));
+    assert!(targets_version(&s) > before, "the release was signed");
+    let r = wait_state(&s, rid, "running", 30);
+    assert_eq!(in_wave(&r, 0).len(), 1, "{r}");
+    let p = &pending(&s)[0];
+    assert_eq!(p["state"], "started", "{p}");
+    assert_eq!(p["rollout"], json!(rid), "{p}");
+    // once only
+    refused(
+        &["rollout", "sign", &id.to_string(), "--yes"],
+        &format!("request {id} was signed already: it started rollout {rid}"),
+    );
+    let (st, v) = s.post(&format!("/api/v1/admin/pending/{id}/start"), &json!({}));
+    assert_eq!(st, 409, "{v}");
+    s.ok(&["rollout", "abort", &rid.to_string()]);
+    wait_state(&s, rid, "aborted", 30);
+    // stale: the channel's release moved after it was planned
+    let (st, p) = s.post(
+        "/api/v1/admin/pending",
+        &json!({"channel": "lab/stable", "release": v2, "selector": "*"}),
+    );
+    assert_eq!(st, 200, "{p}");
+    let id2 = p["id"].as_i64().unwrap();
+    s.ok(&["publish", "lab/stable"]);
+    let (_, p) = s.get(&format!("/api/v1/admin/pending/{id2}"));
+    let why = p["stale"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        why.contains(&format!("channel lab/stable was at {}", v1s))
+            && why.contains(&format!("is at {} now", v2s)),
+        "{p}"
+    );
+    let signed = targets_version(&s);
+    refused(
+        &["rollout", "sign", &id2.to_string(), "--yes"],
+        "stale: channel lab/stable",
+    );
+    let (st, v) = s.post(&format!("/api/v1/admin/pending/{id2}/start"), &json!({}));
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("plan it again"),
+        "{v}"
+    );
+    assert_eq!(targets_version(&s), signed, "nothing signed");
+    assert_eq!(
+        s.get("/api/v1/admin/rollouts").1.as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(pending(&s)[0]["state"], "awaiting");
+    // the plans and the signature are in the audit log
+    let (_, audit) = s.get("/api/v1/admin/audit");
+    let paths: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    assert!(paths.contains(&"/api/v1/admin/pending"), "{audit}");
+    assert!(
+        paths.contains(&format!("/api/v1/admin/pending/{id}/start").as_str()),
+        "{audit}"
+    );
+
+    // A publish asked for through the API (the channels page's button), signed by the CLI.
+    let v3 = commit(&s, &src, 3);
+    let v3s = v3.get(..12).unwrap();
+    for (body, status, want) in [
+        (
+            json!({"channel": "lab/stable", "release": "zz"}),
+            400,
+            "is not a release",
+        ),
+        (
+            json!({"channel": "Bad Name", "release": v3}),
+            400,
+            "Bad Name",
+        ),
+        (
+            json!({"channel": "lab/stable", "release": v2}),
+            409,
+            "channel lab/stable's release already",
+        ),
+    ] {
+        let (st, v) = s.post("/api/v1/admin/pending/publish", &body);
+        assert_eq!(st, status, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(want), "{body}: {v}");
+    }
+    let (st, p) = s.post(
+        "/api/v1/admin/pending/publish",
+        &json!({"channel": "lab/stable", "release": v3}),
+    );
+    assert_eq!(st, 200, "{p}");
+    assert_eq!(p["kind"], "publish", "{p}");
+    assert_eq!(p["base"], json!(v2), "{p}");
+    let id3 = p["id"].as_i64().unwrap().to_string();
+    let listed = s.ok(&["rollout", "pending"]);
+    assert!(
+        listed.contains(&format!(
+            "request {id3}: publish {v3s} as channel lab/stable's release"
+        )),
+        "{listed}"
+    );
+    let signed = targets_version(&s);
+    refused(&["rollout", "sign", &id3, "--yes"], "is a publish");
+    refused(&["publish", "--request", &id3], "pass --yes");
+    let (st, v) = s.post(
+        &format!("/api/v1/admin/pending/{id3}/published"),
+        &json!({}),
+    );
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("channel lab/stable is at"),
+        "{v}"
+    );
+    assert_eq!(targets_version(&s), signed, "nothing signed");
+    let out = s.cli(&["publish", "--request", &id3, "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("request {id3}: publish {v3s}")),
+        "{err}"
+    );
+    assert!(targets_version(&s) > signed);
+    let (_, p) = s.get(&format!("/api/v1/admin/pending/{id3}"));
+    assert_eq!(p["state"], "started", "{p}");
+    refused(
+        &["publish", "--request", &id3, "--yes"],
+        "was signed already",
+    );
+    // stale: asked to go back to v2, then the channel moved elsewhere first
+    let (_, p) = s.post(
+        "/api/v1/admin/pending/publish",
+        &json!({"channel": "lab/stable", "release": v2}),
+    );
+    let id4 = p["id"].as_i64().unwrap().to_string();
+    s.ok(&["publish", "lab/stable", &v1]);
+    let signed = targets_version(&s);
+    refused(
+        &["publish", "--request", &id4, "--yes"],
+        "stale: channel lab/stable",
+    );
+    assert_eq!(targets_version(&s), signed, "nothing signed");
+}

@@ -201,23 +201,16 @@ async fn assign(
     semithin_store::channel::check_name(&req.channel).map_err(|e| ApiErr::bad(e.to_string()))?;
     selector(&req.selector)?;
     if !req.unpublished {
-        let p = app.published();
-        if !p.releases.contains_key(&req.channel) {
-            let names = p.releases.keys().map(String::as_str);
-            let hint = semithin_protocol::near::did_you_mean(&req.channel, names.clone());
-            let list: Vec<&str> = names.collect();
-            return Err(ApiErr::not_found(format!(
-                "nothing is published on channel {:?}{hint}; published channels: {}. Publish \
-                 it first, or assign it as unpublished (`fleet assign --unpublished`: its \
-                 machines wait for its first release)",
-                req.channel,
-                if list.is_empty() {
-                    "none yet".to_owned()
-                } else {
-                    list.join(", ")
-                }
-            )));
-        }
+        published_channel(&app, &req.channel).map_err(|e| {
+            ApiErr(
+                e.0,
+                format!(
+                    "{}. Publish it first, or assign it as unpublished (`fleet assign \
+                     --unpublished`: its machines wait for its first release)",
+                    e.1
+                ),
+            )
+        })?;
     }
     let channel = req.channel.clone();
     let affected = change(&app, &req.selector, move |r| {
@@ -228,6 +221,25 @@ async fn assign(
     })
     .await?;
     Ok(affected)
+}
+
+/// 404 naming the published channels (and the one meant) unless `channel` is published.
+fn published_channel(app: &App, channel: &str) -> ApiResult<()> {
+    let p = app.published();
+    if p.releases.contains_key(channel) {
+        return Ok(());
+    }
+    let names = p.releases.keys().map(String::as_str);
+    let hint = semithin_protocol::near::did_you_mean(channel, names.clone());
+    let list: Vec<&str> = names.collect();
+    Err(ApiErr::not_found(format!(
+        "nothing is published on channel {channel:?}{hint}; published channels: {}",
+        if list.is_empty() {
+            "none yet".to_owned()
+        } else {
+            list.join(", ")
+        }
+    )))
 }
 
 /// Forgets machines: their rows (and inventories) go, so their keys open nothing from now on;
@@ -288,6 +300,7 @@ fn token_info(t: &TokenRow, secret: Option<String>) -> TokenInfo {
         uses_left: t.uses_left.map(|u| u.max(0) as u32),
         expires_at: t.expires_at,
         created_at: t.created_at,
+        channel: t.channel.clone(),
     }
 }
 
@@ -302,6 +315,10 @@ async fn new_token(
     for (k, v) in &req.labels {
         selector::parse_label(&format!("{k}={v}")).map_err(|e| ApiErr::bad(e.to_string()))?;
     }
+    if let Some(c) = &req.channel {
+        semithin_store::channel::check_name(c).map_err(|e| ApiErr::bad(format!("channel: {e}")))?;
+        published_channel(&app, c)?;
+    }
     let secret = crate::random_token()?;
     let t = now();
     let row = TokenRow {
@@ -314,6 +331,7 @@ async fn new_token(
             .expires_in_secs
             .map(|s| t.saturating_add(s.min(i64::MAX as u64) as i64)),
         created_at: t,
+        channel: req.channel,
     };
     db::insert_token(&app.db, &row, &blake3::hash(secret.as_bytes()).to_hex()).await?;
     Ok(Json(token_info(&row, Some(secret))))

@@ -157,7 +157,7 @@ async fn enroll_with_token(app: &App, body: &[u8]) -> ApiResult<Json<EnrollRespo
                 MachineStatus::Pending
             },
             labels,
-            channel: None,
+            channel: token.channel.clone(),
             report: Report::default(),
             enrolled_at: t,
             last_seen: None,
@@ -171,9 +171,14 @@ async fn enroll_with_token(app: &App, body: &[u8]) -> ApiResult<Json<EnrollRespo
     let status = row.status;
     tracing::info!(machine = %row.name, %id, status = status.as_str(), "enrolled");
     let counter = db::load_counter(&app.db, &row.id).await?;
+    let assigned = row.channel.is_some();
     let machine = Machine::new(row);
     machine.set_stored_counter(counter);
     app.fleet.insert(Arc::new(machine));
+    if assigned {
+        // the token's channel, signed as the machine's assignment before it first checks in
+        crate::assignments::sign(app).await?;
+    }
     Ok(Json(EnrollResponse {
         machine_id: id.parse().map_err(ApiErr::internal)?,
         status,

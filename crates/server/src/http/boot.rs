@@ -316,12 +316,18 @@ async fn ipxe_mac(
         .iter()
         .filter_map(|(c, r)| bootable(&app, c, Some(*r)).ok())
         .collect();
-    out.push_str(&menu(&base, &choices, extra));
+    out.push_str(&menu(
+        &base,
+        &choices,
+        extra,
+        app.cfg.netboot_menu_timeout_secs,
+    ));
     Ok(script(out))
 }
 
 /// A menu of the channels that can be booted.
-fn menu(base: &str, choices: &[Bootable], extra: &str) -> String {
+/// After `timeout` seconds (not 0) without a key, the first channel boots.
+fn menu(base: &str, choices: &[Bootable], extra: &str, timeout: u32) -> String {
     if choices.is_empty() {
         return "echo semithin: no published channel has a kernel to boot\nsleep 30\nexit 1\n"
             .to_owned();
@@ -335,7 +341,15 @@ fn menu(base: &str, choices: &[Bootable], extra: &str) -> String {
             b.kernel
         ));
     }
-    out.push_str("choose target || exit 1\ngoto ${target}\n");
+    if timeout > 0 {
+        out.push_str(&format!(
+            "choose --timeout {} --default c0 target || exit 1\n",
+            u64::from(timeout) * 1000
+        ));
+    } else {
+        out.push_str("choose target || exit 1\n");
+    }
+    out.push_str("echo semithin: booting ${target}\ngoto ${target}\n");
     for (i, b) in choices.iter().enumerate() {
         out.push_str(&format!(":c{i}\n"));
         out.push_str(&boot_lines(base, b, extra));
@@ -378,10 +392,15 @@ mod tests {
 
     #[test]
     fn the_menu_lists_every_channel_and_jumps_to_its_entry() {
-        let m = menu("http://h", &[b("a", 1), b("b/c", 2)], "");
+        let m = menu("http://h", &[b("a", 1), b("b/c", 2)], "", 0);
         assert!(m.contains("item c0 a (release 010101010101"), "{m}");
         assert!(m.contains("item c1 b/c (release 020202020202"), "{m}");
         assert!(m.contains(":c1\necho semithin: booting channel b/c"), "{m}");
-        assert!(menu("http://h", &[], "").contains("no published channel has a kernel"));
+        assert!(menu("http://h", &[], "", 30).contains("no published channel has a kernel"));
+        let m = menu("http://h", &[b("a", 1)], "", 5);
+        assert!(
+            m.contains("choose --timeout 5000 --default c0 target || exit 1\n"),
+            "{m}"
+        );
     }
 }

@@ -16,6 +16,7 @@ pub mod serve;
 mod tests;
 pub mod throttle;
 pub mod tls;
+pub mod torrent;
 mod vars;
 
 use std::sync::Arc;
@@ -316,6 +317,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(vars::routes())
         .merge(crate::renew::routes())
         .merge(crate::audit::routes())
+        .merge(torrent::routes())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             deadline,

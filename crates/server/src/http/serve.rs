@@ -94,12 +94,14 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
         let io = Guarded::new(tcp, limits.idle_timeout);
         let conn = Connection {
             router: router.clone(),
             http: http.clone(),
             tls: tls.clone(),
             peer,
+            local,
             handshake_timeout: limits.header_timeout,
             stopping: stop_rx.clone(),
         };
@@ -122,6 +124,8 @@ struct Connection {
     http: hyper::server::conn::http1::Builder,
     tls: Option<TlsAcceptor>,
     peer: SocketAddr,
+    /// The address the peer reached (the tracker tells peers the server's seeder on it).
+    local: Option<SocketAddr>,
     handshake_timeout: Duration,
     stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -131,9 +135,13 @@ impl Connection {
     /// the server stops meanwhile). Each request carries the peer's address.
     async fn serve(mut self, io: Guarded<TcpStream>, watcher: Watcher) {
         let peer = self.peer;
+        let local = self.local;
         let router = self.router;
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(l) = local {
+                req.extensions_mut().insert(super::torrent::LocalAddr(l));
+            }
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
         let served = match self.tls {

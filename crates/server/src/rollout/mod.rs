@@ -4,6 +4,7 @@
 //! on a timer and after every admin command, writes each step to the database before memory
 //! follows it, and wakes the machines whose answer changed.
 
+pub mod pending;
 pub mod plan;
 pub mod spec;
 mod store;

@@ -7,6 +7,8 @@
 
 mod assets;
 mod chart;
+pub mod index;
+mod machine;
 mod ops;
 pub mod session;
 #[cfg(test)]
@@ -35,6 +37,8 @@ pub struct Web {
     pub sessions: Sessions,
     /// Wrong admin tokens given at the login page, per address.
     pub login_failures: Throttle,
+    /// The fleet as the machines list and the overview read it.
+    pub index: index::Cache,
 }
 
 pub fn routes() -> Router<Arc<App>> {
@@ -43,7 +47,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/machines", get(views::machines))
-        .route("/machines/{name}", get(views::machine))
+        .route("/machines/{name}", get(machine::machine))
+        .route("/machines/{name}/packages", get(machine::machine_packages))
         .route("/channels", get(ops::channels))
         .route("/rollouts", get(ops::rollouts))
         .route("/rollouts/{id}", get(ops::rollout))

@@ -36,6 +36,9 @@ pub struct Release {
     pub time: String,
     pub message: String,
     pub rollback: String,
+    /// The body that asks for it to be published, awaiting a signature
+    /// (`POST /api/v1/admin/pending/publish`).
+    pub ask: String,
 }
 
 pub struct ChannelView {
@@ -64,6 +67,7 @@ fn release(app: &App, channel: &str, id: &CommitId) -> Release {
         time: c.as_ref().map(|c| time(c.time)).unwrap_or_default(),
         message: c.map(|c| c.message).unwrap_or_default(),
         rollback: format!("semithin publish {} {}", sh(channel), id.short()),
+        ask: serde_json::json!({"channel": channel, "release": id.to_hex()}).to_string(),
     }
 }
 
@@ -163,13 +167,38 @@ pub struct Plan {
     pub command: String,
     pub waves: Vec<(String, u32)>,
     pub held: usize,
+    /// The request to store awaiting a signature (`POST /api/v1/admin/pending`), as JSON.
+    pub request: String,
+}
+
+/// A rollout or a publish planned here, awaiting a signature or signed.
+pub struct PendingLine {
+    pub id: i64,
+    /// `rollout` or `publish`.
+    pub kind: String,
+    pub channel: String,
+    pub release: String,
+    pub selector: String,
+    /// `awaiting`, `stale` or `started`.
+    pub state: String,
+    pub why: String,
+    pub rollout: Option<i64>,
+    pub command: String,
+}
+
+/// The rollouts and the requests awaiting a signature: refreshed every 2 s.
+#[derive(Template)]
+#[template(path = "rollouts_live.html")]
+struct RolloutsLive {
+    list: Vec<RolloutLine>,
+    pending: Vec<PendingLine>,
 }
 
 #[derive(Template)]
 #[template(path = "rollouts.html")]
 struct Rollouts {
     nav: Nav,
-    list: Vec<RolloutLine>,
+    live: String,
     channel: String,
     release: String,
     to: String,
@@ -210,9 +239,46 @@ pub async fn rollouts(
         Ok(l) => l.iter().map(rollout_line).collect(),
         Err(e) => return crate::http::ApiErr::from(e).into_response_page(nav),
     };
+    let pending = match crate::rollout::pending::list(&app).await {
+        Ok(l) => l
+            .into_iter()
+            .map(|p| PendingLine {
+                id: p.id,
+                channel: p.request.channel.clone(),
+                release: short(Some(&p.request.release)),
+                selector: if p.kind == "publish" {
+                    "(every machine of the channel)".into()
+                } else {
+                    p.request.selector.clone()
+                },
+                kind: p.kind.clone(),
+                state: if p.stale.is_some() {
+                    "stale".into()
+                } else {
+                    p.state.clone()
+                },
+                why: p.stale.clone().unwrap_or_default(),
+                rollout: p.rollout,
+                command: if p.kind == "publish" {
+                    format!("semithin publish --request {}", p.id)
+                } else {
+                    format!("semithin rollout sign {}", p.id)
+                },
+            })
+            .collect(),
+        Err(e) => return crate::http::ApiErr::from(e).into_response_page(nav),
+    };
+    let live = RolloutsLive { list, pending };
+    if fragment(&headers) {
+        return html(StatusCode::OK, &live);
+    }
+    let live = match live.render() {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, nav, e.to_string()),
+    };
     let mut t = Rollouts {
         nav,
-        list,
+        live,
         channel: field(&pq.channel, ""),
         release: field(&pq.release, ""),
         to: field(&pq.to, "*"),
@@ -242,13 +308,19 @@ pub async fn rollouts(
                 app.rollouts
                     .start(&app, &req)
                     .await
+                    .map(|info| {
+                        let mut req = req;
+                        req.dry_run = false;
+                        (info, serde_json::to_string(&req).expect("serialises"))
+                    })
                     .map_err(|e| crate::http::ApiErr::from(e).1)
             }
             Err(e) => Err(e),
         };
         match made {
-            Ok(info) => {
+            Ok((info, request)) => {
                 t.plan = Some(Plan {
+                    request,
                     command: format!(
                         "semithin rollout start {} {} --to {} --canary {} --waves {} --soak {} \
                          --max-failures {}",

@@ -50,10 +50,11 @@ async fn login(s: &TestServer, c: &reqwest::Client) -> (String, String) {
     (cookie, csrf)
 }
 
-const PAGES: [&str; 9] = [
+const PAGES: [&str; 10] = [
     "/",
     "/machines",
     "/machines/m1",
+    "/machines/m1/packages",
     "/channels",
     "/rollouts",
     "/rollouts/1",
@@ -327,6 +328,24 @@ async fn the_machines_page_filters_sorts_and_pages_on_the_server() {
     assert_eq!(rows(&body), 10);
     let (_, body) = get("/machines?state=updated").await;
     assert_eq!(rows(&body), 0);
+    // an admin change shows at once (the index is made again), in each filter and sort
+    let (st, _) = s
+        .admin(
+            "POST",
+            "/api/v1/admin/machines/pc-042/labels",
+            Some(json!({"set": {"room": "Lab-B"}})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (_, body) = get("/machines?q=lab-b").await;
+    assert_eq!(rows(&body), 2, "{body}");
+    assert!(body.contains(">pc-042<"), "{body}");
+    let (_, body) = get("/machines?q=ROOM%3Dlab-b&sort=state&desc=1").await;
+    assert_eq!(rows(&body), 2, "{body}");
+    let (_, body) = get("/machines?q=pc-0&sort=seen&page=2").await;
+    assert_eq!(rows(&body), 5, "{body}");
+    let (_, body) = get("/machines?channel=nowhere").await;
+    assert_eq!(rows(&body), 0);
     let (st, body) = get("/machines?selector=a%3D%3Db").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(body.contains("bad selector"), "{body}");
@@ -357,5 +376,93 @@ async fn the_machines_page_filters_sorts_and_pages_on_the_server() {
         "{body}"
     );
     assert!(body.contains("<svg"), "the chart");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installed_packages_part_answers_the_inventory_the_machine_sent_last() {
+    let s = TestServer::start(|_| {}).await;
+    let t = s.token(true).await;
+    let key = s.enroll(&t, "pc-1").await;
+    let send = |packages: Value| {
+        let body = json!({
+            "report": crate::testkit::report(json!({})),
+            "inventory": {"packages": packages, "upgradable": [], "collected_at": 1_700_000_000},
+        })
+        .to_string();
+        let s = &s;
+        let key = &key;
+        async move {
+            let (st, b) = s
+                .signed(key, "POST", "/api/v1/checkin", body.as_bytes())
+                .await;
+            assert_eq!(st, 200, "{b}");
+        }
+    };
+    let c = client();
+    let (cookie, _) = login(&s, &c).await;
+    let part = |path: &'static str| {
+        let c = c.clone();
+        let url = s.at(path);
+        let cookie = cookie.clone();
+        async move {
+            let r = c
+                .get(url)
+                .header(COOKIE, cookie)
+                .header("hx-request", "true")
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    // nothing reported yet: an empty list, polled
+    let (st, body) = part("/machines/pc-1/packages").await;
+    assert_eq!(st, 200);
+    assert!(body.starts_with("<div id=\"packages-live\""), "{body}");
+    assert!(
+        body.contains("hx-get=\"/machines/pc-1/packages\""),
+        "{body}"
+    );
+    assert!(body.contains("hx-trigger=\"every"), "{body}");
+    assert!(!body.contains("<td>bash</td>"), "{body}");
+    send(json!([{"name": "bash", "version": "5.2.15-2", "arch": "amd64"}])).await;
+    let (_, body) = part("/machines/pc-1/packages").await;
+    assert!(
+        body.contains("<td>bash</td><td class=\"mono\">5.2.15-2</td>"),
+        "{body}"
+    );
+    assert!(
+        body.contains("<span id=\"packages-count\" hx-swap-oob=\"true\">(1), inventory of"),
+        "{body}"
+    );
+    // the machine's page holds the same part, which polls itself
+    let (_, page) = part("/machines/pc-1").await;
+    assert!(page.contains("<div id=\"packages-live\" hx-get=\"/machines/pc-1/packages\""));
+    assert!(page.contains("<td>bash</td>"), "{page}");
+    // a newer inventory replaces it
+    send(json!([
+        {"name": "bash", "version": "5.2.15-3", "arch": "amd64"},
+        {"name": "curl", "version": "7.88.1", "arch": "amd64"},
+    ]))
+    .await;
+    let (_, body) = part("/machines/pc-1/packages").await;
+    assert!(
+        body.contains("5.2.15-3") && !body.contains("5.2.15-2"),
+        "{body}"
+    );
+    assert!(body.contains("<td>curl</td>"), "{body}");
+    assert!(body.contains("(2), inventory of"), "{body}");
+    // an unknown machine, and no session
+    let (st, body) = part("/machines/nope/packages").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(body.contains("no machine named"), "{body}");
+    let r = c
+        .get(s.at("/machines/pc-1/packages"))
+        .header("hx-request", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     s.stop().await;
 }

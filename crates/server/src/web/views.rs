@@ -1,16 +1,14 @@
-//! The fleet's pages: the overview, the machines (filtered, sorted and paged on the server, so a
-//! page of 100,000 machines sends 50 rows) and one machine.
+//! The fleet's pages: the overview and the machines (filtered, sorted and paged on the server,
+//! so a page of 100,000 machines sends 50 rows); one machine is `machine`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
-use semithin_protocol::api::MachineStatus;
-use semithin_protocol::inventory::Inventory;
+use semithin_protocol::api::FleetState;
 use semithin_protocol::selector::Selector;
 use serde::Deserialize;
 use sqlx::Row as _;
@@ -65,8 +63,8 @@ struct Census {
 
 /// The fleet counted by `metrics::census` (one pass, shared with `/metrics`), as the overview
 /// shows it: only what some machine is in, `(none)` for no channel or no release yet.
-fn census(app: &App) -> Census {
-    let c = crate::metrics::census(app);
+fn census(app: &Arc<App>) -> Census {
+    let c = super::index::get(app).census.clone();
     let present = |m: BTreeMap<&'static str, i64>| -> BTreeMap<String, i64> {
         m.into_iter()
             .filter(|(_, n)| *n > 0)
@@ -323,14 +321,10 @@ fn line(app: &App, m: &Machine) -> Line {
     }
 }
 
-/// Whether `hay` contains `needle` (lowercase), ASCII letters compared without case.
-fn contains_ci(hay: &str, needle: &str) -> bool {
-    let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
-}
-
-/// The page of machines the query asks for: its lines, how many match, how many pages.
-fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String> {
+/// The page of machines the query asks for: its lines, how many match, how many pages. The
+/// machines are filtered and sorted on the dashboard's index (`web::index`: states, ranks and
+/// text of every machine, in name order), the page's lines read from the machines themselves.
+fn select(app: &Arc<App>, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String> {
     let sel = match some(&lq.selector) {
         Some(s) => Selector::parse(s).map_err(|e| format!("bad selector: {e}"))?,
         None => Selector::All,
@@ -347,74 +341,66 @@ fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String
             "cannot sort by {sort:?}: by name, state, channel, seen or current"
         ));
     }
-    let machines = match sel {
-        Selector::All => app.fleet.all(),
-        ref s => app.fleet.select(s),
+    let ix = super::index::get(app);
+    let channel = match want_channel {
+        Some(c) => match ix.channel_rank(c) {
+            Some(r) => Some(r),
+            None => return Ok((Vec::new(), 0, 1)),
+        },
+        None => None,
     };
-    let need_state = want_state.is_some() || sort == "state";
-    let mut keyed: Vec<((String, i64, String), Arc<Machine>)> = Vec::with_capacity(machines.len());
-    for m in machines {
-        let (name, key) = {
-            let r = m.row.lock().expect("lock");
-            if let Some(c) = want_channel
-                && r.channel.as_deref() != Some(c)
-            {
+    // the text: in a name, a channel, a label (`k`, `v` or `k=v`), or a prefix of the release
+    let (hits, releases) = match &text {
+        Some(t) => {
+            let releases: Vec<bool> = std::iter::once(false)
+                .chain(
+                    ix.releases
+                        .iter()
+                        .map(|r| hex_text && r.to_string().starts_with(t.as_str())),
+                )
+                .collect();
+            (Some(ix.text_matches(t)), releases)
+        }
+        None => (None, Vec::new()),
+    };
+    // states ranked by name, as they sort
+    let mut names: Vec<&str> = crate::metrics::STATES.iter().map(|s| s.as_str()).collect();
+    names.sort_unstable();
+    let state_rank = |s: FleetState| names.iter().position(|n| *n == s.as_str()).unwrap_or(0);
+    let mut keyed: Vec<(i64, u32)> = Vec::new();
+    for (i, e) in ix.entries.iter().enumerate() {
+        if want_state.is_some_and(|w| e.state.as_str() != w)
+            || channel.is_some_and(|c| e.channel != c)
+            || hits.as_ref().is_some_and(|h| {
+                !h[i] && !releases.get(e.current as usize).copied().unwrap_or(false)
+            })
+        {
+            continue;
+        }
+        if !matches!(sel, Selector::All) {
+            let facts = e.m.facts();
+            let r = e.m.row.lock().expect("lock");
+            if !sel.matches_facts(&r.name, &r.labels, facts.as_deref()) {
                 continue;
-            }
-            if let Some(t) = &text {
-                // without allocating for each of 100,000 machines: a label as `k=v` is made
-                // only when the text has a `=`, a release's hex only when the text is hex
-                let hit = contains_ci(&r.name, t)
-                    || r.channel.as_deref().is_some_and(|c| contains_ci(c, t))
-                    || r.labels.iter().any(|(k, v)| {
-                        contains_ci(k, t)
-                            || contains_ci(v, t)
-                            || (t.contains('=') && contains_ci(&format!("{k}={v}"), t))
-                    })
-                    || (hex_text
-                        && r.report
-                            .current
-                            .is_some_and(|c| c.to_string().starts_with(t.as_str())));
-                if !hit {
-                    continue;
-                }
-            }
-            let key = match sort {
-                "channel" => r.channel.clone().unwrap_or_default(),
-                "current" => r.report.current.map(|c| c.to_string()).unwrap_or_default(),
-                _ => String::new(),
-            };
-            (r.name.clone(), key)
-        };
-        let mut key = key;
-        if need_state {
-            let r = m.snapshot();
-            let seen = m.last_seen.load(Ordering::Relaxed);
-            let (st, _) = fleet::state(&r, (seen != 0).then_some(seen), &fleet::view(app, &r));
-            if want_state.is_some_and(|w| w != st.as_str()) {
-                continue;
-            }
-            if sort == "state" {
-                key = st.as_str().to_owned();
             }
         }
-        let seen = if sort == "seen" {
-            m.last_seen.load(Ordering::Relaxed)
-        } else {
-            0
+        let key = match sort {
+            "state" => state_rank(e.state) as i64,
+            "channel" => i64::from(e.channel),
+            "current" => i64::from(e.current),
+            "seen" => e.seen,
+            _ => 0,
         };
-        keyed.push(((key, seen, name), m));
+        keyed.push((key, i as u32));
     }
     let total = keyed.len();
     let desc = some(&lq.desc).is_some();
     let pages = total.div_ceil(PER_PAGE).max(1);
     let page = lq.page.unwrap_or(1).clamp(1, pages);
     // Only the page is sorted: the machines before its end are selected (linear), then those
-    // before its start, and the page's own 50 sorted.
-    type Keyed = ((String, i64, String), Arc<Machine>);
-    let order = |a: &Keyed, b: &Keyed| {
-        if desc { b.0.cmp(&a.0) } else { a.0.cmp(&b.0) }
-    };
+    // before its start, and the page's own 50 sorted. The index is in name order, so the
+    // position breaks ties by name.
+    let order = |a: &(i64, u32), b: &(i64, u32)| if desc { b.cmp(a) } else { a.cmp(b) };
     let start = (page - 1) * PER_PAGE;
     let end = (start + PER_PAGE).min(total);
     if end < keyed.len() {
@@ -426,7 +412,10 @@ fn select(app: &App, lq: &ListQuery) -> Result<(Vec<Line>, usize, usize), String
     }
     let shown = keyed.get_mut(start..).unwrap_or_default();
     shown.sort_unstable_by(order);
-    let lines = shown.iter().map(|(_, m)| line(app, m)).collect();
+    let lines = shown
+        .iter()
+        .map(|(_, i)| line(app, &ix.entries[*i as usize].m))
+        .collect();
     Ok((lines, total, pages))
 }
 
@@ -542,215 +531,4 @@ pub async fn machines(
             live,
         },
     )
-}
-
-/// An event, a job run or a package, as text for a table.
-pub struct Event {
-    pub at: String,
-    pub kind: String,
-    pub detail: String,
-}
-
-pub struct JobRun {
-    pub job: String,
-    pub href: String,
-    pub action: String,
-    pub state: String,
-    pub exit_code: String,
-    pub started: String,
-    pub output: String,
-}
-
-#[derive(Template)]
-#[template(path = "machine_live.html")]
-struct MachineLive {
-    self_url: String,
-    status: String,
-    state: String,
-    reason: String,
-    channel: String,
-    current: String,
-    target: String,
-    channel_release: String,
-    health: String,
-    phase: String,
-    last_error: String,
-    seen: String,
-    enrolled: String,
-    agent: String,
-    labels: Vec<(String, String)>,
-    facts: Vec<(String, String)>,
-    releases: Vec<Event>,
-    events: Vec<Event>,
-    jobs: Vec<JobRun>,
-    upgradable: Vec<semithin_protocol::inventory::Upgrade>,
-    security: usize,
-    packages: Vec<semithin_protocol::inventory::Package>,
-    inventory_at: String,
-}
-
-#[derive(Template)]
-#[template(path = "machine.html")]
-struct MachinePage {
-    nav: Nav,
-    name: String,
-    pending: bool,
-    labels_path: String,
-    selector_json: String,
-    live: String,
-}
-
-async fn machine_live(app: &App, m: &Machine) -> crate::Result<MachineLive> {
-    let i = fleet::info(m, fleet::view(app, &m.snapshot()));
-    let events = crate::db::events(&app.db, &m.id, 100).await?;
-    let ev = |e: &crate::db::Event| Event {
-        at: time(e.at),
-        kind: e.kind.clone(),
-        detail: e.detail.clone(),
-    };
-    let releases = events
-        .iter()
-        .filter(|e| matches!(e.kind.as_str(), "healthy" | "failed" | "rollout"))
-        .map(ev)
-        .collect();
-    let inventory: Option<Inventory> = sqlx::query("SELECT data FROM inventory WHERE machine = $1")
-        .bind(&m.id)
-        .fetch_optional(&app.db)
-        .await
-        .map_err(|e| crate::Error::db("reading an inventory", e))?
-        .and_then(|r| serde_json::from_str(&r.get::<String, _>("data")).ok());
-    let runs = sqlx::query(
-        "SELECT r.job, r.state, r.exit_code, r.output, r.started_at, r.delivered_at, j.spec \
-         FROM job_runs r LEFT JOIN jobs j ON j.id = r.job WHERE r.machine = $1 \
-         ORDER BY COALESCE(r.started_at, r.delivered_at, 0) DESC LIMIT 20",
-    )
-    .bind(&m.id)
-    .fetch_all(&app.db)
-    .await
-    .map_err(|e| crate::Error::db("reading job runs", e))?;
-    let jobs = runs
-        .iter()
-        .map(|r| {
-            let job: String = r.get("job");
-            let action = r
-                .get::<Option<String>, _>("spec")
-                .and_then(|s| serde_json::from_str::<semithin_protocol::job::JobSpec>(&s).ok())
-                .map(|s| s.action.describe())
-                .unwrap_or_default();
-            JobRun {
-                href: format!("/jobs/{}", q(&job)),
-                job: semithin_protocol::ids::short_str(&job).to_owned(),
-                action,
-                state: r.get("state"),
-                exit_code: r
-                    .get::<Option<i64>, _>("exit_code")
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
-                started: r
-                    .get::<Option<i64>, _>("started_at")
-                    .or(r.get::<Option<i64>, _>("delivered_at"))
-                    .map(time)
-                    .unwrap_or_default(),
-                output: r.get::<Option<String>, _>("output").unwrap_or_default(),
-            }
-        })
-        .collect();
-    let facts = i
-        .facts
-        .as_ref()
-        .map(|f| {
-            f.flat()
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.join(", ")))
-                .collect()
-        })
-        .unwrap_or_default();
-    let (packages, mut upgradable, inventory_at) = match inventory {
-        Some(inv) => (inv.packages, inv.upgradable, time(inv.collected_at)),
-        None => (Vec::new(), Vec::new(), String::new()),
-    };
-    upgradable.sort_by(|a, b| b.security.cmp(&a.security).then(a.name.cmp(&b.name)));
-    let rel =
-        |r: Option<semithin_protocol::ids::ReleaseId>| short(r.map(|r| r.to_string()).as_deref());
-    Ok(MachineLive {
-        self_url: format!("/machines/{}", q(&i.name)),
-        status: i.status.as_str().to_owned(),
-        state: i.state.as_str().to_owned(),
-        reason: i.state_reason.clone().unwrap_or_default(),
-        channel: i.channel.clone().unwrap_or_else(|| "-".into()),
-        current: rel(i.report.current),
-        target: rel(i.target),
-        channel_release: rel(i.channel_release),
-        health: format!("{:?}", i.report.health).to_lowercase(),
-        phase: format!("{:?}", i.report.phase).to_lowercase(),
-        last_error: i.report.last_error.clone().unwrap_or_default(),
-        seen: ago(i.last_seen),
-        enrolled: time(i.enrolled_at),
-        agent: i.report.agent_version.clone(),
-        labels: i.labels.clone().into_iter().collect(),
-        facts,
-        releases,
-        events: events.iter().map(ev).collect(),
-        jobs,
-        security: upgradable.iter().filter(|u| u.security).count(),
-        upgradable,
-        packages,
-        inventory_at,
-    })
-}
-
-pub async fn machine(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    uri: Uri,
-    Path(name): Path<String>,
-) -> Response {
-    let nav = match page(&app, &headers, &uri, "machines") {
-        Ok(n) => n,
-        Err(r) => return *r,
-    };
-    let Some(m) = app.fleet.by_name(&name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            nav,
-            format!("no machine named {name:?}"),
-        );
-    };
-    let live = match machine_live(&app, &m).await {
-        Ok(l) => l,
-        Err(e) => return crate::http::ApiErr::from(e).into_response_page(nav),
-    };
-    if fragment(&headers) {
-        return html(StatusCode::OK, &live);
-    }
-    let pending = m.row.lock().expect("lock").status == MachineStatus::Pending;
-    let rendered = match live.render() {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, nav, e.to_string()),
-    };
-    html(
-        StatusCode::OK,
-        &MachinePage {
-            nav,
-            labels_path: format!(
-                "/api/v1/admin/machines/{}/labels",
-                url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
-            ),
-            selector_json: serde_json::json!({ "selector": name }).to_string(),
-            name,
-            pending,
-            live: rendered,
-        },
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn text_is_found_without_case() {
-        assert!(super::contains_ci("Lab-PC-07", "pc-07"));
-        assert!(super::contains_ci("x", ""));
-        assert!(!super::contains_ci("lab", "labs"));
-        assert!(super::contains_ci("ÉcoleLab", "lab"));
-    }
 }

@@ -618,6 +618,7 @@ impl TrustRepo {
             },
         );
         t.targets.extend(extra);
+        prune_boot_targets(&mut t.targets);
         let targets = sign(Role::Targets, &t, &[&keys[&Role::Targets]])?;
         let pending = self.seal(
             Some(targets),
@@ -725,6 +726,79 @@ impl TrustRepo {
             }
         }
         Ok(out)
+    }
+}
+
+/// Drops the boot artifacts (`boot/RELEASE/NAME`) of releases that no channel's target names
+/// any more, as its release or one a rollout allows: nothing can boot them (a boot checks the
+/// channel's target first), and `semithin gc` can then remove their files.
+pub fn prune_boot_targets(targets: &mut BTreeMap<String, TargetFile>) {
+    let mut named = BTreeSet::new();
+    for (name, info) in targets.iter() {
+        if !name.starts_with("channels/") {
+            continue;
+        }
+        if let Some(c) = info.custom.as_ref() {
+            if let Some(v) = c.get("commit").and_then(Value::as_str) {
+                named.insert(v.to_owned());
+            }
+            if let Some(a) = c.get("allowed").and_then(Value::as_array) {
+                named.extend(a.iter().filter_map(Value::as_str).map(str::to_owned));
+            }
+        }
+    }
+    targets.retain(|name, _| match name.strip_prefix("boot/") {
+        Some(rest) => rest
+            .split_once('/')
+            .is_some_and(|(release, _)| named.contains(release)),
+        None => true,
+    });
+}
+
+#[cfg(test)]
+mod boot_prune_tests {
+    use super::*;
+
+    fn file(custom: Option<Value>) -> TargetFile {
+        TargetFile {
+            length: 1,
+            hashes: BTreeMap::from([("sha256".to_owned(), "00".repeat(32))]),
+            custom,
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn boot_targets_of_releases_no_channel_names_are_dropped() {
+        let (a, b, c, d) = (
+            "a".repeat(64),
+            "b".repeat(64),
+            "c".repeat(64),
+            "d".repeat(64),
+        );
+        let mut t = BTreeMap::new();
+        t.insert(
+            "channels/x".to_owned(),
+            file(Some(serde_json::json!({"commit": a, "allowed": [b]}))),
+        );
+        t.insert(
+            "channels/y".to_owned(),
+            file(Some(serde_json::json!({"commit": c}))),
+        );
+        for r in [&a, &b, &c, &d] {
+            for n in ["vmlinuz", "root.squashfs"] {
+                t.insert(format!("boot/{r}/{n}"), file(None));
+            }
+        }
+        t.insert("assignments/m".to_owned(), file(None));
+        prune_boot_targets(&mut t);
+        let names: Vec<&str> = t.keys().map(String::as_str).collect();
+        assert!(names.contains(&"assignments/m"));
+        for r in [&a, &b, &c] {
+            assert!(t.contains_key(&format!("boot/{r}/vmlinuz")), "{r}");
+            assert!(t.contains_key(&format!("boot/{r}/root.squashfs")), "{r}");
+        }
+        assert!(!names.iter().any(|n| n.contains(&d)), "{names:?}");
     }
 }
 

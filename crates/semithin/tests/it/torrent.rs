@@ -1,0 +1,404 @@
+//! BitTorrent among machines (docs/TORRENT.md), real processes on loopback: a stock client
+//! (aria2c) fetching a delta pack from the server's swarm, many agents updating through the
+//! swarm, the tracker refusing bad announces, and the fall back to HTTP when nobody seeds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::sh;
+use crate::fleet::{
+    Agent, Server, assert_deployed, free_port, http, image, wait_until, wait_updated,
+};
+
+fn delta_pack(s: &Server, from: &str, to: &str) -> PathBuf {
+    let p = s.data.join(format!("deltas/{from}-{to}.pack"));
+    wait_until("the delta pack built at publish", 120, || p.exists());
+    p
+}
+
+/// GET as the admin, the body's bytes.
+fn admin_bytes(s: &Server, path: &str) -> (u16, Vec<u8>) {
+    let r = http()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+        .get(format!("{}{path}", s.url))
+        .bearer_auth(&s.token)
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.bytes().unwrap().to_vec())
+}
+
+/// A tracker request as any client makes it (no authentication: the passkey is the key).
+fn announce(s: &Server, path_and_query: &str) -> (u16, Vec<u8>) {
+    let r = http()
+        .build()
+        .unwrap()
+        .get(format!("{}{path_and_query}", s.url))
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.bytes().unwrap().to_vec())
+}
+
+/// A release v2 that adds `mib` MiB of content nothing compresses: the pack is about that.
+fn v2_with(src: &Path, mib: usize) {
+    sh(&format!(
+        "set -e; head -c {} /dev/urandom > {}/usr/lib/payload.bin; printf 'VERSION_ID=2\\n' > {}/etc/os-release",
+        mib << 20,
+        src.display(),
+        src.display()
+    ));
+}
+
+fn torrents(s: &Server) -> Vec<Value> {
+    let (st, v) = s.get("/api/v1/admin/torrents");
+    assert_eq!(st, 200, "{v}");
+    v.as_array().unwrap().clone()
+}
+
+#[test]
+fn a_stock_client_fetches_a_delta_pack_from_the_swarm_byte_for_byte() {
+    let s = Server::start_args(&["--torrent"]);
+    let src = s.path("img");
+    image(&src, 1, 3);
+    let v1 = s.release(&src, "lab/stable");
+    v2_with(&src, 3);
+    let v2 = s.release(&src, "lab/stable");
+    delta_pack(&s, &v1, &v2);
+    let (st, torrent) = admin_bytes(&s, &format!("/api/v1/torrents/delta/{v1}/{v2}"));
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&torrent));
+    let text = String::from_utf8_lossy(&torrent);
+    assert!(text.contains("7:privatei1e"), "a private torrent");
+    assert!(text.contains(&format!("{}/announce/", s.url)), "{text}");
+    let (st, pack) = admin_bytes(&s, &format!("/api/v1/deltas/{v1}/{v2}"));
+    assert_eq!(st, 200);
+    assert!(pack.len() > 3 << 20, "{}", pack.len());
+
+    let dir = s.path("aria2");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tfile = dir.join("pack.torrent");
+    std::fs::write(&tfile, &torrent).unwrap();
+    let start = Instant::now();
+    let out = Command::new("timeout")
+        .args([
+            "90",
+            "aria2c",
+            "--seed-time=0",
+            "--enable-dht=false",
+            "--enable-dht6=false",
+        ])
+        .args([
+            "--enable-peer-exchange=false",
+            "--bt-enable-lpd=false",
+            "--console-log-level=warn",
+        ])
+        .args([
+            "--summary-interval=0",
+            "--check-certificate=false",
+            "--bt-stop-timeout=60",
+        ])
+        .arg(format!("--listen-port={}", free_port()))
+        .arg(format!("--dir={}", dir.join("out").display()))
+        .arg(&tfile)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "aria2c: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = std::fs::read(dir.join(format!("out/{v1}-{v2}.pack"))).unwrap();
+    assert!(got == pack, "aria2c's copy differs from the pack over HTTP");
+    eprintln!(
+        "aria2c fetched {} bytes in {:.1} s",
+        got.len(),
+        start.elapsed().as_secs_f64()
+    );
+    // the server's seeder sent it, and the tracker saw aria2c
+    let t = torrents(&s);
+    let mine = t
+        .iter()
+        .find(|t| t["name"] == format!("{v1}-{v2}.pack"))
+        .unwrap();
+    assert_eq!(mine["length"], pack.len() as u64);
+    assert!(
+        mine["uploaded"].as_u64().unwrap() >= pack.len() as u64,
+        "{mine}"
+    );
+    assert_eq!(mine["kind"], "delta");
+}
+
+fn passkey_of(s: &Server, owner: &str) -> String {
+    let secret = std::fs::read(s.data.join("torrent-secret")).unwrap();
+    let key: [u8; 32] = secret.try_into().unwrap();
+    let h = blake3::keyed_hash(&key, owner.as_bytes());
+    format!("{}.{owner}", hex(&h.as_bytes()[..16]))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn pct(b: &[u8]) -> String {
+    b.iter().map(|b| format!("%{b:02X}")).collect()
+}
+
+#[test]
+fn the_tracker_answers_bad_announces_with_a_bencoded_reason_and_never_fails() {
+    let s = Server::start_args(&["--torrent"]);
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 3);
+    let v1 = s.release(&src, "lab/stable");
+    let a = Agent::new(&s, "m1", &t);
+    assert!(a.once().success(), "{}", a.log());
+    image(&src, 2, 3);
+    let v2 = s.release(&src, "lab/stable");
+    delta_pack(&s, &v1, &v2);
+    let (st, torrent) = admin_bytes(&s, &format!("/api/v1/torrents/delta/{v1}/{v2}"));
+    assert_eq!(st, 200);
+    let info_hash = {
+        let (m, _) = semithin_swarm::Metainfo::parse(&torrent).unwrap();
+        m.info_hash()
+    };
+    let id = pct(&[7u8; 20]);
+    let good = |key: &str| {
+        format!(
+            "/announce/{key}?info_hash={}&peer_id={id}&port=6881&left=10&compact=1",
+            pct(&info_hash)
+        )
+    };
+    let admin_key = passkey_of(&s, "admin");
+    let m1_id = s.machine("m1")["id"].as_str().unwrap().to_owned();
+    let m1_key = passkey_of(&s, &m1_id);
+    let fails = |q: &str, want: &str| {
+        let (st, body) = announce(&s, q);
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(st, 200, "{q}: {body}");
+        assert!(body.starts_with("d14:failure reason"), "{q}: {body}");
+        assert!(body.contains(want), "{q}: {body}");
+    };
+    // a good announce lists peers (none but the server's seeder yet)
+    let (st, body) = announce(&s, &good(&m1_key));
+    assert_eq!(st, 200);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("8:intervali60e") && text.contains("5:peers"),
+        "{text}"
+    );
+    assert!(!text.contains("failure"), "{text}");
+    fails(&good("0123.nobody"), "unknown passkey");
+    // m1's MAC with another owner
+    fails(&good(&format!("{m1_key}x")), "unknown passkey");
+    // no passkey at all is no tracker route
+    assert_eq!(announce(&s, &good("")).0, 404);
+    fails(&format!("/announce/{admin_key}"), "info_hash is missing");
+    fails(
+        &format!("/announce/{admin_key}?info_hash=abc&peer_id={id}&port=1"),
+        "info_hash must be 20 bytes, not 3",
+    );
+    fails(
+        &format!("/announce/{admin_key}?info_hash=%zz&peer_id={id}&port=1"),
+        "bad percent escape",
+    );
+    fails(
+        &format!("/announce/{admin_key}?info_hash={}&port=1", pct(&info_hash)),
+        "peer_id is missing",
+    );
+    fails(
+        &format!(
+            "/announce/{admin_key}?info_hash={}&peer_id={id}",
+            pct(&info_hash)
+        ),
+        "port is missing",
+    );
+    fails(
+        &format!(
+            "/announce/{admin_key}?info_hash={}&peer_id={id}&port=1",
+            pct(&[9u8; 20])
+        ),
+        "unknown torrent",
+    );
+    // a machine removed: its passkey opens nothing
+    s.ok(&["fleet", "remove", "m1", "--yes"]);
+    fails(&good(&m1_key), "not an accepted machine");
+    // torrents need the signature or the admin token
+    let r = http()
+        .build()
+        .unwrap()
+        .get(format!("{}/api/v1/torrents/delta/{v1}/{v2}", s.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let (st, _) = admin_bytes(&s, &format!("/api/v1/torrents/delta/{v1}/nothex"));
+    assert_eq!(st, 400);
+}
+
+#[test]
+fn with_nobody_seeding_the_agent_fetches_over_http_at_once() {
+    let s = Server::start_args(&["--torrent", "--torrent-no-seed"]);
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 3);
+    let v1 = s.release(&src, "lab/stable");
+    let a = Agent::new(&s, "m1", &t)
+        .arg("--torrent")
+        .arg("--torrent-patience")
+        .arg("2");
+    assert!(a.once().success(), "{}", a.log());
+    s.ok(&["fleet", "assign", "m1", "lab/stable"]);
+    assert!(a.once().success(), "{}", a.log());
+    v2_with(&src, 1);
+    let v2 = s.release(&src, "lab/stable");
+    delta_pack(&s, &v1, &v2);
+    let start = Instant::now();
+    assert!(a.once().success(), "{}", a.log());
+    let secs = start.elapsed().as_secs_f64();
+    let log = a.log();
+    assert!(
+        log.contains("the delta pack over HTTP: not from the swarm (no peer sent anything"),
+        "{log}"
+    );
+    assert!(log.contains("rebuilt and verified"), "{log}");
+    assert_eq!(a.current().as_deref(), Some(v2.as_str()));
+    assert_deployed(&src, &a.deployment());
+    // the patience of 2 s, not a long wait
+    assert!(secs < 20.0, "the update took {secs:.1} s");
+    let st = s.stats();
+    assert!(st["delta_bytes_sent"].as_u64().unwrap() > 1 << 20, "{st}");
+}
+
+/// `n` agents (daemons sharing through the swarm) update v1 -> v2 with a pack of `mib` MiB;
+/// (server's seeder upload, HTTP delta bytes, pack size, seconds to converge).
+pub(crate) fn site_update(n: usize, mib: usize, torrent: bool) -> (u64, u64, u64, f64) {
+    let mut args = vec![];
+    if torrent {
+        args.push("--torrent");
+    }
+    let s = Server::start_args(&args);
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 3);
+    let v1 = s.release(&src, "lab/stable");
+    let mut agents: Vec<Agent> = (1..=n)
+        .map(|i| {
+            let mut a = Agent::new(&s, &format!("m{i:02}"), &t);
+            if torrent {
+                a = a
+                    .arg("--torrent")
+                    .arg("--torrent-seed-time")
+                    .arg("300")
+                    .arg("--torrent-seed-ratio")
+                    .arg("0");
+            }
+            a
+        })
+        .collect();
+    std::thread::scope(|sc| {
+        for a in &agents {
+            sc.spawn(move || assert!(a.once().success(), "{}", a.log()));
+        }
+    });
+    s.ok(&["fleet", "assign", "*", "lab/stable"]);
+    for a in &mut agents {
+        a.spawn();
+    }
+    for a in &agents {
+        wait_updated(&s, &a.name, &v1, 120);
+    }
+    v2_with(&src, mib);
+    let before = s.stats()["delta_bytes_sent"].as_u64().unwrap();
+    let start = Instant::now();
+    let v2 = s.release(&src, "lab/stable");
+    for a in &agents {
+        wait_updated(&s, &a.name, &v2, 300);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let pack = std::fs::metadata(delta_pack(&s, &v1, &v2)).unwrap().len();
+    let http_bytes = s.stats()["delta_bytes_sent"].as_u64().unwrap() - before;
+    let uploaded = if torrent {
+        torrents(&s)
+            .iter()
+            .find(|t| t["name"] == format!("{v1}-{v2}.pack"))
+            .and_then(|t| t["uploaded"].as_u64())
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    for a in &agents {
+        let log = a.log();
+        assert!(log.contains("rebuilt and verified"), "{}: {log}", a.name);
+        assert_eq!(a.current().as_deref(), Some(v2.as_str()), "{}", a.name);
+    }
+    assert_deployed(&src, &agents[0].deployment());
+    assert_deployed(&src, &agents[n - 1].deployment());
+    if torrent {
+        let from_swarm = agents
+            .iter()
+            .filter(|a| a.log().contains("from the swarm: "))
+            .count();
+        eprintln!("{from_swarm} of {n} agents took the pack from the swarm");
+        for a in &agents {
+            for l in a
+                .log()
+                .lines()
+                .filter(|l| l.contains("the swarm") || l.contains("applied the delta"))
+            {
+                eprintln!("{}: {l}", a.name);
+            }
+        }
+    }
+    for a in &mut agents {
+        a.stop();
+    }
+    (uploaded, http_bytes, pack, secs)
+}
+
+#[test]
+fn slow_twenty_agents_on_one_site_update_through_the_swarm() {
+    let (uploaded, http_bytes, pack, secs) = site_update(20, 8, true);
+    eprintln!(
+        "20 agents: pack {pack} bytes, server seeded {uploaded} and sent {http_bytes} over HTTP, \
+         converged in {secs:.1} s"
+    );
+    assert!(
+        uploaded + http_bytes <= 2 * pack,
+        "the server sent {uploaded} + {http_bytes} bytes, more than twice the pack ({pack})"
+    );
+}
+
+/// bench/torrent.sh: the same site updated twice in one run, through the swarm and over HTTP
+/// alone; writes a Markdown table to $BENCH_TORRENT_OUT.
+#[test]
+#[ignore = "a benchmark: bench/torrent.sh runs it"]
+fn bench_torrent_site_update_with_and_without_the_swarm() {
+    let n: usize = std::env::var("BENCH_AGENTS").map_or(20, |v| v.parse().unwrap());
+    let mib: usize = std::env::var("BENCH_MIB").map_or(8, |v| v.parse().unwrap());
+    let (up_t, http_t, pack_t, secs_t) = site_update(n, mib, true);
+    let (_, http_h, pack_h, secs_h) = site_update(n, mib, false);
+    assert!(
+        http_h >= pack_h * n as u64,
+        "every agent took the pack over HTTP"
+    );
+    let server_t = up_t + http_t;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "| mode | agents | pack bytes | server sent (seeder + HTTP) | × pack | converged s |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n\
+         | BitTorrent | {n} | {pack_t} | {server_t} ({up_t} + {http_t}) | {:.2} | {secs_t:.1} |\n\
+         | HTTP only | {n} | {pack_h} | {http_h} | {:.2} | {secs_h:.1} |\n\n\
+         Ratios, BitTorrent / HTTP: server bytes {:.3}, time to converge {:.2}.\n",
+        server_t as f64 / pack_t as f64,
+        http_h as f64 / pack_h as f64,
+        (server_t as f64 / pack_t as f64) / (http_h as f64 / pack_h as f64),
+        secs_t / secs_h,
+    ));
+    eprintln!("{out}");
+    if let Ok(p) = std::env::var("BENCH_TORRENT_OUT") {
+        std::fs::write(p, out).unwrap();
+    }
+}
