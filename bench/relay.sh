@@ -136,6 +136,8 @@ read -r R1 R2 RPER RSECS RFETCHED < <(run relays)
 ratio=$(python3 -c "print(f'{$R2 / ($RELAYS * $DPER):.2f}')")
 section=$WORK/section.md
 {
+  echo "# semithin relay benchmark: root egress per update with and without relays"
+  echo
   echo "## $(date -u '+%Y-%m-%d %H:%M') UTC — relays: \`MACHINES=$MACHINES RELAYS=$RELAYS bench/relay.sh\`"
   echo
   echo "$MACHINES agents, an image of $FILES small files and a $BIG-byte random file, v1 then v2 (every"
@@ -150,4 +152,4 @@ section=$WORK/section.md
   echo "fetched (v1 and v2, with metadata):$RFETCHED bytes."
 } >"$section"
 cat "$section"
-{ echo; cat "$section"; } >>bench/RESULTS.md
+replace_section bench/RESULTS.md "$section" "# semithin relay benchmark" "$WORK"
