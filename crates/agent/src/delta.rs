@@ -73,7 +73,7 @@ impl Agent {
             None
         };
         if let Some(s) = swarm {
-            let applied = self.apply_delta(&s.path, from, to)?;
+            let applied = self.apply_delta(&s.path, from, to, false)?;
             self.swarm_done(s, applied);
             return Ok(applied);
         }
@@ -89,14 +89,21 @@ impl Agent {
         if !got? {
             return Ok(false);
         }
-        let applied = self.apply_delta(&part, from, to);
+        let applied = self.apply_delta(&part, from, to, true);
         let _ = std::fs::remove_file(&part);
         let _ = std::fs::remove_file(&etag);
         applied
     }
 
-    /// Applies the pack in `part`; `Ok(false)` when it was refused.
-    fn apply_delta(&self, part: &Path, from: &str, to: &str) -> Result<bool> {
+    /// Applies the pack in `part`; `Ok(false)` when it was refused. A refused pack that came
+    /// from the upstream (`from_upstream`, not the swarm) is reported against it.
+    fn apply_delta(
+        &mut self,
+        part: &Path,
+        from: &str,
+        to: &str,
+        from_upstream: bool,
+    ) -> Result<bool> {
         let f = std::fs::File::open(part).map_err(Error::io("opening", part))?;
         let start = std::time::Instant::now();
         let res = semithin_delta::apply::apply(&self.repo.objects, parse(from)?, parse(to)?, f);
@@ -119,12 +126,14 @@ impl Agent {
                     "the delta pack was refused ({e}); fetching the objects instead"
                 ));
                 // The upstream that served it is reported, and left when there is another.
-                let reason = format!(
-                    "the delta pack {} -> {} did not verify: {e}",
-                    short(from),
-                    short(to)
-                );
-                self.leave_upstream(&reason)?;
+                if from_upstream {
+                    let reason = format!(
+                        "the delta pack {} -> {} did not verify: {e}",
+                        short(from),
+                        short(to)
+                    );
+                    self.leave_upstream(&reason)?;
+                }
                 Ok(false)
             }
         }

@@ -203,7 +203,7 @@ impl Agent {
             "release {} staged for the next boot: its squashfs ({} bytes, sha256 {}) verified in {}",
             short(release),
             info.length,
-            &sha[..12],
+            sha.get(..12).unwrap_or(&sha),
             cache.display()
         ));
         self.live_staged = Some(release.to_owned());

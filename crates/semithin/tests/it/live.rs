@@ -538,7 +538,7 @@ fn slow_boot_live_machine_runs_the_agent_keeps_its_layer_and_boots_the_release_i
         c.contains(&format!(
             "staged for the next boot: its squashfs ({} bytes, sha256 {}) verified",
             artifact(&s, &v2, "root.squashfs").1["length"],
-            &sha2[..12]
+            sha2.get(..12).unwrap()
         )),
         "{c}"
     );
@@ -567,7 +567,7 @@ fn slow_boot_live_machine_runs_the_agent_keeps_its_layer_and_boots_the_release_i
     assert!(
         c.contains(&format!(
             "release {} (running) passed its health checks",
-            &v2[..12]
+            v2.get(..12).unwrap()
         )),
         "{c}"
     );
