@@ -43,12 +43,17 @@ const CHANNEL: &str = "demo/stable";
 /// Child processes, stopped when dropped.
 struct Fleet {
     server: Option<Child>,
+    relay: Option<Child>,
     agents: Vec<Child>,
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        let all = self.agents.iter_mut().chain(self.server.as_mut());
+        let all = self
+            .agents
+            .iter_mut()
+            .chain(self.relay.as_mut())
+            .chain(self.server.as_mut());
         let mut children: Vec<&mut Child> = all.collect();
         for c in &children {
             if let Ok(pid) = i32::try_from(c.id())
@@ -384,6 +389,7 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
 
     let mut fleet = Fleet {
         server: None,
+        relay: None,
         agents: Vec::new(),
     };
     let log = std::fs::File::create(dir.join("server.log"))?;
@@ -479,6 +485,49 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
             .open(&token_file)?;
         f.write_all(secret.as_bytes())?;
     }
+    // A relay (a site's staging server) between the server and half the machines: it enrolls
+    // as a machine of its own with a pre-authorised token, caches what its machines fetch and
+    // passes their check-ins up with their signatures (docs/RELAY.md).
+    let relay_port = free_port()?;
+    let relay_url = format!("http://127.0.0.1:{relay_port}");
+    let rt: TokenInfo = c.post(
+        "making the relay's enrollment token",
+        "/api/v1/admin/tokens",
+        &TokenRequest {
+            preauthorized: true,
+            uses: Some(1),
+            labels: [("role".to_owned(), "relay".to_owned())].into(),
+            ..Default::default()
+        },
+    )?;
+    let relay_log = std::fs::File::create(dir.join("relay.log"))?;
+    fleet.relay = Some(
+        Command::new(&exe)
+            .args(["relay", "--upstream", &url, "--name", "site-relay"])
+            .arg("--data")
+            .arg(dir.join("relay"))
+            .args(["--listen", &format!("127.0.0.1:{relay_port}")])
+            .env(
+                "SEMITHIN_TOKEN",
+                rt.token.context("the server returned no token secret")?,
+            )
+            .stdin(Stdio::null())
+            .stdout(relay_log.try_clone()?)
+            .stderr(relay_log)
+            .spawn()
+            .context("starting the relay")?,
+    );
+    let relay_info = format!("{relay_url}/api/v1/relay");
+    wait_for(
+        "the relay starting (see relay.log)",
+        Duration::from_secs(30),
+        || {
+            Ok(http
+                .get(&relay_info)
+                .send()
+                .is_ok_and(|r| r.status().is_success()))
+        },
+    )?;
     let root = repo_path.join("trust/metadata/1.root.json");
     let agents = dir.join("agents");
     std::fs::create_dir_all(&agents)?;
@@ -488,11 +537,18 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
             .create(true)
             .append(true)
             .open(agents.join(format!("{name}.log")))?;
+        // every other machine behind the relay, with the server to fall back on
+        let n: u32 = name.trim_start_matches('m').parse().unwrap_or(1);
+        let servers = if n % 2 == 0 {
+            format!("{relay_url},{url}")
+        } else {
+            url.clone()
+        };
         Command::new(&exe)
             .arg("agent")
             .arg("--state")
             .arg(&state)
-            .args(["--server", &url, "--name", name])
+            .args(["--server", &servers, "--name", name])
             .arg("--token-file")
             .arg(&token_file)
             .arg("--trusted-root")
@@ -513,11 +569,18 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
         "the agents enrolling (see agents/*.log)",
         Duration::from_secs(60),
         || {
-            let ms: Vec<MachineInfo> = c.get("listing machines", "/api/v1/admin/machines")?;
+            let ms: Vec<MachineInfo> = c.get(
+                "listing machines",
+                "/api/v1/admin/machines?selector=demo%3Dyes",
+            )?;
             Ok(ms.len() as u32 == n)
         },
     )?;
-    outln!("3. {n} agents started; each made its own key and enrolled: pending");
+    outln!(
+        "3. {n} agents started; each made its own key and enrolled: pending ({} of them behind \
+         a relay, `semithin relay` on {relay_url})",
+        n / 2
+    );
     let acc: semithin_protocol::api::Affected = c.post(
         "accepting",
         "/api/v1/admin/accept",
@@ -573,6 +636,11 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
     let sent1 = sent(&mid) - sent(&before);
     let sent2 = sent(&end) - sent(&mid);
     let pct = |x: u64| 100.0 * x as f64 / image as f64;
+    let relayed: serde_json::Value = http
+        .get(&relay_info)
+        .send()
+        .and_then(|r| r.json())
+        .context("reading the relay's counters")?;
     outln!();
     outln!("Summary: {n}/{n} machines updated to v1, then v2; every one verified and healthy.");
     outln!("  image size:                       {}", human(image));
@@ -590,6 +658,12 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
         pct(sent2 / n as u64),
         t2.as_secs_f64()
     );
+    outln!(
+        "  the relay:                        fetched {} from the server once, served {} to its {} machines",
+        human(relayed["fetched_bytes"].as_u64().unwrap_or(0)),
+        human(relayed["served_bytes"].as_u64().unwrap_or(0)),
+        n / 2
+    );
     if a.keep {
         outln!();
         outln!("The fleet keeps running; try (Ctrl-C here ends the demo):");
@@ -597,7 +671,7 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
         outln!("  export SEMITHIN_ADMIN_TOKEN={token}");
         outln!("  semithin fleet list");
         outln!("  semithin fleet show m01");
-        outln!("  semithin fleet check; semithin audit");
+        outln!("  semithin fleet check; semithin audit; semithin fleet tree");
         outln!("  # the dashboard: open {url}/ in a browser and log in with the admin token");
         outln!("  semithin --repo {} log", repo_path.display());
         outln!(
