@@ -47,7 +47,17 @@ fn the_demo_converges_twice_reports_the_bytes_and_leaves_nothing_running() {
     assert!(step7.contains("2 path(s) differed, 2 put back"), "{text}");
     // what monitoring sees: all updated, the metrics agree, the dashboard's address
     let step8 = text.split("8. ").nth(1).unwrap_or_default();
-    assert!(step8.contains("SEMITHIN OK - 4 machines"), "{text}");
+    // the 4 machines and the relay, which is a machine of the fleet with no channel
+    assert!(
+        step8.contains("SEMITHIN OK - 5 machines, 4 updated"),
+        "{text}"
+    );
+    // the relay fetched from the server and served its two machines more than that
+    let relay = text.lines().find(|l| l.contains("the relay:")).unwrap();
+    assert!(
+        relay.contains("fetched ") && relay.contains("to its 2 machines"),
+        "{relay}"
+    );
     assert!(
         step8.contains("semithin_machines{state=\"updated\"} "),
         "{text}"
