@@ -12,7 +12,6 @@
 //! CACHE/next                   "RELEASE SHA256": the release the next boot runs
 //! ```
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use semithin_protocol::boot;
@@ -84,22 +83,7 @@ pub(crate) fn staged(cache: &Path, release: &str) -> bool {
     }
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((n, hex::encode(h.finalize())))
-}
+use semithin_trust::digest::sha256_file;
 
 /// Writes `text` to `path` through a temporary file and a rename, synced.
 fn write_atomic(path: &Path, text: &str) -> Result<()> {

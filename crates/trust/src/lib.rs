@@ -6,6 +6,7 @@
 pub mod cjson;
 pub mod client;
 pub mod clock;
+pub mod digest;
 pub mod error;
 mod fsutil;
 pub mod keys;

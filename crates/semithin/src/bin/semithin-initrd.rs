@@ -14,21 +14,7 @@ use clap::{Parser, Subcommand};
 mod cli {
     //! Output as `semithin`'s command line has it (`outln!`, `note!`).
 
-    macro_rules! outln {
-        () => {
-            $crate::cli::out(format_args!("\n"))?
-        };
-        ($($arg:tt)*) => {
-            $crate::cli::out(format_args!("{}\n", format_args!($($arg)*)))?
-        };
-    }
-
-    macro_rules! note {
-        ($($arg:tt)*) => {{
-            use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), $($arg)*);
-        }};
-    }
+    include!("../cli/macros.rs");
 
     pub(crate) fn out(args: std::fmt::Arguments) -> std::io::Result<()> {
         use std::io::Write;

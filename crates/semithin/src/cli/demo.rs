@@ -539,7 +539,7 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
             .open(agents.join(format!("{name}.log")))?;
         // every other machine behind the relay, with the server to fall back on
         let n: u32 = name.trim_start_matches('m').parse().unwrap_or(1);
-        let servers = if n % 2 == 0 {
+        let servers = if n.is_multiple_of(2) {
             format!("{relay_url},{url}")
         } else {
             url.clone()

@@ -78,22 +78,7 @@ fn say(msg: std::fmt::Arguments) {
     note!("semithin: {msg}");
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((n, hex::encode(h.finalize())))
-}
+use semithin_trust::digest::sha256_file;
 
 /// Whether the file at `path` is the target `info` describes: `Ok` or the reason it is not.
 fn verify(path: &Path, info: &TargetFile, sha: &str) -> std::result::Result<(), String> {

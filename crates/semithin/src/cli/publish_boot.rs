@@ -6,8 +6,7 @@
 //! which only the publisher holds.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -81,22 +80,7 @@ pub fn gc(repo: &Repo) -> Result<Removed> {
     Ok(out)
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((n, hex::encode(h.finalize())))
-}
+use semithin_trust::digest::sha256_file;
 
 /// The artifacts of `id` signed before, when every one of them is still kept whole (length and
 /// SHA-256 checked again): a release is made into artifacts once.
