@@ -8,6 +8,7 @@
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use semithin_delta::listing::NOTHING;
 use semithin_protocol::path::ApiPath;
 use semithin_store::CommitId;
 
@@ -95,6 +96,24 @@ impl Agent {
         applied
     }
 
+    /// A first install with `torrent = true`: the full-release pack of `to` from the swarm,
+    /// applied like a delta pack from no release. `false` when it could not be had or was
+    /// refused: the objects then come over HTTP as without the swarm.
+    pub(crate) fn fetch_full(&mut self, to: &str) -> Result<bool> {
+        let s = match self.swarm_full(to) {
+            Ok(s) => s,
+            Err(e) => {
+                self.say(&format!(
+                    "the release's objects over HTTP: not from the swarm ({e})"
+                ));
+                return Ok(false);
+            }
+        };
+        let applied = self.apply_delta(&s.path, &NOTHING.to_hex(), to, false)?;
+        self.swarm_done(s, applied);
+        Ok(applied)
+    }
+
     /// Applies the pack in `part`; `Ok(false)` when it was refused. A refused pack that came
     /// from the upstream (`from_upstream`, not the swarm) is reported against it.
     fn apply_delta(
@@ -110,14 +129,15 @@ impl Agent {
         let secs = start.elapsed().as_secs_f64();
         match res {
             Ok(a) => {
+                let what = if from == NOTHING.to_hex() {
+                    format!("the full-release pack of {}", short(to))
+                } else {
+                    format!("the delta pack {} -> {}", short(from), short(to))
+                };
                 self.say(&format!(
-                    "applied the delta pack {} -> {} ({} bytes) in {secs:.2} s: {} trees and {} \
-                     files rebuilt and verified",
-                    short(from),
-                    short(to),
-                    a.pack_bytes,
-                    a.trees,
-                    a.files
+                    "applied {what} ({} bytes) in {secs:.2} s: {} trees and {} files rebuilt and \
+                     verified",
+                    a.pack_bytes, a.trees, a.files
                 ));
                 Ok(true)
             }

@@ -158,10 +158,16 @@ impl Agent {
             .as_ref()
             .and_then(|a| a.desired.as_ref())
             .and_then(|d| d.delta_path.clone());
-        if let (Some(path), Some(cur)) = (delta_path, self.layout.current()?)
+        let current = self.layout.current()?;
+        if let (Some(path), Some(cur)) = (delta_path, &current)
             && cur != release
         {
-            self.fetch_delta(&path, &cur, release)?;
+            self.fetch_delta(&path, cur, release)?;
+        }
+        // A first install on a site sharing through BitTorrent: the full-release pack from the
+        // swarm; what it leaves out (nothing, when it applied) comes as objects.
+        if current.is_none() && self.cfg.torrent {
+            self.fetch_full(release)?;
         }
         let mut stored = 0;
         let mut rounds = 0;

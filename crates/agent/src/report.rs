@@ -70,6 +70,7 @@ pub(crate) fn report_of(
             .ok()
             .map(|r| r.report()),
         backup: state.backup.clone(),
+        swarm: crate::swarm::totals(),
     })
 }
 

@@ -1,9 +1,11 @@
-//! Delta packs from the site's machines (docs/TORRENT.md), with `torrent = true`: the server's
-//! private torrent of the pack (a signed GET), fetched through the [`Swarm`] trait into
-//! STATE/swarm/, then seeded for `torrent_seed_secs` or until `torrent_seed_ratio`. Anything
-//! that goes wrong — no torrent, no peer sending within `torrent_patience_secs`, a torrent
-//! whose file is not the pack announced — leaves the pack to HTTP at once. The swarm is
-//! transport only: the pack is applied like one from HTTP, every object checked.
+//! Delta packs and full-release packs (first installs) from the site's machines
+//! (docs/TORRENT.md), with `torrent = true`: the server's private torrent of the pack (a
+//! signed GET), fetched through the [`Swarm`] trait into STATE/swarm/, then seeded for
+//! `torrent_seed_secs` or until `torrent_seed_ratio`. Anything that goes wrong — no torrent, a
+//! swarm with no whole copy (the server's `x-semithin-swarm-complete: 0`), no peer sending
+//! within `torrent_patience_secs`, a torrent whose file is not the pack announced — leaves the
+//! pack to HTTP. The swarm is transport only: the pack is applied like one from HTTP, every
+//! object checked.
 //!
 //! The client lives as long as the agent process (seeding goes on between cycles) and is made
 //! on first use.
@@ -14,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use semithin_protocol::path::ApiPath;
+use semithin_protocol::torrent::SWARM_COMPLETE;
 use semithin_swarm::rqbit::{Options, Rqbit};
 use semithin_swarm::{SeedUntil, Swarm, Torrent};
 
@@ -25,6 +28,16 @@ const MAX_TORRENT_BYTES: u64 = 1 << 20;
 fn client() -> &'static Mutex<Option<Arc<Rqbit>>> {
     static C: OnceLock<Mutex<Option<Arc<Rqbit>>>> = OnceLock::new();
     C.get_or_init(Default::default)
+}
+
+/// What this process's BitTorrent client exchanged with peers, once it has started.
+pub(crate) fn totals() -> Option<semithin_protocol::api::SwarmBytes> {
+    let c = client().lock().expect("lock").clone()?;
+    let t = c.totals();
+    Some(semithin_protocol::api::SwarmBytes {
+        received: t.received,
+        sent: t.sent,
+    })
 }
 
 /// A pack the swarm delivered, to apply and then seed.
@@ -62,15 +75,59 @@ impl Agent {
         to: &str,
         announced: Option<u64>,
     ) -> Result<FromSwarm, String> {
-        let path = ApiPath::new(format!("/api/v1/torrents/delta/{from}/{to}"))
-            .map_err(|e| e.to_string())?;
+        let got = self.swarm_pack(
+            &format!("/api/v1/torrents/delta/{from}/{to}"),
+            &format!("{from}-{to}.pack"),
+            announced,
+        )?;
+        self.say(&format!(
+            "fetched the delta pack {} -> {} from the swarm: {} bytes from peers in {:.2} s",
+            short(from),
+            short(to),
+            got.1.bytes,
+            got.1.secs
+        ));
+        Ok(got.0)
+    }
+
+    /// The full-release pack of `to` (every object of it, for a first install) through the
+    /// swarm, or why not (the caller fetches objects over HTTP).
+    pub(crate) fn swarm_full(&self, to: &str) -> Result<FromSwarm, String> {
+        let got = self.swarm_pack(
+            &format!("/api/v1/torrents/full/{to}"),
+            &format!("{}-{to}.pack", semithin_delta::listing::NOTHING.to_hex()),
+            None,
+        )?;
+        self.say(&format!(
+            "fetched the full-release pack of {} from the swarm: {} bytes from peers in {:.2} s",
+            short(to),
+            got.1.bytes,
+            got.1.secs
+        ));
+        Ok(got.0)
+    }
+
+    /// The private torrent at `path` (a signed GET), checked to be of the file `name` (and of
+    /// `announced` bytes), fetched from the swarm.
+    fn swarm_pack(
+        &self,
+        path: &str,
+        name: &str,
+        announced: Option<u64>,
+    ) -> Result<(FromSwarm, semithin_swarm::Fetched), String> {
+        let path = ApiPath::new(path.to_owned()).map_err(|e| e.to_string())?;
         let api = self.api();
         let rb = api
             .signed("GET", &path, Vec::new())
             .map_err(|e| e.to_string())?;
         let resp = api
-            .send("the delta pack's torrent", &path, rb)
+            .send("the pack's torrent", &path, rb)
             .map_err(|e| e.to_string())?;
+        let complete = resp
+            .headers()
+            .get(SWARM_COMPLETE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let mut bytes = Vec::new();
         resp.take(MAX_TORRENT_BYTES + 1)
             .read_to_end(&mut bytes)
@@ -81,7 +138,6 @@ impl Agent {
             ));
         }
         let torrent = Torrent::parse(bytes).map_err(|e| e.to_string())?;
-        let name = format!("{from}-{to}.pack");
         if torrent.meta.name != name || !torrent.meta.private {
             return Err(format!(
                 "the torrent is of {:?}, not of the private {name}",
@@ -99,6 +155,10 @@ impl Agent {
         if torrent.meta.length > crate::delta::MAX_DELTA_BYTES {
             return Err("the torrent's file is larger than any pack taken".into());
         }
+        // nobody holds all of it (the server does not seed, no peer finished): HTTP at once
+        if complete == Some(0) {
+            return Err("no peer has all of it and the server does not seed it".into());
+        }
         let swarm = self.swarm()?;
         let dir = self.layout.dir.join("swarm");
         let patience = Duration::from_secs(self.cfg.torrent_patience_secs.max(1));
@@ -113,18 +173,14 @@ impl Agent {
                 torrent.meta.length
             ));
         }
-        self.say(&format!(
-            "fetched the delta pack {} -> {} from the swarm: {} bytes from peers in {:.2} s",
-            short(from),
-            short(to),
-            got.bytes,
-            got.secs
-        ));
-        Ok(FromSwarm {
-            path: got.path,
-            torrent,
-            swarm,
-        })
+        Ok((
+            FromSwarm {
+                path: got.path.clone(),
+                torrent,
+                swarm,
+            },
+            got,
+        ))
     }
 
     /// After the pack was applied (`ok`): seed it as configured, then remove it; a pack that

@@ -30,9 +30,17 @@ pub struct Listing {
     pub files: HashMap<Vec<u8>, FileContent>,
 }
 
+/// The `from` of a full-release pack (docs/FORMAT.md, "Delta packs"): no release at all, so
+/// the pack carries every tree and file of its `to` (what a first install needs, in one file
+/// that can be shared as a torrent).
+pub const NOTHING: CommitId = CommitId::from_bytes([0; 32]);
+
 impl Listing {
-    /// Reads every tree of `commit` from `store`.
+    /// Reads every tree of `commit` from `store`; [`NOTHING`] is the empty listing.
     pub fn read(store: &ObjectStore, commit: CommitId) -> Result<Self> {
+        if commit == NOTHING {
+            return Ok(Self::default());
+        }
         let c = store.get_commit(&commit)?;
         let mut l = Listing {
             root: Some(c.tree),

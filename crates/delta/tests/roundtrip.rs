@@ -6,6 +6,7 @@ use std::path::Path;
 
 use semithin_delta::apply::apply;
 use semithin_delta::build::{Effort, build};
+use semithin_delta::listing::NOTHING;
 use semithin_store::import::{CommitOptions, commit};
 use semithin_store::pack::ObjKind;
 use semithin_store::repo::Config;
@@ -261,6 +262,42 @@ fn a_machine_without_the_old_release_gets_a_clear_error() {
     empty.objects.flush().unwrap();
     let e = apply(&empty.objects, f.v1, f.v2, pack.as_slice()).unwrap_err();
     assert!(e.to_string().contains("does not hold all of it"), "{e}");
+}
+
+/// A full-release pack (from [`NOTHING`]) brings a machine with an empty store the whole
+/// release, verified; a damaged one stores nothing wrong.
+#[test]
+fn a_full_release_pack_installs_a_machine_from_nothing() {
+    let f = fixture();
+    let mut pack = Vec::new();
+    let stats = build(&f.server.objects, NOTHING, f.v2, Effort::Quick, &mut pack).unwrap();
+    assert_eq!(stats.files_prefixed + stats.files_bsdiff, 0, "{stats:?}");
+    assert!(stats.files_new > 50, "{stats:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let empty = repo(&dir.path().join("r"));
+    let c = f
+        .server
+        .objects
+        .get_verified(ObjKind::Commit, f.v2.as_bytes())
+        .unwrap();
+    empty.objects.put(&c).unwrap();
+    empty.objects.flush().unwrap();
+    // not a pack from v1
+    let e = apply(&empty.objects, f.v1, f.v2, pack.as_slice()).unwrap_err();
+    assert!(e.to_string().contains("leads from"), "{e}");
+    let mut bad = pack.clone();
+    let at = bad.len() - 1000;
+    bad[at] ^= 0x5a;
+    assert!(apply(&empty.objects, NOTHING, f.v2, bad.as_slice()).is_err());
+    let applied = apply(&empty.objects, NOTHING, f.v2, pack.as_slice()).unwrap();
+    assert_eq!(applied.pack_bytes, pack.len() as u64);
+    assert_eq!(
+        transfer::missing(&empty.objects, f.v2).unwrap(),
+        vec![],
+        "the pack brought every object of v2"
+    );
+    let report = semithin_store::fsck::fsck(&empty, &NoProgress).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
 /// The pack format is fixed: the same releases give the same bytes as they did before packs

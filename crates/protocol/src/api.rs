@@ -122,6 +122,17 @@ pub struct Report {
     /// read-only or full): `None` once it is made again, or when the agent keeps none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupWarning>,
+    /// What the agent's BitTorrent client exchanged with the site's peers since the agent
+    /// started (absent: the agent does not share through BitTorrent, or has not yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<SwarmBytes>,
+}
+
+/// Bytes a machine's BitTorrent client received from and sent to peers (`Report::swarm`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SwarmBytes {
+    pub received: u64,
+    pub sent: u64,
 }
 
 /// Why an agent's backup cannot be made (`Report::backup`).

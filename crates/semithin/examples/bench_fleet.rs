@@ -61,6 +61,7 @@ fn report(release: &str) -> Report {
         failing: None,
         config: None,
         backup: None,
+        swarm: None,
     }
 }
 

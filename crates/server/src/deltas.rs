@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use semithin_delta::build::{Effort, build_in};
+use semithin_delta::listing::NOTHING;
 use semithin_store::CommitId;
 use semithin_store::objects::ObjectStore;
 use semithin_store::pack::ObjKind;
@@ -228,7 +229,7 @@ impl Deltas {
     }
 
     /// The pack from `from` to `to`, built now if it is not there yet; `None` when the server
-    /// does not hold both releases.
+    /// does not hold both releases. `from` may be [`NOTHING`]: the full-release pack of `to`.
     pub async fn ensure(
         &self,
         store: Arc<ObjectStore>,
@@ -238,7 +239,7 @@ impl Deltas {
         why: Why,
     ) -> Result<Option<Served>> {
         if from == to
-            || !store.contains(ObjKind::Commit, from.as_bytes())
+            || (from != NOTHING && !store.contains(ObjKind::Commit, from.as_bytes()))
             || !store.contains(ObjKind::Commit, to.as_bytes())
         {
             return Ok(None);
@@ -387,6 +388,10 @@ impl crate::App {
             for from in published.earlier.get(c).into_iter().flatten().take(k) {
                 pairs.push((c.clone(), *from, to));
             }
+            // first installs take the full-release pack from the swarm (docs/TORRENT.md)
+            if self.torrents.cfg.enabled {
+                pairs.push((c.clone(), NOTHING, to));
+            }
         }
         self.prepare_pairs(pairs);
     }
@@ -492,6 +497,33 @@ impl crate::App {
         })
     }
 
+    /// Whether a machine may have the full-release pack of `to`: what it is told to run, or its
+    /// channel's release (or one its signed target also allows).
+    pub fn install_allowed(
+        &self,
+        m: &crate::db::MachineRow,
+        to: &CommitId,
+    ) -> std::result::Result<(), String> {
+        let Some(channel) = m.channel.as_deref() else {
+            return Err("this machine follows no channel".into());
+        };
+        let p = self.published();
+        let release = p.releases.get(channel);
+        let allowed = p.targets.get(channel).is_some_and(|t| {
+            t.allowed
+                .iter()
+                .any(|a| a.parse().ok().as_ref() == Some(to))
+        });
+        if self.target(m).as_ref() == Some(to) || release == Some(to) || allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} is not a release this machine is told to run on channel {channel}",
+                to.short()
+            ))
+        }
+    }
+
     /// Whether a machine may have the pack from `from` to `to`: both must be releases of its
     /// channel (the channel's release, those its signed target also allows, or one it pointed
     /// at before), and `to` what the machine is told to run or the channel's release. Anything
@@ -517,13 +549,7 @@ impl crate::App {
                 || allowed.contains(c)
                 || p.earlier.get(channel).is_some_and(|e| e.contains(c))
         };
-        let target = self.target(m);
-        if !(target.as_ref() == Some(to) || release == Some(to) || allowed.contains(to)) {
-            return Err(format!(
-                "{} is not a release this machine is told to run on channel {channel}",
-                to.short()
-            ));
-        }
+        self.install_allowed(m, to)?;
         if !of_channel(from) {
             return Err(format!(
                 "{} was never a release of channel {channel}: fetch objects instead",

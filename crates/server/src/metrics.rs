@@ -54,6 +54,11 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -173,6 +178,9 @@ pub struct Census {
     /// Machines by the release they run (`None`: none yet).
     pub releases: BTreeMap<Option<semithin_protocol::ids::ReleaseId>, i64>,
     pub machines: i64,
+    /// Bytes the machines' BitTorrent clients reported receiving from and sending to peers.
+    pub swarm_received: u64,
+    pub swarm_sent: u64,
 }
 
 impl Census {
@@ -210,6 +218,10 @@ impl Census {
         }
         *self.releases.entry(r.report.current).or_default() += 1;
         self.machines += 1;
+        if let Some(s) = r.report.swarm {
+            self.swarm_received += s.received;
+            self.swarm_sent += s.sent;
+        }
     }
 }
 
@@ -249,6 +261,31 @@ pub fn render(app: &App) -> String {
         ConstCounter::new(c.objects_sent.load(Ordering::Relaxed)),
     );
     let census = census(app);
+    let swarm = Family::<DirectionLabels, Gauge>::default();
+    for (direction, v) in [
+        ("received", census.swarm_received),
+        ("sent", census.swarm_sent),
+    ] {
+        swarm
+            .get_or_create(&DirectionLabels { direction })
+            .set(i64::try_from(v).unwrap_or(i64::MAX));
+    }
+    r.register(
+        "swarm_bytes",
+        "Bytes the machines' BitTorrent clients exchanged with peers, as they last reported (since each agent started)",
+        swarm,
+    );
+    let seeded: u64 = app
+        .torrents
+        .list()
+        .iter()
+        .filter_map(|t| app.torrents.uploaded(&t.info_hash))
+        .sum();
+    r.register(
+        "torrent_seeded_bytes",
+        "Bytes the server's own seeder uploaded, torrents it still shares",
+        ConstCounter::new(seeded),
+    );
     let by_state = Family::<StateLabels, Gauge>::default();
     for (state, n) in &census.states {
         by_state.get_or_create(&StateLabels { state }).set(*n);

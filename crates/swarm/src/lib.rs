@@ -45,6 +45,13 @@ pub struct SeedUntil {
     pub ratio: Option<f64>,
 }
 
+/// What a client exchanged with peers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub received: u64,
+    pub sent: u64,
+}
+
 /// A download the swarm finished: the file, verified piece by piece against the torrent.
 #[derive(Clone, Debug)]
 pub struct Fetched {
@@ -94,6 +101,9 @@ pub trait Swarm: Send + Sync {
 
     /// Bytes uploaded for a torrent in this session, while it is in the session.
     fn uploaded(&self, info_hash: &[u8; 20]) -> Option<u64>;
+
+    /// Bytes received from and sent to peers by this client since it started, all torrents.
+    fn totals(&self) -> Totals;
 
     /// The port peers reach this client on.
     fn port(&self) -> u16;

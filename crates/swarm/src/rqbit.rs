@@ -22,7 +22,7 @@ use librqbit::{
 
 type ManagedTorrentHandle = Arc<ManagedTorrent>;
 
-use crate::{Fetched, SeedUntil, Swarm, SwarmError, Torrent};
+use crate::{Fetched, SeedUntil, Swarm, SwarmError, Torrent, Totals};
 
 /// How a client is set up.
 #[derive(Clone, Debug, Default)]
@@ -319,6 +319,14 @@ impl Swarm for Rqbit {
     fn uploaded(&self, info_hash: &[u8; 20]) -> Option<u64> {
         let m = self.torrents.lock().expect("lock");
         m.get(info_hash).map(|e| e.handle.stats().uploaded_bytes)
+    }
+
+    fn totals(&self) -> Totals {
+        let c = self.session.stats_snapshot().counters;
+        Totals {
+            received: c.fetched_bytes,
+            sent: c.uploaded_bytes,
+        }
     }
 
     fn port(&self) -> u16 {

@@ -42,6 +42,12 @@ pub enum BundleCmd {
         /// The bundle's directory: absent or empty (the mount point of the medium).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// How long the bundle stays importable (`30d`, `72h`): signs a snapshot and timestamp
+        /// valid that long for the bundle (the timestamp and snapshot keys must be in
+        /// REPO/trust/keys), then at once a timestamp of the usual lifetime for the machines
+        /// online. Without it the bundle holds the repository's current timestamp (one day).
+        #[arg(long, value_name = "DURATION", value_parser = parse_expires)]
+        expires: Option<i64>,
         /// Print bundle.json (for scripts).
         #[arg(long)]
         json: bool,
@@ -101,10 +107,21 @@ pub fn run(repo: Option<PathBuf>, server: &ServerArgs, cmd: BundleCmd) -> Result
             channel,
             selector,
             out,
+            expires,
             json,
-        } => create(repo, server, &channel, &selector, &out, json),
+        } => create(repo, server, &channel, &selector, &out, expires, json),
         BundleCmd::Sync { dir, json } => sync(server, &dir, json),
     }
+}
+
+/// `--expires`: a duration of at least an hour and at most a year.
+fn parse_expires(s: &str) -> std::result::Result<i64, String> {
+    let secs = semithin_trust::repo::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration: a number and s, m, h or d (`30d`)"))?;
+    if !(3600..=366 * 86400).contains(&secs) {
+        return Err(format!("{s:?}: a bundle lasts from 1h to 366d"));
+    }
+    Ok(secs)
 }
 
 fn now() -> i64 {
@@ -122,6 +139,7 @@ fn create(
     channel: &str,
     selector: &str,
     out: &Path,
+    expires: Option<i64>,
     json: bool,
 ) -> Result<ExitCode> {
     channel::check_name(channel)?;
@@ -138,7 +156,14 @@ fn create(
             out.display()
         );
     }
-    let repo = super::open(repo, Access::Read)?;
+    // signing the bundle's metadata takes the repository's write lock, which the server's
+    // renewal then waits for
+    let access = if expires.is_some() {
+        Access::Write
+    } else {
+        Access::Read
+    };
+    let repo = super::open(repo, access)?;
     let release = super::trust::published(&repo)?
         .into_iter()
         .find(|(c, _)| c == channel)
@@ -175,7 +200,23 @@ fn create(
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let tmp = out.join(".partial");
-    let res = write(&repo, channel, release, &machines, skipped, &tmp);
+    let offline = match expires {
+        Some(secs) => {
+            let mut t = semithin_trust::repo::TrustRepo::open(&super::trust::dir(&repo))?;
+            let now = now();
+            let m = t
+                .sign_for_offline(now + secs, now)
+                .context("signing the bundle's long-lived metadata")?;
+            note!(
+                "bundle: signed timestamp version {} valid until {} for the bundle, and a newer one of the usual lifetime for the machines online",
+                m.version,
+                semithin_trust::clock::format(m.expires)
+            );
+            Some(m)
+        }
+        None => None,
+    };
+    let res = write(&repo, channel, release, &machines, skipped, offline, &tmp);
     let info = match res {
         Ok(i) => i,
         Err(e) => {
@@ -225,6 +266,7 @@ fn write(
     release: CommitId,
     machines: &[BundleMachine],
     skipped: Vec<Skipped>,
+    offline: Option<semithin_trust::repo::OfflineMeta>,
     tmp: &Path,
 ) -> Result<BundleInfo> {
     if tmp.exists() {
@@ -247,7 +289,16 @@ fn write(
         .map_err(|e| anyhow::anyhow!(semithin_agent::error::render(&e)))?;
     note!("bundle: {n} object(s) copied, each verified");
     drop(bundle);
-    let expires = copy_metadata(repo, &paths.trust_of(&rel), &paths.roots())?;
+    let mut expires = copy_metadata(repo, &paths.trust_of(&rel), &paths.roots())?;
+    if let Some(m) = offline {
+        // the long-lived timestamp names the snapshot just copied (the repository's newer
+        // timestamp names the same one)
+        semithin_store::fsutil::write_synced(
+            &paths.trust_of(&rel).join("timestamp.json"),
+            &m.timestamp,
+        )?;
+        expires = m.expires;
+    }
     let made_at = now();
     if expires <= made_at {
         bail!(

@@ -527,3 +527,98 @@ fn bad_bundles_and_results_are_refused_by_name_and_change_nothing() {
     assert_eq!(m2["report"]["failed_release"], Value::from(v4), "{m2}");
     assert_eq!(m2["report"]["current"], Value::from(v3), "{m2}");
 }
+
+/// `bundle create --expires 30d`: the bundle's timestamp lasts 30 days (imported 20 days
+/// later), while the repository goes on with a newer timestamp of the usual day, so a machine
+/// online moves past the bundle's (it is then an older version to it). Bad or too long
+/// durations are refused with nothing signed.
+#[test]
+fn a_bundle_made_to_last_is_imported_weeks_later_and_machines_online_move_past_it() {
+    let site = site();
+    let s = &site.s;
+    let live = || read_json(&s.repo().join("trust/metadata/timestamp.json"))["signed"].clone();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let before = live();
+    for (bad, why) in [
+        ("30x", "is not a duration"),
+        ("10m", "from 1h to 366d"),
+        ("400d", "from 1h to 366d"),
+        // targets lasts 90 days from the last publish
+        ("200d", "the targets metadata expires at"),
+    ] {
+        let dir = s.path(&format!("bad-{bad}"));
+        let o = s.cli(&[
+            "bundle",
+            "create",
+            "lab/stable",
+            "--for",
+            "*",
+            "--out",
+            dir.to_str().unwrap(),
+            "--expires",
+            bad,
+        ]);
+        let err = refused(&o);
+        assert!(err.contains(why), "--expires {bad}: {err}");
+        assert!(!dir.join("bundle.json").exists());
+    }
+    assert_eq!(live(), before, "a refused bundle signed something");
+
+    let dir = s.path("usb-30d");
+    let o = s.cli(&[
+        "bundle",
+        "create",
+        "lab/stable",
+        "--for",
+        "*",
+        "--out",
+        dir.to_str().unwrap(),
+        "--expires",
+        "30d",
+        "--json",
+    ]);
+    let info = ok_json(&o);
+    let expires = info["expires"].as_i64().unwrap();
+    assert!(
+        (expires - (now() + 30 * 86400)).abs() < 3600,
+        "the bundle expires at {expires}"
+    );
+    let bundled =
+        read_json(&dir.join(format!("trust/{}/timestamp.json", site.v2)))["signed"].clone();
+    let after = live();
+    let v = |t: &Value| t["version"].as_u64().unwrap();
+    assert_eq!(v(&bundled), v(&before) + 1);
+    assert_eq!(
+        v(&after),
+        v(&bundled) + 1,
+        "no newer timestamp for the machines online"
+    );
+    let live_expires = semithin_trust::clock::parse(after["expires"].as_str().unwrap()).unwrap();
+    assert!(
+        live_expires < now() + 2 * 86400,
+        "the live timestamp lasts {live_expires}"
+    );
+    assert_eq!(
+        after["meta"]["snapshot.json"], bundled["meta"]["snapshot.json"],
+        "both name the same snapshot"
+    );
+
+    // m1, offline, imports it 20 days later: its clock says so, the bundle still verifies
+    let r = ok_json(&import_at(s, &site.a1, &dir, "+20d"));
+    eprintln!("{r}");
+    assert_eq!(site.a1.current().as_deref(), Some(site.v2.as_str()));
+    assert_deployed(&site.src2, &site.a1.deployment());
+    // 31 days later it has expired
+    import_refused(s, &site.a2, &dir, "+31d", "timestamp: expired");
+
+    // m2 checks in online: it trusts the newer timestamp, and the bundle's is older to it
+    assert!(site.a2.once().success(), "{}", site.a2.log());
+    assert_eq!(site.a2.current().as_deref(), Some(site.v2.as_str()));
+    import_refused(s, &site.a2, &dir, "+0", "older than the trusted version");
+    drop(site.a3);
+}

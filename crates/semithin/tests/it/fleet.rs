@@ -101,6 +101,8 @@ pub(crate) struct Server {
     pub ca: Option<PathBuf>,
     /// More flags of `semithin serve`.
     args: Vec<String>,
+    /// The address it listens on (127.0.0.1, or 0.0.0.0 for machines in namespaces).
+    ip: &'static str,
 }
 
 /// A certificate authority of the fleet's own and a server certificate it signed for
@@ -146,7 +148,17 @@ impl Server {
         Self::start_full(tls, &[])
     }
 
+    /// A server listening on every IPv4 address (for machines in network namespaces), started
+    /// with more flags of `semithin serve`; its `url` is still the loopback one.
+    pub fn start_args_everywhere(args: &[&str]) -> Server {
+        Self::start_on(false, "0.0.0.0", args)
+    }
+
     fn start_full(tls: bool, args: &[&str]) -> Server {
+        Self::start_on(tls, "127.0.0.1", args)
+    }
+
+    fn start_on(tls: bool, ip: &'static str, args: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("semithin-fleet")
             .tempdir()
@@ -169,6 +181,7 @@ impl Server {
             ca,
             dir,
             args: args.iter().map(|a| a.to_string()).collect(),
+            ip,
         };
         s.spawn();
         s.token = std::fs::read_to_string(s.data.join("admin-token"))
@@ -197,7 +210,7 @@ impl Server {
             .open(self.dir.path().join("server.log"))
             .unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+        cmd.args(["serve", "--listen", &format!("{}:{}", self.ip, self.port)])
             .arg("--data")
             .arg(&self.data)
             .args(["--checkin-interval", "30", "--max-wait", "30"])

@@ -506,14 +506,19 @@ fn relay_placement_moves_machines_under_a_relay_and_back() {
 }
 
 /// A network namespace with a veth pair to the host, removed (with the pair) when dropped.
-struct Site {
-    ns: String,
+pub(crate) struct Site {
+    pub ns: String,
     host_if: String,
-    host_ip: String,
+    pub host_ip: String,
 }
 
 impl Site {
     fn new(n: u8) -> Site {
+        Self::shaped(n, "40mbit")
+    }
+
+    /// A site whose uplink (host to site) is shaped to `rate` (tc's units: `40mbit`).
+    pub(crate) fn shaped(n: u8, rate: &str) -> Site {
         let id = std::process::id() % 100_000;
         let ns = format!("semithin-site-{id}-{n}");
         let host_if = format!("stv{id}h{n}");
@@ -529,13 +534,13 @@ impl Site {
              ip link add {host_if} type veth peer name {site_if} netns {ns}; \
              ip addr add {net}.1/24 dev {host_if}; ip link set {host_if} up; \
              ip -n {ns} addr add {net}.2/24 dev {site_if}; ip -n {ns} link set {site_if} up; \
-             tc qdisc add dev {host_if} root tbf rate 40mbit burst 64kb latency 200ms"
+             tc qdisc add dev {host_if} root tbf rate {rate} burst 64kb latency 200ms"
         ));
         site
     }
 
     /// Bytes the host sent down the uplink.
-    fn down_bytes(&self) -> u64 {
+    pub(crate) fn down_bytes(&self) -> u64 {
         std::fs::read_to_string(format!(
             "/sys/class/net/{}/statistics/tx_bytes",
             self.host_if

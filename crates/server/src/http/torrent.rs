@@ -21,6 +21,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{ApiErr, ApiResult, admin, reader};
 use crate::App;
 use crate::torrents::Made;
+use semithin_delta::build::Effort;
+use semithin_delta::listing::NOTHING;
+
+/// The response header of a torrent file that says how many whole copies its swarm has.
+use semithin_protocol::torrent::SWARM_COMPLETE;
 
 /// The address the asking peer reached the server on (set by `http::serve`).
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +34,7 @@ pub struct LocalAddr(pub SocketAddr);
 pub fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
         .routes(routes!(delta_torrent))
+        .routes(routes!(full_torrent))
         .routes(routes!(boot_torrent))
         .routes(routes!(announce))
         .routes(routes!(list))
@@ -57,8 +63,24 @@ fn answer(app: &App, headers: &HeaderMap, made: &Made, owner: &str) -> ApiResult
         "http"
     };
     let announce = format!("{scheme}://{host}/announce/{}", app.torrents.passkey(owner));
+    // whole copies in the swarm (the server's seeder and peers that have all of it): with none,
+    // the machine goes to HTTP at once instead of waiting for peers that have nothing to send
+    let complete = app
+        .torrents
+        .tracker
+        .lock()
+        .expect("lock")
+        .count(&made.info_hash)
+        .seeders
+        + usize::from(app.torrents.seeder_port().is_some());
     Ok((
-        [(header::CONTENT_TYPE, "application/x-bittorrent")],
+        [
+            (header::CONTENT_TYPE, "application/x-bittorrent".to_owned()),
+            (
+                header::HeaderName::from_static(SWARM_COMPLETE),
+                complete.to_string(),
+            ),
+        ],
         made.meta.torrent(&announce),
     )
         .into_response())
@@ -110,6 +132,57 @@ async fn delta_torrent(
     let made = app
         .torrents
         .of("delta", built.path.clone(), name)
+        .await
+        .map_err(ApiErr::internal)?;
+    let owner = machine.map_or_else(|| "admin".to_owned(), |m| m.id.clone());
+    answer(&app, &headers, &made, &owner)
+}
+
+/// `GET /api/v1/torrents/full/{to}`: the torrent of the full-release pack of `to` (a pack from
+/// no release: what a first install needs), built now if needed.
+#[utoipa::path(get, path = "/api/v1/torrents/full/{to}", tag = "machines", summary = "A private torrent of the full-release pack of a release, for first installs (serve --torrent)", params(("to" = String, Path, description = "The release the machine installs")), responses((status = 200, description = "The torrent file, announcing with the asker's passkey", content_type = "application/x-bittorrent", body = Vec<u8>), (status = "4XX", description = "Refused: `error` says why", body = ApiError)), security(("machine_signature" = []), ("admin_token" = [])))]
+async fn full_torrent(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(to): Path<String>,
+) -> ApiResult<Response> {
+    let machine = reader(&app, &method, &uri, &headers, b"")?;
+    enabled(&app)?;
+    let to = to
+        .parse::<semithin_store::CommitId>()
+        .map_err(|_| ApiErr::bad(format!("{to:?} is not a release (a commit id)")))?;
+    if let Some(m) = &machine {
+        app.install_allowed(&m.snapshot(), &to).map_err(|e| {
+            ApiErr::not_found(format!(
+                "no full-release pack of {} for this machine: {e}",
+                to.short()
+            ))
+        })?;
+    }
+    let store = app.published().store.clone();
+    let built = app
+        .deltas
+        .ensure(store, NOTHING, to, Effort::Full, crate::deltas::Why::Demand)
+        .await
+        .map_err(|e| {
+            tracing::warn!(to = %to.short(), error = %e, "no full-release pack");
+            ApiErr::not_found("no full-release pack could be made (the server's log says why)")
+        })?
+        .ok_or_else(|| {
+            ApiErr::not_found(format!(
+                "no full-release pack of {}: the server does not hold it",
+                to.short()
+            ))
+        })?;
+    let made = app
+        .torrents
+        .of(
+            "full",
+            built.path.clone(),
+            format!("{}-{}.pack", NOTHING.to_hex(), to.to_hex()),
+        )
         .await
         .map_err(ApiErr::internal)?;
     let owner = machine.map_or_else(|| "admin".to_owned(), |m| m.id.clone());

@@ -51,6 +51,7 @@ pub mod assign;
 mod config;
 mod files;
 mod init;
+mod offline;
 mod refresh;
 mod rotate;
 
@@ -60,6 +61,7 @@ pub use config::{
 pub use files::target_file_path;
 use files::{Layout, highest_version, make_dirs, sync_dir, write_atomic};
 pub use init::init;
+pub use offline::OfflineMeta;
 
 /// What `init` made.
 #[derive(Clone, Debug, Serialize)]
@@ -255,13 +257,30 @@ fn new_snapshot(
     version: u64,
     key: &KeyPair,
 ) -> Result<Signed<Snapshot>> {
+    new_snapshot_until(
+        now + config.expires.snapshot,
+        targets,
+        delegated,
+        version,
+        key,
+    )
+}
+
+/// A snapshot expiring at `expires` (Unix seconds).
+fn new_snapshot_until(
+    expires: i64,
+    targets: &Signed<Targets>,
+    delegated: &BTreeMap<String, MetaFile>,
+    version: u64,
+    key: &KeyPair,
+) -> Result<Signed<Snapshot>> {
     let mut meta = delegated.clone();
     meta.insert("targets.json".to_owned(), meta_file(targets));
     let snapshot = Snapshot {
         kind: "snapshot".into(),
         spec_version: SPEC_VERSION.into(),
         version,
-        expires: clock::format(now + config.expires.snapshot),
+        expires: clock::format(expires),
         meta,
         extra: Default::default(),
     };
@@ -275,13 +294,23 @@ fn new_timestamp(
     version: u64,
     key: &KeyPair,
 ) -> Result<Signed<Timestamp>> {
+    new_timestamp_until(now + config.expires.timestamp, snapshot, version, key)
+}
+
+/// A timestamp expiring at `expires` (Unix seconds).
+fn new_timestamp_until(
+    expires: i64,
+    snapshot: &Signed<Snapshot>,
+    version: u64,
+    key: &KeyPair,
+) -> Result<Signed<Timestamp>> {
     let mut meta = BTreeMap::new();
     meta.insert("snapshot.json".to_owned(), meta_file(snapshot));
     let timestamp = Timestamp {
         kind: "timestamp".into(),
         spec_version: SPEC_VERSION.into(),
         version,
-        expires: clock::format(now + config.expires.timestamp),
+        expires: clock::format(expires),
         meta,
         extra: Default::default(),
     };
@@ -509,6 +538,13 @@ impl TrustRepo {
             self.timestamp = t;
         }
         Ok(written)
+    }
+
+    /// Checks pending metadata as a client would, then writes it.
+    fn write_checked(&mut self, p: Pending) -> Result<Vec<Written>> {
+        self.self_check(&p)?;
+        self.clean_tmp()?;
+        self.write(p)
     }
 
     /// Checks pending metadata against the root it will be read with, as a client would.
