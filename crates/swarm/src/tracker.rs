@@ -11,6 +11,14 @@ use crate::bencode::{Value, failure};
 /// Seconds between a peer's announces that the tracker asks for, and the least.
 pub const INTERVAL: Duration = Duration::from_secs(60);
 pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The least interval asked of a peer still downloading, with `leechers` downloading: a peer
+/// learns of the peers that finished (and can send it everything) only at its next announce,
+/// and clients (librqbit among them) announce again after `min interval`. One second per ten
+/// leechers, from 1 to [`MIN_INTERVAL`]: 20 machines updating ask 2 each second; 1,000 ask 100.
+pub fn leecher_interval(leechers: usize) -> Duration {
+    Duration::from_secs((leechers as u64 / 10).clamp(1, MIN_INTERVAL.as_secs()))
+}
 /// A peer not heard from for this long is forgotten.
 pub const EXPIRE: Duration = Duration::from_secs(180);
 /// The most peers one answer lists, and the most one torrent keeps.
@@ -295,7 +303,14 @@ impl Tracker {
         };
         let mut answer = Value::dict([
             ("interval", Value::Int(INTERVAL.as_secs() as i64)),
-            ("min interval", Value::Int(MIN_INTERVAL.as_secs() as i64)),
+            (
+                "min interval",
+                Value::Int(if a.left > 0 {
+                    leecher_interval(count.leechers).as_secs() as i64
+                } else {
+                    MIN_INTERVAL.as_secs() as i64
+                }),
+            ),
             ("complete", Value::Int(count.seeders as i64)),
             ("incomplete", Value::Int(count.leechers as i64)),
             ("peers", peers.0),
@@ -435,6 +450,28 @@ mod tests {
         assert!(!gets_server(&mut t, 1, 0));
         assert!(!gets_server(&mut t, 4, 100));
         assert!(gets_server(&mut t, 2, 10), "still downloading, still fed");
+    }
+
+    #[test]
+    fn downloaders_are_asked_back_sooner_the_fewer_they_are() {
+        assert_eq!(leecher_interval(0), Duration::from_secs(1));
+        assert_eq!(leecher_interval(20), Duration::from_secs(2));
+        assert_eq!(leecher_interval(1000), MIN_INTERVAL);
+        let h = [2u8; 20];
+        let mut t = Tracker::default();
+        t.register(h);
+        let now = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let min = |t: &mut Tracker, id: u8, left: u64| {
+            let a = Announce::parse(&query(h, id, 9000 + u16::from(id), left)).unwrap();
+            let (v, _) = decode(&t.announce("m", ip, &a, None, now)).unwrap();
+            v.get("min interval").and_then(Value::as_int).unwrap()
+        };
+        for id in 1..=25 {
+            min(&mut t, id, 100);
+        }
+        assert_eq!(min(&mut t, 26, 100), 2, "26 downloading");
+        assert_eq!(min(&mut t, 27, 0), 10, "a seed is asked back as usual");
     }
 
     #[test]
