@@ -30,6 +30,18 @@ fn client() -> &'static Mutex<Option<Arc<Rqbit>>> {
     C.get_or_init(Default::default)
 }
 
+/// Whether the certificates in `ca` are in the file SSL_CERT_FILE names (which the BitTorrent
+/// client's HTTPS trusts instead of the system's roots).
+fn trusted_by_env(ca: &std::path::Path) -> bool {
+    let Some(file) = std::env::var_os("SSL_CERT_FILE") else {
+        return false;
+    };
+    match (std::fs::read_to_string(file), std::fs::read_to_string(ca)) {
+        (Ok(bundle), Ok(ca)) => !ca.trim().is_empty() && bundle.contains(ca.trim()),
+        _ => false,
+    }
+}
+
 /// What this process's BitTorrent client exchanged with peers, once it has started.
 pub(crate) fn totals() -> Option<semithin_protocol::api::SwarmBytes> {
     let c = client().lock().expect("lock").clone()?;
@@ -64,6 +76,23 @@ impl Agent {
             "sharing delta packs with peers on port {}",
             s.port()
         ));
+        // the BitTorrent client announces with its own HTTPS client, which trusts the system's
+        // roots or SSL_CERT_FILE, never `ca` (docs/TORRENT.md, "Ports and firewalls")
+        if let Some(ca) = &self.cfg.ca
+            && !trusted_by_env(ca)
+            && self
+                .cfg
+                .server
+                .as_deref()
+                .is_some_and(|u| u.contains("https:"))
+        {
+            self.say(&format!(
+                "warning: announces to an HTTPS tracker will not trust {} unless the agent runs \
+                 with SSL_CERT_FILE={} in its environment; without, packs come over HTTP",
+                ca.display(),
+                ca.display()
+            ));
+        }
         *c = Some(s.clone());
         Ok(s)
     }

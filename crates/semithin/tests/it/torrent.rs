@@ -367,6 +367,58 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A fleet on HTTPS with a CA of its own: the BitTorrent client announces with the CA given as
+/// SSL_CERT_FILE and the machines share the pack; without it the agent says why up front.
+#[test]
+fn over_https_with_a_fleet_ca_the_swarm_works_when_the_agent_is_given_the_ca() {
+    let s = Server::start_tls_args(&["--torrent"]);
+    let ca = s.ca.clone().unwrap();
+    let t = s.enroll_token(true);
+    let src = s.path("img");
+    image(&src, 1, 3);
+    let v1 = s.release(&src, "lab/stable");
+    let mut agents: Vec<Agent> = (1..=3)
+        .map(|i| {
+            Agent::new(&s, &format!("t{i}"), &t)
+                .arg("--torrent")
+                .arg("--torrent-seed-time")
+                .arg("120")
+                .env("SSL_CERT_FILE", ca.to_str().unwrap())
+        })
+        .collect();
+    let warned = Agent::new(&s, "t4", &t).arg("--torrent");
+    for a in agents.iter().chain([&warned]) {
+        assert!(a.once().success(), "{}", a.log());
+    }
+    s.ok(&["fleet", "assign", "*", "lab/stable"]);
+    assert!(warned.once().success(), "{}", warned.log());
+    assert!(
+        warned.log().contains("will not trust") && warned.log().contains("SSL_CERT_FILE="),
+        "{}",
+        warned.log()
+    );
+    for a in &mut agents {
+        a.spawn();
+    }
+    for a in &agents {
+        wait_updated(&s, &a.name, &v1, 120);
+    }
+    v2_with(&src, 2);
+    let v2 = s.release(&src, "lab/stable");
+    for a in &agents {
+        wait_updated(&s, &a.name, &v2, 180);
+    }
+    for a in &agents {
+        let log = a.log();
+        assert!(log.contains("from the swarm: "), "{}: {log}", a.name);
+        assert!(!log.contains("will not trust"), "{log}");
+        assert_deployed(&src, &a.deployment());
+    }
+    for a in &mut agents {
+        a.stop();
+    }
+}
+
 /// `n` agents (daemons sharing through the swarm) update v1 -> v2 with a pack of `mib` MiB;
 /// (server's seeder upload, HTTP delta bytes, pack size, seconds to converge). With `uplink`
 /// (a `tc` rate), the agents run in a network namespace of their own (the site) that reaches
