@@ -388,8 +388,9 @@ impl crate::App {
             for from in published.earlier.get(c).into_iter().flatten().take(k) {
                 pairs.push((c.clone(), *from, to));
             }
-            // first installs take the full-release pack from the swarm (docs/TORRENT.md)
-            if self.torrents.cfg.enabled {
+            // first installs take the full-release pack from the swarm (docs/TORRENT.md): made
+            // now when machines of the channel have no release yet, else on first request
+            if self.torrents.cfg.enabled && self.has_uninstalled(c) {
                 pairs.push((c.clone(), NOTHING, to));
             }
         }
@@ -437,8 +438,17 @@ impl crate::App {
                     .deltas
                     .ensure(store, from, to, Effort::Full, Why::Publish)
                     .await;
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "building a delta pack");
+                match r {
+                    Err(e) => tracing::warn!(error = %e, "building a delta pack"),
+                    // its torrent too, so the machines' first requests do not wait for it
+                    Ok(Some(built)) if app.torrents.cfg.enabled => {
+                        let kind = if from == NOTHING { "full" } else { "delta" };
+                        let name = format!("{}-{}.pack", from.to_hex(), to.to_hex());
+                        if let Err(e) = app.torrents.of(kind, built.path.clone(), name).await {
+                            tracing::warn!(error = %e, "making a delta pack's torrent");
+                        }
+                    }
+                    Ok(_) => {}
                 }
                 app.deltas
                     .state
@@ -495,6 +505,17 @@ impl crate::App {
                 waiting.join(", ")
             )
         })
+    }
+
+    /// Whether machines following `channel` have no release installed yet.
+    fn has_uninstalled(&self, channel: &str) -> bool {
+        self.fleet
+            .select(&semithin_protocol::selector::Selector::All)
+            .iter()
+            .any(|m| {
+                let r = m.row.lock().expect("lock");
+                r.channel.as_deref() == Some(channel) && r.report.current.is_none()
+            })
     }
 
     /// Whether a machine may have the full-release pack of `to`: what it is told to run, or its
