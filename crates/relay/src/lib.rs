@@ -134,7 +134,7 @@ impl Relay {
         RelayStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             url: self.cfg.url.clone(),
-            upstream: self.up.current().to_owned(),
+            upstream: self.up.current().trim_end_matches('/').to_owned(),
             cache_bytes: bytes,
             cache_items: items as u64,
             cache_limit: self.cfg.cache_size,

@@ -260,7 +260,7 @@ pub async fn checkin(
     let relay_path = crate::relays::header_path(&headers);
     let (m, req, wait) =
         match begin_checkin(&app, &method, &uri, &headers, &body, relay_path).await? {
-            Begun::Now(resp) => return Ok(Json(resp)),
+            Begun::Now(resp) => return Ok(Json(*resp)),
             Begun::Hold { m, req, wait } => (m, req, wait),
         };
     let held = crate::PollHeld::new(&app.counters.polls_held);
@@ -277,10 +277,10 @@ pub async fn checkin(
 /// A check-in verified and stored: answered at once, or to be held (a long poll with nothing
 /// new) up to `wait` seconds.
 pub(crate) enum Begun {
-    Now(CheckInResponse),
+    Now(Box<CheckInResponse>),
     Hold {
         m: Arc<Machine>,
-        req: CheckInRequest,
+        req: Box<CheckInRequest>,
         wait: u32,
     },
 }
@@ -316,9 +316,13 @@ pub(crate) async fn begin_checkin(
     with_config(app, &m, &req, &mut resp);
     let wait = req.wait_secs.min(app.cfg.max_wait_secs);
     if actionable || wait == 0 || !resp.jobs.is_empty() || resp.vars.is_some() {
-        return Ok(Begun::Now(resp));
+        return Ok(Begun::Now(Box::new(resp)));
     }
-    Ok(Begun::Hold { m, req, wait })
+    Ok(Begun::Hold {
+        m,
+        req: Box::new(req),
+        wait,
+    })
 }
 
 /// The answer to a held check-in once its wait is over (`woken`: by a push or a publish).

@@ -222,7 +222,7 @@ async fn checkins(
     let mut answers = Vec::with_capacity(begun.len());
     for (i, b) in begun.into_iter().enumerate() {
         let resp = match b {
-            Ok(Begun::Now(resp)) => Ok(resp),
+            Ok(Begun::Now(resp)) => Ok(*resp),
             Ok(Begun::Hold { m, req, .. }) => end_checkin(&app, &m, &req, woken == Some(i)).await,
             Err(e) => Err(e),
         };
