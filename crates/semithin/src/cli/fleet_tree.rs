@@ -170,8 +170,8 @@ fn print(n: &Node, depth: usize) -> Result<()> {
             " [{}, reported {}, cache {} of {}, via {}]",
             safe(&h.status.version),
             super::fleet::ago(Some(h.at)),
-            bytes(h.status.cache_bytes),
-            bytes(h.status.cache_limit),
+            super::human(h.status.cache_bytes),
+            super::human(h.status.cache_limit),
             safe(&h.status.upstream)
         ),
     };
@@ -197,15 +197,6 @@ fn print(n: &Node, depth: usize) -> Result<()> {
         print(c, depth + 1)?;
     }
     Ok(())
-}
-
-fn bytes(n: u64) -> String {
-    match n {
-        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
-        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
-        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
-        n => format!("{n} B"),
-    }
 }
 
 pub fn run_tree(server: &ServerArgs, a: TreeArgs) -> Result<ExitCode> {

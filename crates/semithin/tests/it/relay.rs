@@ -240,6 +240,10 @@ fn relay_tree_converges_and_the_root_sends_content_once_per_relay() {
         );
     }
     assert_eq!(s.machine("a1")["relay_path"], json!(["relay-a"]));
+    // their check-ins went up in batches: relay B's passed through relay A as they came
+    assert!(b.n("batches") > 0 && b.n("batched") >= 3, "{}", b.info());
+    assert!(a.n("batches") > 0, "{}", a.info());
+    assert!(s.stats()["checkins_batched"].as_u64().unwrap() > 0);
     let list: Value = serde_json::from_str(&s.ok(&["fleet", "list", "--json"])).unwrap();
     let b2 = list
         .as_array()

@@ -136,6 +136,9 @@ fn relay_reports_its_health_shown_in_fleet_tree_and_is_placed_by_name() {
     assert_eq!(h["upstream"], json!(a.url), "{h}");
     assert_eq!(h["cache_limit"], json!(10u64 << 30), "{h}");
     assert!(h["at"].as_i64().unwrap() > 0, "{h}");
+    wait_until("h1 checking in through both relays", 30, || {
+        s.machine("h1")["relay_path"] == json!(["relay-i", "relay-h"])
+    });
     // relay-i's own requests came through relay-h: it hangs under it
     assert_eq!(s.machine("relay-i")["relay_path"], json!(["relay-h"]));
     let tree: Value = serde_json::from_str(&s.ok(&["fleet", "tree", "--json"])).unwrap();
@@ -145,7 +148,18 @@ fn relay_reports_its_health_shown_in_fleet_tree_and_is_placed_by_name() {
     let ri = &rh["children"][0];
     assert_eq!(ri["name"], "relay-i", "{tree:#}");
     assert_eq!(ri["health"]["upstream"], json!(a.url), "{tree:#}");
+    assert_eq!(ri["machines"], 1, "{tree:#}");
+    let shown = s.ok(&["fleet", "show", "relay-i"]);
+    assert!(
+        shown.contains(&format!(
+            "as a relay: {} at {}",
+            h["version"].as_str().unwrap(),
+            b.url
+        )),
+        "{shown}"
+    );
     let text = s.ok(&["fleet", "tree"]);
+    eprintln!("{text}");
     assert!(
         text.contains("relay-i [") && text.contains("reported") && text.contains("cache"),
         "{text}"
