@@ -87,6 +87,10 @@ pub struct RelayStatus {
     pub batches: u64,
     #[serde(default)]
     pub batched: u64,
+    /// How often the relay reports on its own (seconds; 0: not said): a report older than
+    /// twice this and a minute is late.
+    #[serde(default)]
+    pub interval_secs: u64,
 }
 
 impl RelayStatus {
@@ -111,6 +115,19 @@ impl RelayStatus {
             ));
         }
         Ok(())
+    }
+}
+
+impl RelayHealth {
+    /// Whether the report is late at `now` (Unix seconds): the relay stopped, or lost its
+    /// upstream.
+    pub fn late(&self, now: i64) -> bool {
+        let every = if self.status.interval_secs == 0 {
+            60
+        } else {
+            self.status.interval_secs
+        };
+        now - self.at > (2 * every + 60) as i64
     }
 }
 
@@ -151,6 +168,14 @@ mod tests {
             ..RelayStatus::default()
         };
         assert!(ok.check().is_ok());
+        let h = RelayHealth {
+            at: 1000,
+            status: RelayStatus {
+                interval_secs: 10,
+                ..ok.clone()
+            },
+        };
+        assert!(!h.late(1080) && h.late(1081));
         for bad in [
             RelayStatus {
                 url: Some("ftp://x".into()),

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -181,8 +182,19 @@ async fn send(relay: Arc<Relay>, ps: Vec<Pending>) {
         .counters
         .batched
         .fetch_add(ps.len() as u64, Ordering::Relaxed);
+    // held upstream as long as the longest wait asked at most, then given up (the children
+    // have given up by then too, and poll again)
+    let longest = ps.iter().map(|p| p.wait).max().unwrap_or(0) as u64;
     let answer = async {
-        let resp = relay.up.fetch("POST", CHECKINS_PATH, body).await?;
+        let resp = relay.up.fetch("POST", CHECKINS_PATH, body);
+        let resp = tokio::time::timeout(Duration::from_secs(longest + 60), resp)
+            .await
+            .map_err(|_| {
+                Error::Unreachable(format!(
+                    "a batch of check-ins unanswered after {} s",
+                    longest + 60
+                ))
+            })??;
         let b = crate::serve::read_limited(resp, MAX_ANSWER).await?;
         let a: CheckInBatchAnswer = serde_json::from_slice(&b)
             .map_err(|e| Error::Damaged(format!("an answer to a batch of check-ins: {e}")))?;

@@ -143,6 +143,7 @@ impl Relay {
             forwarded: n(&self.counters.forwarded),
             batches: n(&self.counters.batches),
             batched: n(&self.counters.batched),
+            interval_secs: self.cfg.status_interval.as_secs(),
         }
     }
 

@@ -167,9 +167,14 @@ fn print(n: &Node, depth: usize) -> Result<()> {
         None if depth == 0 => String::new(),
         None => " [no report of its own yet]".to_owned(),
         Some(h) => format!(
-            " [{}, reported {}, cache {} of {}, via {}]",
+            " [{}, reported {}{}, cache {} of {}, via {}]",
             safe(&h.status.version),
             super::fleet::ago(Some(h.at)),
+            if h.late(semithin_server::now()) {
+                " (LATE: stopped, or cut off from its upstream?)"
+            } else {
+                ""
+            },
             super::human(h.status.cache_bytes),
             super::human(h.status.cache_limit),
             safe(&h.status.upstream)

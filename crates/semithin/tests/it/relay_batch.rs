@@ -217,15 +217,41 @@ fn relay_serves_https_to_machines_that_trust_the_fleet_ca() {
         Some(&relay_ca),
     );
     assert!(r.url.starts_with("https://"), "{}", r.url);
+    // a second relay under it, over HTTPS both ways, trusting the bundle
+    let b = bundle.display().to_string();
+    let r2 = Relay::start_full(
+        &s,
+        "relay-tls2",
+        &[&r.url],
+        &t,
+        "127.0.0.1",
+        None,
+        &["--tls-cert", &cert, "--tls-key", &key, "--ca", &b],
+        Some(&relay_ca),
+    );
     let mut ag = Agent::new(&s, "tls1", &t).server(&r.url).ca(Some(&bundle));
+    let mut ag2 = Agent::new(&s, "tls2", &t).server(&r2.url).ca(Some(&bundle));
     ag.spawn();
-    wait_until("tls1 and the relay enrolled", 60, || {
-        s.machines().len() == 2
+    ag2.spawn();
+    wait_until("2 machines and 2 relays enrolled", 60, || {
+        s.machines().len() == 4
     });
     s.ok(&["fleet", "assign", "*", "lab/stable"]);
     wait_updated(&s, "tls1", &v1, 60);
+    wait_updated(&s, "tls2", &v1, 60);
     assert_eq!(s.machine("tls1")["relay_path"], json!(["relay-tls"]));
+    assert_eq!(
+        s.machine("tls2")["relay_path"],
+        json!(["relay-tls2", "relay-tls"])
+    );
     assert!(r.n("served_bytes") > 0, "{}", r.info());
+    assert!(r2.n("batches") > 0, "{}", r2.info());
+    assert_eq!(
+        s.machine("relay-tls2")["relay"]["upstream"],
+        json!(r.url),
+        "{}",
+        r2.log()
+    );
     assert!(!ag.log().contains("bad-upstream"), "{}", ag.log());
     // plain HTTP to it is no answer; a client that does not trust its CA is refused
     let plain = http()
@@ -245,5 +271,5 @@ fn relay_serves_https_to_machines_that_trust_the_fleet_ca() {
         .get(format!("{}/api/v1/health", r.url))
         .send();
     assert!(untrusted.is_err(), "an unknown CA was accepted");
-    drop(ag);
+    drop((ag, ag2));
 }
