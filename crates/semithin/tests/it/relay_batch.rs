@@ -95,6 +95,27 @@ fn relay_batches_its_machines_check_ins_into_one_long_poll_at_the_root() {
     for (ag, before) in agents.iter().zip(seen0) {
         assert!(seen(&ag.name) > before, "{} not seen since", ag.name);
     }
+    // the same counters in /metrics
+    let metrics = http()
+        .build()
+        .unwrap()
+        .get(format!("{}/metrics", s.url))
+        .bearer_auth(&s.token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(sample("semithin_checkins_batched_total") >= c_batched as f64);
+    assert!(sample("semithin_checkin_batches_total") >= 1.0);
+    // the gauge is there (what it holds moves as batches end and start again)
+    sample("semithin_polls_held");
 
     // a publish wakes the batch: every machine hears of it at once
     image(&src, 2, 10);
