@@ -10,12 +10,13 @@
 //! machines.
 //!
 //! An upstream that does not take batches (an older server: 404 or 405), or refuses this relay
-//! (not accepted yet), gets the check-ins one by one, as before.
+//! (not accepted yet), gets the check-ins one by one, as before, for a minute or until a report
+//! of the relay's own goes through.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -55,10 +56,30 @@ struct Queue {
     scheduled: bool,
 }
 
-/// The check-ins waiting for the relay's next batch.
+/// The check-ins waiting for the relay's next batch, and until when the upstream is taken to
+/// refuse batches.
 #[derive(Default)]
 pub struct Batches {
     queue: Mutex<Queue>,
+    refused_until: Mutex<Option<Instant>>,
+}
+
+/// How long check-ins go up one by one after the upstream refused a batch (unless a report of
+/// the relay's own goes through first: it was accepted meanwhile).
+const REFUSED_FOR: Duration = Duration::from_secs(60);
+
+impl Batches {
+    /// The upstream took a request of the relay's own: try batches again.
+    pub fn accepted(&self) {
+        *self.refused_until.lock().expect("lock") = None;
+    }
+
+    fn refused(&self) -> bool {
+        self.refused_until
+            .lock()
+            .expect("lock")
+            .is_some_and(|t| Instant::now() < t)
+    }
 }
 
 /// What of a child's body the relay reads to put it in the right batch.
@@ -75,7 +96,7 @@ pub async fn checkin(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Option<Result<Response>> {
-    if relay.cfg.batch_window.is_zero() || body.len() > MAX_ONE {
+    if relay.cfg.batch_window.is_zero() || body.len() > MAX_ONE || relay.batches.refused() {
         return None;
     }
     let text = std::str::from_utf8(body).ok()?;
@@ -177,11 +198,6 @@ async fn send(relay: Arc<Relay>, ps: Vec<Pending>) {
         status: Some(relay.status()),
     };
     let body = Bytes::from(serde_json::to_vec(&batch).expect("serialises"));
-    relay.counters.batches.fetch_add(1, Ordering::Relaxed);
-    relay
-        .counters
-        .batched
-        .fetch_add(ps.len() as u64, Ordering::Relaxed);
     // held upstream as long as the longest wait asked at most, then given up (the children
     // have given up by then too, and poll again)
     let longest = ps.iter().map(|p| p.wait).max().unwrap_or(0) as u64;
@@ -210,14 +226,22 @@ async fn send(relay: Arc<Relay>, ps: Vec<Pending>) {
     .await;
     match answer {
         Ok(a) => {
+            relay.counters.batches.fetch_add(1, Ordering::Relaxed);
+            relay
+                .counters
+                .batched
+                .fetch_add(ps.len() as u64, Ordering::Relaxed);
             for (p, a) in ps.into_iter().zip(a.answers) {
                 let _ = p.reply.send(Ok((a.status, a.body)));
             }
         }
         // not taken as a batch: one by one, as the children sent them
         Err(Error::Upstream { status, reason }) if (400..500).contains(&status) => {
+            *relay.batches.refused_until.lock().expect("lock") = Some(Instant::now() + REFUSED_FOR);
             tracing::warn!(
-                "upstream refused a batch of check-ins ({status}: {reason}): sending them one by one"
+                "upstream refused a batch of check-ins ({status}: {reason}): check-ins go up one \
+                 by one for {} s, or until a report of the relay's own is taken",
+                REFUSED_FOR.as_secs()
             );
             for p in ps {
                 let r = relay.clone();

@@ -153,6 +153,7 @@ impl Relay {
         self.up
             .fetch("POST", semithin_protocol::relay::STATUS_PATH, body.into())
             .await?;
+        self.batches.accepted();
         Ok(())
     }
 

@@ -294,3 +294,42 @@ fn relay_serves_https_to_machines_that_trust_the_fleet_ca() {
     assert!(untrusted.is_err(), "an unknown CA was accepted");
     drop((ag, ag2));
 }
+
+#[test]
+fn relay_not_accepted_yet_sends_check_ins_one_by_one_then_batches() {
+    let s = Server::start();
+    let t = many_uses_token(&s);
+    // the relay enrolls pending: the root refuses its batches and its reports
+    let pending = s.enroll_token(false);
+    let r = Relay::start_full(
+        &s,
+        "relay-p",
+        &[&s.url],
+        &pending,
+        "127.0.0.1",
+        None,
+        &["--status-interval", "1"],
+        None,
+    );
+    let mut ag = Agent::new(&s, "p1", &t).server(&r.url);
+    ag.spawn();
+    wait_until("p1 enrolled through the pending relay", 60, || {
+        s.machines().len() == 2
+    });
+    wait_until("p1 checking in through the pending relay", 60, || {
+        s.machine("p1")["relay_path"] == json!(["relay-p"])
+    });
+    assert_eq!(s.machine("relay-p")["status"], "pending");
+    assert_eq!(r.n("batches"), 0, "{}", r.info());
+    assert!(r.n("forwarded") > 0, "{}", r.info());
+    assert!(r.log().contains("refused a batch"), "{}", r.log());
+    // accepted: its next report goes through, and its check-ins go up in batches again
+    s.ok(&["fleet", "accept", "relay-p"]);
+    wait_until("the relay's own report taken", 30, || {
+        s.machine("relay-p")["relay"]["version"].is_string()
+    });
+    s.ok(&["push", "p1"]);
+    wait_until("p1's check-ins in batches", 60, || r.n("batches") > 0);
+    assert!(n(&s.stats(), "checkins_batched") > 0);
+    drop(ag);
+}
