@@ -16,7 +16,7 @@ fn n(v: &Value, field: &str) -> u64 {
 }
 
 #[test]
-fn relay_batches_its_machines_check_ins_into_one_long_poll_at_the_root() {
+fn slow_relay_batches_its_machines_check_ins_into_one_long_poll_at_the_root() {
     let s = Server::start();
     let t = many_uses_token(&s);
     let src = s.path("img");
@@ -57,8 +57,8 @@ fn relay_batches_its_machines_check_ins_into_one_long_poll_at_the_root() {
     let (st0, c0, d0) = (s.stats(), c.info(), d.info());
     let mut max_held = 0;
     let start = Instant::now();
-    // a little longer than the longest long poll (the test server's --max-wait 30)
-    while start.elapsed() < Duration::from_secs(35) {
+    // a little longer than two long polls (the test server's --max-wait 30)
+    while start.elapsed() < Duration::from_secs(65) {
         max_held = max_held.max(held());
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -72,21 +72,31 @@ fn relay_batches_its_machines_check_ins_into_one_long_poll_at_the_root() {
     let (c_batches, c_batched) = (dn(&c0, &c1, "batches"), dn(&c0, &c1, "batched"));
     let d_forwarded = dn(&d0, &d1, "forwarded");
     eprintln!(
-        "35 s idle: relay-c (batching, 6 machines) sent {c_batched} check-ins in {c_batches} \
+        "65 s idle: relay-c (batching, 6 machines) sent {c_batched} check-ins in {c_batches} \
          batches; relay-d (one by one, 3 machines) sent {d_forwarded} requests; the root \
          recorded {checkins} check-ins, {batched} of them in {batches} batches; at most \
          {max_held} long polls held at the root"
     );
-    assert_eq!(
-        batched, c_batched,
-        "relay-c's check-ins all came in its batches"
-    );
-    assert_eq!(checkins - batched, d_forwarded, "relay-d's came one by one");
-    assert!(c_batched >= 6, "each machine checked in: {c_batched}");
-    assert!(d_forwarded >= 3, "each machine checked in: {d_forwarded}");
+    // (the root counts a batch when it arrives, the relay when it is answered: one batch may
+    // fall on either side of the window's ends)
     assert!(
-        c_batches * 3 <= c_batched,
-        "{c_batches} batches for {c_batched} check-ins"
+        c_batched >= 12,
+        "each machine checked in twice: {c_batched}"
+    );
+    assert!(batched >= 12, "each machine checked in twice: {batched}");
+    assert!(
+        c_batches * 3 <= c_batched && batches * 3 <= batched,
+        "relay-c {c_batches} batches for {c_batched} check-ins, the root {batches} for {batched}"
+    );
+    // relay-d's, one request each
+    assert!(
+        d_forwarded >= 6,
+        "each machine checked in twice: {d_forwarded}"
+    );
+    assert!(
+        (checkins - batched).abs_diff(d_forwarded) <= 1,
+        "{} check-ins one by one at the root, {d_forwarded} forwarded by relay-d",
+        checkins - batched
     );
     assert!(
         max_held <= 5,
