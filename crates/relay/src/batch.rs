@@ -114,11 +114,8 @@ pub async fn checkin(
     }
     let relays = match headers.get(HEADER_RELAY).map(|v| v.to_str()) {
         None => Vec::new(),
-        Some(Ok(v)) => v
-            .split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect(),
+        // as the root reads the header: a malformed name is refused there, for this entry
+        Some(Ok(v)) => v.split(',').map(|s| s.trim().to_owned()).collect(),
         // the upstream's refusal of the header, as for a forwarded request
         Some(Err(_)) => return None,
     };

@@ -59,6 +59,9 @@ async fn relay(
             status.as_str()
         )));
     }
+    // what it writes (its path, its status) is written once its counter is stored: replayed
+    // after a restart, it is refused
+    r.store_counter(&app.db).await?;
     let t = now();
     r.last_seen.store(t, Ordering::Relaxed);
     // the relays above it: the path its own request came through, less its own name
