@@ -1,7 +1,10 @@
 //! What a relay makes of a request's method and path (`semithin_relay::route::classify`), and
-//! what the root makes of the relay chain header (`semithin_server::relays::header_path`):
-//! never a panic; a cached route's file stays below the cache directory (plain, non-hidden
-//! components); a relay path has at most 16 names, each a valid machine name.
+//! what the root makes of the relay chain header (`semithin_server::relays::header_path`) and
+//! of a relay's batch of check-ins and status (`CheckInBatch`, `RelayStatus::check`, the
+//! entries' relay paths), and a relay of the answer to a batch: never a panic; a cached
+//! route's file stays below the cache directory (plain, non-hidden components); a relay path
+//! has at most 16 names, each a valid machine name; an accepted status has no control
+//! characters.
 #![no_main]
 
 use std::path::{Component, Path};
@@ -19,6 +22,12 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         "GET\n/api/v1/trust/metadata/timestamp.json\n".to_owned(),
         "GET\n/apt/debian/pool/main/h/hello/hello_2.10-3_amd64.deb\n".to_owned(),
         "POST\n/api/v1/checkin\nx,,y".to_owned(),
+        r#"{"checkins": [{"headers": {"semithin-machine": "ab"}, "body": "{}", "relays": ["r1"]}],
+            "status": {"version": "0.1", "url": "http://r:8471", "upstream": "http://root",
+            "cache_bytes": 1, "cache_items": 1, "cache_limit": 2, "fetched_bytes": 0,
+            "served_bytes": 0, "forwarded": 0}}"#
+            .to_owned(),
+        r#"{"answers": [{"status": 200, "body": {"status": "accepted"}}]}"#.to_owned(),
     ]
     .into_iter()
     .enumerate()
@@ -26,7 +35,32 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     .collect()
 }
 
+/// A relay path the root accepts: at most 16 valid machine names.
+fn valid_path(names: &[String]) {
+    assert!(names.len() <= semithin_server::relays::MAX_HOPS);
+    for n in names {
+        assert!(semithin_protocol::selector::check_name(n).is_ok(), "{n:?}");
+    }
+}
+
 fuzz_target!(init: write_seeds(seeds()), |data: &[u8]| {
+    if data.first() == Some(&b'{') {
+        use semithin_protocol::relay::{CheckInBatch, CheckInBatchAnswer};
+        if let Ok(b) = semithin_protocol::json::from_slice::<CheckInBatch>(data) {
+            for c in b.checkins {
+                if let Ok(p) = semithin_server::relays::check_path(c.relays) {
+                    valid_path(&p);
+                }
+            }
+            if let Some(s) = b.status
+                && s.check().is_ok()
+            {
+                assert!(!s.version.chars().any(char::is_control), "{s:?}");
+            }
+        }
+        let _ = semithin_protocol::json::from_slice::<CheckInBatchAnswer>(data);
+        return;
+    }
     let Ok(text) = std::str::from_utf8(data) else { return };
     let mut parts = text.splitn(3, '\n');
     let (method, path, chain) = (
@@ -52,10 +86,7 @@ fuzz_target!(init: write_seeds(seeds()), |data: &[u8]| {
     if let Ok(v) = axum::http::HeaderValue::from_str(chain) {
         headers.insert(semithin_server::relays::HEADER, v);
         if let Ok(names) = semithin_server::relays::header_path(&headers) {
-            assert!(names.len() <= semithin_server::relays::MAX_HOPS);
-            for n in names {
-                assert!(semithin_protocol::selector::check_name(&n).is_ok(), "{n:?}");
-            }
+            valid_path(&names);
         }
     }
 });

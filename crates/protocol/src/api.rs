@@ -604,6 +604,9 @@ pub struct MachineInfo {
     /// The relays the admin placed it under (`fleet move --relay`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub placement: Vec<String>,
+    /// For a relay: its last report of its own health (docs/RELAY.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<crate::relay::RelayHealth>,
 }
 
 /// Where a machine stands (`MachineInfo::state`), computed by the server from its status,
@@ -739,6 +742,16 @@ pub struct Stats {
     #[serde(default)]
     pub boot_bytes_sent: u64,
     pub checkins: u64,
+    /// Of `checkins`, those that came in relays' batches (docs/RELAY.md); the rest came one by
+    /// one (`POST /api/v1/checkin`).
+    #[serde(default)]
+    pub checkins_batched: u64,
+    /// Relays' batches of check-ins received.
+    #[serde(default)]
+    pub checkin_batches: u64,
+    /// Long polls held now: a machine's own check-in, or a relay's batch, each counts one.
+    #[serde(default)]
+    pub polls_held: u64,
     /// channel → release
     pub releases: std::collections::BTreeMap<String, String>,
 }

@@ -7,6 +7,7 @@
 //! - [`rollout`]: the bodies of the rollout admin API;
 //! - [`sign`]: how an enrolled machine signs its requests with its own ed25519 key;
 //! - [`path`]: server-relative paths a check-in answer names, checked so they stay on the server;
+//! - [`relay`]: what relays send of their own: batches of their children's check-ins, their health;
 //! - [`selector`]: label selectors (`site=school-12,class=lab`) and label syntax;
 //! - [`job`]: jobs for machines, their schema, signatures and schedules (cron in a time zone);
 //! - [`duration`]: the one syntax of durations (`30m`, `1h30m`, `2d 3h`);
@@ -29,6 +30,7 @@ pub mod job;
 pub mod json;
 pub mod near;
 pub mod path;
+pub mod relay;
 pub mod rollout;
 pub mod selector;
 pub mod sign;

@@ -11,6 +11,7 @@
 //! is) and [`lru`] (what to evict); [`disk`] keeps the cache across restarts, [`flight`] makes
 //! each item one upstream fetch however many children ask at once.
 
+pub mod batch;
 pub mod disk;
 pub mod error;
 pub mod flight;
@@ -23,11 +24,12 @@ pub mod upstream;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use semithin_protocol::relay::RelayStatus;
 use semithin_protocol::sign::MachineKey;
 
 pub use crate::error::{Error, Result};
@@ -50,6 +52,13 @@ pub struct Config {
     pub max_body: usize,
     /// How long fetched metadata is served without asking upstream again.
     pub metadata_ttl: Duration,
+    /// Children's check-ins arriving within this window go upstream as one batch (zero: each
+    /// alone).
+    pub batch_window: Duration,
+    /// The URL children reach the relay at, reported upstream (`fleet move --relay NAME`).
+    pub url: Option<String>,
+    /// How often the relay reports its own health upstream (besides with each batch).
+    pub status_interval: Duration,
 }
 
 impl Config {
@@ -62,6 +71,9 @@ impl Config {
             ca: None,
             max_body: 300 << 20,
             metadata_ttl: Duration::from_secs(2),
+            batch_window: Duration::from_millis(200),
+            url: None,
+            status_interval: Duration::from_secs(60),
         }
     }
 }
@@ -75,6 +87,9 @@ pub struct Counters {
     pub served: AtomicU64,
     /// Requests forwarded upstream.
     pub forwarded: AtomicU64,
+    /// Batches of check-ins sent upstream, and the check-ins in them.
+    pub batches: AtomicU64,
+    pub batched: AtomicU64,
 }
 
 pub struct Relay {
@@ -85,6 +100,7 @@ pub struct Relay {
     /// Metadata files by name: when fetched, and their bytes.
     meta: Mutex<HashMap<String, (Instant, Bytes)>>,
     pub counters: Counters,
+    batches: batch::Batches,
 }
 
 impl Relay {
@@ -107,7 +123,52 @@ impl Relay {
             flights: Arc::default(),
             meta: Mutex::default(),
             counters: Counters::default(),
+            batches: batch::Batches::default(),
         }))
+    }
+
+    /// The relay's health as it reports it upstream.
+    pub fn status(&self) -> RelayStatus {
+        let (bytes, items) = self.disk.usage();
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RelayStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            url: self.cfg.url.clone(),
+            upstream: self.up.current().trim_end_matches('/').to_owned(),
+            cache_bytes: bytes,
+            cache_items: items as u64,
+            cache_limit: self.cfg.cache_size,
+            fetched_bytes: n(&self.counters.fetched),
+            served_bytes: n(&self.counters.served),
+            forwarded: n(&self.counters.forwarded),
+            batches: n(&self.counters.batches),
+            batched: n(&self.counters.batched),
+            interval_secs: self.cfg.status_interval.as_secs(),
+        }
+    }
+
+    /// Reports the relay's health upstream now (`POST /api/v1/relay/status`, signed).
+    pub async fn report(&self) -> Result<()> {
+        let body = serde_json::to_vec(&self.status()).expect("serialises");
+        self.up
+            .fetch("POST", semithin_protocol::relay::STATUS_PATH, body.into())
+            .await?;
+        self.batches.accepted();
+        Ok(())
+    }
+
+    /// Reports the relay's health at once and then every `status_interval`, in a task of its
+    /// own (a failure is logged and tried again at the next turn).
+    pub fn start_reporting(self: &Arc<Self>) {
+        let r = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = r.report().await {
+                    tracing::warn!("reporting the relay's health upstream: {e}");
+                }
+                tokio::time::sleep(r.cfg.status_interval).await;
+            }
+        });
     }
 
     pub fn disk(&self) -> &disk::Disk {

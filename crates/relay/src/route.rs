@@ -22,8 +22,11 @@ pub enum Route {
     Boot(String, String),
     /// `GET /apt/NAME/PATH`: apt's proxy; `true` when the file is immutable (`pool/`), cached.
     Apt(String, bool),
-    /// Everything else under `/api/v1/` (enrollment, check-ins, job progress, captures, admin
-    /// requests): forwarded upstream as it came, signature intact.
+    /// `POST /api/v1/checkin`: sent upstream in a batch with the other children's (a batch
+    /// from a relay below, `POST /api/v1/relay/checkins`, is forwarded as it came).
+    CheckIn,
+    /// Everything else under `/api/v1/` (enrollment, job progress, captures, admin requests):
+    /// forwarded upstream as it came, signature intact.
     Forward,
 }
 
@@ -117,6 +120,9 @@ pub fn classify(method: &str, path: &str) -> Result<Route, String> {
     if rest == "health" && get {
         return Ok(Route::Health);
     }
+    if rest == "checkin" && method == "POST" {
+        return Ok(Route::CheckIn);
+    }
     if let Some(file) = rest.strip_prefix("trust/metadata/") {
         let p = parts(file, 1, "metadata")?;
         if !get {
@@ -209,8 +215,10 @@ mod tests {
 
     #[test]
     fn the_rest_is_forwarded() {
+        assert_eq!(classify("POST", "/api/v1/checkin").unwrap(), Route::CheckIn);
         for p in [
-            "/api/v1/checkin",
+            "/api/v1/relay/checkins",
+            "/api/v1/relay/status",
             "/api/v1/enroll",
             "/api/v1/jobs/x/progress",
         ] {

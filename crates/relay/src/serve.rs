@@ -27,17 +27,9 @@ pub fn router(relay: Arc<Relay>) -> axum::Router {
 }
 
 async fn info(State(relay): State<Arc<Relay>>) -> Response {
-    let (bytes, items) = relay.disk.usage();
-    axum::Json(serde_json::json!({
-        "name": relay.cfg.name,
-        "cache_bytes": bytes,
-        "cache_items": items,
-        "cache_limit": relay.cfg.cache_size,
-        "fetched_bytes": relay.counters.fetched.load(Ordering::Relaxed),
-        "served_bytes": relay.counters.served.load(Ordering::Relaxed),
-        "forwarded": relay.counters.forwarded.load(Ordering::Relaxed),
-    }))
-    .into_response()
+    let mut v = serde_json::to_value(relay.status()).expect("serialises");
+    v["name"] = relay.cfg.name.clone().into();
+    axum::Json(v).into_response()
 }
 
 async fn handle(State(relay): State<Arc<Relay>>, req: Request) -> Response {
@@ -69,6 +61,18 @@ async fn answer(relay: &Arc<Relay>, req: Request) -> Result<Response> {
     let headers = &parts.headers;
     match route {
         Route::Health => Ok("ok\n".into_response()),
+        Route::CheckIn => {
+            // a query is signed too: such a check-in goes up alone
+            let batched = if pq == path {
+                crate::batch::checkin(relay, headers, &body).await
+            } else {
+                None
+            };
+            match batched {
+                Some(answer) => answer,
+                None => forward(relay, parts.method, &pq, headers, body).await,
+            }
+        }
         Route::Forward | Route::Apt(_, false) => {
             forward(relay, parts.method, &pq, headers, body).await
         }

@@ -101,6 +101,11 @@ impl Upstreams {
         &self.name
     }
 
+    /// The upstream that answered last (tried first).
+    pub fn current(&self) -> &str {
+        self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()].as_str()
+    }
+
     fn url(&self, i: usize, path_and_query: &str) -> Url {
         let base = &self.bases[i];
         let mut s = base.as_str().trim_end_matches('/').to_owned();

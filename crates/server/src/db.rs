@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (20, include_str!("../migrations/0020_token_channel.sql")),
     (21, include_str!("../migrations/0021_pending.sql")),
     (22, include_str!("../migrations/0022_relays.sql")),
+    (23, include_str!("../migrations/0023_relay_status.sql")),
 ];
 
 pub async fn open(path: &Path) -> Result<SqlitePool> {
@@ -186,6 +187,7 @@ pub async fn delete_machine(pool: &SqlitePool, id: &str) -> Result<()> {
         "DELETE FROM machine_facts WHERE machine = $1",
         "DELETE FROM machine_relays WHERE machine = $1",
         "DELETE FROM machine_placement WHERE machine = $1",
+        "DELETE FROM relay_status WHERE machine = $1",
     ] {
         sqlx::query(sql)
             .bind(id)

@@ -100,6 +100,11 @@ pub struct Machine {
     pub relay_path: Mutex<Vec<String>>,
     /// The relays the admin placed it under (`relays::place`), told in check-in answers.
     pub placement: Mutex<Vec<String>>,
+    /// For a relay: its last report of its own health (`relays::record_status`).
+    pub relay_health: Mutex<Option<semithin_protocol::relay::RelayHealth>>,
+    /// For a relay: when the batch of check-ins it has held ends at the latest; a batch it
+    /// sends meanwhile ends with it (`http::relayed`), so its machines poll again together.
+    pub batch_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Machine {
@@ -120,6 +125,8 @@ impl Machine {
             facts: Mutex::new(None),
             relay_path: Mutex::default(),
             placement: Mutex::default(),
+            relay_health: Mutex::default(),
+            batch_until: Mutex::default(),
         }
     }
 
@@ -578,6 +585,7 @@ pub fn info(m: &Machine, view: View) -> MachineInfo {
         facts: m.facts().map(|f| (*f).clone()),
         relay_path: m.relay_path.lock().expect("lock").clone(),
         placement: m.placement.lock().expect("lock").clone(),
+        relay: m.relay_health.lock().expect("lock").clone(),
     }
 }
 

@@ -212,6 +212,28 @@ pub struct Counters {
     /// Bytes of boot artifacts sent (`/api/v1/boot`, `/boot`).
     pub boot_bytes_sent: AtomicU64,
     pub checkins: AtomicU64,
+    /// Check-ins that came in relays' batches (also counted in `checkins`), and the batches.
+    pub checkins_batched: AtomicU64,
+    pub checkin_batches: AtomicU64,
+    /// Long polls held now: a machine's own check-in, or a relay's batch, each counts one.
+    pub polls_held: AtomicU64,
+}
+
+/// Counts one held long poll in [`Counters::polls_held`] for as long as it lives (a client that
+/// hangs up drops it too).
+pub struct PollHeld<'a>(&'a AtomicU64);
+
+impl<'a> PollHeld<'a> {
+    pub fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for PollHeld<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The server's shared state.

@@ -246,6 +246,23 @@ pub fn render(app: &App) -> String {
         "Check-ins answered",
         ConstCounter::new(c.checkins.load(Ordering::Relaxed)),
     );
+    r.register(
+        "checkins_batched",
+        "Check-ins that came in relays' batches (also counted in checkins)",
+        ConstCounter::new(c.checkins_batched.load(Ordering::Relaxed)),
+    );
+    r.register(
+        "checkin_batches",
+        "Relays' batches of check-ins received",
+        ConstCounter::new(c.checkin_batches.load(Ordering::Relaxed)),
+    );
+    let held: Gauge = Gauge::default();
+    held.set(c.polls_held.load(Ordering::Relaxed) as i64);
+    r.register(
+        "polls_held",
+        "Long polls held now (a machine's check-in or a relay's batch, one each)",
+        held,
+    );
     let sent = Family::<KindLabels, Counter>::default();
     for (kind, v) in [
         ("objects", c.object_bytes_sent.load(Ordering::Relaxed)),

@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use semithin_protocol::api::{Affected, ApiError, BadUpstream, MAX_PLACEMENT, PlacementRequest};
+use semithin_protocol::relay::{RelayHealth, RelayStatus};
 use semithin_protocol::selector::Selector;
 use sqlx::{Row, SqlitePool};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -33,7 +34,12 @@ pub fn header_path(headers: &HeaderMap) -> std::result::Result<Vec<String>, Stri
     let v = v
         .to_str()
         .map_err(|_| format!("{HEADER}: not ASCII text"))?;
-    let names: Vec<String> = v.split(',').map(|s| s.trim().to_owned()).collect();
+    check_path(v.split(',').map(|s| s.trim().to_owned()).collect())
+}
+
+/// A relay path as received (a header, or a batch's entry and its header): at most
+/// [`MAX_HOPS`] names, each a machine name.
+pub fn check_path(names: Vec<String>) -> std::result::Result<Vec<String>, String> {
     if names.len() > MAX_HOPS {
         return Err(format!(
             "{HEADER}: {} relays; at most {MAX_HOPS}",
@@ -70,7 +76,86 @@ pub async fn load(pool: &SqlitePool, fleet: &Fleet) -> Result<()> {
             *m.placement.lock().expect("lock") = split(&urls);
         }
     }
+    let rows = sqlx::query("SELECT machine, at, status FROM relay_status")
+        .fetch_all(pool)
+        .await
+        .map_err(|e| Error::db("loading relays' health", e))?;
+    for r in rows {
+        let id: String = r.get(0);
+        let at: i64 = r.get(1);
+        let status: String = r.get(2);
+        if let Some(m) = fleet.get(&id)
+            && let Ok(status) = serde_json::from_str::<RelayStatus>(&status)
+        {
+            *m.relay_health.lock().expect("lock") = Some(RelayHealth { at, status });
+        }
+    }
     Ok(())
+}
+
+/// Stores a relay's report of its own health (the database first), at time `t`. The relay's
+/// signature was checked: it is the machine `m`.
+pub async fn record_status(app: &App, m: &Machine, s: &RelayStatus, t: i64) -> Result<()> {
+    let text = serde_json::to_string(s).expect("serialises");
+    sqlx::query(
+        "INSERT INTO relay_status (machine, at, status) VALUES ($1, $2, $3) \
+         ON CONFLICT (machine) DO UPDATE SET at = $2, status = $3",
+    )
+    .bind(&m.id)
+    .bind(t)
+    .bind(text)
+    .execute(&app.db)
+    .await
+    .map_err(|e| Error::db("storing a relay's health", e))?;
+    *m.relay_health.lock().expect("lock") = Some(RelayHealth {
+        at: t,
+        status: s.clone(),
+    });
+    Ok(())
+}
+
+/// The relay a placement names: a URL as it is, or the name of a relay that reported the URL
+/// its children reach it at. An unknown name is refused with the relays the server knows.
+pub fn resolve(fleet: &Fleet, s: &str) -> std::result::Result<String, String> {
+    if s.contains("://") {
+        check_url(s)?;
+        return Ok(s.to_owned());
+    }
+    let known = || {
+        let mut names: Vec<String> = fleet
+            .all()
+            .iter()
+            .filter_map(|m| {
+                let h = m.relay_health.lock().expect("lock");
+                let url = h.as_ref()?.status.url.clone()?;
+                Some(format!("{} ({url})", m.row.lock().expect("lock").name))
+            })
+            .collect();
+        names.sort();
+        if names.is_empty() {
+            "none has reported its URL (`semithin relay --url`)".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    let m = fleet
+        .by_name(s)
+        .ok_or_else(|| format!("no relay {s:?}; the relays known: {}", known()))?;
+    let url = m
+        .relay_health
+        .lock()
+        .expect("lock")
+        .as_ref()
+        .and_then(|h| h.status.url.clone());
+    let url = url.ok_or_else(|| {
+        format!(
+            "{s:?} has not reported a URL as a relay (started with `semithin relay --url`?); the \
+             relays known: {}",
+            known()
+        )
+    })?;
+    check_url(&url)?;
+    Ok(url)
 }
 
 pub fn routes() -> OpenApiRouter<Arc<App>> {
@@ -111,9 +196,11 @@ async fn place(
             req.upstreams.len()
         )));
     }
+    let mut upstreams = Vec::with_capacity(req.upstreams.len());
     for u in &req.upstreams {
-        check_url(u).map_err(ApiErr::bad)?;
+        upstreams.push(resolve(&app.fleet, u).map_err(ApiErr::bad)?);
     }
+    let req = PlacementRequest { upstreams, ..req };
     let sel = Selector::parse(&req.selector).map_err(|e| ApiErr::bad(e.to_string()))?;
     let machines = app.fleet.select(&sel);
     if machines.is_empty() {

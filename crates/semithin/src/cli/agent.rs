@@ -672,6 +672,7 @@ fn relay_beside(agent: &Agent, state: &std::path::Path, listen: &str, cache: u64
                         std::sync::Arc::new(key),
                         &listen,
                         1024,
+                        None,
                         std::future::pending(),
                     )
                 });

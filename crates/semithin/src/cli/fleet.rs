@@ -525,6 +525,24 @@ pub fn run(server: &ServerArgs, cmd: FleetCmd) -> Result<ExitCode> {
                         m.relay_path.iter().map(|r| safe(r).to_string()).collect();
                     outln!("relays:     {} -> server", path.join(" -> "));
                 }
+                if let Some(h) = &m.relay {
+                    let s = &h.status;
+                    outln!(
+                        "as a relay: {} at {}, reported {}; upstream {}; cache {} of {}; \
+                         fetched {}, served {}, {} forwarded, {} check-ins in {} batches",
+                        safe(&s.version),
+                        safe(s.url.as_deref().unwrap_or("-")),
+                        ago(Some(h.at)),
+                        safe(&s.upstream),
+                        human(s.cache_bytes),
+                        human(s.cache_limit),
+                        human(s.fetched_bytes),
+                        human(s.served_bytes),
+                        s.forwarded,
+                        s.batched,
+                        s.batches
+                    );
+                }
                 if let Some(ev) = v.get("events").and_then(|e| e.as_array()) {
                     outln!("events:");
                     for e in ev {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use semithin_protocol::api::{Affected, AssignRequest, MachineInfo, PlacementRequest};
+use semithin_protocol::relay::RelayHealth;
 use semithin_protocol::selector::Selector;
 use serde::Serialize;
 
@@ -17,9 +18,10 @@ use super::safe::safe;
 pub struct MoveArgs {
     /// The machines: a name, `key=value[,key=value...]` (e.g. `site=school-12`) or `*`.
     selector: String,
-    /// A relay's URL the machines use first (repeatable: tried in order, then the servers
-    /// they are configured with). Machines follow it with `follow_placement`.
-    #[arg(long = "relay", value_name = "URL")]
+    /// A relay the machines use first: its URL, or its name when it reported the URL it
+    /// serves at (`semithin relay --url`). Repeatable: tried in order, then the servers they
+    /// are configured with. Machines follow it with `follow_placement`.
+    #[arg(long = "relay", value_name = "URL|NAME")]
     relays: Vec<String>,
     /// Drop the placement: the machines use only the servers they are configured with.
     #[arg(long, conflicts_with = "relays")]
@@ -90,6 +92,9 @@ pub struct Node {
     pub releases: BTreeMap<String, usize>,
     /// The last check-in of a machine below it: when traffic last came through.
     pub last_seen: Option<i64>,
+    /// A relay's own last report of its health (version, cache, upstream), when it made one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<RelayHealth>,
     pub children: Vec<Node>,
 }
 
@@ -117,6 +122,10 @@ pub fn tree(ms: &[MachineInfo]) -> Node {
     fn build(name: &str, parent: &BTreeMap<String, String>, ms: &[MachineInfo]) -> Node {
         let mut n = Node {
             name: if name.is_empty() { "server" } else { name }.to_owned(),
+            health: ms
+                .iter()
+                .find(|m| !name.is_empty() && m.name == name)
+                .and_then(|m| m.relay.clone()),
             ..Node::default()
         };
         for m in ms.iter().filter(|m| !is_relay(m)) {
@@ -154,8 +163,25 @@ fn print(n: &Node, depth: usize) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let health = match &n.health {
+        None if depth == 0 => String::new(),
+        None => " [no report of its own yet]".to_owned(),
+        Some(h) => format!(
+            " [{}, reported {}{}, cache {} of {}, via {}]",
+            safe(&h.status.version),
+            super::fleet::ago(Some(h.at)),
+            if h.late(semithin_server::now()) {
+                " (LATE: stopped, or cut off from its upstream?)"
+            } else {
+                ""
+            },
+            super::human(h.status.cache_bytes),
+            super::human(h.status.cache_limit),
+            safe(&h.status.upstream)
+        ),
+    };
     outln!(
-        "{}{}: {} machine(s) here, {} in all ({}); releases: {}; last traffic {}",
+        "{}{}{health}: {} machine(s) here, {} in all ({}); releases: {}; last traffic {}",
         "  ".repeat(depth),
         safe(&n.name),
         n.machines,

@@ -38,6 +38,23 @@ pub struct Args {
     /// At most this many open connections from children (each waiting machine holds one).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     max_connections: usize,
+    /// The URL children reach this relay at, reported upstream: `fleet move --relay NAME`
+    /// places machines under it by name.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Children's check-ins arriving within this many milliseconds go upstream as one batch
+    /// (0: each alone).
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    batch_window_ms: u64,
+    /// Report the relay's health upstream this often, in seconds (and with every batch).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    status_interval: u64,
+    /// PEM certificate chain: serve children over HTTPS (with --tls-key), as `serve` does.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// The key of a relay (or agent) in `path`, made on first use.
@@ -100,26 +117,38 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut cfg = semithin_relay::Config::new(a.upstreams.clone(), a.data.clone(), &name);
     cfg.cache_size = a.cache_size;
     cfg.ca = a.ca.clone();
+    cfg.url = a.url.clone();
+    cfg.batch_window = std::time::Duration::from_millis(a.batch_window_ms.min(10_000));
+    cfg.status_interval = std::time::Duration::from_secs(a.status_interval.max(1));
     super::serve::init_logs("text")?;
+    let tls = a.tls_cert.clone().zip(a.tls_key.clone());
     serve(
         cfg,
         Arc::new(key),
         &a.listen,
         a.max_connections,
+        tls,
         super::serve::shutdown_signal(),
     )?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs a relay on `listen` until `shutdown`, on a runtime of its own (the agent's relay runs
-/// this in a thread beside its synchronous loop).
+/// Runs a relay on `listen` (over HTTPS with `tls`) until `shutdown`, on a runtime of its own
+/// (the agent's relay runs this in a thread beside its synchronous loop).
 pub fn serve(
     cfg: semithin_relay::Config,
     key: Arc<MachineKey>,
     listen: &str,
     max_connections: usize,
+    tls: Option<(PathBuf, PathBuf)>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let tls = match tls {
+        Some((cert, key)) => Some(semithin_server::http::tls::acceptor(
+            semithin_server::http::tls::server_config(&cert, &key)?,
+        )),
+        None => None,
+    };
     let relay = semithin_relay::Relay::open(cfg, key)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -129,6 +158,7 @@ pub fn serve(
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
+        relay.start_reporting();
         note!(
             "semithin-relay: serving on {}",
             listener
@@ -143,7 +173,7 @@ pub fn serve(
             idle_timeout: std::time::Duration::from_secs(60),
             max_connections,
         };
-        semithin_server::http::serve::serve(listener, relay.router(), None, limits, shutdown)
+        semithin_server::http::serve::serve(listener, relay.router(), tls, limits, shutdown)
             .await?;
         anyhow::Ok(())
     })

@@ -32,6 +32,7 @@ mod profiles;
 mod qemu;
 mod real_root;
 mod relay;
+mod relay_batch;
 mod rollout;
 mod systemd_unit;
 mod tamper;

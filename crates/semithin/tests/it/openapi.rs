@@ -82,6 +82,8 @@ fn slow_openapi_describes_every_route_and_schemathesis_finds_no_fault() {
         "/metrics",
         "/api/v1/enroll",
         "/api/v1/checkin",
+        "/api/v1/relay/checkins",
+        "/api/v1/relay/status",
         "/api/v1/trust/metadata/{file}",
         "/api/v1/trust/targets/{path}",
         "/api/v1/objects",
@@ -109,6 +111,9 @@ fn slow_openapi_describes_every_route_and_schemathesis_finds_no_fault() {
         "MachineInfo",
         "CheckInRequest",
         "CheckInResponse",
+        "CheckInBatch",
+        "CheckInBatchAnswer",
+        "RelayStatus",
         "JobRequest",
         "RolloutInfo",
     ] {

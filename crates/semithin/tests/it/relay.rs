@@ -13,22 +13,26 @@ use crate::common::BIN;
 use crate::fleet::{Agent, Server, free_port, http, image, wait_until, wait_updated};
 
 /// A `semithin relay` process.
-struct Relay {
-    name: String,
-    data: PathBuf,
+pub(crate) struct Relay {
+    pub name: String,
+    pub data: PathBuf,
     log: PathBuf,
     port: u16,
-    url: String,
+    pub url: String,
     upstreams: Vec<String>,
     token: String,
     child: Option<Child>,
     /// Where it listens (127.0.0.1 unless given) and the network namespace it runs in.
     host: String,
     netns: Option<String>,
+    /// More flags of `semithin relay`.
+    args: Vec<String>,
+    /// A client for its URL (trusting its CA when it serves HTTPS).
+    client: reqwest::blocking::Client,
 }
 
 impl Relay {
-    fn start(s: &Server, name: &str, upstreams: &[&str], token: &str) -> Relay {
+    pub fn start(s: &Server, name: &str, upstreams: &[&str], token: &str) -> Relay {
         Self::start_in(s, name, upstreams, token, "127.0.0.1", None)
     }
 
@@ -40,7 +44,28 @@ impl Relay {
         host: &str,
         netns: Option<&str>,
     ) -> Relay {
+        Self::start_full(s, name, upstreams, token, host, netns, &[], None)
+    }
+
+    /// A relay started with more flags; `ca`: it serves HTTPS with a certificate of this CA.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_full(
+        s: &Server,
+        name: &str,
+        upstreams: &[&str],
+        token: &str,
+        host: &str,
+        netns: Option<&str>,
+        args: &[&str],
+        ca: Option<&Path>,
+    ) -> Relay {
         let port = free_port();
+        let mut client = http().timeout(Duration::from_secs(10));
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).unwrap();
+            client = client.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap());
+        }
+        let scheme = if ca.is_some() { "https" } else { "http" };
         let mut r = Relay {
             host: host.into(),
             netns: netns.map(str::to_owned),
@@ -48,16 +73,18 @@ impl Relay {
             data: s.path(&format!("relays/{name}")),
             log: s.path(&format!("relays/{name}.log")),
             port,
-            url: format!("http://{host}:{port}"),
+            url: format!("{scheme}://{host}:{port}"),
             upstreams: upstreams.iter().map(|u| u.to_string()).collect(),
             token: token.into(),
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            client: client.build().unwrap(),
         };
         r.spawn();
         r
     }
 
-    fn spawn(&mut self) {
+    pub fn spawn(&mut self) {
         std::fs::create_dir_all(self.log.parent().unwrap()).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -76,7 +103,9 @@ impl Relay {
             .arg("--data")
             .arg(&self.data)
             .args(["--listen", &format!("{}:{}", self.host, self.port)])
-            .args(["--name", &self.name, "--token", &self.token]);
+            .args(["--name", &self.name, "--token", &self.token])
+            .args(["--url", &self.url])
+            .args(&self.args);
         for u in &self.upstreams {
             c.args(["--upstream", u]);
         }
@@ -93,7 +122,7 @@ impl Relay {
         });
     }
 
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
             c.wait().unwrap();
@@ -104,13 +133,7 @@ impl Relay {
     fn get(&self, url: &str) -> Option<(u16, String)> {
         match &self.netns {
             None => {
-                let r = http()
-                    .timeout(Duration::from_secs(10))
-                    .build()
-                    .unwrap()
-                    .get(url)
-                    .send()
-                    .ok()?;
+                let r = self.client.get(url).send().ok()?;
                 Some((r.status().as_u16(), r.text().ok()?))
             }
             Some(ns) => {
@@ -126,16 +149,16 @@ impl Relay {
         }
     }
 
-    fn info(&self) -> Value {
+    pub fn info(&self) -> Value {
         let (_, body) = self.get(&format!("{}/api/v1/relay", self.url)).unwrap();
         serde_json::from_str(&body).unwrap()
     }
 
-    fn n(&self, field: &str) -> u64 {
+    pub fn n(&self, field: &str) -> u64 {
         self.info()[field].as_u64().unwrap()
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -151,7 +174,7 @@ fn content_sent(s: &Server) -> u64 {
     st["object_bytes_sent"].as_u64().unwrap() + st["delta_bytes_sent"].as_u64().unwrap()
 }
 
-fn many_uses_token(s: &Server) -> String {
+pub(crate) fn many_uses_token(s: &Server) -> String {
     let (st, v) = s.post(
         "/api/v1/admin/tokens",
         &json!({"preauthorized": true, "uses": 100}),
@@ -217,6 +240,10 @@ fn relay_tree_converges_and_the_root_sends_content_once_per_relay() {
         );
     }
     assert_eq!(s.machine("a1")["relay_path"], json!(["relay-a"]));
+    // their check-ins went up in batches: relay B's passed through relay A as they came
+    assert!(b.n("batches") > 0 && b.n("batched") >= 3, "{}", b.info());
+    assert!(a.n("batches") > 0, "{}", a.info());
+    assert!(s.stats()["checkins_batched"].as_u64().unwrap() > 0);
     let list: Value = serde_json::from_str(&s.ok(&["fleet", "list", "--json"])).unwrap();
     let b2 = list
         .as_array()

@@ -388,6 +388,9 @@ async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Jso
         delta_bytes_sent: c.delta_bytes_sent.load(Ordering::Relaxed),
         boot_bytes_sent: c.boot_bytes_sent.load(Ordering::Relaxed),
         checkins: c.checkins.load(Ordering::Relaxed),
+        checkins_batched: c.checkins_batched.load(Ordering::Relaxed),
+        checkin_batches: c.checkin_batches.load(Ordering::Relaxed),
+        polls_held: c.polls_held.load(Ordering::Relaxed),
         releases: app
             .published()
             .releases

@@ -257,38 +257,85 @@ pub async fn checkin(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<CheckInResponse>> {
-    let m = machine(&app, &method, &uri, &headers, &body)?;
-    // A rejected machine is refused before anything of its request is looked at or kept.
-    if m.row.lock().expect("lock").status == MachineStatus::Rejected {
-        return Err(ApiErr::forbidden("this machine was rejected by the admin"));
-    }
-    let req: CheckInRequest = parse(&body)?;
-    req.check()
-        .map_err(|e| ApiErr::bad(format!("check-in refused: {e}")))?;
-    let relay_path = crate::relays::header_path(&headers)
-        .map_err(|e| ApiErr::bad(format!("check-in refused: {e}")))?;
-    let t = now();
-    app.counters.checkins.fetch_add(1, Ordering::Relaxed);
-    m.last_seen.store(t, Ordering::Relaxed);
-    store_checkin(&app, &m, &req, t).await?;
-    crate::relays::record(&app, &m, relay_path, &req.bad_upstreams, t).await?;
-    let (mut resp, actionable) = answer(&app, &m, false);
-    with_jobs(&app, &m, &req, &mut resp).await?;
-    with_config(&app, &m, &req, &mut resp);
-    let wait = req.wait_secs.min(app.cfg.max_wait_secs);
-    if actionable || wait == 0 || !resp.jobs.is_empty() || resp.vars.is_some() {
-        return Ok(Json(resp));
-    }
+    let relay_path = crate::relays::header_path(&headers);
+    let (m, req, wait) =
+        match begin_checkin(&app, &method, &uri, &headers, &body, relay_path).await? {
+            Begun::Now(resp) => return Ok(Json(*resp)),
+            Begun::Hold { m, req, wait } => (m, req, wait),
+        };
+    let held = crate::PollHeld::new(&app.counters.polls_held);
     let mut stop = app.shutdown.clone();
     let woken = tokio::select! {
         _ = m.wake.notified() => true,
         _ = tokio::time::sleep(Duration::from_secs(wait as u64)) => false,
         _ = stop.wait_for(|s| *s) => false,
     };
-    let mut resp = answer(&app, &m, woken).0;
-    with_jobs(&app, &m, &req, &mut resp).await?;
-    with_config(&app, &m, &req, &mut resp);
-    Ok(Json(resp))
+    drop(held);
+    Ok(Json(end_checkin(&app, &m, &req, woken).await?))
+}
+
+/// A check-in verified and stored: answered at once, or to be held (a long poll with nothing
+/// new) up to `wait` seconds.
+pub(crate) enum Begun {
+    Now(Box<CheckInResponse>),
+    Hold {
+        m: Arc<Machine>,
+        req: Box<CheckInRequest>,
+        wait: u32,
+    },
+}
+
+/// The part of a check-in before its long poll, shared by `POST /api/v1/checkin` and the
+/// batches of relays (`POST /api/v1/relay/checkins`, each check-in verified here as if it had
+/// come straight from its machine): the signature, the body, what it stores, the answer when
+/// there is something to say at once. `relay_path` is what `X-Semithin-Relay` said.
+pub(crate) async fn begin_checkin(
+    app: &App,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    relay_path: std::result::Result<Vec<String>, String>,
+) -> ApiResult<Begun> {
+    let m = machine(app, method, uri, headers, body)?;
+    // A rejected machine is refused before anything of its request is looked at or kept.
+    if m.row.lock().expect("lock").status == MachineStatus::Rejected {
+        return Err(ApiErr::forbidden("this machine was rejected by the admin"));
+    }
+    let req: CheckInRequest = parse(body)?;
+    req.check()
+        .map_err(|e| ApiErr::bad(format!("check-in refused: {e}")))?;
+    let relay_path = relay_path.map_err(|e| ApiErr::bad(format!("check-in refused: {e}")))?;
+    let t = now();
+    app.counters.checkins.fetch_add(1, Ordering::Relaxed);
+    m.last_seen.store(t, Ordering::Relaxed);
+    store_checkin(app, &m, &req, t).await?;
+    crate::relays::record(app, &m, relay_path, &req.bad_upstreams, t).await?;
+    let (mut resp, actionable) = answer(app, &m, false);
+    with_jobs(app, &m, &req, &mut resp).await?;
+    with_config(app, &m, &req, &mut resp);
+    let wait = req.wait_secs.min(app.cfg.max_wait_secs);
+    if actionable || wait == 0 || !resp.jobs.is_empty() || resp.vars.is_some() {
+        return Ok(Begun::Now(Box::new(resp)));
+    }
+    Ok(Begun::Hold {
+        m,
+        req: Box::new(req),
+        wait,
+    })
+}
+
+/// The answer to a held check-in once its wait is over (`woken`: by a push or a publish).
+pub(crate) async fn end_checkin(
+    app: &App,
+    m: &Machine,
+    req: &CheckInRequest,
+    woken: bool,
+) -> ApiResult<CheckInResponse> {
+    let mut resp = answer(app, m, woken).0;
+    with_jobs(app, m, req, &mut resp).await?;
+    with_config(app, m, req, &mut resp);
+    Ok(resp)
 }
 
 /// What a check-in stores, at time `t`: shared by `POST /api/v1/checkin` and the reports of an

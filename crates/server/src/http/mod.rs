@@ -10,6 +10,9 @@ mod jobs;
 mod offline;
 pub mod openapi;
 mod range;
+mod relayed;
+#[cfg(test)]
+mod relayed_tests;
 mod rollout;
 pub mod serve;
 #[cfg(test)]
@@ -311,6 +314,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(boot::quick_routes())
         .merge(admin::routes())
         .merge(crate::relays::routes())
+        .merge(relayed::status_routes())
         .merge(offline::routes())
         .merge(jobs::routes())
         .merge(rollout::routes())
@@ -326,6 +330,7 @@ pub fn router(app: Arc<App>) -> Router {
     // as long as the client reads.
     let slow = OpenApiRouter::new()
         .routes(routes!(agent::checkin))
+        .merge(relayed::batch_routes())
         .routes(routes!(agent::objects))
         .routes(routes!(agent::object))
         .routes(routes!(agent::delta))
@@ -414,7 +419,9 @@ async fn json_errors(State(app): State<Arc<App>>, req: Request, next: Next) -> R
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
-    let slow = path == "/api/v1/checkin" || path.starts_with("/api/v1/objects");
+    let slow = path == "/api/v1/checkin"
+        || path == semithin_protocol::relay::CHECKINS_PATH
+        || path.starts_with("/api/v1/objects");
     let message = match status {
         StatusCode::METHOD_NOT_ALLOWED => {
             let allowed = parts
