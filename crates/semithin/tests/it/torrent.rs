@@ -318,7 +318,10 @@ fn first_installs_take_the_full_release_pack_from_the_swarm() {
     for a in &agents {
         let log = a.log();
         assert!(
-            log.contains(&format!("fetched the full-release pack of {}", &v1[..12])),
+            log.contains(&format!(
+                "fetched the full-release pack of {}",
+                v1.get(..12).unwrap()
+            )),
             "{}: {log}\nserver: {}",
             a.name,
             std::fs::read_to_string(s.path("server.log")).unwrap_or_default()
