@@ -399,6 +399,8 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
             .arg("--data")
             .arg(&data)
             .args(["--checkin-interval", "30", "--max-wait", "30"])
+            // packs shared among the machines over BitTorrent, the server seeding
+            .arg("--torrent")
             .env_remove("SEMITHIN_CONFIG")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -537,15 +539,23 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
             .create(true)
             .append(true)
             .open(agents.join(format!("{name}.log")))?;
-        // every other machine behind the relay, with the server to fall back on
+        // every other machine behind the relay, with the server to fall back on; the others
+        // share packs with each other over BitTorrent
         let n: u32 = name.trim_start_matches('m').parse().unwrap_or(1);
-        let servers = if n.is_multiple_of(2) {
+        let relayed = n.is_multiple_of(2);
+        let servers = if relayed {
             format!("{relay_url},{url}")
         } else {
             url.clone()
         };
+        let torrent: &[&str] = if relayed {
+            &[]
+        } else {
+            &["--torrent", "--torrent-seed-time", "600"]
+        };
         Command::new(&exe)
             .arg("agent")
+            .args(torrent)
             .arg("--state")
             .arg(&state)
             .args(["--server", &servers, "--name", name])
@@ -578,8 +588,9 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
     )?;
     outln!(
         "3. {n} agents started; each made its own key and enrolled: pending ({} of them behind \
-         a relay, `semithin relay` on {relay_url})",
-        n / 2
+         a relay, `semithin relay` on {relay_url}; the other {} share packs over BitTorrent)",
+        n / 2,
+        n - n / 2
     );
     let acc: semithin_protocol::api::Affected = c.post(
         "accepting",
@@ -610,9 +621,15 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
     }
     let _: serde_json::Value = c.post("publishing", "/api/v1/admin/published", &json!({}))?;
     outln!("5. v1 signed and published; the server wakes the machines (long poll):");
-    let before: Stats = c.get("reading stats", "/api/v1/admin/stats")?;
+    let before = (
+        c.get::<Stats>("reading stats", "/api/v1/admin/stats")?,
+        seeded(&c)?,
+    );
     let t1 = converge(&c, n, &v1.to_hex(), "v1", a.timeout)?;
-    let mid: Stats = c.get("reading stats", "/api/v1/admin/stats")?;
+    let mid = (
+        c.get::<Stats>("reading stats", "/api/v1/admin/stats")?,
+        seeded(&c)?,
+    );
 
     sample_root(&v1_src, 2)?;
     std::fs::remove_dir_all(v1_src.join("usr/share/doc/pkg7"))?;
@@ -627,12 +644,18 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
         v2.short()
     );
     let t2 = converge(&c, n, &v2.to_hex(), "v2", a.timeout)?;
-    let end: Stats = c.get("reading stats", "/api/v1/admin/stats")?;
+    let end = (
+        c.get::<Stats>("reading stats", "/api/v1/admin/stats")?,
+        seeded(&c)?,
+    );
 
     boot_check(&exe, &agents, &mut fleet.agents[0], || spawn_agent("m01"))?;
     monitoring(&c, &url)?;
 
-    let sent = |s: &Stats| s.object_bytes_sent + s.metadata_bytes_sent + s.delta_bytes_sent;
+    // over HTTP, and by the server's BitTorrent seeder
+    let sent = |(s, seeded): &(Stats, u64)| {
+        s.object_bytes_sent + s.metadata_bytes_sent + s.delta_bytes_sent + seeded
+    };
     let sent1 = sent(&mid) - sent(&before);
     let sent2 = sent(&end) - sent(&mid);
     let pct = |x: u64| 100.0 * x as f64 / image as f64;
@@ -664,6 +687,22 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
         human(relayed["served_bytes"].as_u64().unwrap_or(0)),
         n / 2
     );
+    let ms: Vec<MachineInfo> = c.get(
+        "listing machines",
+        "/api/v1/admin/machines?selector=demo%3Dyes",
+    )?;
+    let peers: u64 = ms
+        .iter()
+        .filter_map(|m| m.report.swarm)
+        .map(|s| s.sent)
+        .sum();
+    outln!(
+        "  BitTorrent:                       the server seeded {} in all, its {} machines sent \
+         each other {} (full-release and delta packs)",
+        human(end.1),
+        n - n / 2,
+        human(peers)
+    );
     if a.keep {
         outln!();
         outln!("The fleet keeps running; try (Ctrl-C here ends the demo):");
@@ -692,6 +731,13 @@ fn demo(a: &Args, dir: &Path) -> Result<ExitCode> {
     }
     drop(fleet);
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the server's BitTorrent seeder uploaded so far, all torrents.
+fn seeded(c: &AdminClient) -> Result<u64> {
+    let ts: Vec<semithin_protocol::torrent::TorrentInfo> =
+        c.get("listing the server's torrents", "/api/v1/admin/torrents")?;
+    Ok(ts.iter().filter_map(|t| t.uploaded).sum())
 }
 
 /// Step 8: what the admin's monitoring sees: `fleet check`'s line, a few `/metrics` samples, the

@@ -58,6 +58,12 @@ fn the_demo_converges_twice_reports_the_bytes_and_leaves_nothing_running() {
         relay.contains("fetched ") && relay.contains("to its 2 machines"),
         "{relay}"
     );
+    // the other two share packs over BitTorrent, the server seeding
+    let swarm = text.lines().find(|l| l.contains("BitTorrent:")).unwrap();
+    assert!(
+        swarm.contains("the server seeded ") && swarm.contains("its 2 machines sent"),
+        "{swarm}"
+    );
     assert!(
         step8.contains("semithin_machines{state=\"updated\"} "),
         "{text}"
