@@ -299,6 +299,10 @@ impl State {
     }
 }
 
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,8 +402,4 @@ mod tests {
         s.confirm_trial();
         assert_eq!(s.failed_release, None);
     }
-}
-
-fn is_zero(v: &i64) -> bool {
-    *v == 0
 }
