@@ -445,6 +445,29 @@ fn slow_boot_puts_a_tampered_deployment_back_before_booting_it() {
     let i = &m["report"]["integrity"];
     assert_eq!(i["at_boot"], json!(true), "{m}");
     assert_eq!(sorted(&i["repaired"]), TAMPERED, "{m}");
+    assert_eq!(i["boot_check"], json!("full"), "{m}");
+
+    // That boot put the deployment right and sealed it: the next boot reads none of its files.
+    assert!(
+        console.contains(&format!(
+            "semithin: deployment {} sealed (",
+            release.get(..12).unwrap()
+        )),
+        "{console}"
+    );
+    let console = boot(&kit, dir.path(), &disk, "");
+    assert!(
+        console.contains(&format!("SEMITHIN-TEST booted {release}")),
+        "{console}"
+    );
+    assert!(
+        console.contains(" entries unchanged since verified (quick check, "),
+        "{console}"
+    );
+    assert!(!console.contains("verified against the release in"), "{console}");
+    let record = image_file(&disk, "/var/lib/semithin/boot-verify.json").expect("the record");
+    let record: Value = serde_json::from_slice(&record).unwrap();
+    assert_eq!(record["integrity"]["boot_check"], json!("quick"), "{record}");
 }
 
 #[test]
