@@ -464,10 +464,17 @@ fn slow_boot_puts_a_tampered_deployment_back_before_booting_it() {
         console.contains(" entries unchanged since verified (quick check, "),
         "{console}"
     );
-    assert!(!console.contains("verified against the release in"), "{console}");
+    assert!(
+        !console.contains("verified against the release in"),
+        "{console}"
+    );
     let record = image_file(&disk, "/var/lib/semithin/boot-verify.json").expect("the record");
     let record: Value = serde_json::from_slice(&record).unwrap();
-    assert_eq!(record["integrity"]["boot_check"], json!("quick"), "{record}");
+    assert_eq!(
+        record["integrity"]["boot_check"],
+        json!("quick"),
+        "{record}"
+    );
 }
 
 #[test]
