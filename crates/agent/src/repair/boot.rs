@@ -344,6 +344,39 @@ mod tests {
     }
 
     #[test]
+    fn a_quick_check_counts_as_the_boots_check_and_a_full_one_as_a_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        std::fs::create_dir_all(&layout.dir).unwrap();
+        let release: semithin_protocol::ids::ReleaseId = "ab".repeat(32).parse().unwrap();
+        for (check, at) in [(BootCheck::Quick, 100), (BootCheck::Full, 200)] {
+            let mut integrity = Integrity::new(release.clone(), at);
+            integrity.at_boot = true;
+            integrity.boot_check = Some(check);
+            let record = BootRecord {
+                integrity,
+                problems: Vec::new(),
+                errors: Vec::new(),
+                quarantine: None,
+            };
+            std::fs::write(record_path(&layout), serde_json::to_vec(&record).unwrap()).unwrap();
+            let mut state = State {
+                last_verify: 50,
+                ..State::default()
+            };
+            take(&layout, &mut state).unwrap().unwrap();
+            let i = state.integrity.as_ref().unwrap();
+            assert_eq!(i.boot_check, Some(check));
+            match check {
+                BootCheck::Quick => {
+                    assert_eq!((state.last_verify, state.last_boot_check), (50, 100));
+                }
+                BootCheck::Full => assert_eq!((state.last_verify, state.last_boot_check), (200, 0)),
+            }
+        }
+    }
+
+    #[test]
     fn no_current_deployment_is_nothing_to_verify() {
         let dir = tempfile::tempdir().unwrap();
         let r = boot_verify(dir.path()).unwrap();
