@@ -350,7 +350,7 @@ mod tests {
         std::fs::create_dir_all(&layout.dir).unwrap();
         let release: semithin_protocol::ids::ReleaseId = "ab".repeat(32).parse().unwrap();
         for (check, at) in [(BootCheck::Quick, 100), (BootCheck::Full, 200)] {
-            let mut integrity = Integrity::new(release.clone(), at);
+            let mut integrity = Integrity::new(release, at);
             integrity.at_boot = true;
             integrity.boot_check = Some(check);
             let record = BootRecord {
