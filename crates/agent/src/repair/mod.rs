@@ -61,8 +61,29 @@ pub struct VerifyReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quick: Option<boot::Quick>,
     /// After a full verification: sealed (the entries walked), or why not (`repair::seal`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// In JSON `{"entries": N}` or `{"not_sealed": "why"}`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "sealed_json"
+    )]
     pub sealed: Option<seal::Sealed>,
+}
+
+fn sealed_json<S: serde::Serializer>(
+    v: &Option<seal::Sealed>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Shown<'a> {
+        Sealed { entries: u64 },
+        NotSealed { not_sealed: &'a str },
+    }
+    match v {
+        Some(Ok(n)) => s.serialize_some(&Shown::Sealed { entries: *n }),
+        Some(Err(why)) => s.serialize_some(&Shown::NotSealed { not_sealed: why }),
+        None => s.serialize_none(),
+    }
 }
 
 impl VerifyReport {
@@ -556,6 +577,8 @@ mod tests {
         let r = agent.verify(false).unwrap();
         let n = seal::check(&layout, &v1).unwrap();
         assert_eq!(r.sealed, Some(Ok(n)));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["sealed"], serde_json::json!({"entries": n}), "{json}");
 
         // Staging v2 links the files v1 shares into it: their ctime moves, v1's seal is off.
         std::thread::sleep(std::time::Duration::from_millis(30));
@@ -591,6 +614,8 @@ mod tests {
         std::fs::write(layout.deployment(&v2).join("etc/new"), b"v3").unwrap();
         let r = agent.verify(false).unwrap();
         assert!(matches!(r.sealed, Some(Err(_))), "{r:?}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["sealed"]["not_sealed"].is_string(), "{json}");
         assert!(!seal::path(&layout, &v2).exists());
         // Put right, read again and sealed.
         let r = agent.verify(true).unwrap();
