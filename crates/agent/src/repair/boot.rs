@@ -89,7 +89,7 @@ pub fn boot_verify_mode(dir: &Path, mode: Mode) -> Result<VerifyReport> {
                     secs: start.elapsed().as_secs_f64(),
                 });
                 integrity.boot_check = Some(BootCheck::Quick);
-                record(&layout, &mut report, integrity);
+                record(&layout, &mut report, integrity, false);
                 return Ok(report);
             }
             Err(why) => report.quick = Some(Quick::Fallback(why)),
@@ -121,12 +121,15 @@ pub fn boot_verify_mode(dir: &Path, mode: Mode) -> Result<VerifyReport> {
     });
     // What was put back reaches the disk before the deployment is mounted.
     rustix::fs::sync();
-    record(&layout, &mut report, integrity);
+    record(&layout, &mut report, integrity, true);
     Ok(report)
 }
 
-/// Leaves what the check at boot found in `STATE/boot-verify.json`, and in `report`.
-fn record(layout: &Layout, report: &mut VerifyReport, integrity: Integrity) {
+/// Leaves what the check at boot found in `STATE/boot-verify.json`, and in `report`. `durable`:
+/// synced before and after the rename. A quick check's record is not (a flush of the disk is
+/// what costs most at boot): it says only that nothing was read, and lost in a power cut, the
+/// agent merely does not report that boot's check.
+fn record(layout: &Layout, report: &mut VerifyReport, integrity: Integrity, durable: bool) {
     let record = BootRecord {
         integrity: integrity.clone(),
         problems: report.problems.clone(),
@@ -136,10 +139,21 @@ fn record(layout: &Layout, report: &mut VerifyReport, integrity: Integrity) {
     let bytes = serde_json::to_vec_pretty(&record).expect("a record serialises");
     // A deployment put right is booted even when the record cannot be written (a full disk):
     // the agent then only misses what was found.
-    if let Err(e) =
-        semithin_store::fsutil::replace_atomic(&record_path(layout), &layout.dir, &bytes)
-    {
-        report.unrecorded = Some(e.to_string());
+    let path = record_path(layout);
+    let written = if durable {
+        semithin_store::fsutil::replace_atomic(&path, &layout.dir, &bytes)
+            .map_err(|e| e.to_string())
+    } else {
+        let tmp = semithin_store::fsutil::unique_tmp(&layout.dir, "boot-verify");
+        std::fs::write(&tmp, &bytes)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                format!("writing {}: {e}", path.display())
+            })
+    };
+    if let Err(e) = written {
+        report.unrecorded = Some(e);
     }
     report.integrity = Some(integrity);
 }
