@@ -9,13 +9,19 @@
 # boot that disk with the same kernel (Debian's, given to qemu directly, so the firmware and the
 # boot loader are left out of both):
 #   semithin  the initramfs made by initramfs-tools with semithin's hook (tests/fixtures/
-#             boot-root.sh): the deployment is verified against its release and mounted
-#             read-only with the /etc overlay, as on every installed machine;
+#             boot-root.sh) and its defaults: the deployment checked quickly against its seal
+#             (semithin.verify=quick), then mounted read-only with the /etc overlay, as on
+#             every installed machine;
+#   semithin-full      the same with semithin.verify=full (every file read and hashed);
 #   semithin-noverify  the same with semithin.verify=off (the check at boot left out);
 #   stock     an initramfs of the same kernel made by the same initramfs-tools without
 #             semithin's hook: the root partition itself is the root, and its base system is
 #             the same release (`image disk` checks it out there too).
-# Each boot gets a fresh copy of the disk (a new machine enrolling under its own name).
+# The disk is booted once first with semithin's initramfs and bench.prime, on which the init
+# powers off at once: that boot verifies the deployment in full and seals it (mkfs.ext4 -d
+# gives the files new inodes, so a disk made by `image disk` has no seal yet), as the first
+# boot of every machine does. Each measured boot gets a fresh copy of that disk (a new machine
+# enrolling under its own name).
 #
 # Usage (as root): SEMITHIN=target/release/semithin [RUNS=3] bench/boot-time.sh
 set -euo pipefail
@@ -92,6 +98,11 @@ B=/bin/busybox
 read -r up _ </proc/uptime
 echo "BENCH-INIT uptime=$up"
 $B mount -t proc proc /proc
+if $B grep -q bench.prime /proc/cmdline; then
+  echo "BENCH-BOOTED $($B cat /run/semithin/booted 2>/dev/null || echo none)"
+  $B sync
+  $B poweroff -f
+fi
 $B mount -t sysfs sys /sys
 $B mount -t devtmpfs dev /dev 2>/dev/null
 $B mount -t tmpfs tmp /tmp
@@ -136,11 +147,14 @@ rm -rf --one-file-system "$I"
 
 boot() { # KIND RUN -> "wall_to_checkin uptime_init uptime_checkin"
   local kind=$1 run=$2 log=$WORK/console-$1-$2.log disk=$WORK/run.img initrd append t0 t1 pid
-  cp --sparse=always "$WORK/disk.img" "$disk"
+  cp --sparse=always "$WORK/primed.img" "$disk"
   append="console=ttyS0 panic=-1 quiet root=UUID=$UUID ro bench.name=$kind-$run"
   if [ "$kind" = semithin ]; then
     initrd=$KIT/initrd.img
     append="$append semithin.deployment=$ID"
+  elif [ "$kind" = semithin-full ]; then
+    initrd=$KIT/initrd.img
+    append="$append semithin.deployment=$ID semithin.verify=full"
   elif [ "$kind" = semithin-noverify ]; then
     initrd=$KIT/initrd.img
     append="$append semithin.deployment=$ID semithin.verify=off"
@@ -165,6 +179,10 @@ boot() { # KIND RUN -> "wall_to_checkin uptime_init uptime_checkin"
   booted=$(tr -d '\r' <"$log" | sed -n 's/.*BENCH-BOOTED \(none\|[0-9a-f]\{64\}\).*/\1/p')
   if [ "$kind" != stock ]; then
     [ "$booted" = "$ID" ] || die "semithin did not boot the deployment (run $run): booted '$booted'"
+    if [ "$kind" = semithin ]; then
+      tr -d '\r' <"$log" | grep -q "entries unchanged since verified (quick check, " ||
+        die "the default boot did not take the quick check (run $run): $(tr -d '\r' <"$log" | grep semithin: | head -5)"
+    fi
   else
     [ "$booted" = none ] || die "the stock boot booted a deployment (run $run): '$booted'"
   fi
@@ -174,9 +192,20 @@ boot() { # KIND RUN -> "wall_to_checkin uptime_init uptime_checkin"
   echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') $ui $uc"
 }
 
+# The first boot: verified in full and sealed, powered off before the agent runs.
+cp --sparse=always "$WORK/disk.img" "$WORK/primed.img"
+"$QEMU" -nographic -no-reboot -monitor none -m "$MEM" -serial "file:$WORK/console-prime.log" \
+  -kernel "$KIT/vmlinuz" -initrd "$KIT/initrd.img" \
+  -append "console=ttyS0 panic=-1 root=UUID=$UUID ro semithin.deployment=$ID bench.prime" \
+  -drive "file=$WORK/primed.img,format=raw,if=virtio" -nic none </dev/null >/dev/null 2>&1 ||
+  die "the first boot failed: $(tr -d '\r' <"$WORK/console-prime.log" | tail -5)"
+tr -d '\r' <"$WORK/console-prime.log" | grep -q "semithin: deployment ${ID:0:12} sealed (" ||
+  die "the first boot did not seal the deployment: $(tr -d '\r' <"$WORK/console-prime.log" | grep semithin: | tail -5)"
+KINDS="stock semithin semithin-full semithin-noverify"
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 declare -A WALL INIT CHECK
 for r in $(seq 1 "$RUNS"); do
-  for k in stock semithin semithin-noverify; do
+  for k in $KINDS; do
     read -r w i c < <(boot "$k" "$r")
     WALL[$k,$r]=$w
     INIT[$k,$r]=$i
@@ -185,9 +214,10 @@ for r in $(seq 1 "$RUNS"); do
   done
 done
 enrolled=$("$SEMITHIN" fleet list --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
-[ "$enrolled" -eq $((3 * RUNS)) ] || die "$enrolled machines enrolled, not $((3 * RUNS))"
+[ "$enrolled" -eq $((4 * RUNS)) ] || die "$enrolled machines enrolled, not $((4 * RUNS))"
+QUICK=$(for r in $(seq 1 "$RUNS"); do tr -d '\r' <"$WORK/console-semithin-$r.log" | sed -n 's/.*(quick check, \([0-9.]*\) s).*/\1/p'; done | median)
+FULLCHECK=$(tr -d '\r' <"$WORK/console-prime.log" | sed -n 's/.*bytes verified against the release in \([0-9.]*\) s.*/\1/p')
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 col() { local m=$1 k=$2 r s=""; for r in $(seq 1 "$RUNS"); do eval "s=\"\$s \${$k[$m,$r]}\""; done; echo "$s"; }
 OUT=$WORK/section.md
 {
@@ -195,11 +225,11 @@ OUT=$WORK/section.md
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(uname -r), qemu $("$QEMU" --version | head -1 | awk '{print $4}') under TCG (no KVM), -m $MEM; kernel $KVER given to qemu directly; load average $(cut -d' ' -f1-3 /proc/loadavg) at the end."
   echo "The image: busybox, the agent ($(du -m "$SEMITHIN" | cut -f1) MB unstripped, stripped in the image), the kernel and its initrd; the disk made by \`semithin image disk\`."
-  echo "\`semithin\`: initramfs-tools with semithin's hook (the deployment verified, then mounted with the /etc overlay); \`semithin-noverify\`: the same with \`semithin.verify=off\`; \`stock\`: the same initramfs-tools without the hook, the root partition's base system (the same release) booted as it is."
+  echo "\`semithin\`: initramfs-tools with semithin's hook and its defaults (the deployment's quick check against its seal, \`semithin.verify=quick\`, then mounted with the /etc overlay); \`semithin-full\`: the same with \`semithin.verify=full\` (every file read and hashed); \`semithin-noverify\`: the same with \`semithin.verify=off\`; \`stock\`: the same initramfs-tools without the hook, the root partition's base system (the same release) booted as it is. Every boot is of a copy of the disk after its first boot (\`bench.prime\`: verified in full and sealed, the full check took ${FULLCHECK:-?} s there; the init powered off before the agent ran)."
   echo
   echo "| boot | run | qemu start to check-in s | uptime at init s | uptime at check-in s |"
   echo "| --- | ---: | ---: | ---: | ---: |"
-  for k in stock semithin semithin-noverify; do
+  for k in $KINDS; do
     for r in $(seq 1 "$RUNS"); do
       echo "| $k | $r | ${WALL[$k,$r]} | ${INIT[$k,$r]} | ${CHECK[$k,$r]} |"
     done
@@ -208,11 +238,13 @@ OUT=$WORK/section.md
   wt=$(col semithin WALL | median)
   is=$(col stock INIT | median)
   it=$(col semithin INIT | median)
+  wf=$(col semithin-full WALL | median)
+  if_=$(col semithin-full INIT | median)
   wn=$(col semithin-noverify WALL | median)
   in=$(col semithin-noverify INIT | median)
   pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.1f%%", (b - a) / a * 100}'; }
   echo
-  echo "Medians: check-in $ws s stock, $wt s semithin ($(pct "$ws" "$wt")), $wn s semithin without the check ($(pct "$ws" "$wn")); init started at $is s stock, $it s semithin, $in s without the check."
+  echo "Medians: check-in $ws s stock, $wt s semithin with the quick check, the default ($(pct "$ws" "$wt")), $wf s semithin with the full check ($(pct "$ws" "$wf")), $wn s semithin without the check ($(pct "$ws" "$wn")); init started at $is s stock, $it s quick, $if_ s full, $in s without the check. The quick check itself took $QUICK s (median, as the console says)."
 } >"$OUT"
 cat "$OUT"
 replace_section bench/RESULTS.md "$OUT" "# boot time to the first check-in" "$WORK"

@@ -33,8 +33,9 @@
 #       semithin_trial with $SEMITHIN_TRIES (the boot script sets it from semithin.tries=); a
 #       release under trial whose boot cannot be counted is not booted. With SEMITHIN_ENTRY=ID
 #       (the boot script sets it from semithin.deployment=) it runs semithin_entry first. With SEMITHIN_VERIFY=full
-#       (the boot script sets it from semithin.verify=; unset means off) it runs semithin_verify
-#       once the partition is writable, and boots nothing of a deployment that fails it.
+#       or quick (the boot script sets it from semithin.verify=; unset means off) it runs
+#       semithin_verify once the partition is writable, and boots nothing of a deployment that
+#       fails it.
 #
 #   semithin_entry PART STATE ID
 #       The boot loader booted the entry of deployment ID (semithin.deployment=ID: its kernel
@@ -50,7 +51,9 @@
 #       binary ($SEMITHIN_BIN, default /usr/lib/semithin/semithin, where the hook puts it):
 #       `semithin agent --state PART/STATE boot-verify` puts back from the local store what
 #       differs, moves what is not the release's into STATE/quarantine/, and leaves what it
-#       found in STATE/boot-verify.json for the agent to report. Returns non-zero, having said
+#       found in STATE/boot-verify.json for the agent to report. With SEMITHIN_VERIFY=quick it
+#       passes --quick: a deployment whose metadata matches the seal (STATE/seals/ID) of its
+#       last full verification is booted without reading its files. Returns non-zero, having said
 #       why, when the deployment could not be verified or put right: it must not be booted. The
 #       partition must be writable.
 #
@@ -357,13 +360,17 @@ semithin_entry() {
 semithin_verify() {
 	_sv_bin=${SEMITHIN_BIN:-/usr/lib/semithin/semithin}
 	if [ ! -x "$_sv_bin" ]; then
-		semithin_say "$_sv_bin is missing, so the deployment cannot be verified (semithin.verify=full): rebuild the initramfs with the semithin hook"
+		semithin_say "$_sv_bin is missing, so the deployment cannot be verified (semithin.verify=${SEMITHIN_VERIFY:-full}): rebuild the initramfs with the semithin hook"
 		return 1
 	fi
-	if ! "$_sv_bin" agent --state "$1$2" boot-verify; then
+	if [ "${SEMITHIN_VERIFY:-full}" = quick ]; then
+		"$_sv_bin" agent --state "$1$2" boot-verify --quick
+	else
+		"$_sv_bin" agent --state "$1$2" boot-verify
+	fi || {
 		semithin_say "the deployment failed its verification: it is not booted"
 		return 1
-	fi
+	}
 	return 0
 }
 

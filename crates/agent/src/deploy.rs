@@ -101,6 +101,8 @@ pub fn prune(layout: &Layout, keep: &[&str]) -> Result<Vec<String>> {
         remove_dir(&doomed)?;
         removed.push(name);
     }
+    // the seals of what is gone (and of removals a kill interrupted)
+    crate::repair::seal::remove_stale(layout)?;
     Ok(removed)
 }
 

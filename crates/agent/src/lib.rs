@@ -457,6 +457,7 @@ impl Agent {
                         "staged release {} ({written} bytes written, the rest linked)",
                         short(&d)
                     ));
+                    self.seal_staged(&d);
                     worked = true;
                 }
                 Step::StageLive => {

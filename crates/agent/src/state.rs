@@ -13,6 +13,8 @@
 //! STATE/trial-failed           "RELEASE REASON": the boot script switched back to PREVIOUS
 //! STATE/jobs/DELIVERY.json     a job delivery: started (before it runs), then its result
 //! STATE/quarantine/TIME-ID/    what verification moved out of deployment ID and the /etc overlay
+//! STATE/seals/ID               the seal of deployment ID, written after a full verification
+//!                              (the quick check at boot, crates/agent/src/repair/seal.rs)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -68,6 +70,10 @@ impl Layout {
     /// What verification moved aside: one directory per verification that moved anything.
     pub fn quarantine(&self) -> PathBuf {
         self.dir.join("quarantine")
+    }
+    /// Seals of deployments, one file per deployment verified in full (`repair::seal`).
+    pub fn seals(&self) -> PathBuf {
+        self.dir.join("seals")
     }
     /// The default upper directory of the `/etc` overlay (docs/BOOT.md).
     pub fn etc_upper(&self) -> PathBuf {
@@ -161,6 +167,11 @@ pub struct State {
     pub fetched_bytes: u64,
     /// Unix seconds of the last full verification of the running deployment.
     pub last_verify: i64,
+    /// Unix seconds of the last quick check at boot (the deployment unchanged since its seal):
+    /// the boot was checked, but the next full verification is still due `verify_interval_secs`
+    /// after `last_verify`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub last_boot_check: i64,
     /// What that verification found, reported while its release is current.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub integrity: Option<Integrity>,
@@ -286,6 +297,10 @@ impl State {
         semithin_store::fsutil::sync_dir(dir)?;
         Ok(())
     }
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 #[cfg(test)]

@@ -184,7 +184,50 @@ impl Agent {
                 ));
             }
         }
+        self.reseal();
         Ok(())
+    }
+
+    /// A deployment just staged from verified objects: verified in full once more (a file
+    /// linked from the checkout cache is not read by the staging) and sealed, so that its first
+    /// boot needs no full check. Never fails the update: unsealed, that boot verifies it in full.
+    pub(crate) fn seal_staged(&mut self, release: &str) {
+        let root_owner = rustix::process::geteuid().is_root();
+        match repair::seal::verify_and_seal(&self.layout, &self.repo.objects, release, root_owner) {
+            Ok(n) => self.say(&format!(
+                "verified the deployment of release {} and sealed it ({n} entries)",
+                short(release)
+            )),
+            Err(why) => self.say(&format!(
+                "deployment {}: {why}; its next boot verifies it in full",
+                short(release)
+            )),
+        }
+    }
+
+    /// After links among the deployments changed (a staging, a pruning, the gc of the checkout
+    /// cache: the ctime of every file the current deployment shares changed), the current
+    /// deployment is verified in full again and sealed when its seal no longer matches
+    /// (`repair::seal::reseal`). What it finds different is left to the agent's verification,
+    /// which is made due at once.
+    pub(crate) fn reseal(&mut self) {
+        if self.cfg.live {
+            return;
+        }
+        let root_owner = rustix::process::geteuid().is_root();
+        match repair::seal::reseal(&self.layout, &self.repo.objects, root_owner) {
+            Ok(None) => {}
+            Ok(Some((release, Ok(n)))) => self.say(&format!(
+                "verified the deployment of release {} again and sealed it ({n} entries)",
+                short(&release)
+            )),
+            Ok(Some((release, Err(why)))) => {
+                self.say(&format!("deployment {}: {why}", short(&release)));
+                self.state.last_verify = 0;
+                let _ = self.save();
+            }
+            Err(e) => self.say(&format!("the seal of the current deployment: {e}")),
+        }
     }
 
     /// The boot loader follows the deployments: outside a trial, the current deployment has

@@ -204,6 +204,21 @@ pub struct Integrity {
     /// at the deployment alone, not at the `/etc` overlay.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub at_boot: bool,
+    /// How the check at boot went about it: `quick` (the deployment's metadata matched the seal
+    /// its last full verification left, no file was read) or `full`. Absent from a verification
+    /// by the running agent, and from agents that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_check: Option<BootCheck>,
+}
+
+/// How the check at boot verified the deployment (docs/BOOT.md, "Verification at boot").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BootCheck {
+    /// Unchanged since its seal: nothing read.
+    Quick,
+    /// Every file read and hashed against the release.
+    Full,
 }
 
 impl Integrity {
@@ -216,6 +231,7 @@ impl Integrity {
             repaired: PathList::default(),
             etc_drift: PathList::default(),
             at_boot: false,
+            boot_check: None,
         }
     }
 

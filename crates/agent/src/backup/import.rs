@@ -224,6 +224,7 @@ impl Agent {
         }
         if !self.layout.deployment(&release).is_dir() {
             deploy::stage(&self.repo, &self.layout, &release)?;
+            self.seal_staged(&release);
         }
         self.switch(&release, current)?;
         self.configure()?;

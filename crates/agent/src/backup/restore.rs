@@ -150,6 +150,8 @@ impl Agent {
             out.staged = true;
         }
         drop(backup);
+        // put right or made anew: verified once more from the machine's store, and sealed
+        self.seal_staged(&release);
         let current = self.layout.current()?;
         if current.as_deref() == Some(release.as_str()) {
             if !self.state.history.contains(&release) {

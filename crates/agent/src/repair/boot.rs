@@ -8,11 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use semithin_protocol::api::{Integrity, Report};
+use semithin_protocol::api::{BootCheck, Integrity, Report};
 use semithin_store::{Access, CommitId, Repo};
 use serde::{Deserialize, Serialize};
 
-use super::{VerifyReport, fix, note, objects, scan, shown};
+use super::{VerifyReport, fix, note, objects, scan, seal, shown};
 use crate::error::{Error, Result};
 use crate::now;
 use crate::state::{Layout, State};
@@ -35,11 +35,38 @@ pub fn record_path(layout: &Layout) -> PathBuf {
     layout.dir.join("boot-verify.json")
 }
 
+/// How the check at boot goes about it (`semithin.verify=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every file read and hashed against the release, at every boot.
+    Full,
+    /// The deployment's metadata against its seal; in full only when it differs.
+    Quick,
+}
+
+/// What the quick check found.
+#[derive(Clone, Debug, Serialize)]
+pub enum Quick {
+    /// Unchanged since its seal: this many entries, walked in this many seconds.
+    Unchanged { entries: u64, secs: f64 },
+    /// Verified in full instead, for this reason.
+    Fallback(String),
+}
+
+/// [`boot_verify_mode`] in full.
+pub fn boot_verify(dir: &Path) -> Result<VerifyReport> {
+    boot_verify_mode(dir, Mode::Full)
+}
+
 /// Verifies and repairs the current deployment of the state directory `dir` from its local
 /// store, and records what it found. `Ok` with [`VerifyReport::unresolved`] when the deployment
 /// could not be verified or put right (it must not be booted then); `Err` only when the state
 /// directory itself cannot be used. No current deployment: nothing to do.
-pub fn boot_verify(dir: &Path) -> Result<VerifyReport> {
+///
+/// [`Mode::Quick`]: when the deployment's walk matches its seal ([`seal::check`]), nothing is
+/// read ([`VerifyReport::quick`] says so); otherwise it is verified in full. A full
+/// verification that leaves the deployment as released seals it ([`VerifyReport::sealed`]).
+pub fn boot_verify_mode(dir: &Path, mode: Mode) -> Result<VerifyReport> {
     let layout = Layout::new(dir);
     let _lock = crate::lock_state(&layout)?;
     let mut report = VerifyReport::default();
@@ -53,6 +80,24 @@ pub fn boot_verify(dir: &Path) -> Result<VerifyReport> {
     })?;
     let mut integrity = Integrity::new(id.into(), now());
     integrity.at_boot = true;
+    if mode == Mode::Quick {
+        let start = std::time::Instant::now();
+        match seal::check(&layout, &release) {
+            Ok(entries) => {
+                report.quick = Some(Quick::Unchanged {
+                    entries,
+                    secs: start.elapsed().as_secs_f64(),
+                });
+                integrity.boot_check = Some(BootCheck::Quick);
+                record(&layout, &mut report, integrity, false);
+                return Ok(report);
+            }
+            Err(why) => report.quick = Some(Quick::Fallback(why)),
+        }
+    }
+    integrity.boot_check = Some(BootCheck::Full);
+    let root = layout.deployment(&release);
+    let before = seal::walk(&root, &release).ok();
     let mut q = fix::Quarantine::new(&layout.quarantine(), &release, now());
     if let Err(e) = check(&layout, &release, id, &mut report, &mut integrity, &mut q) {
         report.errors.push(format!(
@@ -61,8 +106,30 @@ pub fn boot_verify(dir: &Path) -> Result<VerifyReport> {
         ));
     }
     report.quarantine = q.used().map(|p| p.to_owned());
+    report.integrity = Some(integrity.clone());
+    report.sealed = Some(if report.unresolved() {
+        let _ = seal::remove(&layout, &release);
+        Err("not sealed: not as released".into())
+    } else if report.problems.is_empty() {
+        seal::seal_if_unchanged(&layout, &release, before)
+    } else {
+        // What was put back is read once more before it is sealed.
+        match Repo::open(&layout.repo(), Access::Read) {
+            Ok(repo) => seal::verify_and_seal(&layout, &repo.objects, &release, true),
+            Err(e) => Err(format!("not sealed: {e}")),
+        }
+    });
     // What was put back reaches the disk before the deployment is mounted.
     rustix::fs::sync();
+    record(&layout, &mut report, integrity, true);
+    Ok(report)
+}
+
+/// Leaves what the check at boot found in `STATE/boot-verify.json`, and in `report`. `durable`:
+/// synced before and after the rename. A quick check's record is not (a flush of the disk is
+/// what costs most at boot): it says only that nothing was read, and lost in a power cut, the
+/// agent merely does not report that boot's check.
+fn record(layout: &Layout, report: &mut VerifyReport, integrity: Integrity, durable: bool) {
     let record = BootRecord {
         integrity: integrity.clone(),
         problems: report.problems.clone(),
@@ -72,13 +139,23 @@ pub fn boot_verify(dir: &Path) -> Result<VerifyReport> {
     let bytes = serde_json::to_vec_pretty(&record).expect("a record serialises");
     // A deployment put right is booted even when the record cannot be written (a full disk):
     // the agent then only misses what was found.
-    if let Err(e) =
-        semithin_store::fsutil::replace_atomic(&record_path(&layout), &layout.dir, &bytes)
-    {
-        report.unrecorded = Some(e.to_string());
+    let path = record_path(layout);
+    let written = if durable {
+        semithin_store::fsutil::replace_atomic(&path, &layout.dir, &bytes)
+            .map_err(|e| e.to_string())
+    } else {
+        let tmp = semithin_store::fsutil::unique_tmp(&layout.dir, "boot-verify");
+        std::fs::write(&tmp, &bytes)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                format!("writing {}: {e}", path.display())
+            })
+    };
+    if let Err(e) = written {
+        report.unrecorded = Some(e);
     }
     report.integrity = Some(integrity);
-    Ok(report)
 }
 
 fn check(
@@ -185,9 +262,16 @@ pub fn take(layout: &Layout, state: &mut State) -> Result<Option<BootRecord>> {
     })?;
     state.integrity = Some(record.integrity.clone());
     // A deployment put right counts as verified at boot; one that was not booted is verified
-    // again as soon as the agent can (after this boot), with the network.
+    // again as soon as the agent can (after this boot), with the network. A quick check counts
+    // as the check of this boot, not as a full verification: the next one is still due
+    // `verify_interval_secs` after the last.
     if record.errors.is_empty() {
-        state.last_verify = state.last_verify.max(record.integrity.checked_at);
+        let at = record.integrity.checked_at;
+        if record.integrity.boot_check == Some(BootCheck::Quick) {
+            state.last_boot_check = state.last_boot_check.max(at);
+        } else {
+            state.last_verify = state.last_verify.max(at);
+        }
     }
     if let Some(first) = record.errors.first() {
         state.last_error = Some(format!(
@@ -271,6 +355,39 @@ mod tests {
             said.contains("removed what the check at boot left: "),
             "{said}"
         );
+    }
+
+    #[test]
+    fn a_quick_check_counts_as_the_boots_check_and_a_full_one_as_a_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        std::fs::create_dir_all(&layout.dir).unwrap();
+        let release: semithin_protocol::ids::ReleaseId = "ab".repeat(32).parse().unwrap();
+        for (check, at) in [(BootCheck::Quick, 100), (BootCheck::Full, 200)] {
+            let mut integrity = Integrity::new(release, at);
+            integrity.at_boot = true;
+            integrity.boot_check = Some(check);
+            let record = BootRecord {
+                integrity,
+                problems: Vec::new(),
+                errors: Vec::new(),
+                quarantine: None,
+            };
+            std::fs::write(record_path(&layout), serde_json::to_vec(&record).unwrap()).unwrap();
+            let mut state = State {
+                last_verify: 50,
+                ..State::default()
+            };
+            take(&layout, &mut state).unwrap().unwrap();
+            let i = state.integrity.as_ref().unwrap();
+            assert_eq!(i.boot_check, Some(check));
+            match check {
+                BootCheck::Quick => {
+                    assert_eq!((state.last_verify, state.last_boot_check), (50, 100));
+                }
+                BootCheck::Full => assert_eq!((state.last_verify, state.last_boot_check), (200, 0)),
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! - `objects`: the release's trees, commit and chunks from the store, or fetched again from
 //!   the server when the local copy is damaged or missing;
 //! - `meta`: comparing and setting one entry;
-//! - `boot`: the same check before the deployment is booted, from the initramfs, offline.
+//! - `boot`: the same check before the deployment is booted, from the initramfs, offline;
+//! - `seal`: the digest of a deployment's metadata, written after a full verification, that
+//!   lets the quick check at boot skip reading a deployment nothing changed since.
 //!
 //! What was found is kept in `state.json` and reported at check-ins (`Report::integrity`): a
 //! path still different from the release makes the machine `tampered` for the admin.
@@ -19,6 +21,7 @@ mod meta;
 mod objects;
 mod overlay;
 mod scan;
+pub mod seal;
 
 use semithin_protocol::api::Integrity;
 use semithin_store::CommitId;
@@ -54,6 +57,33 @@ pub struct VerifyReport {
     /// The check at boot could not leave its record for the agent: why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unrecorded: Option<String>,
+    /// The quick check at boot: unchanged since the seal, or why it verified in full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quick: Option<boot::Quick>,
+    /// After a full verification: sealed (the entries walked), or why not (`repair::seal`).
+    /// In JSON `{"entries": N}` or `{"not_sealed": "why"}`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "sealed_json"
+    )]
+    pub sealed: Option<seal::Sealed>,
+}
+
+fn sealed_json<S: serde::Serializer>(
+    v: &Option<seal::Sealed>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Shown<'a> {
+        Sealed { entries: u64 },
+        NotSealed { not_sealed: &'a str },
+    }
+    match v {
+        Some(Ok(n)) => s.serialize_some(&Shown::Sealed { entries: *n }),
+        Some(Err(why)) => s.serialize_some(&Shown::NotSealed { not_sealed: why }),
+        None => s.serialize_none(),
+    }
 }
 
 impl VerifyReport {
@@ -69,8 +99,9 @@ fn shown(prefix: &str, rel: &[u8]) -> String {
 
 impl Agent {
     /// Verifies and repairs the running deployment when `verify_interval_secs` (not 0) have
-    /// passed since the last verification, or the machine has booted since: so a reboot puts a
-    /// tampered machine right. Never during a trial, nor on a live machine (its root is the
+    /// passed since the last verification, or the machine has booted since without a check at
+    /// boot (a quick check at boot counts as this boot's): so a reboot puts a tampered machine
+    /// right. Never during a trial, nor on a live machine (its root is the
     /// squashfs the boot verified, read-only). Logs what it found.
     pub fn verify_when_due(&mut self) -> Result<Option<VerifyReport>> {
         let last = self.state.last_verify;
@@ -79,7 +110,8 @@ impl Agent {
             && self.state.trial.is_none()
             && self.layout.current()?.is_some()
             && (now() - last > self.cfg.verify_interval_secs as i64
-                || crate::jobs::boot_time().is_some_and(|b| b > last));
+                || crate::jobs::boot_time()
+                    .is_some_and(|b| b > last.max(self.state.last_boot_check)));
         if !due {
             return Ok(None);
         }
@@ -139,9 +171,13 @@ impl Agent {
             report: self.report()?,
             offline: false,
         };
+        // The walk for the seal before anything is read: sealed only if it is the same after.
+        let before = seal::walk(&root, &release).ok();
         let mut objs = objects::Objects::new(&self.repo.objects, remote);
         let commit = objs.commit(id)?;
         let found = scan::scan(&mut objs, &root, &commit, root_owner)?;
+        let deployment_found = found.findings.len();
+        let deployment_read = found.errors.is_empty();
         report.files = found.files;
         report.bytes = found.bytes;
         report.errors = found.errors;
@@ -215,6 +251,16 @@ impl Agent {
                 }
             ));
         }
+        // The seal covers the deployment alone (the overlay is the machine's own).
+        report.sealed = Some(if !deployment_read || (deployment_found > 0 && !fix) {
+            let _ = seal::remove(&self.layout, &release);
+            Err("not sealed: not as released".into())
+        } else if deployment_found == 0 {
+            seal::seal_if_unchanged(&self.layout, &release, before)
+        } else {
+            // What was put back is read once more before it is sealed.
+            seal::verify_and_seal(&self.layout, &self.repo.objects, &release, root_owner)
+        });
         report.integrity = Some(integrity.clone());
         self.state.integrity = Some(integrity);
         self.state.last_verify = now();
@@ -501,6 +547,81 @@ mod tests {
         let r = agent.verify(false).unwrap();
         assert!(r.problems.is_empty(), "{r:?}");
         assert!(!r.unresolved());
+    }
+
+    #[test]
+    fn a_verification_seals_the_deployment_and_after_links_change_the_agent_seals_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, layout, v1, _, _) = machine(dir.path());
+        // v2: v1 and one more file, in the machine's store
+        let src = dir.path().join("img");
+        std::fs::write(src.join("etc/new"), b"v2").unwrap();
+        let v2 = {
+            let r = Repo::open(&layout.repo(), Access::Write).unwrap();
+            let opts = CommitOptions {
+                channel: "lab/stable",
+                message: "",
+                time: Some(2),
+            };
+            import::commit(&r, &src, &opts, &NoProgress).unwrap().commit
+        };
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let log = said.clone();
+        let mut agent = Agent::open(
+            &state,
+            Config::default(),
+            Box::new(move |s| log.lock().unwrap().push(s.to_owned())),
+        )
+        .unwrap();
+        assert!(seal::check(&layout, &v1).is_err(), "not verified yet");
+        let r = agent.verify(false).unwrap();
+        let n = seal::check(&layout, &v1).unwrap();
+        assert_eq!(r.sealed, Some(Ok(n)));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["sealed"], serde_json::json!({"entries": n}), "{json}");
+
+        // Staging v2 links the files v1 shares into it: their ctime moves, v1's seal is off.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        deploy::stage(&agent.repo, &layout, &v2).unwrap();
+        agent.seal_staged(&v2);
+        assert!(seal::check(&layout, &v2).is_ok());
+        let e = seal::check(&layout, &v1).unwrap_err();
+        assert!(e.contains("changed since its seal"), "{e}");
+
+        // Switched to v2, v1 pruned: the unlinks move the ctime of v2's shared files, and the
+        // agent verifies v2 again and seals it.
+        deploy::point_current(&layout, Some(&v2)).unwrap();
+        agent.state.history = vec![v2.clone()];
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        agent.prune().unwrap();
+        assert!(!layout.deployment(&v1).exists());
+        assert!(
+            !seal::path(&layout, &v1).exists(),
+            "the seal went with its deployment"
+        );
+        assert!(seal::check(&layout, &v2).is_ok());
+        let said = said.lock().unwrap().join("\n");
+        assert!(
+            said.contains(&format!(
+                "verified the deployment of release {} again and sealed it (",
+                crate::short(&v2)
+            )),
+            "{said}"
+        );
+
+        // A verification that finds the deployment changed removes its seal.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        std::fs::write(layout.deployment(&v2).join("etc/new"), b"v3").unwrap();
+        let r = agent.verify(false).unwrap();
+        assert!(matches!(r.sealed, Some(Err(_))), "{r:?}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["sealed"]["not_sealed"].is_string(), "{json}");
+        assert!(!seal::path(&layout, &v2).exists());
+        // Put right, read again and sealed.
+        let r = agent.verify(true).unwrap();
+        assert_eq!(r.repaired, 1, "{r:?}");
+        assert!(matches!(r.sealed, Some(Ok(_))), "{r:?}");
+        assert!(seal::check(&layout, &v2).is_ok());
     }
 
     #[test]

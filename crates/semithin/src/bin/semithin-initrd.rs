@@ -79,15 +79,20 @@ enum Command {
 #[derive(Subcommand)]
 enum AgentCmd {
     /// Verify the deployment `current` points at and put it right (docs/BOOT.md).
-    BootVerify,
+    BootVerify {
+        /// `semithin.verify=quick`: unchanged since its seal, the deployment is booted without
+        /// reading any file; otherwise it is verified in full.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let res = match Cli::parse().command {
         Command::Agent {
             state,
-            command: AgentCmd::BootVerify,
-        } => Ok(boot_verify::run(&state)),
+            command: AgentCmd::BootVerify { quick },
+        } => Ok(boot_verify::run(&state, quick)),
         Command::Live(c) => live::run(c),
         Command::GrowPartition {
             disk,

@@ -162,8 +162,15 @@ enum AgentCmd {
     /// differs from the local store alone (no network), moving what is not the release's into
     /// STATE/quarantine/; what it found goes to STATE/boot-verify.json, which the agent
     /// reports. Says what it does on stderr, prefixed `semithin:`. Exit 1 when the deployment
-    /// could not be verified or put right: it must not be booted then.
-    BootVerify,
+    /// could not be verified or put right: it must not be booted then. A full verification that
+    /// leaves the deployment as released seals it (STATE/seals/ID).
+    BootVerify {
+        /// `semithin.verify=quick`: when the deployment's metadata (every entry's inode, mode,
+        /// owner, size, mtime and ctime) matches its seal, boot it without reading any file;
+        /// otherwise verify in full.
+        #[arg(long)]
+        quick: bool,
+    },
     /// What this machine runs and knows, from its state directory.
     Status {
         /// Print the result as JSON (for scripts).
@@ -348,8 +355,8 @@ fn read_token(path: &std::path::Path, state: &std::path::Path) -> Result<Option<
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    if let Some(AgentCmd::BootVerify) = a.command {
-        return Ok(super::boot_verify::run(&a.state));
+    if let Some(AgentCmd::BootVerify { quick }) = a.command {
+        return Ok(super::boot_verify::run(&a.state, quick));
     }
     let mut cfg = config(&a)?;
     let quiet = matches!(
@@ -483,7 +490,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(
             AgentCmd::Status { .. }
             | AgentCmd::Retry
-            | AgentCmd::BootVerify
+            | AgentCmd::BootVerify { .. }
             | AgentCmd::Capture { .. },
         ) => {
             unreachable!("answered above")

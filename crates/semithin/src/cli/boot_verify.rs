@@ -1,17 +1,23 @@
-//! `agent boot-verify`: what the initramfs runs before it mounts the deployment (docs/BOOT.md,
-//! "Verification at boot"). Shared by `semithin` and `semithin-initrd`.
+//! `agent boot-verify [--quick]`: what the initramfs runs before it mounts the deployment
+//! (docs/BOOT.md, "Verification at boot"). Shared by `semithin` and `semithin-initrd`.
 
 use std::process::ExitCode;
 
 use super::safe::safe;
 
-/// `agent boot-verify`, in the initramfs: every line on stderr (the console), prefixed
-/// `semithin:` as the boot script's own.
-pub fn run(state: &std::path::Path) -> ExitCode {
+/// `agent boot-verify [--quick]`, in the initramfs: every line on stderr (the console),
+/// prefixed `semithin:` as the boot script's own.
+pub fn run(state: &std::path::Path, quick: bool) -> ExitCode {
+    use semithin_agent::repair::boot::{self, Mode, Quick};
     let say = |s: &str| eprintln!("semithin: {s}");
     let start = std::time::Instant::now();
-    say("verifying the deployment against its release (semithin.verify=off skips this)");
-    let r = match semithin_agent::repair::boot::boot_verify(state) {
+    let mode = if quick {
+        Mode::Quick
+    } else {
+        say("verifying the deployment against its release (semithin.verify=off skips this)");
+        Mode::Full
+    };
+    let r = match boot::boot_verify_mode(state, mode) {
         Ok(r) => r,
         Err(e) => {
             say(&format!(
@@ -27,6 +33,25 @@ pub fn run(state: &std::path::Path) -> ExitCode {
         return ExitCode::SUCCESS;
     };
     let short = rel.get(..12).unwrap_or(rel);
+    match &r.quick {
+        Some(Quick::Unchanged { entries, secs }) => {
+            say(&format!(
+                "deployment {short}: {entries} entries unchanged since verified (quick check, {secs:.2} s)"
+            ));
+            if let Some(e) = &r.unrecorded {
+                say(&format!(
+                    "warning: the check is not recorded for the agent: {}",
+                    safe(e)
+                ));
+            }
+            return ExitCode::SUCCESS;
+        }
+        Some(Quick::Fallback(why)) => say(&format!(
+            "deployment {short}: {}: verifying it against its release in full",
+            safe(why)
+        )),
+        None => {}
+    }
     for p in &r.problems {
         say(&format!("  {}", safe(p)));
     }
@@ -52,6 +77,13 @@ pub fn run(state: &std::path::Path) -> ExitCode {
             "warning: what was found is not recorded for the agent: {}",
             safe(e)
         ));
+    }
+    match &r.sealed {
+        Some(Ok(n)) => say(&format!(
+            "deployment {short} sealed ({n} entries): the next quick check reads no file unless it changes"
+        )),
+        Some(Err(why)) if !r.unresolved() => say(&format!("deployment {short}: {}", safe(why))),
+        _ => {}
     }
     if r.unresolved() {
         say(&format!(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use semithin_protocol::api::{
-    Affected, AssignRequest, FleetState, Integrity, LabelRequest, MachineInfo, PathList,
+    Affected, AssignRequest, BootCheck, FleetState, Integrity, LabelRequest, MachineInfo, PathList,
     SelectorRequest, TokenInfo, TokenRequest,
 };
 use semithin_protocol::ids::ReleaseId;
@@ -268,7 +268,11 @@ pub(crate) fn integrity_text(i: &Integrity) -> String {
             paths_text(&i.etc_drift, 5)
         ));
     }
-    let when = if i.at_boot { "at boot, " } else { "" };
+    let when = match (i.at_boot, i.boot_check) {
+        (true, Some(BootCheck::Quick)) => "at boot, quick check: unchanged since verified, ",
+        (true, _) => "at boot, ",
+        (false, _) => "",
+    };
     format!("{} ({when}{})", parts.join("; "), ago(Some(i.checked_at)))
 }
 

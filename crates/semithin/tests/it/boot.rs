@@ -246,6 +246,117 @@ fn boot_verify_refuses_a_deployment_the_store_cannot_put_back_and_the_agent_says
     assert!(err.contains("0 path(s) differed, 0 put back"), "{err}");
 }
 
+/// `agent boot-verify ARGS`: (success, stderr), every line of which the console's.
+fn boot_verify(a: &Agent, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["boot-verify"];
+    all.extend_from_slice(args);
+    let out = a.run(&all);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.lines().all(|l| l.starts_with("semithin: ")), "{err}");
+    (out.status.success(), err)
+}
+
+fn boot_record(state: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(state.join("boot-verify.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn boot_verify_quick_reads_nothing_of_a_sealed_deployment_and_verifies_in_full_once_it_changed() {
+    let mut s = Server::start();
+    let src = s.path("img");
+    small_tree(&src);
+    let state = s.path("machine/var/lib/semithin");
+    let (a, release) = machine(&s, &src, &state);
+    let short = release.get(..12).unwrap();
+    let dep = a.deployment();
+    // The agent sealed the deployment it staged.
+    assert!(
+        a.log().contains(&format!(
+            "verified the deployment of release {short} and sealed it ("
+        )),
+        "{}",
+        a.log()
+    );
+    assert!(state.join("seals").join(&release).is_file());
+    s.kill();
+
+    // Untouched: nothing is read.
+    let (ok, err) = boot_verify(&a, &["--quick"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!("semithin: deployment {short}: "))
+            && err.contains(" entries unchanged since verified (quick check, "),
+        "{err}"
+    );
+    assert!(!err.contains("verified against the release"), "{err}");
+    let record = boot_record(&state);
+    assert_eq!(record["integrity"]["at_boot"], json!(true), "{record}");
+    assert_eq!(
+        record["integrity"]["boot_check"],
+        json!("quick"),
+        "{record}"
+    );
+
+    // A binary changed in place, same size, its mtime put back: the metadata the quick check
+    // looks at differ only in the ctime, which cannot be put back.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    sh(&format!(
+        "set -e; cd {}; cp -p usr/bin/tool {ref_};          printf 'EVIL' | dd of=usr/bin/tool bs=1 seek=4096 conv=notrunc status=none;          touch -r {ref_} usr/bin/tool; rm {ref_}",
+        q(&dep),
+        ref_ = q(&s.path("tool.ref"))
+    ));
+    let (ok, err) = boot_verify(&a, &["--quick"]);
+    assert!(ok, "{err}");
+    for want in [
+        "it changed since its seal was written: verifying it against its release in full",
+        "semithin:   /usr/bin/tool: content differs",
+        "1 path(s) differed, 1 put back",
+        &format!("semithin: deployment {short} sealed ("),
+    ] {
+        assert!(err.contains(want), "{want:?} not in\n{err}");
+    }
+    assert_deployed(&src, &dep);
+    assert_eq!(
+        boot_record(&state)["integrity"]["boot_check"],
+        json!("full")
+    );
+
+    // Put right and sealed: the next boot's check is quick again.
+    let (ok, err) = boot_verify(&a, &["--quick"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(" entries unchanged since verified (quick check, "),
+        "{err}"
+    );
+
+    // A seal that is not one: verified in full, and sealed anew.
+    std::fs::write(state.join("seals").join(&release), "junk\n").unwrap();
+    let (ok, err) = boot_verify(&a, &["--quick"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("is not one: verifying it against its release in full"),
+        "{err}"
+    );
+    assert!(err.contains("0 path(s) differed, 0 put back"), "{err}");
+    let (ok, err) = boot_verify(&a, &["--quick"]);
+    assert!(ok && err.contains("(quick check, "), "{err}");
+
+    // The agent reports the boot's check as quick.
+    s.restart();
+    assert!(a.once().success(), "{}", a.log());
+    let m = s.machine("m1");
+    assert_eq!(
+        m["report"]["integrity"]["boot_check"],
+        json!("quick"),
+        "{m}"
+    );
+    let show = s.ok(&["fleet", "show", "m1"]);
+    assert!(
+        show.contains("at boot, quick check: unchanged since verified, "),
+        "{show}"
+    );
+}
+
 /// Boots `disk` once with `append`; the console after the machine powered off.
 fn boot(kit: &Kit, dir: &Path, disk: &Path, append: &str) -> String {
     let mut vm = Vm::start(&Boot {
@@ -334,6 +445,36 @@ fn slow_boot_puts_a_tampered_deployment_back_before_booting_it() {
     let i = &m["report"]["integrity"];
     assert_eq!(i["at_boot"], json!(true), "{m}");
     assert_eq!(sorted(&i["repaired"]), TAMPERED, "{m}");
+    assert_eq!(i["boot_check"], json!("full"), "{m}");
+
+    // That boot put the deployment right and sealed it: the next boot reads none of its files.
+    assert!(
+        console.contains(&format!(
+            "semithin: deployment {} sealed (",
+            release.get(..12).unwrap()
+        )),
+        "{console}"
+    );
+    let console = boot(&kit, dir.path(), &disk, "");
+    assert!(
+        console.contains(&format!("SEMITHIN-TEST booted {release}")),
+        "{console}"
+    );
+    assert!(
+        console.contains(" entries unchanged since verified (quick check, "),
+        "{console}"
+    );
+    assert!(
+        !console.contains("verified against the release in"),
+        "{console}"
+    );
+    let record = image_file(&disk, "/var/lib/semithin/boot-verify.json").expect("the record");
+    let record: Value = serde_json::from_slice(&record).unwrap();
+    assert_eq!(
+        record["integrity"]["boot_check"],
+        json!("quick"),
+        "{record}"
+    );
 }
 
 #[test]

@@ -261,6 +261,16 @@ fn slow_boot_disk_image_enrolls_updates_its_kernel_and_comes_back_from_a_release
             .unwrap()
     };
     assert!(root_mb(&c) > before + 400, "{before} MiB before: {c}");
+    // `mkfs.ext4 -d` made every inode anew: the first boot verifies in full, and seals.
+    assert!(
+        c.contains("semithin: deployment ")
+            && c.contains("no seal (not verified in full since it was made)"),
+        "{c}"
+    );
+    assert!(
+        c.contains(&format!("semithin: deployment {} sealed (", short(&v1))),
+        "{c}"
+    );
     let m = machine(&s);
     assert_eq!(m["status"], "accepted", "{m}");
     s.ok(&["fleet", "assign", "m1", "lab/stable"]);
@@ -269,6 +279,8 @@ fn slow_boot_disk_image_enrolls_updates_its_kernel_and_comes_back_from_a_release
     let c = boot(&kit, &code, &vars, &disk, d, 2);
     assert_eq!(field(&c, "booted"), v1, "{c}");
     assert!(!c.contains("grew from"), "grown again: {c}");
+    let quick = " entries unchanged since verified (quick check, ";
+    assert!(c.contains(quick), "{c}");
     let m = machine(&s);
     assert_eq!(m["report"]["current"], v1.as_str(), "{m}");
     assert_eq!(m["report"]["health"], "healthy", "{m}");
@@ -287,6 +299,11 @@ fn slow_boot_disk_image_enrolls_updates_its_kernel_and_comes_back_from_a_release
     assert_eq!(field(&c, "kernel"), k2.version, "{c}");
     assert_eq!(field(&c, "booted"), v2, "{c}");
     assert_eq!(field(&c, "release"), "v2", "{c}");
+    // sealed by the agent when it staged it: the update's boot reads none of its files
+    assert!(
+        c.contains(&format!("semithin: deployment {}: ", short(&v2))) && c.contains(quick),
+        "{c}"
+    );
     assert!(
         field(&c, "cmdline").contains(&format!("semithin.deployment={v2}")),
         "{c}"
@@ -330,4 +347,8 @@ fn slow_boot_disk_image_enrolls_updates_its_kernel_and_comes_back_from_a_release
         e.contains("was rolled back at boot") && e.contains("the boot loader booted deployment"),
         "{m}"
     );
+}
+
+fn short(release: &str) -> &str {
+    release.get(..12).unwrap()
 }

@@ -710,6 +710,14 @@ echo "args: $(tr '\n' ' ' < "$T/args")"
 semithin_is_ro "$R" || fail "the partition is not read-only again"
 [ "$(sort /proc/self/mountinfo)" = "$before" ] || fail "the mounts differ from before"
 
+# semithin.verify=quick (the default) asks the binary for the quick check, which fails alike.
+SEMITHIN_VERIFY=quick
+rc=0
+semithin_boot "$R" "$S" "$Y" /sbin/init 2>"$T/msg" || rc=$?
+[ "$rc" = 1 ] || fail "a failed quick check: semithin_boot returned $rc"
+echo "quick args: $(tr '\n' ' ' < "$T/args")"
+[ "$(sort /proc/self/mountinfo)" = "$before" ] || fail "quick: the mounts differ from before"
+
 rm "$SEMITHIN_BIN"
 rc=0
 semithin_boot "$R" "$S" "$Y" /sbin/init 2>"$T/msg" || rc=$?
@@ -734,6 +742,11 @@ echo done
         dir.path().display()
     );
     assert!(stdout.contains(&args), "{args:?} not in {all}");
+    let quick = format!(
+        "quick args: agent --state {}/root/var/lib/semithin boot-verify --quick rw ",
+        dir.path().display()
+    );
+    assert!(stdout.contains(&quick), "{quick:?} not in {all}");
     let messages: Vec<&str> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("message: "))
@@ -1050,7 +1063,7 @@ fn the_initramfs_hook_and_boot_script_are_well_formed() {
     );
     assert!(read(&mount_sh()).contains("${SEMITHIN_BIN:-/usr/lib/semithin/semithin}"));
     assert!(
-        boot_text.contains("\nSEMITHIN_VERIFY=full\n"),
+        boot_text.contains("\nSEMITHIN_VERIFY=quick\n"),
         "{boot_text}"
     );
     let installed = "/usr/local/lib/semithin/semithin-mount.sh";
