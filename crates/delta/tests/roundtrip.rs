@@ -246,20 +246,27 @@ fn damaged_or_misdirected_packs_are_refused_and_store_nothing_wrong() {
     );
 }
 
+/// A new repository at `dir` holding v2's commit object alone, as the agent stores it from the
+/// signed release before it fetches.
+fn with_commit_only(f: &Fixture, dir: &Path) -> Repo {
+    let r = repo(dir);
+    let c = f
+        .server
+        .objects
+        .get_verified(ObjKind::Commit, f.v2.as_bytes())
+        .unwrap();
+    r.objects.put(&c).unwrap();
+    r.objects.flush().unwrap();
+    r
+}
+
 #[test]
 fn a_machine_without_the_old_release_gets_a_clear_error() {
     let f = fixture();
     let mut pack = Vec::new();
     build(&f.server.objects, f.v1, f.v2, Effort::Quick, &mut pack).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let empty = repo(&dir.path().join("r"));
-    let c = f
-        .server
-        .objects
-        .get_verified(ObjKind::Commit, f.v2.as_bytes())
-        .unwrap();
-    empty.objects.put(&c).unwrap();
-    empty.objects.flush().unwrap();
+    let empty = with_commit_only(&f, &dir.path().join("r"));
     let e = apply(&empty.objects, f.v1, f.v2, pack.as_slice()).unwrap_err();
     assert!(e.to_string().contains("does not hold all of it"), "{e}");
 }
@@ -274,14 +281,7 @@ fn a_full_release_pack_installs_a_machine_from_nothing() {
     assert_eq!(stats.files_prefixed + stats.files_bsdiff, 0, "{stats:?}");
     assert!(stats.files_new > 50, "{stats:?}");
     let dir = tempfile::tempdir().unwrap();
-    let empty = repo(&dir.path().join("r"));
-    let c = f
-        .server
-        .objects
-        .get_verified(ObjKind::Commit, f.v2.as_bytes())
-        .unwrap();
-    empty.objects.put(&c).unwrap();
-    empty.objects.flush().unwrap();
+    let empty = with_commit_only(&f, &dir.path().join("r"));
     // not a pack from v1
     let e = apply(&empty.objects, f.v1, f.v2, pack.as_slice()).unwrap_err();
     assert!(e.to_string().contains("leads from"), "{e}");

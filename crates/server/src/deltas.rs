@@ -438,17 +438,8 @@ impl crate::App {
                     .deltas
                     .ensure(store, from, to, Effort::Full, Why::Publish)
                     .await;
-                match r {
-                    Err(e) => tracing::warn!(error = %e, "building a delta pack"),
-                    // its torrent too, so the machines' first requests do not wait for it
-                    Ok(Some(built)) if app.torrents.cfg.enabled => {
-                        let kind = if from == NOTHING { "full" } else { "delta" };
-                        let name = format!("{}-{}.pack", from.to_hex(), to.to_hex());
-                        if let Err(e) = app.torrents.of(kind, built.path.clone(), name).await {
-                            tracing::warn!(error = %e, "making a delta pack's torrent");
-                        }
-                    }
-                    Ok(_) => {}
+                if let Err(e) = &r {
+                    tracing::warn!(error = %e, "building a delta pack");
                 }
                 app.deltas
                     .state
@@ -465,6 +456,17 @@ impl crate::App {
                         && r.report.current.as_ref().is_some_and(|c| *c == from)
                     {
                         m.wake.notify_one();
+                    }
+                }
+                // its torrent too, made once here: the woken machines that share packs ask
+                // for it at once and wait for this one hashing, not each for its own
+                if let Ok(Some(built)) = r
+                    && app.torrents.cfg.enabled
+                {
+                    let kind = if from == NOTHING { "full" } else { "delta" };
+                    let name = format!("{}-{}.pack", from.to_hex(), to.to_hex());
+                    if let Err(e) = app.torrents.of(kind, built.path.clone(), name).await {
+                        tracing::warn!(error = %e, "making a delta pack's torrent");
                     }
                 }
             }
@@ -518,6 +520,25 @@ impl crate::App {
             })
     }
 
+    /// A machine's channel and the releases the channel names now: its release and those its
+    /// signed target also allows.
+    fn channel_now(
+        &self,
+        m: &crate::db::MachineRow,
+    ) -> std::result::Result<(String, Vec<CommitId>), String> {
+        let Some(channel) = m.channel.as_deref() else {
+            return Err("this machine follows no channel".into());
+        };
+        let p = self.published();
+        let mut now: Vec<CommitId> = p
+            .targets
+            .get(channel)
+            .map(|t| t.allowed.iter().filter_map(|a| a.parse().ok()).collect())
+            .unwrap_or_default();
+        now.extend(p.releases.get(channel).copied());
+        Ok((channel.to_owned(), now))
+    }
+
     /// Whether a machine may have the full-release pack of `to`: what it is told to run, or its
     /// channel's release (or one its signed target also allows).
     pub fn install_allowed(
@@ -525,17 +546,8 @@ impl crate::App {
         m: &crate::db::MachineRow,
         to: &CommitId,
     ) -> std::result::Result<(), String> {
-        let Some(channel) = m.channel.as_deref() else {
-            return Err("this machine follows no channel".into());
-        };
-        let p = self.published();
-        let release = p.releases.get(channel);
-        let allowed = p.targets.get(channel).is_some_and(|t| {
-            t.allowed
-                .iter()
-                .any(|a| a.parse().ok().as_ref() == Some(to))
-        });
-        if self.target(m).as_ref() == Some(to) || release == Some(to) || allowed {
+        let (channel, now) = self.channel_now(m)?;
+        if self.target(m).as_ref() == Some(to) || now.contains(to) {
             Ok(())
         } else {
             Err(format!(
@@ -555,20 +567,10 @@ impl crate::App {
         from: &CommitId,
         to: &CommitId,
     ) -> std::result::Result<(), String> {
-        let Some(channel) = m.channel.as_deref() else {
-            return Err("this machine follows no channel".into());
-        };
+        let (channel, now) = self.channel_now(m)?;
         let p = self.published();
-        let release = p.releases.get(channel);
-        let allowed: Vec<CommitId> = p
-            .targets
-            .get(channel)
-            .map(|t| t.allowed.iter().filter_map(|a| a.parse().ok()).collect())
-            .unwrap_or_default();
         let of_channel = |c: &CommitId| {
-            release == Some(c)
-                || allowed.contains(c)
-                || p.earlier.get(channel).is_some_and(|e| e.contains(c))
+            now.contains(c) || p.earlier.get(&channel).is_some_and(|e| e.contains(c))
         };
         self.install_allowed(m, to)?;
         if !of_channel(from) {

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use semithin_protocol::api::{BootCheck, Integrity, Report};
+use semithin_protocol::api::{BootCheck, Integrity};
 use semithin_store::{Access, CommitId, Repo};
 use serde::{Deserialize, Serialize};
 
@@ -191,13 +191,7 @@ pub(crate) fn repair_from(
     integrity: &mut Integrity,
     q: &mut fix::Quarantine,
 ) -> Result<()> {
-    let remote = objects::Remote {
-        api: None,
-        objects_path: None,
-        report: Report::default(),
-        offline: true,
-    };
-    let mut objs = objects::Objects::new(store, remote);
+    let mut objs = objects::Objects::offline(store);
     let commit = objs.commit(id)?;
     if !root.is_dir() {
         return Err(Error::Config(format!(

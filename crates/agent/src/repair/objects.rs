@@ -112,6 +112,19 @@ impl<'a> Objects<'a> {
         }
     }
 
+    /// Objects from `store` alone: nothing is fetched (the check at boot, sealing).
+    pub fn offline(store: &'a ObjectStore) -> Self {
+        Self::new(
+            store,
+            Remote {
+                api: None,
+                objects_path: None,
+                report: Report::default(),
+                offline: true,
+            },
+        )
+    }
+
     fn note(&mut self, got: HashMap<Key, Vec<u8>>) {
         for (key, raw) in got {
             match key.0 {

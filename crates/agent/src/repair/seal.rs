@@ -22,7 +22,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use semithin_protocol::api::Report;
 use semithin_store::CommitId;
 use semithin_store::objects::ObjectStore;
 
@@ -246,13 +245,7 @@ pub fn verify_and_seal(
             release: release.to_owned(),
             reason: "not a commit id".into(),
         })?;
-        let remote = objects::Remote {
-            api: None,
-            objects_path: None,
-            report: Report::default(),
-            offline: true,
-        };
-        let mut objs = objects::Objects::new(store, remote);
+        let mut objs = objects::Objects::offline(store);
         let commit = objs.commit(id)?;
         scan::scan(&mut objs, &root, &commit, root_owner)
     })();

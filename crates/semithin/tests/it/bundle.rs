@@ -115,7 +115,12 @@ fn read_json(p: &Path) -> Value {
 }
 
 fn create(s: &Server, out: &Path) -> Value {
-    let o = s.cli(&[
+    ok_json(&create_with(s, out, &["--json"]))
+}
+
+/// `bundle create lab/stable --for '*' --out OUT` with more arguments.
+fn create_with(s: &Server, out: &Path, more: &[&str]) -> Output {
+    let mut args = vec![
         "bundle",
         "create",
         "lab/stable",
@@ -123,9 +128,9 @@ fn create(s: &Server, out: &Path) -> Value {
         "*",
         "--out",
         out.to_str().unwrap(),
-        "--json",
-    ]);
-    ok_json(&o)
+    ];
+    args.extend_from_slice(more);
+    s.cli(&args)
 }
 
 fn machine_id(a: &Agent) -> String {
@@ -552,37 +557,14 @@ fn a_bundle_made_to_last_is_imported_weeks_later_and_machines_online_move_past_i
         ("200d", "the targets metadata expires at"),
     ] {
         let dir = s.path(&format!("bad-{bad}"));
-        let o = s.cli(&[
-            "bundle",
-            "create",
-            "lab/stable",
-            "--for",
-            "*",
-            "--out",
-            dir.to_str().unwrap(),
-            "--expires",
-            bad,
-        ]);
-        let err = refused(&o);
+        let err = refused(&create_with(s, &dir, &["--expires", bad]));
         assert!(err.contains(why), "--expires {bad}: {err}");
         assert!(!dir.join("bundle.json").exists());
     }
     assert_eq!(live(), before, "a refused bundle signed something");
 
     let dir = s.path("usb-30d");
-    let o = s.cli(&[
-        "bundle",
-        "create",
-        "lab/stable",
-        "--for",
-        "*",
-        "--out",
-        dir.to_str().unwrap(),
-        "--expires",
-        "30d",
-        "--json",
-    ]);
-    let info = ok_json(&o);
+    let info = ok_json(&create_with(s, &dir, &["--expires", "30d", "--json"]));
     let expires = info["expires"].as_i64().unwrap();
     assert!(
         (expires - (now() + 30 * 86400)).abs() < 3600,
