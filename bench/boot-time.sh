@@ -17,6 +17,8 @@
 #   stock     an initramfs of the same kernel made by the same initramfs-tools without
 #             semithin's hook: the root partition itself is the root, and its base system is
 #             the same release (`image disk` checks it out there too).
+# Both initramfs load the same modules (MODULES=list: the virtio disk and ext4) and are
+# compressed alike (initramfs-tools' default, zstd), so what differs is semithin's hook alone.
 # The disk is booted once first with semithin's initramfs and bench.prime, on which the init
 # powers off at once: that boot verifies the deployment in full and seals it (mkfs.ext4 -d
 # gives the files new inodes, so a disk made by `image disk` has no seal yet), as the first
@@ -40,9 +42,13 @@ SEMITHIN=$(realpath "$SEMITHIN")
 RUNS=${RUNS:-3}
 MEM=${MEM:-1024}
 
+[ -x "$(dirname "$SEMITHIN")/semithin-initrd" ] || die "no semithin-initrd beside $SEMITHIN: the initramfs is measured with it"
 QEMU=$(tests/fixtures/qemu.sh)
 ROOT=$(tests/fixtures/boot-root.sh root)
-KIT=$(tests/fixtures/boot-root.sh initrd "$SEMITHIN")
+MODULES="virtio_pci virtio_blk ext4 crc32c_generic"
+KIT=$(SEMITHIN_INITRD_MODULES=$MODULES tests/fixtures/boot-root.sh initrd "$SEMITHIN")
+COMPRESS=$(sed -n 's/^COMPRESS=//p' "$ROOT/etc/initramfs-tools/initramfs.conf" | tail -1)
+[ -n "$COMPRESS" ] || die "no COMPRESS in the boot root's initramfs.conf"
 KVER=$(cat "$KIT/version")
 WORK=$(mktemp -d /var/tmp/semithin-boot-time.XXXXXX)
 SERVER_PID=
@@ -57,8 +63,9 @@ trap cleanup EXIT
 C=$ROOT/tmp/semithin-boot-time-conf
 rm -rf "$C"
 mkdir -p "$C/scripts" "$C/hooks" "$C/conf.d"
-printf 'MODULES=list\nCOMPRESS=gzip\nBUSYBOX=auto\n' >"$C/initramfs.conf"
-printf '%s\n' virtio_pci virtio_blk ext4 crc32c_generic >"$C/modules"
+printf 'MODULES=list\nCOMPRESS=%s\nBUSYBOX=auto\n' "$COMPRESS" >"$C/initramfs.conf"
+# shellcheck disable=SC2086 # a list of words
+printf '%s\n' $MODULES >"$C/modules"
 unshare --mount --propagation private /bin/sh -c '
   set -e
   mount -t proc proc "$1/proc"
@@ -66,9 +73,14 @@ unshare --mount --propagation private /bin/sh -c '
     mkinitramfs -d /tmp/semithin-boot-time-conf -o /tmp/semithin-boot-time-conf/initrd.img "$2"
 ' sh "$ROOT" "$KVER" >&2 || die "mkinitramfs of the stock initramfs failed"
 cp "$C/initrd.img" "$WORK/stock.img"
+objcopy --strip-all "$(dirname "$SEMITHIN")/semithin-initrd" "$WORK/semithin-initrd"
+SMALL_MB=$(du -k "$WORK/semithin-initrd" | awk '{printf "%.1f", $1 / 1024}')
 if lsinitramfs "$WORK/stock.img" 2>/dev/null | grep -q semithin; then
   die "the stock initramfs has semithin in it"
 fi
+kind() { file -b "$1" | cut -d' ' -f1; }
+[ "$(kind "$WORK/stock.img")" = "$(kind "$KIT/initrd.img")" ] ||
+  die "the initramfs are compressed differently: $(kind "$WORK/stock.img") stock, $(kind "$KIT/initrd.img") semithin's"
 
 # The release: busybox, the agent (stripped), the kernel and initrd, the network modules.
 I=$WORK/img
@@ -224,6 +236,7 @@ OUT=$WORK/section.md
   echo "# boot time to the first check-in: \`SEMITHIN=$(basename "$SEMITHIN") RUNS=$RUNS bench/boot-time.sh\`"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(uname -r), qemu $("$QEMU" --version | head -1 | awk '{print $4}') under TCG (no KVM), -m $MEM; kernel $KVER given to qemu directly; load average $(cut -d' ' -f1-3 /proc/loadavg) at the end."
+  echo "Both initramfs made by the boot root's initramfs-tools with MODULES=list ($MODULES) and COMPRESS=$COMPRESS: $(du -k "$WORK/stock.img" | awk '{printf "%.1f", $1 / 1024}') MB stock, $(du -k "$KIT/initrd.img" | awk '{printf "%.1f", $1 / 1024}') MB with semithin's hook (semithin-initrd $SMALL_MB MB of it before compression)."
   echo "The image: busybox, the agent ($(du -m "$SEMITHIN" | cut -f1) MB unstripped, stripped in the image), the kernel and its initrd; the disk made by \`semithin image disk\`."
   echo "\`semithin\`: initramfs-tools with semithin's hook and its defaults (the deployment's quick check against its seal, \`semithin.verify=quick\`, then mounted with the /etc overlay); \`semithin-full\`: the same with \`semithin.verify=full\` (every file read and hashed); \`semithin-noverify\`: the same with \`semithin.verify=off\`; \`stock\`: the same initramfs-tools without the hook, the root partition's base system (the same release) booted as it is. Every boot is of a copy of the disk after its first boot (\`bench.prime\`: verified in full and sealed, the full check took ${FULLCHECK:-?} s there; the init powered off before the agent ran)."
   echo

@@ -24,6 +24,9 @@
 #         NEWROOT/var   PART/var, read-write: the partition's own /var, so a STATE under /var
 #                       (the default /var/lib/semithin) is at the same path in the booted system
 #
+#   semithin_mount_resolved PART STATE NEWROOT
+#       The same, once semithin_resolve has set SEMITHIN_ID and SEMITHIN_DEPLOYMENT for PART.
+#
 #   semithin_boot ROOTMNT STATE SYSROOT [INIT]
 #       The initramfs case: the partition is mounted at ROOTMNT, which must become the new root.
 #       Remounts the partition read-write if it is read-only, moves it to SYSROOT, and assembles
@@ -171,13 +174,20 @@ semithin_mount() {
 		return 1
 	fi
 	semithin_resolve "$1" "$2" "${4:-}" || return 1
+	semithin_mount_resolved "$1" "$2" "$3"
+}
+
+# semithin_mount once semithin_resolve found SEMITHIN_ID and SEMITHIN_DEPLOYMENT on PART.
+semithin_mount_resolved() {
 	_sm_new=$3
 	_sm_ov=$1$2/overlay/etc
 	if [ ! -d "$_sm_new" ]; then
 		semithin_say "the new root $_sm_new is not a directory"
 		return 1
 	fi
-	if ! mkdir -p "$_sm_ov/upper" "$_sm_ov/work"; then
+	# Every program started costs at boot (under an emulator, tens of milliseconds each): none
+	# for what is there already.
+	if { [ ! -d "$_sm_ov/upper" ] || [ ! -d "$_sm_ov/work" ]; } && ! mkdir -p "$_sm_ov/upper" "$_sm_ov/work"; then
 		semithin_say "cannot make $_sm_ov/upper and $_sm_ov/work (is the partition read-only?)"
 		return 1
 	fi
@@ -449,12 +459,14 @@ semithin_boot() {
 		semithin_undo_rw "$_sb_root" "$_sb_was_ro"
 		return 1
 	fi
-	if ! mkdir -p "$_sb_sys" || ! mount -o move "$_sb_root" "$_sb_sys"; then
+	if { [ ! -d "$_sb_sys" ] && ! mkdir -p "$_sb_sys"; } || ! mount -o move "$_sb_root" "$_sb_sys"; then
 		semithin_say "cannot move the root partition from $_sb_root to $_sb_sys"
 		semithin_undo_rw "$_sb_root" "$_sb_was_ro"
 		return 1
 	fi
-	if ! semithin_mount "$_sb_sys" "$_sb_state" "$_sb_root" "$_sb_init"; then
+	# Resolved above, on the partition now at SYSROOT.
+	SEMITHIN_DEPLOYMENT=$_sb_sys$_sb_state/deployments/$SEMITHIN_ID
+	if ! semithin_mount_resolved "$_sb_sys" "$_sb_state" "$_sb_root"; then
 		if ! mount -o move "$_sb_sys" "$_sb_root"; then
 			semithin_say "cannot move the root partition back from $_sb_sys to $_sb_root"
 			return 2
