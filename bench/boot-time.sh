@@ -17,15 +17,17 @@
 #   stock     an initramfs of the same kernel made by the same initramfs-tools without
 #             semithin's hook: the root partition itself is the root, and its base system is
 #             the same release (`image disk` checks it out there too).
-# Both initramfs load the same modules (MODULES=list: the virtio disk and ext4) and are
-# compressed alike (initramfs-tools' default, zstd), so what differs is semithin's hook alone.
+# Both initramfs load the same modules (MODULES=list: the virtio disk and ext4; or the list in
+# $MODULES, to measure what a list of one's own costs: its run has a section of its own in
+# RESULTS.md) and are compressed alike (initramfs-tools' default, zstd), so what differs is
+# semithin's hook alone.
 # The disk is booted once first with semithin's initramfs and bench.prime, on which the init
 # powers off at once: that boot verifies the deployment in full and seals it (mkfs.ext4 -d
 # gives the files new inodes, so a disk made by `image disk` has no seal yet), as the first
 # boot of every machine does. Each measured boot gets a fresh copy of that disk (a new machine
 # enrolling under its own name).
 #
-# Usage (as root): SEMITHIN=target/release/semithin [RUNS=3] bench/boot-time.sh
+# Usage (as root): SEMITHIN=target/release/semithin [RUNS=3] [MODULES="..."] bench/boot-time.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
@@ -45,7 +47,14 @@ MEM=${MEM:-1024}
 [ -x "$(dirname "$SEMITHIN")/semithin-initrd" ] || die "no semithin-initrd beside $SEMITHIN: the initramfs is measured with it"
 QEMU=$(tests/fixtures/qemu.sh)
 ROOT=$(tests/fixtures/boot-root.sh root)
-MODULES="virtio_pci virtio_blk ext4 crc32c_generic"
+DEFAULT_MODULES="virtio_pci virtio_blk ext4 crc32c_generic"
+MODULES=${MODULES:-$DEFAULT_MODULES}
+TITLE="# boot time to the first check-in"
+ENV_MODULES=
+if [ "$MODULES" != "$DEFAULT_MODULES" ]; then
+  TITLE="# boot time with a modules list of one's own"
+  ENV_MODULES=" MODULES=\"$MODULES\""
+fi
 KIT=$(SEMITHIN_INITRD_MODULES=$MODULES tests/fixtures/boot-root.sh initrd "$SEMITHIN")
 COMPRESS=$(sed -n 's/^COMPRESS=//p' "$ROOT/etc/initramfs-tools/initramfs.conf" | tail -1)
 [ -n "$COMPRESS" ] || die "no COMPRESS in the boot root's initramfs.conf"
@@ -233,7 +242,7 @@ FULLCHECK=$(tr -d '\r' <"$WORK/console-prime.log" | sed -n 's/.*bytes verified a
 col() { local m=$1 k=$2 r s=""; for r in $(seq 1 "$RUNS"); do eval "s=\"\$s \${$k[$m,$r]}\""; done; echo "$s"; }
 OUT=$WORK/section.md
 {
-  echo "# boot time to the first check-in: \`SEMITHIN=$(basename "$SEMITHIN") RUNS=$RUNS bench/boot-time.sh\`"
+  echo "$TITLE: \`SEMITHIN=$(basename "$SEMITHIN") RUNS=$RUNS$ENV_MODULES bench/boot-time.sh\`"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(uname -r), qemu $("$QEMU" --version | head -1 | awk '{print $4}') under TCG (no KVM), -m $MEM; kernel $KVER given to qemu directly; load average $(cut -d' ' -f1-3 /proc/loadavg) at the end."
   echo "Both initramfs made by the boot root's initramfs-tools with MODULES=list ($MODULES) and COMPRESS=$COMPRESS: $(du -k "$WORK/stock.img" | awk '{printf "%.1f", $1 / 1024}') MB stock, $(du -k "$KIT/initrd.img" | awk '{printf "%.1f", $1 / 1024}') MB with semithin's hook (semithin-initrd $SMALL_MB MB of it before compression)."
@@ -260,4 +269,4 @@ OUT=$WORK/section.md
   echo "Medians: check-in $ws s stock, $wt s semithin with the quick check, the default ($(pct "$ws" "$wt")), $wf s semithin with the full check ($(pct "$ws" "$wf")), $wn s semithin without the check ($(pct "$ws" "$wn")); init started at $is s stock, $it s quick, $if_ s full, $in s without the check. The quick check itself took $QUICK s (median, as the console says)."
 } >"$OUT"
 cat "$OUT"
-replace_section bench/RESULTS.md "$OUT" "# boot time to the first check-in" "$WORK"
+replace_section bench/RESULTS.md "$OUT" "$TITLE" "$WORK"

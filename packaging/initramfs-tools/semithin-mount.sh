@@ -25,7 +25,8 @@
 #                       (the default /var/lib/semithin) is at the same path in the booted system
 #
 #   semithin_mount_resolved PART STATE NEWROOT
-#       The same, once semithin_resolve has set SEMITHIN_ID and SEMITHIN_DEPLOYMENT for PART.
+#       The same, once semithin_resolve has checked the deployment and set SEMITHIN_ID (PART
+#       may have moved since: SEMITHIN_DEPLOYMENT is set again from PART).
 #
 #   semithin_boot ROOTMNT STATE SYSROOT [INIT]
 #       The initramfs case: the partition is mounted at ROOTMNT, which must become the new root.
@@ -177,8 +178,9 @@ semithin_mount() {
 	semithin_mount_resolved "$1" "$2" "$3"
 }
 
-# semithin_mount once semithin_resolve found SEMITHIN_ID and SEMITHIN_DEPLOYMENT on PART.
+# semithin_mount once semithin_resolve checked the deployment SEMITHIN_ID on PART.
 semithin_mount_resolved() {
+	SEMITHIN_DEPLOYMENT=$1$2/deployments/$SEMITHIN_ID
 	_sm_new=$3
 	_sm_ov=$1$2/overlay/etc
 	if [ ! -d "$_sm_new" ]; then
@@ -464,8 +466,6 @@ semithin_boot() {
 		semithin_undo_rw "$_sb_root" "$_sb_was_ro"
 		return 1
 	fi
-	# Resolved above, on the partition now at SYSROOT.
-	SEMITHIN_DEPLOYMENT=$_sb_sys$_sb_state/deployments/$SEMITHIN_ID
 	if ! semithin_mount_resolved "$_sb_sys" "$_sb_state" "$_sb_root"; then
 		if ! mount -o move "$_sb_sys" "$_sb_root"; then
 			semithin_say "cannot move the root partition back from $_sb_sys to $_sb_root"
